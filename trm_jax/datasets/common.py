@@ -1,0 +1,210 @@
+"""Shared TFDS machinery: errors, split plans, metadata files, build()."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from trm_jax.datasets import splits as splits_lib
+
+META_FILE = 'trm_meta.json'
+ARRAYS_FILE = 'trm_arrays.npz'
+
+
+class DataError(ValueError):
+  """A user error in the raw data: one line, names the file and row/task."""
+
+
+def require_file(path: Path) -> Path:
+  path = Path(path)
+  if not path.is_file():
+    raise DataError(f'{path}: file not found')
+  return path
+
+
+@dataclasses.dataclass
+class SplitPlan:
+  """Index arrays of one split and a generator of its examples in order.
+
+  `blocks()` yields (inputs, labels) uint8 arrays of shape (k, S) whose
+  concatenation is the whole split in example order.
+  """
+  puzzle_indices: np.ndarray
+  group_indices: np.ndarray
+  puzzle_identifiers: np.ndarray
+  blocks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+
+
+class TrmMetadata(tfds.core.Metadata):
+  """Per-split DatasetMeta (JSON) plus index arrays (npz) in the dataset dir."""
+
+  def save_metadata(self, data_dir):
+    data_dir = Path(os.fspath(data_dir))
+    with open(data_dir / META_FILE, 'w') as f:
+      json.dump(self.get('json', {}), f, indent=1)
+    with open(data_dir / ARRAYS_FILE, 'wb') as f:
+      np.savez_compressed(f, **self.get('arrays', {}))
+
+  def load_metadata(self, data_dir):
+    self.update(read_metadata(data_dir))
+
+
+def read_metadata(data_dir) -> dict:
+  data_dir = Path(os.fspath(data_dir))
+  with open(data_dir / META_FILE) as f:
+    js = json.load(f)
+  with np.load(data_dir / ARRAYS_FILE) as z:
+    arrays = {k: z[k] for k in z.files}
+  return {'json': js, 'arrays': arrays}
+
+
+FEATURE_ENC = tfds.features.Encoding.BYTES
+
+
+class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base builder: subclasses implement `make_plans(manual_dir)`.
+
+  `make_plans` returns (plans: {split: SplitPlan}, num_puzzle_identifiers,
+  extra_json, extra_arrays). Records are written in example-id order.
+  """
+  VERSION = tfds.core.Version('1.0.0')
+  def needs_files(self) -> bool:
+    return getattr(self.builder_config, 'needs_files', True)
+
+  def _info(self):
+    cfg = self.builder_config
+    feat = lambda: tfds.features.Tensor(
+        shape=(cfg.seq_len,), dtype=np.uint8, encoding=FEATURE_ENC)
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.__doc__,
+        features=tfds.features.FeaturesDict({
+            'inputs': feat(),
+            'labels': feat(),
+            'example_id': np.int64,
+            'puzzle_index': np.int64,
+            'puzzle_id': np.int64,
+            'group_id': np.int64,
+        }),
+        metadata=TrmMetadata(),
+        disable_shuffling=True,
+    )
+
+  # -- planning (validation happens here, before anything is written) --
+  def prepare(self, manual_dir=None):
+    if getattr(self, '_plans', None) is None:
+      if self.needs_files():
+        if manual_dir is None:
+          raise DataError(f'{self.name}/{self.builder_config.name}: needs '
+                          '--manual_dir with the raw files')
+        manual_dir = Path(os.fspath(manual_dir))
+        if not manual_dir.is_dir():
+          raise DataError(f'{manual_dir}: manual_dir not found')
+      plans, n_ids, extra_json, extra_arrays = self.make_plans(manual_dir)
+      cfg = self.builder_config
+      js = {'dataset': f'{self.name}/{cfg.name}', 'splits': {}}
+      js.update(extra_json)
+      arrays = dict(extra_arrays)
+      for split, plan in plans.items():
+        meta = splits_lib.split_meta(
+            cfg.seq_len, cfg.vocab_size, n_ids, plan.puzzle_indices,
+            plan.group_indices)
+        js['splits'][split] = meta.to_json()
+        arrays[f'{split}.puzzle_indices'] = np.asarray(
+            plan.puzzle_indices, np.int64)
+        arrays[f'{split}.group_indices'] = np.asarray(
+            plan.group_indices, np.int64)
+        arrays[f'{split}.puzzle_identifiers'] = np.asarray(
+            plan.puzzle_identifiers, np.int32)
+      self._plans = plans
+      self.info.metadata['json'] = js
+      self.info.metadata['arrays'] = arrays
+    return self._plans
+
+  def make_plans(self, manual_dir):
+    raise NotImplementedError
+
+  def _split_generators(self, dl_manager):
+    manual = None
+    if self.needs_files():
+      manual = getattr(dl_manager, '_manual_dir', None)
+    plans = self.prepare(manual)
+    return {split: self._generate_examples(split) for split in plans}
+
+  def _generate_examples(self, split):
+    plan = self._plans[split]
+    pidx = np.asarray(plan.puzzle_indices, np.int64)
+    gidx = np.asarray(plan.group_indices, np.int64)
+    ids = np.asarray(plan.puzzle_identifiers, np.int64)
+    ex_puzzle = np.repeat(np.arange(len(pidx) - 1), np.diff(pidx))
+    puzzle_group = np.repeat(np.arange(len(gidx) - 1), np.diff(gidx))
+    eid = 0
+    for inputs, labels in plan.blocks():
+      for k in range(len(inputs)):
+        p = int(ex_puzzle[eid])
+        yield eid, {
+            'inputs': inputs[k], 'labels': labels[k], 'example_id': eid,
+            'puzzle_index': p, 'puzzle_id': int(ids[p]),
+            'group_id': int(puzzle_group[p])}
+        eid += 1
+    if eid != int(pidx[-1]):
+      raise RuntimeError(f'{split}: generated {eid} examples, '
+                         f'expected {int(pidx[-1])}')
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+  name, _, config = name.partition('/')
+  return name, (config or None)
+
+
+def get_builder(name: str, data_dir) -> TrmBuilder:
+  import trm_jax.datasets  # noqa: F401  (registers builders)
+  try:
+    return tfds.builder(name, data_dir=os.fspath(data_dir))
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DataError(f'{name}: unknown dataset ({str(e).splitlines()[0]})')
+  except ValueError as e:
+    raise DataError(f'{name}: {str(e).splitlines()[0]}')
+
+
+def build(name: str, data_dir, manual_dir=None, overwrite=False) -> Path:
+  """Builds NAME[/CONFIG] into data_dir; leaves nothing behind on error."""
+  data_dir = Path(os.fspath(data_dir))
+  builder = get_builder(name, data_dir)
+  ds_root = data_dir / builder.name
+  cfg_dir = ds_root / builder.builder_config.name
+  existed = {p: p.exists() for p in (data_dir, ds_root, cfg_dir)}
+  if Path(builder.data_dir).exists() and not overwrite:
+    return Path(builder.data_dir)
+  try:
+    builder.prepare(manual_dir)  # validates all raw input first
+    mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
+            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    if overwrite and Path(builder.data_dir).exists():
+      shutil.rmtree(builder.data_dir)
+    builder.download_and_prepare(
+        file_format='array_record',
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=os.fspath(manual_dir) if manual_dir else None,
+            download_mode=mode))
+  except BaseException:
+    for p in (cfg_dir, ds_root, data_dir):
+      if not existed[p] and p.exists():
+        shutil.rmtree(p, ignore_errors=True)
+        break
+    raise
+  return Path(builder.data_dir)
+
+
+def concat_blocks(blocks):
+  """Helper for plans that hold the whole split in memory."""
+  def gen():
+    yield from blocks
+  return gen

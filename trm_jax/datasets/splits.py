@@ -1,0 +1,137 @@
+"""In-memory view of one split: index arrays, metadata and an example reader.
+
+The layout follows REFERENCE.md section 7: examples are stored in puzzle order,
+`puzzle_indices[p]:puzzle_indices[p+1]` are the examples of puzzle `p` and
+`group_indices[g]:group_indices[g+1]` the puzzles of group `g`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import numpy as np
+
+PAD_ID = 0
+IGNORE_LABEL_ID = -100
+BLANK_PUZZLE_ID = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMeta:
+  """What the training loop needs to know about a split."""
+  seq_len: int
+  vocab_size: int
+  num_puzzle_identifiers: int
+  total_groups: int
+  mean_puzzle_examples: float
+  sets: tuple[str, ...] = ('all',)
+  num_examples: int = 0
+  num_puzzles: int = 0
+  pad_id: int = PAD_ID
+  ignore_label_id: int = IGNORE_LABEL_ID
+  blank_identifier_id: int = BLANK_PUZZLE_ID
+
+  def to_json(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d['sets'] = list(self.sets)
+    return d
+
+  @classmethod
+  def from_json(cls, d: dict[str, Any]) -> 'DatasetMeta':
+    d = dict(d)
+    d['sets'] = tuple(d.get('sets', ('all',)))
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class ExampleReader(Protocol):
+  def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (inputs, labels) as (len(indices), S) arrays of stored tokens."""
+
+
+@dataclasses.dataclass
+class InMemoryReader:
+  inputs: np.ndarray
+  labels: np.ndarray
+
+  def read(self, indices):
+    return self.inputs[indices], self.labels[indices]
+
+
+@dataclasses.dataclass
+class SplitData:
+  """One split: index arrays + reader. Labels are stored with 0 = ignore."""
+  meta: DatasetMeta
+  puzzle_indices: np.ndarray
+  group_indices: np.ndarray
+  puzzle_identifiers: np.ndarray
+  reader: Any
+
+  def __post_init__(self):
+    self.puzzle_indices = np.asarray(self.puzzle_indices, np.int64)
+    self.group_indices = np.asarray(self.group_indices, np.int64)
+    self.puzzle_identifiers = np.asarray(self.puzzle_identifiers, np.int32)
+    sizes = np.diff(self.puzzle_indices)
+    self.example_puzzle = np.repeat(
+        np.arange(len(sizes), dtype=np.int64), sizes)
+
+  @property
+  def num_examples(self) -> int:
+    return int(self.puzzle_indices[-1])
+
+  @property
+  def num_puzzles(self) -> int:
+    return len(self.puzzle_indices) - 1
+
+  @property
+  def num_groups(self) -> int:
+    return len(self.group_indices) - 1
+
+  def examples(self, indices) -> dict[str, np.ndarray]:
+    """Model-ready batch rows: int32, labels 0 mapped to -100."""
+    indices = np.asarray(indices, np.int64)
+    inputs, labels = self.reader.read(indices)
+    labels = np.asarray(labels, np.int32)
+    labels = np.where(labels == 0, IGNORE_LABEL_ID, labels)
+    return {
+        'inputs': np.asarray(inputs, np.int32),
+        'labels': labels.astype(np.int32),
+        'puzzle_identifiers': self.puzzle_identifiers[
+            self.example_puzzle[indices]].astype(np.int32),
+    }
+
+  def all_arrays(self) -> dict[str, np.ndarray]:
+    """Stored arrays of the whole split (reads everything)."""
+    inputs, labels = self.reader.read(np.arange(self.num_examples))
+    return {'inputs': inputs, 'labels': labels,
+            'puzzle_indices': self.puzzle_indices,
+            'group_indices': self.group_indices,
+            'puzzle_identifiers': self.puzzle_identifiers}
+
+
+def make_split(inputs, labels, puzzle_indices, group_indices,
+               puzzle_identifiers, vocab_size, num_puzzle_identifiers,
+               sets=('all',)) -> SplitData:
+  """Builds an in-memory SplitData and its DatasetMeta."""
+  inputs = np.asarray(inputs, np.uint8)
+  labels = np.asarray(labels, np.uint8)
+  puzzle_indices = np.asarray(puzzle_indices, np.int64)
+  group_indices = np.asarray(group_indices, np.int64)
+  meta = split_meta(inputs.shape[1], vocab_size, num_puzzle_identifiers,
+                    puzzle_indices, group_indices, sets)
+  return SplitData(meta, puzzle_indices, group_indices, puzzle_identifiers,
+                   InMemoryReader(inputs, labels))
+
+
+def split_meta(seq_len, vocab_size, num_puzzle_identifiers, puzzle_indices,
+               group_indices, sets=('all',)) -> DatasetMeta:
+  n_groups = len(group_indices) - 1
+  n_puzzles = len(puzzle_indices) - 1
+  n_examples = int(puzzle_indices[-1])
+  return DatasetMeta(
+      seq_len=int(seq_len), vocab_size=int(vocab_size),
+      num_puzzle_identifiers=int(num_puzzle_identifiers),
+      total_groups=int(n_groups),
+      mean_puzzle_examples=float(n_examples / max(n_puzzles, 1)),
+      sets=tuple(sets), num_examples=n_examples, num_puzzles=int(n_puzzles))

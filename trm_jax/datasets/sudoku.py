@@ -1,0 +1,206 @@
+"""Sudoku-Extreme: CSV parsing/validation, symmetry augmentation, TFDS builder.
+
+Grids are (81,) uint8 digit arrays, 0 = blank; tokens = digit + 1 (V = 11).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tqdm import tqdm
+
+from trm_jax.datasets import common
+from trm_jax.datasets.common import DataError
+
+FIELDS = ('source', 'question', 'answer', 'rating')
+
+
+# ---------------------------------------------------------------- parsing --
+def _first_bad(mask) -> int:
+  return int(np.flatnonzero(mask)[0])
+
+
+def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a Sudoku-Extreme CSV; returns (questions, answers) (n, 81) uint8."""
+  path = common.require_file(path)
+  questions, answers = [], []
+  try:
+    with open(path, newline='') as f:
+      reader = csv.reader(f)
+      header = next(reader, None)
+      if header is None or [h.strip() for h in header[:3]] != list(FIELDS[:3]):
+        raise DataError(f'{path}:1: header must start with '
+                        f'{",".join(FIELDS)}, got {header!r}')
+      for row in reader:
+        if len(row) < 3:
+          raise DataError(f'{path}:{reader.line_num}: expected '
+                          f'{len(FIELDS)} fields, got {len(row)}')
+        questions.append(row[1])
+        answers.append(row[2])
+  except (csv.Error, UnicodeDecodeError) as e:
+    raise DataError(f'{path}: malformed CSV ({e})') from None
+  lines = lambda i: i + 2  # header is line 1
+  for what, rows in (('question', questions), ('answer', answers)):
+    lens = np.fromiter((len(r) for r in rows), np.int64, len(rows))
+    if np.any(lens != 81):
+      i = _first_bad(lens != 81)
+      raise DataError(f'{path}:{lines(i)}: {what} must be 81 characters of '
+                      f'.1-9, got {len(rows[i])}')
+  n = len(questions)
+  if n == 0:
+    raise DataError(f'{path}: no puzzles')
+  q = np.frombuffer(''.join(questions).encode('latin-1', 'replace'),
+                    np.uint8).reshape(n, 81)
+  a = np.frombuffer(''.join(answers).encode('latin-1', 'replace'),
+                    np.uint8).reshape(n, 81)
+  bad_q = ~(((q >= ord('1')) & (q <= ord('9'))) | (q == ord('.')))
+  if bad_q.any():
+    i = _first_bad(bad_q.any(1))
+    raise DataError(f'{path}:{lines(i)}: question must be 81 characters of '
+                    f'.1-9, got {questions[i]!r}')
+  bad_a = ~((a >= ord('1')) & (a <= ord('9')))
+  if bad_a.any():
+    i = _first_bad(bad_a.any(1))
+    raise DataError(f'{path}:{lines(i)}: answer must be 81 digits 1-9, '
+                    f'got {answers[i]!r}')
+  q = np.where(q == ord('.'), 0, q - ord('0')).astype(np.uint8)
+  a = (a - ord('0')).astype(np.uint8)
+  contra = ((q != 0) & (q != a)).any(1)
+  if contra.any():
+    i = _first_bad(contra)
+    cell = int(np.flatnonzero((q[i] != 0) & (q[i] != a[i]))[0])
+    raise DataError(f'{path}:{lines(i)}: answer contradicts the givens at '
+                    f'row {cell // 9 + 1}, column {cell % 9 + 1}')
+  invalid = ~is_valid_solution(a)
+  if invalid.any():
+    i = _first_bad(invalid)
+    raise DataError(f'{path}:{lines(i)}: answer is not a valid Sudoku '
+                    'solution')
+  return q, a
+
+
+def is_valid_solution(grids) -> np.ndarray:
+  """(n, 81) digit grids -> (n,) bool: every row/column/box holds 1..9."""
+  g = np.asarray(grids).reshape(-1, 9, 9)
+  boxes = g.reshape(-1, 3, 3, 3, 3).transpose(0, 1, 3, 2, 4).reshape(-1, 9, 9)
+  ok = np.ones(len(g), bool)
+  for units in (g, g.transpose(0, 2, 1), boxes):
+    s = np.sort(units, axis=-1)
+    ok &= (s == np.arange(1, 10)).all(axis=(1, 2))
+  return ok
+
+
+# ----------------------------------------------------------- augmentation --
+def random_transforms(rng: np.random.Generator, n: int) -> dict:
+  """n random symmetries: transpose, band/row and stack/col shuffles, digits."""
+  def lines():
+    outer = np.argsort(rng.random((n, 3)), axis=1)
+    inner = np.argsort(rng.random((n, 3, 3)), axis=2)
+    return (outer[:, :, None] * 3 + inner).reshape(n, 9)
+  transpose = rng.random(n) < 0.5
+  rows, cols = lines(), lines()
+  digits = np.zeros((n, 10), np.uint8)
+  digits[:, 1:] = np.argsort(rng.random((n, 9)), axis=1) + 1
+  return {'transpose': transpose, 'rows': rows, 'cols': cols,
+          'digits': digits}
+
+
+def apply_transforms(grid, tr: dict) -> np.ndarray:
+  """Applies each of the n transforms to one (81,) grid -> (n, 81).
+
+  new = transpose?(grid); new[r, c] = new[rows[r], cols[c]]; d -> digits[d].
+  """
+  g = np.asarray(grid, np.uint8).reshape(9, 9)
+  n = len(tr['rows'])
+  base = np.where(np.asarray(tr['transpose'])[:, None, None], g.T[None],
+                  g[None])
+  ar = np.arange(n)[:, None, None]
+  moved = base[ar, tr['rows'][:, :, None], tr['cols'][:, None, :]]
+  return np.take_along_axis(tr['digits'], moved.reshape(n, 81), axis=1)
+
+
+def invert_transform(grid, tr_one: dict) -> np.ndarray:
+  """Inverse of apply_transforms for a single transform (unbatched dict)."""
+  g = np.asarray(grid, np.uint8).reshape(9, 9)
+  inv_digits = np.zeros(10, np.uint8)
+  inv_digits[tr_one['digits']] = np.arange(10)
+  g = inv_digits[g]
+  out = np.empty_like(g)
+  out[np.ix_(tr_one['rows'], tr_one['cols'])] = g
+  if tr_one['transpose']:
+    out = out.T
+  return out.reshape(81)
+
+
+def to_tokens(grids) -> np.ndarray:
+  return (np.asarray(grids, np.uint8) + 1).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- builder --
+def build_train_plan(q, a, subsample, num_aug, seed) -> common.SplitPlan:
+  rng = np.random.default_rng(seed)
+  if subsample is not None and subsample < len(q):
+    pick = np.sort(rng.choice(len(q), subsample, replace=False))
+    q, a = q[pick], a[pick]
+  n = len(q)
+  per = 1 + num_aug
+  puzzle_indices = np.arange(n * per + 1, dtype=np.int64)
+  group_indices = np.arange(0, n * per + 1, per, dtype=np.int64)
+  ids = np.zeros(n * per, np.int32)
+  if num_aug == 0:
+    inputs, labels = to_tokens(q), to_tokens(a)
+  else:
+    inputs = np.empty((n * per, 81), np.uint8)
+    labels = np.empty((n * per, 81), np.uint8)
+    for i in tqdm(range(n), desc='sudoku augment', disable=n < 2000):
+      tr = random_transforms(rng, num_aug)
+      inputs[i * per] = q[i] + 1
+      labels[i * per] = a[i] + 1
+      inputs[i * per + 1:(i + 1) * per] = apply_transforms(q[i], tr) + 1
+      labels[i * per + 1:(i + 1) * per] = apply_transforms(a[i], tr) + 1
+  return common.SplitPlan(puzzle_indices, group_indices, ids,
+                          common.concat_blocks([(inputs, labels)]))
+
+
+def build_test_plan(q, a) -> common.SplitPlan:
+  n = len(q)
+  idx = np.arange(n + 1, dtype=np.int64)
+  return common.SplitPlan(idx, idx, np.zeros(n, np.int32),
+                          common.concat_blocks([(to_tokens(q), to_tokens(a))]))
+
+
+@dataclasses.dataclass(eq=False)
+class SudokuConfig(tfds.core.BuilderConfig):
+  subsample: int | None = None
+  num_aug: int = 0
+  seed: int = 0
+  seq_len: int = 81
+  vocab_size: int = 11
+  needs_files: bool = True
+
+
+class SudokuExtreme(common.TrmBuilder):
+  """Sudoku-Extreme from train.csv / test.csv (source,question,answer,rating)."""
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      'Put train.csv and test.csv of sapientinc/sudoku-extreme (or files in '
+      'the same format) in manual_dir.')
+  BUILDER_CONFIGS = [
+      SudokuConfig(name='aug1000', subsample=1000, num_aug=1000,
+                   description='Paper set: 1k train puzzles x 1000 augs.'),
+      SudokuConfig(name='full', description='All train rows, no augmentation.'),
+      SudokuConfig(name='aug10_sub100', subsample=100, num_aug=10,
+                   description='Small set for tests: 100 puzzles x 10 augs.'),
+  ]
+
+  def make_plans(self, manual_dir):
+    cfg = self.builder_config
+    qt, at = read_csv(Path(manual_dir) / 'train.csv')
+    qe, ae = read_csv(Path(manual_dir) / 'test.csv')
+    plans = {'train': build_train_plan(qt, at, cfg.subsample, cfg.num_aug,
+                                       cfg.seed),
+             'test': build_test_plan(qe, ae)}
+    return plans, 1, {'task': 'sudoku', 'grid': [9, 9]}, {}

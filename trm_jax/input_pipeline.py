@@ -1,0 +1,242 @@
+"""Step-indexed group sampler, per-process shards and global batch assembly.
+
+Training batches are a pure function of (seed, step): iteration `it` (made of
+`epochs_per_iter` epochs) shuffles the groups with a generator keyed by
+(seed, it), draws one puzzle per group and fills global batches with the
+puzzles' examples in that order (a puzzle that overflows a batch contributes a
+random subset; the last partial batch of an iteration is dropped). Each process
+reads only rows `[i*B/P, (i+1)*B/P)` of every global batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from trm_jax.datasets.splits import (BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID,
+                                     DatasetMeta, InMemoryReader, SplitData)
+
+__all__ = ['DatasetMeta', 'SplitData', 'load_split', 'train_batch',
+           'train_batch_indices', 'eval_batches', 'make_global_batch',
+           'steps_per_epoch', 'measure_throughput']
+
+
+# ------------------------------------------------------------------ load --
+class RecordReader:
+  """Random access to the array_record files of one split."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def read(self, indices):
+    indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+    if not indices:
+      raise ValueError('empty read')
+    recs = self.source.__getitems__(indices)
+    ids = np.fromiter((r['example_id'] for r in recs), np.int64, len(recs))
+    if not np.array_equal(ids, indices):
+      raise RuntimeError('records out of order: example ids do not match')
+    inputs = np.stack([r['inputs'] for r in recs])
+    labels = np.stack([r['labels'] for r in recs])
+    return inputs, labels
+
+
+def dataset_dir(name_or_path, data_dir=None) -> Path:
+  """Resolves NAME[/CONFIG] (in data_dir) or a dataset directory path."""
+  from trm_jax.datasets import common
+  p = Path(os.fspath(name_or_path))
+  if (p / common.META_FILE).is_file():
+    return p
+  if data_dir is None:
+    raise common.DataError(f'{name_or_path}: give data_dir or a dataset path')
+  builder = common.get_builder(str(name_or_path), data_dir)
+  d = Path(builder.data_dir)
+  if not (d / common.META_FILE).is_file():
+    raise common.DataError(
+        f'{name_or_path}: not built in {data_dir}; run '
+        f'`trm-data build {name_or_path} --data_dir {data_dir}`')
+  return d
+
+
+def load_split(name_or_path, split: str = 'train', data_dir=None,
+               in_memory: bool = False) -> SplitData:
+  """Opens one split of a built dataset; reads records lazily by default."""
+  import tensorflow_datasets as tfds
+  from trm_jax.datasets import common
+  d = dataset_dir(name_or_path, data_dir)
+  md = common.read_metadata(d)
+  if split not in md['json']['splits']:
+    raise common.DataError(f'{d}: no split {split!r} '
+                           f'(have {sorted(md["json"]["splits"])})')
+  meta = DatasetMeta.from_json(md['json']['splits'][split])
+  arr = md['arrays']
+  source = tfds.builder_from_directory(os.fspath(d)).as_data_source(split)
+  reader = RecordReader(source)
+  data = SplitData(meta, arr[f'{split}.puzzle_indices'],
+                   arr[f'{split}.group_indices'],
+                   arr[f'{split}.puzzle_identifiers'], reader)
+  if len(source) != data.num_examples:
+    raise RuntimeError(f'{d}: {len(source)} records, index says '
+                       f'{data.num_examples}')
+  if in_memory:
+    chunks = [reader.read(np.arange(s, min(s + 8192, data.num_examples)))
+              for s in range(0, data.num_examples, 8192)]
+    data.reader = InMemoryReader(np.concatenate([c[0] for c in chunks]),
+                                 np.concatenate([c[1] for c in chunks]))
+  data.info = md['json']
+  data.extra_arrays = {k: v for k, v in arr.items() if '.' not in k}
+  return data
+
+
+# --------------------------------------------------------------- sampler --
+def _rng(*key) -> np.random.Generator:
+  return np.random.Generator(np.random.Philox(
+      np.random.SeedSequence([int(k) for k in key])))
+
+
+@functools.lru_cache(maxsize=8)
+def _plan(puzzle_indices_b, group_indices_b, seed, it, batch, epochs_per_iter):
+  pidx = np.frombuffer(puzzle_indices_b, np.int64)
+  gidx = np.frombuffer(group_indices_b, np.int64)
+  n_groups = len(gidx) - 1
+  rng = _rng(seed, it, 0)
+  order = np.concatenate([rng.permutation(n_groups)
+                          for _ in range(epochs_per_iter)])
+  n_in_group = gidx[order + 1] - gidx[order]
+  puzzles = gidx[order] + np.floor(
+      rng.random(len(order)) * n_in_group).astype(np.int64)
+  sizes = pidx[puzzles + 1] - pidx[puzzles]
+  cum = np.concatenate([[0], np.cumsum(sizes)])
+  starts = [0]
+  while True:
+    j = int(np.searchsorted(cum, cum[starts[-1]] + batch, 'left'))
+    if j >= len(cum):
+      break  # the last partial batch is dropped
+    starts.append(j)
+  return puzzles, np.asarray(starts, np.int64)
+
+
+class _Schedule:
+  """Cumulative batch counts per iteration, extended on demand."""
+
+  def __init__(self):
+    self.cum = [0]
+
+
+_SCHEDULES: dict = {}
+
+
+def _key_bytes(data: SplitData):
+  return data.puzzle_indices.tobytes(), data.group_indices.tobytes()
+
+
+def _locate(data, seed, step, batch, epochs_per_iter):
+  pb, gb = _key_bytes(data)
+  key = (hash(pb), hash(gb), seed, batch, epochs_per_iter)
+  sched = _SCHEDULES.setdefault(key, _Schedule())
+  if len(sched.cum) == 1:
+    sizes = np.diff(data.puzzle_indices)
+    group_max = np.maximum.reduceat(sizes, data.group_indices[:-1])
+    if group_max.sum() * epochs_per_iter < batch:
+      raise ValueError(
+          f'global batch {batch} exceeds the examples of one iteration '
+          f'({data.meta.total_groups} groups x {epochs_per_iter} epochs); '
+          'raise epochs_per_iter or lower the batch')
+  while sched.cum[-1] <= step:
+    it = len(sched.cum) - 1
+    _, starts = _plan(pb, gb, seed, it, batch, epochs_per_iter)
+    sched.cum.append(sched.cum[-1] + len(starts) - 1)
+  it = int(np.searchsorted(sched.cum, step, 'right')) - 1
+  return it, step - sched.cum[it], pb, gb
+
+
+def train_batch_indices(data: SplitData, seed: int, step: int,
+                        global_batch_size: int, epochs_per_iter: int = 1):
+  """Example indices (global_batch_size,) of training step `step`."""
+  it, b, pb, gb = _locate(data, seed, step, global_batch_size,
+                          epochs_per_iter)
+  puzzles, starts = _plan(pb, gb, seed, it, global_batch_size,
+                          epochs_per_iter)
+  chosen = puzzles[starts[b]:starts[b + 1]]
+  pidx = data.puzzle_indices
+  sizes = pidx[chosen + 1] - pidx[chosen]
+  owner = np.repeat(np.arange(len(chosen)), sizes)
+  first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  examples = pidx[chosen][owner] + np.arange(len(owner)) - first[owner]
+  rng = _rng(seed, it, b + 1)
+  perm = np.lexsort((rng.random(len(owner)), owner))
+  return examples[perm][:global_batch_size]
+
+
+def _local_rows(n, process_index, process_count):
+  if n % process_count:
+    raise ValueError(f'global batch {n} not divisible by {process_count} '
+                     'processes')
+  per = n // process_count
+  return slice(process_index * per, (process_index + 1) * per)
+
+
+def train_batch(data: SplitData, seed: int, step: int, global_batch_size: int,
+                process_index: int = 0, process_count: int = 1,
+                epochs_per_iter: int = 1) -> dict[str, np.ndarray]:
+  """This process's rows of global training batch `step` (pure in seed, step)."""
+  idx = train_batch_indices(data, seed, step, global_batch_size,
+                            epochs_per_iter)
+  return data.examples(idx[_local_rows(global_batch_size, process_index,
+                                       process_count)])
+
+
+def steps_per_epoch(data: SplitData, global_batch_size: int) -> int:
+  """Reference formula: total_groups * mean_puzzle_examples / batch."""
+  m = data.meta
+  return max(1, int(m.total_groups * m.mean_puzzle_examples
+                    // global_batch_size))
+
+
+def eval_batches(data: SplitData, global_batch_size: int,
+                 process_index: int = 0, process_count: int = 1,
+                 with_index: bool = False) -> Iterator[dict[str, np.ndarray]]:
+  """The split in order; the last batch padded (PAD, -100, puzzle id 0).
+
+  With `with_index`, adds `example_index` (-1 on padding rows).
+  """
+  n = data.num_examples
+  rows = _local_rows(global_batch_size, process_index, process_count)
+  seq = data.meta.seq_len
+  for start in range(0, n, global_batch_size):
+    idx = np.arange(start, start + global_batch_size)[rows]
+    valid = idx < n
+    local = len(idx)
+    out = {'inputs': np.full((local, seq), PAD_ID, np.int32),
+           'labels': np.full((local, seq), IGNORE_LABEL_ID, np.int32),
+           'puzzle_identifiers': np.full((local,), BLANK_PUZZLE_ID,
+                                         np.int32)}
+    if valid.any():
+      got = data.examples(idx[valid])
+      for k, v in got.items():
+        out[k][valid] = v
+    if with_index:
+      out['example_index'] = np.where(valid, idx, -1).astype(np.int32)
+    yield out
+
+
+def make_global_batch(local_batch: dict, sharding) -> dict:
+  """Assembles per-process rows into global jax Arrays (batch axis 0)."""
+  import jax
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def measure_throughput(data: SplitData, global_batch_size: int,
+                       steps: int = 20, seed: int = 0) -> float:
+  """Training examples/s of train_batch on this host (one process)."""
+  train_batch(data, seed, 0, global_batch_size)
+  t = time.perf_counter()
+  for s in range(1, steps + 1):
+    train_batch(data, seed, s, global_batch_size)
+  return steps * global_batch_size / (time.perf_counter() - t)
