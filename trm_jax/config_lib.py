@@ -1,0 +1,105 @@
+"""Shared config helpers; experiment files import only this module.
+
+`model_config()` holds every model field with the reference's defaults;
+`train_config()` the optimisation fields. Experiment files override fields
+and return a locked `ConfigDict` (a misspelt field then fails).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+ARCHS = ("trm", "hrm")
+VARIANTS = ("default", "separate_nets", "one_step_grad", "single_latent", "multiscale_latent")
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.arch = "trm"                    # "trm" | "hrm"
+  c.variant = "default"             # TRM paper ablations, see VARIANTS
+  c.seq_len = 81
+  c.vocab_size = 11
+  c.num_puzzle_identifiers = 1
+  c.hidden_size = 512
+  c.num_heads = 8
+  c.expansion = 4.0
+  c.H_cycles = 3
+  c.L_cycles = 6
+  c.L_layers = 2
+  c.H_layers = 0                    # HRM (and only HRM) uses H_layers
+  c.pos_encodings = "rope"          # "rope" | "learned" | "none"
+  c.mlp_t = False                   # MLP-mixer over the sequence instead of attention
+  c.puzzle_emb_ndim = 512           # 0 disables puzzle embeddings
+  c.puzzle_emb_len = 16             # TRM prefix length; 0 -> ceil(ndim / hidden)
+  c.rms_norm_eps = 1e-5
+  c.rope_theta = 10000.0
+  c.dtype = "bfloat16"              # activation dtype; params are float32
+  c.halt_max_steps = 16
+  c.halt_exploration_prob = 0.1
+  c.no_ACT_continue = True          # TRM default; False adds the Q-continue loss
+  c.loss_type = "stablemax"         # "stablemax" | "softmax"
+  c.recursion = "loop"              # "loop" (Python-unrolled) | "scan" (jax.lax.scan)
+  c.remat = "none"                  # scan body remat: "none" | "dots" | "full"
+  c.attention_impl = "auto"         # "auto" | "xla" | "cudnn"
+  c.update(overrides)
+  return c
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.global_batch_size = 768
+  c.epochs = 50000
+  c.steps = -1                      # -1: derived from epochs
+  c.optimizer = "adam_atan2"        # "adam_atan2" | "adamw"
+  c.lr = 1e-4
+  c.lr_min_ratio = 1.0
+  c.lr_warmup_steps = 2000
+  c.beta1 = 0.9
+  c.beta2 = 0.95
+  c.weight_decay = 1.0
+  c.puzzle_emb_lr = 1e-4
+  c.puzzle_emb_weight_decay = 1.0
+  c.ema = True
+  c.ema_rate = 0.999
+  c.eval_every = 5000
+  c.checkpoint_every = 5000
+  c.log_every = 100
+  c.keep_checkpoints = 3
+  c.update(overrides)
+  return c
+
+
+def validate_model(c) -> None:
+  """Clear errors for impossible model settings, naming the field."""
+  def bad(field, msg):
+    raise ValueError(f"config.model.{field}: {msg}")
+  if c.arch not in ARCHS:
+    bad("arch", f"must be one of {ARCHS}, got {c.arch!r}")
+  if c.variant not in VARIANTS:
+    bad("variant", f"must be one of {VARIANTS}, got {c.variant!r}")
+  if c.arch == "hrm" and c.variant != "default":
+    bad("variant", "ablation variants apply to TRM only")
+  if c.arch == "hrm" and c.H_layers <= 0:
+    bad("H_layers", "HRM needs H_layers > 0")
+  if c.recursion not in ("scan", "loop"):
+    bad("recursion", f"must be 'scan' or 'loop', got {c.recursion!r}")
+  if c.pos_encodings not in ("rope", "learned", "none"):
+    bad("pos_encodings", f"must be 'rope', 'learned' or 'none', got {c.pos_encodings!r}")
+  if not c.mlp_t and c.hidden_size % c.num_heads:
+    bad("num_heads", f"hidden_size {c.hidden_size} is not divisible by {c.num_heads} heads")
+  if c.H_cycles < 1 or c.L_cycles < 1:
+    bad("H_cycles", "H_cycles and L_cycles must be >= 1")
+  if c.halt_max_steps < 1:
+    bad("halt_max_steps", "must be >= 1")
+
+
+def frozen_model(c) -> ml_collections.FrozenConfigDict:
+  """The hashable model config that modules and jitted steps close over."""
+  validate_model(c)
+  return ml_collections.FrozenConfigDict(c)
+
+
+def replace(frozen, **fields) -> ml_collections.FrozenConfigDict:
+  """A copy of a frozen config with some fields changed."""
+  c = frozen.as_configdict()
+  c.update(fields)
+  return ml_collections.FrozenConfigDict(c)

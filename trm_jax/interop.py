@@ -1,0 +1,103 @@
+"""Reference (PyTorch) state-dict keys <-> trm_jax variables.
+
+The reference stores linear weights as (out, in); we store kernels as
+(in, out). Key layout: see ../shared/parity/README.md. Compiled-model
+checkpoints carry an extra `_orig_mod.` prefix, which is accepted.
+"""
+from __future__ import annotations
+
+import flax
+import jax
+import numpy as np
+
+PREFIX = "model.inner."
+
+
+def _ref_name(path: tuple) -> tuple[str, bool]:
+  """Our variable path -> (reference key, transpose?)."""
+  parts = []
+  for p in path:
+    parts.extend(p.split("_", 1) if p.startswith("layers_") else [p])
+  leaf = parts[-1]
+  if parts[:2] == ["embed_tokens", "embedding"]:
+    return PREFIX + "embed_tokens.embedding_weight", False
+  if parts == ["embed_pos"]:
+    return PREFIX + "embed_pos.embedding_weight", False
+  if leaf == "kernel":
+    return PREFIX + ".".join(parts[:-1] + ["weight"]), True
+  return PREFIX + ".".join(parts), False
+
+
+def reference_keys(variables) -> dict[str, tuple]:
+  """{reference key: (collection, path, transpose)} for every model variable."""
+  out = {}
+  for col in ("params", "consts"):
+    for path, _ in flax.traverse_util.flatten_dict(flax.core.unfreeze(variables[col])).items():
+      key, tr = _ref_name(path)
+      out[key] = (col, path, tr)
+  return out
+
+
+def strip_prefix(state_dict: dict) -> dict:
+  return {k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k: v for k, v in state_dict.items()}
+
+
+class KeyMismatch(ValueError):
+  pass
+
+
+def from_reference(state_dict: dict, like_variables, num_puzzle_identifiers: int | None = None,
+                   puzzle_emb_ndim: int = 0, source: str = "state dict"):
+  """Reference state dict -> (variables, puzzle_table).
+
+  `like_variables` gives the expected tree and shapes (e.g. from
+  `jax.eval_shape(init)`); every shape is checked and missing or unexpected
+  keys are reported by name.
+  """
+  sd = strip_prefix(state_dict)
+  keys = reference_keys(like_variables)
+  table_key = PREFIX + "puzzle_emb.weights"
+  expected = set(keys) | ({table_key} if puzzle_emb_ndim > 0 else set())
+  missing = sorted(expected - set(sd))
+  unexpected = sorted(set(sd) - expected - {PREFIX + "puzzle_emb.local_weights", PREFIX + "puzzle_emb.local_ids"})
+  if missing or unexpected:
+    msg = []
+    if missing:
+      msg.append("missing keys: " + ", ".join(missing))
+    if unexpected:
+      msg.append("unexpected keys: " + ", ".join(unexpected))
+    raise KeyMismatch(f"{source}: " + "; ".join(msg))
+  flat = {"params": {}, "consts": {}}
+  like_flat = {c: flax.traverse_util.flatten_dict(flax.core.unfreeze(like_variables[c])) for c in flat}
+  for key, (col, path, tr) in keys.items():
+    a = np.asarray(sd[key], np.float32)
+    a = a.T if tr else a
+    want = tuple(like_flat[col][path].shape)
+    if a.shape != want:
+      shown = a.T.shape if tr else a.shape
+      raise KeyMismatch(f"{source}: {key} has shape {tuple(shown)}, the config expects "
+                        f"{tuple(reversed(want)) if tr else want}")
+    flat[col][path] = a
+  variables = {c: flax.traverse_util.unflatten_dict(flat[c]) for c in flat}
+  table = None
+  if puzzle_emb_ndim > 0:
+    table = np.asarray(sd[table_key], np.float32)
+    want = (num_puzzle_identifiers, puzzle_emb_ndim)
+    if num_puzzle_identifiers is not None and table.shape != want:
+      raise KeyMismatch(f"{source}: {table_key} has shape {table.shape}, the config expects {want}")
+  return variables, table
+
+
+def to_reference(variables, puzzle_table=None) -> dict[str, np.ndarray]:
+  """trm_jax variables (+ table) -> reference-keyed float32 arrays."""
+  out = {}
+  for key, (col, path, tr) in reference_keys(variables).items():
+    a = np.asarray(jax.device_get(flax.traverse_util.flatten_dict(flax.core.unfreeze(variables[col]))[path]))
+    out[key] = np.ascontiguousarray(a.T if tr else a).astype(np.float32)
+  if puzzle_table is not None and np.size(puzzle_table):
+    out[PREFIX + "puzzle_emb.weights"] = np.asarray(jax.device_get(puzzle_table), np.float32)
+  return out
+
+
+def grads_to_reference(param_grads) -> dict[str, np.ndarray]:
+  return {k: v for k, v in to_reference({"params": param_grads, "consts": {}}).items()}

@@ -1,0 +1,239 @@
+"""Flax linen modules of TRM and HRM: one network application, no loops.
+
+The recursion lives in `recursion.py`; here a module only knows how to embed
+inputs, apply the weight-tied reasoning network once, and read the heads.
+Parameters are float32; activations use `config.dtype` (bfloat16 by default).
+Linear kernels are stored Flax-style as (in, out); the reference stores
+(out, in) and `convert.py` transposes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# Truncated normal on [-2, 2] sigma with the std corrected for truncation,
+# sigma = 1/sqrt(fan_in): the reference's init for linear layers.
+lecun_trunc = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def std_trunc_normal(std: float):
+  """Truncated normal with the given std (fan-independent), as for embeddings."""
+  base = nn.initializers.truncated_normal(stddev=1.0, lower=-2.0, upper=2.0)
+  # The std of a standard normal truncated to [-2, 2].
+  corr = 0.87962566103423978
+
+  def init(key, shape, dtype=jnp.float32):
+    return base(key, shape, dtype) * (std / corr)
+
+  return init
+
+
+def rms_norm(x: jax.Array, eps: float) -> jax.Array:
+  """Scale-free RMSNorm over the last axis, computed in float32."""
+  xf = x.astype(jnp.float32)
+  xf = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + eps)
+  return xf.astype(x.dtype)
+
+
+def puzzle_emb_len(cfg) -> int:
+  """Length P of the puzzle-embedding prefix."""
+  if cfg.puzzle_emb_ndim <= 0:
+    return 0
+  if cfg.arch == "trm" and cfg.puzzle_emb_len > 0:
+    return cfg.puzzle_emb_len
+  return -(cfg.puzzle_emb_ndim // -cfg.hidden_size)
+
+
+def swiglu_inter(width: int, expansion: float) -> int:
+  inter = round(expansion * width * 2 / 3)
+  return -(inter // -256) * 256
+
+
+class Linear(nn.Module):
+  """x @ W (+ b) with a float32 kernel cast to the activation dtype at use."""
+  features: int
+  use_bias: bool = False
+  dtype: Dtype = jnp.bfloat16
+  kernel_init: Any = lecun_trunc
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+    return y
+
+
+class SwiGLU(nn.Module):
+  expansion: float
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x):
+    inter = swiglu_inter(x.shape[-1], self.expansion)
+    gate, up = jnp.split(Linear(2 * inter, dtype=self.dtype, name="gate_up_proj")(x), 2, axis=-1)
+    return Linear(x.shape[-1], dtype=self.dtype, name="down_proj")(nn.silu(gate) * up)
+
+
+def rope_cos_sin(seq: int, head_dim: int, theta: float):
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = jnp.outer(jnp.arange(seq, dtype=jnp.float32), inv_freq)
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x, cos, sin):
+  """x: (B, T, N, H); rotation in float32 as the reference does."""
+  xf = x.astype(jnp.float32)
+  x1, x2 = jnp.split(xf, 2, axis=-1)
+  rot = jnp.concatenate([-x2, x1], axis=-1)
+  return (xf * cos[:, None, :] + rot * sin[:, None, :]).astype(x.dtype)
+
+
+def attention(q, k, v, impl: str):
+  """Non-causal scaled dot-product attention on (B, T, N, H) arrays.
+
+  impl: "xla" (portable), "cudnn" (flash attention; the sequence is padded
+  to a multiple of 64 with a key mask when needed), or "auto" (cudnn on GPU).
+  """
+  if impl == "auto":
+    impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
+  if impl == "cudnn":
+    t = q.shape[1]
+    pad = (-t) % 64
+    if pad:
+      widths = ((0, 0), (0, pad), (0, 0), (0, 0))
+      q, k, v = (jnp.pad(a, widths) for a in (q, k, v))
+      lengths = jnp.full((q.shape[0],), t, jnp.int32)
+      out = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+                                         implementation="cudnn")
+      return out[:, :t]
+    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+  return jax.nn.dot_product_attention(q, k, v, implementation=None if impl == "xla" else impl)
+
+
+class Attention(nn.Module):
+  num_heads: int
+  dtype: Dtype
+  impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x, cos_sin):
+    b, t, d = x.shape
+    hd = d // self.num_heads
+    qkv = Linear(3 * d, dtype=self.dtype, name="qkv_proj")(x).reshape(b, t, 3 * self.num_heads, hd)
+    q, k, v = jnp.split(qkv, 3, axis=2)
+    if cos_sin is not None:
+      q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
+    out = attention(q, k, v, self.impl).reshape(b, t, d)
+    return Linear(d, dtype=self.dtype, name="o_proj")(out)
+
+
+class Block(nn.Module):
+  """Post-norm block: attention (or sequence-MLP) then SwiGLU, each + RMSNorm."""
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, h, cos_sin):
+    c = self.cfg
+    if c.mlp_t:
+      t = jnp.swapaxes(h, 1, 2)
+      t = rms_norm(t + SwiGLU(c.expansion, c.dtype, name="mlp_t")(t), c.rms_norm_eps)
+      h = jnp.swapaxes(t, 1, 2)
+    else:
+      attn = Attention(c.num_heads, c.dtype, c.attention_impl, name="self_attn")
+      h = rms_norm(h + attn(h, cos_sin), c.rms_norm_eps)
+    return rms_norm(h + SwiGLU(c.expansion, c.dtype, name="mlp")(h), c.rms_norm_eps)
+
+
+class ReasoningNet(nn.Module):
+  """f(z, injection) = blocks(z + injection): the weight-tied network."""
+  cfg: Any
+  num_layers: int
+
+  @nn.compact
+  def __call__(self, z, injection, cos_sin):
+    h = z + injection
+    for i in range(self.num_layers):
+      h = Block(self.cfg, name=f"layers_{i}")(h, cos_sin)
+    return h
+
+
+class RecursiveModel(nn.Module):
+  """TRM / HRM: embeddings, the reasoning network(s), and the heads.
+
+  Methods are applied one at a time from `recursion.py` with
+  `model.apply(variables, ..., method=...)`.
+  Variables: `params` (trained) and `consts` (fixed H_init / L_init buffers).
+  """
+  cfg: Any
+
+  def setup(self):
+    c = self.cfg
+    d = c.hidden_size
+    self.P = puzzle_emb_len(c)
+    self.embed_tokens = nn.Embed(c.vocab_size, d, embedding_init=std_trunc_normal(1 / math.sqrt(d)),
+                                 name="embed_tokens")
+    if c.pos_encodings == "learned":
+      self.embed_pos = self.param("embed_pos", std_trunc_normal(1 / math.sqrt(d)), (c.seq_len + self.P, d))
+    self.L_level = ReasoningNet(c, c.L_layers)
+    if c.arch == "hrm" or c.variant == "separate_nets":
+      self.H_level = ReasoningNet(c, c.H_layers if c.arch == "hrm" else c.L_layers)
+    self.lm_head = Linear(c.vocab_size, dtype=c.dtype)
+    self.q_head = Linear(2, use_bias=True, dtype=c.dtype, kernel_init=nn.initializers.zeros,
+                         bias_init=nn.initializers.constant(-5.0))
+    l_shape = (c.L_cycles, d) if c.variant == "multiscale_latent" else (d,)
+    self.H_init = self.variable("consts", "H_init", lambda: std_trunc_normal(1.0)(self.make_rng("params"), (d,)))
+    self.L_init = self.variable("consts", "L_init", lambda: std_trunc_normal(1.0)(self.make_rng("params"), l_shape))
+
+  def embed(self, inputs, puzzle_rows):
+    """inputs (B, S) int, puzzle_rows (B, ndim) or None -> x (B, P+S, D)."""
+    c = self.cfg
+    x = self.embed_tokens.embedding[inputs].astype(c.dtype)
+    if self.P:
+      b = inputs.shape[0]
+      rows = puzzle_rows.astype(c.dtype)
+      rows = jnp.pad(rows, ((0, 0), (0, self.P * c.hidden_size - rows.shape[-1])))
+      x = jnp.concatenate([rows.reshape(b, self.P, c.hidden_size), x], axis=1)
+    if c.pos_encodings == "learned":
+      x = 0.707106781 * (x + self.embed_pos.astype(c.dtype))
+    return (math.sqrt(c.hidden_size) * x).astype(c.dtype)
+
+  def cos_sin(self):
+    c = self.cfg
+    if c.pos_encodings != "rope":
+      return None
+    return rope_cos_sin(c.seq_len + self.P, c.hidden_size // c.num_heads, c.rope_theta)
+
+  def L(self, z, injection):
+    return self.L_level(z, injection, self.cos_sin())
+
+  def H(self, z, injection):
+    net = self.H_level if (self.cfg.arch == "hrm" or self.cfg.variant == "separate_nets") else self.L_level
+    return net(z, injection, self.cos_sin())
+
+  def heads(self, z_H):
+    """-> logits (B, S, V) in the activation dtype, q (B, 2) float32."""
+    logits = self.lm_head(z_H)[:, self.P:]
+    q = self.q_head(z_H[:, 0]).astype(jnp.float32)
+    return logits, q
+
+  def inits(self):
+    return self.H_init.value, self.L_init.value
+
+  def __call__(self, inputs, puzzle_rows):
+    """Used only by `init`: touches every parameter once."""
+    x = self.embed(inputs, puzzle_rows)
+    z = self.L(x, x)
+    if self.cfg.arch == "hrm" or self.cfg.variant == "separate_nets":
+      z = self.H(z, x)
+    self.inits()
+    return self.heads(z)

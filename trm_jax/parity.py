@@ -1,0 +1,176 @@
+"""Parity tool: run the reference's calls on its weights and batches.
+
+    python -m trm_jax.parity --vectors IN.npz --out OUT.npz [--recursion loop|scan]
+
+`IN` holds a reference state dict (`w/...`), a JSON `config` and two
+batches (layout: ../shared/parity/README.md). OUT gets, under the same keys,
+every `eval/...` and `train/...` array of IN, computed by trm_jax in float32:
+the evaluation rollout, training step 1 (gradients of the unscaled loss and
+one sparse sign-SGD step, lr 0.01, wd 0.1) and training step 2 continuing
+the carry on the second batch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trm_jax import config_lib, interop, optim, recursion, steps
+from trm_jax.model import RecursiveModel
+
+SIGNSGD_LR, SIGNSGD_WD = 0.01, 0.1
+_OUTPUT_KEYS = ("logits", "q_halt_logits", "q_continue_logits", "preds")
+
+
+def model_config_from_reference(rc: dict, recursion_mode: str = "loop"):
+  """The reference's JSON config -> our (frozen) model config."""
+  loss = rc.get("loss_type", "stablemax_cross_entropy")
+  c = config_lib.model_config(
+      arch=rc.get("arch", "trm"), seq_len=rc["seq_len"], vocab_size=rc["vocab_size"],
+      num_puzzle_identifiers=rc.get("num_puzzle_identifiers", 1), hidden_size=rc["hidden_size"],
+      num_heads=rc["num_heads"], expansion=float(rc.get("expansion", 4)), H_cycles=rc["H_cycles"],
+      L_cycles=rc["L_cycles"], L_layers=rc["L_layers"], H_layers=rc.get("H_layers", 0),
+      pos_encodings=rc.get("pos_encodings", "rope"), mlp_t=bool(rc.get("mlp_t", False)),
+      puzzle_emb_ndim=rc.get("puzzle_emb_ndim", rc["hidden_size"]), puzzle_emb_len=rc.get("puzzle_emb_len", 0),
+      rms_norm_eps=rc.get("rms_norm_eps", 1e-5), rope_theta=rc.get("rope_theta", 10000.0),
+      dtype=rc.get("forward_dtype", "float32"), halt_max_steps=rc["halt_max_steps"],
+      halt_exploration_prob=rc.get("halt_exploration_prob", 0.0),
+      no_ACT_continue=bool(rc.get("no_ACT_continue", True)),
+      loss_type="softmax" if loss.startswith("softmax") else "stablemax", recursion=recursion_mode,
+      attention_impl="xla")
+  return config_lib.frozen_model(c)
+
+
+def _batch(f, name):
+  return {k: jnp.asarray(f[f"{name}/{k}"], jnp.int32) for k in ("inputs", "labels", "puzzle_identifiers")}
+
+
+def run_parity(f, recursion_mode: str = "loop", dtype: str | None = None) -> dict[str, np.ndarray]:
+  """Computes every eval/ and train/ array of the vectors `f` (a mapping).
+
+  `dtype` overrides the activation dtype (e.g. "float64" under
+  `jax_enable_x64`, to see how far the reference's own float32 rounding is
+  from the exact result).
+  """
+  rc = json.loads(str(f["config"]))
+  if dtype:
+    rc["forward_dtype"] = dtype
+  mcfg = model_config_from_reference(rc, recursion_mode)
+  model = RecursiveModel(mcfg)
+  state_dict = {k[2:]: f[k] for k in f if k.startswith("w/")}
+  like = jax.eval_shape(lambda: steps_init(model, mcfg))
+  variables, table = interop.from_reference(state_dict, like, mcfg.num_puzzle_identifiers, mcfg.puzzle_emb_ndim)
+  params, consts = variables["params"], variables["consts"]
+  table = jnp.zeros((mcfg.num_puzzle_identifiers, 0)) if table is None else jnp.asarray(table)
+  b1, b2 = _batch(f, "batch1"), _batch(f, "batch2")
+  out: dict[str, np.ndarray] = {}
+
+  # Evaluation rollout from a fresh carry, batch1 each step.
+  collect = _OUTPUT_KEYS + ("loss", "halted", "metrics")
+  carry, _, _, per = jax.jit(lambda p, c, t, b: steps.rollout(model, mcfg, p, c, t, b, collect=collect))(
+      params, consts, table, b1)
+  for i in range(mcfg.halt_max_steps):
+    for k in collect:
+      for name, a in _flat(k, jax.tree.map(lambda x: x[i], per[k])).items():
+        out[f"eval/step{i + 1}/{name}"] = a
+  for k, v in carry["z"].items():
+    out[f"eval/final/{k}"] = np.asarray(v, np.float32)
+
+  # Training step 1 (fresh carry, batch1), then step 2 (carry continues, batch2).
+  @jax.jit
+  def train_call(carry, batch, table):
+    carry = recursion.reset_carry(carry, batch, consts, mcfg)
+    return steps.loss_and_grads(model, mcfg, params, consts, carry, table, jax.random.key(0))
+
+  carry = recursion.initial_carry(mcfg, b1["inputs"].shape[0])
+  for step, batch in ((1, b1), (2, b2)):
+    loss, g, g_rows, carry, outputs, metrics = train_call(carry, batch, table)
+    pre = f"train/step{step}/"
+    out[pre + "loss"] = np.asarray(loss, np.float32)
+    for k in _OUTPUT_KEYS:
+      out[pre + k] = np.asarray(outputs[k])
+    out[pre + "halted"] = np.asarray(carry["halted"])
+    out[pre + "steps"] = np.asarray(carry["steps"])
+    for k, v in carry["data"].items():
+      out[pre + f"current_data/{k}"] = np.asarray(v)
+    out.update(_flat(pre + "metrics", metrics))
+    if step == 1:
+      for k, v in interop.grads_to_reference(g).items():
+        out[pre + "grad/" + k] = v
+      if g_rows is not None:
+        out[pre + "grad/puzzle_emb_rows"] = np.asarray(g_rows, np.float32)
+        ids = carry["data"]["puzzle_identifiers"]
+        table = optim.sign_sgd_rows(table, ids, g_rows, SIGNSGD_LR, SIGNSGD_WD)
+        out[pre + "puzzle_emb_after_signsgd"] = np.asarray(table, np.float32)
+  return out
+
+
+def steps_init(model, mcfg):
+  from trm_jax.train_state import init_variables
+  return init_variables(model, mcfg, jax.random.key(0))
+
+
+def _flat(prefix, tree) -> dict[str, np.ndarray]:
+  if isinstance(tree, dict):
+    return {f"{prefix}/{k}": np.asarray(v, np.float32) for k, v in tree.items()}
+  a = np.asarray(tree)
+  return {prefix: a.astype(np.float32) if a.dtype.kind == "f" else a}
+
+
+def compare(ref, ours: dict[str, np.ndarray]) -> dict[str, float]:
+  """Relative error (max-abs err / max-abs ref) of every eval/ and train/ key."""
+  errs = {}
+  for k in ref:
+    if not (k.startswith("eval/") or k.startswith("train/")):
+      continue
+    if k not in ours:
+      raise KeyError(f"trm_jax produced no {k}")
+    r = np.asarray(ref[k]).astype(np.float64)
+    o = np.asarray(ours[k]).astype(np.float64)
+    if r.shape != o.shape:
+      raise ValueError(f"{k}: shape {o.shape}, reference {r.shape}")
+    scale = np.max(np.abs(r)) if r.size else 0.0
+    err = np.max(np.abs(r - o)) if r.size else 0.0
+    errs[k] = float(err / scale) if scale > 0 else float(err)
+  return errs
+
+
+def main(argv=None) -> int:
+  import argparse
+  ap = argparse.ArgumentParser(prog="python -m trm_jax.parity", description=__doc__.split("\n\n")[0])
+  ap.add_argument("--vectors", required=True, help="reference vectors (.npz)")
+  ap.add_argument("--out", required=True, help="where to write trm_jax's arrays (.npz)")
+  ap.add_argument("--recursion", default="loop", choices=("loop", "scan"))
+  ap.add_argument("--report", action="store_true", help="also print the largest relative error")
+  ap.add_argument("--x64", action="store_true",
+                  help="compute in float64 (shows the reference's own float32 rounding error)")
+  a = ap.parse_args(argv)
+  jax.config.update("jax_default_matmul_precision", "highest")
+  if a.x64:
+    jax.config.update("jax_enable_x64", True)
+  try:
+    f = dict(np.load(a.vectors))
+  except (OSError, ValueError) as e:
+    print(f"error: {a.vectors}: cannot read vectors ({e})", file=sys.stderr)
+    return 2
+  try:
+    out = run_parity(f, a.recursion, "float64" if a.x64 else None)
+  except (KeyError, ValueError) as e:
+    print(f"error: {a.vectors}: {e}", file=sys.stderr)
+    return 2
+  tmp = a.out + ".tmp.npz"
+  np.savez(tmp, **out)
+  os.replace(tmp, a.out)
+  if a.report:
+    errs = compare(f, out)
+    worst = max(errs, key=errs.get)
+    print(json.dumps({"arrays": len(errs), "max_rel_err": errs[worst], "worst": worst}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
