@@ -153,8 +153,8 @@ for i in "${!HOST_LIST[@]}"; do
   cmd="${env_prefix}CUDA_VISIBLE_DEVICES=${devices} ${PYTHON} -m trm_jax.main ${main_args}"
   cmd+=" --coordinator_address=${COORD} --num_processes=${N} --process_id=${i}"
   if [[ -n "$pass_args" ]]; then cmd+=" ${pass_args}"; fi
-  remote="set -euo pipefail; mkdir -p ${RUNDIR} && cd ${RDIR}"
-  remote+=" && setsid nohup bash -c $(shell_quote "$cmd; echo \"# exit status \$?\"") > ${RUNDIR}/worker-${i}.log 2>&1 < /dev/null &"
+  remote="set -euo pipefail; mkdir -p ${RUNDIR}; cd ${RDIR}"
+  remote+="; setsid nohup bash -c $(shell_quote "$cmd; echo \"# exit status \$?\"") > ${RUNDIR}/worker-${i}.log 2>&1 < /dev/null &"
   remote+=" echo \$! > ${RUNDIR}/worker-${i}.pid; echo \"${host}: process ${i}/${N} started (${RUN_NAME})\""
   # shellcheck disable=SC2086
   run $SSH "$host" "$remote"

@@ -1,0 +1,422 @@
+"""Tests for launch/: sweep expansion, dry-run output of the shell scripts, and
+the remote commands themselves, executed locally through a fake gcloud."""
+
+import importlib.util
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(REPO, "launch")
+SCRIPTS = ["tpu_create.sh", "tpu_setup.sh", "tpu_run.sh", "tpu_logs.sh",
+           "tpu_stop.sh", "tpu_free.sh", "gpu_multinode.sh"]
+
+
+def _load_sweep():
+  spec = importlib.util.spec_from_file_location(
+      "launch_sweep", os.path.join(LAUNCH, "sweep.py"))
+  module = importlib.util.module_from_spec(spec)
+  sys.modules["launch_sweep"] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+sweep = _load_sweep()
+
+EXPERIMENT = textwrap.dedent("""\
+    import ml_collections
+
+    def get_config(arg=None):
+      c = ml_collections.ConfigDict()
+      c.seed = 0
+      c.train = ml_collections.ConfigDict({"lr": 1e-4, "steps": 10})
+      c.model = ml_collections.ConfigDict({"H_cycles": 3, "name": "x"})
+      c.lock()
+      return c
+
+    def get_sweep(arg=None):
+      seeds = range(int(arg)) if arg else [0]
+      return [{"train.lr": lr, "seed": s} for lr in (1e-4, 3e-5) for s in seeds]
+    """)
+
+
+@pytest.fixture
+def experiment(tmp_path):
+  path = tmp_path / "exp.py"
+  path.write_text(EXPERIMENT)
+  return str(path)
+
+
+def _sh(script, *args, env=None, check=True):
+  full_env = dict(os.environ, **(env or {}))
+  for k in ("TPU_NAME", "TPU_ZONE", "TPU_PROJECT"):
+    if env is None or k not in env:
+      full_env.pop(k, None)
+  return subprocess.run(["bash", os.path.join(LAUNCH, script), *args],
+                        capture_output=True, text=True, env=full_env,
+                        check=check, timeout=60)
+
+
+# ----------------------------------------------------------------- sweep.py
+
+
+def test_expand_sweep(experiment):
+  trials = sweep.expand_sweep(experiment, "2", "gs://b/sw/")
+  assert [t.name for t in trials] == [
+      "lr=0.0001_seed=0", "lr=0.0001_seed=1", "lr=3e-05_seed=0",
+      "lr=3e-05_seed=1"]
+  t = trials[2]
+  assert t.workdir == "gs://b/sw/lr=3e-05_seed=0"
+  assert t.overrides == (("train.lr", 3e-5), ("seed", 0))
+  assert t.args == (f"--config={experiment}:2",
+                    "--workdir=gs://b/sw/lr=3e-05_seed=0",
+                    "--config.train.lr=3e-05", "--config.seed=0")
+  assert t.command("py") == ["py", "-m", "trm_jax.main", *t.args]
+  # Without an argument get_sweep() gets none, and --config has no colon.
+  trials = sweep.expand_sweep(experiment, None, "out")
+  assert [t.workdir for t in trials] == ["out/lr=0.0001_seed=0",
+                                         "out/lr=3e-05_seed=0"]
+  assert trials[0].args[0] == f"--config={experiment}"
+
+
+def test_expand_sweep_overrides_parse_back(experiment):
+  """The override strings are accepted by ml_collections' config flags."""
+  from absl import flags
+  from ml_collections import config_flags
+  trial = sweep.expand_sweep(experiment, "2", "w")[3]
+  argv = ["prog", *[a for a in trial.args if not a.startswith("--workdir")]]
+  fv = flags.FlagValues()
+  # Override flags are registered from the argv seen at definition time.
+  config_flags.DEFINE_config_file("config", None, flag_values=fv, sys_argv=argv)
+  fv(argv)
+  assert fv.config.train.lr == 3e-5
+  assert fv.config.seed == 1
+
+
+def test_trial_names_are_safe_and_unique(tmp_path):
+  path = tmp_path / "odd.py"
+  path.write_text(textwrap.dedent("""\
+      def get_sweep(arg=None):
+        return [{"model.name": "a b/c"}, {"model.name": "a?b/c"}, {},
+                {"model.lr": 1.0, "train.lr": 2.0}, {"flag": True},
+                {"dims": (1, 2)}, {"very_long_field_name": "v" * 300}]
+      """))
+  trials = sweep.expand_sweep(str(path), None, "base")
+  names = [t.name for t in trials]
+  assert names[:6] == ["name=a-b-c", "name=a-b-c-2", "default",
+                       "model.lr=1.0_train.lr=2.0", "flag=true", "dims=1-2"]
+  assert len(set(names)) == len(names)
+  assert len(names[6]) <= 120
+  for name in names:
+    assert all(c.isalnum() or c in "._=+-" for c in name), name
+  assert trials[0].args[-1] == "--config.model.name=a b/c"
+  assert trials[4].args[-1] == "--config.flag=true"
+  assert trials[5].args[-1] == "--config.dims=(1,2)"
+
+
+def test_expand_sweep_errors(tmp_path):
+  nosweep = tmp_path / "nosweep.py"
+  nosweep.write_text("def get_config(arg=None):\n  return None\n")
+  with pytest.raises(ValueError, match="get_sweep"):
+    sweep.expand_sweep(str(nosweep), None, "w")
+  bad = tmp_path / "bad.py"
+  bad.write_text("def get_sweep(arg=None):\n  return [{'a b': 1}]\n")
+  with pytest.raises(ValueError, match="bad field name"):
+    sweep.expand_sweep(str(bad), None, "w")
+  with pytest.raises(FileNotFoundError):
+    sweep.expand_sweep(str(tmp_path / "missing.py"), None, "w")
+
+
+def _sweep_cli(*args):
+  return subprocess.run([sys.executable, os.path.join(LAUNCH, "sweep.py"), *args],
+                        capture_output=True, text=True, timeout=60)
+
+
+def test_sweep_cli_dry_run_local(experiment):
+  out = _sweep_cli(f"--config={experiment}:2", "--workdir_base=/tmp/sw",
+                   "--dry_run", "--python=python3",
+                   "--extra=--config.train.steps=5")
+  assert out.returncode == 0, out.stderr
+  expected = []
+  for lr in ("0.0001", "3e-05"):
+    for s in (0, 1):
+      expected.append(
+          f"python3 -m trm_jax.main --config={experiment}:2 "
+          f"--workdir=/tmp/sw/lr={lr}_seed={s} --config.train.lr={lr} "
+          f"--config.seed={s} --config.train.steps=5")
+  assert out.stdout.splitlines() == expected
+
+
+def test_sweep_cli_dry_run_tpu(experiment):
+  out = _sweep_cli(f"--config={experiment}", "--workdir_base=gs://b/sw",
+                   "--dry_run", "--launcher=tpu",
+                   "--tpu_args=--name=trm --zone=us-west4-a", "--only=1")
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.splitlines() == [
+      f"launch/tpu_run.sh --name=trm --zone=us-west4-a --config={experiment} "
+      "--workdir=gs://b/sw/lr=3e-05_seed=0 --run_name=exp-lr=3e-05_seed=0 "
+      "--wait -- --config.train.lr=3e-05 --config.seed=0"]
+
+
+def test_sweep_cli_help_and_usage_errors(experiment):
+  out = _sweep_cli("--help")
+  assert out.returncode == 0
+  assert "workdir_base" in out.stdout
+  assert _sweep_cli("--workdir_base=w").returncode != 0
+  assert _sweep_cli(f"--config={experiment}", "--workdir_base=w",
+                    "--only=9", "--dry_run").returncode != 0
+
+
+def test_sweep_cli_runs_locally(experiment, tmp_path):
+  """Without --dry_run the trials run one by one with --python."""
+  fake = tmp_path / "fake_python"
+  record = tmp_path / "calls.txt"
+  fake.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+  fake.chmod(0o755)
+  out = _sweep_cli(f"--config={experiment}", "--workdir_base=w",
+                   f"--python={fake}")
+  assert out.returncode == 0, out.stderr
+  lines = record.read_text().splitlines()
+  assert len(lines) == 2
+  assert lines[1].endswith("--workdir=w/lr=3e-05_seed=0 "
+                           "--config.train.lr=3e-05 --config.seed=0")
+
+
+# ------------------------------------------------------ shell scripts: dry run
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script):
+  out = _sh(script, "--help")
+  assert out.returncode == 0
+  assert out.stdout.startswith("Usage")
+  assert "--dry_run" in out.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_unknown_flag_fails(script):
+  out = _sh(script, "--name=n", "--zone=z", "--no_such_flag", check=False)
+  assert out.returncode != 0
+  assert "no_such_flag" in out.stderr
+
+
+def test_tpu_create_dry_run():
+  out = _sh("tpu_create.sh", "--name=trm", "--zone", "us-central2-b",
+            "--project=p", "--accelerator_type=v4-32", "--reserved",
+            "--dry_run")
+  assert out.stdout.splitlines() == [
+      "gcloud compute tpus queued-resources create trm --node-id=trm "
+      "--zone=us-central2-b --project=p --accelerator-type=v4-32 "
+      "--runtime-version=tpu-ubuntu2204-base --reserved"]
+  out = _sh("tpu_create.sh", "--dry_run", "--wait",
+            env={"TPU_NAME": "t", "TPU_ZONE": "z"})
+  create, describe = out.stdout.splitlines()
+  assert "--accelerator-type=v5litepod-64" in create
+  assert "--runtime-version=v2-alpha-tpuv5-lite --spot" in create
+  assert describe.startswith("gcloud compute tpus queued-resources describe t")
+  assert _sh("tpu_create.sh", "--dry_run", check=False).returncode != 0
+
+
+def test_tpu_setup_dry_run():
+  sha = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"],
+                       capture_output=True, text=True, check=True).stdout.strip()
+  out = _sh("tpu_setup.sh", "--name=trm", "--zone=z", "--dry_run")
+  archive, scp, ssh = out.stdout.splitlines()
+  assert archive.startswith("git -C ") and archive.endswith(sha)
+  assert scp.startswith("gcloud compute tpus tpu-vm scp ")
+  assert f"trm:trm_jax-{sha[:12]}.tar.gz" in scp and "--worker=all" in scp
+  assert ssh.startswith("gcloud compute tpus tpu-vm ssh trm --zone=z --worker=all")
+  assert "pip install" in ssh and ".[tpu]" in ssh and sha in ssh
+
+
+def test_tpu_run_dry_run():
+  out = _sh("tpu_run.sh", "--name=trm", "--zone=z", "--dry_run",
+            "--config=experiments/arc1.py:variant=att",
+            "--workdir=gs://bucket/arc1", "--config.train.lr=1e-4",
+            "--run_name=r1", "--", "--config.seed=3")
+  (line,) = out.stdout.splitlines()
+  words = shlex.split(line)
+  assert words[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "trm"]
+  assert "--worker=all" in words
+  (cmd,) = [w for w in words if w.startswith("--command=")]
+  assert "trm_jax.main --config=experiments/arc1.py:variant=att" in cmd
+  assert "--workdir=gs://bucket/arc1 --config.train.lr=1e-4 --config.seed=3" in cmd
+  assert "setsid nohup" in cmd
+  assert "logs/r1/worker-$W.log" in cmd
+
+
+def test_tpu_run_requires_config():
+  out = _sh("tpu_run.sh", "--name=trm", "--zone=z", "--workdir=w", "--dry_run",
+            check=False)
+  assert out.returncode != 0 and "--config" in out.stderr
+
+
+def test_tpu_logs_stop_free_dry_run():
+  out = _sh("tpu_logs.sh", "--name=trm", "--zone=z", "--run=r1", "--dry_run")
+  assert "--worker=all" in out.stdout and "logs/r1/worker-$W.log" in out.stdout
+  out = _sh("tpu_logs.sh", "--name=trm", "--zone=z", "--worker=2", "-f",
+            "--dry_run")
+  assert "--worker=2" in out.stdout and "tail -n 50 -F" in out.stdout
+  out = _sh("tpu_stop.sh", "--name=trm", "--zone=z", "--delete", "--dry_run")
+  stop, delete = out.stdout.splitlines()
+  assert "--worker=all" in stop and "kill -TERM" in stop
+  assert delete == ("gcloud compute tpus queued-resources delete trm --zone=z "
+                    "--force --quiet")
+  out = _sh("tpu_free.sh", "--name=trm", "--zone=z", "--dry_run")
+  assert "sudo lsof" in out.stdout and "/tmp/libtpu_lockfile" in out.stdout
+
+
+def test_gpu_multinode_dry_run():
+  out = _sh("gpu_multinode.sh", "--hosts=h0,h1", "--gpus_per_node=2",
+            "--config=experiments/arc1.py", "--workdir=/nfs/w", "--run_name=r",
+            "--config.seed=1", "--dry_run")
+  lines = out.stdout.splitlines()
+  assert len(lines) == 2
+  for i, line in enumerate(lines):
+    assert line.startswith(f"ssh h{i} ")
+    assert ("--coordinator_address=h0:12355 --num_processes=2 "
+            f"--process_id={i} --config.seed=1") in line
+    assert "CUDA_VISIBLE_DEVICES=0,1" in line
+  out = _sh("gpu_multinode.sh", "--slurm", "--nodes=4",
+            "--config=experiments/arc1.py", "--workdir=/nfs/w", "--run_name=r",
+            "--dry_run")
+  assert "#SBATCH --nodes=4" in out.stdout
+  assert '--process_id="$SLURM_PROCID"' in out.stdout
+  assert out.stdout.splitlines()[-1].startswith("sbatch ")
+
+
+# ------------------------------------- remote commands, run through fake tools
+
+FAKE_GCLOUD = """\
+#!/usr/bin/env bash
+# Runs `tpu-vm ssh --command=...` locally once per fake worker; logs the rest.
+set -u
+echo "$*" >> "$FAKE_LOG"
+if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm ssh" ]]; then
+  worker=all; cmd=""
+  for a in "$@"; do
+    case "$a" in --worker=*) worker="${a#--worker=}" ;; --command=*) cmd="${a#--command=}" ;; esac
+  done
+  if [[ "$worker" == all ]]; then ws="$(seq 0 $((FAKE_WORKERS - 1)))"; else ws="$worker"; fi
+  rc=0
+  for w in $ws; do TRM_WORKER_ID="$w" bash -c "$cmd" || rc=$?; done
+  exit "$rc"
+fi
+"""
+
+
+@pytest.fixture
+def fake_pod(tmp_path):
+  home = tmp_path / "home"
+  code = home / "code"
+  code.mkdir(parents=True)
+  (code / "COMMIT").write_text("abc123\n")
+  gcloud = tmp_path / "gcloud"
+  gcloud.write_text(FAKE_GCLOUD)
+  gcloud.chmod(0o755)
+  env = {"GCLOUD": str(gcloud), "HOME": str(home), "FAKE_WORKERS": "2",
+         "FAKE_LOG": str(tmp_path / "gcloud.log"), "TPU_NAME": "pod",
+         "TPU_ZONE": "z"}
+  started = []
+  yield home, env, started
+  for pid_file in started:  # never leave a fake run behind
+    try:
+      os.killpg(int(open(pid_file).read()), signal.SIGKILL)
+    except (OSError, ValueError):
+      pass
+
+
+def _fake_python(path, body):
+  path.write_text("#!/usr/bin/env bash\n" + body)
+  path.chmod(0o755)
+  return str(path)
+
+
+def _wait_for(paths, timeout=15):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if all(os.path.exists(p) for p in paths):
+      return
+    time.sleep(0.1)
+  raise AssertionError(f"timed out waiting for {paths}")
+
+
+def test_tpu_run_logs_end_to_end(fake_pod, tmp_path):
+  """The quoted remote command reaches trm_jax.main with every argument intact."""
+  home, env, started = fake_pod
+  py = _fake_python(tmp_path / "py", 'printf "<%s>\\n" "$@"; echo "env=$FOO"\n')
+  args = ["--remote_dir=code", f"--python={py}", "--run_name=r1",
+          "--config=experiments/x.py:a=1", "--workdir=gs://b/w",
+          "--config.train.lr=0.001", "--env=FOO=bar baz", "--",
+          "--config.model.name=a b", "--config.note=it's $HOME"]
+  _sh("tpu_run.sh", *args, env=env)
+  logs = home / "logs" / "r1"
+  started += [str(logs / f"worker-{w}.pid") for w in (0, 1)]
+  _wait_for([logs / f"worker-{w}.rc" for w in (0, 1)])
+  for w in (0, 1):
+    assert (logs / f"worker-{w}.rc").read_text().strip() == "0"
+    log = (logs / f"worker-{w}.log").read_text()
+    assert f"worker {w} commit abc123" in log
+    got = [l for l in log.splitlines() if l.startswith("<")]
+    assert got == ["<-m>", "<trm_jax.main>", "<--config=experiments/x.py:a=1>",
+                   "<--workdir=gs://b/w>", "<--config.train.lr=0.001>",
+                   "<--config.model.name=a b>", "<--config.note=it's $HOME>"]
+    assert "env=bar baz" in log
+  assert os.path.realpath(home / "logs" / "latest") == str(logs)
+  out = _sh("tpu_logs.sh", "--lines=100", env=env).stdout
+  assert "[w0] <--config.model.name=a b>" in out
+  assert "[w1] # exit status 0" in out
+  out = _sh("tpu_logs.sh", "--worker=1", "--run=r1", env=env).stdout
+  assert "<--config.train.lr=0.001>" in out and "[w" not in out
+
+
+def test_tpu_run_then_stop(fake_pod, tmp_path):
+  home, env, started = fake_pod
+  marker = tmp_path / "started"
+  py = _fake_python(tmp_path / "py",
+                    f'touch {marker}-$TRM_WORKER; exec sleep 60\n')
+  common = ["--remote_dir=code", f"--python={py}", "--run_name=long",
+            "--config=c.py", "--workdir=w"]
+  _sh("tpu_run.sh", *common, env=env)
+  logs = home / "logs" / "long"
+  pid_files = [str(logs / f"worker-{w}.pid") for w in (0, 1)]
+  started += pid_files
+  _wait_for([f"{marker}-0", f"{marker}-1"])
+  pids = [int(open(p).read()) for p in pid_files]
+  # The same run cannot be started twice while it is alive.
+  again = _sh("tpu_run.sh", *common, env=env, check=False)
+  assert again.returncode != 0 and "already running" in again.stderr
+  out = _sh("tpu_stop.sh", "--run=long", "--grace_s=5", env=env).stdout
+  assert "[w0] stopped" in out and "[w1] stopped" in out
+  for pid in pids:
+    with pytest.raises(ProcessLookupError):
+      os.killpg(pid, 0)
+  assert "nothing running" in _sh("tpu_stop.sh", env=env).stdout
+
+
+def test_gpu_multinode_ssh_end_to_end(tmp_path):
+  home = tmp_path / "home"
+  (home / "code").mkdir(parents=True)
+  ssh = _fake_python(tmp_path / "ssh", 'shift; exec bash -c "$1"\n')
+  py = _fake_python(tmp_path / "py", 'printf "<%s>\\n" "$@"\n')
+  _sh("gpu_multinode.sh", "--hosts=h0,h1,h2", "--gpus_per_node=1",
+      f"--ssh={ssh}", f"--python={py}", "--remote_dir=code", "--run_name=g",
+      "--config=c.py", "--workdir=w", "--", "--config.x=a b",
+      env={"HOME": str(home)})
+  logs = home / "logs" / "g"
+  _wait_for([logs / f"worker-{i}.log" for i in range(3)])
+  deadline = time.time() + 15
+  for i in range(3):
+    path = logs / f"worker-{i}.log"
+    while "exit status" not in path.read_text() and time.time() < deadline:
+      time.sleep(0.1)
+    log = path.read_text()
+    assert f"<--process_id={i}>" in log
+    assert "<--coordinator_address=h0:12355>" in log and "<--num_processes=3>" in log
+    assert "<--config.x=a b>" in log
