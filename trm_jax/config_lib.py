@@ -103,3 +103,61 @@ def replace(frozen, **fields) -> ml_collections.FrozenConfigDict:
   c = frozen.as_configdict()
   c.update(fields)
   return ml_collections.FrozenConfigDict(c)
+
+
+def parse_arg(arg: str | None, **defaults) -> dict:
+  """'arch=hrm,variant=att' -> {'arch': 'hrm', 'variant': 'att'} over defaults.
+
+  Unknown keys fail with a message naming them and the known ones.
+  """
+  out = dict(defaults)
+  for part in filter(None, (arg or "").split(",")):
+    key, sep, value = part.partition("=")
+    key = key.strip()
+    if not sep or key not in defaults:
+      raise ValueError(f"config argument {part!r}: expected key=value with key in {sorted(defaults)}")
+    out[key] = value.strip()
+  return out
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "sudoku_extreme"       # TFDS builder name, or "generated/<set>" for in-memory toy sets
+  c.config = ""                   # builder config name
+  c.data_dir = "~/tensorflow_datasets"
+  c.manual_dir = ""               # raw files for builders that need them
+  c.eval_sets = ("test",)
+  c.update(overrides)
+  return c
+
+
+def base_config(arch: str = "trm") -> ml_collections.ConfigDict:
+  """Every field of a run with the reference defaults; experiments override.
+
+  arch="hrm" gives HRM's published shape (2x2 cycles, 4+4 layers, no EMA).
+  """
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = data_config()
+  c.model = model_config()
+  c.train = train_config()
+  c.eval = ml_collections.ConfigDict(dict(batch_size=768, supervision_steps=-1, max_examples=-1))
+  if arch == "hrm":
+    c.model.update(arch="hrm", H_cycles=2, L_cycles=2, H_layers=4, L_layers=4, puzzle_emb_len=0,
+                   no_ACT_continue=False, pos_encodings="rope", mlp_t=False)
+    c.train.ema = False
+  elif arch != "trm":
+    raise ValueError(f"config argument arch={arch!r}: expected 'trm' or 'hrm'")
+  return c
+
+
+def arc_config(arch: str, data_config_name: str) -> ml_collections.ConfigDict:
+  """The published ARC setting (shared by the ARC-AGI-1 and -2 experiments)."""
+  c = base_config(arch)
+  c.data.update(name="arc_agi", config=data_config_name)
+  # num_puzzle_identifiers comes from the dataset's metadata at run time.
+  c.model.update(seq_len=900, vocab_size=12, num_puzzle_identifiers=1, pos_encodings="rope")
+  if arch == "trm":
+    c.model.update(H_cycles=3, L_cycles=4, puzzle_emb_len=16)
+  c.train.update(epochs=100000, lr=1e-4, puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.1)
+  return c

@@ -1,0 +1,17 @@
+"""ARC-AGI-2 (+ConceptARC), TRM with self-attention, RoPE and a 16-token puzzle prefix.
+
+    trm-train --config=experiments/arc2.py --workdir=runs/arc2 \
+      --config.data.manual_dir=/path/to/kaggle/combined   # arc-agi_*_challenges.json / _solutions.json
+
+HRM baseline: --config=experiments/arc2.py:arch=hrm.
+Expected: 7.8% pass@2 on the ARC-AGI-2 public evaluation (TRM, 7M); HRM 5.0%.
+Runtime: ~3 days on 4 H100s (100k epochs, batch 768, ~1M puzzle ids).
+"""
+from trm_jax import config_lib
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, arch="trm")
+  c = config_lib.arc_config(a["arch"], "arc2_concept_aug1000")
+  c.lock()
+  return c

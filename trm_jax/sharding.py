@@ -1,0 +1,69 @@
+"""Device mesh and shardings from config; knows nothing about the model.
+
+Axes: `data` (batch; data parallel) and `table` (rows of the puzzle-embedding
+table, the one tensor worth sharding: ~1M x 512 on ARC). The batch and the
+ACT carry are split over both axes, so every device holds distinct rows;
+parameters, optimiser state and EMA are replicated.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+BATCH = ("data", "table")
+
+
+def make_mesh(table_parallel: int = 1, devices=None) -> Mesh:
+  """A (data, table) mesh over all devices; `table_parallel` devices share the table."""
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  if table_parallel < 1 or n % table_parallel:
+    raise ValueError(f"config.mesh.table_parallel={table_parallel} must divide the device count {n}")
+  grid = np.asarray(devices).reshape(n // table_parallel, table_parallel)
+  return Mesh(grid, ("data", "table"), axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def check_batch(global_batch_size: int, mesh: Mesh, field: str = "train.global_batch_size") -> None:
+  n = mesh.size
+  if global_batch_size % n:
+    raise ValueError(f"config.{field}={global_batch_size} must be divisible by the {n} devices "
+                     f"(try {max(n, global_batch_size // n * n)})")
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over every device."""
+  return NamedSharding(mesh, P(BATCH))
+
+
+def table_rows(num_ids: int, mesh: Mesh) -> int:
+  """Table rows rounded up so that they split evenly along `table`."""
+  k = mesh.shape["table"]
+  return -(-num_ids // k) * k
+
+
+def state_shardings(mesh: Mesh, abstract_state):
+  """Everything replicated except the puzzle table, split by rows along `table`."""
+  shardings = jax.tree.map(lambda _: replicated(mesh), abstract_state)
+  if getattr(abstract_state, "puzzle_table", None) is not None:
+    shardings = shardings.replace(puzzle_table=NamedSharding(mesh, P("table", None)))
+  return shardings
+
+
+def carry_shardings(mesh: Mesh, abstract_carry):
+  """The ACT carry follows the batch: latents (.., B, T, D) on B, the rest on axis 0."""
+  def spec(path, x):
+    in_z = any(getattr(k, "key", None) == "z" for k in path)
+    batch_axis = x.ndim - 3 if in_z else 0
+    return NamedSharding(mesh, P(*([None] * batch_axis + [BATCH])))
+  return jax.tree_util.tree_map_with_path(spec, abstract_carry)
+
+
+def global_batch(local: dict, mesh: Mesh) -> dict:
+  """Per-process numpy rows -> global arrays sharded on the batch axis."""
+  s = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(s, np.asarray(v)) for k, v in local.items()}
