@@ -65,8 +65,6 @@ def read_metadata(data_dir) -> dict:
   return {'json': js, 'arrays': arrays}
 
 
-FEATURE_ENC = tfds.features.Encoding.BYTES
-
 
 class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base builder: subclasses implement `make_plans(manual_dir)`.
@@ -80,8 +78,12 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self):
     cfg = self.builder_config
+    # Large, mostly-PAD grids are zlib-compressed per record (keeps the
+    # writer's in-memory sort buffer small); small grids are raw bytes.
+    enc = (tfds.features.Encoding.ZLIB if cfg.seq_len > 256
+           else tfds.features.Encoding.BYTES)
     feat = lambda: tfds.features.Tensor(
-        shape=(cfg.seq_len,), dtype=np.uint8, encoding=FEATURE_ENC)
+        shape=(cfg.seq_len,), dtype=np.uint8, encoding=enc)
     return tfds.core.DatasetInfo(
         builder=self,
         description=self.__doc__,

@@ -1,0 +1,184 @@
+"""Small generated sets needing no files: 4x4/6x6 Sudoku, small mazes.
+
+`sudoku_small` / `maze_small` return {'train': SplitData, 'test': SplitData}
+in memory (no TFDS) for the demo and tests; `SudokuSmall` is the TFDS builder.
+Small Sudoku tokens: digit + 1 (blank -> 1), V = n + 2, S = n * n.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from trm_jax.datasets import common, maze, splits
+
+BOXES = {4: (2, 2), 6: (2, 3), 9: (3, 3)}
+MIN_GIVENS = {4: 4, 6: 8, 9: 17}
+
+
+def _units(n):
+  br, bc = BOXES[n]
+  return [(i // n, i % n, (i // n // br) * (n // bc) + (i % n) // bc)
+          for i in range(n * n)]
+
+
+def count_solutions(grid, n: int, limit: int = 2) -> int:
+  """Number of completions of a digit grid (0 = blank), counted up to limit."""
+  units = _units(n)
+  rows, cols, boxes = [0] * n, [0] * n, [0] * n
+  empties = []
+  for i, v in enumerate(int(x) for x in np.asarray(grid).ravel()):
+    r, c, b = units[i]
+    if v:
+      bit = 1 << v
+      if (rows[r] | cols[c] | boxes[b]) & bit:
+        return 0
+      rows[r] |= bit
+      cols[c] |= bit
+      boxes[b] |= bit
+    else:
+      empties.append(units[i])
+  full = sum(1 << d for d in range(1, n + 1))
+
+  def rec(todo):
+    if not todo:
+      return 1
+    best, best_free, best_n = 0, 0, n + 1
+    for k, (r, c, b) in enumerate(todo):
+      free = full & ~(rows[r] | cols[c] | boxes[b])
+      cnt = bin(free).count('1')
+      if cnt < best_n:
+        best, best_free, best_n = k, free, cnt
+        if cnt <= 1:
+          break
+    if best_n == 0:
+      return 0
+    r, c, b = todo[best]
+    rest = todo[:best] + todo[best + 1:]
+    total = 0
+    while best_free and total < limit:
+      bit = best_free & -best_free
+      best_free ^= bit
+      rows[r] |= bit
+      cols[c] |= bit
+      boxes[b] |= bit
+      total += rec(rest)
+      rows[r] ^= bit
+      cols[c] ^= bit
+      boxes[b] ^= bit
+    return total
+
+  return rec(empties)
+
+
+def random_solution(rng, n: int) -> np.ndarray:
+  """A random valid n x n grid: a base pattern under random symmetries."""
+  br, bc = BOXES[n]
+  r, c = np.meshgrid(np.arange(n), np.arange(n), indexing='ij')
+  base = (bc * (r % br) + r // br + c) % n
+  bands = np.argsort(rng.random(n // br))
+  rows = np.concatenate([b * br + rng.permutation(br) for b in bands])
+  stacks = np.argsort(rng.random(n // bc))
+  cols = np.concatenate([s * bc + rng.permutation(bc) for s in stacks])
+  digits = rng.permutation(n) + 1
+  return digits[base[np.ix_(rows, cols)]].astype(np.uint8)
+
+
+def is_valid_solution(grid, n: int) -> bool:
+  g = np.asarray(grid).reshape(n, n)
+  br, bc = BOXES[n]
+  want = list(range(1, n + 1))
+  boxes = g.reshape(n // br, br, n // bc, bc).transpose(0, 2, 1, 3)
+  return (all(sorted(x) == want for x in g) and
+          all(sorted(x) == want for x in g.T) and
+          all(sorted(x.ravel()) == want for x in boxes.reshape(n, n)))
+
+
+def make_puzzle(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """(question, answer) flat digit grids; the question has one solution."""
+  answer = random_solution(rng, n)
+  q = answer.ravel().copy()
+  givens = n * n
+  for i in rng.permutation(n * n):
+    if givens <= MIN_GIVENS[n]:
+      break
+    v = q[i]
+    q[i] = 0
+    if count_solutions(q, n) == 1:
+      givens -= 1
+    else:
+      q[i] = v
+  return q, answer.ravel()
+
+
+def _puzzles(count, n, seed):
+  rng = np.random.default_rng(seed)
+  pairs = [make_puzzle(rng, n) for _ in range(count)]
+  return (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+
+
+def _one_group_each(q, a) -> common.SplitPlan:
+  idx = np.arange(len(q) + 1, dtype=np.int64)
+  return common.SplitPlan(idx, idx, np.zeros(len(q), np.int32),
+                          common.concat_blocks([(q, a)]))
+
+
+def plan_to_split(plan: common.SplitPlan, seq_len, vocab_size,
+                  num_ids=1) -> splits.SplitData:
+  blocks = list(plan.blocks())
+  return splits.make_split(
+      np.concatenate([b[0] for b in blocks]),
+      np.concatenate([b[1] for b in blocks]), plan.puzzle_indices,
+      plan.group_indices, plan.puzzle_identifiers, vocab_size, num_ids)
+
+
+def sudoku_small_plans(n_train, n_test, size, seed):
+  out = {}
+  for k, (split, count) in enumerate((('train', n_train), ('test', n_test))):
+    q, a = _puzzles(count, size, [seed, k])
+    out[split] = _one_group_each((q + 1).astype(np.uint8),
+                                 (a + 1).astype(np.uint8))
+  return out
+
+
+def sudoku_small(n_train=1000, n_test=200, size=4, seed=0):
+  """In-memory 4x4 or 6x6 Sudoku with unique solutions."""
+  plans = sudoku_small_plans(n_train, n_test, size, seed)
+  return {s: plan_to_split(p, size * size, size + 2) for s, p in plans.items()}
+
+
+def maze_small(n_train=200, n_test=100, size=10, min_path=12, seed=0,
+               aug8=False):
+  """In-memory small mazes (tokens as Maze-Hard, V = 6, S = size**2)."""
+  out = {}
+  for k, (split, count) in enumerate((('train', n_train), ('test', n_test))):
+    q, a = maze.generate_set(count, [seed, k], size=size, min_path=min_path)
+    plan = maze.make_plan(q, a, aug8 and split == 'train')
+    out[split] = plan_to_split(plan, size * size, maze.VOCAB_SIZE)
+  return out
+
+
+@dataclasses.dataclass(eq=False)
+class SudokuSmallConfig(tfds.core.BuilderConfig):
+  size: int = 4
+  n_train: int = 1000
+  n_test: int = 200
+  seed: int = 0
+  seq_len: int = 16
+  vocab_size: int = 6
+  needs_files: bool = False
+
+
+class SudokuSmall(common.TrmBuilder):
+  """Generated 4x4 / 6x6 Sudoku with unique solutions (no files needed)."""
+  BUILDER_CONFIGS = [
+      SudokuSmallConfig(name='4x4', size=4, seq_len=16, vocab_size=6),
+      SudokuSmallConfig(name='6x6', size=6, seq_len=36, vocab_size=8),
+  ]
+
+  def make_plans(self, manual_dir):
+    cfg = self.builder_config
+    plans = sudoku_small_plans(cfg.n_train, cfg.n_test, cfg.size, cfg.seed)
+    return plans, 1, {'task': 'sudoku', 'grid': [cfg.size, cfg.size]}, {}

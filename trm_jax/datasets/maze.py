@@ -1,0 +1,248 @@
+"""Maze-Hard: CSV parsing/validation, seeded maze generation, TFDS builder.
+
+Characters `# SGo` (wall, open, start, goal, path) -> tokens 1..5, V = 6.
+Grids are (n, n) uint8 token arrays; the label has the shortest path drawn.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tqdm import tqdm
+
+from trm_jax.datasets import arc, common
+from trm_jax.datasets.common import DataError
+
+CHARS = '# SGo'
+WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
+VOCAB_SIZE = 6
+_LUT = np.zeros(256, np.uint8)
+for _i, _c in enumerate(CHARS):
+  _LUT[ord(_c)] = _i + 1
+
+
+def to_text(grid) -> str:
+  return ''.join(CHARS[t - 1] if t else '?' for t in np.asarray(grid).ravel())
+
+
+# ---------------------------------------------------------------- parsing --
+def _parse_row(path, line, q, a) -> tuple[np.ndarray, np.ndarray]:
+  where = f'{path}:{line}'
+  n = int(round(len(q) ** 0.5))
+  if n * n != len(q) or n == 0:
+    raise DataError(f'{where}: question of {len(q)} characters is not a '
+                    'square grid')
+  if len(a) != len(q):
+    raise DataError(f'{where}: answer has {len(a)} characters, question '
+                    f'{len(q)}')
+  for what, s in (('question', q), ('answer', a)):
+    bad = set(s) - set(CHARS)
+    if bad:
+      raise DataError(f'{where}: {what} has characters {sorted(bad)!r} '
+                      f'outside "{CHARS}"')
+  if q.count('S') != 1 or q.count('G') != 1:
+    raise DataError(f'{where}: maze must have exactly one S and one G '
+                    f'(found {q.count("S")} S, {q.count("G")} G)')
+  qt = _LUT[np.frombuffer(q.encode(), np.uint8)]
+  at = _LUT[np.frombuffer(a.encode(), np.uint8)]
+  changed = qt != at
+  if (qt == PATH).any() or np.any(changed & ~((qt == OPEN) & (at == PATH))):
+    raise DataError(f'{where}: answer must equal the question with open '
+                    'cells marked o')
+  return qt.reshape(n, n), at.reshape(n, n)
+
+
+def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a Maze-Hard CSV; returns (questions, answers) as (m, n, n)."""
+  path = common.require_file(path)
+  qs, as_ = [], []
+  try:
+    with open(path, newline='') as f:
+      reader = csv.reader(f)
+      header = next(reader, None)
+      if header is None or [h.strip() for h in header[:3]] != [
+          'source', 'question', 'answer']:
+        raise DataError(f'{path}:1: header must start with '
+                        f'source,question,answer,rating, got {header!r}')
+      for row in reader:
+        if len(row) < 3:
+          raise DataError(f'{path}:{reader.line_num}: expected 4 fields, got '
+                          f'{len(row)}')
+        q, a = _parse_row(path, reader.line_num, row[1], row[2])
+        if qs and q.shape != qs[0].shape:
+          raise DataError(f'{path}:{reader.line_num}: grid size {q.shape} '
+                          f'differs from {qs[0].shape}')
+        qs.append(q)
+        as_.append(a)
+  except (csv.Error, UnicodeDecodeError) as e:
+    raise DataError(f'{path}: malformed CSV ({e})') from None
+  if not qs:
+    raise DataError(f'{path}: no mazes')
+  return np.stack(qs), np.stack(as_)
+
+
+# ------------------------------------------------------------- generation --
+_MOVES = ((-1, 0), (0, 1), (1, 0), (0, -1))
+
+
+def bfs(grid, start):
+  """Distances (-1 = unreachable) and parents over non-wall cells."""
+  n, m = grid.shape
+  dist = np.full((n, m), -1, np.int64)
+  parent = {}
+  dist[start] = 0
+  queue = collections.deque([start])
+  while queue:
+    r, c = queue.popleft()
+    for dr, dc in _MOVES:
+      rr, cc = r + dr, c + dc
+      if 0 <= rr < n and 0 <= cc < m and dist[rr, cc] < 0 and \
+          grid[rr, cc] != WALL:
+        dist[rr, cc] = dist[r, c] + 1
+        parent[(rr, cc)] = (r, c)
+        queue.append((rr, cc))
+  return dist, parent
+
+
+def solve(question) -> np.ndarray | None:
+  """Label grid with one shortest S->G path drawn, or None if unsolvable."""
+  q = np.asarray(question)
+  s = tuple(int(x) for x in np.argwhere(q == START)[0])
+  g = tuple(int(x) for x in np.argwhere(q == GOAL)[0])
+  dist, parent = bfs(q, s)
+  if dist[g] < 0:
+    return None
+  out = q.copy()
+  cell = parent[g]
+  while cell != s:
+    out[cell] = PATH
+    cell = parent[cell]
+  return out
+
+
+def _carve(rng, size: int, loop_frac: float) -> np.ndarray:
+  """Perfect maze on cells at even coordinates, plus a few loops."""
+  k = (size + 1) // 2
+  grid = np.full((size, size), WALL, np.uint8)
+  seen = np.zeros((k, k), bool)
+  stack = [(int(rng.integers(k)), int(rng.integers(k)))]
+  seen[stack[0]] = True
+  grid[2 * stack[0][0], 2 * stack[0][1]] = OPEN
+  while stack:
+    r, c = stack[-1]
+    nbrs = [(r + dr, c + dc) for dr, dc in _MOVES
+            if 0 <= r + dr < k and 0 <= c + dc < k and not seen[r + dr, c + dc]]
+    if not nbrs:
+      stack.pop()
+      continue
+    nr, nc = nbrs[int(rng.integers(len(nbrs)))]
+    seen[nr, nc] = True
+    grid[2 * nr, 2 * nc] = OPEN
+    grid[r + nr, c + nc] = OPEN
+    stack.append((nr, nc))
+  walls = [(r, c) for r in range(2 * k - 1) for c in range(2 * k - 1)
+           if (r + c) % 2 == 1 and grid[r, c] == WALL]
+  for i in rng.permutation(len(walls))[:int(loop_frac * len(walls))]:
+    grid[walls[i]] = OPEN
+  return grid
+
+
+def generate(rng, size: int = 30, min_path: int = 110,
+             loop_frac: float = 0.08, max_tries: int = 1000):
+  """One (question, label) maze whose shortest S->G path > min_path steps."""
+  for _ in range(max_tries):
+    grid = _carve(rng, size, loop_frac)
+    cells = np.argwhere(grid == OPEN)
+    start = tuple(int(x) for x in cells[rng.integers(len(cells))])
+    dist, _ = bfs(grid, start)
+    far = np.argwhere(dist > min_path)
+    if len(far) == 0:
+      continue
+    goal = tuple(int(x) for x in far[rng.integers(len(far))])
+    q = grid.copy()
+    q[start], q[goal] = START, GOAL
+    return q, solve(q)
+  raise RuntimeError(f'no {size}x{size} maze with a path > {min_path} found')
+
+
+def generate_set(n: int, seed, size=30, min_path=110, loop_frac=0.08,
+                 desc='mazes'):
+  rng = np.random.default_rng(seed)
+  out = [generate(rng, size, min_path, loop_frac)
+         for _ in tqdm(range(n), desc=desc, disable=n < 500)]
+  return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+
+
+# ---------------------------------------------------------------- builder --
+def make_plan(q, a, aug8: bool) -> common.SplitPlan:
+  """One group per maze; with aug8, its 8 dihedral images are its puzzles."""
+  m = len(q)
+  per = 8 if aug8 else 1
+  flat = lambda g: g.reshape(len(g), -1)
+  if aug8:
+    q = np.stack([arc.dihedral(x, d) for x in q for d in range(8)])
+    a = np.stack([arc.dihedral(x, d) for x in a for d in range(8)])
+  idx = np.arange(m * per + 1, dtype=np.int64)
+  return common.SplitPlan(
+      idx, np.arange(0, m * per + 1, per, dtype=np.int64),
+      np.zeros(m * per, np.int32),
+      common.concat_blocks([(flat(q).astype(np.uint8),
+                             flat(a).astype(np.uint8))]))
+
+
+@dataclasses.dataclass(eq=False)
+class MazeConfig(tfds.core.BuilderConfig):
+  generated: bool = False
+  aug8: bool = False
+  size: int = 30
+  n_train: int = 1000
+  n_test: int = 1000
+  min_path: int = 110
+  seed: int = 0
+  seq_len: int = 900
+  vocab_size: int = VOCAB_SIZE
+  needs_files: bool = True
+
+
+class MazeHard(common.TrmBuilder):
+  """Maze-Hard 30x30 from train.csv/test.csv, or generated (seeded)."""
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      'Put train.csv and test.csv of sapientinc/maze-30x30-hard-1k in '
+      'manual_dir (only for the csv configs).')
+  BUILDER_CONFIGS = [
+      MazeConfig(name='csv', description='Maze-Hard CSV files.'),
+      MazeConfig(name='csv_aug8', aug8=True,
+                 description='Maze-Hard CSV, 8 dihedral augmentations.'),
+      MazeConfig(name='generated', generated=True, needs_files=False,
+                 description='1000/1000 generated 30x30 mazes, path > 110.'),
+      MazeConfig(name='generated_aug8', generated=True, aug8=True,
+                 needs_files=False,
+                 description='Generated mazes, 8 dihedral augmentations.'),
+      MazeConfig(name='small', generated=True, needs_files=False, size=10,
+                 n_train=200, n_test=100, min_path=12, seq_len=100,
+                 description='200/100 generated 10x10 mazes (demo/tests).'),
+  ]
+
+  def make_plans(self, manual_dir):
+    cfg = self.builder_config
+    if cfg.generated:
+      kw = dict(size=cfg.size, min_path=cfg.min_path)
+      train = generate_set(cfg.n_train, [cfg.seed, 0], desc='train mazes',
+                           **kw)
+      test = generate_set(cfg.n_test, [cfg.seed, 1], desc='test mazes', **kw)
+    else:
+      train = read_csv(Path(manual_dir) / 'train.csv')
+      test = read_csv(Path(manual_dir) / 'test.csv')
+      n = cfg.size
+      for what, (q, _) in (('train.csv', train), ('test.csv', test)):
+        if q.shape[1:] != (n, n):
+          raise DataError(f'{Path(manual_dir) / what}: grids are '
+                          f'{q.shape[1]}x{q.shape[2]}, config expects {n}x{n}')
+    plans = {'train': make_plan(*train, cfg.aug8),
+             'test': make_plan(*test, False)}
+    return plans, 1, {'task': 'maze', 'grid': [cfg.size, cfg.size]}, {}
