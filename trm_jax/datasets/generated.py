@@ -174,8 +174,10 @@ class SudokuSmallConfig(tfds.core.BuilderConfig):
 class SudokuSmall(common.TrmBuilder):
   """Generated 4x4 / 6x6 Sudoku with unique solutions (no files needed)."""
   BUILDER_CONFIGS = [
-      SudokuSmallConfig(name='4x4', size=4, seq_len=16, vocab_size=6),
-      SudokuSmallConfig(name='6x6', size=6, seq_len=36, vocab_size=8),
+      SudokuSmallConfig(name='4x4', size=4, seq_len=16, vocab_size=6,
+                        description='1000/200 generated 4x4 Sudoku.'),
+      SudokuSmallConfig(name='6x6', size=6, seq_len=36, vocab_size=8,
+                        description='1000/200 generated 6x6 Sudoku.'),
   ]
 
   def make_plans(self, manual_dir):
