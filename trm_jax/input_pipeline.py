@@ -22,7 +22,7 @@ from trm_jax.datasets.splits import (BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID,
                                      DatasetMeta, InMemoryReader, SplitData)
 
 __all__ = ['DatasetMeta', 'SplitData', 'load_split', 'train_batch',
-           'train_batch_indices', 'eval_batches', 'make_global_batch',
+           'train_batch_indices', 'batch_position', 'eval_batches', 'make_global_batch',
            'steps_per_epoch', 'measure_throughput']
 
 
@@ -153,6 +153,15 @@ def _locate(data, seed, step, batch, epochs_per_iter):
     sched.cum.append(sched.cum[-1] + len(starts) - 1)
   it = int(np.searchsorted(sched.cum, step, 'right')) - 1
   return it, step - sched.cum[it], pb, gb
+
+
+def batch_position(data: SplitData, seed: int, step: int,
+                   global_batch_size: int, epochs_per_iter: int = 1):
+  """(iteration, batch within it, batches in it) of training step `step`."""
+  it, b, pb, gb = _locate(data, seed, step, global_batch_size,
+                          epochs_per_iter)
+  _, starts = _plan(pb, gb, seed, it, global_batch_size, epochs_per_iter)
+  return it, int(b), len(starts) - 1
 
 
 def train_batch_indices(data: SplitData, seed: int, step: int,
