@@ -1,0 +1,332 @@
+"""Measuring helpers shared by `trm_jax.bench` and notebooks/scan_vs_loop.ipynb.
+
+Everything here runs the real library steps (`steps.make_train_step`,
+`steps.rollout`) on synthetic batches of a config's shapes:
+
+- `Setup` / `make_setup(config)`: model, optimiser, a fresh state, carry and
+  batch, placed on a (data, table) mesh over all local devices;
+- `compile_train` / `compile_eval`: the jitted steps, lowered and compiled,
+  with the wall time that took and the compiled program's size;
+- `time_calls`: steady-state step times (each call waited for);
+- `peak_memory_bytes`: the device allocator's peak where it reports one
+  (GPU, TPU), else the compiled program's memory analysis;
+- `model_flops`: the analytic FLOP count documented in `trm_jax.bench`;
+- `mode_difference`: loop vs scan outputs and gradients on one call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from trm_jax import config_lib, optim, recursion, sharding, steps
+from trm_jax.model import RecursiveModel, puzzle_emb_len, swiglu_inter
+from trm_jax.train_state import create_train_state, count_params
+
+
+# ---------------------------------------------------------------------------
+# Set-up on synthetic data.
+
+
+def synthetic_batch(mcfg, batch_size: int, seed: int = 0) -> dict:
+  """Random tokens and labels in [1, vocab), random puzzle ids (numpy)."""
+  r = np.random.default_rng(seed)
+  shape = (batch_size, mcfg.seq_len)
+  return {
+      "inputs": r.integers(1, mcfg.vocab_size, shape, dtype=np.int32),
+      "labels": r.integers(1, mcfg.vocab_size, shape, dtype=np.int32),
+      "puzzle_identifiers": r.integers(0, max(mcfg.num_puzzle_identifiers, 1), (batch_size,), dtype=np.int32),
+  }
+
+
+@dataclasses.dataclass
+class Setup:
+  config: Any                 # the full run config (ConfigDict)
+  mcfg: Any                   # frozen model config
+  model: RecursiveModel
+  tx: Any
+  mesh: Any
+  batch_size: int
+  state: Any
+  carry: Any
+  batch: dict
+  rng: Any
+
+  @property
+  def n_params(self) -> int:
+    return count_params(self.state.params)
+
+
+def model_config(config, **fields):
+  """The frozen model config of `config.model`, with `fields` changed."""
+  c = ml_collections.ConfigDict(config.model.to_dict())
+  c.update(fields)
+  return config_lib.frozen_model(c)
+
+
+def make_setup(config, batch_size: int | None = None, seed: int = 0, **model_fields) -> Setup:
+  """Fresh state, carry and a synthetic batch for `config` (train batch size by default)."""
+  mcfg = model_config(config, **model_fields)
+  tcfg = config.train
+  bs = int(batch_size or tcfg.global_batch_size)
+  mesh = sharding.make_mesh(1)
+  sharding.check_batch(bs, mesh)
+  model = RecursiveModel(mcfg)
+  total = tcfg.steps if tcfg.steps > 0 else 100_000
+  tx = optim.make_optimizer(tcfg, total)
+  abstract = jax.eval_shape(lambda k: create_train_state(model, mcfg, tcfg, tx, k), jax.random.key(seed))
+  state = jax.jit(lambda k: create_train_state(model, mcfg, tcfg, tx, k),
+                  out_shardings=sharding.state_shardings(mesh, abstract))(jax.random.key(seed))
+  carry0 = jax.eval_shape(lambda: recursion.initial_carry(mcfg, bs))
+  carry = jax.jit(lambda: recursion.initial_carry(mcfg, bs), out_shardings=sharding.carry_shardings(mesh, carry0))()
+  batch = sharding.global_batch(synthetic_batch(mcfg, bs, seed), mesh)
+  return Setup(config, mcfg, model, tx, mesh, bs, state, carry, batch, jax.random.key(seed + 1))
+
+
+# ---------------------------------------------------------------------------
+# Compiling.
+
+
+@dataclasses.dataclass
+class Compiled:
+  fn: Callable                # the compiled executable
+  args: tuple                 # arguments of one call (the train step donates state and carry)
+  compile_s: float            # trace + lower + compile wall time
+  compiled: Any               # jax.stages.Compiled
+
+  def memory(self) -> dict:
+    return memory_analysis(self.compiled)
+
+  def program_size(self) -> dict:
+    return program_size(self.compiled)
+
+
+def _compile(jitted, args) -> Compiled:
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return Compiled(compiled, args, time.perf_counter() - t0, compiled)
+
+
+def compile_train(s: Setup) -> Compiled:
+  """The real train step, jitted with shardings and donation of state and carry."""
+  tcfg = s.config.train
+  total = tcfg.steps if tcfg.steps > 0 else 100_000
+  step = steps.make_train_step(s.model, s.mcfg, tcfg, s.tx, total)
+  state_sh = jax.tree.map(lambda x: x.sharding, s.state)
+  carry_sh = jax.tree.map(lambda x: x.sharding, s.carry)
+  rep = sharding.replicated(s.mesh)
+  jitted = jax.jit(step, in_shardings=(state_sh, carry_sh, sharding.batch_sharding(s.mesh), rep),
+                   out_shardings=(state_sh, carry_sh, rep), donate_argnums=(0, 1))
+  return _compile(jitted, (s.state, s.carry, s.batch, s.rng))
+
+
+def compile_eval(s: Setup, n_steps: int | None = None) -> Compiled:
+  """The eval step: `steps.rollout` over all supervision steps on a fixed batch."""
+  n = n_steps or s.mcfg.halt_max_steps
+  params = s.state.eval_params()
+
+  def evaluate(params, consts, table, batch):
+    _, outputs, metrics, per_step = steps.rollout(s.model, s.mcfg, params, consts, table, batch, n)
+    return outputs["preds"], metrics, per_step
+
+  jitted = jax.jit(evaluate)
+  return _compile(jitted, (params, s.state.consts, s.state.puzzle_table, s.batch))
+
+
+def memory_analysis(compiled) -> dict:
+  """Bytes from XLA's memory analysis of a compiled program ({} if unavailable)."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 - some backends do not implement it
+    return {}
+  if m is None:
+    return {}
+  names = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+           "generated_code_size_in_bytes")
+  out = {n.replace("_size_in_bytes", ""): int(getattr(m, n, 0) or 0) for n in names}
+  # What the program needs at its peak: live arguments, outputs not aliased to them, temporaries.
+  out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  return out
+
+
+def program_size(compiled) -> dict:
+  """Size of the optimised HLO: text length, instruction count, and generated code bytes."""
+  text = compiled.as_text() or ""
+  n_instr = sum(1 for line in text.splitlines() if " = " in line and not line.lstrip().startswith(("//", "HloModule")))
+  mem = memory_analysis(compiled)
+  return {"hlo_chars": len(text), "hlo_instructions": n_instr, "code_bytes": mem.get("generated_code", 0)}
+
+
+# ---------------------------------------------------------------------------
+# Running.
+
+
+def time_calls(c: Compiled, n: int, warmup: int = 1, donate: bool = True) -> list[float]:
+  """Seconds per call for `n` calls after `warmup` calls.
+
+  With `donate`, the first two outputs are fed back as the first two
+  arguments (the train step's state and carry), as a training loop does.
+  """
+  args = c.args
+  times = []
+  for i in range(warmup + n):
+    t0 = time.perf_counter()
+    out = c.fn(*args)
+    jax.block_until_ready(out)
+    dt = time.perf_counter() - t0
+    if i >= warmup:
+      times.append(dt)
+    if donate:
+      args = (out[0], out[1]) + tuple(args[2:])
+  if donate:
+    c.args = args
+  return times
+
+
+def device_peak_bytes() -> int | None:
+  """Allocator peak over all local devices, where the backend reports it."""
+  peaks = []
+  for d in jax.local_devices():
+    try:
+      stats = d.memory_stats()
+    except Exception:  # noqa: BLE001
+      stats = None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(int(stats["peak_bytes_in_use"]))
+  return max(peaks) if peaks else None
+
+
+def peak_memory_bytes(c: Compiled) -> tuple[int, str]:
+  """(bytes, source): device allocator peak if available, else the compiled analysis."""
+  peak = device_peak_bytes()
+  if peak is not None:
+    return peak, "memory_stats"
+  return memory_analysis(c.compiled).get("total", 0), "memory_analysis"
+
+
+def summary(times: list[float]) -> dict:
+  return {"step_ms_median": 1e3 * statistics.median(times), "step_ms_min": 1e3 * min(times)}
+
+
+# ---------------------------------------------------------------------------
+# Analytic FLOPs (documented in trm_jax/bench.py).
+
+
+def application_flops(mcfg, batch_size: int, net: str = "L") -> dict:
+  """Forward FLOPs of one application of the L (or H) network on a batch.
+
+  Returns {"matmul": ..., "attention": ...}.
+  """
+  c = mcfg
+  d = c.hidden_size
+  t = c.seq_len + puzzle_emb_len(c)
+  layers = c.H_layers if (net == "H" and c.arch == "hrm") else c.L_layers
+  inter = swiglu_inter(d, c.expansion)
+  mlp = 2 * batch_size * t * (d * 2 * inter + inter * d)
+  if c.mlp_t:
+    inter_t = swiglu_inter(t, c.expansion)
+    mix = 2 * batch_size * d * (t * 2 * inter_t + inter_t * t)
+    att = 0
+  else:
+    mix = 2 * batch_size * t * (d * 3 * d + d * d)
+    att = 2 * 2 * batch_size * t * t * d          # QK^T and AV
+  return {"matmul": layers * (mlp + mix), "attention": layers * att}
+
+
+def _apps(mcfg) -> tuple[dict, dict]:
+  """(# no-grad applications, # applications with gradient) per supervision step, by net."""
+  c = mcfg
+  per_cycle_L = c.L_cycles
+  total_L = c.H_cycles * per_cycle_L
+  total_H = c.H_cycles
+  if c.variant == "single_latent":
+    # Each cycle: L_cycles + 1 applications, all of the L network.
+    total_L, total_H = c.H_cycles * (c.L_cycles + 1), 0
+    grad = {"L": (c.L_cycles + 1), "H": 0}
+  elif c.arch == "hrm" or c.variant == "one_step_grad":
+    grad = {"L": 1, "H": 1}
+  else:
+    grad = {"L": c.L_cycles, "H": 1}
+  nograd = {"L": total_L - grad["L"], "H": total_H - grad["H"]}
+  if c.arch != "hrm" and c.variant != "separate_nets":
+    # TRM's H update uses the L network.
+    nograd = {"L": nograd["L"] + nograd["H"], "H": 0}
+    grad = {"L": grad["L"] + grad["H"], "H": 0}
+  return nograd, grad
+
+
+def model_flops(mcfg, batch_size: int, mode: str = "train", n_steps: int | None = None) -> dict:
+  """Analytic FLOPs of one train step (one supervision step) or one eval rollout."""
+  c = mcfg
+  d = c.hidden_size
+  t = c.seq_len + puzzle_emb_len(c)
+  app = {n: application_flops(c, batch_size, n) for n in ("L", "H")}
+  per_app = {n: app[n]["matmul"] + app[n]["attention"] for n in app}
+  heads = 2 * batch_size * t * d * c.vocab_size + 2 * batch_size * d * 2
+  nograd, grad = _apps(c)
+  forward_all = sum((nograd[n] + grad[n]) * per_app[n] for n in per_app) + heads
+  if mode == "eval":
+    steps_ = n_steps or c.halt_max_steps
+    total = steps_ * forward_all
+    return {"total": total, "per_supervision_step": forward_all, "heads": heads}
+  if mode != "train":
+    raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+  total = sum(nograd[n] * per_app[n] for n in per_app) + 3 * (sum(grad[n] * per_app[n] for n in per_app) + heads)
+  if recursion.uses_q_continue(c) and c.halt_max_steps > 1:
+    total += forward_all                            # the no-grad target-Q forward
+  return {"total": total, "no_grad_apps": nograd, "grad_apps": grad, "heads": heads}
+
+
+# ---------------------------------------------------------------------------
+# Loop vs scan.
+
+
+def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) -> dict:
+  """Max relative differences of loop vs scan on one training call (float32).
+
+  Compares the loss, the logits, the new carry's latents and every gradient
+  (parameters and puzzle rows). Returns {name: rel_err} with rel_err =
+  max|a - b| / max|a|.
+  """
+  fields = dict(model_fields)
+  fields.setdefault("dtype", "float32")
+  results = {}
+  for mode in ("loop", "scan"):
+    mcfg = model_config(config, recursion=mode, **fields)
+    model = RecursiveModel(mcfg)
+    from trm_jax.train_state import init_variables
+    variables = init_variables(model, mcfg, jax.random.key(seed))
+    # Non-zero puzzle rows, so that their gradients flow through something real.
+    table = jax.random.normal(jax.random.key(seed + 7), (max(mcfg.num_puzzle_identifiers, 1),
+                                                         max(mcfg.puzzle_emb_ndim, 0)))
+    batch = {k: jnp.asarray(v) for k, v in synthetic_batch(mcfg, batch_size, seed).items()}
+
+    @jax.jit
+    def call(params, consts, table, batch):
+      carry = recursion.reset_carry(recursion.initial_carry(mcfg, batch_size), batch, consts, mcfg)
+      loss, g, g_rows, new_carry, outputs, _ = steps.loss_and_grads(
+          model, mcfg, params, consts, carry, table, jax.random.key(seed))
+      return {"loss": loss, "logits": outputs["logits"], "z": new_carry["z"], "grad": g, "grad_rows": g_rows}
+
+    results[mode] = call(variables["params"], variables["consts"], table, batch)
+  flat_a = jax.tree_util.tree_flatten_with_path(results["loop"])[0]
+  flat_b = jax.tree.leaves(results["scan"])
+  out = {}
+  for (path, a), b in zip(flat_a, flat_b):
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    scale = np.abs(a).max() if a.size else 0.0
+    err = np.abs(a - b).max() if a.size else 0.0
+    out[jax.tree_util.keystr(path)] = float(err / scale) if scale > 0 else float(err)
+  return out
+
+
+def gb(n_bytes: int | float) -> float:
+  return float(n_bytes) / 2**30
+
