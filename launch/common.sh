@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034,SC2016  # library: variables are used by the scripts
 # Shared helpers for the launch/*.sh scripts. Source it, do not run it:
 #
 #   source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

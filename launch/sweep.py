@@ -126,12 +126,15 @@ def _join(base: str, name: str) -> str:
 
 
 def expand_sweep(config_path: str, arg: str | None, workdir_base: str,
-                 extra: Sequence[str] = ()) -> list[Trial]:
+                 extra: Sequence[str] = (),
+                 config_name: str | None = None) -> list[Trial]:
   """The trials of `get_sweep(arg)` of the experiment file at config_path.
 
   Pure apart from importing the experiment file: no files are written and
   nothing is run. `--config=` in the trials' arguments repeats config_path
-  (and ':arg') exactly as given, so relative paths stay relative.
+  (and ':arg') exactly as given, so relative paths stay relative, unless
+  config_name gives another name for the same file (e.g. repository-relative
+  for the TPU workers).
   """
   module = load_experiment(config_path)
   get_sweep = getattr(module, "get_sweep", None)
@@ -141,7 +144,8 @@ def expand_sweep(config_path: str, arg: str | None, workdir_base: str,
   if isinstance(sweep, Mapping) or not isinstance(sweep, Sequence) or not sweep:
     raise ValueError(f"{config_path}: get_sweep() must return a non-empty "
                      f"list of dicts, got {sweep!r}")
-  spec = config_path if arg is None else f"{config_path}:{arg}"
+  shown = config_name or config_path
+  spec = shown if arg is None else f"{shown}:{arg}"
   trials, seen = [], {}
   for i, point in enumerate(sweep):
     if not isinstance(point, Mapping):
@@ -220,8 +224,18 @@ def main(argv: Sequence[str]) -> int:
   if not FLAGS.config or FLAGS.workdir_base is None:
     raise app.UsageError("--config and --workdir_base are required")
   path, arg = split_config_spec(FLAGS.config)
-  trials = _select(expand_sweep(path, arg, FLAGS.workdir_base, FLAGS.extra),
-                   FLAGS.only)
+  config_name = path
+  if FLAGS.launcher == "tpu":
+    # The workers run the copy deployed by tpu_setup.sh: the experiment must
+    # be named relative to the repository root.
+    rel = os.path.relpath(os.path.abspath(path), REPO_ROOT)
+    if rel.startswith(".."):
+      print(f"[sweep] warning: {path} is outside the repository; the TPU "
+            "workers will not have it", file=sys.stderr)
+    else:
+      config_name = rel
+  trials = _select(expand_sweep(path, arg, FLAGS.workdir_base, FLAGS.extra,
+                                config_name=config_name), FLAGS.only)
   sweep_name = os.path.basename(path).removesuffix(".py")
   if FLAGS.launcher == "local":
     commands = [t.command(FLAGS.python) for t in trials]

@@ -123,9 +123,10 @@ if [[ "$WAIT" == 1 ]]; then
   while true; do
     sleep "$POLL_S"
     status="$(tpu_ssh 0 "$poll" 2>/dev/null | tail -n 1 || echo unreachable)"
-    case "$status" in
-      running|unreachable|"") log "${RUN_NAME}: ${status:-unreachable}" ;;
-      *) log "${RUN_NAME}: worker 0 exited with status ${status}"; exit "$status" ;;
-    esac
+    if [[ "$status" =~ ^[0-9]+$ ]]; then
+      log "${RUN_NAME}: worker 0 exited with status ${status}"
+      exit "$status"
+    fi
+    log "${RUN_NAME}: ${status:-unreachable}"
   done
 fi

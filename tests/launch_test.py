@@ -83,6 +83,9 @@ def test_expand_sweep(experiment):
   assert [t.workdir for t in trials] == ["out/lr=0.0001_seed=0",
                                          "out/lr=3e-05_seed=0"]
   assert trials[0].args[0] == f"--config={experiment}"
+  # The name written into --config= can differ from the path loaded.
+  trials = sweep.expand_sweep(experiment, "1", "out", config_name="exp/x.py")
+  assert trials[0].args[0] == "--config=exp/x.py:1"
 
 
 def test_expand_sweep_overrides_parse_back(experiment):
