@@ -12,7 +12,7 @@ from trm_jax import config_lib
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, arch="trm")
-  c = config_lib.arc_config(a["arch"], "arc1_concept_aug1000")
+  c = config_lib.arc_config(a["arch"], "arc1_aug1000")
   c.lock()
   return c
 

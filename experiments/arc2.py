@@ -12,6 +12,6 @@ from trm_jax import config_lib
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, arch="trm")
-  c = config_lib.arc_config(a["arch"], "arc2_concept_aug1000")
+  c = config_lib.arc_config(a["arch"], "arc2_aug1000")
   c.lock()
   return c

@@ -13,7 +13,7 @@ from trm_jax import config_lib
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, arch="trm")
   c = config_lib.base_config(a["arch"])
-  c.data.update(name="sudoku_extreme", config="1k_aug_1000")
+  c.data.update(name="sudoku_extreme", config="aug1000")
   c.model.update(seq_len=81, vocab_size=11, num_puzzle_identifiers=1, pos_encodings="rope")
   c.train.update(epochs=50000, lr=1e-4, puzzle_emb_lr=1e-4, weight_decay=1.0, puzzle_emb_weight_decay=1.0)
   c.lock()

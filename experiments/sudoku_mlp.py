@@ -14,7 +14,7 @@ from trm_jax import config_lib
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, arch="trm")
   c = config_lib.base_config(a["arch"])
-  c.data.update(name="sudoku_extreme", config="1k_aug_1000")
+  c.data.update(name="sudoku_extreme", config="aug1000")
   c.model.update(seq_len=81, vocab_size=11, num_puzzle_identifiers=1)
   if a["arch"] == "trm":
     c.model.update(mlp_t=True, pos_encodings="none", H_cycles=3, L_cycles=6, L_layers=2)

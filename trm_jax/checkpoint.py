@@ -1,0 +1,105 @@
+"""Orbax checkpoints of a run: state (params, opt state, EMA, puzzle table, step),
+the ACT carry with its current examples, and a JSON record of the run.
+
+Saves are asynchronous and keep the newest `keep` steps. SIGTERM (preemption)
+sets a flag that the loop polls; the loop then saves and exits cleanly.
+Restores always use an abstract target so optax states keep their types.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ("state", "carry", "meta")
+
+
+class CheckpointError(ValueError):
+  """An unreadable checkpoint directory (one line, names the path)."""
+
+
+def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
+                                         enable_async_checkpointing=not read_only,
+                                         cleanup_tmp_directories=not read_only)
+  try:
+    return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+  except Exception as e:  # noqa: BLE001 - orbax raises many kinds
+    raise CheckpointError(f"{directory}: not a readable checkpoint directory ({_short(e)})") from None
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, carry, meta: dict, force: bool = False) -> bool:
+  return mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), carry=ocp.args.StandardSave(carry),
+      meta=ocp.args.JsonSave(meta)), force=force)
+
+
+def abstract(tree):
+  """ShapeDtypeStructs with shardings: the restore target for `tree`."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def latest_step(mngr: ocp.CheckpointManager):
+  try:
+    return mngr.latest_step()
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f"{mngr.directory}: cannot list checkpoints ({_short(e)})") from None
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, abstract_carry=None):
+  """-> (state, carry or None, meta) of `step`; a damaged checkpoint is a CheckpointError."""
+  items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+  if abstract_carry is not None:
+    items["carry"] = ocp.args.StandardRestore(abstract_carry)
+  try:
+    got = mngr.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f"{os.path.join(str(mngr.directory), str(step))}: cannot restore checkpoint "
+                          f"({_short(e)})") from None
+  return got["state"], got.get("carry") if abstract_carry is not None else None, got["meta"]
+
+
+def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+  try:
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f"{os.path.join(str(mngr.directory), str(step))}: cannot read checkpoint "
+                          f"metadata ({_short(e)})") from None
+
+
+def _short(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  msg = text[0] if text else type(e).__name__
+  return msg[:200]
+
+
+class Preemption:
+  """SIGTERM -> a flag the loop polls between steps (then save and exit)."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+    return False
+
+  def reached(self, mngr: ocp.CheckpointManager, step: int) -> bool:
+    if jax.process_count() > 1:
+      return bool(mngr.reached_preemption(step))  # agreed across hosts
+    return self.requested

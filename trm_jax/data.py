@@ -1,0 +1,111 @@
+"""Thin adapter from `config.data` to the data layer (`datasets/`, `input_pipeline`).
+
+`config.data.name` is either a TFDS builder name (`sudoku_extreme`,
+`maze_hard`, `arc_agi`, `sudoku_small`) with `config.data.config` its builder
+config, or `generated/<set>` for the in-memory toy sets (`sudoku_small`,
+`maze_small`) with `config.data.config` holding their keyword arguments
+(`"size=4,n_train=2000"`). A TFDS set that is not built yet is built on first
+use (from `data.manual_dir` when it needs raw files).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+GENERATED = ("sudoku_small", "maze_small")
+
+
+class DataConfigError(ValueError):
+  """A user error in `config.data` (one line, names the field)."""
+
+
+@dataclasses.dataclass
+class Data:
+  train: Any                       # SplitData
+  evals: dict                      # {split name: SplitData}
+  info: dict                       # dataset JSON metadata ({} for generated sets)
+  arrays: dict                     # extra metadata arrays (ARC puzzle-id mapping)
+  task: str                        # "sudoku" | "maze" | "arc"
+  grid: tuple                      # (rows, cols) of one example as a grid
+
+
+def _kwargs(text: str, field: str) -> dict:
+  out = {}
+  for part in filter(None, (text or "").split(",")):
+    k, sep, v = part.partition("=")
+    if not sep:
+      raise DataConfigError(f"config.data.{field}: expected key=value pairs, got {part!r}")
+    try:
+      out[k.strip()] = int(v)
+    except ValueError:
+      out[k.strip()] = {"true": True, "false": False}.get(v.strip().lower(), v.strip())
+  return out
+
+
+def _generated(name: str, cfg: str) -> Data:
+  from trm_jax.datasets import generated
+  if name not in GENERATED:
+    raise DataConfigError(f"config.data.name: unknown generated set {name!r} (have {list(GENERATED)})")
+  kw = _kwargs(cfg, "config")
+  fn = getattr(generated, name)
+  try:
+    splits = fn(**kw)
+  except TypeError as e:
+    raise DataConfigError(f"config.data.config: {e}") from None
+  meta = splits["train"].meta
+  if name == "sudoku_small":
+    n = kw.get("size", 4)
+    task, grid = "sudoku", (n, n)
+  else:
+    n = kw.get("size", 10)
+    task, grid = "maze", (n, n)
+  del meta
+  return Data(splits["train"], {"test": splits["test"]}, {"task": task, "grid": list(grid)}, {}, task,
+              tuple(grid))
+
+
+def load(dcfg) -> Data:
+  """Loads the train split and every split in `dcfg.eval_sets`."""
+  name = dcfg.name
+  if name.startswith("generated/"):
+    data = _generated(name.partition("/")[2], dcfg.config)
+  else:
+    from trm_jax import input_pipeline
+    from trm_jax.datasets import common
+    full = f"{name}/{dcfg.config}" if dcfg.config else name
+    data_dir = os.path.expanduser(dcfg.data_dir)
+    try:
+      builder = common.get_builder(full, data_dir)
+      if not os.path.isfile(os.path.join(builder.data_dir, common.META_FILE)):
+        manual = os.path.expanduser(dcfg.manual_dir) if dcfg.manual_dir else None
+        common.build(full, data_dir, manual_dir=manual)
+      train = input_pipeline.load_split(full, "train", data_dir)
+      evals = {s: input_pipeline.load_split(full, s, data_dir) for s in dcfg.eval_sets}
+    except common.DataError as e:
+      raise DataConfigError(f"config.data: {e}") from None
+    info = getattr(train, "info", {}) or {}
+    arrays = getattr(train, "extra_arrays", {}) or {}
+    task = info.get("task", name.split("_")[0])
+    grid = tuple(info.get("grid", (30, 30)))
+    data = Data(train, evals, info, arrays, task, grid)
+  missing = [s for s in dcfg.eval_sets if s not in data.evals]
+  if missing:
+    raise DataConfigError(f"config.data.eval_sets: no split {missing[0]!r} (have {sorted(data.evals)})")
+  data.evals = {s: data.evals[s] for s in dcfg.eval_sets}
+  return data
+
+
+def arc_identity_ids(data: Data) -> dict:
+  """{task id: puzzle id of its un-augmented copy} for ARC sets, else {}."""
+  if data.task != "arc" or "puzzle_task" not in data.arrays:
+    return {}
+  a = data.arrays
+  ident = np.arange(10)
+  out = {}
+  for pid, ti in enumerate(a["puzzle_task"]):
+    if ti >= 0 and int(a["puzzle_dihedral"][pid]) == 0 and np.array_equal(a["puzzle_colours"][pid], ident):
+      out.setdefault(data.info["tasks"][ti][1], pid)
+  return out

@@ -1,0 +1,100 @@
+"""Process-0 metric writer: metrics.jsonl, TensorBoard events, progress bar.
+
+TensorBoard events are written with `tensorboardX` when it is installed
+(it needs no TensorFlow); without it only metrics.jsonl is written.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+from tqdm import tqdm
+
+from trm_jax import losses
+
+
+def reduce_window(sums: dict, global_batch_size: int, n_steps: int) -> dict:
+  """Metric sums over `n_steps` train steps -> per-step means (losses / batch, rest / count)."""
+  return losses.reduce_metrics(sums, global_batch_size * max(n_steps, 1))
+
+
+class Writer:
+  """Writes on process 0 only; every other process gets a silent writer."""
+
+  def __init__(self, workdir: str, total_steps: int, start_step: int = 0, enabled: bool | None = None,
+               progress: bool = True):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._file = open(self.path, "a") if self.enabled else None
+    self._tb = None
+    if self.enabled:
+      try:
+        import tensorboardX  # optional; no TensorFlow needed
+        self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:
+        self._tb = None
+    self._bar = None
+    if self.enabled and progress:
+      self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                       smoothing=0.1, mininterval=1.0)
+
+  @property
+  def tensorboard(self) -> bool:
+    return self._tb is not None
+
+  def write(self, step: int, values: dict) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), "time": round(time.time(), 3)}
+    for k, v in values.items():
+      record[k] = v if isinstance(v, (str, bool)) or v is None else _num(v)
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in record.items():
+        if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+          self._tb.add_scalar(k, v, int(step))
+      self._tb.flush()
+
+  def progress(self, step: int, postfix: dict | None = None) -> None:
+    if self._bar is None:
+      return
+    self._bar.n = int(step)
+    if postfix:
+      self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+    self._bar.refresh()
+
+  def log(self, text: str) -> None:
+    if not self.enabled:
+      return
+    if self._bar is not None:
+      self._bar.write(text)
+    else:
+      print(text, flush=True)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+
+def _num(v):
+  v = float(v)
+  if math.isnan(v) or math.isinf(v):
+    return str(v)
+  return int(v) if v.is_integer() and abs(v) < 2**53 and not isinstance(v, float) else v
+
+
+def read(workdir: str) -> list[dict]:
+  """All events of a run's metrics.jsonl."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]

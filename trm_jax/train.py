@@ -1,0 +1,251 @@
+"""train_and_evaluate(config, workdir): wires data, state, steps, checkpoints and metrics.
+
+A run always resumes its own latest checkpoint first. The checkpoint holds the
+whole future of the run (state with EMA and puzzle table, the ACT carry with
+its current examples, the step); batches are a pure function of (seed, step)
+and so is the rng, so a resumed run ends with the same parameters as an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from trm_jax import checkpoint, config_lib, data as data_lib, evaluate, input_pipeline, metrics as metrics_lib
+from trm_jax import optim, recursion, sharding, steps, train_state
+from trm_jax.model import RecursiveModel
+
+
+class UserError(ValueError):
+  """A mistake in the command line or config (reported as one line)."""
+
+
+class NonFiniteLoss(RuntimeError):
+  """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+def resolve_config(config, data: data_lib.Data, mesh) -> ml_collections.ConfigDict:
+  """A copy of `config` with the dataset's shapes and the derived step count."""
+  config = copy.deepcopy(config)
+  meta = data.train.meta
+  config.model.seq_len = int(meta.seq_len)
+  config.model.vocab_size = int(meta.vocab_size)
+  config.model.num_puzzle_identifiers = sharding.table_rows(int(meta.num_puzzle_identifiers), mesh)
+  t = config.train
+  if t.steps is None or t.steps < 0:
+    t.steps = max(1, int(t.epochs * meta.total_groups * meta.mean_puzzle_examples // t.global_batch_size))
+  return config
+
+
+class Run:
+  """The jitted pieces of one run (shared by training, evaluation and `trm-solve`)."""
+
+  def __init__(self, config, mesh):
+    self.config, self.mesh = config, mesh
+    self.mcfg = config_lib.frozen_model(config.model)
+    self.model = RecursiveModel(self.mcfg)
+    self.tx = optim.make_optimizer(config.train, config.train.steps)
+    self.create = functools.partial(train_state.create_train_state, self.model, self.mcfg, config.train, self.tx)
+    self.init_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
+    self.step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    abstract_state = jax.eval_shape(self.create, self.init_rng)
+    self.state_sh = sharding.state_shardings(mesh, abstract_state)
+    self.abstract_state = _with_shardings(abstract_state, self.state_sh)
+    self.batch_sh = sharding.batch_sharding(mesh)
+    self.repl = sharding.replicated(mesh)
+    self.eval_steps = config.eval.supervision_steps if config.eval.supervision_steps > 0 else self.mcfg.halt_max_steps
+    eval_step = evaluate.make_eval_step(self.model, self.mcfg, self.eval_steps)
+    self.eval_step = jax.jit(eval_step, in_shardings=(self.repl, self.repl, self.state_sh.puzzle_table,
+                                                      self.batch_sh))
+
+  def new_state(self):
+    return jax.jit(self.create, out_shardings=self.state_sh)(self.init_rng)
+
+  def carry_parts(self, batch_size: int):
+    fn = lambda: recursion.initial_carry(self.mcfg, batch_size)
+    shardings = sharding.carry_shardings(self.mesh, jax.eval_shape(fn))
+    return fn, shardings
+
+  def make_batch(self, local: dict) -> dict:
+    return sharding.global_batch(local, self.mesh)
+
+
+def _with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def _check_workdir(workdir: str) -> str:
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  parent = os.path.dirname(workdir)
+  if not os.path.isdir(parent):
+    raise UserError(f"--workdir={workdir}: parent directory {parent} does not exist")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"--workdir={workdir}: exists and is not a directory")
+  return workdir
+
+
+def _finite(x) -> bool:
+  return bool(np.isfinite(np.asarray(x)).all())
+
+
+def run_meta(config, data: data_lib.Data) -> dict:
+  """What `trm-solve` needs to rebuild the model and read its inputs."""
+  return {"config": config.to_json_best_effort(), "task": data.task, "grid": list(data.grid),
+          "arc_ids": data_lib.arc_identity_ids(data)}
+
+
+def evaluate_all(run: Run, state, data: data_lib.Data, workdir: str | None = None) -> dict:
+  """Every eval set with the EMA weights when EMA is on; ARC adds voting and a submission."""
+  cfg = run.config
+  out = {}
+  params = state.eval_params()
+  for name, split in data.evals.items():
+    arc = (data.info, data.arrays) if data.task == "arc" else None
+    m, entries = evaluate.evaluate_split(run.eval_step, params, state.consts, state.puzzle_table, split,
+                                         cfg.eval.batch_size, run.eval_steps, run.make_batch,
+                                         cfg.eval.max_examples, name, arc)
+    out.update(m)
+    if arc is not None and entries:
+      scores, submission = evaluate.arc_vote(entries)
+      out.update({f"eval/ARC/{k}": v for k, v in scores.items()})
+      if workdir and jax.process_index() == 0:
+        evaluate.write_submission(os.path.join(workdir, "submission.json"), submission)
+  return out
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming the workdir's latest checkpoint), evaluates, saves; returns the last metrics."""
+  workdir = _check_workdir(workdir)
+  mesh = sharding.make_mesh()
+  data = data_lib.load(config.data)
+  config = resolve_config(config, data, mesh)
+  t = config.train
+  try:
+    sharding.check_batch(t.global_batch_size, mesh)
+    sharding.check_batch(config.eval.batch_size, mesh, "eval.batch_size")
+    run = Run(config, mesh)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  total, batch_size = int(t.steps), int(t.global_batch_size)
+
+  os.makedirs(workdir, exist_ok=True)
+  mngr = checkpoint.manager(workdir, t.keep_checkpoints)
+  carry_fn, carry_sh = run.carry_parts(batch_size)
+  meta = run_meta(config, data)
+  latest = checkpoint.latest_step(mngr)
+  if latest is None:
+    state = run.new_state()
+    carry = jax.jit(carry_fn, out_shardings=carry_sh)()
+  else:
+    abstract_carry = _with_shardings(jax.eval_shape(carry_fn), carry_sh)
+    state, carry, _ = checkpoint.restore(mngr, latest, run.abstract_state, abstract_carry)
+  start = int(state.step)
+
+  writer = metrics_lib.Writer(workdir, total, start)
+  n_params = train_state.count_params(state.params)
+  writer.log(f"config:\n{config}")
+  writer.log(f"parameters: {n_params:,}; devices: {jax.device_count()}; steps {start} -> {total}"
+             + ("" if writer.tensorboard else "; TensorBoard off (tensorboardX not installed)"))
+  if start == 0:
+    writer.write(0, {"params": n_params, "total_steps": total})
+
+  train_step = jax.jit(steps.make_train_step(run.model, run.mcfg, t, run.tx, total),
+                       in_shardings=(run.state_sh, carry_sh, run.batch_sh, run.repl),
+                       out_shardings=(run.state_sh, carry_sh, run.repl), donate_argnums=(0, 1))
+  pidx, pcount = jax.process_index(), jax.process_count()
+  batch_at = lambda s: run.make_batch(input_pipeline.train_batch(data.train, config.seed, s, batch_size,
+                                                                 pidx, pcount))
+  last_metrics: dict = {}
+  step, sums, window, t_window = start, None, 0, time.time()
+
+  def flush():
+    """Fetches the window's metric sums; stops the run on a non-finite loss."""
+    nonlocal sums, window, t_window
+    if sums is None:
+      return {}
+    host = jax.device_get(sums)
+    if not _finite(host["loss"]):
+      mngr.wait_until_finished()
+      good = mngr.latest_step()
+      raise NonFiniteLoss(f"non-finite loss in steps {step - window + 1}..{step}; stopped; last good "
+                          f"checkpoint: {'none' if good is None else f'step {good}'} in {mngr.directory}")
+    vals = {f"train/{k}": v for k, v in metrics_lib.reduce_window(host, batch_size, window).items()}
+    vals["train/steps_per_sec"] = window / max(time.time() - t_window, 1e-9)
+    sums, window, t_window = None, 0, time.time()
+    return vals
+
+  try:
+    with checkpoint.Preemption() as preempt:
+      if step < total:
+        t0 = time.time()
+        train_step = train_step.lower(state, carry, batch_at(step), run.step_rng).compile()
+        compile_s = time.time() - t0
+        writer.log(f"train step compiled in {compile_s:.1f}s")
+        writer.write(step, {"compile_seconds": compile_s})
+      while step < total:
+        state, carry, m = train_step(state, carry, batch_at(step), run.step_rng)
+        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+        step += 1
+        window += 1
+        done = step == total
+        stop = preempt.reached(mngr, step)
+        do_eval = done or (t.eval_every > 0 and step % t.eval_every == 0)
+        do_save = done or stop or (t.checkpoint_every > 0 and step % t.checkpoint_every == 0)
+        if done or do_eval or do_save or step % max(t.log_every, 1) == 0:
+          vals = flush()
+          if vals:
+            writer.write(step, vals)
+            writer.progress(step, {"loss": vals["train/lm_loss"], "exact": vals["train/exact_accuracy"]})
+        if do_eval:
+          t0 = time.time()
+          last_metrics = evaluate_all(run, state, data, workdir)
+          writer.write(step, dict(last_metrics, eval_seconds=time.time() - t0))
+          writer.log(_summary(step, last_metrics))
+        if do_save:
+          checkpoint.save(mngr, step, state, carry, meta, force=True)
+        if stop and not done:
+          writer.log(f"SIGTERM: saved step {step}, exiting; re-run the same command to resume")
+          break
+      if start >= total:
+        last_metrics = evaluate_all(run, state, data, workdir)
+        writer.write(step, last_metrics)
+        writer.log(_summary(step, last_metrics))
+    mngr.wait_until_finished()
+  finally:
+    writer.close()
+    mngr.close()
+  if step >= total and jax.process_index() == 0:
+    _print_example(run, state, data)
+  return dict(last_metrics, step=step)
+
+
+def _summary(step, m: dict) -> str:
+  keys = [k for k in m if k.endswith("/exact_accuracy") or k.endswith("/accuracy") or "pass@2" in k]
+  return f"step {step}: " + ", ".join(f"{k}={m[k]:.4f}" for k in keys)
+
+
+def _print_example(run: Run, state, data: data_lib.Data) -> None:
+  """Solves the first held-out example and prints puzzle, answer and whether it is right."""
+  from trm_jax import solve
+  split = next(iter(data.evals.values()), None)
+  if split is None or split.num_examples == 0:
+    return
+  ex = split.examples(np.arange(1))
+  res = solve.solve_one(run, state, ex["inputs"][0], int(ex["puzzle_identifiers"][0]))
+  label = np.where(ex["labels"][0] < 0, 0, ex["labels"][0])
+  right = bool(np.array_equal(np.where(ex["labels"][0] < 0, 0, res["answer"]), label))
+  print(f"held-out example 0 ({'solved' if right else 'NOT solved'}; {res['steps']} supervision steps, "
+        f"halting confidence {res['confidence']:.3f}):")
+  print(solve.side_by_side(data.task, tuple(data.grid), ex["inputs"][0], res["answer"]), flush=True)
+
+
+def as_float(x) -> float:
+  return float(x) if math.isfinite(float(x)) else float("nan")
