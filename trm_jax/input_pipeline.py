@@ -132,12 +132,18 @@ _SCHEDULES: dict = {}
 
 
 def _key_bytes(data: SplitData):
-  return data.puzzle_indices.tobytes(), data.group_indices.tobytes()
+  # Computed once per SplitData: bytes cache their hash, so the plan cache
+  # lookups stay cheap even for ~1M-puzzle splits.
+  cached = getattr(data, '_index_bytes', None)
+  if cached is None:
+    cached = (data.puzzle_indices.tobytes(), data.group_indices.tobytes())
+    data._index_bytes = cached
+  return cached
 
 
 def _locate(data, seed, step, batch, epochs_per_iter):
   pb, gb = _key_bytes(data)
-  key = (hash(pb), hash(gb), seed, batch, epochs_per_iter)
+  key = (pb, gb, seed, batch, epochs_per_iter)
   sched = _SCHEDULES.setdefault(key, _Schedule())
   if len(sched.cum) == 1:
     sizes = np.diff(data.puzzle_indices)
