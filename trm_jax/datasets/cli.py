@@ -4,6 +4,7 @@
   trm-data stats NAME[/CONFIG] --data_dir DIR [--split train]
   trm-data show  NAME[/CONFIG] --data_dir DIR [--split train] [--index 0]
                  [--png FILE]
+  trm-data bench NAME[/CONFIG] --data_dir DIR [--batch 768] [--process_count 1]
   trm-data list
 User errors (bad raw files, unknown names) print one line and exit 1.
 """
@@ -43,6 +44,14 @@ def _parser():
     else:
       s.add_argument('--sample', type=int, default=20000,
                      help='records used for the token histogram')
+  bn = sub.add_parser('bench', help='loader throughput (examples/s)')
+  bn.add_argument('name')
+  bn.add_argument('--data_dir', default=None)
+  bn.add_argument('--split', default='train')
+  bn.add_argument('--batch', type=int, default=768)
+  bn.add_argument('--steps', type=int, default=20)
+  bn.add_argument('--process_count', type=int, default=1)
+  bn.add_argument('--epochs_per_iter', type=int, default=1)
   sub.add_parser('list', help='list builders and configs')
   return p
 
@@ -177,6 +186,24 @@ def _draw(task, x, y, path, title):
   plt.close(fig)
 
 
+def _cmd_bench(args):
+  from trm_jax import input_pipeline as ip
+  data = _load(args)
+  from trm_jax.datasets.common import DataError
+  pc, b, e = args.process_count, args.batch, args.epochs_per_iter
+  try:
+    ip.train_batch(data, 0, 0, b, 0, pc, e)
+  except ValueError as err:
+    raise DataError(f'{args.name}: {err}') from None
+  t = time.perf_counter()
+  for step in range(1, args.steps + 1):
+    ip.train_batch(data, 0, step, b, 0, pc, e)
+  dt = time.perf_counter() - t
+  print(f'{args.name} {args.split}: {args.steps * b // pc / dt:,.0f} '
+        f'examples/s on process 0 of {pc} (global batch {b}, '
+        f'{args.steps} steps, seq_len {data.meta.seq_len})')
+
+
 def _cmd_list(args):
   import tensorflow_datasets as tfds
   from trm_jax.datasets import arc_builder, generated, maze, sudoku
@@ -194,7 +221,7 @@ def main(argv=None) -> int:
   from trm_jax.datasets.common import DataError
   try:
     {'build': _cmd_build, 'stats': _cmd_stats, 'show': _cmd_show,
-     'list': _cmd_list}[args.cmd](args)
+     'bench': _cmd_bench, 'list': _cmd_list}[args.cmd](args)
   except DataError as e:
     print(f'trm-data: error: {e}', file=sys.stderr)
     return 1
