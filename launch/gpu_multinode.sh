@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Multi-node GPU training: one JAX process per node, all GPUs of a node each.
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Create a Cloud TPU VM pod slice through a queued resource.
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Kill stale processes holding the TPU chips and remove libtpu's lock file.
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {

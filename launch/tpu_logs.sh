@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Show or follow the logs of a run on one or all TPU workers.
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Start an experiment on every worker of a TPU pod slice, detached from ssh.
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {

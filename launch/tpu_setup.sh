@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Copy the code at a pinned commit to every TPU worker and install it.
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {

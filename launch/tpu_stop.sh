@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Stop a run on every TPU worker and, optionally, delete the slice.
+# shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
