@@ -63,6 +63,25 @@ class Setup:
     return count_params(self.state.params)
 
 
+def load_config(path: str, arg: str | None = None, **overrides):
+  """`get_config(arg)` of an experiment file, with dotted-field overrides.
+
+  load_config("experiments/sudoku_mlp.py", **{"model.hidden_size": 64}).
+  """
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("_trm_experiment", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
 def model_config(config, **fields):
   """The frozen model config of `config.model`, with `fields` changed."""
   c = ml_collections.ConfigDict(config.model.to_dict())
