@@ -341,7 +341,7 @@ def _fake_python(path, body):
   return str(path)
 
 
-def _wait_for(paths, timeout=15):
+def _wait_for(paths, timeout=30):
   deadline = time.time() + timeout
   while time.time() < deadline:
     if all(os.path.exists(p) for p in paths):
@@ -414,7 +414,7 @@ def test_gpu_multinode_ssh_end_to_end(tmp_path):
       env={"HOME": str(home)})
   logs = home / "logs" / "g"
   _wait_for([logs / f"worker-{i}.log" for i in range(3)])
-  deadline = time.time() + 15
+  deadline = time.time() + 30
   for i in range(3):
     path = logs / f"worker-{i}.log"
     while "exit status" not in path.read_text() and time.time() < deadline:
