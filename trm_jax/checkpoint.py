@@ -31,9 +31,26 @@ def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.Checkpo
     raise CheckpointError(f"{directory}: not a readable checkpoint directory ({_short(e)})") from None
 
 
+def _drop_empty(tree):
+  """Zero-size arrays (e.g. the table without puzzle embeddings) cannot be saved: store None."""
+  return jax.tree.map(lambda x: None if x.size == 0 else x, tree)
+
+
+def _refill(tree, abstract_tree):
+  """Puts zero-size arrays back where `_drop_empty` left None."""
+  def fill(a, x):
+    if a is not None and a.size == 0:
+      return jax.device_put(jax.numpy.zeros(a.shape, a.dtype), a.sharding)
+    return x
+  is_none = lambda x: x is None
+  flat_a, treedef = jax.tree.flatten(abstract_tree, is_leaf=is_none)
+  flat_x = jax.tree.flatten(tree, is_leaf=is_none)[0]
+  return jax.tree.unflatten(treedef, [fill(a, x) for a, x in zip(flat_a, flat_x)])
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, carry, meta: dict, force: bool = False) -> bool:
   return mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), carry=ocp.args.StandardSave(carry),
+      state=ocp.args.StandardSave(_drop_empty(state)), carry=ocp.args.StandardSave(_drop_empty(carry)),
       meta=ocp.args.JsonSave(meta)), force=force)
 
 
@@ -51,15 +68,17 @@ def latest_step(mngr: ocp.CheckpointManager):
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, abstract_carry=None):
   """-> (state, carry or None, meta) of `step`; a damaged checkpoint is a CheckpointError."""
-  items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+  items = dict(state=ocp.args.StandardRestore(_drop_empty(abstract_state)), meta=ocp.args.JsonRestore())
   if abstract_carry is not None:
-    items["carry"] = ocp.args.StandardRestore(abstract_carry)
+    items["carry"] = ocp.args.StandardRestore(_drop_empty(abstract_carry))
   try:
     got = mngr.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # noqa: BLE001
     raise CheckpointError(f"{os.path.join(str(mngr.directory), str(step))}: cannot restore checkpoint "
                           f"({_short(e)})") from None
-  return got["state"], got.get("carry") if abstract_carry is not None else None, got["meta"]
+  state = _refill(got["state"], abstract_state)
+  carry = _refill(got["carry"], abstract_carry) if abstract_carry is not None else None
+  return state, carry, got["meta"]
 
 
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:

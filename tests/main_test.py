@@ -1,0 +1,76 @@
+"""The CLI: user errors are one `error:` line, no traceback, nothing half-written."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  e = dict(os.environ)
+  e.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
+  e["JAX_PLATFORMS"] = "cpu"
+  e.pop("TRM_TRACEBACK", None)
+  return e
+
+
+def main(env, *args, timeout=240):
+  return subprocess.run([sys.executable, "-m", "trm_jax.main", *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def one_error_line(p):
+  assert p.returncode != 0
+  assert "Traceback" not in p.stderr and "Traceback" not in p.stdout
+  lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
+  assert lines and lines[-1].startswith("error: "), p.stderr[-2000:]
+  assert sum(l.startswith("error: ") for l in lines) == 1
+  return lines[-1]
+
+
+def test_misspelt_field(env, tmp_path):
+  w = tmp_path / "w"
+  p = main(env, "--config=experiments/smoke.py", f"--workdir={w}", "--config.train.stepz=3")
+  line = one_error_line(p)
+  assert "stepz" in line
+  assert len(p.stderr.strip().splitlines()) == 1
+  assert not w.exists()
+
+
+def test_bad_experiment_argument_and_missing_file(env, tmp_path):
+  line = one_error_line(main(env, "--config=experiments/smoke.py:arhc=hrm", f"--workdir={tmp_path}/w"))
+  assert "arhc" in line
+  line = one_error_line(main(env, "--config=experiments/nope.py", f"--workdir={tmp_path}/w"))
+  assert "nope.py" in line
+
+
+def test_missing_workdir_parent(env, tmp_path):
+  w = tmp_path / "missing" / "run"
+  line = one_error_line(main(env, "--config=experiments/smoke.py", f"--workdir={w}"))
+  assert str(tmp_path / "missing") in line and "does not exist" in line
+  assert not (tmp_path / "missing").exists()
+
+
+def test_corrupt_checkpoint_directory(env, tmp_path):
+  w = tmp_path / "run"
+  bad = w / "checkpoints" / "4"
+  bad.mkdir(parents=True)
+  (bad / "state").write_text("garbage")
+  line = one_error_line(main(env, "--config=experiments/smoke.py", f"--workdir={w}"))
+  assert "checkpoint" in line and str(w / "checkpoints") in line
+  assert not (w / "metrics.jsonl").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(env, tmp_path):
+  w = tmp_path / "run"
+  p = main(env, "--config=experiments/smoke.py", f"--workdir={w}", "--config.train.lr=1e30",
+           "--config.train.lr_warmup_steps=1", "--config.train.checkpoint_every=1", "--config.train.log_every=1",
+           "--config.train.eval_every=0", "--config.model.halt_max_steps=1")
+  line = one_error_line(p)
+  assert "non-finite loss" in line and "last good checkpoint: step" in line
+  good = int(line.split("last good checkpoint: step ")[1].split()[0])
+  steps = sorted(int(x) for x in os.listdir(w / "checkpoints") if x.isdigit())
+  assert steps and steps[-1] == good
