@@ -16,8 +16,11 @@ def log_stablemax(logits: jax.Array) -> jax.Array:
   untaken branch turns the gradient into NaN).
   """
   x = logits.astype(jnp.float32)
-  s = jnp.where(x < 0, 1.0 / (1.0 - jnp.minimum(x, 0.0)), jnp.maximum(x, 0.0) + 1.0)
-  return jnp.log(s) - jnp.log(jnp.sum(s, axis=-1, keepdims=True))
+  neg, pos = jnp.minimum(x, 0.0), jnp.maximum(x, 0.0)
+  s = jnp.where(x < 0, 1.0 / (1.0 - neg), pos + 1.0)
+  # log s per branch (no log of a denormal s, whose gradient would be inf * 0).
+  log_s = jnp.where(x < 0, -jnp.log1p(-neg), jnp.log1p(pos))
+  return log_s - jnp.log(jnp.sum(s, axis=-1, keepdims=True))
 
 
 def cross_entropy(logits, labels, loss_type: str = "stablemax"):

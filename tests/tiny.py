@@ -1,0 +1,39 @@
+"""Tiny configs and random data shared by the core tests."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trm_jax import config_lib
+from trm_jax.model import RecursiveModel
+from trm_jax.train_state import init_variables
+
+B, S, V, N_IDS = 4, 12, 6, 5
+
+
+def mcfg(**kw):
+  base = dict(hidden_size=32, num_heads=2, seq_len=S, vocab_size=V, num_puzzle_identifiers=N_IDS,
+              puzzle_emb_ndim=32, puzzle_emb_len=2, H_cycles=2, L_cycles=2, L_layers=1, halt_max_steps=3,
+              halt_exploration_prob=0.0, dtype="float32", attention_impl="xla")
+  if kw.get("arch") == "hrm":
+    base.update(H_layers=1, puzzle_emb_len=0)
+  base.update(kw)
+  return config_lib.frozen_model(config_lib.model_config(**base))
+
+
+def batch(seed=0, b=B):
+  r = np.random.default_rng(seed)
+  labels = r.integers(1, V, (b, S)).astype(np.int32)
+  labels[r.random((b, S)) < 0.2] = -100
+  return {"inputs": jnp.asarray(r.integers(1, V, (b, S)), jnp.int32), "labels": jnp.asarray(labels),
+          "puzzle_identifiers": jnp.asarray(r.integers(0, N_IDS, (b,)), jnp.int32)}
+
+
+def variables(cfg, seed=0):
+  """Random variables with a non-zero q head (so gradients reach everything)."""
+  v = init_variables(RecursiveModel(cfg), cfg, jax.random.key(seed))
+  keys = iter(jax.random.split(jax.random.key(seed + 100), 2))
+  p = dict(v["params"])
+  p["q_head"] = {"kernel": 0.1 * jax.random.normal(next(keys), p["q_head"]["kernel"].shape),
+                 "bias": jnp.zeros((2,))}
+  table = 0.1 * jax.random.normal(next(keys), (cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim))
+  return {"params": p, "consts": v["consts"]}, table
