@@ -67,3 +67,19 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
   """Per-process numpy rows -> global arrays sharded on the batch axis."""
   s = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(s, np.asarray(v)) for k, v in local.items()}
+
+
+def create_sharded(create_fn, mesh: Mesh):
+  """Runs `create_fn()` (-> TrainState) under jit so arrays are born sharded."""
+  abstract = jax.eval_shape(create_fn)
+  return jax.jit(create_fn, out_shardings=state_shardings(mesh, abstract))()
+
+
+def jit_train_step(train_step, mesh: Mesh, abstract_state, abstract_carry):
+  """jax.jit of `train_step(state, carry, batch, rng)` with explicit shardings.
+
+  State and carry are donated; metric sums come back replicated.
+  """
+  ss, cs = state_shardings(mesh, abstract_state), carry_shardings(mesh, abstract_carry)
+  return jax.jit(train_step, in_shardings=(ss, cs, batch_sharding(mesh), replicated(mesh)),
+                 out_shardings=(ss, cs, replicated(mesh)), donate_argnums=(0, 1))
