@@ -4,8 +4,8 @@
     trm-solve --workdir=runs/demo --sudoku=1.........3..2..
 
 Data: 2,000 generated 4x4 Sudoku puzzles with unique solutions (4-5 givens),
-200 held-out test puzzles from another seed. Model: TRM with attention,
-hidden 64. Expected: >= 90% held-out exact accuracy in under 10 minutes on
+200 held-out test puzzles from another seed. Model: TRM-MLP (the
+paper's Sudoku block), hidden 64, 2x2 cycles, 4 supervision steps. Expected: >= 90% held-out exact accuracy in under 10 minutes on
 2 CPU cores (measured numbers in the README).
 """
 from trm_jax import config_lib
@@ -16,11 +16,11 @@ def get_config(arg=None):
   c = config_lib.base_config(a["arch"])
   c.data.update(name="generated/sudoku_small", config="size=4,n_train=2000,n_test=200,seed=0")
   c.model.update(hidden_size=64, num_heads=4, expansion=4.0, H_cycles=2, L_cycles=2, L_layers=2,
-                 puzzle_emb_ndim=0, pos_encodings="rope", halt_max_steps=4, recursion=a["recursion"])
+                 puzzle_emb_ndim=0, mlp_t=True, pos_encodings="none", halt_max_steps=4, recursion=a["recursion"])
   if a["arch"] == "hrm":
-    c.model.update(H_layers=2, L_layers=2, H_cycles=2, L_cycles=2)
-  c.train.update(global_batch_size=64, steps=1500, epochs=-1, lr=1e-3, lr_warmup_steps=100,
-                 weight_decay=0.1, eval_every=500, checkpoint_every=500, log_every=50, ema=True,
+    c.model.update(H_layers=2, L_layers=2, H_cycles=2, L_cycles=2, mlp_t=False, pos_encodings="rope")
+  c.train.update(global_batch_size=64, steps=800, epochs=-1, lr=1e-3, lr_warmup_steps=100,
+                 weight_decay=0.1, eval_every=400, checkpoint_every=400, log_every=50, ema=True,
                  ema_rate=0.99)
   c.eval.update(batch_size=200, supervision_steps=-1, max_examples=-1)
   c.lock()

@@ -97,8 +97,8 @@ def start_and_signal(workdir, env, sig, after_step=25):
       break
     time.sleep(0.01)
   p.send_signal(sig)
-  _, err = p.communicate(timeout=120)
-  return p.returncode, err
+  out, err = p.communicate(timeout=120)
+  return p.returncode, out + err
 
 
 def assert_same_state(a, b):

@@ -4,7 +4,8 @@
 `maze_hard`, `arc_agi`, `sudoku_small`) with `config.data.config` its builder
 config, or `generated/<set>` for the in-memory toy sets (`sudoku_small`,
 `maze_small`) with `config.data.config` holding their keyword arguments
-(`"size=4,n_train=2000"`). A TFDS set that is not built yet is built on first
+(`"size=4,n_train=2000"`); their test split drops the puzzles that also occur
+in train, so test accuracy is on unseen puzzles. A TFDS set that is not built yet is built on first
 use (from `data.manual_dir` when it needs raw files).
 """
 from __future__ import annotations
@@ -55,16 +56,27 @@ def _generated(name: str, cfg: str) -> Data:
     splits = fn(**kw)
   except TypeError as e:
     raise DataConfigError(f"config.data.config: {e}") from None
-  meta = splits["train"].meta
+  test = _unseen(splits["test"], splits["train"])
   if name == "sudoku_small":
     n = kw.get("size", 4)
     task, grid = "sudoku", (n, n)
   else:
     n = kw.get("size", 10)
     task, grid = "maze", (n, n)
-  del meta
-  return Data(splits["train"], {"test": splits["test"]}, {"task": task, "grid": list(grid)}, {}, task,
+  return Data(splits["train"], {"test": test}, {"task": task, "grid": list(grid)}, {}, task,
               tuple(grid))
+
+
+def _unseen(test, train):
+  """The test split without puzzles whose input also occurs in train (small grids repeat)."""
+  from trm_jax.datasets import splits
+  seen = {row.tobytes() for row in train.all_arrays()["inputs"]}
+  arrays = test.all_arrays()
+  keep = np.asarray([row.tobytes() not in seen for row in arrays["inputs"]])
+  n = int(keep.sum())
+  idx = np.arange(n + 1, dtype=np.int64)
+  return splits.make_split(arrays["inputs"][keep], arrays["labels"][keep], idx, idx,
+                           np.zeros(n, np.int32), test.meta.vocab_size, test.meta.num_puzzle_identifiers)
 
 
 def load(dcfg) -> Data:

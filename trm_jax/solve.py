@@ -198,9 +198,9 @@ def main(argv) -> int:
         root, ext = os.path.splitext(f.png)
         write_png(f.png if i == 0 else f"{root}_{i}{ext}", "arc", grid, g, answer)
     return 0
-  tokens = sudoku_tokens(f.sudoku, seq) if kind == "sudoku" else maze_tokens(f.maze, seq)
   if meta.get("task") != kind:
     raise InputError(f"--{kind}: this run was trained on {meta.get('task')!r} puzzles")
+  tokens = sudoku_tokens(f.sudoku, seq) if kind == "sudoku" else maze_tokens(f.maze, seq)
   res = solve_one(run, state, tokens, 0, steps)
   print(render(kind, grid, res["answer"]))
   print(f"supervision steps: {res['steps']}; halting confidence: {res['confidence']:.3f}")
