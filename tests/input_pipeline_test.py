@@ -142,3 +142,15 @@ def test_batch_larger_than_epoch_is_an_error():
     ip.train_batch(data, 0, 0, 16)
   assert ip.train_batch(data, 0, 0, 16, epochs_per_iter=2)['inputs'].shape[0] \
       == 16
+
+
+def test_prefetch_matches_direct_calls():
+  data = _toy([[1, 2], [3]] * 20)
+  it = ip.prefetch_train_batches(data, 4, 10, 8, 1, 2)
+  for expect_step in range(10, 16):
+    step, batch = next(it)
+    assert step == expect_step
+    ref = ip.train_batch(data, 4, step, 8, 1, 2)
+    for k in ref:
+      np.testing.assert_array_equal(batch[k], ref[k])
+  it.close()

@@ -22,7 +22,8 @@ from trm_jax.datasets.splits import (BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID,
                                      DatasetMeta, InMemoryReader, SplitData)
 
 __all__ = ['DatasetMeta', 'SplitData', 'load_split', 'train_batch',
-           'train_batch_indices', 'batch_position', 'eval_batches', 'make_global_batch',
+           'train_batch_indices', 'batch_position', 'eval_batches',
+           'prefetch_train_batches', 'make_global_batch',
            'steps_per_epoch', 'measure_throughput']
 
 
@@ -263,6 +264,44 @@ def eval_batches(data: SplitData, global_batch_size: int,
     if with_index:
       out['example_index'] = np.where(valid, idx, -1).astype(np.int32)
     yield out
+
+
+def prefetch_train_batches(data: SplitData, seed: int, start_step: int,
+                           global_batch_size: int, process_index: int = 0,
+                           process_count: int = 1, epochs_per_iter: int = 1,
+                           buffer: int = 2):
+  """Yields (step, local batch) from start_step on; reads in a thread."""
+  import queue
+  import threading
+  q: queue.Queue = queue.Queue(maxsize=buffer)
+  stop = threading.Event()
+
+  def work():
+    step = start_step
+    try:
+      while not stop.is_set():
+        q.put((step, train_batch(data, seed, step, global_batch_size,
+                                 process_index, process_count,
+                                 epochs_per_iter)))
+        step += 1
+    except BaseException as e:  # surfaced in the consumer
+      q.put((None, e))
+
+  thread = threading.Thread(target=work, daemon=True)
+  thread.start()
+  try:
+    while True:
+      step, item = q.get()
+      if step is None:
+        raise item
+      yield step, item
+  finally:
+    stop.set()
+    while thread.is_alive():
+      try:
+        q.get_nowait()
+      except queue.Empty:
+        thread.join(0.01)
 
 
 def make_global_batch(local_batch: dict, sharding) -> dict:
