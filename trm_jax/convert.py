@@ -1,0 +1,393 @@
+"""trm-convert: reference (PyTorch) state dicts <-> trm_jax run checkpoints.
+
+    trm-convert --torch_checkpoint=step_5000.pt --config=experiments/sudoku_mlp.py --workdir=runs/ft
+    trm-convert --export_torch=weights.npz --workdir=runs/ft          # or .safetensors / .pt
+
+Forward: reads a reference state dict (`.pt`/`.pth`/`.bin`/`.ckpt` with
+PyTorch, `pip install trm_jax[interop]`; `.npz` without it; `.safetensors`
+with the safetensors package; keys with or without the `_orig_mod.` prefix; a
+parity-vectors file's `w/...` keys also work), checks every shape against the
+config, and writes a normal run checkpoint (step `--step`, default 0): the
+weights, EMA = the weights when `train.ema` is on, a fresh optimiser state,
+the puzzle table from `model.inner.puzzle_emb.weights` (zero rows appended
+when the config's table is larger) and a fresh ACT carry. `trm-train
+--workdir=DIR` then fine-tunes from it, and evaluation and `trm-solve` load
+it. Like `trm-train`, the converter reads the dataset's shapes (seq_len,
+vocab_size, number of puzzle ids) from `config.data`; `--noresolve_data`
+takes them from the config's `model.*` fields instead (then `trm-train`
+resumes the checkpoint only if they match its dataset).
+
+Reverse: `--export_torch=OUT` writes the checkpoint's weights (the EMA
+weights when EMA is on, `--export_live` for the live ones) as reference-keyed
+float32 arrays (`.npz`, `.safetensors` or `.pt`).
+
+User errors print one `error: ...` line and exit with status 1; nothing is
+left half-written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+from trm_jax import interop
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SUFFIXES = (".npz", ".safetensors") + TORCH_SUFFIXES
+
+
+class ConvertError(ValueError):
+  """A user error of trm-convert (one line, names the file, flag or key)."""
+
+
+# ---------------------------------------------------------------------------
+# State-dict files.
+
+
+def _suffix(path: str, flag: str) -> str:
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in SUFFIXES:
+    raise ConvertError(f"{flag}={path}: unknown file type {ext or '(none)'!r}; use one of {', '.join(SUFFIXES)}")
+  return ext
+
+
+def _import_torch(path: str):
+  try:
+    import torch  # noqa: PLC0415 - optional dependency
+  except ImportError:
+    raise ConvertError(f"{path}: reading/writing PyTorch files needs PyTorch (pip install 'trm_jax[interop]'), "
+                       "or use .npz") from None
+  return torch
+
+
+def _from_torch_obj(obj, path: str) -> dict:
+  """A torch.load result -> {key: tensor}; accepts {'state_dict': ...} / {'model': ...} wrappers."""
+  if isinstance(obj, dict):
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+      inner = obj.get(wrapper)
+      if isinstance(inner, dict) and not any(str(k).startswith(("model.", "_orig_mod.")) for k in obj):
+        obj = inner
+        break
+  if not isinstance(obj, dict):
+    raise ConvertError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
+  return obj
+
+
+def _to_numpy(v, key: str, path: str) -> np.ndarray:
+  if hasattr(v, "detach"):  # a torch tensor (possibly bfloat16)
+    v = v.detach().cpu()
+    v = v.float() if v.is_floating_point() else v
+    return v.numpy()
+  try:
+    return np.asarray(v)
+  except Exception as e:  # noqa: BLE001
+    raise ConvertError(f"{path}: {key}: not an array ({e})") from None
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+  """A reference state dict from `path` -> {key: numpy array} (the `_orig_mod.` prefix kept)."""
+  ext = _suffix(path, "--torch_checkpoint")
+  if not os.path.isfile(path):
+    raise ConvertError(f"--torch_checkpoint={path}: file not found")
+  try:
+    if ext == ".npz":
+      with np.load(path, allow_pickle=False) as f:
+        raw = {k: f[k] for k in f.files}
+      if any(k.startswith("w/") for k in raw):  # parity vectors: the state dict is under w/
+        raw = {k[2:]: v for k, v in raw.items() if k.startswith("w/")}
+    elif ext == ".safetensors":
+      try:
+        from safetensors.numpy import load_file  # noqa: PLC0415 - optional dependency
+      except ImportError:
+        raise ConvertError(f"{path}: reading .safetensors needs the safetensors package "
+                           "(pip install 'trm_jax[interop]')") from None
+      raw = load_file(path)
+    else:
+      torch = _import_torch(path)
+      raw = _from_torch_obj(torch.load(path, map_location="cpu", weights_only=True), path)
+  except ConvertError:
+    raise
+  except Exception as e:  # noqa: BLE001 - zip / pickle / header errors of the readers
+    raise ConvertError(f"{path}: cannot read state dict ({_first_line(e)})") from None
+  return {str(k): _to_numpy(v, str(k), path) for k, v in raw.items()}
+
+
+def save_state_dict(path: str, arrays: dict[str, np.ndarray]) -> None:
+  """Writes reference-keyed arrays to .npz / .safetensors / .pt, atomically."""
+  ext = _suffix(path, "--export_torch")
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise ConvertError(f"--export_torch={path}: parent directory {parent} does not exist")
+  arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+  if ext == ".safetensors":
+    try:
+      from safetensors.numpy import save_file  # noqa: PLC0415
+    except ImportError:
+      raise ConvertError(f"--export_torch={path}: writing .safetensors needs the safetensors package "
+                         "(pip install 'trm_jax[interop]')") from None
+  torch = _import_torch(path) if ext in TORCH_SUFFIXES else None
+  fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=ext, dir=parent)
+  os.close(fd)
+  try:
+    if ext == ".npz":
+      with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    elif ext == ".safetensors":
+      save_file(arrays, tmp)
+    else:
+      torch.save({k: torch.from_numpy(v.copy()) for k, v in arrays.items()}, tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+# ---------------------------------------------------------------------------
+# Config and run state.
+
+
+def resolve(config, resolve_data: bool = True, mesh=None):
+  """-> (resolved config, checkpoint meta, mesh), the way `trm-train` resolves a run."""
+  import copy  # noqa: PLC0415
+
+  from trm_jax import data as data_lib  # noqa: PLC0415
+  from trm_jax import sharding, train  # noqa: PLC0415
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  if resolve_data:
+    try:
+      data = data_lib.load(config.data)
+    except (data_lib.DataConfigError, ValueError) as e:
+      raise ConvertError(f"{_first_line(e)} (trm-convert reads the dataset's shapes like trm-train; "
+                         "--noresolve_data takes them from the config's model fields)") from None
+    config = train.resolve_config(config, data, mesh)
+    meta = train.run_meta(config, data)
+  else:
+    config = copy.deepcopy(config)
+    m = config.model
+    m.num_puzzle_identifiers = sharding.table_rows(int(m.num_puzzle_identifiers), mesh)
+    name = str(config.data.name).rpartition("/")[2]
+    task = next((t for t in ("sudoku", "maze", "arc") if name.startswith(t)), "sudoku")
+    side = int(np.sqrt(m.seq_len))
+    grid = [30, 30] if task == "arc" else ([side, side] if side * side == m.seq_len else [1, int(m.seq_len)])
+    meta = {"config": config.to_json_best_effort(), "task": task, "grid": grid, "arc_ids": {}}
+  return config, meta, mesh
+
+
+def build_state(run, state_dict: dict, step: int = 0, source: str = "state dict"):
+  """A TrainState holding the reference weights (checked against `run`'s config)."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from trm_jax import train_state  # noqa: PLC0415
+  mcfg = run.mcfg
+  like = jax.eval_shape(lambda: train_state.init_variables(run.model, mcfg, jax.random.key(0)))
+  variables, table = interop.from_reference(state_dict, like, None, mcfg.puzzle_emb_ndim, source)
+  rows, ndim = int(mcfg.num_puzzle_identifiers), max(int(mcfg.puzzle_emb_ndim), 0)
+  if table is None:
+    table = np.zeros((rows, ndim), np.float32)
+  else:
+    key = interop.PREFIX + "puzzle_emb.weights"
+    if table.ndim != 2 or table.shape[1] != ndim or table.shape[0] > rows:
+      raise ConvertError(f"{source}: {key} has shape {table.shape}, the config expects ({rows}, {ndim})"
+                         " (rows: config.model.num_puzzle_identifiers)")
+    if table.shape[0] < rows:
+      table = np.concatenate([table, np.zeros((rows - table.shape[0], ndim), np.float32)])
+  sh = run.state_sh
+  params = jax.device_put(variables["params"], sh.params)
+  consts = jax.device_put(variables["consts"], sh.consts)
+  opt_state = jax.jit(run.tx.init, out_shardings=sh.opt_state)(params)
+  ema = None if sh.ema is None else jax.device_put(jax.tree.map(np.copy, variables["params"]), sh.ema)
+  state = train_state.TrainState(step=jax.device_put(jnp.asarray(step, jnp.int32), sh.step), params=params,
+                                 consts=consts, opt_state=opt_state, ema=ema,
+                                 puzzle_table=jax.device_put(jnp.asarray(table), sh.puzzle_table))
+  want, got = jax.tree.structure(run.abstract_state), jax.tree.structure(state)
+  if want != got:  # a driver change this module does not know about
+    raise RuntimeError(f"converted state does not match the run's state: {got} != {want}")
+  for a, x in zip(jax.tree.leaves(run.abstract_state), jax.tree.leaves(state)):
+    if a.shape != x.shape or a.dtype != x.dtype:
+      raise RuntimeError(f"converted state leaf {x.shape} {x.dtype} != run's {a.shape} {a.dtype}")
+  return state
+
+
+def _check_workdir(workdir: str) -> str:
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  parent = os.path.dirname(workdir)
+  if not os.path.isdir(parent):
+    raise ConvertError(f"--workdir={workdir}: parent directory {parent} does not exist")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConvertError(f"--workdir={workdir}: exists and is not a directory")
+  ckpts = os.path.join(workdir, "checkpoints")
+  if os.path.exists(ckpts) and (not os.path.isdir(ckpts) or os.listdir(ckpts)):
+    raise ConvertError(f"--workdir={workdir}: already holds checkpoints; convert into a fresh directory")
+  return workdir
+
+
+def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str = "state dict",
+            resolve_data: bool = True, mesh=None) -> str:
+  """Writes `state_dict` as a run checkpoint of `config` in `workdir`; returns the step directory.
+
+  Everything is checked before anything is written; the checkpoint is
+  written next to `workdir` and moved into place only when complete.
+  """
+  import jax  # noqa: PLC0415
+
+  from trm_jax import checkpoint, sharding, train  # noqa: PLC0415
+  if step < 0:
+    raise ConvertError(f"--step={step}: must be >= 0")
+  workdir = _check_workdir(workdir)
+  config, meta, mesh = resolve(config, resolve_data, mesh)
+  meta["converted_from"] = source
+  try:
+    sharding.check_batch(config.train.global_batch_size, mesh)
+    run = train.Run(config, mesh)
+  except ValueError as e:
+    raise ConvertError(_first_line(e)) from None
+  state = build_state(run, state_dict, step, source)
+  carry_fn, carry_sh = run.carry_parts(int(config.train.global_batch_size))
+  carry = jax.jit(carry_fn, out_shardings=carry_sh)()
+
+  parent, base = os.path.split(workdir)
+  tmp = tempfile.mkdtemp(prefix=f".{base}.convert-", dir=parent)
+  try:
+    mngr = checkpoint.manager(tmp, int(config.train.keep_checkpoints))
+    try:
+      checkpoint.save(mngr, step, state, carry, meta, force=True)
+      mngr.wait_until_finished()
+    finally:
+      mngr.close()
+    if not os.path.exists(workdir):
+      os.rename(tmp, workdir)
+    else:
+      ckpts = os.path.join(workdir, "checkpoints")
+      if os.path.isdir(ckpts):
+        os.rmdir(ckpts)  # empty (checked above)
+      os.rename(os.path.join(tmp, "checkpoints"), ckpts)
+      shutil.rmtree(tmp)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return os.path.join(workdir, "checkpoints", str(step))
+
+
+def load_checkpoint(workdir: str, step: int | None = None):
+  """-> (Run, state, meta, step) of a run checkpoint (the latest, or `step`)."""
+  import ml_collections  # noqa: PLC0415
+
+  from trm_jax import checkpoint, sharding, train  # noqa: PLC0415
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise ConvertError(f"--workdir={workdir}: no checkpoints directory")
+  mngr = checkpoint.manager(workdir, read_only=True)
+  try:
+    steps = list(mngr.all_steps())
+    if not steps:
+      raise ConvertError(f"--workdir={workdir}: no checkpoint found")
+    if step is None:
+      step = max(steps)
+    elif step not in steps:
+      raise ConvertError(f"--step={step}: no such checkpoint in {directory} (have {sorted(steps)})")
+    meta = checkpoint.restore_meta(mngr, step)
+    config = ml_collections.ConfigDict(json.loads(meta["config"]))
+    run = train.Run(config, sharding.make_mesh())
+    state, _, _ = checkpoint.restore(mngr, step, run.abstract_state)
+  finally:
+    mngr.close()
+  return run, state, meta, step
+
+
+def export(workdir: str, step: int | None = None, live: bool = False, prefix: str = "") -> dict[str, np.ndarray]:
+  """A run checkpoint -> reference-keyed float32 arrays (EMA weights when EMA is on, unless `live`)."""
+  _, state, _, _ = load_checkpoint(workdir, step)
+  params = state.params if live else state.eval_params()
+  out = interop.to_reference({"params": params, "consts": state.consts}, state.puzzle_table)
+  return {prefix + k: v for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------
+# CLI.
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  msg = text[0].strip() if text else type(e).__name__
+  return msg.strip("'\"") if isinstance(e, KeyError) else msg
+
+
+def _define_flags():
+  from absl import flags  # noqa: PLC0415
+  from ml_collections import config_flags  # noqa: PLC0415
+  f = flags.FLAGS
+  if "torch_checkpoint" in f:
+    return
+  if "config" not in f:
+    config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/sudoku_mlp.py[:arch=hrm].",
+                                    lock_config=True)
+  if "workdir" not in f:
+    flags.DEFINE_string("workdir", None, "Run directory (written by conversion, read by --export_torch).")
+  flags.DEFINE_string("torch_checkpoint", None, "Reference state dict to convert (.pt/.pth/.bin/.ckpt, .npz, "
+                      ".safetensors).")
+  flags.DEFINE_string("export_torch", None, "Write the run's weights as a reference state dict "
+                      "(.npz, .safetensors, .pt).")
+  flags.DEFINE_integer("step", -1, "Conversion: the checkpoint's step (default 0). Export: which step "
+                       "(default the latest).")
+  flags.DEFINE_bool("resolve_data", True, "Conversion: read seq_len, vocab_size and the number of puzzle ids "
+                    "from config.data, like trm-train.")
+  flags.DEFINE_bool("export_live", False, "Export the live parameters instead of the EMA ones.")
+  flags.DEFINE_string("export_prefix", "", "Prefix for exported keys, e.g. '_orig_mod.'.")
+
+
+def main(argv) -> int:
+  from absl import flags  # noqa: PLC0415
+  if len(argv) > 1:
+    raise ConvertError(f"unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
+  if bool(f.torch_checkpoint) == bool(f.export_torch):
+    raise ConvertError("give exactly one of --torch_checkpoint (convert) and --export_torch (export)")
+  if not f.workdir:
+    raise ConvertError("--workdir is required")
+  if f.export_torch:
+    if f.config is not None:
+      raise ConvertError("--config is not used with --export_torch (the checkpoint holds its config)")
+    _suffix(f.export_torch, "--export_torch")
+    arrays = export(f.workdir, None if f.step < 0 else f.step, f.export_live, f.export_prefix)
+    save_state_dict(f.export_torch, arrays)
+    print(f"wrote {len(arrays)} arrays to {f.export_torch}", flush=True)
+    return 0
+  if f.config is None:
+    raise ConvertError("--config is required, e.g. --config=experiments/sudoku_mlp.py")
+  try:
+    config = f.config
+    config.keys()  # the config file loads lazily; fail here, in one line
+  except Exception as e:  # noqa: BLE001 - whatever loading the experiment file raised
+    text = " ".join(l.strip() for l in str(e).strip().splitlines() if l.strip())
+    text = text.replace("Configuration is not available because of an earlier failure to load: ", "")
+    raise ConvertError(f"--config: {text}") from None
+  path = f.torch_checkpoint
+  state_dict = load_state_dict(path)
+  where = convert(state_dict, config, f.workdir, max(f.step, 0), source=path, resolve_data=f.resolve_data)
+  print(f"wrote {where} ({len(state_dict)} arrays from {path})", flush=True)
+  return 0
+
+
+def run():
+  from absl import app  # noqa: PLC0415
+
+  from trm_jax import main as main_lib  # noqa: PLC0415
+  _define_flags()
+
+  def wrapped(argv):
+    from absl import logging  # noqa: PLC0415
+    logging.set_verbosity(logging.ERROR)  # orbax's read-only notices
+    with main_lib.user_errors():
+      sys.exit(main(argv))
+
+  app.run(wrapped, flags_parser=main_lib._parse)  # noqa: SLF001 - the driver's one-line flag errors
+
+
+if __name__ == "__main__":
+  run()
