@@ -1,4 +1,5 @@
 """trm-convert: reference state dicts <-> run checkpoints (round trip, evaluation, fine-tune, errors)."""
+import functools
 import importlib.util
 import json
 import os
@@ -115,10 +116,10 @@ def test_checkpoint_is_a_fresh_run(name, converted):
   assert np.asarray(carry["halted"]).all() and not np.asarray(carry["steps"]).any()
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def _rollout(model, mcfg, params, consts, table, batch):
   keys = ("logits", "preds", "q_halt_logits", "q_continue_logits")
-  return jax.jit(lambda p, c, t, b: steps.rollout(model, mcfg, p, c, t, b, collect=keys)[3])(
-      params, consts, table, batch)
+  return steps.rollout(model, mcfg, params, consts, table, batch, collect=keys)[3]
 
 
 def _rel(got, ref):
@@ -137,6 +138,7 @@ def test_evaluation_reproduces_parity_outputs(name, converted):
   model = parity.RecursiveModel(mcfg)
   like = jax.eval_shape(lambda: parity.steps_init(model, mcfg))
   v, table = interop.from_reference(state_dict(name), like, mcfg.num_puzzle_identifiers, mcfg.puzzle_emb_ndim)
+  assert mcfg == run.mcfg  # the checkpoint's config is the parity model's (so one compile serves both)
   direct = _rollout(model, mcfg, v["params"], v["consts"], table, batch)
   assert run.mcfg.halt_max_steps == 3
   for i in range(3):
