@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import os
 import time
 
@@ -165,6 +164,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                                  pidx, pcount))
   last_metrics: dict = {}
   step, sums, window, t_window = start, None, 0, time.time()
+  batches = None
 
   def flush():
     """Fetches the window's metric sums; stops the run on a non-finite loss."""
@@ -190,8 +190,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         compile_s = time.time() - t0
         writer.log(f"train step compiled in {compile_s:.1f}s")
         writer.write(step, {"compile_seconds": compile_s})
+      batches = input_pipeline.prefetch_train_batches(data.train, config.seed, step, batch_size, pidx, pcount)
       while step < total:
-        state, carry, m = train_step(state, carry, batch_at(step), run.step_rng)
+        at, local = next(batches)
+        assert at == step, (at, step)
+        state, carry, m = train_step(state, carry, run.make_batch(local), run.step_rng)
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
         step += 1
         window += 1
@@ -220,6 +223,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.log(_summary(step, last_metrics))
     mngr.wait_until_finished()
   finally:
+    if batches is not None:
+      batches.close()
     writer.close()
     mngr.close()
   if step >= total and jax.process_index() == 0:
@@ -242,10 +247,11 @@ def _print_example(run: Run, state, data: data_lib.Data) -> None:
   res = solve.solve_one(run, state, ex["inputs"][0], int(ex["puzzle_identifiers"][0]))
   label = np.where(ex["labels"][0] < 0, 0, ex["labels"][0])
   right = bool(np.array_equal(np.where(ex["labels"][0] < 0, 0, res["answer"]), label))
+  shown = (ex["inputs"][0], res["answer"])
+  if data.task == "arc":
+    from trm_jax.datasets import arc
+    shown = tuple(arc.crop_prediction(x) for x in shown)
   print(f"held-out example 0 ({'solved' if right else 'NOT solved'}; {res['steps']} supervision steps, "
         f"halting confidence {res['confidence']:.3f}):")
-  print(solve.side_by_side(data.task, tuple(data.grid), ex["inputs"][0], res["answer"]), flush=True)
+  print(solve.side_by_side(data.task, tuple(data.grid), *shown), flush=True)
 
-
-def as_float(x) -> float:
-  return float(x) if math.isfinite(float(x)) else float("nan")
