@@ -11,6 +11,7 @@ import os
 import time
 
 import jax
+import numpy as np
 from tqdm import tqdm
 
 from trm_jax import losses
@@ -88,10 +89,10 @@ class Writer:
 
 
 def _num(v):
+  if isinstance(v, (int, np.integer)):
+    return int(v)
   v = float(v)
-  if math.isnan(v) or math.isinf(v):
-    return str(v)
-  return int(v) if v.is_integer() and abs(v) < 2**53 and not isinstance(v, float) else v
+  return str(v) if math.isnan(v) or math.isinf(v) else v
 
 
 def read(workdir: str) -> list[dict]:
