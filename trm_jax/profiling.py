@@ -349,3 +349,36 @@ def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) 
 def gb(n_bytes: int | float) -> float:
   return float(n_bytes) / 2**30
 
+
+
+# ---------------------------------------------------------------------------
+# One-call measurements for sweeps (notebooks/scan_vs_loop.ipynb).
+
+
+def compile_stats(config, batch_size: int | None = None, **model_fields) -> dict:
+  """Compile the train step once: compile time, program size and memory analysis (no run)."""
+  s = make_setup(config, batch_size, **model_fields)
+  c = compile_train(s)
+  mem = c.memory()
+  size = c.program_size()
+  return {"recursion": s.mcfg.recursion, "remat": s.mcfg.remat, "H_cycles": s.mcfg.H_cycles,
+          "L_cycles": s.mcfg.L_cycles, "compile_s": c.compile_s, "hlo_instructions": size["hlo_instructions"],
+          "hlo_chars": size["hlo_chars"], "temp_mb": mem.get("temp", 0) / 2**20,
+          "total_mb": mem.get("total", 0) / 2**20}
+
+
+def measure_train(config, n_steps: int = 5, warmup: int = 1, batch_size: int | None = None,
+                  **model_fields) -> dict:
+  """Compile and time the train step: compile_s, step ms (median, min), peak memory."""
+  s = make_setup(config, batch_size, **model_fields)
+  c = compile_train(s)
+  times = time_calls(c, n_steps, warmup)
+  mem = c.memory()
+  device_peak = device_peak_bytes()
+  # program_mb: the compiled program's own need (comparable across runs in one process);
+  # device_peak_mb: the allocator's peak so far in this process (GPU/TPU only).
+  out = {"recursion": s.mcfg.recursion, "remat": s.mcfg.remat, "compile_s": c.compile_s,
+         "program_mb": mem.get("total", 0) / 2**20, "temp_mb": mem.get("temp", 0) / 2**20,
+         "device_peak_mb": None if device_peak is None else device_peak / 2**20}
+  out.update(summary(times))
+  return out

@@ -26,20 +26,28 @@ def uses_q_continue(cfg) -> bool:
 
 
 def repeat(fn: Callable[[Any, Any], Any], z, n: int, mode: str, remat: str = "none"):
-  """z <- fn(z, i) for i in range(n), unrolled ("loop") or with lax.scan."""
+  """z <- fn(z, i) for i in range(n), unrolled ("loop") or with lax.scan.
+
+  `remat` ("none" | "dots" | "full") checkpoints each application, in both
+  modes; it only matters where gradients flow (the last cycle).
+  """
   if n <= 0:
     return z
+  if mode not in ("loop", "scan"):
+    raise ValueError(f"model.recursion must be 'scan' or 'loop', got {mode!r}")
+  if remat not in ("none", "dots", "full"):
+    raise ValueError(f"model.remat must be 'none', 'dots' or 'full', got {remat!r}")
+  if remat != "none":
+    # Each repeated application keeps only its input (and, with "dots", the
+    # outputs of its weight matmuls) for the backward pass and recomputes the
+    # rest: the same function, less memory.
+    policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if remat == "dots" else None
+    fn = jax.checkpoint(fn, policy=policy, static_argnums=(1,) if mode == "loop" else ())
   if mode == "loop":
     for i in range(n):
       z = fn(z, i)
     return z
-  if mode != "scan":
-    raise ValueError(f"model.recursion must be 'scan' or 'loop', got {mode!r}")
   body = lambda c, i: (fn(c, i), None)
-  if remat == "full":
-    body = jax.checkpoint(body)
-  elif remat == "dots":
-    body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
   return jax.lax.scan(body, z, jnp.arange(n))[0]
 
 
