@@ -121,6 +121,9 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, env):
   assert mid and max(mid) < STEPS, f"run finished before it was killed: {mid}"
   run_to_end(killed, env)
   assert_same_state(ref, killed)
+  # metrics.jsonl neither loses nor repeats the steps redone after the crash.
+  train_steps = lambda w: [e["step"] for e in metrics.read(w) if any(k.startswith("train/") for k in e)]
+  assert train_steps(killed) == train_steps(ref) and len(train_steps(ref)) > 1
 
   rc, err = start_and_signal(termed, env, signal.SIGTERM)
   assert rc == 0, err[-2000:]

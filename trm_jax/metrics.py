@@ -29,6 +29,8 @@ class Writer:
                progress: bool = True):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
+    if self.enabled:
+      _drop_after(self.path, start_step)
     self._file = open(self.path, "a") if self.enabled else None
     self._tb = None
     if self.enabled:
@@ -86,6 +88,20 @@ class Writer:
     if self._file is not None:
       self._file.close()
       self._file = None
+
+
+def _drop_after(path: str, step: int) -> None:
+  """On resume, forget events past the checkpoint: the run repeats those steps."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip()]
+  keep = [l for l in lines if json.loads(l).get("step", 0) <= step]
+  if len(keep) != len(lines):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
 
 
 def _num(v):
