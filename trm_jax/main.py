@@ -55,6 +55,10 @@ def user_errors():
 def _distributed():
   if FLAGS.coordinator_address or FLAGS.num_processes:
     import jax
+    # CPU hosts need cross-process collectives (set before the backend starts);
+    # the option only concerns the CPU backend, so GPU/TPU hosts are unaffected.
+    if jax.config.jax_cpu_collectives_implementation is None:
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:

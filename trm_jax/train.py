@@ -227,7 +227,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       batches.close()
     writer.close()
     mngr.close()
-  if step >= total and jax.process_index() == 0:
+  # The example is solved on one process's devices, so only single-process runs print it
+  # (on a pod, `trm-solve --workdir` prints it from the checkpoint).
+  if step >= total and jax.process_count() == 1:
     _print_example(run, state, data)
   return dict(last_metrics, step=step)
 
