@@ -139,6 +139,7 @@ def test_two_processes_equal_one_driver(tmp_path, env):
   last_eval = lambda w: [e for e in metrics.read(w) if "eval/test/exact_accuracy" in e][-1]
   ea, eb = last_eval(one), last_eval(two)
   assert ea["step"] == eb["step"] == 12
+  assert ea["eval/test/count"] == eb["eval/test/count"] == 24           # both processes' rows counted
   keys = [k for k in ea if k.startswith("eval/")]
   assert keys and sorted(keys) == sorted(k for k in eb if k.startswith("eval/"))
   errs["eval"] = max(abs(ea[k] - eb[k]) / max(abs(ea[k]), 1e-12) for k in keys)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import pickle
 import time
 
 import jax
@@ -111,12 +112,36 @@ def evaluate_all(run: Run, state, data: data_lib.Data, workdir: str | None = Non
     m, entries = evaluate.evaluate_split(run.eval_step, params, state.consts, state.puzzle_table, split,
                                          cfg.eval.batch_size, run.eval_steps, run.make_batch,
                                          cfg.eval.max_examples, name, arc)
+    if jax.process_count() > 1:  # each process scored only its own rows of every batch
+      parts = _gather_objects((m, entries))
+      m = _merge_split_metrics([p[0] for p in parts], f"eval/{name}/count")
+      entries = None if entries is None else [e for p in parts for e in p[1]]
     out.update(m)
     if arc is not None and entries:
       scores, submission = evaluate.arc_vote(entries)
       out.update({f"eval/ARC/{k}": v for k, v in scores.items()})
       if workdir and jax.process_index() == 0:
         evaluate.write_submission(os.path.join(workdir, "submission.json"), submission)
+  return out
+
+
+def _gather_objects(obj) -> list:
+  """Every process's picklable `obj`, in process order (a collective: all processes call it)."""
+  from jax.experimental import multihost_utils
+  blob = np.frombuffer(pickle.dumps(obj), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([blob.size], np.int32))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:blob.size] = blob
+  blobs = np.asarray(multihost_utils.process_allgather(padded))
+  return [pickle.loads(blobs[i, :int(n)].tobytes()) for i, n in enumerate(sizes)]
+
+
+def _merge_split_metrics(parts: list, count_key: str) -> dict:
+  """Per-process results of one eval split -> the whole split's (every other value is a mean per example)."""
+  counts = [float(p[count_key]) for p in parts]
+  total = sum(counts)
+  out = {k: sum(float(p[k]) * c for p, c in zip(parts, counts)) / max(total, 1.0) for k in parts[0] if k != count_key}
+  out[count_key] = total
   return out
 
 
