@@ -71,7 +71,9 @@ def launch(argv_of, n_procs: int, devices_per_proc: int, env, timeout=TIMEOUT):
 # ---------------------------------------------------------------------------
 # The driver: 1 x 4 devices vs 2 processes x 2 devices with a restart.
 
-FLAGS = ["--config=experiments/smoke.py", "--config.train.keep_checkpoints=3"]
+# The smoke run with one cycle per level (compiles faster; every path of a run is still there).
+FLAGS = ["--config=experiments/smoke.py", "--config.train.keep_checkpoints=3", "--config.model.H_cycles=1",
+         "--config.model.L_cycles=1"]
 
 
 def driver(workdir, n_procs, port=None):
@@ -167,7 +169,7 @@ STEP_SCRIPT = textwrap.dedent("""
 
   assert jax.device_count() == 4 and jax.local_device_count() == 2, jax.devices()
   N, D, B = 200, 32, 8
-  cfg = tiny.mcfg(num_puzzle_identifiers=N, puzzle_emb_ndim=D, halt_max_steps=3)
+  cfg = tiny.mcfg(num_puzzle_identifiers=N, puzzle_emb_ndim=D, halt_max_steps=2, H_cycles=1, L_cycles=1)
   tcfg = config_lib.train_config(global_batch_size=B, lr_warmup_steps=1, puzzle_emb_lr=0.01, weight_decay=0.1,
                                  puzzle_emb_weight_decay=0.1)
   model = RecursiveModel(cfg)
@@ -217,7 +219,7 @@ STEP_SCRIPT = textwrap.dedent("""
 
   moved = np.abs(np.asarray(s1.puzzle_table) - table0).max(-1)
   repl, tsh, bsh = sharding.replicated(mesh), s4.puzzle_table.sharding, sharding.batch_sharding(mesh)
-  ev = jax.jit(evaluate.make_eval_step(model, cfg, 3), in_shardings=(repl, repl, tsh, bsh))
+  ev = jax.jit(evaluate.make_eval_step(model, cfg, 2), in_shardings=(repl, repl, tsh, bsh))
   eval_hlo = ev.lower(s4.params, s4.consts, s4.puzzle_table, put(batches[0])).compile().as_text()
   full, half = f"f32[{N},{D}]", f"f32[{N // 2},{D}]"
   comm = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
