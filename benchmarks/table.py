@@ -27,7 +27,10 @@ def key(r):
 
 
 def render(rows, ref):
-  loops = {key(r) + (r.get("label", ""),): r for r in rows if r["recursion"] == "loop"}
+  loops = {}
+  for r in rows:   # the first loop row of each (config, mode, batch), whatever its label
+    if r["recursion"] == "loop":
+      loops.setdefault(key(r), r)
   out = ["| row | recursion | compile s | step ms (median / min) | ex/s | TFLOP/s | peak GB | "
          "reference ms | target ms | meets target | scan/loop time, mem |",
          "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -37,7 +40,7 @@ def render(rows, ref):
       name += f" [{r['label']}]"
     ok = "" if target is None else ("yes" if r["step_ms_median"] <= target else "no")
     ratio = ""
-    lp = loops.get(key(r) + (r.get("label", ""),))
+    lp = loops.get(key(r))
     if r["recursion"] == "scan" and lp:
       ratio = f"{r['step_ms_median'] / lp['step_ms_median']:.2f}, {r['peak_mem_gb'] / max(lp['peak_mem_gb'], 1e-9):.2f}"
     fmt = lambda v: "" if v is None else f"{v:g}"

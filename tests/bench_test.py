@@ -49,17 +49,16 @@ def _check_schema(r):
   assert r["peak_mem_gb"] > 0
 
 
-@pytest.mark.parametrize("mode", ["loop", "scan"])
-def test_bench_train_json(mode):
-  r = _bench(f"--config.model.recursion={mode}")
+def test_bench_train_json_scan():
+  r = _bench("--config.model.recursion=scan", "--config.model.remat=dots")
   _check_schema(r)
-  assert r["mode"] == "train" and r["recursion"] == mode
+  assert r["mode"] == "train" and r["recursion"] == "scan" and r["remat"] == "dots"
 
 
-def test_bench_eval_json_and_batch_flag():
-  r = _bench("--eval", "--batch=2")
+def test_bench_eval_json_loop_and_batch_flag():
+  r = _bench("--eval", "--batch=2", "--config.model.recursion=loop")
   _check_schema(r)
-  assert r["mode"] == "eval" and r["batch"] == 2
+  assert r["mode"] == "eval" and r["batch"] == 2 and r["recursion"] == "loop"
 
 
 def _tiny(path="experiments/sudoku_att.py", **more):

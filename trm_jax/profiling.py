@@ -89,8 +89,13 @@ def model_config(config, **fields):
   return config_lib.frozen_model(c)
 
 
-def make_setup(config, batch_size: int | None = None, seed: int = 0, **model_fields) -> Setup:
-  """Fresh state, carry and a synthetic batch for `config` (train batch size by default)."""
+def make_setup(config, batch_size: int | None = None, seed: int = 0, abstract: bool = False,
+               **model_fields) -> Setup:
+  """Fresh state, carry and a synthetic batch for `config` (train batch size by default).
+
+  With `abstract`, state, carry and batch are shape/dtype/sharding structs
+  only (enough to compile and analyse a step, nothing is allocated).
+  """
   mcfg = model_config(config, **model_fields)
   tcfg = config.train
   bs = int(batch_size or tcfg.global_batch_size)
@@ -99,12 +104,21 @@ def make_setup(config, batch_size: int | None = None, seed: int = 0, **model_fie
   model = RecursiveModel(mcfg)
   total = tcfg.steps if tcfg.steps > 0 else 100_000
   tx = optim.make_optimizer(tcfg, total)
-  abstract = jax.eval_shape(lambda k: create_train_state(model, mcfg, tcfg, tx, k), jax.random.key(seed))
-  state = jax.jit(lambda k: create_train_state(model, mcfg, tcfg, tx, k),
-                  out_shardings=sharding.state_shardings(mesh, abstract))(jax.random.key(seed))
+  abstract_state = jax.eval_shape(lambda k: create_train_state(model, mcfg, tcfg, tx, k), jax.random.key(seed))
+  state_sh = sharding.state_shardings(mesh, abstract_state)
   carry0 = jax.eval_shape(lambda: recursion.initial_carry(mcfg, bs))
-  carry = jax.jit(lambda: recursion.initial_carry(mcfg, bs), out_shardings=sharding.carry_shardings(mesh, carry0))()
-  batch = sharding.global_batch(synthetic_batch(mcfg, bs, seed), mesh)
+  carry_sh = sharding.carry_shardings(mesh, carry0)
+  if abstract:
+    struct = lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh)
+    state = jax.tree.map(struct, abstract_state, state_sh)
+    carry = jax.tree.map(struct, carry0, carry_sh)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
+             for k, v in synthetic_batch(mcfg, bs, seed).items()}
+  else:
+    state = jax.jit(lambda k: create_train_state(model, mcfg, tcfg, tx, k), out_shardings=state_sh)(
+        jax.random.key(seed))
+    carry = jax.jit(lambda: recursion.initial_carry(mcfg, bs), out_shardings=carry_sh)()
+    batch = sharding.global_batch(synthetic_batch(mcfg, bs, seed), mesh)
   return Setup(config, mcfg, model, tx, mesh, bs, state, carry, batch, jax.random.key(seed + 1))
 
 
@@ -357,7 +371,7 @@ def gb(n_bytes: int | float) -> float:
 
 def compile_stats(config, batch_size: int | None = None, **model_fields) -> dict:
   """Compile the train step once: compile time, program size and memory analysis (no run)."""
-  s = make_setup(config, batch_size, **model_fields)
+  s = make_setup(config, batch_size, abstract=True, **model_fields)
   c = compile_train(s)
   mem = c.memory()
   size = c.program_size()
