@@ -142,6 +142,8 @@ def base_config(arch: str = "trm") -> ml_collections.ConfigDict:
   c.model = model_config()
   c.train = train_config()
   c.eval = ml_collections.ConfigDict(dict(batch_size=768, supervision_steps=-1, max_examples=-1))
+  # Devices that split the puzzle-embedding table by rows (the rest is data parallel).
+  c.mesh = ml_collections.ConfigDict(dict(table_parallel=1))
   if arch == "hrm":
     c.model.update(arch="hrm", H_cycles=2, L_cycles=2, H_layers=4, L_layers=4, puzzle_emb_len=0,
                    no_ACT_continue=False, pos_encodings="rope", mlp_t=False)

@@ -164,12 +164,12 @@ def resolve(config, resolve_data: bool = True, mesh=None):
     except (data_lib.DataConfigError, ValueError) as e:
       raise ConvertError(f"{_first_line(e)} (trm-convert reads the dataset's shapes like trm-train; "
                          "--noresolve_data takes them from the config's model fields)") from None
-    config = train.resolve_config(config, data, mesh)
+    config = train.resolve_config(config, data)
     meta = train.run_meta(config, data)
   else:
     config = copy.deepcopy(config)
     m = config.model
-    m.num_puzzle_identifiers = sharding.table_rows(int(m.num_puzzle_identifiers), mesh)
+    m.num_puzzle_identifiers = sharding.table_rows(int(m.num_puzzle_identifiers), config.mesh.table_parallel)
     name = str(config.data.name).rpartition("/")[2]
     task = next((t for t in ("sudoku", "maze", "arc") if name.startswith(t)), "sudoku")
     side = int(np.sqrt(m.seq_len))

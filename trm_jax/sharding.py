@@ -40,10 +40,13 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH))
 
 
-def table_rows(num_ids: int, mesh: Mesh) -> int:
-  """Table rows rounded up so that they split evenly along `table`."""
-  k = mesh.shape["table"]
-  return -(-num_ids // k) * k
+def table_rows(num_ids: int, table_parallel: int) -> int:
+  """Table rows rounded up so that they split evenly over `table_parallel` devices.
+
+  Depends on the config only (not on the devices at hand), so a checkpoint
+  written on a pod restores on one device.
+  """
+  return -(-num_ids // table_parallel) * table_parallel
 
 
 def state_shardings(mesh: Mesh, abstract_state):

@@ -32,13 +32,14 @@ class NonFiniteLoss(RuntimeError):
   """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 
 
-def resolve_config(config, data: data_lib.Data, mesh) -> ml_collections.ConfigDict:
+def resolve_config(config, data: data_lib.Data) -> ml_collections.ConfigDict:
   """A copy of `config` with the dataset's shapes and the derived step count."""
   config = copy.deepcopy(config)
   meta = data.train.meta
   config.model.seq_len = int(meta.seq_len)
   config.model.vocab_size = int(meta.vocab_size)
-  config.model.num_puzzle_identifiers = sharding.table_rows(int(meta.num_puzzle_identifiers), mesh)
+  config.model.num_puzzle_identifiers = sharding.table_rows(
+      int(meta.num_puzzle_identifiers), config.mesh.table_parallel)
   t = config.train
   if t.steps is None or t.steps < 0:
     t.steps = max(1, int(t.epochs * meta.total_groups * meta.mean_puzzle_examples // t.global_batch_size))
@@ -148,9 +149,9 @@ def _merge_split_metrics(parts: list, count_key: str) -> dict:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming the workdir's latest checkpoint), evaluates, saves; returns the last metrics."""
   workdir = _check_workdir(workdir)
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(config.mesh.table_parallel)
   data = data_lib.load(config.data)
-  config = resolve_config(config, data, mesh)
+  config = resolve_config(config, data)
   t = config.train
   try:
     sharding.check_batch(t.global_batch_size, mesh)
