@@ -252,7 +252,7 @@ def test_errors_name_the_key_in_process(tmp_path):
   (tmp_path / "junk.npz").write_bytes(b"not a zip")
   with pytest.raises(convert.ConvertError, match="junk.npz: cannot read state dict"):
     convert.load_state_dict(str(tmp_path / "junk.npz"))
-  with pytest.raises(convert.ConvertError, match="no checkpoints directory"):
+  with pytest.raises(checkpoint.CheckpointError, match="no checkpoints directory"):
     convert.export(str(tmp_path / "nothing"))
 
 
@@ -286,7 +286,7 @@ def test_table_is_padded_to_the_config_rows_and_step_flag(tmp_path):
   assert got[TABLE].shape == (3, 64)
   np.testing.assert_array_equal(got[TABLE][:1], sd[TABLE])
   assert not got[TABLE][1:].any()
-  with pytest.raises(convert.ConvertError, match=r"--step=3: no such checkpoint"):
+  with pytest.raises(checkpoint.CheckpointError, match=r"--step=3: no such checkpoint"):
     convert.export(str(wd), step=3)
 
 

@@ -276,28 +276,8 @@ def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str =
 
 def load_checkpoint(workdir: str, step: int | None = None):
   """-> (Run, state, meta, step) of a run checkpoint (the latest, or `step`)."""
-  import ml_collections  # noqa: PLC0415
-
-  from trm_jax import checkpoint, sharding, train  # noqa: PLC0415
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    raise ConvertError(f"--workdir={workdir}: no checkpoints directory")
-  mngr = checkpoint.manager(workdir, read_only=True)
-  try:
-    steps = list(mngr.all_steps())
-    if not steps:
-      raise ConvertError(f"--workdir={workdir}: no checkpoint found")
-    if step is None:
-      step = max(steps)
-    elif step not in steps:
-      raise ConvertError(f"--step={step}: no such checkpoint in {directory} (have {sorted(steps)})")
-    meta = checkpoint.restore_meta(mngr, step)
-    config = ml_collections.ConfigDict(json.loads(meta["config"]))
-    run = train.Run(config, sharding.make_mesh())
-    state, _, _ = checkpoint.restore(mngr, step, run.abstract_state)
-  finally:
-    mngr.close()
-  return run, state, meta, step
+  from trm_jax import train  # noqa: PLC0415
+  return train.load_run(workdir, step)
 
 
 def export(workdir: str, step: int | None = None, live: bool = False, prefix: str = "") -> dict[str, np.ndarray]:

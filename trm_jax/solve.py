@@ -103,22 +103,8 @@ def side_by_side(task: str, grid: tuple, inputs, answer) -> str:
 
 def load_run(workdir: str):
   """-> (Run, state, meta) from the workdir's latest checkpoint (EMA weights used for solving)."""
-  import ml_collections
-  from trm_jax import checkpoint, sharding, train
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    raise InputError(f"--workdir={workdir}: no checkpoints directory")
-  mngr = checkpoint.manager(workdir, read_only=True)
-  try:
-    step = checkpoint.latest_step(mngr)
-    if step is None:
-      raise InputError(f"--workdir={workdir}: no checkpoint found")
-    meta = checkpoint.restore_meta(mngr, step)
-    config = ml_collections.ConfigDict(json.loads(meta["config"]))
-    run = train.Run(config, sharding.make_mesh())
-    state, _, _ = checkpoint.restore(mngr, step, run.abstract_state)
-  finally:
-    mngr.close()
+  from trm_jax import train
+  run, state, meta, _ = train.load_run(workdir)
   return run, state, meta
 
 

@@ -283,3 +283,29 @@ def _print_example(run: Run, state, data: data_lib.Data) -> None:
         f"halting confidence {res['confidence']:.3f}):")
   print(solve.side_by_side(data.task, tuple(data.grid), *shown), flush=True)
 
+
+def load_run(workdir: str, step: int | None = None):
+  """-> (Run, state, meta, step) from a run's checkpoint (the latest, or `step`).
+
+  Used by trm-solve, trm-convert's export and the tests; needs no data.
+  """
+  import json  # noqa: PLC0415
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise checkpoint.CheckpointError(f"--workdir={workdir}: no checkpoints directory")
+  mngr = checkpoint.manager(workdir, read_only=True)
+  try:
+    steps_saved = list(mngr.all_steps())
+    if not steps_saved:
+      raise checkpoint.CheckpointError(f"--workdir={workdir}: no checkpoint found")
+    if step is None:
+      step = max(steps_saved)
+    elif step not in steps_saved:
+      raise checkpoint.CheckpointError(f"--step={step}: no such checkpoint in {directory} (have {sorted(steps_saved)})")
+    meta = checkpoint.restore_meta(mngr, step)
+    config = ml_collections.ConfigDict(json.loads(meta["config"]))
+    run = Run(config, sharding.make_mesh())
+    state, _, _ = checkpoint.restore(mngr, step, run.abstract_state)
+  finally:
+    mngr.close()
+  return run, state, meta, step
