@@ -51,7 +51,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from trm_jax import profiling
+from trm_jax import profiling, recursion
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/<x>.py[:arg]).",
                                           lock_config=True)
@@ -89,7 +89,7 @@ def run(config, n_steps: int = 10, warmup: int = 2, evaluate: bool = False, batc
       "n_devices": jax.device_count(),
       "batch": batch,
       "recursion": mcfg.recursion,
-      "remat": mcfg.remat,
+      "remat": recursion.effective_remat(mcfg),
       "attention_impl": mcfg.attention_impl,
       "dtype": mcfg.dtype,
       "H_cycles": mcfg.H_cycles,

@@ -38,7 +38,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   c.no_ACT_continue = True          # TRM default; False adds the Q-continue loss
   c.loss_type = "stablemax"         # "stablemax" | "softmax"
   c.recursion = "loop"              # "loop" (Python-unrolled) | "scan" (jax.lax.scan)
-  c.remat = "none"                  # scan body remat: "none" | "dots" | "full"
+  c.remat = "auto"                  # "auto" (scan: "dots", loop: "none") | "none" | "dots" | "full"
   c.attention_impl = "auto"         # "auto" | "xla" | "cudnn"
   c.update(overrides)
   return c
@@ -82,6 +82,8 @@ def validate_model(c) -> None:
     bad("H_layers", "HRM needs H_layers > 0")
   if c.recursion not in ("scan", "loop"):
     bad("recursion", f"must be 'scan' or 'loop', got {c.recursion!r}")
+  if c.remat not in ("auto", "none", "dots", "full"):
+    bad("remat", f"must be 'auto', 'none', 'dots' or 'full', got {c.remat!r}")
   if c.pos_encodings not in ("rope", "learned", "none"):
     bad("pos_encodings", f"must be 'rope', 'learned' or 'none', got {c.pos_encodings!r}")
   if not c.mlp_t and c.hidden_size % c.num_heads:

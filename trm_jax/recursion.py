@@ -51,6 +51,19 @@ def repeat(fn: Callable[[Any, Any], Any], z, n: int, mode: str, remat: str = "no
   return jax.lax.scan(body, z, jnp.arange(n))[0]
 
 
+def effective_remat(cfg) -> str:
+  """"auto" recomputes all but the weight matmuls of each scanned application:
+
+  without it a scanned gradient cycle stacks every residual of its body (1.6x
+  the loop's memory, 1.4x its time on CPU); with it scan is within ~10% of
+  loop in time at a fraction of the memory. Loops need none. Same function.
+  """
+  remat = cfg.get("remat", "none")
+  if remat == "auto":
+    return "dots" if cfg.recursion == "scan" else "none"
+  return remat
+
+
 def _nets(model: RecursiveModel, variables):
   L = lambda z, inj: model.apply(variables, z, inj, method=RecursiveModel.L)
   H = lambda z, inj: model.apply(variables, z, inj, method=RecursiveModel.H)
@@ -73,7 +86,7 @@ def _cycle(cfg, L, H, z, x, mode, remat="none"):
 
 def deep_recursion(model: RecursiveModel, variables, z: dict, x: jax.Array, cfg) -> dict:
   """One supervision step of the inner model: returns the new latent dict."""
-  mode, remat = cfg.recursion, cfg.get("remat", "none")
+  mode, remat = cfg.recursion, effective_remat(cfg)
   L, H = _nets(model, variables)
   L0, H0 = _nets(model, sg(variables))
   x0 = sg(x)
