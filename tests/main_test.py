@@ -3,18 +3,8 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  e = dict(os.environ)
-  e.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-  e["JAX_PLATFORMS"] = "cpu"
-  e.pop("TRM_TRACEBACK", None)
-  return e
 
 
 def main(env, *args, timeout=240):

@@ -25,7 +25,6 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 from trm_jax import metrics, solve
 
@@ -37,15 +36,6 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  e = dict(os.environ)
-  e.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-  e["JAX_PLATFORMS"] = "cpu"
-  e.pop("TRM_TRACEBACK", None)
-  return e
 
 
 def launch(argv_of, n_procs: int, devices_per_proc: int, env, timeout=TIMEOUT):

@@ -106,7 +106,6 @@ def test_cli_bad_file(tmp_path):
                          ids=["learned-P0-3layers", "hrm-nopos"])
 def test_tool_handles_other_reference_configs(kw, tmp_path):
   """Vectors in the reference's layout for configs beyond the shared three."""
-  import jax
   import tiny
   from trm_jax import interop, steps
   from trm_jax.model import RecursiveModel

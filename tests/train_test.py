@@ -70,14 +70,6 @@ FLAGS = [f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=25", 
          "--config.train.log_every=25", "--config.train.keep_checkpoints=20"]
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  e = dict(os.environ)
-  e.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-  e["JAX_PLATFORMS"] = "cpu"
-  return e
-
-
 def cmd(workdir):
   return [sys.executable, "-m", "trm_jax.main", "--config=experiments/smoke.py", f"--workdir={workdir}"] + FLAGS
 

@@ -26,7 +26,6 @@ left half-written.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
