@@ -214,12 +214,8 @@ def build_state(run, state_dict: dict, step: int = 0, source: str = "state dict"
 
 
 def _check_workdir(workdir: str) -> str:
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  parent = os.path.dirname(workdir)
-  if not os.path.isdir(parent):
-    raise ConvertError(f"--workdir={workdir}: parent directory {parent} does not exist")
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ConvertError(f"--workdir={workdir}: exists and is not a directory")
+  from trm_jax import train  # noqa: PLC0415
+  workdir = train.check_workdir(workdir)
   ckpts = os.path.join(workdir, "checkpoints")
   if os.path.exists(ckpts) and (not os.path.isdir(ckpts) or os.listdir(ckpts)):
     raise ConvertError(f"--workdir={workdir}: already holds checkpoints; convert into a fresh directory")

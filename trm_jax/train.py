@@ -83,7 +83,8 @@ def _with_shardings(abstract, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def _check_workdir(workdir: str) -> str:
+def check_workdir(workdir: str) -> str:
+  """Absolute workdir; its parent must exist and it must not be a file."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   parent = os.path.dirname(workdir)
   if not os.path.isdir(parent):
@@ -148,7 +149,7 @@ def _merge_split_metrics(parts: list, count_key: str) -> dict:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming the workdir's latest checkpoint), evaluates, saves; returns the last metrics."""
-  workdir = _check_workdir(workdir)
+  workdir = check_workdir(workdir)
   mesh = sharding.make_mesh(config.mesh.table_parallel)
   data = data_lib.load(config.data)
   config = resolve_config(config, data)
