@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -27,6 +28,32 @@ def require_file(path: Path) -> Path:
   if not path.is_file():
     raise DataError(f'{path}: file not found')
   return path
+
+
+CSV_FIELDS = ('source', 'question', 'answer', 'rating')
+
+
+def iter_csv_rows(path: Path):
+  """Yields (line number, question, answer) of a `source,question,answer,rating` CSV.
+
+  A missing file, a wrong header, a short row or malformed CSV is a one-line
+  DataError naming the file (and line).
+  """
+  path = require_file(path)
+  try:
+    with open(path, newline='') as f:
+      reader = csv.reader(f)
+      header = next(reader, None)
+      if header is None or [h.strip() for h in header[:3]] != list(CSV_FIELDS[:3]):
+        raise DataError(f'{path}:1: header must start with '
+                        f'{",".join(CSV_FIELDS)}, got {header!r}')
+      for row in reader:
+        if len(row) < 3:
+          raise DataError(f'{path}:{reader.line_num}: expected '
+                          f'{len(CSV_FIELDS)} fields, got {len(row)}')
+        yield reader.line_num, row[1], row[2]
+  except (csv.Error, UnicodeDecodeError) as e:
+    raise DataError(f'{path}: malformed CSV ({e})') from None
 
 
 @dataclasses.dataclass

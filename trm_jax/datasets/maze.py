@@ -7,7 +7,6 @@ Grids are (n, n) uint8 token arrays; the label has the shortest path drawn.
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 from pathlib import Path
 
@@ -61,26 +60,13 @@ def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
   """Reads a Maze-Hard CSV; returns (questions, answers) as (m, n, n)."""
   path = common.require_file(path)
   qs, as_ = [], []
-  try:
-    with open(path, newline='') as f:
-      reader = csv.reader(f)
-      header = next(reader, None)
-      if header is None or [h.strip() for h in header[:3]] != [
-          'source', 'question', 'answer']:
-        raise DataError(f'{path}:1: header must start with '
-                        f'source,question,answer,rating, got {header!r}')
-      for row in reader:
-        if len(row) < 3:
-          raise DataError(f'{path}:{reader.line_num}: expected 4 fields, got '
-                          f'{len(row)}')
-        q, a = _parse_row(path, reader.line_num, row[1], row[2])
-        if qs and q.shape != qs[0].shape:
-          raise DataError(f'{path}:{reader.line_num}: grid size {q.shape} '
-                          f'differs from {qs[0].shape}')
-        qs.append(q)
-        as_.append(a)
-  except (csv.Error, UnicodeDecodeError) as e:
-    raise DataError(f'{path}: malformed CSV ({e})') from None
+  for line, question, answer in common.iter_csv_rows(path):
+    q, a = _parse_row(path, line, question, answer)
+    if qs and q.shape != qs[0].shape:
+      raise DataError(f'{path}:{line}: grid size {q.shape} '
+                      f'differs from {qs[0].shape}')
+    qs.append(q)
+    as_.append(a)
   if not qs:
     raise DataError(f'{path}: no mazes')
   return np.stack(qs), np.stack(as_)

@@ -5,7 +5,6 @@ Grids are (81,) uint8 digit arrays, 0 = blank; tokens = digit + 1 (V = 11).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from pathlib import Path
 
@@ -15,8 +14,6 @@ from tqdm import tqdm
 
 from trm_jax.datasets import common
 from trm_jax.datasets.common import DataError
-
-FIELDS = ('source', 'question', 'answer', 'rating')
 
 
 # ---------------------------------------------------------------- parsing --
@@ -28,21 +25,9 @@ def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
   """Reads a Sudoku-Extreme CSV; returns (questions, answers) (n, 81) uint8."""
   path = common.require_file(path)
   questions, answers = [], []
-  try:
-    with open(path, newline='') as f:
-      reader = csv.reader(f)
-      header = next(reader, None)
-      if header is None or [h.strip() for h in header[:3]] != list(FIELDS[:3]):
-        raise DataError(f'{path}:1: header must start with '
-                        f'{",".join(FIELDS)}, got {header!r}')
-      for row in reader:
-        if len(row) < 3:
-          raise DataError(f'{path}:{reader.line_num}: expected '
-                          f'{len(FIELDS)} fields, got {len(row)}')
-        questions.append(row[1])
-        answers.append(row[2])
-  except (csv.Error, UnicodeDecodeError) as e:
-    raise DataError(f'{path}: malformed CSV ({e})') from None
+  for _, question, answer in common.iter_csv_rows(path):
+    questions.append(question)
+    answers.append(answer)
   lines = lambda i: i + 2  # header is line 1
   for what, rows in (('question', questions), ('answer', answers)):
     lens = np.fromiter((len(r) for r in rows), np.int64, len(rows))
