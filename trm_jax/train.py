@@ -183,9 +183,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if start == 0:
     writer.write(0, {"params": n_params, "total_steps": total})
 
-  train_step = jax.jit(steps.make_train_step(run.model, run.mcfg, t, run.tx, total),
-                       in_shardings=(run.state_sh, carry_sh, run.batch_sh, run.repl),
-                       out_shardings=(run.state_sh, carry_sh, run.repl), donate_argnums=(0, 1))
+  train_step = sharding.jit_train_step(steps.make_train_step(run.model, run.mcfg, t, run.tx, total), mesh,
+                                       run.abstract_state, jax.eval_shape(carry_fn))
   pidx, pcount = jax.process_index(), jax.process_count()
   batch_at = lambda s: run.make_batch(input_pipeline.train_batch(data.train, config.seed, s, batch_size,
                                                                  pidx, pcount))
