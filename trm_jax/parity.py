@@ -21,6 +21,7 @@ import numpy as np
 
 from trm_jax import config_lib, interop, optim, recursion, steps
 from trm_jax.model import RecursiveModel
+from trm_jax.train_state import init_variables
 
 SIGNSGD_LR, SIGNSGD_WD = 0.01, 0.1
 _OUTPUT_KEYS = ("logits", "q_halt_logits", "q_continue_logits", "preds")
@@ -62,7 +63,7 @@ def run_parity(f, recursion_mode: str = "loop", dtype: str | None = None) -> dic
   mcfg = model_config_from_reference(rc, recursion_mode)
   model = RecursiveModel(mcfg)
   state_dict = {k[2:]: f[k] for k in f if k.startswith("w/")}
-  like = jax.eval_shape(lambda: steps_init(model, mcfg))
+  like = jax.eval_shape(lambda: init_variables(model, mcfg, jax.random.key(0)))
   variables, table = interop.from_reference(state_dict, like, mcfg.num_puzzle_identifiers, mcfg.puzzle_emb_ndim)
   params, consts = variables["params"], variables["consts"]
   table = jnp.zeros((mcfg.num_puzzle_identifiers, 0)) if table is None else jnp.asarray(table)
@@ -107,11 +108,6 @@ def run_parity(f, recursion_mode: str = "loop", dtype: str | None = None) -> dic
         table = optim.sign_sgd_rows(table, ids, g_rows, SIGNSGD_LR, SIGNSGD_WD)
         out[pre + "puzzle_emb_after_signsgd"] = np.asarray(table, np.float32)
   return out
-
-
-def steps_init(model, mcfg):
-  from trm_jax.train_state import init_variables
-  return init_variables(model, mcfg, jax.random.key(0))
 
 
 def _flat(prefix, tree) -> dict[str, np.ndarray]:
