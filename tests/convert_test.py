@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from trm_jax import checkpoint, convert, interop, parity, solve, steps, train
+from trm_jax.train_state import init_variables
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY = ROOT.parent / "shared" / "parity"
@@ -137,7 +138,7 @@ def test_evaluation_reproduces_parity_outputs(name, converted):
   # The same evaluation as trm_jax/parity.py runs it, straight from the reference weights.
   mcfg = parity.model_config_from_reference(json.loads(str(f["config"])))
   model = parity.RecursiveModel(mcfg)
-  like = jax.eval_shape(lambda: parity.steps_init(model, mcfg))
+  like = jax.eval_shape(lambda: init_variables(model, mcfg, jax.random.key(0)))
   v, table = interop.from_reference(state_dict(name), like, mcfg.num_puzzle_identifiers, mcfg.puzzle_emb_ndim)
   assert mcfg == run.mcfg  # the checkpoint's config is the parity model's (so one compile serves both)
   direct = _rollout(model, mcfg, v["params"], v["consts"], table, batch)
