@@ -33,7 +33,7 @@ import tempfile
 
 import numpy as np
 
-from trm_jax import interop
+from trm_jax import cli, interop
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SUFFIXES = (".npz", ".safetensors") + TORCH_SUFFIXES
@@ -111,7 +111,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   except ConvertError:
     raise
   except Exception as e:  # noqa: BLE001 - zip / pickle / header errors of the readers
-    raise ConvertError(f"{path}: cannot read state dict ({_first_line(e)})") from None
+    raise ConvertError(f"{path}: cannot read state dict ({cli.first_line(e)})") from None
   return {str(k): _to_numpy(v, str(k), path) for k, v in raw.items()}
 
 
@@ -155,16 +155,16 @@ def resolve(config, resolve_data: bool = True, mesh=None):
   import copy  # noqa: PLC0415
 
   from trm_jax import data as data_lib  # noqa: PLC0415
-  from trm_jax import sharding, train  # noqa: PLC0415
+  from trm_jax import runs, sharding, train  # noqa: PLC0415
   mesh = sharding.make_mesh() if mesh is None else mesh
   if resolve_data:
     try:
       data = data_lib.load(config.data)
     except (data_lib.DataConfigError, ValueError) as e:
-      raise ConvertError(f"{_first_line(e)} (trm-convert reads the dataset's shapes like trm-train; "
+      raise ConvertError(f"{cli.first_line(e)} (trm-convert reads the dataset's shapes like trm-train; "
                          "--noresolve_data takes them from the config's model fields)") from None
     config = train.resolve_config(config, data)
-    meta = train.run_meta(config, data)
+    meta = runs.run_meta(config, data)
   else:
     config = copy.deepcopy(config)
     m = config.model
@@ -231,7 +231,7 @@ def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str =
   """
   import jax  # noqa: PLC0415
 
-  from trm_jax import checkpoint, sharding, train  # noqa: PLC0415
+  from trm_jax import checkpoint, runs, sharding  # noqa: PLC0415
   if step < 0:
     raise ConvertError(f"--step={step}: must be >= 0")
   workdir = _check_workdir(workdir)
@@ -239,9 +239,9 @@ def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str =
   meta["converted_from"] = source
   try:
     sharding.check_batch(config.train.global_batch_size, mesh)
-    run = train.Run(config, mesh)
+    run = runs.Run(config, mesh)
   except ValueError as e:
-    raise ConvertError(_first_line(e)) from None
+    raise ConvertError(cli.first_line(e)) from None
   state = build_state(run, state_dict, step, source)
   carry_fn, carry_sh = run.carry_parts(int(config.train.global_batch_size))
   carry = jax.jit(carry_fn, out_shardings=carry_sh)()
@@ -271,8 +271,8 @@ def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str =
 
 def load_checkpoint(workdir: str, step: int | None = None):
   """-> (Run, state, meta, step) of a run checkpoint (the latest, or `step`)."""
-  from trm_jax import train  # noqa: PLC0415
-  return train.load_run(workdir, step)
+  from trm_jax import runs  # noqa: PLC0415
+  return runs.load_run(workdir, step)
 
 
 def export(workdir: str, step: int | None = None, live: bool = False, prefix: str = "") -> dict[str, np.ndarray]:
@@ -285,12 +285,6 @@ def export(workdir: str, step: int | None = None, live: bool = False, prefix: st
 
 # ---------------------------------------------------------------------------
 # CLI.
-
-
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  msg = text[0].strip() if text else type(e).__name__
-  return msg.strip("'\"") if isinstance(e, KeyError) else msg
 
 
 def _define_flags():
@@ -352,16 +346,15 @@ def main(argv) -> int:
 def run():
   from absl import app  # noqa: PLC0415
 
-  from trm_jax import main as main_lib  # noqa: PLC0415
   _define_flags()
 
   def wrapped(argv):
     from absl import logging  # noqa: PLC0415
     logging.set_verbosity(logging.ERROR)  # orbax's read-only notices
-    with main_lib.user_errors():
+    with cli.user_errors():
       sys.exit(main(argv))
 
-  app.run(wrapped, flags_parser=main_lib._parse)  # noqa: SLF001 - the driver's one-line flag errors
+  app.run(wrapped, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ TRM_TRACEBACK=1 to see the traceback instead.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from trm_jax import cli
 
 FLAGS = flags.FLAGS
 
@@ -27,29 +28,6 @@ def _define_flags():
   flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
-
-
-def _user_error_types():
-  from trm_jax import checkpoint, data, solve, train
-  from trm_jax.datasets import common
-  return (train.UserError, checkpoint.CheckpointError, data.DataConfigError, common.DataError,
-          solve.InputError, train.NonFiniteLoss, ValueError, KeyError, AttributeError, FileNotFoundError)
-
-
-@contextlib.contextmanager
-def user_errors():
-  """Turns user errors into one `error: ...` line and exit status 1."""
-  if os.environ.get("TRM_TRACEBACK"):
-    yield
-    return
-  try:
-    yield
-  except _user_error_types() as e:  # noqa: B030 - computed tuple
-    msg = str(e).strip().splitlines()
-    if isinstance(e, KeyError) and msg:
-      msg = [msg[0].strip("'\"")]
-    print(f"error: {msg[0] if msg else type(e).__name__}", file=sys.stderr, flush=True)
-    sys.exit(1)
 
 
 def _distributed():
@@ -81,7 +59,7 @@ def main(argv):
     text = text.replace("Configuration is not available because of an earlier failure to load: ", "")
     print(f"error: --config: {text}", file=sys.stderr, flush=True)
     sys.exit(1)
-  with user_errors():
+  with cli.user_errors():
     if config is None:
       raise ValueError("--config is required, e.g. --config=experiments/demo.py")
     if not FLAGS.workdir:
@@ -91,25 +69,9 @@ def main(argv):
     train.train_and_evaluate(config, FLAGS.workdir)
 
 
-def _parse(argv):
-  """absl parsing, with bad flags / config overrides reported as one line."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    text = str(e).strip().splitlines()
-    print(f"error: {text[0] if text else e}", file=sys.stderr, flush=True)
-    sys.exit(1)
-  except Exception as e:  # noqa: BLE001 - errors raised while loading the config file
-    if os.environ.get("TRM_TRACEBACK"):
-      raise
-    text = str(e).strip().splitlines()
-    print(f"error: --config: {text[0] if text else type(e).__name__}", file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
 def run():
   _define_flags()
-  app.run(main, flags_parser=_parse)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

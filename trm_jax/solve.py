@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-MAZE_CHARS = "# SGo"
+from trm_jax.render import MAZE_CHARS, render, write_png
 
 
 class InputError(ValueError):
@@ -78,33 +78,14 @@ def arc_inputs(path: str) -> list[np.ndarray]:
     raise InputError(f"--arc: {e}") from None
 
 
-def render(task: str, grid: tuple, tokens) -> str:
-  t = np.asarray(tokens)
-  if task == "arc":
-    return "\n".join("".join(str(int(v)) for v in row) for row in np.atleast_2d(t))
-  rows, cols = grid
-  t = t.reshape(rows, cols)
-  if task == "maze":
-    return "\n".join("".join(MAZE_CHARS[v - 1] if 1 <= v <= 5 else "?" for v in row) for row in t)
-  return "\n".join(" ".join("." if v <= 1 else str(v - 1) for v in row) for row in t)
-
-
-def side_by_side(task: str, grid: tuple, inputs, answer) -> str:
-  a, b = render(task, grid, inputs).splitlines(), render(task, grid, answer).splitlines()
-  w = max(len(x) for x in a)
-  n = max(len(a), len(b))
-  a, b = a + [""] * (n - len(a)), b + [""] * (n - len(b))
-  return "\n".join(f"{x:<{w}}   {'->' if i == n // 2 else '  '}   {y}" for i, (x, y) in enumerate(zip(a, b)))
-
-
 # ---------------------------------------------------------------------------
 # Model.
 
 
 def load_run(workdir: str):
   """-> (Run, state, meta) from the workdir's latest checkpoint (EMA weights used for solving)."""
-  from trm_jax import train
-  run, state, meta, _ = train.load_run(workdir)
+  from trm_jax import runs
+  run, state, meta, _ = runs.load_run(workdir)
   return run, state, meta
 
 
@@ -128,29 +109,6 @@ def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None
   k = int(halts[0]) if len(halts) else len(q) - 1
   return {"answer": preds[k], "steps": k + 1, "confidence": float(1 / (1 + np.exp(-q[k]))),
           "per_step": preds, "q_halt": q}
-
-
-def write_png(path: str, task: str, grid: tuple, inputs, answer) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  if task == "arc":
-    pics = [np.asarray(inputs), np.asarray(answer)]
-  else:
-    pics = [np.asarray(inputs).reshape(grid), np.asarray(answer).reshape(grid)]
-  fig, axes = plt.subplots(1, 2, figsize=(8, 4))
-  for ax, pic, title in zip(axes, pics, ("puzzle", "answer")):
-    ax.imshow(pic, cmap="tab10" if task != "sudoku" else "Blues", interpolation="nearest")
-    if task == "sudoku":
-      for (r, c), v in np.ndenumerate(pic):
-        if v > 1:
-          ax.text(c, r, str(v - 1), ha="center", va="center", fontsize=12)
-    ax.set_title(title)
-    ax.set_xticks([])
-    ax.set_yticks([])
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
 
 
 # ---------------------------------------------------------------------------
@@ -206,8 +164,8 @@ def run():
   flags.DEFINE_integer("steps", 0, "Supervision steps (default: the run's eval setting).")
 
   def wrapped(argv):
-    from trm_jax.main import user_errors
-    with user_errors():
+    from trm_jax import cli
+    with cli.user_errors():
       sys.exit(main(argv))
 
   app.run(wrapped)

@@ -9,7 +9,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import pickle
 import time
@@ -19,16 +18,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from trm_jax import checkpoint, config_lib, data as data_lib, evaluate, input_pipeline, metrics as metrics_lib
-from trm_jax import optim, recursion, sharding, steps, train_state
-from trm_jax.model import RecursiveModel
+from trm_jax import checkpoint, data as data_lib, evaluate, input_pipeline, metrics as metrics_lib
+from trm_jax import sharding, steps, train_state
+from trm_jax.cli import RunStopped, UserError
+from trm_jax.runs import Run, run_meta, with_shardings
 
 
-class UserError(ValueError):
-  """A mistake in the command line or config (reported as one line)."""
-
-
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(RunStopped):
   """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 
 
@@ -46,43 +42,6 @@ def resolve_config(config, data: data_lib.Data) -> ml_collections.ConfigDict:
   return config
 
 
-class Run:
-  """The jitted pieces of one run (shared by training, evaluation and `trm-solve`)."""
-
-  def __init__(self, config, mesh):
-    self.config, self.mesh = config, mesh
-    self.mcfg = config_lib.frozen_model(config.model)
-    self.model = RecursiveModel(self.mcfg)
-    self.tx = optim.make_optimizer(config.train, config.train.steps)
-    self.create = functools.partial(train_state.create_train_state, self.model, self.mcfg, config.train, self.tx)
-    self.init_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
-    self.step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-    abstract_state = jax.eval_shape(self.create, self.init_rng)
-    self.state_sh = sharding.state_shardings(mesh, abstract_state)
-    self.abstract_state = _with_shardings(abstract_state, self.state_sh)
-    self.batch_sh = sharding.batch_sharding(mesh)
-    self.repl = sharding.replicated(mesh)
-    self.eval_steps = config.eval.supervision_steps if config.eval.supervision_steps > 0 else self.mcfg.halt_max_steps
-    eval_step = evaluate.make_eval_step(self.model, self.mcfg, self.eval_steps)
-    self.eval_step = jax.jit(eval_step, in_shardings=(self.repl, self.repl, self.state_sh.puzzle_table,
-                                                      self.batch_sh))
-
-  def new_state(self):
-    return jax.jit(self.create, out_shardings=self.state_sh)(self.init_rng)
-
-  def carry_parts(self, batch_size: int):
-    fn = lambda: recursion.initial_carry(self.mcfg, batch_size)
-    shardings = sharding.carry_shardings(self.mesh, jax.eval_shape(fn))
-    return fn, shardings
-
-  def make_batch(self, local: dict) -> dict:
-    return sharding.global_batch(local, self.mesh)
-
-
-def _with_shardings(abstract, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
 def check_workdir(workdir: str) -> str:
   """Absolute workdir; its parent must exist and it must not be a file."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -96,12 +55,6 @@ def check_workdir(workdir: str) -> str:
 
 def _finite(x) -> bool:
   return bool(np.isfinite(np.asarray(x)).all())
-
-
-def run_meta(config, data: data_lib.Data) -> dict:
-  """What `trm-solve` needs to rebuild the model and read its inputs."""
-  return {"config": config.to_json_best_effort(), "task": data.task, "grid": list(data.grid),
-          "arc_ids": data_lib.arc_identity_ids(data)}
 
 
 def evaluate_all(run: Run, state, data: data_lib.Data, workdir: str | None = None) -> dict:
@@ -171,7 +124,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = run.new_state()
     carry = jax.jit(carry_fn, out_shardings=carry_sh)()
   else:
-    abstract_carry = _with_shardings(jax.eval_shape(carry_fn), carry_sh)
+    abstract_carry = with_shardings(jax.eval_shape(carry_fn), carry_sh)
     state, carry, _ = checkpoint.restore(mngr, latest, run.abstract_state, abstract_carry)
   start = int(state.step)
 
@@ -267,7 +220,7 @@ def _summary(step, m: dict) -> str:
 
 def _print_example(run: Run, state, data: data_lib.Data) -> None:
   """Solves the first held-out example and prints puzzle, answer and whether it is right."""
-  from trm_jax import solve
+  from trm_jax import render, solve
   split = next(iter(data.evals.values()), None)
   if split is None or split.num_examples == 0:
     return
@@ -281,31 +234,4 @@ def _print_example(run: Run, state, data: data_lib.Data) -> None:
     shown = tuple(arc.crop_prediction(x) for x in shown)
   print(f"held-out example 0 ({'solved' if right else 'NOT solved'}; {res['steps']} supervision steps, "
         f"halting confidence {res['confidence']:.3f}):")
-  print(solve.side_by_side(data.task, tuple(data.grid), *shown), flush=True)
-
-
-def load_run(workdir: str, step: int | None = None):
-  """-> (Run, state, meta, step) from a run's checkpoint (the latest, or `step`).
-
-  Used by trm-solve, trm-convert's export and the tests; needs no data.
-  """
-  import json  # noqa: PLC0415
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    raise checkpoint.CheckpointError(f"--workdir={workdir}: no checkpoints directory")
-  mngr = checkpoint.manager(workdir, read_only=True)
-  try:
-    steps_saved = list(mngr.all_steps())
-    if not steps_saved:
-      raise checkpoint.CheckpointError(f"--workdir={workdir}: no checkpoint found")
-    if step is None:
-      step = max(steps_saved)
-    elif step not in steps_saved:
-      raise checkpoint.CheckpointError(f"--step={step}: no such checkpoint in {directory} (have {sorted(steps_saved)})")
-    meta = checkpoint.restore_meta(mngr, step)
-    config = ml_collections.ConfigDict(json.loads(meta["config"]))
-    run = Run(config, sharding.make_mesh())
-    state, _, _ = checkpoint.restore(mngr, step, run.abstract_state)
-  finally:
-    mngr.close()
-  return run, state, meta, step
+  print(render.side_by_side(data.task, tuple(data.grid), *shown), flush=True)

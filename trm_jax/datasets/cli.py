@@ -20,10 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-ARC_COLOURS = ('#000000', '#0074D9', '#FF4136', '#2ECC40', '#FFDC00',
-               '#AAAAAA', '#F012BE', '#FF851B', '#7FDBFF', '#870C25')
-
-
 def _parser():
   p = argparse.ArgumentParser(prog='trm-data', description=__doc__.split(
       '\n')[0])
@@ -142,48 +138,9 @@ def _cmd_show(args):
     b = right[i] if i < len(right) else ''
     print(f'{a:<{width}}   {b}')
   if args.png:
-    _draw(task, x, y, args.png, f'{args.name} {args.split}[{args.index}]')
+    from trm_jax import render
+    render.draw_example(task, x, y, args.png, f'{args.name} {args.split}[{args.index}]')
     print(f'wrote {args.png}')
-
-
-def _draw(task, x, y, path, title):
-  from trm_jax.datasets.common import DataError
-  try:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-  except ImportError:
-    raise DataError('--png needs matplotlib (pip install matplotlib)') from None
-  fig, axes = plt.subplots(1, 2, figsize=(8, 4))
-  for ax, g, name in zip(axes, (x, y), ('input', 'label')):
-    ax.set_title(name)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if task == 'arc':
-      ax.imshow(g, cmap=ListedColormap(ARC_COLOURS), vmin=0, vmax=9)
-    elif task == 'maze':
-      cmap = ListedColormap(['#000000', '#ffffff', '#2ECC40', '#FF4136',
-                             '#FFDC00'])
-      ax.imshow(g, cmap=cmap, vmin=1, vmax=5)
-    else:
-      n = g.shape[0]
-      ax.imshow(np.ones_like(g), cmap='gray', vmin=0, vmax=1)
-      for r in range(n):
-        for c in range(g.shape[1]):
-          if g[r, c] > 0:
-            given = x[r, c] > 0
-            ax.text(c, r, str(int(g[r, c])), ha='center', va='center',
-                    color='black' if given else '#0074D9',
-                    fontweight='bold' if given else 'normal')
-      from trm_jax.datasets.generated import BOXES
-      br, bc = BOXES.get(n, (n, n))
-      for k in range(n + 1):
-        ax.axvline(k - 0.5, color='black', lw=2 if k % bc == 0 else 0.5)
-        ax.axhline(k - 0.5, color='black', lw=2 if k % br == 0 else 0.5)
-  fig.suptitle(title)
-  fig.savefig(path, dpi=100, bbox_inches='tight')
-  plt.close(fig)
 
 
 def _cmd_bench(args):

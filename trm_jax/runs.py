@@ -1,0 +1,86 @@
+"""A run's jitted pieces (`Run`), its metadata, and loading a run back from its checkpoints.
+
+`trm-train` builds a `Run` from a resolved config; `trm-solve`, `trm-convert`
+and the tests rebuild one from the config saved in a checkpoint (`load_run`),
+without the data.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import ml_collections
+
+from trm_jax import checkpoint, config_lib, data as data_lib, evaluate, optim, recursion, sharding, train_state
+from trm_jax.model import RecursiveModel
+
+
+class Run:
+  """The jitted pieces of one run (shared by training, evaluation and `trm-solve`)."""
+
+  def __init__(self, config, mesh):
+    self.config, self.mesh = config, mesh
+    self.mcfg = config_lib.frozen_model(config.model)
+    self.model = RecursiveModel(self.mcfg)
+    self.tx = optim.make_optimizer(config.train, config.train.steps)
+    self.create = functools.partial(train_state.create_train_state, self.model, self.mcfg, config.train, self.tx)
+    self.init_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
+    self.step_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    abstract_state = jax.eval_shape(self.create, self.init_rng)
+    self.state_sh = sharding.state_shardings(mesh, abstract_state)
+    self.abstract_state = with_shardings(abstract_state, self.state_sh)
+    self.batch_sh = sharding.batch_sharding(mesh)
+    self.repl = sharding.replicated(mesh)
+    self.eval_steps = config.eval.supervision_steps if config.eval.supervision_steps > 0 else self.mcfg.halt_max_steps
+    eval_step = evaluate.make_eval_step(self.model, self.mcfg, self.eval_steps)
+    self.eval_step = jax.jit(eval_step, in_shardings=(self.repl, self.repl, self.state_sh.puzzle_table,
+                                                      self.batch_sh))
+
+  def new_state(self):
+    return jax.jit(self.create, out_shardings=self.state_sh)(self.init_rng)
+
+  def carry_parts(self, batch_size: int):
+    fn = lambda: recursion.initial_carry(self.mcfg, batch_size)
+    shardings = sharding.carry_shardings(self.mesh, jax.eval_shape(fn))
+    return fn, shardings
+
+  def make_batch(self, local: dict) -> dict:
+    return sharding.global_batch(local, self.mesh)
+
+
+def with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def run_meta(config, data: data_lib.Data) -> dict:
+  """What `trm-solve` needs to rebuild the model and read its inputs."""
+  return {"config": config.to_json_best_effort(), "task": data.task, "grid": list(data.grid),
+          "arc_ids": data_lib.arc_identity_ids(data)}
+
+
+def load_run(workdir: str, step: int | None = None):
+  """-> (Run, state, meta, step) from a run's checkpoint (the latest, or `step`).
+
+  Used by trm-solve, trm-convert's export and the tests; needs no data.
+  """
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise checkpoint.CheckpointError(f"--workdir={workdir}: no checkpoints directory")
+  mngr = checkpoint.manager(workdir, read_only=True)
+  try:
+    steps_saved = list(mngr.all_steps())
+    if not steps_saved:
+      raise checkpoint.CheckpointError(f"--workdir={workdir}: no checkpoint found")
+    if step is None:
+      step = max(steps_saved)
+    elif step not in steps_saved:
+      raise checkpoint.CheckpointError(f"--step={step}: no such checkpoint in {directory} (have {sorted(steps_saved)})")
+    meta = checkpoint.restore_meta(mngr, step)
+    config = ml_collections.ConfigDict(json.loads(meta["config"]))
+    run = Run(config, sharding.make_mesh())
+    state, _, _ = checkpoint.restore(mngr, step, run.abstract_state)
+  finally:
+    mngr.close()
+  return run, state, meta, step
