@@ -129,7 +129,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   c.data_dir = "~/tensorflow_datasets"
   c.manual_dir = ""               # raw files for builders that need them (else downloaded)
   c.mirror = ""                   # download from MIRROR/HOST/PATH instead of https://HOST/PATH
-  c.build_timeout_s = 7200        # processes > 0 wait this long for process 0 to build the set
+  c.build_timeout_s = 7200.0      # processes > 0 wait this long for process 0 to build the set
   c.eval_sets = ("test",)
   c.update(overrides)
   return c

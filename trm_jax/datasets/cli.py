@@ -210,7 +210,7 @@ def _cmd_list(args):
   for cls in (sudoku.SudokuExtreme, maze.MazeHard, arc_builder.ArcAgi,
               generated.SudokuSmall):
     for cfg in cls.BUILDER_CONFIGS:
-      files = 'needs --manual_dir' if cfg.needs_files else 'generated'
+      files = 'downloads' if cfg.needs_files else 'generated'
       print(f'{tfds.core.naming.camelcase_to_snakecase(cls.__name__)}/'
             f'{cfg.name:<16} {files:<18} {cfg.description}')
 
