@@ -259,3 +259,26 @@ def test_maze_csv_download(server, tmp_path, monkeypatch):
   data = ip.load_split(out, 'train', in_memory=True)
   np.testing.assert_array_equal(data.all_arrays()['inputs'],
                                 q.reshape(4, -1))
+
+
+def test_register_checksums_records_downloads(server, tmp_path, monkeypatch):
+  """--register_checksums: TFDS writes (size, sha256) of each download."""
+  root, mirror = server
+  raw = tmp_path / 'raw'
+  raw.mkdir()
+  lines = (SHARED / 'sudoku' / 'sudoku_hard_dev.csv').read_text().splitlines()
+  for n, rows in (('train.csv', lines[:150]), ('test.csv', lines[150:170])):
+    (raw / n).write_text('\n'.join([lines[0]] + rows[1:]) + '\n')
+  src = _pin(monkeypatch, sudoku.SudokuExtreme,
+             {n: raw / n for n in ('train.csv', 'test.csv')})
+  for n in ('train.csv', 'test.csv'):
+    _serve(root, src, n, raw / n)
+  tsv = tmp_path / 'checksums.tsv'
+  monkeypatch.setattr(sudoku.SudokuExtreme, '_checksums_path', tsv)
+  common.build('sudoku_extreme/aug10_sub100', tmp_path / 'd', mirror=mirror,
+               register_checksums=True)
+  import tensorflow_datasets as tfds
+  got = tfds.download.checksums.load_url_infos(tsv)
+  assert {u: (int(i.size), i.checksum) for u, i in got.items()} == {
+      src.url(n, mirror): (src.files[n][1], src.files[n][0])
+      for n in ('train.csv', 'test.csv')}

@@ -280,7 +280,7 @@ def _publish(built: Path, final: Path, staging: Path, overwrite: bool) -> None:
 
 
 def build(name: str, data_dir, manual_dir=None, overwrite=False,
-          mirror=None) -> Path:
+          mirror=None, register_checksums=False) -> Path:
   """Builds NAME[/CONFIG] into data_dir; returns its directory.
 
   Raw files come from manual_dir when given, else they are downloaded and
@@ -288,7 +288,8 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False,
   set is built in a private directory under data_dir/.tmp-build and published
   with one atomic rename: concurrent builds of one set both succeed (the
   loser uses the winner's set), and a failed or killed build publishes
-  nothing; cleanup only removes what this call created.
+  nothing; cleanup only removes what this call created. register_checksums:
+  TFDS records (size, sha256) of every downloaded URL in checksums.tsv.
   """
   data_dir = Path(os.fspath(data_dir))
   builder = get_builder(name, data_dir)
@@ -318,7 +319,8 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False,
         download_dir=os.fspath(staging / 'downloads'),
         file_format='array_record',
         download_config=tfds.download.DownloadConfig(
-            manual_dir=os.fspath(manual_dir) if manual_dir else None))
+            manual_dir=os.fspath(manual_dir) if manual_dir else None,
+            register_checksums=register_checksums))
     _publish(Path(sb.data_dir), final, staging, overwrite)
     ok = True
   finally:
