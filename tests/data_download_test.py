@@ -282,3 +282,16 @@ def test_register_checksums_records_downloads(server, tmp_path, monkeypatch):
   assert {u: (int(i.size), i.checksum) for u, i in got.items()} == {
       src.url(n, mirror): (src.files[n][1], src.files[n][0])
       for n in ('train.csv', 'test.csv')}
+
+
+def test_training_entry_downloads_and_builds(server, tmp_path):
+  """data.load (what trm-train calls) with no manual_dir: downloads via
+  config.data.mirror, builds, loads."""
+  from trm_jax import config_lib, data as data_lib
+  root, mirror = server
+  _serve_arc(root)
+  dcfg = config_lib.data_config(name='arc_agi', config='arc1_small',
+                                data_dir=str(tmp_path), mirror=mirror)
+  data = data_lib.load(dcfg)
+  assert data.task == 'arc' and data.train.num_examples > 0
+  assert set(data.evals) == {'test'}
