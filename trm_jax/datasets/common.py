@@ -300,15 +300,20 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False,
     raise DataError(f'{manual_dir}: manual_dir not found')
   created = not data_dir.exists()
   root = data_dir / STAGING_DIR
-  try:
-    _remove_stale(root)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(
-        dir=root, prefix=f'{os.getpid()}@{socket.gethostname()}@'
-        f'{builder.name}@{builder.builder_config.name}@'))
-  except OSError as e:
-    raise DataError(f'{data_dir}: cannot create a build directory '
-                    f'({e.strerror or e})') from None
+  prefix = (f'{os.getpid()}@{socket.gethostname()}@{builder.name}@'
+            f'{builder.builder_config.name}@')
+  for attempt in range(5):  # another build may rmdir an empty root meanwhile
+    try:
+      _remove_stale(root)
+      root.mkdir(parents=True, exist_ok=True)
+      staging = Path(tempfile.mkdtemp(dir=root, prefix=prefix))
+      break
+    except FileNotFoundError:
+      if attempt == 4:
+        raise
+    except OSError as e:
+      raise DataError(f'{data_dir}: cannot create a build directory '
+                      f'({e.strerror or e})') from None
   ok = False
   try:
     sb = get_builder(name, staging)
@@ -326,11 +331,8 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False,
   finally:
     shutil.rmtree(staging, ignore_errors=True)
     _prune_empty(root, data_dir)
-    if not ok:
-      for d, _, _ in os.walk(data_dir / 'downloads', topdown=False):
-        _prune_empty(Path(d), data_dir)  # empty cache folders only
-      if created:
-        _prune_empty(data_dir, data_dir.parent)
+    if not ok and created:
+      _prune_empty(data_dir, data_dir.parent)  # only if still empty
   return final
 
 
