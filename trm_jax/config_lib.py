@@ -127,7 +127,9 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   c.name = "sudoku_extreme"       # TFDS builder name, or "generated/<set>" for in-memory toy sets
   c.config = ""                   # builder config name
   c.data_dir = "~/tensorflow_datasets"
-  c.manual_dir = ""               # raw files for builders that need them
+  c.manual_dir = ""               # raw files for builders that need them (else downloaded)
+  c.mirror = ""                   # download from MIRROR/HOST/PATH instead of https://HOST/PATH
+  c.build_timeout_s = 7200.0      # processes > 0 wait this long for process 0 to build the set
   c.eval_sets = ("test",)
   c.update(overrides)
   return c

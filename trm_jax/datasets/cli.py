@@ -29,6 +29,8 @@ def _parser():
   b.add_argument('--data_dir', required=True)
   b.add_argument('--manual_dir', default=None)
   b.add_argument('--overwrite', action='store_true')
+  b.add_argument('--register_checksums', action='store_true',
+                 help='record size/sha256 of downloads in checksums.tsv')
   for cmd in ('stats', 'show'):
     s = sub.add_parser(cmd)
     s.add_argument('name', help='NAME[/CONFIG] or a dataset directory')
@@ -56,7 +58,8 @@ def _cmd_build(args):
   from trm_jax.datasets import common
   t = time.time()
   path = common.build(args.name, args.data_dir, args.manual_dir,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite,
+                      register_checksums=args.register_checksums)
   size = sum(f.stat().st_size for f in path.rglob('*') if f.is_file())
   print(f'built {args.name} in {time.time() - t:.1f}s: {path} '
         f'({size / 2**20:.1f} MiB)')
@@ -167,7 +170,7 @@ def _cmd_list(args):
   for cls in (sudoku.SudokuExtreme, maze.MazeHard, arc_builder.ArcAgi,
               generated.SudokuSmall):
     for cfg in cls.BUILDER_CONFIGS:
-      files = 'needs --manual_dir' if cfg.needs_files else 'generated'
+      files = 'downloads' if cfg.needs_files else 'generated'
       print(f'{tfds.core.naming.camelcase_to_snakecase(cls.__name__)}/'
             f'{cfg.name:<16} {files:<18} {cfg.description}')
 

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from trm_jax.datasets import arc, common
+from trm_jax.datasets import arc, common, sources
 from trm_jax.datasets.common import DataError
 
 CHARS = '# SGo'
@@ -197,9 +197,10 @@ class MazeConfig(tfds.core.BuilderConfig):
 
 class MazeHard(common.TrmBuilder):
   """Maze-Hard 30x30 from train.csv/test.csv, or generated (seeded)."""
+  SOURCE = sources.MAZE_HARD
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Put train.csv and test.csv of sapientinc/maze-30x30-hard-1k in '
-      'manual_dir (only for the csv configs).')
+      'manual_dir (csv configs), or let them be downloaded.')
   BUILDER_CONFIGS = [
       MazeConfig(name='csv', description='Maze-Hard CSV files.'),
       MazeConfig(name='csv_aug8', aug8=True,
