@@ -60,7 +60,9 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
   c.puzzle_emb_weight_decay = 1.0
   c.ema = True
   c.ema_rate = 0.999
-  c.eval_every = 5000
+  c.eval_every = 5000               # evaluate every N steps (-1/0: only at the end) ...
+  c.eval_every_epochs = -1          # ... or every N epochs, as the reference (experiment files use this)
+  c.epochs_per_iter = -1            # sampler iteration (one partial batch dropped each); -1: eval_every_epochs or 1
   c.checkpoint_every = 5000
   c.log_every = 100
   c.keep_checkpoints = 3
@@ -143,7 +145,10 @@ def base_config(arch: str = "trm") -> ml_collections.ConfigDict:
   c.data = data_config()
   c.model = model_config()
   c.train = train_config()
-  c.eval = ml_collections.ConfigDict(dict(batch_size=768, supervision_steps=-1, max_examples=-1))
+  # arc_aggregate_voting: ARC pass@K votes over every evaluation of the run so far (the reference's
+  # default); False votes over the current evaluation only.
+  c.eval = ml_collections.ConfigDict(dict(batch_size=768, supervision_steps=-1, max_examples=-1,
+                                          arc_aggregate_voting=True))
   # Devices that split the puzzle-embedding table by rows (the rest is data parallel).
   c.mesh = ml_collections.ConfigDict(dict(table_parallel=1))
   if arch == "hrm":
