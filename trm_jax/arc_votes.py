@@ -128,7 +128,7 @@ def _write_bytes(path: epath.Path, data: bytes) -> None:
     return
   tmp = path.parent / f".{path.name}.tmp"
   tmp.write_bytes(data)
-  tmp.rename(path)                  # atomic on a local file system (POSIX rename)
+  tmp.replace(path)                 # atomic on a local file system (POSIX rename)
 
 
 def _read_bytes(path: epath.Path) -> bytes:
