@@ -169,4 +169,11 @@ def arc_config(arch: str, data_config_name: str) -> ml_collections.ConfigDict:
   if arch == "trm":
     c.model.update(H_cycles=3, L_cycles=4, puzzle_emb_len=16)
   c.train.update(epochs=100000, lr=1e-4, puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.1)
+  # TRM's and HRM's ARC runs: 100k epochs, an evaluation every 10k (10 in all), votes pooled over them.
+  reference_schedule(c, epochs=100000, eval_every_epochs=10000)
   return c
+
+
+def reference_schedule(c, epochs: int, eval_every_epochs: int) -> None:
+  """The reference's run length and cadence: `epochs`, evaluating every `eval_every_epochs`."""
+  c.train.update(epochs=epochs, steps=-1, eval_every_epochs=eval_every_epochs, eval_every=-1, epochs_per_iter=-1)
