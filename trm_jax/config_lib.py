@@ -60,7 +60,9 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
   c.puzzle_emb_weight_decay = 1.0
   c.ema = True
   c.ema_rate = 0.999
-  c.eval_every = 5000
+  c.eval_every = 5000               # evaluate every N steps (-1/0: only at the end) ...
+  c.eval_every_epochs = -1          # ... or every N epochs, as the reference (experiment files use this)
+  c.epochs_per_iter = -1            # sampler iteration (one partial batch dropped each); -1: eval_every_epochs or 1
   c.checkpoint_every = 5000
   c.log_every = 100
   c.keep_checkpoints = 3
@@ -145,7 +147,10 @@ def base_config(arch: str = "trm") -> ml_collections.ConfigDict:
   c.data = data_config()
   c.model = model_config()
   c.train = train_config()
-  c.eval = ml_collections.ConfigDict(dict(batch_size=768, supervision_steps=-1, max_examples=-1))
+  # arc_aggregate_voting: ARC pass@K votes over every evaluation of the run so far (the reference's
+  # default); False votes over the current evaluation only.
+  c.eval = ml_collections.ConfigDict(dict(batch_size=768, supervision_steps=-1, max_examples=-1,
+                                          arc_aggregate_voting=True))
   # Devices that split the puzzle-embedding table by rows (the rest is data parallel).
   c.mesh = ml_collections.ConfigDict(dict(table_parallel=1))
   if arch == "hrm":
@@ -166,4 +171,11 @@ def arc_config(arch: str, data_config_name: str) -> ml_collections.ConfigDict:
   if arch == "trm":
     c.model.update(H_cycles=3, L_cycles=4, puzzle_emb_len=16)
   c.train.update(epochs=100000, lr=1e-4, puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.1)
+  # TRM's and HRM's ARC runs: 100k epochs, an evaluation every 10k (10 in all), votes pooled over them.
+  reference_schedule(c, epochs=100000, eval_every_epochs=10000)
   return c
+
+
+def reference_schedule(c, epochs: int, eval_every_epochs: int) -> None:
+  """The reference's run length and cadence: `epochs`, evaluating every `eval_every_epochs`."""
+  c.train.update(epochs=epochs, steps=-1, eval_every_epochs=eval_every_epochs, eval_every=-1, epochs_per_iter=-1)

@@ -1,11 +1,14 @@
 """Step-indexed group sampler, per-process shards and global batch assembly.
 
 Training batches are a pure function of (seed, step): iteration `it` (made of
-`epochs_per_iter` epochs) shuffles the groups with a generator keyed by
-(seed, it), draws one puzzle per group and fills global batches with the
-puzzles' examples in that order (a puzzle that overflows a batch contributes a
-random subset; the last partial batch of an iteration is dropped). Each process
-reads only rows `[i*B/P, (i+1)*B/P)` of every global batch.
+`epochs_per_iter` epochs) concatenates `epochs_per_iter` shuffles of the groups
+drawn from a generator keyed by (seed, it), draws one puzzle per group entry
+and fills global batches with the puzzles' examples in that order (a puzzle
+that overflows a batch contributes a random subset; the last partial batch of
+an iteration is dropped). This is the reference's rule: its loader runs one
+iteration of `eval_interval` epochs between evaluations, so it drops one
+partial batch per evaluation interval, not one per epoch. Each process reads
+only rows `[i*B/P, (i+1)*B/P)` of every global batch.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from trm_jax.datasets.splits import (BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID,
 __all__ = ['DatasetMeta', 'SplitData', 'load_split', 'train_batch',
            'train_batch_indices', 'batch_position', 'eval_batches',
            'prefetch_train_batches', 'make_global_batch',
-           'steps_per_epoch', 'measure_throughput']
+           'steps_per_epoch', 'iteration_ends', 'measure_throughput']
 
 
 # ------------------------------------------------------------------ load --
@@ -125,7 +128,9 @@ def _rng(*key) -> np.random.Generator:
       np.random.SeedSequence([int(k) for k in key])))
 
 
-@functools.lru_cache(maxsize=8)
+# An iteration of many epochs holds (groups x epochs) puzzle indices (~100 MB
+# for ARC's 10,000-epoch iterations), so only the last few plans are kept.
+@functools.lru_cache(maxsize=2)
 def _plan(puzzle_indices_b, group_indices_b, seed, it, batch, epochs_per_iter):
   pidx = np.frombuffer(puzzle_indices_b, np.int64)
   gidx = np.frombuffer(group_indices_b, np.int64)
@@ -167,7 +172,7 @@ def _key_bytes(data: SplitData):
   return cached
 
 
-def _locate(data, seed, step, batch, epochs_per_iter):
+def _schedule(data, seed, batch, epochs_per_iter):
   pb, gb = _key_bytes(data)
   key = (pb, gb, seed, batch, epochs_per_iter)
   sched = _SCHEDULES.setdefault(key, _Schedule())
@@ -179,12 +184,40 @@ def _locate(data, seed, step, batch, epochs_per_iter):
           f'global batch {batch} exceeds the examples of one iteration '
           f'({data.meta.total_groups} groups x {epochs_per_iter} epochs); '
           'raise epochs_per_iter or lower the batch')
+  return sched, pb, gb
+
+
+def _extend(sched, pb, gb, seed, batch, epochs_per_iter):
+  it = len(sched.cum) - 1
+  _, starts = _plan(pb, gb, seed, it, batch, epochs_per_iter)
+  sched.cum.append(sched.cum[-1] + len(starts) - 1)
+
+
+def _locate(data, seed, step, batch, epochs_per_iter):
+  sched, pb, gb = _schedule(data, seed, batch, epochs_per_iter)
   while sched.cum[-1] <= step:
-    it = len(sched.cum) - 1
-    _, starts = _plan(pb, gb, seed, it, batch, epochs_per_iter)
-    sched.cum.append(sched.cum[-1] + len(starts) - 1)
+    _extend(sched, pb, gb, seed, batch, epochs_per_iter)
   it = int(np.searchsorted(sched.cum, step, 'right')) - 1
   return it, step - sched.cum[it], pb, gb
+
+
+def iteration_ends(data: SplitData, seed: int, global_batch_size: int,
+                   epochs_per_iter: int, n_iters: int,
+                   stop_at: int | None = None) -> np.ndarray:
+  """Training steps at which iterations 0, 1, ... end (cumulative batches).
+
+  Stops after `n_iters` iterations, or earlier once an iteration ends at or
+  after step `stop_at`.
+  """
+  sched, pb, gb = _schedule(data, seed, global_batch_size, epochs_per_iter)
+  while len(sched.cum) <= n_iters and (
+      stop_at is None or sched.cum[-1] < stop_at):
+    _extend(sched, pb, gb, seed, global_batch_size, epochs_per_iter)
+  ends = np.asarray(sched.cum[1:n_iters + 1], np.int64)
+  if stop_at is not None and len(ends):
+    k = int(np.searchsorted(ends, stop_at, 'left'))
+    ends = ends[:k + 1]
+  return ends
 
 
 def batch_position(data: SplitData, seed: int, step: int,

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from trm_jax import checkpoint, data as data_lib, evaluate, input_pipeline, metrics as metrics_lib
+from trm_jax import arc_votes, cadence as cadence_lib, checkpoint, data as data_lib, evaluate, input_pipeline
+from trm_jax import metrics as metrics_lib
 from trm_jax import sharding, steps, train_state
 from trm_jax.cli import RunStopped, UserError
 from trm_jax.runs import Run, run_meta, with_shardings
@@ -58,10 +59,17 @@ def _finite(x) -> bool:
 
 
 def evaluate_all(run: Run, state, data: data_lib.Data, workdir: str | None = None) -> dict:
-  """Every eval set with the EMA weights when EMA is on; ARC adds voting and a submission."""
+  """Every eval set with the EMA weights when EMA is on; ARC adds voting and a submission.
+
+  ARC's `eval/ARC/pass@K` and `submission.json` vote over every evaluation of
+  the run so far when `eval.arc_aggregate_voting` (the reference's default;
+  the votes are stored in the workdir, see `arc_votes`), else over this one;
+  `eval/ARC/pass@K_this_eval` is always this evaluation's own score.
+  """
   cfg = run.config
   out = {}
   params = state.eval_params()
+  step = int(jax.device_get(state.step))
   for name, split in data.evals.items():
     arc = (data.info, data.arrays) if data.task == "arc" else None
     m, entries = evaluate.evaluate_split(run.eval_step, params, state.consts, state.puzzle_table, split,
@@ -72,11 +80,17 @@ def evaluate_all(run: Run, state, data: data_lib.Data, workdir: str | None = Non
       m = _merge_split_metrics([p[0] for p in parts], f"eval/{name}/count")
       entries = None if entries is None else [e for p in parts for e in p[1]]
     out.update(m)
-    if arc is not None and entries:
-      scores, submission = evaluate.arc_vote(entries)
+    if arc is not None:
+      counts = evaluate.arc_test_counts(split, *arc)   # every test task: the reference's denominators
+      this = arc_votes.tally(entries)
+      scores, submission = arc_votes.score(this, test_counts=counts)
+      out.update({f"eval/ARC/{k}_this_eval": v for k, v in scores.items()})
+      if cfg.eval.arc_aggregate_voting and workdir:
+        pooled = arc_votes.pool(workdir, name, step, this, write=jax.process_index() == 0)
+        scores, submission = arc_votes.score(pooled, test_counts=counts)
       out.update({f"eval/ARC/{k}": v for k, v in scores.items()})
       if workdir and jax.process_index() == 0:
-        evaluate.write_submission(os.path.join(workdir, "submission.json"), submission)
+        arc_votes.write_submission(os.path.join(workdir, "submission.json"), submission)
   return out
 
 
@@ -111,9 +125,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     sharding.check_batch(t.global_batch_size, mesh)
     sharding.check_batch(config.eval.batch_size, mesh, "eval.batch_size")
     run = Run(config, mesh)
+    cad = cadence_lib.cadence(t, data.train, config.seed)
   except ValueError as e:
     raise UserError(str(e)) from None
-  total, batch_size = int(t.steps), int(t.global_batch_size)
+  total, batch_size, epi = cad.end, int(t.global_batch_size), cad.epochs_per_iter
+  eval_steps = frozenset(cad.eval_steps)
 
   os.makedirs(workdir, exist_ok=True)
   mngr = checkpoint.manager(workdir, t.keep_checkpoints)
@@ -127,20 +143,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
     abstract_carry = with_shardings(jax.eval_shape(carry_fn), carry_sh)
     state, carry, _ = checkpoint.restore(mngr, latest, run.abstract_state, abstract_carry)
   start = int(state.step)
+  forgotten = arc_votes.forget_after(workdir, start) if jax.process_index() == 0 else []
 
   writer = metrics_lib.Writer(workdir, total, start)
   n_params = train_state.count_params(state.params)
   writer.log(f"config:\n{config}")
   writer.log(f"parameters: {n_params:,}; devices: {jax.device_count()}; steps {start} -> {total}"
              + ("" if writer.tensorboard else "; TensorBoard off (tensorboardX not installed)"))
+  writer.log(cadence_lib.describe(cad))
+  if forgotten:
+    writer.log(f"resuming at step {start}: dropped the ARC votes of later evaluations ({', '.join(forgotten)})")
   if start == 0:
     writer.write(0, {"params": n_params, "total_steps": total})
 
-  train_step = sharding.jit_train_step(steps.make_train_step(run.model, run.mcfg, t, run.tx, total), mesh,
+  train_step = sharding.jit_train_step(steps.make_train_step(run.model, run.mcfg, t, run.tx, int(t.steps)), mesh,
                                        run.abstract_state, jax.eval_shape(carry_fn))
   pidx, pcount = jax.process_index(), jax.process_count()
   batch_at = lambda s: run.make_batch(input_pipeline.train_batch(data.train, config.seed, s, batch_size,
-                                                                 pidx, pcount))
+                                                                 pidx, pcount, epi))
   last_metrics: dict = {}
   step, sums, window, t_window = start, None, 0, time.time()
   batches = None
@@ -169,7 +189,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         compile_s = time.time() - t0
         writer.log(f"train step compiled in {compile_s:.1f}s")
         writer.write(step, {"compile_seconds": compile_s})
-      batches = input_pipeline.prefetch_train_batches(data.train, config.seed, step, batch_size, pidx, pcount)
+      batches = input_pipeline.prefetch_train_batches(data.train, config.seed, step, batch_size, pidx, pcount, epi)
       while step < total:
         at, local = next(batches)
         assert at == step, (at, step)
@@ -179,7 +199,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         window += 1
         done = step == total
         stop = preempt.reached(mngr, step)
-        do_eval = done or (t.eval_every > 0 and step % t.eval_every == 0)
+        do_eval = done or step in eval_steps
         do_save = done or stop or (t.checkpoint_every > 0 and step % t.checkpoint_every == 0)
         if done or do_eval or do_save or step % max(t.log_every, 1) == 0:
           vals = flush()
@@ -215,7 +235,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _summary(step, m: dict) -> str:
   keys = [k for k in m if k.endswith("/exact_accuracy") or k.endswith("/accuracy") or "pass@2" in k]
-  return f"step {step}: " + ", ".join(f"{k}={m[k]:.4f}" for k in keys)
+  partial = [k[:-len("/partial")] for k in m if k.endswith("/partial")]
+  note = (f" (PARTIAL evaluation of {', '.join(partial)}: eval.max_examples; ARC scores still divide by "
+          "every test task)") if partial else ""
+  return f"step {step}: " + ", ".join(f"{k}={m[k]:.4f}" for k in keys) + note
 
 
 def _print_example(run: Run, state, data: data_lib.Data) -> None:

@@ -52,13 +52,19 @@ def augment_copies(pairs, num_aug: int, rng) -> list[tuple[int, np.ndarray]]:
 
 
 def render_pairs(pairs, d, perm, translate, rng):
-  """(k, 900) input and label canvases of the transformed pairs."""
+  """(k, 900) input and label canvases of the transformed pairs.
+
+  With `translate`, every pair but one goes to a random offset (inputs and
+  outputs together); the one kept at the origin is drawn at random, as in the
+  reference's builder (`no_aug_id`).
+  """
   inputs = np.empty((len(pairs), arc.SEQ_LEN), np.uint8)
   labels = np.empty_like(inputs)
+  keep = int(rng.integers(len(pairs))) if translate else -1
   for i, (a, b) in enumerate(pairs):
     a, b = arc.transform(a, d, perm), arc.transform(b, d, perm)
     r0 = c0 = 0
-    if translate and i > 0:
+    if translate and i != keep:
       r0 = int(rng.integers(0, arc.MAX_SIZE - max(a.shape[0], b.shape[0]) + 1))
       c0 = int(rng.integers(0, arc.MAX_SIZE - max(a.shape[1], b.shape[1]) + 1))
     inputs[i] = arc.to_canvas(a, r0, c0)
@@ -155,6 +161,12 @@ _A2 = dict(train_subsets=('training2', 'concept'),
 class ArcAgi(common.TrmBuilder):
   """ARC-AGI from combined JSON files arc-agi_<subset>_{challenges,solutions}."""
   SOURCE = sources.ARC
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.1.0': 'The training example kept at the origin is drawn at random '
+               '(the reference\'s rule), not always the first.',
+      '1.0.0': 'Initial release.',
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Put arc-agi_<subset>_challenges.json / _solutions.json (subsets '
       'training, evaluation, training2, evaluation2, concept) in manual_dir. '
