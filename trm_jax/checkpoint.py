@@ -140,6 +140,7 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
 def _short(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   msg = text[0] if text else type(e).__name__
+  msg = msg.split(". See full TensorStore details")[0]
   return msg[:200]
 
 

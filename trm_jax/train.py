@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from trm_jax import checkpoint, data as data_lib, evaluate, input_pipeline, metrics as metrics_lib
+from trm_jax import checkpoint, config_lib, data as data_lib, evaluate, input_pipeline, metrics as metrics_lib
 from trm_jax import sharding, steps, train_state
 from trm_jax.cli import RunStopped, UserError
 from trm_jax.runs import Run, run_meta, with_shardings
@@ -115,9 +115,11 @@ def _merge_split_metrics(parts: list, count_key: str) -> dict:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming the workdir's latest checkpoint), evaluates, saves; returns the last metrics."""
   workdir = check_workdir(workdir)
+  config_lib.validate(config)  # before anything is allocated or built
   mesh = sharding.make_mesh(config.mesh.table_parallel)
   data = data_lib.load(config.data)
   config = resolve_config(config, data)
+  config_lib.validate(config)  # the dataset's shapes
   t = config.train
   try:
     sharding.check_batch(t.global_batch_size, mesh)
@@ -137,7 +139,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     carry = jax.jit(carry_fn, out_shardings=carry_sh)()
   else:
     abstract_carry = with_shardings(jax.eval_shape(carry_fn), carry_sh)
-    state, carry = _resume(mngr, run.abstract_state, abstract_carry)
+    try:
+      state, carry = _resume(mngr, run.abstract_state, abstract_carry)
+    except BaseException:
+      mngr.close()  # no orbax threads left to print tracebacks at exit
+      raise
   start = int(state.step)
 
   writer = metrics_lib.Writer(workdir, total, start)
