@@ -90,6 +90,11 @@ def _cmd_stats(args):
   for t in range(max(len(hi), len(hl))):
     print(f'  {t:3d}  inputs {hi[t] if t < len(hi) else 0:>12d}  '
           f'labels {hl[t] if t < len(hl) else 0:>12d}')
+  from trm_jax.datasets import overlap
+  others = {s: input_pipeline.load_split(args.name, s, args.data_dir)
+            for s in data.info.get('splits', {}) if s != args.split}
+  for line in overlap.warnings(args.name, args.split, data, others):
+    print(line, file=sys.stderr)
 
 
 def _task(data):
