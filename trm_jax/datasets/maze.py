@@ -83,6 +83,16 @@ def _path_stray(label) -> str | None:
   if left:
     return (f'{len(left)} o cell(s) off the path (first at row {left[0][0]}, '
             f'column {left[0][1]})')
+  # A path, not a tree: S and G touch one path cell, every o cell two.
+  on = np.isin(label, (PATH, START, GOAL))
+  padded = np.pad(on, 1)
+  degree = (padded[:-2, 1:-1].astype(int) + padded[2:, 1:-1] + padded[1:-1, :-2]
+            + padded[1:-1, 2:])
+  want = np.where(label == PATH, 2, 1)
+  wrong = np.argwhere(on & (degree != want))
+  if len(wrong):
+    r, c = (int(x) for x in wrong[0])
+    return (f'the path branches or touches itself at row {r}, column {c}')
   return None
 
 
