@@ -93,6 +93,11 @@ def _cmd_stats(args):
   for t in range(max(len(hi), len(hl))):
     print(f'  {t:3d}  inputs {hi[t] if t < len(hi) else 0:>12d}  '
           f'labels {hl[t] if t < len(hl) else 0:>12d}')
+  from trm_jax.datasets import overlap
+  others = {s: input_pipeline.load_split(args.name, s, args.data_dir)
+            for s in data.info.get('splits', {}) if s != args.split}
+  for line in overlap.warnings(args.name, args.split, data, others):
+    print(line, file=sys.stderr)
 
 
 def _task(data):
@@ -175,15 +180,31 @@ def _cmd_list(args):
             f'{cfg.name:<16} {files:<18} {cfg.description}')
 
 
+def _check_counts(args):
+  """Counts that must be >= 1 (0 would read nothing or loop forever)."""
+  from trm_jax.datasets.common import DataError
+  for flag in ('sample', 'batch', 'steps', 'process_count', 'epochs_per_iter'):
+    v = getattr(args, flag, None)
+    if v is not None and v < 1:
+      raise DataError(f'--{flag}={v}: must be >= 1')
+
+
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   logging.getLogger('absl').setLevel(logging.WARNING)
   from trm_jax.datasets.common import DataError
   try:
+    _check_counts(args)
     {'build': _cmd_build, 'stats': _cmd_stats, 'show': _cmd_show,
      'bench': _cmd_bench, 'list': _cmd_list}[args.cmd](args)
   except DataError as e:
     print(f'trm-data: error: {e}', file=sys.stderr)
+    return 1
+  except OSError as e:  # read-only or full data_dir, missing permissions: one line
+    from trm_jax import cli
+    if e.errno not in cli.USER_ERRNOS or os.environ.get('TRM_TRACEBACK'):
+      raise
+    print(f'trm-data: error: {cli.os_error_line(e)}', file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     print('trm-data: interrupted', file=sys.stderr)
