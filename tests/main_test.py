@@ -60,7 +60,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(env, tmp_path):
            "--config.train.lr_warmup_steps=1", "--config.train.checkpoint_every=1", "--config.train.log_every=1",
            "--config.train.eval_every=0", "--config.model.halt_max_steps=1")
   line = one_error_line(p)
-  assert "non-finite loss" in line and "last good checkpoint: step" in line
-  good = int(line.split("last good checkpoint: step ")[1].split()[0])
+  # Every state after the first update produces a NaN loss, so no checkpoint is good (issue 14.4;
+  # tests/robust_checkpoint_test.py covers a run that keeps an earlier good step).
+  assert "non-finite loss" in line and "last good checkpoint: none" in line
   steps = sorted(int(x) for x in os.listdir(w / "checkpoints") if x.isdigit())
-  assert steps and steps[-1] == good
+  assert steps == []

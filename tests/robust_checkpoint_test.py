@@ -129,6 +129,14 @@ def test_damaged_latest_step_cli(tmp_path, env):
   mngr.close()
   assert set(meta["fingerprints"]) == {"state", "carry"} and meta["fingerprints"]["state"]
 
+  # Nothing intact: one line, and no asyncio traceback from orbax's abandoned reads.
+  for step in (4, 8):
+    (Path(wd) / "checkpoints" / str(step) / "state" / "manifest.ocdbt").unlink()
+  p = run("trm_jax.solve", f"--workdir={wd}", "--sudoku=1.3.....2..1..4.", env=env)
+  err = lines(p.stderr, "error:")
+  assert p.returncode == 1 and len(err) == 1 and "no intact checkpoint (2 damaged)" in err[0], p.stderr[-3000:]
+  assert "Traceback" not in p.stderr and "Event loop is closed" not in p.stderr, p.stderr[-3000:]
+
 
 def test_non_finite_guard_keeps_no_poisoned_step_and_resumes(tmp_path, env):
   wd = str(tmp_path / "run")

@@ -66,8 +66,9 @@ def run(config, n_steps: int = 10, warmup: int = 2, evaluate: bool = False, batc
         config_name: str = "", label: str = "") -> dict:
   """Benchmarks one config; returns the JSON-able result dict."""
   config_lib.validate(config)
-  if batch < 0 or n_steps < 1 or warmup < 0:
-    raise ValueError(f"--batch={batch} must be >= 0, --steps={n_steps} >= 1, --warmup={warmup} >= 0")
+  for flag, value, lo in (("batch", batch, 0), ("steps", n_steps, 1), ("warmup", warmup, 0)):
+    if value < lo:
+      raise ValueError(f"--{flag}={value}: must be >= {lo}")
   if not batch:
     batch = int(config.eval.batch_size if evaluate else config.train.global_batch_size)
   s = profiling.make_setup(config, batch)

@@ -42,12 +42,20 @@ def os_error_line(e: OSError) -> str:
   return f"{where}: {e.strerror or first_line(e)}" if where else (e.strerror or first_line(e))
 
 
+def _quiet_closed_loop(unraisable, default=sys.unraisablehook):
+  """Drops 'Event loop is closed' from tensorstore reads that finish after a failed orbax restore gave up."""
+  if unraisable.exc_type is RuntimeError and "Event loop is closed" in str(unraisable.exc_value):
+    return
+  default(unraisable)
+
+
 @contextlib.contextmanager
 def user_errors():
   """Turns user errors into one `error: ...` line and exit status 1."""
   if os.environ.get("TRM_TRACEBACK"):
     yield
     return
+  sys.unraisablehook = _quiet_closed_loop
   try:
     yield
   except USER_ERRORS as e:
