@@ -1,7 +1,9 @@
 """ARC-AGI-2 (+ConceptARC), TRM with self-attention, RoPE and a 16-token puzzle prefix.
 
-    trm-train --config=experiments/arc2.py --workdir=runs/arc2 \
-      --config.data.manual_dir=/path/to/kaggle/combined   # arc-agi_*_challenges.json / _solutions.json
+    trm-train --config=experiments/arc2.py --workdir=runs/arc2
+
+The first run downloads the reference's pinned ARC files (docs/data.md); offline:
+--config.data.manual_dir=DIR with arc-agi_*_challenges.json / _solutions.json.
 
 HRM baseline: --config=experiments/arc2.py:arch=hrm.
 Expected: 7.8% pass@2 on the ARC-AGI-2 public evaluation (TRM, 7M); HRM 5.0%.

@@ -1,8 +1,13 @@
 """Maze-Hard 30x30, TRM with self-attention and RoPE.
 
-    trm-train --config=experiments/maze.py --workdir=runs/maze \
-      --config.data.manual_dir=/path/to/maze-30x30-hard   # train.csv / test.csv
-    # or, with no files: --config.data.config=generated
+    trm-train --config=experiments/maze.py --workdir=runs/maze
+
+The first run downloads sapientinc/maze-30x30-hard-1k (1,000 train / 1,000
+test mazes, pinned revision, sha256-checked; docs/data.md) and builds
+maze_hard/csv, as the reference's build_maze_dataset.py (default: no
+augmentation). Offline: --config.data.manual_dir=DIR with train.csv / test.csv.
+--config.data.config=csv_aug8 adds the 8 dihedral images; =generated uses
+seeded generated mazes instead (no download).
 
 HRM baseline: --config=experiments/maze.py:arch=hrm.
 Expected: 85.3% exact accuracy (TRM, 7M); HRM 74.5%.

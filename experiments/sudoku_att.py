@@ -1,7 +1,8 @@
 """Sudoku-Extreme, TRM with self-attention and RoPE.
 
-    trm-train --config=experiments/sudoku_att.py --workdir=runs/sudoku_att \
-      --config.data.manual_dir=/path/to/sudoku-extreme
+    trm-train --config=experiments/sudoku_att.py --workdir=runs/sudoku_att
+
+Downloads Sudoku-Extreme on first use; offline: --config.data.manual_dir=DIR.
 
 HRM baseline: --config=experiments/sudoku_att.py:arch=hrm.
 Expected: 74.7% exact accuracy (TRM-att, 7M params); HRM 55.0%.

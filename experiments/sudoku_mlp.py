@@ -1,7 +1,10 @@
 """Sudoku-Extreme, TRM with the MLP-mixer block (the paper's best Sudoku model).
 
-    trm-train --config=experiments/sudoku_mlp.py --workdir=runs/sudoku_mlp \
-      --config.data.manual_dir=/path/to/sudoku-extreme   # holds train.csv / test.csv
+    trm-train --config=experiments/sudoku_mlp.py --workdir=runs/sudoku_mlp
+
+The first run downloads sapientinc/sudoku-extreme (pinned, sha256-checked) and
+builds sudoku_extreme/aug1000; offline: --config.data.manual_dir=DIR with
+train.csv / test.csv (docs/data.md).
 
 HRM baseline: --config=experiments/sudoku_mlp.py:arch=hrm (attention, 27M).
 Expected: 87.4% exact accuracy on the 423k test puzzles (TRM-MLP, 5M params);

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -42,7 +43,8 @@ class RecordReader:
     from array_record.python.array_record_data_source import \
         ArrayRecordDataSource
     from tensorflow_datasets.proto import tf_example_pb2
-    self._source = ArrayRecordDataSource([os.fspath(f) for f in files])
+    self._files = [os.fspath(f) for f in files]
+    self._source = ArrayRecordDataSource(self._files)
     self._parse = tf_example_pb2.Example.FromString
     self._zlib = zlib_encoded
 
@@ -54,19 +56,29 @@ class RecordReader:
     indices = [int(i) for i in np.asarray(indices).reshape(-1)]
     if not indices:
       raise ValueError('empty read')
-    feats = [self._parse(r).features.feature
-             for r in self._source.__getitems__(indices)]
-    ids = [f['example_id'].int64_list.value[0] for f in feats]
-    if ids != indices:
-      raise RuntimeError('records out of order: example ids do not match')
-    out = []
-    for key in ('inputs', 'labels'):
-      raw = [f[key].bytes_list.value[0] for f in feats]
-      if self._zlib:
-        raw = [zlib.decompress(b) for b in raw]
-      out.append(np.frombuffer(b''.join(raw), np.uint8).reshape(
-          len(indices), -1))
+    try:  # a damaged file: one line naming it, not a traceback
+      feats = [self._parse(r).features.feature
+               for r in self._source.__getitems__(indices)]
+      ids = [f['example_id'].int64_list.value[0] for f in feats]
+      if ids != indices:
+        raise ValueError('records out of order: example ids do not match')
+      out = []
+      for key in ('inputs', 'labels'):
+        raw = [f[key].bytes_list.value[0] for f in feats]
+        if self._zlib:
+          raw = [zlib.decompress(b) for b in raw]
+        out.append(np.frombuffer(b''.join(raw), np.uint8).reshape(
+            len(indices), -1))
+    except Exception as e:  # noqa: BLE001 - riegeli, protobuf, zlib and shape errors alike
+      from trm_jax.datasets import common
+      raise common.DataError(f'{self._files[0]}: damaged records ({_first_line(e)}); rebuild the '
+                             'dataset with trm-data build --overwrite') from None
     return out[0], out[1]
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return (text[0] if text else type(e).__name__)[:200]
 
 
 def _record_files(d: Path, split: str):
@@ -97,21 +109,31 @@ def dataset_dir(name_or_path, data_dir=None) -> Path:
 def load_split(name_or_path, split: str = 'train', data_dir=None,
                in_memory: bool = False) -> SplitData:
   """Opens one split of a built dataset; reads records lazily by default."""
-  from trm_jax.datasets import common
+  from trm_jax.datasets import common, splits
   d = dataset_dir(name_or_path, data_dir)
-  md = common.read_metadata(d)
-  if split not in md['json']['splits']:
-    raise common.DataError(f'{d}: no split {split!r} '
-                           f'(have {sorted(md["json"]["splits"])})')
-  meta = DatasetMeta.from_json(md['json']['splits'][split])
-  arr = md['arrays']
-  reader = RecordReader(*_record_files(d, split))
-  data = SplitData(meta, arr[f'{split}.puzzle_indices'],
-                   arr[f'{split}.group_indices'],
-                   arr[f'{split}.puzzle_identifiers'], reader)
+  try:  # damaged or hand-edited files: one line naming the dataset
+    md = common.read_metadata(d)
+    if split not in md['json']['splits']:
+      raise common.DataError(f'{d}: no split {split!r} '
+                             f'(have {sorted(md["json"]["splits"])})')
+    meta = DatasetMeta.from_json(md['json']['splits'][split])
+    arr = md['arrays']
+    splits.check_split(meta, arr[f'{split}.puzzle_indices'], arr[f'{split}.group_indices'],
+                       arr[f'{split}.puzzle_identifiers'], f'{d / common.META_FILE}: splits.{split}')
+    reader = RecordReader(*_record_files(d, split))
+    data = SplitData(meta, arr[f'{split}.puzzle_indices'],
+                     arr[f'{split}.group_indices'],
+                     arr[f'{split}.puzzle_identifiers'], reader)
+  except common.DataError:
+    raise
+  except splits.MetaError as e:
+    raise common.DataError(f'{e}; rebuild the dataset with trm-data build --overwrite') from None
+  except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, zipfile.BadZipFile) as e:
+    raise common.DataError(f'{d}: damaged dataset ({_first_line(e)}); rebuild it with trm-data build '
+                           '--overwrite') from None
   if len(reader) != data.num_examples:
-    raise RuntimeError(f'{d}: {len(reader)} records, index says '
-                       f'{data.num_examples}')
+    raise common.DataError(f'{d}: damaged dataset ({len(reader)} records, index says '
+                           f'{data.num_examples}); rebuild it with trm-data build --overwrite')
   if in_memory:
     chunks = [reader.read(np.arange(s, min(s + 8192, data.num_examples)))
               for s in range(0, data.num_examples, 8192)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import sys
 import time
 
 import jax
@@ -18,8 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from trm_jax import arc_votes, cadence as cadence_lib, checkpoint, data as data_lib, evaluate, input_pipeline
-from trm_jax import metrics as metrics_lib
+from trm_jax import arc_votes, cadence as cadence_lib, checkpoint, config_lib, data as data_lib, evaluate
+from trm_jax import input_pipeline, metrics as metrics_lib
 from trm_jax import sharding, steps, train_state
 from trm_jax.cli import RunStopped, UserError
 from trm_jax.runs import Run, run_meta, with_shardings
@@ -56,6 +57,17 @@ def check_workdir(workdir: str) -> str:
 
 def _finite(x) -> bool:
   return bool(np.isfinite(np.asarray(x)).all())
+
+
+def _resume(mngr, abstract_state, abstract_carry):
+  """Restores the newest intact checkpoint; damaged newer ones are deleted with one warning line."""
+  step, state, carry, _, damaged = checkpoint.restore_intact(mngr, abstract_state, abstract_carry)
+  for bad, _ in damaged:
+    mngr.delete(bad)  # else re-saving that step later fails, and it would shadow the good one
+  if damaged and jax.process_index() == 0:
+    print(f"warning: {damaged[0][1]}; deleted {len(damaged)} damaged checkpoint(s) "
+          f"(steps {', '.join(str(s) for s, _ in damaged)}); resuming from step {step}", file=sys.stderr, flush=True)
+  return state, carry
 
 
 def evaluate_all(run: Run, state, data: data_lib.Data, workdir: str | None = None) -> dict:
@@ -117,9 +129,11 @@ def _merge_split_metrics(parts: list, count_key: str) -> dict:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming the workdir's latest checkpoint), evaluates, saves; returns the last metrics."""
   workdir = check_workdir(workdir)
+  config_lib.validate(config)  # before anything is allocated or built
   mesh = sharding.make_mesh(config.mesh.table_parallel)
   data = data_lib.load(config.data)
   config = resolve_config(config, data)
+  config_lib.validate(config)  # the dataset's shapes
   t = config.train
   try:
     sharding.check_batch(t.global_batch_size, mesh)
@@ -141,7 +155,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     carry = jax.jit(carry_fn, out_shardings=carry_sh)()
   else:
     abstract_carry = with_shardings(jax.eval_shape(carry_fn), carry_sh)
-    state, carry, _ = checkpoint.restore(mngr, latest, run.abstract_state, abstract_carry)
+    try:
+      state, carry = _resume(mngr, run.abstract_state, abstract_carry)
+    except BaseException:
+      mngr.close()  # no orbax threads left to print tracebacks at exit
+      raise
   start = int(state.step)
   forgotten = arc_votes.forget_after(workdir, start) if jax.process_index() == 0 else []
 
@@ -165,6 +183,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step, sums, window, t_window = start, None, 0, time.time()
   batches = None
 
+  # The newest checkpoint whose state has not yet produced a finite loss: the loss computed from
+  # the step-k state is only known after step k+1, so checkpoint k counts as good only then.
+  pending = None if latest is None else start
+
+  def stop_non_finite(what: str):
+    """Deletes the unverified checkpoint (it produced the NaN) and stops, naming the last good one."""
+    mngr.wait_until_finished()
+    dropped = ""
+    if pending is not None and pending in mngr.all_steps():
+      mngr.delete(pending)
+      dropped = f"deleted checkpoint step {pending} (its loss was never finite); "
+    good = mngr.latest_step()
+    raise NonFiniteLoss(f"{what}; stopped; {dropped}last good checkpoint: "
+                        f"{'none' if good is None else f'step {good}'} in {mngr.directory}")
+
+  def check_pending():
+    """After step pending+1: the loss from the pending checkpoint's state is known; finite -> it is good."""
+    nonlocal pending
+    if pending is not None and step == pending + 1:
+      if not _finite(jax.device_get(sums["loss"])):
+        stop_non_finite(f"non-finite loss at step {step}")
+      pending = None
+
   def flush():
     """Fetches the window's metric sums; stops the run on a non-finite loss."""
     nonlocal sums, window, t_window
@@ -172,14 +213,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
       return {}
     host = jax.device_get(sums)
     if not _finite(host["loss"]):
-      mngr.wait_until_finished()
-      good = mngr.latest_step()
-      raise NonFiniteLoss(f"non-finite loss in steps {step - window + 1}..{step}; stopped; last good "
-                          f"checkpoint: {'none' if good is None else f'step {good}'} in {mngr.directory}")
+      stop_non_finite(f"non-finite loss in steps {step - window + 1}..{step}")
     vals = {f"train/{k}": v for k, v in metrics_lib.reduce_window(host, batch_size, window).items()}
     vals["train/steps_per_sec"] = window / max(time.time() - t_window, 1e-9)
     sums, window, t_window = None, 0, time.time()
     return vals
+
+  def save():
+    """Saves step `step` (never a state holding NaN/inf); it is good once its loss is finite."""
+    nonlocal pending
+    try:
+      checkpoint.save(mngr, step, state, carry, meta, force=True)
+    except checkpoint.NonFiniteState as e:
+      stop_non_finite(str(e))
+    pending = step
 
   try:
     with checkpoint.Preemption() as preempt:
@@ -197,6 +244,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
         step += 1
         window += 1
+        check_pending()
         done = step == total
         stop = preempt.reached(mngr, step)
         do_eval = done or step in eval_steps
@@ -212,7 +260,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           writer.write(step, dict(last_metrics, eval_seconds=time.time() - t0))
           writer.log(_summary(step, last_metrics))
         if do_save:
-          checkpoint.save(mngr, step, state, carry, meta, force=True)
+          save()
         if stop and not done:
           writer.log(f"SIGTERM: saved step {step}, exiting; re-run the same command to resume")
           break

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from trm_jax.datasets import arc, common
+from trm_jax.datasets import arc, common, sources
 
 RETRY_FACTOR = 5
 
@@ -160,6 +160,7 @@ _A2 = dict(train_subsets=('training2', 'concept'),
 
 class ArcAgi(common.TrmBuilder):
   """ARC-AGI from combined JSON files arc-agi_<subset>_{challenges,solutions}."""
+  SOURCE = sources.ARC
   VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {
       '1.1.0': 'The training example kept at the origin is drawn at random '
@@ -168,7 +169,8 @@ class ArcAgi(common.TrmBuilder):
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Put arc-agi_<subset>_challenges.json / _solutions.json (subsets '
-      'training, evaluation, training2, evaluation2, concept) in manual_dir.')
+      'training, evaluation, training2, evaluation2, concept) in manual_dir. '
+      'Without manual_dir they are downloaded (sources.ARC).')
   BUILDER_CONFIGS = [
       ArcConfig(name='arc1_aug1000', **_A1,
                 description='ARC-AGI-1 + ConceptARC, 1000 augmentations.'),
@@ -181,6 +183,12 @@ class ArcAgi(common.TrmBuilder):
       ArcConfig(name='arc2_small', num_aug=10, max_tasks=6, **_A2,
                 description='6 tasks per subset, 10 augmentations (tests).'),
   ]
+
+  def raw_files(self):
+    cfg = self.builder_config
+    return tuple(f'arc-agi_{s}_{kind}.json'
+                 for s in (*cfg.train_subsets, *cfg.eval_subsets)
+                 for kind in ('challenges', 'solutions'))
 
   def make_plans(self, manual_dir):
     cfg = self.builder_config
