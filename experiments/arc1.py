@@ -17,7 +17,11 @@ dropping its one partial batch; `eval/ARC/pass@K` and `submission.json` vote
 over the predictions of every evaluation so far (`eval.arc_aggregate_voting`;
 the votes live in WORKDIR/arc_votes/ and survive resumes), so the final pass@2
 pools the 10 EMA checkpoints' votes; `eval/ARC/pass@K_this_eval` is each
-evaluation's own score. pass@K divides by every test task, also when
+evaluation's own score. On ARC-AGI-1 + ConceptARC (960 groups, 4.1454
+examples per puzzle) that is 10 evaluations at steps 51807, 103614, ...,
+518073, learning-rate horizon 518180 steps (`python benchmarks/schedules.py
+--arc_dir DIR`; planning the 10 iterations takes about a minute at the start
+of a run). pass@K divides by every test task, also when
 `eval.max_examples` cuts an evaluation short (then logged as PARTIAL).
 Alternatives: --config.eval.arc_aggregate_voting=false votes per evaluation;
 --config.train.eval_every_epochs=-1 --config.train.eval_every=N evaluates

@@ -46,7 +46,7 @@ def _reference_run(data, epochs, eval_interval, batch):
 
 
 def _train_cfg(**kw):
-  c = dict(steps=-1, epochs=9, global_batch_size=4, eval_every=-1, eval_every_epochs=3, epochs_per_iter=-1)
+  c = dict(steps=-1, epochs=9, global_batch_size=4, eval_every=0, eval_every_epochs=3, epochs_per_iter=-1)
   c.update(kw)
   return ml_collections.ConfigDict(c)
 

@@ -18,7 +18,7 @@ def test_reference_schedule(name, arch):
   c = load(name).get_config(f"arch={arch}")
   t = c.train
   assert (t.epochs, t.eval_every_epochs) == EXPECTED[name, arch]
-  assert t.steps == -1 and t.eval_every == -1 and t.epochs_per_iter == -1
+  assert t.steps == -1 and t.eval_every == 0 and t.epochs_per_iter == -1
   cadence.check(t)
   assert cadence.sampler_epochs_per_iter(t) == t.eval_every_epochs
   assert c.eval.arc_aggregate_voting
@@ -31,3 +31,14 @@ def test_toy_runs_count_steps(name):
   t = load(name).get_config(None).train
   assert t.eval_every > 0 and t.eval_every_epochs == -1
   assert cadence.sampler_epochs_per_iter(t) == 1
+
+
+@pytest.mark.parametrize("field,value", [("train.eval_every_epochs", -2), ("train.epochs_per_iter", -5)])
+def test_new_fields_are_validated(field, value):
+  from trm_jax import config_lib
+  c = load("arc1").get_config(None)
+  section, name = field.split(".")
+  with c.unlocked():
+    c[section][name] = value
+  with pytest.raises(ValueError, match=f"config.{field}"):
+    config_lib.validate(c)

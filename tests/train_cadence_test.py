@@ -8,7 +8,7 @@ from trm_jax import cadence, data as data_lib, input_pipeline, metrics, train
 def test_smoke_run_evaluates_every_n_epochs(tmp_path):
   c = smoke()
   # 64 train puzzles (one group each), batch 16: 2 epochs = 128 examples = 8 batches per iteration.
-  c.train.update(steps=-1, epochs=6, eval_every=-1, eval_every_epochs=2, checkpoint_every=0)
+  c.train.update(steps=-1, epochs=6, eval_every=0, eval_every_epochs=2, checkpoint_every=0)
   out = train.train_and_evaluate(c, str(tmp_path))
   events = metrics.read(str(tmp_path))
   evals = [e["step"] for e in events if "eval/test/exact_accuracy" in e]

@@ -85,7 +85,8 @@ def score(t: dict, ks=PASS_KS, test_counts: dict | None = None):
   for key in t:
     by_task[key[0]].append(key)
   tasks = sorted(test_counts) if test_counts is not None else sorted(by_task)
-  ranked = {key: [c for _, c in sorted(grp.cands.items(), key=lambda kv: (-kv[1][1], -kv[1][2] / kv[1][1]))]
+  # (grid key, [grid, votes, q sum]) best first: most votes, then highest mean sigmoid(q_halt).
+  ranked = {key: sorted(grp.cands.items(), key=lambda kv: (-kv[1][1], -kv[1][2] / kv[1][1]))
             for key, grp in t.items()}
   scores = {}
   for k in ks:
@@ -95,7 +96,7 @@ def score(t: dict, ks=PASS_KS, test_counts: dict | None = None):
       solved = 0
       for key in keys:
         label = t[key].label
-        solved += label is not None and _grid_key(label) in [_grid_key(c[0]) for c in ranked[key][:k]]
+        solved += label is not None and _grid_key(label) in [gk for gk, _ in ranked[key][:k]]
       n = test_counts[task] if test_counts is not None else len(keys)
       per_task.append(solved / max(n, 1))
     scores[f"pass@{k}"] = float(np.mean(per_task)) if per_task else 0.0
@@ -104,7 +105,7 @@ def score(t: dict, ks=PASS_KS, test_counts: dict | None = None):
   for task in tasks:
     attempts = []
     for key in sorted(by_task.get(task, []), key=lambda key: t[key].test_index):
-      top = [c[0] for c in ranked[key][:2]]
+      top = [c[0] for _, c in ranked[key][:2]]
       top = top + top[:1] * (2 - len(top))
       attempts.append({"attempt_1": top[0].tolist(), "attempt_2": top[1].tolist()})
     submission[task] = attempts

@@ -38,7 +38,7 @@ def check(t) -> None:
   """ValueError naming the field for contradictory cadence settings."""
   if t.eval_every_epochs > 0 and t.eval_every > 0:
     raise ValueError(f"config.train.eval_every={t.eval_every} and config.train.eval_every_epochs="
-                     f"{t.eval_every_epochs}: set only one (the other to -1)")
+                     f"{t.eval_every_epochs}: set only one (eval_every=0 or eval_every_epochs=-1)")
   if t.eval_every_epochs > 0 and t.epochs > 0 and t.epochs % t.eval_every_epochs:
     raise ValueError(f"config.train.eval_every_epochs={t.eval_every_epochs}: must divide "
                      f"config.train.epochs={t.epochs} (as in the reference)")

@@ -62,8 +62,8 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
   c.puzzle_emb_weight_decay = 1.0
   c.ema = True
   c.ema_rate = 0.999
-  c.eval_every = 5000               # evaluate every N steps (-1/0: only at the end) ...
-  c.eval_every_epochs = -1          # ... or every N epochs, as the reference (experiment files use this)
+  c.eval_every = 5000               # evaluate every N steps (0: only at the end) ...
+  c.eval_every_epochs = -1          # ... or every N epochs (-1: off), as the reference (experiment files)
   c.epochs_per_iter = -1            # sampler iteration (one partial batch dropped each); -1: eval_every_epochs or 1
   c.checkpoint_every = 5000
   c.log_every = 100
@@ -116,6 +116,7 @@ MODEL_INTS = (("seq_len", 1, 1 << 16), ("vocab_size", 2, 1 << 16), ("num_puzzle_
 MODEL_FLOATS = (("expansion", 0.0, 1024.0, False), ("rms_norm_eps", 0.0, 1.0, False),
                 ("rope_theta", 0.0, 1e12, False), ("halt_exploration_prob", 0.0, 1.0, True))
 TRAIN_INTS = (("global_batch_size", 1, BIG), ("lr_warmup_steps", 0, 1 << 40), ("eval_every", 0, 1 << 40),
+              ("eval_every_epochs", -1, 1 << 40), ("epochs_per_iter", -1, 1 << 40),
               ("checkpoint_every", 0, 1 << 40), ("log_every", 0, 1 << 40), ("keep_checkpoints", 1, 1 << 20))
 INF = float("inf")  # finite is always required; rates may be absurd on purpose (the non-finite guard's test)
 TRAIN_FLOATS = (("lr", 0.0, INF, True), ("lr_min_ratio", 0.0, 1.0, True), ("beta1", 0.0, 1.0, "lo"),
@@ -168,6 +169,9 @@ def validate(config) -> None:
   _check_int(config.eval, "batch_size", 1, BIG, "eval")
   for field in ("supervision_steps", "max_examples"):  # <= 0: the default (all steps / all examples)
     _check_int(config.eval, field, -1, 1 << 40, "eval")
+  if not isinstance(config.eval.arc_aggregate_voting, bool):
+    raise ValueError(f"config.eval.arc_aggregate_voting: must be True or False, "
+                     f"got {config.eval.arc_aggregate_voting!r}")
   _check_int(config.mesh, "table_parallel", 1, 1 << 16, "mesh")
   if not str(config.data.name):
     raise ValueError("config.data.name: must not be empty")
@@ -256,4 +260,4 @@ def arc_config(arch: str, data_config_name: str) -> ml_collections.ConfigDict:
 
 def reference_schedule(c, epochs: int, eval_every_epochs: int) -> None:
   """The reference's run length and cadence: `epochs`, evaluating every `eval_every_epochs`."""
-  c.train.update(epochs=epochs, steps=-1, eval_every_epochs=eval_every_epochs, eval_every=-1, epochs_per_iter=-1)
+  c.train.update(epochs=epochs, steps=-1, eval_every_epochs=eval_every_epochs, eval_every=0, epochs_per_iter=-1)
