@@ -9,13 +9,12 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trm_jax import input_pipeline, steps
+from trm_jax import fileio, input_pipeline, steps
 from trm_jax.losses import IGNORE_LABEL
 
 PASS_KS = (1, 2, 5, 10, 100, 1000)
@@ -177,7 +176,5 @@ def arc_vote(entries, ks=PASS_KS):
 
 
 def write_submission(path: str, submission: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(submission, f)
-  os.replace(tmp, path)
+  """Writes submission.json in one step (local: never through a link; or gs://)."""
+  fileio.write_text(path, json.dumps(submission))
