@@ -165,8 +165,6 @@ def _parse(text: str) -> dict:
 def _stale(info: dict, updated) -> bool:
   """Whether a held lock's run is gone: a dead process on this host, or no refresh for STALE_S."""
   if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
-    if info["pid"] == os.getpid():
-      return True
     try:
       os.kill(info["pid"], 0)
     except ProcessLookupError:
