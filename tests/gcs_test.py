@@ -167,3 +167,60 @@ def test_solve_and_export_read_gs_run(gcs, gs_run, local_run, tmp_path):
   assert got.keys() == want.keys() and got
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_gs_lock_names_holder_and_takes_over_dead_ones(gcs, monkeypatch):
+  url, env = gcs
+  for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "NO_GCE_CHECK", "GCE_METADATA_HOST", "GCE_METADATA_IP"):
+    monkeypatch.setenv(k, env[k])
+  from trm_jax import workdir_lock
+  workdir = f"gs://{BUCKET}/locked"
+  lock_object = f"{url}/storage/v1/b/{BUCKET}/o/locked%2Frun.lock?alt=media"
+  with workdir_lock.hold(workdir):
+    held = json.loads(urllib.request.urlopen(lock_object).read())
+    assert held["pid"] == os.getpid()
+    p = subprocess.run(train_cmd(workdir), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    errors = [l for l in p.stderr.splitlines() if l.startswith("error: ")]
+    assert p.returncode == 1 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert f"in use by another run (pid {os.getpid()} on host {socket.gethostname()}" in errors[0], errors[0]
+  assert "locked/run.lock" not in objects(url, "locked/")       # released
+  assert not [n for n in objects(url, "locked/") if "metrics" in n or "checkpoints" in n]
+
+  # A lock left by a killed process of this host is taken over at once ...
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  _put(url, "locked/run.lock", {"pid": dead.pid, "host": socket.gethostname(), "time": 0})
+  with workdir_lock.hold(workdir):
+    assert json.loads(urllib.request.urlopen(lock_object).read())["pid"] == os.getpid()
+  # ... one of another host only once it has not been refreshed for STALE_S.
+  _put(url, "locked/run.lock", {"pid": 1, "host": "other-host", "time": 0})
+  with pytest.raises(workdir_lock.LockBusy, match="pid 1 on host other-host"):
+    with workdir_lock.hold(workdir):
+      pass
+  monkeypatch.setattr(workdir_lock, "STALE_S", 0.0)
+  with workdir_lock.hold(workdir):
+    assert json.loads(urllib.request.urlopen(lock_object).read())["pid"] == os.getpid()
+
+
+def _put(url, name, record):
+  req = urllib.request.Request(f"{url}/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name={name}",
+                               data=json.dumps(record).encode(), method="POST")
+  urllib.request.urlopen(req).read()
+
+
+def test_gs_data_dir_and_manual_dir_are_one_clear_error(tmp_path, monkeypatch):
+  import importlib.util
+  from trm_jax import data
+  monkeypatch.chdir(tmp_path)
+  spec = importlib.util.spec_from_file_location("smoke", os.path.join(ROOT, "experiments", "smoke.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  c.data.update(name="sudoku_small", config="4x4", data_dir=f"gs://{BUCKET}/data")
+  with pytest.raises(data.DataConfigError, match=f"data_dir=gs://{BUCKET}/data: datasets are read from local "
+                     "disk, not gs://; build on each host"):
+    data.load(c.data)
+  c.data.update(name="arc_agi", config="arc1_small", data_dir=str(tmp_path / "tfds"), manual_dir="gs://b/raw")
+  with pytest.raises(data.DataConfigError, match="manual_dir=gs://b/raw: datasets are read from local disk"):
+    data.load(c.data)
+  assert not (tmp_path / "gs:").exists()   # what a gs:// data_dir silently created before
