@@ -100,7 +100,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Process 0 holds the workdir's lock (`workdir_lock`) for the whole run.
   """
   workdir = check_workdir(workdir)
-  fileio.makedirs(workdir)
   with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
     return _train_and_evaluate(config, workdir)
 

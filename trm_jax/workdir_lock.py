@@ -2,7 +2,10 @@
 
 Local workdirs: `fcntl.flock` on `<workdir>/run.lock` (opened without
 following links), which records the holder. The kernel drops the lock when
-its process dies, so a lock left by a killed run is simply taken over.
+its process dies, so a lock left by a killed run is simply taken over. The
+holder removes the file at exit (a run that finds the file replaced after
+locking it tries again), and a workdir that `hold` created and that is still
+empty then is removed too: a run that fails early leaves nothing behind.
 
 gs:// workdirs: the object `<workdir>/run.lock` is created with the
 precondition "no such object" (`if_generation_match=0`), so only one run can
@@ -47,12 +50,19 @@ def hold(workdir: str, enabled: bool = True):
   if not enabled:
     yield
     return
-  lock = _GcsLock(workdir) if fileio.is_remote(workdir) else _LocalLock(workdir)
-  lock.acquire()
+  created = not fileio.is_remote(workdir) and not os.path.isdir(workdir)
+  fileio.makedirs(workdir)
   try:
-    yield
+    lock = _GcsLock(workdir) if fileio.is_remote(workdir) else _LocalLock(workdir)
+    lock.acquire()
+    try:
+      yield
+    finally:
+      lock.release()
   finally:
-    lock.release()
+    if created:
+      with contextlib.suppress(OSError):
+        os.rmdir(workdir)  # only if empty
 
 
 class _LocalLock:
@@ -62,6 +72,17 @@ class _LocalLock:
     self.fd = None
 
   def acquire(self) -> None:
+    for _ in range(10):
+      fd = self._open()
+      if self._same_file(fd):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+        self.fd = fd
+        return
+      os.close(fd)  # the holder removed the file after we opened it: open the new one
+    raise LockBusy(f"{self.path}: could not take the lock (the file keeps being replaced)")
+
+  def _open(self) -> int:
     import fcntl  # noqa: PLC0415 - POSIX only
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -73,20 +94,25 @@ class _LocalLock:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-      try:
-        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-      except ValueError:
-        info = {}
+      info = _parse(os.pread(fd, 4096, 0).decode(errors="replace"))
       os.close(fd)
       raise LockBusy(f"{os.path.dirname(self.path)}: in use by another run ({_describe(info)}; "
                      f"lock file {self.path})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(_holder()).encode(), 0)
-    self.fd = fd
+    return fd
+
+  def _same_file(self, fd: int) -> bool:
+    try:
+      st = os.lstat(self.path)
+    except FileNotFoundError:
+      return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
   def release(self) -> None:
     if self.fd is not None:
-      os.close(self.fd)  # closing drops the flock; the file stays (removing it would race)
+      with contextlib.suppress(OSError):
+        os.remove(self.path)  # while still locked; a run that opened the old file sees it replaced
+      os.close(self.fd)
       self.fd = None
 
 
