@@ -160,8 +160,8 @@ def json_lines(url, name):
     return [json.loads(line) for line in r.read().decode().splitlines() if line.strip()]
 
 
-def test_solve_and_export_read_gs_run(gcs, gs_run, local_run, tmp_path):
-  _, env = gcs
+def test_solve_and_export_read_gs_run_convert_writes_one(gcs, gs_run, local_run, tmp_path):
+  url, env = gcs
   workdir = gs_run[0]
   p = run_ok([sys.executable, "-m", "trm_jax.solve", f"--workdir={workdir}", "--sudoku=1...2...3...4..."], env)
   assert "supervision steps" in p.stdout, p.stdout
@@ -174,6 +174,11 @@ def test_solve_and_export_read_gs_run(gcs, gs_run, local_run, tmp_path):
   assert got.keys() == want.keys() and got
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  # Conversion writes a checkpoint into a gs:// workdir (in place: GCS has no rename).
+  p = run_ok([sys.executable, "-m", "trm_jax.convert", f"--torch_checkpoint={out}", "--config=experiments/smoke.py",
+              f"--workdir=gs://{BUCKET}/converted", "--step=7"], env)
+  assert f"wrote gs://{BUCKET}/converted/checkpoints/7" in p.stdout, p.stdout
+  assert gs_ckpt_steps(url, "converted") == [7]
 
 
 def test_gs_lock_names_holder_and_takes_over_dead_ones(gcs, monkeypatch):

@@ -139,6 +139,14 @@ def write_text(path, text: str) -> None:
 
 
 def _umask() -> int:
+  """The process umask, read without changing it where /proc allows (other threads create files)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
   mask = os.umask(0o022)
   os.umask(mask)
   return mask
