@@ -13,11 +13,11 @@ Usage: launch/tpu_setup.sh --name=NAME --zone=ZONE [options]
 3. on every worker: unpack into $HOME/<remote_dir> (replacing the previous
    code), record the commit in <remote_dir>/COMMIT, create a virtual
    environment with uv (Python --python_version; the TPU images ship an older
-   system Python than jax 0.10 needs) and `pip install -e '.[tpu]'`.
+   system Python than jax 0.10 needs) and `pip install -e '.[tpu,gcs]'`.
 
 Options:
   --commit=REV           git revision to deploy (default HEAD)
-  --extras=LIST          pip extras to install (default tpu)
+  --extras=LIST          pip extras to install (default tpu,gcs: gcs for gs:// workdirs)
   --python_version=VER   Python of the venv, fetched by uv (default 3.11);
                          "system" uses the image's python3 -m venv and pip
   --pip_args=ARGS        extra arguments for the pip install (one string)
@@ -27,7 +27,7 @@ USAGE
 }
 
 COMMIT="HEAD"
-EXTRAS="tpu"
+EXTRAS="tpu,gcs"
 PYVER="3.11"
 PIP_ARGS=""
 SKIP_INSTALL=0

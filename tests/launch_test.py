@@ -235,7 +235,7 @@ def test_tpu_setup_dry_run():
   assert scp.startswith("gcloud compute tpus tpu-vm scp ")
   assert f"trm:trm_jax-{sha[:12]}.tar.gz" in scp and "--worker=all" in scp
   assert ssh.startswith("gcloud compute tpus tpu-vm ssh trm --zone=z --worker=all")
-  assert "pip install" in ssh and ".[tpu]" in ssh and sha in ssh
+  assert "pip install" in ssh and ".[tpu,gcs]" in ssh and sha in ssh
 
 
 def test_tpu_run_dry_run():

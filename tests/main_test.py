@@ -37,11 +37,14 @@ def test_bad_experiment_argument_and_missing_file(env, tmp_path):
   assert "nope.py" in line
 
 
-def test_missing_workdir_parent(env, tmp_path):
+def test_missing_workdir_parents_created_file_parent_refused(env, tmp_path):
   w = tmp_path / "missing" / "run"
-  line = one_error_line(main(env, "--config=experiments/smoke.py", f"--workdir={w}"))
-  assert str(tmp_path / "missing") in line and "does not exist" in line
-  assert not (tmp_path / "missing").exists()
+  line = one_error_line(main(env, "--config=experiments/smoke.py", f"--workdir={w}", "--config.data.name=generated/nope"))
+  assert "generated set 'nope'" in line            # past the workdir step: parents made
+  assert (tmp_path / "missing").is_dir() and not w.exists()   # the failed run left no workdir behind
+  (tmp_path / "file").write_text("x")
+  line = one_error_line(main(env, "--config=experiments/smoke.py", f"--workdir={tmp_path}/file/run"))
+  assert f"{tmp_path}/file" in line and "cannot create parent directory" in line
 
 
 def test_corrupt_checkpoint_directory(env, tmp_path):

@@ -22,6 +22,8 @@ import re
 import numpy as np
 from etils import epath
 
+from trm_jax import fileio
+
 PASS_KS = (1, 2, 5, 10, 100, 1000)
 STORE_DIR = "arc_votes"
 _STEP_FILE = re.compile(r"step_(\d+)\.npz$")
@@ -122,14 +124,9 @@ def vote(entries, ks=PASS_KS, test_counts: dict | None = None):
 
 
 def _write_bytes(path: epath.Path, data: bytes) -> None:
-  """Writes `data` so that readers see the old file or the whole new one."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  if str(path).startswith("gs://"):
-    path.write_bytes(data)          # one object write is atomic on GCS
-    return
-  tmp = path.parent / f".{path.name}.tmp"
-  tmp.write_bytes(data)
-  tmp.replace(path)                 # atomic on a local file system (POSIX rename)
+  """Writes `data` so that readers see the old file or the whole new one (never through a link)."""
+  fileio.makedirs(str(path.parent))
+  fileio.write_bytes(str(path), data)
 
 
 def _read_bytes(path: epath.Path) -> bytes:

@@ -13,7 +13,7 @@ import signal
 import jax
 import orbax.checkpoint as ocp
 
-from trm_jax import integrity
+from trm_jax import fileio, integrity
 
 ITEMS = ("state", "carry", "meta")
 
@@ -27,7 +27,8 @@ class NonFiniteState(ValueError):
 
 
 def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  """The workdir's `checkpoints/` (local or gs://, through epath; tensorstore writes the arrays)."""
+  directory = fileio.join(fileio.resolve(workdir), "checkpoints")
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
                                          enable_async_checkpointing=not read_only,
                                          cleanup_tmp_directories=not read_only)

@@ -215,10 +215,10 @@ def build_state(run, state_dict: dict, step: int = 0, source: str = "state dict"
 
 
 def _check_workdir(workdir: str) -> str:
-  from trm_jax import train  # noqa: PLC0415
+  from trm_jax import fileio, train  # noqa: PLC0415
   workdir = train.check_workdir(workdir)
-  ckpts = os.path.join(workdir, "checkpoints")
-  if os.path.exists(ckpts) and (not os.path.isdir(ckpts) or os.listdir(ckpts)):
+  ckpts = fileio.join(workdir, "checkpoints")
+  if fileio.exists(ckpts) and (not fileio.isdir(ckpts) or fileio.listdir(ckpts)):
     raise ConvertError(f"--workdir={workdir}: already holds checkpoints; convert into a fresh directory")
   return workdir
 
@@ -227,12 +227,13 @@ def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str =
             resolve_data: bool = True, mesh=None) -> str:
   """Writes `state_dict` as a run checkpoint of `config` in `workdir`; returns the step directory.
 
-  Everything is checked before anything is written; the checkpoint is
-  written next to `workdir` and moved into place only when complete.
+  Everything is checked before anything is written. A local checkpoint is
+  written next to `workdir` and moved into place only when complete; on
+  gs:// (no rename) Orbax writes it in place and marks it complete last.
   """
   import jax  # noqa: PLC0415
 
-  from trm_jax import checkpoint, runs, sharding  # noqa: PLC0415
+  from trm_jax import checkpoint, fileio, runs, sharding  # noqa: PLC0415
   if step < 0:
     raise ConvertError(f"--step={step}: must be >= 0")
   workdir = _check_workdir(workdir)
@@ -247,15 +248,13 @@ def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str =
   carry_fn, carry_sh = run.carry_parts(int(config.train.global_batch_size))
   carry = jax.jit(carry_fn, out_shardings=carry_sh)()
 
+  if fileio.is_remote(workdir):
+    _save(checkpoint, workdir, config, step, state, carry, meta)
+    return fileio.join(workdir, "checkpoints", str(step))
   parent, base = os.path.split(workdir)
   tmp = tempfile.mkdtemp(prefix=f".{base}.convert-", dir=parent)
   try:
-    mngr = checkpoint.manager(tmp, int(config.train.keep_checkpoints))
-    try:
-      checkpoint.save(mngr, step, state, carry, meta, force=True)
-      mngr.wait_until_finished()
-    finally:
-      mngr.close()
+    _save(checkpoint, tmp, config, step, state, carry, meta)
     if not os.path.exists(workdir):
       os.rename(tmp, workdir)
     else:
@@ -268,6 +267,15 @@ def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str =
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return os.path.join(workdir, "checkpoints", str(step))
+
+
+def _save(checkpoint, workdir: str, config, step: int, state, carry, meta: dict) -> None:
+  mngr = checkpoint.manager(workdir, int(config.train.keep_checkpoints))
+  try:
+    checkpoint.save(mngr, step, state, carry, meta, force=True)
+    mngr.wait_until_finished()
+  finally:
+    mngr.close()
 
 
 def load_checkpoint(workdir: str, step: int | None = None):

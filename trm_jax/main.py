@@ -24,7 +24,8 @@ def _define_flags():
     return
   config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/demo.py[:arch=hrm].",
                                   lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl); its parent must exist.")
+  flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl), local or gs://; "
+                      "missing parents are created.")
   flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")

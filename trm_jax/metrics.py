@@ -1,20 +1,29 @@
 """Process-0 metric writer: metrics.jsonl, TensorBoard events, progress bar.
 
 TensorBoard events are written with `tensorboardX` when it is installed
-(it needs no TensorFlow); without it only metrics.jsonl is written.
+(it needs no TensorFlow); without it only metrics.jsonl is written. Both go
+through `fileio`: local files are never written through a symbolic link; on
+gs:// metrics.jsonl is rewritten whole at each write (GCS has no append) and
+TensorBoard events need google-cloud-storage (`trm_jax[gcs]`).
 """
 from __future__ import annotations
 
 import json
 import math
-import os
+import sys
 import time
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from trm_jax import losses
+from trm_jax import fileio, losses
+
+FILE = "metrics.jsonl"
+
+
+class MetricsError(ValueError):
+  """An unreadable metrics.jsonl (one line, names file and line)."""
 
 
 def reduce_window(sums: dict, global_batch_size: int, n_steps: int) -> dict:
@@ -28,15 +37,15 @@ class Writer:
   def __init__(self, workdir: str, total_steps: int, start_step: int = 0, enabled: bool | None = None,
                progress: bool = True):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = fileio.join(workdir, FILE)
     if self.enabled:
       _drop_after(self.path, start_step)
-    self._file = open(self.path, "a") if self.enabled else None
+    self._file = fileio.Appender(self.path) if self.enabled else None
     self._tb = None
     if self.enabled:
       try:
-        import tensorboardX  # optional; no TensorFlow needed
-        self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+        import tensorboardX  # optional; no TensorFlow needed (gs:// needs google-cloud-storage)
+        self._tb = tensorboardX.SummaryWriter(fileio.join(workdir, "tensorboard"))
       except ImportError:
         self._tb = None
     self._bar = None
@@ -55,7 +64,6 @@ class Writer:
     for k, v in values.items():
       record[k] = v if isinstance(v, (str, bool)) or v is None else _num(v)
     self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
     if self._tb is not None:
       for k, v in record.items():
         if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -91,17 +99,37 @@ class Writer:
 
 
 def _drop_after(path: str, step: int) -> None:
-  """On resume, forget events past the checkpoint: the run repeats those steps."""
-  if not os.path.exists(path):
+  """On resume, forget events past the checkpoint (the run repeats those steps) and a torn last line."""
+  fileio.refuse_link(path)
+  if not fileio.exists(path):
     return
-  with open(path) as f:
-    lines = [l for l in f if l.strip()]
-  keep = [l for l in lines if json.loads(l).get("step", 0) <= step]
-  if len(keep) != len(lines):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(keep)
-    os.replace(tmp, path)
+  text = fileio.read_text(path)
+  lines, torn = _parse(text, path)
+  keep = [line for line, record in lines if record.get("step", 0) <= step]
+  if torn:
+    print(f"warning: {path}: dropped a torn last line (a crash mid-write)", file=sys.stderr, flush=True)
+  if torn or len(keep) != len(lines) or (text and not text.endswith("\n")):
+    fileio.write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _parse(text: str, path: str) -> tuple[list[tuple[str, dict]], bool]:
+  """-> ([(line, record)], whether a torn last line was left out); a bad line elsewhere is a MetricsError."""
+  lines = text.split("\n")
+  last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+  out = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    except ValueError as e:
+      if i == last:  # a crash mid-write
+        return out, True
+      raise MetricsError(f"{path}:{i + 1}: not a JSON record ({fileio.first_line(e)})") from None
+    out.append((line, record))
+  return out, False
 
 
 def _num(v):
@@ -112,6 +140,6 @@ def _num(v):
 
 
 def read(workdir: str) -> list[dict]:
-  """All events of a run's metrics.jsonl."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """All events of a run's metrics.jsonl (local or gs://); a torn last line is left out."""
+  path = fileio.join(workdir, FILE)
+  return [record for _, record in _parse(fileio.read_text(path), path)[0]]

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 
 import jax
 import ml_collections
 
-from trm_jax import checkpoint, config_lib, data as data_lib, evaluate, optim, recursion, sharding, train_state
+from trm_jax import checkpoint, config_lib, data as data_lib, evaluate, fileio, optim, recursion, sharding
+from trm_jax import train_state
 from trm_jax.model import RecursiveModel
 
 
@@ -66,8 +66,8 @@ def load_run(workdir: str, step: int | None = None):
 
   Used by trm-solve, trm-convert's export and the tests; needs no data.
   """
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
+  directory = fileio.join(fileio.resolve(workdir), "checkpoints")
+  if not fileio.isdir(directory):
     raise checkpoint.CheckpointError(f"--workdir={workdir}: no checkpoints directory")
   mngr = checkpoint.manager(workdir, read_only=True)
   try:

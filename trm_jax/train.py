@@ -9,7 +9,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import copy
-import os
 import pickle
 import sys
 import time
@@ -20,8 +19,8 @@ import ml_collections
 import numpy as np
 
 from trm_jax import arc_votes, cadence as cadence_lib, checkpoint, config_lib, data as data_lib, evaluate
-from trm_jax import input_pipeline, metrics as metrics_lib
-from trm_jax import sharding, steps, train_state
+from trm_jax import fileio, input_pipeline, metrics as metrics_lib
+from trm_jax import sharding, steps, train_state, workdir_lock
 from trm_jax.cli import RunStopped, UserError
 from trm_jax.runs import Run, run_meta, with_shardings
 
@@ -45,14 +44,8 @@ def resolve_config(config, data: data_lib.Data) -> ml_collections.ConfigDict:
 
 
 def check_workdir(workdir: str) -> str:
-  """Absolute workdir; its parent must exist and it must not be a file."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  parent = os.path.dirname(workdir)
-  if not os.path.isdir(parent):
-    raise UserError(f"--workdir={workdir}: parent directory {parent} does not exist")
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise UserError(f"--workdir={workdir}: exists and is not a directory")
-  return workdir
+  """Absolute local workdir (parents created; it and its run directories must be the user's) or gs:// URI."""
+  return fileio.prepare_workdir(workdir)
 
 
 def _finite(x) -> bool:
@@ -102,7 +95,7 @@ def evaluate_all(run: Run, state, data: data_lib.Data, workdir: str | None = Non
         scores, submission = arc_votes.score(pooled, test_counts=counts)
       out.update({f"eval/ARC/{k}": v for k, v in scores.items()})
       if workdir and jax.process_index() == 0:
-        arc_votes.write_submission(os.path.join(workdir, "submission.json"), submission)
+        arc_votes.write_submission(fileio.join(workdir, "submission.json"), submission)
   return out
 
 
@@ -127,9 +120,17 @@ def _merge_split_metrics(parts: list, count_key: str) -> dict:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (resuming the workdir's latest checkpoint), evaluates, saves; returns the last metrics."""
+  """Trains (resuming the workdir's latest checkpoint), evaluates, saves; returns the last metrics.
+
+  Process 0 holds the workdir's lock (`workdir_lock`) for the whole run.
+  """
+  config_lib.validate(config)  # before anything is allocated, built or created
   workdir = check_workdir(workdir)
-  config_lib.validate(config)  # before anything is allocated or built
+  with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh.table_parallel)
   data = data_lib.load(config.data)
   config = resolve_config(config, data)
@@ -145,7 +146,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   total, batch_size, epi = cad.end, int(t.global_batch_size), cad.epochs_per_iter
   eval_steps = frozenset(cad.eval_steps)
 
-  os.makedirs(workdir, exist_ok=True)
   mngr = checkpoint.manager(workdir, t.keep_checkpoints)
   carry_fn, carry_sh = run.carry_parts(batch_size)
   meta = run_meta(config, data)

@@ -28,6 +28,16 @@ class DataError(ValueError):
   """A user error in the raw data: one line, names the file and row/task."""
 
 
+def require_local(path, what: str) -> None:
+  """Datasets are built and read on local disk (a gs:// path would silently become ./gs:/...)."""
+  if path is not None and '://' in os.fspath(path):
+    scheme = os.fspath(path).partition('://')[0]
+    raise DataError(
+        f'{what}={path}: datasets are read from local disk, not {scheme}://; build on each host '
+        f'(trm-data build NAME --data_dir DIR) or copy a built set down (gcloud storage cp -r '
+        f'{os.fspath(path).rstrip("/")}/NAME DIR/), then set {what}=DIR')
+
+
 def require_file(path: Path) -> Path:
   path = Path(path)
   if not path.is_file():
@@ -144,6 +154,7 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if raw_dir is None:
           raise DataError(f'{self.name}/{self.builder_config.name}: needs '
                           '--manual_dir with the raw files')
+        require_local(raw_dir, 'manual_dir')
         raw_dir = Path(os.fspath(raw_dir))
         if not raw_dir.is_dir():
           raise DataError(f'{raw_dir}: manual_dir not found')
@@ -220,6 +231,7 @@ def split_name(name: str) -> tuple[str, str | None]:
 
 def get_builder(name: str, data_dir) -> TrmBuilder:
   import trm_jax.datasets  # noqa: F401  (registers builders)
+  require_local(data_dir, 'data_dir')
   try:
     return tfds.builder(name, data_dir=os.fspath(data_dir))
   except tfds.core.registered.DatasetNotFoundError as e:

@@ -1,0 +1,250 @@
+"""The files of a run, local or on gs:// (through `etils.epath`), written safely.
+
+Every path a run reads or writes goes through here. Local paths are plain
+files; `gs://` (any `scheme://`) paths go through epath's fsspec backend
+(gcsfs: `pip install 'trm_jax[gcs]'`).
+
+Local writes never follow a symbolic link: whole files are written to a
+temporary file created exclusively next to the target and moved over it
+(`os.replace` replaces a link, it does not write through it); appends open
+with `O_NOFOLLOW`; the workdir and the run's directories in it must be owned
+by the user. GCS has no append and no rename: an object is written whole in
+one upload, which readers see atomically.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import stat
+import tempfile
+
+# Directories a run creates inside its workdir (checked like the workdir itself).
+RUN_DIRS = ("checkpoints", "tensorboard")
+
+
+class FileIOError(ValueError):
+  """A path the run cannot use (one line, names the path)."""
+
+
+def is_remote(path) -> bool:
+  return "://" in str(path)
+
+
+def resolve(path) -> str:
+  """Local: absolute, `~` expanded; remote: as given, without a trailing '/'."""
+  path = os.fspath(path)
+  if is_remote(path):
+    scheme, _, rest = path.partition("://")
+    return f"{scheme}://{rest.rstrip('/')}"
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def join(path, *names) -> str:
+  path = os.fspath(path)
+  return posixpath.join(path, *names) if is_remote(path) else os.path.join(path, *names)
+
+
+def dirname(path) -> str:
+  path = os.fspath(path)
+  return posixpath.dirname(path) if is_remote(path) else os.path.dirname(path)
+
+
+def epath(path):
+  """An `etils.epath.Path` (gs:// needs gcsfs)."""
+  from etils import epath as epath_lib  # noqa: PLC0415
+  return epath_lib.Path(os.fspath(path))
+
+
+@contextlib.contextmanager
+def _remote_errors(path):
+  """Turns a missing gcsfs (or a failed request) into one line naming the path."""
+  try:
+    yield
+  except ImportError as e:
+    raise FileIOError(f"{path}: remote paths need gcsfs and google-cloud-storage "
+                      f"(pip install 'trm_jax[gcs]'; {first_line(e)})") from None
+  except (FileNotFoundError, FileIOError):
+    raise
+  except OSError as e:
+    raise FileIOError(f"{path}: {first_line(e)}") from None
+
+
+def first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return (text[0] if text else type(e).__name__)[:300]
+
+
+def exists(path) -> bool:
+  if not is_remote(path):
+    return os.path.lexists(path)
+  with _remote_errors(path):
+    return epath(path).exists()
+
+
+def isdir(path) -> bool:
+  if not is_remote(path):
+    return os.path.isdir(path)
+  with _remote_errors(path):
+    return epath(path).is_dir()
+
+
+def listdir(path) -> list[str]:
+  if not is_remote(path):
+    return os.listdir(path)
+  with _remote_errors(path):
+    return [p.name for p in epath(path).iterdir()]
+
+
+def makedirs(path) -> None:
+  if is_remote(path):
+    with _remote_errors(path):
+      epath(path).mkdir(parents=True, exist_ok=True)  # no-op on GCS: objects need no folders
+    return
+  try:
+    os.makedirs(path, exist_ok=True)
+  except FileExistsError:
+    raise FileIOError(f"{path}: exists and is not a directory") from None
+  except OSError as e:
+    raise FileIOError(f"{path}: cannot create directory ({e.strerror})") from None
+
+
+def read_text(path) -> str:
+  if is_remote(path):
+    with _remote_errors(path):
+      return epath(path).read_text()
+  with open(path) as f:
+    return f.read()
+
+
+def write_text(path, text: str) -> None:
+  """Replaces `path` with `text` in one step (readers see the old or the new file, never a part)."""
+  write_bytes(path, text.encode())
+
+
+def write_bytes(path, data: bytes) -> None:
+  """Replaces `path` with `data` in one step; locally never through a link (unique temporary + rename)."""
+  if is_remote(path):
+    with _remote_errors(path):
+      epath(path).write_bytes(data)  # one object write is atomic on GCS
+    return
+  parent, base = os.path.split(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=parent)  # O_EXCL: never a link
+  try:
+    with os.fdopen(fd, "wb") as f:
+      os.fchmod(f.fileno(), 0o666 & ~_umask())
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)  # a link at `path` is replaced, not followed
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
+
+
+def _umask() -> int:
+  """The process umask, read without changing it where /proc allows (other threads create files)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+class Appender:
+  """Appends text to a file: local with O_APPEND|O_NOFOLLOW; remote by rewriting the object.
+
+  A remote object is rewritten whole at every `write` (GCS has no append),
+  so what was written is on GCS when `write` returns; meant for small files
+  such as metrics.jsonl.
+  """
+
+  def __init__(self, path):
+    self.path = os.fspath(path)
+    self._remote = is_remote(self.path)
+    if self._remote:
+      self._text = read_text(self.path) if exists(self.path) else ""
+      self._file = None
+    else:
+      flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+      try:
+        fd = os.open(self.path, flags, 0o666)
+      except OSError as e:
+        if os.path.islink(self.path):
+          raise FileIOError(f"{self.path}: is a symbolic link; refusing to write through it") from None
+        raise FileIOError(f"{self.path}: cannot open for writing ({e.strerror})") from None
+      self._file = os.fdopen(fd, "a")
+
+  def write(self, text: str) -> None:
+    if self._remote:
+      self._text += text
+      write_text(self.path, self._text)
+    else:
+      self._file.write(text)
+      self._file.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+
+def refuse_link(path, what: str = "") -> None:
+  """A local file the run writes must not be a symbolic link."""
+  if not is_remote(path) and os.path.islink(path):
+    raise FileIOError(f"{what or path}: is a symbolic link; refusing to write through it")
+
+
+def check_owned_dir(path, what: str) -> None:
+  """A local directory the run writes into: if it exists, a directory owned by the user.
+
+  A symbolic link to a directory is accepted only when the link and the
+  directory are both the user's.
+  """
+  if is_remote(path):
+    return
+  try:
+    st = os.lstat(path)
+  except FileNotFoundError:
+    return
+  uid = os.geteuid()
+  if stat.S_ISLNK(st.st_mode):
+    if st.st_uid != uid:
+      raise FileIOError(f"{what}: is a symbolic link owned by uid {st.st_uid} (you are uid {uid}); "
+                        "refusing to follow it")
+    try:
+      st = os.stat(path)
+    except FileNotFoundError:
+      raise FileIOError(f"{what}: is a dangling symbolic link") from None
+  if not stat.S_ISDIR(st.st_mode):
+    raise FileIOError(f"{what}: exists and is not a directory")
+  if st.st_uid != uid:
+    raise FileIOError(f"{what}: owned by uid {st.st_uid}, not you (uid {uid}); refusing to write into it "
+                      "(use a directory you own)")
+
+
+def prepare_workdir(workdir, flag: str = "--workdir") -> str:
+  """Resolved workdir; creates its parents; refuses one that is not a directory or not the user's."""
+  workdir = resolve(workdir)
+  what = f"{flag}={workdir}"
+  if is_remote(workdir):
+    with _remote_errors(workdir):
+      p = epath(workdir)
+      if p.exists() and not p.is_dir():
+        raise FileIOError(f"{what}: exists and is not a directory")
+    return workdir
+  parent = os.path.dirname(workdir)
+  try:
+    os.makedirs(parent, exist_ok=True)
+  except OSError as e:
+    raise FileIOError(f"{what}: cannot create parent directory {parent} ({e.strerror})") from None
+  check_owned_dir(workdir, what)
+  for name in RUN_DIRS:
+    check_owned_dir(os.path.join(workdir, name), f"{what}: {name}")
+  return workdir

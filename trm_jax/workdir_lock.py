@@ -1,0 +1,203 @@
+"""One training run per workdir: an exclusive lock naming its holder (pid, host).
+
+Local workdirs: `fcntl.flock` on `<workdir>/run.lock` (opened without
+following links), which records the holder. The kernel drops the lock when
+its process dies, so a lock left by a killed run is simply taken over. The
+holder removes the file at exit (a run that finds the file replaced after
+locking it tries again), and a workdir that `hold` created and that is still
+empty then is removed too: a run that fails early leaves nothing behind.
+
+gs:// workdirs: the object `<workdir>/run.lock` is created with the
+precondition "no such object" (`if_generation_match=0`), so only one run can
+create it. The holder rewrites it every `HEARTBEAT_S` seconds (each rewrite
+conditional on its own last generation) and deletes it at exit. A lock is
+stale, and is taken over with a precondition on its generation, when its
+holder ran on this host and that process is gone, or when it has not been
+refreshed for `STALE_S` seconds (a run killed on another machine).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import socket
+import threading
+import time
+
+from trm_jax import fileio
+
+NAME = "run.lock"
+HEARTBEAT_S = 60.0
+STALE_S = 600.0
+
+
+class LockBusy(ValueError):
+  """The workdir is in use by another run (one line, names the holder)."""
+
+
+def _holder() -> dict:
+  return {"pid": os.getpid(), "host": socket.gethostname(), "time": round(time.time(), 3)}
+
+
+def _describe(info: dict) -> str:
+  return f"pid {info.get('pid', '?')} on host {info.get('host', '?')}"
+
+
+@contextlib.contextmanager
+def hold(workdir: str, enabled: bool = True):
+  """Holds the workdir's lock for the `with` block (a no-op when not `enabled`, e.g. process > 0)."""
+  if not enabled:
+    yield
+    return
+  created = not fileio.is_remote(workdir) and not os.path.isdir(workdir)
+  fileio.makedirs(workdir)
+  try:
+    lock = _GcsLock(workdir) if fileio.is_remote(workdir) else _LocalLock(workdir)
+    lock.acquire()
+    try:
+      yield
+    finally:
+      lock.release()
+  finally:
+    if created:
+      with contextlib.suppress(OSError):
+        os.rmdir(workdir)  # only if empty
+
+
+class _LocalLock:
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, NAME)
+    self.fd = None
+
+  def acquire(self) -> None:
+    for _ in range(10):
+      fd = self._open()
+      if self._same_file(fd):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+        self.fd = fd
+        return
+      os.close(fd)  # the holder removed the file after we opened it: open the new one
+    raise LockBusy(f"{self.path}: could not take the lock (the file keeps being replaced)")
+
+  def _open(self) -> int:
+    import fcntl  # noqa: PLC0415 - POSIX only
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+      fd = os.open(self.path, flags, 0o644)
+    except OSError as e:
+      if os.path.islink(self.path):
+        raise fileio.FileIOError(f"{self.path}: is a symbolic link; refusing to write through it") from None
+      raise fileio.FileIOError(f"{self.path}: cannot open lock file ({e.strerror})") from None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      info = _parse(os.pread(fd, 4096, 0).decode(errors="replace"))
+      os.close(fd)
+      raise LockBusy(f"{os.path.dirname(self.path)}: in use by another run ({_describe(info)}; "
+                     f"lock file {self.path})") from None
+    return fd
+
+  def _same_file(self, fd: int) -> bool:
+    try:
+      st = os.lstat(self.path)
+    except FileNotFoundError:
+      return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+  def release(self) -> None:
+    if self.fd is not None:
+      with contextlib.suppress(OSError):
+        os.remove(self.path)  # while still locked; a run that opened the old file sees it replaced
+      os.close(self.fd)
+      self.fd = None
+
+
+class _GcsLock:
+
+  def __init__(self, workdir: str):
+    self.uri = fileio.join(workdir, NAME)
+    bucket, _, self.name = self.uri.partition("://")[2].partition("/")
+    try:
+      from google.api_core import exceptions  # noqa: PLC0415
+      from google.cloud import storage  # noqa: PLC0415
+    except ImportError as e:
+      raise fileio.FileIOError(f"{self.uri}: gs:// workdirs need google-cloud-storage "
+                               f"(pip install 'trm_jax[gcs]'; {e})") from None
+    self._exc = exceptions
+    self.bucket = storage.Client().bucket(bucket)
+    self.generation = None
+    self._stop = threading.Event()
+    self._thread = None
+
+  def acquire(self) -> None:
+    info = json.dumps(_holder())
+    blob = self.bucket.blob(self.name)
+    try:
+      for _ in range(3):
+        try:
+          blob.upload_from_string(info, if_generation_match=0)
+          break
+        except self._exc.PreconditionFailed:
+          current = self.bucket.get_blob(self.name)
+          if current is None:
+            continue  # released meanwhile: try again
+          held = _parse(current.download_as_text())
+          if not _stale(held, current.updated):
+            raise LockBusy(f"{self.uri.rpartition('/')[0]}: in use by another run ({_describe(held)}, "
+                           f"lock refreshed {current.updated:%Y-%m-%d %H:%M:%S} UTC; lock object "
+                           f"{self.uri})") from None
+          try:
+            blob.upload_from_string(info, if_generation_match=current.generation)  # take over
+            break
+          except self._exc.PreconditionFailed:
+            continue
+      else:
+        raise LockBusy(f"{self.uri}: could not take the lock (another run keeps taking it)")
+    except self._exc.GoogleAPIError as e:
+      raise fileio.FileIOError(f"{self.uri}: cannot write lock object ({fileio.first_line(e)})") from None
+    self.generation = blob.generation
+    self._thread = threading.Thread(target=self._beat, name="workdir-lock", daemon=True)
+    self._thread.start()
+
+  def _beat(self) -> None:
+    while not self._stop.wait(HEARTBEAT_S):
+      blob = self.bucket.blob(self.name)
+      try:
+        blob.upload_from_string(json.dumps(_holder()), if_generation_match=self.generation)
+        self.generation = blob.generation
+      except Exception:  # noqa: BLE001 - a lost lock or a network error: keep training, retry later
+        pass
+
+  def release(self) -> None:
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join(timeout=10)
+    with contextlib.suppress(Exception):
+      self.bucket.blob(self.name).delete(if_generation_match=self.generation)
+
+
+def _parse(text: str) -> dict:
+  try:
+    info = json.loads(text)
+  except ValueError:
+    return {}
+  return info if isinstance(info, dict) else {}
+
+
+def _stale(info: dict, updated) -> bool:
+  """Whether a held lock's run is gone: a dead process on this host, or no refresh for STALE_S."""
+  if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
+    try:
+      os.kill(info["pid"], 0)
+    except ProcessLookupError:
+      return True
+    except PermissionError:
+      pass  # alive, another user's
+  if updated is None:
+    return False
+  age = datetime.datetime.now(datetime.timezone.utc) - updated
+  return age.total_seconds() > STALE_S
