@@ -248,7 +248,7 @@ def test_tpu_run_dry_run():
   assert words[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "trm"]
   assert "--worker=all" in words
   (cmd,) = [w for w in words if w.startswith("--command=")]
-  assert "trm_jax.main --config=experiments/arc1.py:variant=att" in cmd
+  assert "trm_jax.main --distributed --config=experiments/arc1.py:variant=att" in cmd
   assert "--workdir=gs://bucket/arc1 --config.train.lr=1e-4 --config.seed=3" in cmd
   assert "setsid nohup" in cmd
   assert "logs/r1/worker-$W.log" in cmd
@@ -299,8 +299,20 @@ def test_gpu_multinode_dry_run():
 FAKE_GCLOUD = """\
 #!/usr/bin/env bash
 # Runs `tpu-vm ssh --command=...` locally once per fake worker; logs the rest.
+# Files in $FAKE_STATE_DIR simulate the slice: ssh_fail (ssh exits 255),
+# qr_state (the queued resource's state, default ACTIVE), external_ips.
 set -u
 echo "$*" >> "$FAKE_LOG"
+S="${FAKE_STATE_DIR:-/nonexistent}"
+if [[ "$1 $2 $3" == "compute tpus queued-resources" && "$4" == describe ]]; then
+  cat "$S/qr_state" 2>/dev/null || echo ACTIVE; exit 0
+fi
+if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm describe" ]]; then
+  cat "$S/external_ips" 2>/dev/null || echo True; exit 0
+fi
+if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm ssh" && -e "$S/ssh_fail" ]]; then
+  echo "ssh: connect to host: Connection timed out" >&2; exit 255
+fi
 if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm ssh" ]]; then
   worker=all; cmd=""
   for a in "$@"; do
@@ -323,9 +335,11 @@ def fake_pod(tmp_path):
   gcloud = tmp_path / "gcloud"
   gcloud.write_text(FAKE_GCLOUD)
   gcloud.chmod(0o755)
+  state = tmp_path / "state"
+  state.mkdir()
   env = {"GCLOUD": str(gcloud), "HOME": str(home), "FAKE_WORKERS": "2",
          "FAKE_LOG": str(tmp_path / "gcloud.log"), "TPU_NAME": "pod",
-         "TPU_ZONE": "z"}
+         "TPU_ZONE": "z", "FAKE_STATE_DIR": str(state)}
   started = []
   yield home, env, started
   for pid_file in started:  # never leave a fake run behind
@@ -367,7 +381,7 @@ def test_tpu_run_logs_end_to_end(fake_pod, tmp_path):
     log = (logs / f"worker-{w}.log").read_text()
     assert f"worker {w} commit abc123" in log
     got = [l for l in log.splitlines() if l.startswith("<")]
-    assert got == ["<-m>", "<trm_jax.main>", "<--config=experiments/x.py:a=1>",
+    assert got == ["<-m>", "<trm_jax.main>", "<--distributed>", "<--config=experiments/x.py:a=1>",
                    "<--workdir=gs://b/w>", "<--config.train.lr=0.001>",
                    "<--config.model.name=a b>", "<--config.note=it's $HOME>"]
     assert "env=bar baz" in log
@@ -423,3 +437,141 @@ def test_gpu_multinode_ssh_end_to_end(tmp_path):
     assert f"<--process_id={i}>" in log
     assert "<--coordinator_address=h0:12355>" in log and "<--num_processes=3>" in log
     assert "<--config.x=a b>" in log
+
+
+# ------------------------------------------- tpu_run.sh --wait always finishes
+
+def _start_wait(env, py, run, *extra):
+  """tpu_run.sh --wait in the background (polling fast); -> Popen."""
+  args = ["bash", os.path.join(LAUNCH, "tpu_run.sh"), "--remote_dir=code", f"--python={py}",
+          f"--run_name={run}", "--config=c.py", "--workdir=w", "--wait", "--poll_s=0.2", *extra]
+  full = dict(os.environ, **env)
+  return subprocess.Popen(args, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(p, timeout=60):
+  out, err = p.communicate(timeout=timeout)
+  return p.returncode, err
+
+
+def test_wait_all_workers_statuses(fake_pod, tmp_path):
+  """Every worker's status is collected; the first non-zero one is the exit status."""
+  home, env, started = fake_pod
+  py = _fake_python(tmp_path / "py", 'sleep 0.5; exit $((TRM_WORKER * 3))\n')
+  p = _start_wait(env, py, "r")
+  started += [str(home / "logs" / "r" / f"worker-{w}.pid") for w in (0, 1)]
+  rc, err = _finish(p)
+  assert rc == 3, err
+  assert "exit status w0=0 w1=3" in err
+  py0 = _fake_python(tmp_path / "py0", 'exit 0\n')
+  rc, err = _finish(_start_wait(env, py0, "ok"))
+  assert rc == 0 and "w0=0 w1=0" in err, err
+
+
+def test_wait_survives_signalled_group(fake_pod, tmp_path):
+  """SIGTERM to each worker's process group (tpu_stop.sh, preemption): the wrapper outlives the run,
+  records its status, and --wait returns it."""
+  home, env, started = fake_pod
+  marker = tmp_path / "up"
+  # Like trm_jax: on SIGTERM it saves (sleeps) and exits 0.
+  py = _fake_python(tmp_path / "py", f'trap "sleep 0.5; exit 0" TERM; touch {marker}-$TRM_WORKER; '
+                                     'sleep 60 & wait\n')
+  p = _start_wait(env, py, "sig")
+  logs = home / "logs" / "sig"
+  pid_files = [str(logs / f"worker-{w}.pid") for w in (0, 1)]
+  started += pid_files
+  _wait_for([f"{marker}-0", f"{marker}-1"])
+  for f in pid_files:
+    os.killpg(int(open(f).read()), signal.SIGTERM)
+  rc, err = _finish(p)
+  assert rc == 0, err
+  for w in (0, 1):
+    assert (logs / f"worker-{w}.rc").read_text().strip() == "0"
+    assert "# signal received" in (logs / f"worker-{w}.log").read_text()
+
+
+def test_wait_worker_killed_without_status(fake_pod, tmp_path):
+  home, env, started = fake_pod
+  marker = tmp_path / "up"
+  py = _fake_python(tmp_path / "py", f'touch {marker}-$TRM_WORKER; exec sleep 60\n')
+  p = _start_wait(env, py, "k")
+  pid_files = [str(home / "logs" / "k" / f"worker-{w}.pid") for w in (0, 1)]
+  started += pid_files
+  _wait_for([f"{marker}-0", f"{marker}-1"])
+  os.killpg(int(open(pid_files[1]).read()), signal.SIGKILL)
+  os.killpg(int(open(pid_files[0]).read()), signal.SIGKILL)
+  rc, err = _finish(p)
+  assert rc == 92, err
+  assert "worker(s) 0 1 ended without an exit status" in err
+
+
+@pytest.mark.parametrize("state,want", [("ACTIVE", 90), ("SUSPENDED", 91), ("DELETING", 91), ("FAILED", 91),
+                                        ("SUSPENDING", 91)])
+def test_wait_gives_up_on_unreachable_or_gone_slice(fake_pod, tmp_path, state, want):
+  home, env, started = fake_pod
+  marker = tmp_path / "up"
+  py = _fake_python(tmp_path / "py", f'touch {marker}-$TRM_WORKER; exec sleep 60\n')
+  p = _start_wait(env, py, "u", "--max_unreachable=3")
+  started += [str(home / "logs" / "u" / f"worker-{w}.pid") for w in (0, 1)]
+  _wait_for([f"{marker}-0", f"{marker}-1"])
+  state_dir = tmp_path / "state"
+  (state_dir / "qr_state").write_text(state + "\n")
+  (state_dir / "ssh_fail").write_text("")
+  rc, err = _finish(p)
+  assert rc == want, err
+  if want == 90:
+    assert "unreachable (3/3" in err and "giving up after 3" in err
+  else:
+    assert f"is {state}; giving up" in err
+
+
+def test_wait_recovers_from_a_short_outage(fake_pod, tmp_path):
+  """Unreachable polls fewer than --max_unreachable in a row do not end the wait."""
+  home, env, started = fake_pod
+  marker = tmp_path / "up"
+  state_dir = tmp_path / "state"
+  py = _fake_python(tmp_path / "py", f'touch {marker}-$TRM_WORKER; sleep 3; exit 0\n')
+  p = _start_wait(env, py, "o", "--max_unreachable=100")
+  started += [str(home / "logs" / "o" / f"worker-{w}.pid") for w in (0, 1)]
+  _wait_for([f"{marker}-0", f"{marker}-1"])
+  (state_dir / "ssh_fail").write_text("")
+  time.sleep(1)
+  os.remove(state_dir / "ssh_fail")
+  rc, err = _finish(p)
+  assert rc == 0 and "workers unreachable (1/100" in err, err
+
+
+@pytest.mark.parametrize("via,flag", [("external", None), ("internal", "--internal-ip"),
+                                      ("iap", "--tunnel-through-iap")])
+def test_ssh_via(via, flag):
+  out = _sh("tpu_run.sh", "--name=trm", "--zone=z", "--dry_run", f"--ssh_via={via}", "--config=c.py",
+            "--workdir=w", "--wait")
+  lines = out.stdout.splitlines()
+  assert len(lines) == 2  # start, poll
+  for line in lines:
+    words = shlex.split(line)
+    assert words[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "trm"]
+    assert ("--internal-ip" in words) == (flag == "--internal-ip")
+    assert ("--tunnel-through-iap" in words) == (flag == "--tunnel-through-iap")
+  out = _sh("tpu_setup.sh", "--name=trm", "--zone=z", "--dry_run", env={"TPU_SSH_VIA": via})
+  scp = out.stdout.splitlines()[1]
+  assert scp.startswith("gcloud compute tpus tpu-vm scp") and (flag is None or flag in scp)
+  bad = _sh("tpu_run.sh", "--name=trm", "--zone=z", "--dry_run", "--ssh_via=carrier-pigeon", "--config=c.py",
+            "--workdir=w", check=False)
+  assert bad.returncode == 2 and "--ssh_via must be" in bad.stderr
+
+
+@pytest.mark.parametrize("external,flag", [("False", "--tunnel-through-iap"), ("True", None)])
+def test_ssh_via_auto_asks_the_slice(fake_pod, tmp_path, external, flag):
+  """A slice created with internal IPs only is reached through IAP; the real commands carry the flag."""
+  home, env, started = fake_pod
+  (tmp_path / "state" / "external_ips").write_text(external + "\n")
+  py = _fake_python(tmp_path / "py", 'exit 0\n')
+  p = _start_wait(dict(env, TPU_SSH_VIA="auto"), py, "a")
+  rc, err = _finish(p)
+  assert rc == 0, err
+  calls = (tmp_path / "gcloud.log").read_text().splitlines()
+  ssh = [c for c in calls if c.startswith("compute tpus tpu-vm ssh")]
+  assert len(ssh) >= 2 and any("tpu-vm describe pod" in c for c in calls)
+  for c in ssh:
+    assert (flag is not None) == ("--tunnel-through-iap" in c), c

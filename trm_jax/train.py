@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import sys
 import time
 
 import jax
@@ -194,7 +195,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if do_save:
           checkpoint.save(mngr, step, state, carry, meta, force=True)
         if stop and not done:
-          writer.log(f"SIGTERM: saved step {step}, exiting; re-run the same command to resume")
+          msg = f"SIGTERM: saved step {step}, exiting; re-run the same command to resume"
+          if pidx == 0:
+            writer.log(msg)
+          else:
+            print(f"process {pidx}: {msg}", file=sys.stderr, flush=True)
           break
       if start >= total:
         last_metrics = evaluate_all(run, state, data, workdir)
