@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from trm_jax import checkpoint, data as data_lib, evaluate, input_pipeline, metrics as metrics_lib
-from trm_jax import sharding, steps, train_state
+from trm_jax import sharding, steps, train_state, trace
 from trm_jax.cli import RunStopped, UserError
 from trm_jax.runs import Run, run_meta, with_shardings
 
@@ -115,6 +115,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   except ValueError as e:
     raise UserError(str(e)) from None
   total, batch_size = int(t.steps), int(t.global_batch_size)
+  profile = trace.StepTrace(t.get("profile_steps", ""), workdir)
 
   os.makedirs(workdir, exist_ok=True)
   mngr = checkpoint.manager(workdir, t.keep_checkpoints)
@@ -174,9 +175,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
       while step < total:
         at, local = next(batches)
         assert at == step, (at, step)
+        profile.before(step + 1)
         state, carry, m = train_step(state, carry, run.make_batch(local), run.step_rng)
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
         step += 1
+        profile.after(step, m)
         window += 1
         done = step == total
         stop = preempt.reached(mngr, step)
@@ -207,6 +210,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.log(_summary(step, last_metrics))
     mngr.wait_until_finished()
   finally:
+    profile.close()
     if batches is not None:
       batches.close()
     writer.close()
