@@ -95,6 +95,15 @@ def _short(e: BaseException) -> str:
   return msg[:200]
 
 
+def barrier(key: str, timeout_s: int = 3600) -> None:
+  """All processes meet here (coordination service; a no-op on one process).
+
+  Used after compiling: a peer that compiles slower must not leave the other
+  waiting inside a collective, where CPU (gloo) gives up after 30 s.
+  """
+  ocp.multihost.get_barrier_sync_fn()(key=key, timeout_ms=timeout_s * 1000)
+
+
 class Preemption:
   """SIGTERM -> the loop saves at an agreed step and exits cleanly.
 

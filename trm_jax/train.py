@@ -171,6 +171,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         compile_s = time.time() - t0
         writer.log(f"train step compiled in {compile_s:.1f}s")
         writer.write(step, {"compile_seconds": compile_s})
+        checkpoint.barrier("trm_train_step_compiled")
       batches = input_pipeline.prefetch_train_batches(data.train, config.seed, step, batch_size, pidx, pcount)
       while step < total:
         at, local = next(batches)
