@@ -40,6 +40,7 @@ def test_records_decode_to_source_grids(built):
     info, extra = data.info, data.extra_arrays
     arr = data.all_arrays()
     assert data.meta.seq_len == 900 and data.meta.vocab_size == 12
+    first_moved = 0
     for p in range(data.num_puzzles):
       pid = int(data.puzzle_identifiers[p])
       subset, tid, d, perm = arc_builder.original_of(pid, info, extra)
@@ -47,12 +48,15 @@ def test_records_decode_to_source_grids(built):
       pairs = _expected_pairs(subsets[subset][tid], role, split)
       lo, hi = data.puzzle_indices[p], data.puzzle_indices[p + 1]
       assert hi - lo == len(pairs)
+      at_origin = []
       for k, (a, b) in zip(range(lo, hi), pairs):
         x, y = arc.from_canvas(arr['inputs'][k]), arc.from_canvas(arr['labels'][k])
         np.testing.assert_array_equal(arc.invert(x, d, perm), a)
         np.testing.assert_array_equal(arc.invert(y, d, perm), b)
         np.testing.assert_array_equal(x, arc.transform(a, d, perm))
-        if k == lo or split == 'test':  # untranslated: EOS right and below
+        at_origin.append(arr['labels'][k].reshape(30, 30)[0, 0] >= 2
+                         and arr['inputs'][k].reshape(30, 30)[0, 0] >= 2)
+        if at_origin[-1]:  # untranslated: EOS right and below
           canvas = arr['labels'][k].reshape(30, 30)
           h, w = y.shape
           assert (canvas[:h, :w] >= 2).all()
@@ -64,6 +68,38 @@ def test_records_decode_to_source_grids(built):
               h if w < 30 else 0)
           np.testing.assert_array_equal(
               arc.crop_prediction(arr['labels'][k]), y)
+      # Test pairs stay at the origin; of a training puzzle's pairs at least
+      # one (chosen at random, as in the reference) does.
+      assert all(at_origin) if split == 'test' else any(at_origin)
+      first_moved += not at_origin[0]
+    # The pair kept at the origin is not always the first one.
+    assert (first_moved > 0) == (split == 'train')
+
+
+def test_translation_keeps_a_random_pair_at_the_origin():
+  pairs = [(np.full((2, 3), i, np.uint8), np.full((3, 2), i, np.uint8))
+           for i in range(4)]
+  ident = np.arange(10, dtype=np.uint8)
+  kept = []
+  for seed in range(200):
+    inputs, labels = arc_builder.render_pairs(
+        pairs, 0, ident, True, np.random.default_rng([42, seed]))
+    again = arc_builder.render_pairs(
+        pairs, 0, ident, True, np.random.default_rng([42, seed]))
+    np.testing.assert_array_equal(again[0], inputs)  # deterministic
+    origin = [i for i in range(4)
+              if np.array_equal(inputs[i], arc.to_canvas(pairs[i][0]))
+              and np.array_equal(labels[i], arc.to_canvas(pairs[i][1]))]
+    assert origin  # one pair is always kept (others land there by chance)
+    if len(origin) == 1:
+      kept.append(origin[0])
+  # every position gets to be the kept one, each about a quarter of the time
+  counts = np.bincount(kept, minlength=4)
+  assert (counts > len(kept) / 8).all(), counts
+  inputs, _ = arc_builder.render_pairs(pairs, 0, ident, False,
+                                       np.random.default_rng(0))
+  for i in range(4):
+    np.testing.assert_array_equal(inputs[i], arc.to_canvas(pairs[i][0]))
 
 
 def test_split_and_puzzle_id_rules(built):

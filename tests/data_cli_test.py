@@ -57,8 +57,8 @@ def test_user_errors_are_one_line(data_dir):
       (['stats', 'sudoku_small/6x6', '--data_dir', str(data_dir)],
        'not built'),
       (['build', 'no_such_set', '--data_dir', str(data_dir)], 'no_such_set'),
-      (['build', 'arc_agi/arc1_small', '--data_dir', str(data_dir)],
-       'needs --manual_dir'),
+      (['build', 'arc_agi/arc1_small', '--data_dir', str(data_dir),
+        '--manual_dir', str(data_dir / 'missing')], 'manual_dir not found'),
   ):
     r = _cli(*args)
     assert r.returncode == 1, (args, r.stderr)

@@ -77,3 +77,81 @@ def test_set_accumulator_per_step_and_padding():
   # Halting at the first q > 0: row0 at step 1 (not exact), row1 at step 2 (not exact).
   assert r["eval/x/halted_exact_accuracy"] == 0.0
   assert r["eval/x/halted_steps"] == 1.5
+
+
+# ---------------------------------------------------------------------------
+# Votes pooled over the evaluations of a run (the reference's aggregated voting).
+
+from trm_jax import arc_votes  # noqa: E402
+
+CLEAN, OTHER = g([7, 8], [9, 1]), g([3, 3])
+
+
+def _round(pred_counts, label, task="t", inp=IN1):
+  """Entries of one evaluation: {pred grid: votes} for one test input."""
+  out = []
+  for pred, n in pred_counts:
+    out += [entry(task, 0, inp, pred, 0.0, label) for _ in range(n)]
+  return out
+
+
+# Evaluation 1 prefers A, evaluation 2 prefers B; the label C is 2nd in both, 1st pooled.
+ROUND1 = _round([(A, 3), (C, 2)], C)
+ROUND2 = _round([(B, 3), (C, 2)], C)
+
+
+def test_pooled_votes_rank_over_both_evaluations(tmp_path):
+  s1, _ = arc_votes.score(arc_votes.pool(tmp_path, "test", 10, arc_votes.tally(ROUND1), write=True), ks=(1,))
+  pooled = arc_votes.pool(tmp_path, "test", 20, arc_votes.tally(ROUND2), write=True)
+  s2, sub = arc_votes.score(pooled, ks=(1, 2))
+  assert s1["pass@1"] == 0.0 and arc_votes.vote(ROUND2, ks=(1,))[0]["pass@1"] == 0.0
+  assert s2 == {"pass@1": 1.0, "pass@2": 1.0}
+  # C: 4 votes; A and B: 3 each, A first (both q = sigmoid(0), A seen first).
+  assert sub == {"t": [{"attempt_1": C.tolist(), "attempt_2": A.tolist()}]}
+  assert arc_votes.stored_steps(tmp_path, "test") == [10, 20]
+  # The same result as voting over all entries at once.
+  assert arc_votes.vote(ROUND1 + ROUND2, ks=(1, 2)) == (s2, sub)
+
+
+def test_pooled_votes_survive_resume_and_redone_evaluations(tmp_path):
+  straight = tmp_path / "straight"
+  arc_votes.pool(straight, "test", 10, arc_votes.tally(ROUND1), write=True)
+  expect = arc_votes.score(arc_votes.pool(straight, "test", 20, arc_votes.tally(ROUND2), write=True))
+  # A run evaluated at 10 and 20, was preempted and resumes from its step-10 checkpoint:
+  # the step-20 votes are dropped and the redone evaluation is counted once.
+  run = tmp_path / "resumed"
+  arc_votes.pool(run, "test", 10, arc_votes.tally(ROUND1), write=True)
+  arc_votes.pool(run, "test", 20, arc_votes.tally(ROUND1), write=True)   # a different future
+  assert arc_votes.forget_after(run, 10) == ["test/step_20.npz"]
+  assert arc_votes.stored_steps(run, "test") == [10]
+  got = arc_votes.score(arc_votes.pool(run, "test", 20, arc_votes.tally(ROUND2), write=True))
+  assert got == expect
+  # Re-evaluating the same step (preempted between evaluation and checkpoint) overwrites it.
+  again = arc_votes.score(arc_votes.pool(run, "test", 20, arc_votes.tally(ROUND2), write=True))
+  assert again == expect
+  assert not list((run / arc_votes.STORE_DIR / "test").glob(".*tmp"))   # nothing half-written
+
+
+def test_tally_file_roundtrip(tmp_path):
+  entries = ROUND1 + [entry("u", 1, IN2, np.zeros((0, 0), np.uint8), 1.5, None), entry("u", 0, IN3, OTHER, -2.0, CLEAN)]
+  t = arc_votes.tally(entries)
+  arc_votes.save(tmp_path / "x.npz", t)
+  back = arc_votes.load(tmp_path / "x.npz")
+  assert set(back) == set(t)
+  for key, grp in t.items():
+    assert back[key].test_index == grp.test_index
+    assert (back[key].label is None) == (grp.label is None)
+    if grp.label is not None:
+      np.testing.assert_array_equal(back[key].label, grp.label)
+    assert {k: (v[1], v[2]) for k, v in back[key].cands.items()} == {k: (v[1], v[2]) for k, v in grp.cands.items()}
+  assert arc_votes.score(back) == arc_votes.score(t)
+
+
+def test_reference_denominators_count_unevaluated_tests():
+  # Task t: 2 test inputs, one evaluated and solved; task u (1 test input) not evaluated at all.
+  entries = [entry("t", 0, IN1, A, 0.0, A)]
+  seen, _ = arc_votes.vote(entries, ks=(1,))
+  assert seen["pass@1"] == 1.0
+  ref, sub = arc_votes.vote(entries, ks=(1,), test_counts={"t": 2, "u": 1})
+  assert ref["pass@1"] == pytest.approx((1 / 2 + 0) / 2)
+  assert sub == {"t": [{"attempt_1": A.tolist(), "attempt_2": A.tolist()}], "u": []}

@@ -51,7 +51,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from trm_jax import profiling, recursion
+from trm_jax import cli, config_lib, profiling, recursion
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/<x>.py[:arg]).",
                                           lock_config=True)
@@ -65,6 +65,9 @@ _LABEL = flags.DEFINE_string("label", "", "Free text copied into the JSON line."
 def run(config, n_steps: int = 10, warmup: int = 2, evaluate: bool = False, batch: int = 0,
         config_name: str = "", label: str = "") -> dict:
   """Benchmarks one config; returns the JSON-able result dict."""
+  config_lib.validate(config)
+  if batch < 0 or n_steps < 1 or warmup < 0:
+    raise ValueError(f"--batch={batch} must be >= 0, --steps={n_steps} >= 1, --warmup={warmup} >= 0")
   if not batch:
     batch = int(config.eval.batch_size if evaluate else config.train.global_batch_size)
   s = profiling.make_setup(config, batch)
@@ -116,8 +119,9 @@ def main(argv):
   if _CONFIG.value is None:
     raise app.UsageError("--config=experiments/<x>.py is required")
   name = config_flags.get_config_filename(flags.FLAGS["config"])
-  result = run(_CONFIG.value, _STEPS.value, _WARMUP.value, _EVAL.value, _BATCH.value,
-               config_name=name, label=_LABEL.value)
+  with cli.user_errors():
+    result = run(_CONFIG.value, _STEPS.value, _WARMUP.value, _EVAL.value, _BATCH.value,
+                 config_name=name, label=_LABEL.value)
   print(json.dumps(result), flush=True)
 
 

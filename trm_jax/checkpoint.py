@@ -13,11 +13,17 @@ import signal
 import jax
 import orbax.checkpoint as ocp
 
+from trm_jax import integrity
+
 ITEMS = ("state", "carry", "meta")
 
 
 class CheckpointError(ValueError):
   """An unreadable checkpoint directory (one line, names the path)."""
+
+
+class NonFiniteState(ValueError):
+  """A state holding NaN/inf, refused by `save` (one line, names the leaf)."""
 
 
 def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
@@ -49,8 +55,19 @@ def _refill(tree, abstract_tree):
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, carry, meta: dict, force: bool = False) -> bool:
+  """Saves asynchronously; the meta item records a fingerprint of every array (checked by `restore`)."""
+  state, carry = _drop_empty(state), _drop_empty(carry)
+  prints = {}
+  for name, tree in (("state", state), ("carry", carry)):
+    summary = integrity.summarize(tree)
+    bad = [k for k, (_, ok) in summary.items() if not ok]
+    if bad:
+      raise NonFiniteState(f"non-finite values in the step-{step} {name} ({name}{bad[0]}"
+                           + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") + "); not saved")
+    prints[name] = {k: fp for k, (fp, _) in summary.items()}
+  meta = dict(meta, fingerprints=prints)
   return mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(_drop_empty(state)), carry=ocp.args.StandardSave(_drop_empty(carry)),
+      state=ocp.args.StandardSave(state), carry=ocp.args.StandardSave(carry),
       meta=ocp.args.JsonSave(meta)), force=force)
 
 
@@ -67,18 +84,49 @@ def latest_step(mngr: ocp.CheckpointManager):
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, abstract_carry=None):
-  """-> (state, carry or None, meta) of `step`; a damaged checkpoint is a CheckpointError."""
+  """-> (state, carry or None, meta) of `step`; a damaged checkpoint is a CheckpointError naming the step.
+
+  Damaged: unreadable, an array whose fingerprint differs from the one
+  recorded at save time, or NaN/inf anywhere (checkpoints are only written
+  from finite states).
+  """
+  where = os.path.join(str(mngr.directory), str(step))
   items = dict(state=ocp.args.StandardRestore(_drop_empty(abstract_state)), meta=ocp.args.JsonRestore())
   if abstract_carry is not None:
     items["carry"] = ocp.args.StandardRestore(_drop_empty(abstract_carry))
   try:
     got = mngr.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # noqa: BLE001
-    raise CheckpointError(f"{os.path.join(str(mngr.directory), str(step))}: cannot restore checkpoint "
-                          f"({_short(e)})") from None
+    raise CheckpointError(f"{where}: cannot restore checkpoint ({_short(e)})") from None
+  meta = got["meta"]
+  recorded = meta.get("fingerprints") if isinstance(meta, dict) else None
+  for name in ("state", "carry"):
+    if name in got and got[name] is not None:
+      why = integrity.damage(got[name], None if recorded is None else recorded.get(name, {}), name)
+      if why:
+        raise CheckpointError(f"{where}: damaged checkpoint ({why})")
   state = _refill(got["state"], abstract_state)
   carry = _refill(got["carry"], abstract_carry) if abstract_carry is not None else None
-  return state, carry, got["meta"]
+  return state, carry, meta
+
+
+def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=None, steps=None):
+  """The newest checkpoint that restores intact (of `steps`, default all).
+
+  -> (step, state, carry, meta, damaged) with `damaged` the [(step, reason)]
+  skipped on the way; a CheckpointError when none is intact.
+  """
+  steps = sorted(mngr.all_steps() if steps is None else steps, reverse=True)
+  damaged = []
+  for step in steps:
+    try:
+      state, carry, meta = restore(mngr, step, abstract_state, abstract_carry)
+    except CheckpointError as e:
+      damaged.append((step, str(e)))
+      continue
+    return step, state, carry, meta, damaged
+  reason = damaged[0][1] if damaged else f"{mngr.directory}: no checkpoint"
+  raise CheckpointError(f"no intact checkpoint ({len(damaged)} damaged); newest: {reason}")
 
 
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
@@ -92,6 +140,7 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
 def _short(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   msg = text[0] if text else type(e).__name__
+  msg = msg.split(". See full TensorStore details")[0]
   return msg[:200]
 
 

@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 
@@ -30,6 +31,17 @@ class RunStopped(RuntimeError):
 USER_ERRORS = (ValueError, KeyError, AttributeError, FileNotFoundError, RunStopped)
 
 
+# File-system conditions a user causes (read-only or full disks, missing permissions, a file where a
+# directory belongs): one line naming the path. Other OSErrors keep their traceback.
+USER_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                         errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOENT})
+
+
+def os_error_line(e: OSError) -> str:
+  where = e.filename if e.filename is not None else ""
+  return f"{where}: {e.strerror or first_line(e)}" if where else (e.strerror or first_line(e))
+
+
 @contextlib.contextmanager
 def user_errors():
   """Turns user errors into one `error: ...` line and exit status 1."""
@@ -40,6 +52,11 @@ def user_errors():
     yield
   except USER_ERRORS as e:
     print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  except OSError as e:
+    if e.errno not in USER_ERRNOS:
+      raise
+    print(f"error: {os_error_line(e)}", file=sys.stderr, flush=True)
     sys.exit(1)
 
 

@@ -6,6 +6,8 @@ and return a locked `ConfigDict` (a misspelt field then fails).
 """
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 ARCHS = ("trm", "hrm")
@@ -60,7 +62,9 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
   c.puzzle_emb_weight_decay = 1.0
   c.ema = True
   c.ema_rate = 0.999
-  c.eval_every = 5000
+  c.eval_every = 5000               # evaluate every N steps (-1/0: only at the end) ...
+  c.eval_every_epochs = -1          # ... or every N epochs, as the reference (experiment files use this)
+  c.epochs_per_iter = -1            # sampler iteration (one partial batch dropped each); -1: eval_every_epochs or 1
   c.checkpoint_every = 5000
   c.log_every = 100
   c.keep_checkpoints = 3
@@ -87,12 +91,88 @@ def validate_model(c) -> None:
     bad("remat", f"must be 'auto', 'none', 'dots' or 'full', got {c.remat!r}")
   if c.pos_encodings not in ("rope", "learned", "none"):
     bad("pos_encodings", f"must be 'rope', 'learned' or 'none', got {c.pos_encodings!r}")
+  for field, lo, hi in MODEL_INTS:
+    _check_int(c, field, lo, hi, "model")
+  for field, lo, hi, closed in MODEL_FLOATS:
+    _check_float(c, field, lo, hi, closed, "model")
+  for field in ("mlp_t", "no_ACT_continue"):
+    if not isinstance(c[field], bool):
+      bad(field, f"must be True or False, got {c[field]!r}")
+  if c.dtype not in DTYPES:
+    bad("dtype", f"must be one of {DTYPES}, got {c.dtype!r}")
+  if c.attention_impl not in ("auto", "xla", "cudnn"):
+    bad("attention_impl", f"must be 'auto', 'xla' or 'cudnn', got {c.attention_impl!r}")
+  if not str(c.loss_type).startswith(("stablemax", "softmax")):
+    bad("loss_type", f"must be 'stablemax' or 'softmax', got {c.loss_type!r}")
   if not c.mlp_t and c.hidden_size % c.num_heads:
     bad("num_heads", f"hidden_size {c.hidden_size} is not divisible by {c.num_heads} heads")
-  if c.H_cycles < 1 or c.L_cycles < 1:
-    bad("H_cycles", "H_cycles and L_cycles must be >= 1")
-  if c.halt_max_steps < 1:
-    bad("halt_max_steps", "must be >= 1")
+
+
+# Sane bounds (inclusive) for every numeric field: zero, negative or absurd sizes fail before any allocation.
+BIG = 1 << 24
+MODEL_INTS = (("seq_len", 1, 1 << 16), ("vocab_size", 2, 1 << 16), ("num_puzzle_identifiers", 1, 1 << 27),
+              ("hidden_size", 1, 1 << 16), ("num_heads", 1, 1 << 12), ("H_cycles", 1, 1 << 10),
+              ("L_cycles", 1, 1 << 10), ("L_layers", 1, 1 << 10), ("H_layers", 0, 1 << 10),
+              ("puzzle_emb_ndim", 0, 1 << 16), ("puzzle_emb_len", 0, 1 << 12), ("halt_max_steps", 1, 1 << 12))
+MODEL_FLOATS = (("expansion", 0.0, 1024.0, False), ("rms_norm_eps", 0.0, 1.0, False),
+                ("rope_theta", 0.0, 1e12, False), ("halt_exploration_prob", 0.0, 1.0, True))
+TRAIN_INTS = (("global_batch_size", 1, BIG), ("lr_warmup_steps", 0, 1 << 40), ("eval_every", 0, 1 << 40),
+              ("checkpoint_every", 0, 1 << 40), ("log_every", 0, 1 << 40), ("keep_checkpoints", 1, 1 << 20))
+INF = float("inf")  # finite is always required; rates may be absurd on purpose (the non-finite guard's test)
+TRAIN_FLOATS = (("lr", 0.0, INF, True), ("lr_min_ratio", 0.0, 1.0, True), ("beta1", 0.0, 1.0, "lo"),
+                ("beta2", 0.0, 1.0, "lo"), ("weight_decay", 0.0, INF, True), ("puzzle_emb_lr", 0.0, INF, True),
+                ("puzzle_emb_weight_decay", 0.0, INF, True), ("ema_rate", 0.0, 1.0, True))
+DTYPES = ("bfloat16", "float32", "float16")
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_int(c, field, lo, hi, section):
+  v = c[field]
+  if not _is_int(v) or not lo <= v <= hi:
+    raise ValueError(f"config.{section}.{field}: must be an integer in [{lo}, {hi}], got {v!r}")
+
+
+def _check_float(c, field, lo, hi, closed, section):
+  """closed: True -> [lo, hi]; False -> (lo, hi]; "lo" -> [lo, hi)."""
+  v = c[field]
+  ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        and (lo <= v if closed in (True, "lo") else lo < v) and (v < hi if closed == "lo" else v <= hi))
+  if not ok:
+    left = "[" if closed in (True, "lo") else "("
+    right = ")" if closed == "lo" else "]"
+    raise ValueError(f"config.{section}.{field}: must be a number in {left}{lo:g}, {hi:g}{right}, got {v!r}")
+
+
+def validate(config) -> None:
+  """Every field of a run config checked against sane bounds (call before any allocation).
+
+  Raises ValueError naming the first bad field (`config.train.global_batch_size: ...`).
+  """
+  t = config.train
+  if not _is_int(config.seed):
+    raise ValueError(f"config.seed: must be an integer, got {config.seed!r}")
+  for field, lo, hi in TRAIN_INTS:
+    _check_int(t, field, lo, hi, "train")
+  for field, lo, hi, closed in TRAIN_FLOATS:
+    _check_float(t, field, lo, hi, closed, "train")
+  if t.steps is not None and (not _is_int(t.steps) or t.steps > 1 << 40):
+    raise ValueError(f"config.train.steps: must be an integer (-1: derived from epochs), got {t.steps!r}")
+  if t.steps is None or t.steps < 0:
+    _check_float(t, "epochs", 0.0, 1e9, False, "train")
+  if not isinstance(t.ema, bool):
+    raise ValueError(f"config.train.ema: must be True or False, got {t.ema!r}")
+  if t.optimizer not in ("adam_atan2", "adamw"):
+    raise ValueError(f"config.train.optimizer: must be 'adam_atan2' or 'adamw', got {t.optimizer!r}")
+  _check_int(config.eval, "batch_size", 1, BIG, "eval")
+  for field in ("supervision_steps", "max_examples"):  # <= 0: the default (all steps / all examples)
+    _check_int(config.eval, field, -1, 1 << 40, "eval")
+  _check_int(config.mesh, "table_parallel", 1, 1 << 16, "mesh")
+  if not str(config.data.name):
+    raise ValueError("config.data.name: must not be empty")
+  validate_model(config.model)
 
 
 def frozen_model(c) -> ml_collections.FrozenConfigDict:
@@ -128,7 +208,9 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   c.name = "sudoku_extreme"       # TFDS builder name, or "generated/<set>" for in-memory toy sets
   c.config = ""                   # builder config name
   c.data_dir = "~/tensorflow_datasets"
-  c.manual_dir = ""               # raw files for builders that need them
+  c.manual_dir = ""               # raw files for builders that need them (else downloaded)
+  c.mirror = ""                   # download from MIRROR/HOST/PATH instead of https://HOST/PATH
+  c.build_timeout_s = 7200.0      # processes > 0 wait this long for process 0 to build the set
   c.eval_sets = ("test",)
   c.update(overrides)
   return c
@@ -144,7 +226,10 @@ def base_config(arch: str = "trm") -> ml_collections.ConfigDict:
   c.data = data_config()
   c.model = model_config()
   c.train = train_config()
-  c.eval = ml_collections.ConfigDict(dict(batch_size=768, supervision_steps=-1, max_examples=-1))
+  # arc_aggregate_voting: ARC pass@K votes over every evaluation of the run so far (the reference's
+  # default); False votes over the current evaluation only.
+  c.eval = ml_collections.ConfigDict(dict(batch_size=768, supervision_steps=-1, max_examples=-1,
+                                          arc_aggregate_voting=True))
   # Devices that split the puzzle-embedding table by rows (the rest is data parallel).
   c.mesh = ml_collections.ConfigDict(dict(table_parallel=1))
   if arch == "hrm":
@@ -165,4 +250,11 @@ def arc_config(arch: str, data_config_name: str) -> ml_collections.ConfigDict:
   if arch == "trm":
     c.model.update(H_cycles=3, L_cycles=4, puzzle_emb_len=16)
   c.train.update(epochs=100000, lr=1e-4, puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.1)
+  # TRM's and HRM's ARC runs: 100k epochs, an evaluation every 10k (10 in all), votes pooled over them.
+  reference_schedule(c, epochs=100000, eval_every_epochs=10000)
   return c
+
+
+def reference_schedule(c, epochs: int, eval_every_epochs: int) -> None:
+  """The reference's run length and cadence: `epochs`, evaluating every `eval_every_epochs`."""
+  c.train.update(epochs=epochs, steps=-1, eval_every_epochs=eval_every_epochs, eval_every=-1, epochs_per_iter=-1)

@@ -155,7 +155,8 @@ def resolve(config, resolve_data: bool = True, mesh=None):
   import copy  # noqa: PLC0415
 
   from trm_jax import data as data_lib  # noqa: PLC0415
-  from trm_jax import runs, sharding, train  # noqa: PLC0415
+  from trm_jax import config_lib, runs, sharding, train  # noqa: PLC0415
+  config_lib.validate(config)
   mesh = sharding.make_mesh() if mesh is None else mesh
   if resolve_data:
     try:

@@ -6,7 +6,9 @@ config, or `generated/<set>` for the in-memory toy sets (`sudoku_small`,
 `maze_small`) with `config.data.config` holding their keyword arguments
 (`"size=4,n_train=2000"`); their test split drops the puzzles that also occur
 in train, so test accuracy is on unseen puzzles. A TFDS set that is not built yet is built on first
-use (from `data.manual_dir` when it needs raw files).
+use: from `data.manual_dir` when given, else from its downloaded, checksum-verified raw files
+(`data.mirror` rewrites the download URLs); with several processes only process 0 builds and
+the others wait up to `data.build_timeout_s` for it (data_dir must then be shared, e.g. gs://).
 """
 from __future__ import annotations
 
@@ -79,6 +81,18 @@ def _unseen(test, train):
                            np.zeros(n, np.int32), test.meta.vocab_size, test.meta.num_puzzle_identifiers)
 
 
+def _build_or_wait(dcfg, full: str, data_dir: str) -> None:
+  """Builds a missing set; in a multi-process run only process 0 builds it
+  (downloading if needed) and the others wait until it is published."""
+  import jax
+  from trm_jax.datasets import common
+  if jax.process_count() > 1 and jax.process_index() != 0:
+    common.wait_for(full, data_dir, float(dcfg.get("build_timeout_s", 7200)))
+    return
+  manual = os.path.expanduser(dcfg.manual_dir) if dcfg.manual_dir else None
+  common.build(full, data_dir, manual_dir=manual, mirror=dcfg.get("mirror", "") or None)
+
+
 def load(dcfg) -> Data:
   """Loads the train split and every split in `dcfg.eval_sets`."""
   name = dcfg.name
@@ -92,8 +106,7 @@ def load(dcfg) -> Data:
     try:
       builder = common.get_builder(full, data_dir)
       if not os.path.isfile(os.path.join(builder.data_dir, common.META_FILE)):
-        manual = os.path.expanduser(dcfg.manual_dir) if dcfg.manual_dir else None
-        common.build(full, data_dir, manual_dir=manual)
+        _build_or_wait(dcfg, full, data_dir)
       train = input_pipeline.load_split(full, "train", data_dir)
       evals = {s: input_pipeline.load_split(full, s, data_dir) for s in dcfg.eval_sets}
     except common.DataError as e:

@@ -1,24 +1,19 @@
-"""Evaluation: exact / token accuracy per set and per supervision step, ARC voting.
+"""Evaluation: exact / token accuracy per set and per supervision step, ARC votes.
 
 The eval step is `steps.rollout` (every row runs all supervision steps from a
 fresh carry); accuracies are computed on the host from the per-step
-predictions. ARC voting follows REFERENCE.md section 8.
+predictions. ARC voting (REFERENCE.md section 8) lives in `arc_votes`; this
+module turns evaluated rows into its entries.
 """
 from __future__ import annotations
-
-import collections
-import hashlib
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from trm_jax import input_pipeline, steps
+from trm_jax.arc_votes import PASS_KS, vote as arc_vote, write_submission  # noqa: F401  (API)
 from trm_jax.losses import IGNORE_LABEL
-
-PASS_KS = (1, 2, 5, 10, 100, 1000)
 
 
 def make_eval_step(model, mcfg, n_steps: int):
@@ -71,13 +66,18 @@ class SetAccumulator:
 
 def evaluate_split(eval_fn, params, consts, table, split, batch_size: int, n_steps: int, make_batch,
                    max_examples: int = -1, name: str = "test", arc=None):
-  """Runs one split -> (metrics dict, ARC entries or None)."""
+  """Runs one split -> (metrics dict, ARC entries or None).
+
+  With `max_examples >= 0` only the first batches holding that many examples
+  run; the metrics then include `eval/<name>/partial` = 1.
+  """
   acc = SetAccumulator(n_steps)
   entries = [] if arc is not None else None
-  seen = 0
+  seen, partial = 0, False
   for local in input_pipeline.eval_batches(split, batch_size, jax.process_index(), jax.process_count(),
                                            with_index=True):
     if 0 <= max_examples <= seen:
+      partial = True
       break
     index = local.pop("example_index")
     out = eval_fn(params, consts, table, make_batch(local))
@@ -87,7 +87,10 @@ def evaluate_split(eval_fn, params, consts, table, split, batch_size: int, n_ste
     if arc is not None:
       entries += arc_entries(split, index, local, preds[-1], q_halt[-1], *arc)
     seen += batch_size
-  return acc.result(f"eval/{name}"), entries
+  metrics = acc.result(f"eval/{name}")
+  if partial:
+    metrics[f"eval/{name}/partial"] = 1.0
+  return metrics, entries
 
 
 def _local(x):
@@ -102,11 +105,6 @@ def _local(x):
 
 # ---------------------------------------------------------------------------
 # ARC voting (REFERENCE.md section 8).
-
-
-def _grid_key(grid) -> bytes:
-  g = np.asarray(grid, np.uint8)
-  return np.asarray(g.shape, np.int32).tobytes() + g.tobytes()
 
 
 def arc_entries(split, index, local, final_preds, final_q_halt, info, arrays):
@@ -129,55 +127,16 @@ def arc_entries(split, index, local, final_preds, final_q_halt, info, arrays):
   return out
 
 
-def arc_vote(entries, ks=PASS_KS):
-  """Votes over augmented copies -> ({"pass@K": score}, submission dict).
+def arc_test_counts(split, info, arrays) -> dict:
+  """{task id: number of test inputs} for every task with examples in an ARC eval split.
 
-  Entries are dicts with task, test_index, input, pred, q_halt (logit) and
-  label (None when unknown). Candidates for one test input (grouped by task
-  and input hash) are ranked by votes, then mean sigmoid(q_halt); a test
-  input is solved at K when its label is among the top K; a task scores the
-  fraction of its test inputs solved; the result is the mean over tasks.
+  These are the reference's denominators: pass@K is a mean over every test
+  task of the fraction of its test inputs solved, evaluated or not.
   """
-  groups = collections.defaultdict(dict)      # (task, input key) -> {pred key: [grid, votes, q sum]}
-  labels, order = {}, {}
-  for e in entries:
-    key = (e["task"], hashlib.sha256(_grid_key(e["input"])).hexdigest())
-    cand = groups[key].setdefault(_grid_key(e["pred"]), [np.asarray(e["pred"]), 0, 0.0])
-    cand[1] += 1
-    cand[2] += 1.0 / (1.0 + np.exp(-float(e["q_halt"])))
-    if e.get("label") is not None:
-      labels[key] = _grid_key(e["label"])
-    order[key] = min(order.get(key, e["test_index"]), e["test_index"])
-
-  ranked = {}
-  for key, cands in groups.items():
-    items = sorted(cands.items(), key=lambda kv: (-kv[1][1], -kv[1][2] / kv[1][1]))
-    ranked[key] = [(k, c[0]) for k, c in items]
-
-  tasks = sorted({k[0] for k in groups})
-  scores = {}
-  for k in ks:
-    per_task = []
-    for t in tasks:
-      keys = [key for key in groups if key[0] == t]
-      solved = [key in labels and labels[key] in [c[0] for c in ranked[key][:k]] for key in keys]
-      per_task.append(float(np.mean(solved)))
-    scores[f"pass@{k}"] = float(np.mean(per_task)) if per_task else 0.0
-
-  submission = {}
-  for t in tasks:
-    keys = sorted((key for key in groups if key[0] == t), key=lambda key: order[key])
-    attempts = []
-    for key in keys:
-      top = [c[1] for c in ranked[key][:2]]
-      top = top + top[:1] * (2 - len(top))
-      attempts.append({"attempt_1": top[0].tolist(), "attempt_2": top[1].tolist()})
-    submission[t] = attempts
-  return scores, submission
-
-
-def write_submission(path: str, submission: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(submission, f)
-  os.replace(tmp, path)
+  tasks = arrays["puzzle_task"][np.asarray(split.puzzle_identifiers)]
+  sizes = np.diff(np.asarray(split.puzzle_indices))
+  out = {}
+  for ti, n in zip(tasks.tolist(), sizes.tolist()):
+    if ti >= 0 and n > 0:
+      out[info["tasks"][ti][1]] = int(n)
+  return out

@@ -1,11 +1,14 @@
 """Step-indexed group sampler, per-process shards and global batch assembly.
 
 Training batches are a pure function of (seed, step): iteration `it` (made of
-`epochs_per_iter` epochs) shuffles the groups with a generator keyed by
-(seed, it), draws one puzzle per group and fills global batches with the
-puzzles' examples in that order (a puzzle that overflows a batch contributes a
-random subset; the last partial batch of an iteration is dropped). Each process
-reads only rows `[i*B/P, (i+1)*B/P)` of every global batch.
+`epochs_per_iter` epochs) concatenates `epochs_per_iter` shuffles of the groups
+drawn from a generator keyed by (seed, it), draws one puzzle per group entry
+and fills global batches with the puzzles' examples in that order (a puzzle
+that overflows a batch contributes a random subset; the last partial batch of
+an iteration is dropped). This is the reference's rule: its loader runs one
+iteration of `eval_interval` epochs between evaluations, so it drops one
+partial batch per evaluation interval, not one per epoch. Each process reads
+only rows `[i*B/P, (i+1)*B/P)` of every global batch.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +28,7 @@ from trm_jax.datasets.splits import (BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID,
 __all__ = ['DatasetMeta', 'SplitData', 'load_split', 'train_batch',
            'train_batch_indices', 'batch_position', 'eval_batches',
            'prefetch_train_batches', 'make_global_batch',
-           'steps_per_epoch', 'measure_throughput']
+           'steps_per_epoch', 'iteration_ends', 'measure_throughput']
 
 
 # ------------------------------------------------------------------ load --
@@ -39,7 +43,8 @@ class RecordReader:
     from array_record.python.array_record_data_source import \
         ArrayRecordDataSource
     from tensorflow_datasets.proto import tf_example_pb2
-    self._source = ArrayRecordDataSource([os.fspath(f) for f in files])
+    self._files = [os.fspath(f) for f in files]
+    self._source = ArrayRecordDataSource(self._files)
     self._parse = tf_example_pb2.Example.FromString
     self._zlib = zlib_encoded
 
@@ -51,19 +56,29 @@ class RecordReader:
     indices = [int(i) for i in np.asarray(indices).reshape(-1)]
     if not indices:
       raise ValueError('empty read')
-    feats = [self._parse(r).features.feature
-             for r in self._source.__getitems__(indices)]
-    ids = [f['example_id'].int64_list.value[0] for f in feats]
-    if ids != indices:
-      raise RuntimeError('records out of order: example ids do not match')
-    out = []
-    for key in ('inputs', 'labels'):
-      raw = [f[key].bytes_list.value[0] for f in feats]
-      if self._zlib:
-        raw = [zlib.decompress(b) for b in raw]
-      out.append(np.frombuffer(b''.join(raw), np.uint8).reshape(
-          len(indices), -1))
+    try:  # a damaged file: one line naming it, not a traceback
+      feats = [self._parse(r).features.feature
+               for r in self._source.__getitems__(indices)]
+      ids = [f['example_id'].int64_list.value[0] for f in feats]
+      if ids != indices:
+        raise ValueError('records out of order: example ids do not match')
+      out = []
+      for key in ('inputs', 'labels'):
+        raw = [f[key].bytes_list.value[0] for f in feats]
+        if self._zlib:
+          raw = [zlib.decompress(b) for b in raw]
+        out.append(np.frombuffer(b''.join(raw), np.uint8).reshape(
+            len(indices), -1))
+    except Exception as e:  # noqa: BLE001 - riegeli, protobuf, zlib and shape errors alike
+      from trm_jax.datasets import common
+      raise common.DataError(f'{self._files[0]}: damaged records ({_first_line(e)}); rebuild the '
+                             'dataset with trm-data build --overwrite') from None
     return out[0], out[1]
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return (text[0] if text else type(e).__name__)[:200]
 
 
 def _record_files(d: Path, split: str):
@@ -94,21 +109,31 @@ def dataset_dir(name_or_path, data_dir=None) -> Path:
 def load_split(name_or_path, split: str = 'train', data_dir=None,
                in_memory: bool = False) -> SplitData:
   """Opens one split of a built dataset; reads records lazily by default."""
-  from trm_jax.datasets import common
+  from trm_jax.datasets import common, splits
   d = dataset_dir(name_or_path, data_dir)
-  md = common.read_metadata(d)
-  if split not in md['json']['splits']:
-    raise common.DataError(f'{d}: no split {split!r} '
-                           f'(have {sorted(md["json"]["splits"])})')
-  meta = DatasetMeta.from_json(md['json']['splits'][split])
-  arr = md['arrays']
-  reader = RecordReader(*_record_files(d, split))
-  data = SplitData(meta, arr[f'{split}.puzzle_indices'],
-                   arr[f'{split}.group_indices'],
-                   arr[f'{split}.puzzle_identifiers'], reader)
+  try:  # damaged or hand-edited files: one line naming the dataset
+    md = common.read_metadata(d)
+    if split not in md['json']['splits']:
+      raise common.DataError(f'{d}: no split {split!r} '
+                             f'(have {sorted(md["json"]["splits"])})')
+    meta = DatasetMeta.from_json(md['json']['splits'][split])
+    arr = md['arrays']
+    splits.check_split(meta, arr[f'{split}.puzzle_indices'], arr[f'{split}.group_indices'],
+                       arr[f'{split}.puzzle_identifiers'], f'{d / common.META_FILE}: splits.{split}')
+    reader = RecordReader(*_record_files(d, split))
+    data = SplitData(meta, arr[f'{split}.puzzle_indices'],
+                     arr[f'{split}.group_indices'],
+                     arr[f'{split}.puzzle_identifiers'], reader)
+  except common.DataError:
+    raise
+  except splits.MetaError as e:
+    raise common.DataError(f'{e}; rebuild the dataset with trm-data build --overwrite') from None
+  except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, zipfile.BadZipFile) as e:
+    raise common.DataError(f'{d}: damaged dataset ({_first_line(e)}); rebuild it with trm-data build '
+                           '--overwrite') from None
   if len(reader) != data.num_examples:
-    raise RuntimeError(f'{d}: {len(reader)} records, index says '
-                       f'{data.num_examples}')
+    raise common.DataError(f'{d}: damaged dataset ({len(reader)} records, index says '
+                           f'{data.num_examples}); rebuild it with trm-data build --overwrite')
   if in_memory:
     chunks = [reader.read(np.arange(s, min(s + 8192, data.num_examples)))
               for s in range(0, data.num_examples, 8192)]
@@ -125,7 +150,9 @@ def _rng(*key) -> np.random.Generator:
       np.random.SeedSequence([int(k) for k in key])))
 
 
-@functools.lru_cache(maxsize=8)
+# An iteration of many epochs holds (groups x epochs) puzzle indices (~100 MB
+# for ARC's 10,000-epoch iterations), so only the last few plans are kept.
+@functools.lru_cache(maxsize=2)
 def _plan(puzzle_indices_b, group_indices_b, seed, it, batch, epochs_per_iter):
   pidx = np.frombuffer(puzzle_indices_b, np.int64)
   gidx = np.frombuffer(group_indices_b, np.int64)
@@ -167,7 +194,7 @@ def _key_bytes(data: SplitData):
   return cached
 
 
-def _locate(data, seed, step, batch, epochs_per_iter):
+def _schedule(data, seed, batch, epochs_per_iter):
   pb, gb = _key_bytes(data)
   key = (pb, gb, seed, batch, epochs_per_iter)
   sched = _SCHEDULES.setdefault(key, _Schedule())
@@ -179,12 +206,40 @@ def _locate(data, seed, step, batch, epochs_per_iter):
           f'global batch {batch} exceeds the examples of one iteration '
           f'({data.meta.total_groups} groups x {epochs_per_iter} epochs); '
           'raise epochs_per_iter or lower the batch')
+  return sched, pb, gb
+
+
+def _extend(sched, pb, gb, seed, batch, epochs_per_iter):
+  it = len(sched.cum) - 1
+  _, starts = _plan(pb, gb, seed, it, batch, epochs_per_iter)
+  sched.cum.append(sched.cum[-1] + len(starts) - 1)
+
+
+def _locate(data, seed, step, batch, epochs_per_iter):
+  sched, pb, gb = _schedule(data, seed, batch, epochs_per_iter)
   while sched.cum[-1] <= step:
-    it = len(sched.cum) - 1
-    _, starts = _plan(pb, gb, seed, it, batch, epochs_per_iter)
-    sched.cum.append(sched.cum[-1] + len(starts) - 1)
+    _extend(sched, pb, gb, seed, batch, epochs_per_iter)
   it = int(np.searchsorted(sched.cum, step, 'right')) - 1
   return it, step - sched.cum[it], pb, gb
+
+
+def iteration_ends(data: SplitData, seed: int, global_batch_size: int,
+                   epochs_per_iter: int, n_iters: int,
+                   stop_at: int | None = None) -> np.ndarray:
+  """Training steps at which iterations 0, 1, ... end (cumulative batches).
+
+  Stops after `n_iters` iterations, or earlier once an iteration ends at or
+  after step `stop_at`.
+  """
+  sched, pb, gb = _schedule(data, seed, global_batch_size, epochs_per_iter)
+  while len(sched.cum) <= n_iters and (
+      stop_at is None or sched.cum[-1] < stop_at):
+    _extend(sched, pb, gb, seed, global_batch_size, epochs_per_iter)
+  ends = np.asarray(sched.cum[1:n_iters + 1], np.int64)
+  if stop_at is not None and len(ends):
+    k = int(np.searchsorted(ends, stop_at, 'left'))
+    ends = ends[:k + 1]
+  return ends
 
 
 def batch_position(data: SplitData, seed: int, step: int,

@@ -46,6 +46,23 @@ class KeyMismatch(ValueError):
   pass
 
 
+class BadValues(ValueError):
+  """A weight that is not real floating point, or holds NaN/inf (one line, names the key)."""
+
+
+def _weights(value, key: str, source: str) -> np.ndarray:
+  """`value` as float32, refusing non-float dtypes (complex, int, bool, ...) and NaN/inf."""
+  a = np.asarray(value)
+  if a.dtype.kind != "f":
+    raise BadValues(f"{source}: {key} has dtype {a.dtype}; weights must be real floating point")
+  a = a.astype(np.float32)
+  finite = np.isfinite(a)
+  if not finite.all():
+    raise BadValues(f"{source}: {key} holds {a.size - int(finite.sum())} NaN/inf value(s) "
+                    f"(first at index {np.unravel_index(int(np.argmin(finite)), a.shape)})")
+  return a
+
+
 def from_reference(state_dict: dict, like_variables, num_puzzle_identifiers: int | None = None,
                    puzzle_emb_ndim: int = 0, source: str = "state dict"):
   """Reference state dict -> (variables, puzzle_table).
@@ -70,7 +87,7 @@ def from_reference(state_dict: dict, like_variables, num_puzzle_identifiers: int
   flat = {"params": {}, "consts": {}}
   like_flat = {c: flax.traverse_util.flatten_dict(flax.core.unfreeze(like_variables[c])) for c in flat}
   for key, (col, path, tr) in keys.items():
-    a = np.asarray(sd[key], np.float32)
+    a = _weights(sd[key], key, source)
     a = a.T if tr else a
     want = tuple(like_flat[col][path].shape)
     if a.shape != want:
@@ -81,7 +98,7 @@ def from_reference(state_dict: dict, like_variables, num_puzzle_identifiers: int
   variables = {c: flax.traverse_util.unflatten_dict(flat[c]) for c in flat}
   table = None
   if puzzle_emb_ndim > 0:
-    table = np.asarray(sd[table_key], np.float32)
+    table = _weights(sd[table_key], table_key, source)
     want = (num_puzzle_identifiers, puzzle_emb_ndim)
     if num_puzzle_identifiers is not None and table.shape != want:
       raise KeyMismatch(f"{source}: {table_key} has shape {table.shape}, the config expects {want}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 
 import jax
 import ml_collections
@@ -73,14 +74,26 @@ def load_run(workdir: str, step: int | None = None):
     steps_saved = list(mngr.all_steps())
     if not steps_saved:
       raise checkpoint.CheckpointError(f"--workdir={workdir}: no checkpoint found")
-    if step is None:
-      step = max(steps_saved)
-    elif step not in steps_saved:
+    if step is not None and step not in steps_saved:
       raise checkpoint.CheckpointError(f"--step={step}: no such checkpoint in {directory} (have {sorted(steps_saved)})")
-    meta = checkpoint.restore_meta(mngr, step)
-    config = ml_collections.ConfigDict(json.loads(meta["config"]))
-    run = Run(config, sharding.make_mesh())
-    state, _, _ = checkpoint.restore(mngr, step, run.abstract_state)
+    # An explicit step must be intact; otherwise the newest intact one is used, with one warning line.
+    candidates = [step] if step is not None else sorted(steps_saved, reverse=True)
+    run, damaged = None, []
+    for step in candidates:
+      try:
+        meta = checkpoint.restore_meta(mngr, step)
+        config = ml_collections.ConfigDict(json.loads(meta["config"]))
+        run = Run(config, sharding.make_mesh())
+        state, _, _ = checkpoint.restore(mngr, step, run.abstract_state)
+        break
+      except checkpoint.CheckpointError as e:
+        damaged.append(str(e))
+    else:
+      if len(candidates) == 1:
+        raise checkpoint.CheckpointError(damaged[0])
+      raise checkpoint.CheckpointError(f"no intact checkpoint ({len(damaged)} damaged); newest: {damaged[0]}")
+    if damaged:
+      print(f"warning: {damaged[0]}; using step {step} (the newest intact checkpoint)", file=sys.stderr, flush=True)
   finally:
     mngr.close()
   return run, state, meta, step

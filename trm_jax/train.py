@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from trm_jax import checkpoint, data as data_lib, evaluate, input_pipeline, metrics as metrics_lib
+from trm_jax import arc_votes, cadence as cadence_lib, checkpoint, config_lib, data as data_lib, evaluate
+from trm_jax import input_pipeline, metrics as metrics_lib
 from trm_jax import sharding, steps, train_state, trace
 from trm_jax.cli import RunStopped, UserError
 from trm_jax.runs import Run, run_meta, with_shardings
@@ -58,11 +59,29 @@ def _finite(x) -> bool:
   return bool(np.isfinite(np.asarray(x)).all())
 
 
+def _resume(mngr, abstract_state, abstract_carry):
+  """Restores the newest intact checkpoint; damaged newer ones are deleted with one warning line."""
+  step, state, carry, _, damaged = checkpoint.restore_intact(mngr, abstract_state, abstract_carry)
+  for bad, _ in damaged:
+    mngr.delete(bad)  # else re-saving that step later fails, and it would shadow the good one
+  if damaged and jax.process_index() == 0:
+    print(f"warning: {damaged[0][1]}; deleted {len(damaged)} damaged checkpoint(s) "
+          f"(steps {', '.join(str(s) for s, _ in damaged)}); resuming from step {step}", file=sys.stderr, flush=True)
+  return state, carry
+
+
 def evaluate_all(run: Run, state, data: data_lib.Data, workdir: str | None = None) -> dict:
-  """Every eval set with the EMA weights when EMA is on; ARC adds voting and a submission."""
+  """Every eval set with the EMA weights when EMA is on; ARC adds voting and a submission.
+
+  ARC's `eval/ARC/pass@K` and `submission.json` vote over every evaluation of
+  the run so far when `eval.arc_aggregate_voting` (the reference's default;
+  the votes are stored in the workdir, see `arc_votes`), else over this one;
+  `eval/ARC/pass@K_this_eval` is always this evaluation's own score.
+  """
   cfg = run.config
   out = {}
   params = state.eval_params()
+  step = int(jax.device_get(state.step))
   for name, split in data.evals.items():
     arc = (data.info, data.arrays) if data.task == "arc" else None
     m, entries = evaluate.evaluate_split(run.eval_step, params, state.consts, state.puzzle_table, split,
@@ -73,11 +92,17 @@ def evaluate_all(run: Run, state, data: data_lib.Data, workdir: str | None = Non
       m = _merge_split_metrics([p[0] for p in parts], f"eval/{name}/count")
       entries = None if entries is None else [e for p in parts for e in p[1]]
     out.update(m)
-    if arc is not None and entries:
-      scores, submission = evaluate.arc_vote(entries)
+    if arc is not None:
+      counts = evaluate.arc_test_counts(split, *arc)   # every test task: the reference's denominators
+      this = arc_votes.tally(entries)
+      scores, submission = arc_votes.score(this, test_counts=counts)
+      out.update({f"eval/ARC/{k}_this_eval": v for k, v in scores.items()})
+      if cfg.eval.arc_aggregate_voting and workdir:
+        pooled = arc_votes.pool(workdir, name, step, this, write=jax.process_index() == 0)
+        scores, submission = arc_votes.score(pooled, test_counts=counts)
       out.update({f"eval/ARC/{k}": v for k, v in scores.items()})
       if workdir and jax.process_index() == 0:
-        evaluate.write_submission(os.path.join(workdir, "submission.json"), submission)
+        arc_votes.write_submission(os.path.join(workdir, "submission.json"), submission)
   return out
 
 
@@ -104,17 +129,21 @@ def _merge_split_metrics(parts: list, count_key: str) -> dict:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming the workdir's latest checkpoint), evaluates, saves; returns the last metrics."""
   workdir = check_workdir(workdir)
+  config_lib.validate(config)  # before anything is allocated or built
   mesh = sharding.make_mesh(config.mesh.table_parallel)
   data = data_lib.load(config.data)
   config = resolve_config(config, data)
+  config_lib.validate(config)  # the dataset's shapes
   t = config.train
   try:
     sharding.check_batch(t.global_batch_size, mesh)
     sharding.check_batch(config.eval.batch_size, mesh, "eval.batch_size")
     run = Run(config, mesh)
+    cad = cadence_lib.cadence(t, data.train, config.seed)
   except ValueError as e:
     raise UserError(str(e)) from None
-  total, batch_size = int(t.steps), int(t.global_batch_size)
+  total, batch_size, epi = cad.end, int(t.global_batch_size), cad.epochs_per_iter
+  eval_steps = frozenset(cad.eval_steps)
   profile = trace.StepTrace(t.get("profile_steps", ""), workdir)
 
   os.makedirs(workdir, exist_ok=True)
@@ -127,25 +156,56 @@ def train_and_evaluate(config, workdir: str) -> dict:
     carry = jax.jit(carry_fn, out_shardings=carry_sh)()
   else:
     abstract_carry = with_shardings(jax.eval_shape(carry_fn), carry_sh)
-    state, carry, _ = checkpoint.restore(mngr, latest, run.abstract_state, abstract_carry)
+    try:
+      state, carry = _resume(mngr, run.abstract_state, abstract_carry)
+    except BaseException:
+      mngr.close()  # no orbax threads left to print tracebacks at exit
+      raise
   start = int(state.step)
+  forgotten = arc_votes.forget_after(workdir, start) if jax.process_index() == 0 else []
 
   writer = metrics_lib.Writer(workdir, total, start)
   n_params = train_state.count_params(state.params)
   writer.log(f"config:\n{config}")
   writer.log(f"parameters: {n_params:,}; devices: {jax.device_count()}; steps {start} -> {total}"
              + ("" if writer.tensorboard else "; TensorBoard off (tensorboardX not installed)"))
+  writer.log(cadence_lib.describe(cad))
+  if forgotten:
+    writer.log(f"resuming at step {start}: dropped the ARC votes of later evaluations ({', '.join(forgotten)})")
   if start == 0:
     writer.write(0, {"params": n_params, "total_steps": total})
 
-  train_step = sharding.jit_train_step(steps.make_train_step(run.model, run.mcfg, t, run.tx, total), mesh,
+  train_step = sharding.jit_train_step(steps.make_train_step(run.model, run.mcfg, t, run.tx, int(t.steps)), mesh,
                                        run.abstract_state, jax.eval_shape(carry_fn))
   pidx, pcount = jax.process_index(), jax.process_count()
   batch_at = lambda s: run.make_batch(input_pipeline.train_batch(data.train, config.seed, s, batch_size,
-                                                                 pidx, pcount))
+                                                                 pidx, pcount, epi))
   last_metrics: dict = {}
   step, sums, window, t_window = start, None, 0, time.time()
   batches = None
+
+  # The newest checkpoint whose state has not yet produced a finite loss: the loss computed from
+  # the step-k state is only known after step k+1, so checkpoint k counts as good only then.
+  pending = None if latest is None else start
+
+  def stop_non_finite(what: str):
+    """Deletes the unverified checkpoint (it produced the NaN) and stops, naming the last good one."""
+    mngr.wait_until_finished()
+    dropped = ""
+    if pending is not None and pending in mngr.all_steps():
+      mngr.delete(pending)
+      dropped = f"deleted checkpoint step {pending} (its loss was never finite); "
+    good = mngr.latest_step()
+    raise NonFiniteLoss(f"{what}; stopped; {dropped}last good checkpoint: "
+                        f"{'none' if good is None else f'step {good}'} in {mngr.directory}")
+
+  def check_pending():
+    """After step pending+1: the loss from the pending checkpoint's state is known; finite -> it is good."""
+    nonlocal pending
+    if pending is not None and step == pending + 1:
+      if not _finite(jax.device_get(sums["loss"])):
+        stop_non_finite(f"non-finite loss at step {step}")
+      pending = None
 
   def flush():
     """Fetches the window's metric sums; stops the run on a non-finite loss."""
@@ -154,14 +214,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
       return {}
     host = jax.device_get(sums)
     if not _finite(host["loss"]):
-      mngr.wait_until_finished()
-      good = mngr.latest_step()
-      raise NonFiniteLoss(f"non-finite loss in steps {step - window + 1}..{step}; stopped; last good "
-                          f"checkpoint: {'none' if good is None else f'step {good}'} in {mngr.directory}")
+      stop_non_finite(f"non-finite loss in steps {step - window + 1}..{step}")
     vals = {f"train/{k}": v for k, v in metrics_lib.reduce_window(host, batch_size, window).items()}
     vals["train/steps_per_sec"] = window / max(time.time() - t_window, 1e-9)
     sums, window, t_window = None, 0, time.time()
     return vals
+
+  def save():
+    """Saves step `step` (never a state holding NaN/inf); it is good once its loss is finite."""
+    nonlocal pending
+    try:
+      checkpoint.save(mngr, step, state, carry, meta, force=True)
+    except checkpoint.NonFiniteState as e:
+      stop_non_finite(str(e))
+    pending = step
 
   try:
     with checkpoint.Preemption() as preempt:
@@ -172,7 +238,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.log(f"train step compiled in {compile_s:.1f}s")
         writer.write(step, {"compile_seconds": compile_s})
         checkpoint.barrier("trm_train_step_compiled")
-      batches = input_pipeline.prefetch_train_batches(data.train, config.seed, step, batch_size, pidx, pcount)
+      batches = input_pipeline.prefetch_train_batches(data.train, config.seed, step, batch_size, pidx, pcount, epi)
       while step < total:
         at, local = next(batches)
         assert at == step, (at, step)
@@ -182,9 +248,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         step += 1
         profile.after(step, m)
         window += 1
+        check_pending()
         done = step == total
         stop = preempt.reached(mngr, step)
-        do_eval = done or (t.eval_every > 0 and step % t.eval_every == 0)
+        do_eval = done or step in eval_steps
         do_save = done or stop or (t.checkpoint_every > 0 and step % t.checkpoint_every == 0)
         if done or do_eval or do_save or step % max(t.log_every, 1) == 0:
           vals = flush()
@@ -197,7 +264,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           writer.write(step, dict(last_metrics, eval_seconds=time.time() - t0))
           writer.log(_summary(step, last_metrics))
         if do_save:
-          checkpoint.save(mngr, step, state, carry, meta, force=True)
+          save()
         if stop and not done:
           msg = f"SIGTERM: saved step {step}, exiting; re-run the same command to resume"
           if pidx == 0:
@@ -225,7 +292,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def _summary(step, m: dict) -> str:
   keys = [k for k in m if k.endswith("/exact_accuracy") or k.endswith("/accuracy") or "pass@2" in k]
-  return f"step {step}: " + ", ".join(f"{k}={m[k]:.4f}" for k in keys)
+  partial = [k[:-len("/partial")] for k in m if k.endswith("/partial")]
+  note = (f" (PARTIAL evaluation of {', '.join(partial)}: eval.max_examples; ARC scores still divide by "
+          "every test task)") if partial else ""
+  return f"step {step}: " + ", ".join(f"{k}={m[k]:.4f}" for k in keys) + note
 
 
 def _print_example(run: Run, state, data: data_lib.Data) -> None:

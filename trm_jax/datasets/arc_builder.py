@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from trm_jax.datasets import arc, common
+from trm_jax.datasets import arc, common, sources
 
 RETRY_FACTOR = 5
 
@@ -52,13 +52,19 @@ def augment_copies(pairs, num_aug: int, rng) -> list[tuple[int, np.ndarray]]:
 
 
 def render_pairs(pairs, d, perm, translate, rng):
-  """(k, 900) input and label canvases of the transformed pairs."""
+  """(k, 900) input and label canvases of the transformed pairs.
+
+  With `translate`, every pair but one goes to a random offset (inputs and
+  outputs together); the one kept at the origin is drawn at random, as in the
+  reference's builder (`no_aug_id`).
+  """
   inputs = np.empty((len(pairs), arc.SEQ_LEN), np.uint8)
   labels = np.empty_like(inputs)
+  keep = int(rng.integers(len(pairs))) if translate else -1
   for i, (a, b) in enumerate(pairs):
     a, b = arc.transform(a, d, perm), arc.transform(b, d, perm)
     r0 = c0 = 0
-    if translate and i > 0:
+    if translate and i != keep:
       r0 = int(rng.integers(0, arc.MAX_SIZE - max(a.shape[0], b.shape[0]) + 1))
       c0 = int(rng.integers(0, arc.MAX_SIZE - max(a.shape[1], b.shape[1]) + 1))
     inputs[i] = arc.to_canvas(a, r0, c0)
@@ -154,9 +160,17 @@ _A2 = dict(train_subsets=('training2', 'concept'),
 
 class ArcAgi(common.TrmBuilder):
   """ARC-AGI from combined JSON files arc-agi_<subset>_{challenges,solutions}."""
+  SOURCE = sources.ARC
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.1.0': 'The training example kept at the origin is drawn at random '
+               '(the reference\'s rule), not always the first.',
+      '1.0.0': 'Initial release.',
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Put arc-agi_<subset>_challenges.json / _solutions.json (subsets '
-      'training, evaluation, training2, evaluation2, concept) in manual_dir.')
+      'training, evaluation, training2, evaluation2, concept) in manual_dir. '
+      'Without manual_dir they are downloaded (sources.ARC).')
   BUILDER_CONFIGS = [
       ArcConfig(name='arc1_aug1000', **_A1,
                 description='ARC-AGI-1 + ConceptARC, 1000 augmentations.'),
@@ -169,6 +183,12 @@ class ArcAgi(common.TrmBuilder):
       ArcConfig(name='arc2_small', num_aug=10, max_tasks=6, **_A2,
                 description='6 tasks per subset, 10 augmentations (tests).'),
   ]
+
+  def raw_files(self):
+    cfg = self.builder_config
+    return tuple(f'arc-agi_{s}_{kind}.json'
+                 for s in (*cfg.train_subsets, *cfg.eval_subsets)
+                 for kind in ('challenges', 'solutions'))
 
   def make_plans(self, manual_dir):
     cfg = self.builder_config

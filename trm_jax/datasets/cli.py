@@ -29,6 +29,8 @@ def _parser():
   b.add_argument('--data_dir', required=True)
   b.add_argument('--manual_dir', default=None)
   b.add_argument('--overwrite', action='store_true')
+  b.add_argument('--register_checksums', action='store_true',
+                 help='record size/sha256 of downloads in checksums.tsv')
   for cmd in ('stats', 'show'):
     s = sub.add_parser(cmd)
     s.add_argument('name', help='NAME[/CONFIG] or a dataset directory')
@@ -56,7 +58,8 @@ def _cmd_build(args):
   from trm_jax.datasets import common
   t = time.time()
   path = common.build(args.name, args.data_dir, args.manual_dir,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite,
+                      register_checksums=args.register_checksums)
   size = sum(f.stat().st_size for f in path.rglob('*') if f.is_file())
   print(f'built {args.name} in {time.time() - t:.1f}s: {path} '
         f'({size / 2**20:.1f} MiB)')
@@ -90,6 +93,11 @@ def _cmd_stats(args):
   for t in range(max(len(hi), len(hl))):
     print(f'  {t:3d}  inputs {hi[t] if t < len(hi) else 0:>12d}  '
           f'labels {hl[t] if t < len(hl) else 0:>12d}')
+  from trm_jax.datasets import overlap
+  others = {s: input_pipeline.load_split(args.name, s, args.data_dir)
+            for s in data.info.get('splits', {}) if s != args.split}
+  for line in overlap.warnings(args.name, args.split, data, others):
+    print(line, file=sys.stderr)
 
 
 def _task(data):
@@ -167,9 +175,18 @@ def _cmd_list(args):
   for cls in (sudoku.SudokuExtreme, maze.MazeHard, arc_builder.ArcAgi,
               generated.SudokuSmall):
     for cfg in cls.BUILDER_CONFIGS:
-      files = 'needs --manual_dir' if cfg.needs_files else 'generated'
+      files = 'downloads' if cfg.needs_files else 'generated'
       print(f'{tfds.core.naming.camelcase_to_snakecase(cls.__name__)}/'
             f'{cfg.name:<16} {files:<18} {cfg.description}')
+
+
+def _check_counts(args):
+  """Counts that must be >= 1 (0 would read nothing or loop forever)."""
+  from trm_jax.datasets.common import DataError
+  for flag in ('sample', 'batch', 'steps', 'process_count', 'epochs_per_iter'):
+    v = getattr(args, flag, None)
+    if v is not None and v < 1:
+      raise DataError(f'--{flag}={v}: must be >= 1')
 
 
 def main(argv=None) -> int:
@@ -177,10 +194,17 @@ def main(argv=None) -> int:
   logging.getLogger('absl').setLevel(logging.WARNING)
   from trm_jax.datasets.common import DataError
   try:
+    _check_counts(args)
     {'build': _cmd_build, 'stats': _cmd_stats, 'show': _cmd_show,
      'bench': _cmd_bench, 'list': _cmd_list}[args.cmd](args)
   except DataError as e:
     print(f'trm-data: error: {e}', file=sys.stderr)
+    return 1
+  except OSError as e:  # read-only or full data_dir, missing permissions: one line
+    from trm_jax import cli
+    if e.errno not in cli.USER_ERRNOS or os.environ.get('TRM_TRACEBACK'):
+      raise
+    print(f'trm-data: error: {cli.os_error_line(e)}', file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     print('trm-data: interrupted', file=sys.stderr)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import os
 import shutil
+import socket
+import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -17,6 +21,7 @@ from trm_jax.datasets import splits as splits_lib
 
 META_FILE = 'trm_meta.json'
 ARRAYS_FILE = 'trm_arrays.npz'
+_UNSET = object()
 
 
 class DataError(ValueError):
@@ -127,16 +132,22 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     )
 
   # -- planning (validation happens here, before anything is written) --
-  def prepare(self, manual_dir=None):
+  SOURCE = None  # sources.Source of the raw files, for builders that need files
+
+  def raw_files(self) -> tuple:
+    """Names of the raw files this config reads (and downloads)."""
+    return ('train.csv', 'test.csv')
+
+  def prepare(self, raw_dir=None):
     if getattr(self, '_plans', None) is None:
       if self.needs_files():
-        if manual_dir is None:
+        if raw_dir is None:
           raise DataError(f'{self.name}/{self.builder_config.name}: needs '
                           '--manual_dir with the raw files')
-        manual_dir = Path(os.fspath(manual_dir))
-        if not manual_dir.is_dir():
-          raise DataError(f'{manual_dir}: manual_dir not found')
-      plans, n_ids, extra_json, extra_arrays = self.make_plans(manual_dir)
+        raw_dir = Path(os.fspath(raw_dir))
+        if not raw_dir.is_dir():
+          raise DataError(f'{raw_dir}: manual_dir not found')
+      plans, n_ids, extra_json, extra_arrays = self.make_plans(raw_dir)
       cfg = self.builder_config
       js = {'dataset': f'{self.name}/{cfg.name}', 'splits': {}}
       js.update(extra_json)
@@ -157,14 +168,28 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       self.info.metadata['arrays'] = arrays
     return self._plans
 
-  def make_plans(self, manual_dir):
+  def make_plans(self, raw_dir):
     raise NotImplementedError
 
+  def _raw_dir(self, dl_manager):
+    """manual_dir when given (it wins), else the downloaded, verified files."""
+    manual = getattr(self, '_trm_manual_dir', _UNSET)
+    if manual is _UNSET:  # plain tfds.builder(...) use: TFDS's manual_dir
+      tfds_manual = getattr(dl_manager, '_manual_dir', None)
+      have = tfds_manual is not None and all(
+          (Path(os.fspath(tfds_manual)) / f).is_file()
+          for f in self.raw_files())
+      manual = tfds_manual if have else None
+    if manual is not None or self.SOURCE is None:
+      return manual
+    from trm_jax.datasets import sources
+    cache = getattr(self, '_trm_cache', None) or dl_manager.download_dir
+    return sources.fetch(self.SOURCE, self.raw_files(), dl_manager, cache,
+                         getattr(self, '_trm_mirror', None))
+
   def _split_generators(self, dl_manager):
-    manual = None
-    if self.needs_files():
-      manual = getattr(dl_manager, '_manual_dir', None)
-    plans = self.prepare(manual)
+    raw = self._raw_dir(dl_manager) if self.needs_files() else None
+    plans = self.prepare(raw)
     return {split: self._generate_examples(split) for split in plans}
 
   def _generate_examples(self, split):
@@ -203,33 +228,130 @@ def get_builder(name: str, data_dir) -> TrmBuilder:
     raise DataError(f'{name}: {str(e).splitlines()[0]}')
 
 
-def build(name: str, data_dir, manual_dir=None, overwrite=False) -> Path:
-  """Builds NAME[/CONFIG] into data_dir; leaves nothing behind on error."""
+STAGING_DIR = '.tmp-build'  # private build directories, inside data_dir
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:
+    return True
+  return True
+
+
+def _remove_stale(staging_root: Path) -> None:
+  """Removes build directories of dead processes on this host."""
+  if not staging_root.is_dir():
+    return
+  host = socket.gethostname()
+  for d in staging_root.iterdir():
+    pid, _, rest = d.name.partition('@')
+    if (pid.isdigit() and rest.partition('@')[0] == host
+        and not _alive(int(pid))):
+      shutil.rmtree(d, ignore_errors=True)
+
+
+def _prune_empty(path: Path, stop: Path) -> None:
+  """rmdir path and its empty parents up to (not including) stop."""
+  while path != stop and stop in path.parents:
+    try:
+      path.rmdir()
+    except OSError:
+      return
+    path = path.parent
+
+
+def _publish(built: Path, final: Path, staging: Path, overwrite: bool) -> None:
+  """Atomically renames the built version directory into place.
+
+  If another process published first, its set is used and ours dropped.
+  """
+  final.parent.mkdir(parents=True, exist_ok=True)
+  if overwrite and final.exists():
+    os.rename(final, staging / 'replaced')
+  try:
+    os.rename(built, final)
+  except OSError:
+    if not (final / META_FILE).is_file():
+      raise
+    logging.info('%s: published by another process; using it', final)
+
+
+def build(name: str, data_dir, manual_dir=None, overwrite=False,
+          mirror=None, register_checksums=False) -> Path:
+  """Builds NAME[/CONFIG] into data_dir; returns its directory.
+
+  Raw files come from manual_dir when given, else they are downloaded and
+  verified (sources.py; mirror or $TRM_DATA_MIRROR rewrites the URLs). The
+  set is built in a private directory under data_dir/.tmp-build and published
+  with one atomic rename: concurrent builds of one set both succeed (the
+  loser uses the winner's set), and a failed or killed build publishes
+  nothing; cleanup only removes what this call created. register_checksums:
+  TFDS records (size, sha256) of every downloaded URL in checksums.tsv.
+  """
   data_dir = Path(os.fspath(data_dir))
   builder = get_builder(name, data_dir)
-  ds_root = data_dir / builder.name
-  cfg_dir = ds_root / builder.builder_config.name
-  existed = {p: p.exists() for p in (data_dir, ds_root, cfg_dir)}
-  if Path(builder.data_dir).exists() and not overwrite:
-    return Path(builder.data_dir)
+  final = Path(builder.data_dir)
+  if final.exists() and not overwrite:
+    return final
+  if manual_dir is not None and not Path(os.fspath(manual_dir)).is_dir():
+    raise DataError(f'{manual_dir}: manual_dir not found')
+  created = not data_dir.exists()
+  root = data_dir / STAGING_DIR
+  prefix = (f'{os.getpid()}@{socket.gethostname()}@{builder.name}@'
+            f'{builder.builder_config.name}@')
+  for attempt in range(5):  # another build may rmdir an empty root meanwhile
+    try:
+      _remove_stale(root)
+      root.mkdir(parents=True, exist_ok=True)
+      staging = Path(tempfile.mkdtemp(dir=root, prefix=prefix))
+      break
+    except FileNotFoundError:
+      if attempt == 4:
+        raise
+    except OSError as e:
+      raise DataError(f'{data_dir}: cannot create a build directory '
+                      f'({e.strerror or e})') from None
+  ok = False
   try:
-    builder.prepare(manual_dir)  # validates all raw input first
-    mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
-            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-    if overwrite and Path(builder.data_dir).exists():
-      shutil.rmtree(builder.data_dir)
-    builder.download_and_prepare(
+    sb = get_builder(name, staging)
+    sb._trm_manual_dir = manual_dir  # pylint: disable=protected-access
+    sb._trm_cache = data_dir / 'downloads'  # pylint: disable=protected-access
+    sb._trm_mirror = mirror  # pylint: disable=protected-access
+    sb.download_and_prepare(
+        download_dir=os.fspath(staging / 'downloads'),
         file_format='array_record',
         download_config=tfds.download.DownloadConfig(
             manual_dir=os.fspath(manual_dir) if manual_dir else None,
-            download_mode=mode))
-  except BaseException:
-    for p in (cfg_dir, ds_root, data_dir):
-      if not existed[p] and p.exists():
-        shutil.rmtree(p, ignore_errors=True)
-        break
-    raise
-  return Path(builder.data_dir)
+            register_checksums=register_checksums))
+    _publish(Path(sb.data_dir), final, staging, overwrite)
+    ok = True
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+    _prune_empty(root, data_dir)
+    if not ok and created:
+      _prune_empty(data_dir, data_dir.parent)  # only if still empty
+  return final
+
+
+def wait_for(name: str, data_dir, timeout_s: float, poll_s: float = 2.0,
+             what: str = 'process 0') -> Path:
+  """Waits until NAME[/CONFIG] is published in data_dir (another process
+  builds it); one-line DataError after timeout_s."""
+  builder = get_builder(name, data_dir)
+  final = Path(builder.data_dir)
+  deadline = time.monotonic() + timeout_s
+  while not (final / META_FILE).is_file():
+    if time.monotonic() > deadline:
+      raise DataError(
+          f'{name}: not built in {data_dir} after waiting {timeout_s:g}s for '
+          f'{what} to build it; data_dir must be shared by all processes '
+          f'(e.g. gs://...), or build it first with `trm-data build {name} '
+          f'--data_dir {data_dir}`')
+    time.sleep(poll_s)
+  return final
 
 
 def concat_blocks(blocks):

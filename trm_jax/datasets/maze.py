@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from trm_jax.datasets import arc, common
+from trm_jax.datasets import arc, common, sources
 from trm_jax.datasets.common import DataError
 
 CHARS = '# SGo'
@@ -53,7 +53,47 @@ def _parse_row(path, line, q, a) -> tuple[np.ndarray, np.ndarray]:
   if (qt == PATH).any() or np.any(changed & ~((qt == OPEN) & (at == PATH))):
     raise DataError(f'{where}: answer must equal the question with open '
                     'cells marked o')
+  stray = _path_stray(at.reshape(n, n))
+  if stray is not None:
+    raise DataError(f'{where}: answer\'s o cells must form one connected '
+                    f'path from S to G; {stray}')
   return qt.reshape(n, n), at.reshape(n, n)
+
+
+def _path_stray(label) -> str | None:
+  """None if the o cells of `label` join S to G (4-neighbour moves) with none left over, else why not."""
+  n, m = label.shape
+  start = tuple(int(x) for x in np.argwhere(label == START)[0])
+  seen = {start}
+  queue = collections.deque([start])
+  while queue:
+    r, c = queue.popleft()
+    for dr, dc in _MOVES:
+      cell = (r + dr, c + dc)
+      if 0 <= cell[0] < n and 0 <= cell[1] < m and cell not in seen and \
+          label[cell] in (PATH, GOAL):
+        seen.add(cell)
+        if label[cell] == PATH:
+          queue.append(cell)
+  goal = tuple(int(x) for x in np.argwhere(label == GOAL)[0])
+  if goal not in seen:
+    return f'G at row {goal[0]}, column {goal[1]} is not reached from S'
+  left = [tuple(int(x) for x in rc) for rc in np.argwhere(label == PATH)
+          if tuple(int(x) for x in rc) not in seen]
+  if left:
+    return (f'{len(left)} o cell(s) off the path (first at row {left[0][0]}, '
+            f'column {left[0][1]})')
+  # A path, not a tree: S and G touch one path cell, every o cell two.
+  on = np.isin(label, (PATH, START, GOAL))
+  padded = np.pad(on, 1)
+  degree = (padded[:-2, 1:-1].astype(int) + padded[2:, 1:-1] + padded[1:-1, :-2]
+            + padded[1:-1, 2:])
+  want = np.where(label == PATH, 2, 1)
+  wrong = np.argwhere(on & (degree != want))
+  if len(wrong):
+    r, c = (int(x) for x in wrong[0])
+    return (f'the path branches or touches itself at row {r}, column {c}')
+  return None
 
 
 def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
@@ -197,9 +237,10 @@ class MazeConfig(tfds.core.BuilderConfig):
 
 class MazeHard(common.TrmBuilder):
   """Maze-Hard 30x30 from train.csv/test.csv, or generated (seeded)."""
+  SOURCE = sources.MAZE_HARD
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Put train.csv and test.csv of sapientinc/maze-30x30-hard-1k in '
-      'manual_dir (only for the csv configs).')
+      'manual_dir (csv configs), or let them be downloaded.')
   BUILDER_CONFIGS = [
       MazeConfig(name='csv', description='Maze-Hard CSV files.'),
       MazeConfig(name='csv_aug8', aug8=True,

@@ -135,3 +135,46 @@ def split_meta(seq_len, vocab_size, num_puzzle_identifiers, puzzle_indices,
       total_groups=int(n_groups),
       mean_puzzle_examples=float(n_examples / max(n_puzzles, 1)),
       sets=tuple(sets), num_examples=n_examples, num_puzzles=int(n_puzzles))
+
+
+# Sane bounds for stored metadata (inclusive): implausible values fail before any allocation.
+META_BOUNDS = {'seq_len': (1, 1 << 16), 'vocab_size': (1, 1 << 16),
+               'num_puzzle_identifiers': (1, 1 << 27), 'total_groups': (0, 1 << 40),
+               'num_examples': (0, 1 << 40), 'num_puzzles': (0, 1 << 40)}
+
+
+class MetaError(ValueError):
+  """Implausible or inconsistent stored metadata (one line, names file and field)."""
+
+
+def check_split(meta: DatasetMeta, puzzle_indices, group_indices,
+                puzzle_identifiers, where: str) -> None:
+  """Raises MetaError naming the first implausible or inconsistent field of a stored split.
+
+  `where` names the split (e.g. 'DIR/trm_meta.json: splits.train').
+  """
+  def bad(field, msg):
+    raise MetaError(f'{where}.{field}: {msg}')
+  for field, (lo, hi) in META_BOUNDS.items():
+    v = getattr(meta, field)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+      bad(field, f'{v!r} is outside the plausible range [{lo}, {hi}]')
+  m = meta.mean_puzzle_examples
+  if not isinstance(m, (int, float)) or not np.isfinite(m) or m < 0:
+    bad('mean_puzzle_examples', f'{m!r} is not a finite number >= 0')
+  p = np.asarray(puzzle_indices)
+  g = np.asarray(group_indices)
+  ids = np.asarray(puzzle_identifiers)
+  if p.ndim != 1 or p.size < 1 or p[0] != 0 or np.any(np.diff(p) < 0):
+    bad('puzzle_indices', 'must start at 0 and never decrease')
+  if g.ndim != 1 or g.size < 1 or g[0] != 0 or np.any(np.diff(g) < 0) or g[-1] != p.size - 1:
+    bad('group_indices', f'must run from 0 to the number of puzzles ({p.size - 1}) without decreasing')
+  if ids.shape != (p.size - 1,):
+    bad('puzzle_identifiers', f'has {ids.size} entries for {p.size - 1} puzzles')
+  if ids.size and (ids.min() < 0 or ids.max() >= meta.num_puzzle_identifiers):
+    bad('puzzle_identifiers', f'values must lie in [0, {meta.num_puzzle_identifiers}), '
+        f'found {int(ids.min())}..{int(ids.max())}')
+  if meta.total_groups != g.size - 1:
+    bad('total_groups', f'{meta.total_groups} != {g.size - 1} groups in group_indices')
+  if meta.num_examples and meta.num_examples != int(p[-1]):
+    bad('num_examples', f'{meta.num_examples} != {int(p[-1])} examples in puzzle_indices')

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from trm_jax.datasets import common
+from trm_jax.datasets import common, sources
 from trm_jax.datasets.common import DataError
 
 
@@ -170,9 +170,10 @@ class SudokuConfig(tfds.core.BuilderConfig):
 
 class SudokuExtreme(common.TrmBuilder):
   """Sudoku-Extreme from train.csv / test.csv (source,question,answer,rating)."""
+  SOURCE = sources.SUDOKU_EXTREME
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Put train.csv and test.csv of sapientinc/sudoku-extreme (or files in '
-      'the same format) in manual_dir.')
+      'the same format) in manual_dir, or let them be downloaded.')
   BUILDER_CONFIGS = [
       SudokuConfig(name='aug1000', subsample=1000, num_aug=1000,
                    description='Paper set: 1k train puzzles x 1000 augs.'),

@@ -1,0 +1,156 @@
+"""Issue 14, checkpoints: damaged steps are detected (fingerprints, finiteness) and skipped or named;
+a step is "last good" only once a finite loss came from it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from trm_jax import checkpoint, integrity, metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def flip_bytes(step_dir: Path, item: str = "state", n: int = 5):
+  """Flips `n` bytes in the middle of the largest array file of one checkpoint item."""
+  files = [p for p in (step_dir / item).rglob("*") if p.is_file() and p.parent.name == "d"]
+  target = max(files, key=lambda p: p.stat().st_size)
+  b = bytearray(target.read_bytes())
+  for k in range(n):
+    b[len(b) // 2 + 7 * k] ^= 0x5A
+  target.write_bytes(bytes(b))
+
+
+def steps_in(workdir) -> list[int]:
+  d = Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.int32, jnp.uint8, jnp.bool_])
+def test_fingerprint_sees_every_single_change(dtype):
+  x = (jnp.arange(24).reshape(4, 6) % 7).astype(dtype)
+  base = integrity.fingerprints({"x": x})["['x']"]
+  seen = set()
+  for i in range(4):
+    for j in range(6):
+      changed = x.at[i, j].set(jnp.logical_not(x[i, j]) if dtype == jnp.bool_ else x[i, j] + 1)
+      seen.add(integrity.fingerprints({"x": changed})["['x']"])
+  assert base not in seen and len(seen) == 24          # every position counts, and differently
+  # Same values, other layout: the fingerprint follows the row-major position, not the bytes' order.
+  assert integrity.fingerprints({"x": x.T})["['x']"] != base
+
+
+def test_damage_reports_mismatch_and_non_finite():
+  tree = {"a": jnp.ones((3, 2)), "b": jnp.arange(4)}
+  prints = integrity.fingerprints(tree)
+  assert integrity.damage(tree, prints) is None
+  assert "fingerprint mismatch in state['a']" in integrity.damage(
+      {"a": jnp.ones((3, 2)).at[2, 1].set(1.5), "b": jnp.arange(4)}, prints, "state")
+  nan = {"a": jnp.ones((3, 2)).at[0, 0].set(jnp.nan), "b": jnp.arange(4)}
+  assert "non-finite values in ['a']" in integrity.damage(nan, None)
+
+
+def test_restore_detects_flipped_bytes_and_falls_back(tmp_path):
+  mngr = checkpoint.manager(str(tmp_path), keep=5)
+  # Random values: incompressible, so the largest file holds them.
+  trees = {s: {"w": jax.random.normal(jax.random.key(s), (64, 64)), "step": jnp.asarray(s)} for s in (1, 2)}
+  for s, tree in trees.items():
+    checkpoint.save(mngr, s, tree, {"z": jnp.zeros(3)}, {"note": "x"}, force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  flip_bytes(tmp_path / "checkpoints" / "2")
+  mngr = checkpoint.manager(str(tmp_path), keep=5)
+  abstract = checkpoint.abstract(trees[1])
+  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/2: (damaged|cannot restore)"):
+    checkpoint.restore(mngr, 2, abstract)
+  step, state, _, meta, damaged = checkpoint.restore_intact(mngr, abstract)
+  assert step == 1 and [s for s, _ in damaged] == [2] and meta["note"] == "x"
+  np.testing.assert_array_equal(state["w"], trees[1]["w"])
+  mngr.close()
+
+
+def test_save_refuses_non_finite_state(tmp_path):
+  mngr = checkpoint.manager(str(tmp_path))
+  with pytest.raises(checkpoint.NonFiniteState, match=r"step-3 state \(state\['w'\]\)"):
+    checkpoint.save(mngr, 3, {"w": jnp.ones(4).at[1].set(jnp.inf)}, {}, {}, force=True)
+  mngr.wait_until_finished()
+  assert mngr.all_steps() == []
+  mngr.close()
+
+
+# ---------------------------------------------------------------------------
+# CLI: trm-train / trm-solve / trm-convert on a damaged latest step; the non-finite-loss guard.
+
+SMOKE = ["--config=experiments/smoke.py", "--config.train.eval_every=0"]
+
+
+def run(module, *args, env):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+
+
+def lines(text: str, prefix: str) -> list[str]:
+  return [l for l in text.splitlines() if l.startswith(prefix)]
+
+
+def test_damaged_latest_step_cli(tmp_path, env):
+  wd = str(tmp_path / "run")
+  p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.steps=8", env=env)
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert steps_in(wd) == [4, 8]
+  flip_bytes(Path(wd) / "checkpoints" / "8")
+
+  # An explicit step must be intact: one line naming it.
+  p = run("trm_jax.convert", f"--workdir={wd}", "--step=8", f"--export_torch={tmp_path / 'w.npz'}", env=env)
+  err = lines(p.stderr, "error:")
+  assert p.returncode == 1 and len(err) == 1 and "checkpoints/8" in err[0], p.stderr[-2000:]
+  assert "Traceback" not in p.stderr and not (tmp_path / "w.npz").exists()
+
+  # The latest step: the newest intact one is used, with one warning line.
+  p = run("trm_jax.solve", f"--workdir={wd}", "--sudoku=1.3.....2..1..4.", env=env)
+  warn = lines(p.stderr, "warning:")
+  assert p.returncode == 0 and len(warn) == 1 and "checkpoints/8" in warn[0] and "step 4" in warn[0], p.stderr
+  assert "supervision steps" in p.stdout
+
+  # Training resumes from step 4 (one warning line), replaces the damaged step and ends intact.
+  p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.steps=8", env=env)
+  warn = lines(p.stderr, "warning:")
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert len(warn) == 1 and "checkpoints/8" in warn[0] and "resuming from step 4" in warn[0], warn
+  assert steps_in(wd) == [4, 8]
+  mngr = checkpoint.manager(wd, read_only=True)
+  meta = checkpoint.restore_meta(mngr, 8)
+  mngr.close()
+  assert set(meta["fingerprints"]) == {"state", "carry"} and meta["fingerprints"]["state"]
+
+
+def test_non_finite_guard_keeps_no_poisoned_step_and_resumes(tmp_path, env):
+  wd = str(tmp_path / "run")
+  # The issue's scenario: lr 1e30 from step 1 makes the step-1 state produce a NaN loss at step 2.
+  p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.lr=1e30", "--config.train.lr_warmup_steps=0",
+          "--config.train.checkpoint_every=1", env=env)
+  err = lines(p.stderr, "error:")
+  assert p.returncode == 1 and len(err) == 1, p.stderr[-2000:]
+  assert "non-finite loss at step 2" in err[0] and "deleted checkpoint step 1" in err[0], err[0]
+  assert "last good checkpoint: none" in err[0] and "Traceback" not in p.stderr
+  assert steps_in(wd) == []
+  # Resuming with the experiment's own learning rate trains on, with finite losses.
+  p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.steps=4", env=env)
+  assert p.returncode == 0, p.stderr[-2000:]
+  losses = [e["train/lm_loss"] for e in metrics.read(wd) if "train/lm_loss" in e]
+  assert losses and all(np.isfinite(losses)) and steps_in(wd) == [4]
+
+  # A good step before the blow-up stays the last good one: resume from 4 with lr 1e30.
+  p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.lr=1e30", "--config.train.lr_warmup_steps=0",
+          "--config.train.checkpoint_every=1", "--config.train.steps=8", env=env)
+  err = lines(p.stderr, "error:")
+  assert p.returncode == 1 and len(err) == 1, p.stderr[-2000:]
+  assert "non-finite loss at step 6" in err[0] and "deleted checkpoint step 5" in err[0], err[0]
+  assert "last good checkpoint: step 4" in err[0]
+  assert steps_in(wd) == [4]

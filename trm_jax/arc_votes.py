@@ -1,0 +1,224 @@
+"""ARC voting (REFERENCE.md section 8) and the run's store of votes.
+
+A *tally* holds, per test input (task, hash of the un-augmented input), the
+candidate grids with their vote counts and sums of sigmoid(q_halt), plus the
+label when known. Tallies add up, so the reference's aggregated voting (its
+ARC evaluator keeps every evaluation's predictions for the whole run) is the
+sum of the per-evaluation tallies. Each evaluation's tally is stored in the
+workdir as `arc_votes/<split>/step_<N>.npz` (written by process 0, atomically),
+so pooling survives a resume or a preemption: an evaluation at step N pools the
+files of steps < N with its own tally, and a resumed run first removes the
+files of steps after its checkpoint (their evaluations are redone).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import io
+import json
+import re
+
+import numpy as np
+from etils import epath
+
+PASS_KS = (1, 2, 5, 10, 100, 1000)
+STORE_DIR = "arc_votes"
+_STEP_FILE = re.compile(r"step_(\d+)\.npz$")
+
+
+def _grid_key(grid) -> bytes:
+  g = np.asarray(grid, np.uint8)
+  return np.asarray(g.shape, np.int32).tobytes() + g.tobytes()
+
+
+@dataclasses.dataclass
+class Group:
+  """The candidates for one test input: {grid key: [grid, votes, sum of sigmoid(q)]}."""
+  test_index: int
+  label: np.ndarray | None = None
+  cands: dict = dataclasses.field(default_factory=dict)
+
+
+def tally(entries) -> dict:
+  """Entries (dicts with task, test_index, input, pred, q_halt logit, label or None) -> tally."""
+  out: dict = {}
+  for e in entries:
+    key = (e["task"], hashlib.sha256(_grid_key(e["input"])).hexdigest())
+    grp = out.setdefault(key, Group(int(e["test_index"])))
+    grp.test_index = min(grp.test_index, int(e["test_index"]))
+    if e.get("label") is not None:
+      grp.label = np.asarray(e["label"], np.uint8)
+    cand = grp.cands.setdefault(_grid_key(e["pred"]), [np.asarray(e["pred"], np.uint8), 0, 0.0])
+    cand[1] += 1
+    cand[2] += 1.0 / (1.0 + np.exp(-float(e["q_halt"])))
+  return out
+
+
+def merge(*tallies) -> dict:
+  """The sum of tallies (votes and q sums add; inputs keep their first test index)."""
+  out: dict = {}
+  for t in tallies:
+    for key, grp in t.items():
+      mine = out.setdefault(key, Group(grp.test_index))
+      mine.test_index = min(mine.test_index, grp.test_index)
+      if grp.label is not None:
+        mine.label = grp.label
+      for k, (grid, votes, qsum) in grp.cands.items():
+        c = mine.cands.setdefault(k, [grid, 0, 0.0])
+        c[1] += votes
+        c[2] += qsum
+  return out
+
+
+def score(t: dict, ks=PASS_KS, test_counts: dict | None = None):
+  """Tally -> ({"pass@K": score}, submission dict).
+
+  Candidates are ranked by votes, then mean sigmoid(q_halt); a test input is
+  solved at K when its label is among the top K; a task scores the fraction
+  of its test inputs solved and the result is the mean over tasks. With
+  `test_counts` ({task: number of test inputs}, every test task of the split)
+  the denominators are the reference's: every test input of every test task,
+  whether it got predictions or not; without it, the tasks and inputs seen.
+  """
+  by_task = collections.defaultdict(list)
+  for key in t:
+    by_task[key[0]].append(key)
+  tasks = sorted(test_counts) if test_counts is not None else sorted(by_task)
+  ranked = {key: [c for _, c in sorted(grp.cands.items(), key=lambda kv: (-kv[1][1], -kv[1][2] / kv[1][1]))]
+            for key, grp in t.items()}
+  scores = {}
+  for k in ks:
+    per_task = []
+    for task in tasks:
+      keys = by_task.get(task, [])
+      solved = 0
+      for key in keys:
+        label = t[key].label
+        solved += label is not None and _grid_key(label) in [_grid_key(c[0]) for c in ranked[key][:k]]
+      n = test_counts[task] if test_counts is not None else len(keys)
+      per_task.append(solved / max(n, 1))
+    scores[f"pass@{k}"] = float(np.mean(per_task)) if per_task else 0.0
+
+  submission = {}
+  for task in tasks:
+    attempts = []
+    for key in sorted(by_task.get(task, []), key=lambda key: t[key].test_index):
+      top = [c[0] for c in ranked[key][:2]]
+      top = top + top[:1] * (2 - len(top))
+      attempts.append({"attempt_1": top[0].tolist(), "attempt_2": top[1].tolist()})
+    submission[task] = attempts
+  return scores, submission
+
+
+def vote(entries, ks=PASS_KS, test_counts: dict | None = None):
+  """Votes of one set of entries -> ({"pass@K": score}, submission dict); see `score`."""
+  return score(tally(entries), ks, test_counts)
+
+
+# ---------------------------------------------------------------------------
+# Files. All workdir I/O of this module goes through `_write_bytes` / `_read_bytes`.
+
+
+def _write_bytes(path: epath.Path, data: bytes) -> None:
+  """Writes `data` so that readers see the old file or the whole new one."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if str(path).startswith("gs://"):
+    path.write_bytes(data)          # one object write is atomic on GCS
+    return
+  tmp = path.parent / f".{path.name}.tmp"
+  tmp.write_bytes(data)
+  tmp.replace(path)                 # atomic on a local file system (POSIX rename)
+
+
+def _read_bytes(path: epath.Path) -> bytes:
+  return path.read_bytes()
+
+
+def write_submission(path, submission: dict) -> None:
+  _write_bytes(epath.Path(path), json.dumps(submission).encode())
+
+
+def save(path, t: dict) -> None:
+  """One tally as a compressed .npz (no pickles)."""
+  grids, shapes = [], []
+
+  def add(g):
+    grids.append(np.asarray(g, np.uint8).ravel())
+    shapes.append(np.shape(g))
+    return len(grids) - 1
+
+  keys = sorted(t)
+  task, inp, test_index, label = [], [], [], []
+  c_group, c_grid, c_votes, c_qsum = [], [], [], []
+  for gi, key in enumerate(keys):
+    grp = t[key]
+    task.append(key[0])
+    inp.append(key[1])
+    test_index.append(grp.test_index)
+    label.append(-1 if grp.label is None else add(grp.label))
+    for grid, votes, qsum in grp.cands.values():
+      c_group.append(gi)
+      c_grid.append(add(grid))
+      c_votes.append(votes)
+      c_qsum.append(qsum)
+  buf = io.BytesIO()
+  np.savez_compressed(
+      buf, task=np.asarray(task, dtype=str), input=np.asarray(inp, dtype=str),
+      test_index=np.asarray(test_index, np.int64), label=np.asarray(label, np.int64),
+      cand_group=np.asarray(c_group, np.int64), cand_grid=np.asarray(c_grid, np.int64),
+      cand_votes=np.asarray(c_votes, np.int64), cand_qsum=np.asarray(c_qsum, np.float64),
+      grid_shape=np.asarray(shapes, np.int64).reshape(-1, 2),
+      grid_data=np.concatenate(grids) if grids else np.zeros(0, np.uint8))
+  _write_bytes(epath.Path(path), buf.getvalue())
+
+
+def load(path) -> dict:
+  with np.load(io.BytesIO(_read_bytes(epath.Path(path))), allow_pickle=False) as z:
+    a = {k: z[k] for k in z.files}
+  offsets = np.concatenate([[0], np.cumsum(np.prod(a["grid_shape"], axis=1))]).astype(np.int64)
+  grid = lambda i: a["grid_data"][offsets[i]:offsets[i + 1]].reshape(a["grid_shape"][i])
+  out = {}
+  keys = list(zip(a["task"].tolist(), a["input"].tolist()))
+  for gi, key in enumerate(keys):
+    li = int(a["label"][gi])
+    out[key] = Group(int(a["test_index"][gi]), None if li < 0 else grid(li))
+  for gi, ci, votes, qsum in zip(a["cand_group"], a["cand_grid"], a["cand_votes"], a["cand_qsum"]):
+    g = grid(int(ci))
+    out[keys[gi]].cands[_grid_key(g)] = [g, int(votes), float(qsum)]
+  return out
+
+
+def _store(workdir, split: str) -> epath.Path:
+  return epath.Path(workdir) / STORE_DIR / split
+
+
+def stored_steps(workdir, split: str) -> list:
+  d = _store(workdir, split)
+  if not d.exists():
+    return []
+  return sorted(int(m.group(1)) for p in d.iterdir() if (m := _STEP_FILE.fullmatch(p.name)))
+
+
+def pool(workdir, split: str, step: int, this_eval: dict, write: bool) -> dict:
+  """Stores this evaluation's tally as step `step` (when `write`) and returns the sum of the
+  stored tallies of earlier steps and this one."""
+  if write:
+    save(_store(workdir, split) / f"step_{step}.npz", this_eval)
+  earlier = [load(_store(workdir, split) / f"step_{s}.npz") for s in stored_steps(workdir, split) if s < step]
+  return merge(*earlier, this_eval)
+
+
+def forget_after(workdir, step: int) -> list:
+  """Removes every split's stored tallies of steps > `step` (a resumed run redoes them)."""
+  root = epath.Path(workdir) / STORE_DIR
+  gone = []
+  if not root.exists():
+    return gone
+  for d in root.iterdir():
+    if d.is_dir():
+      for s in stored_steps(workdir, d.name):
+        if s > step:
+          (d / f"step_{s}.npz").unlink()
+          gone.append(f"{d.name}/step_{s}.npz")
+  return gone

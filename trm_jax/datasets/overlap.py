@@ -1,0 +1,54 @@
+"""Duplicate puzzles within a split and puzzles shared between splits (for `trm-data stats`).
+
+Rows are compared by a 64-bit hash of their stored input tokens (a random
+linear form modulo 2**64, computed in chunks, so a 1M-example split needs
+8 MB of hashes, not a copy of its records).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+CHUNK = 8192
+
+
+def input_hashes(data) -> np.ndarray:
+  """uint64 hash of every example's input row of a split, in example order."""
+  n = data.num_examples
+  out = np.empty(n, np.uint64)
+  weights = None
+  for s in range(0, n, CHUNK):
+    inputs, _ = data.reader.read(np.arange(s, min(s + CHUNK, n)))
+    rows = np.asarray(inputs).reshape(len(inputs), -1).astype(np.uint64)
+    if weights is None:
+      rng = np.random.default_rng(0)
+      weights = rng.integers(1, 2**63, rows.shape[1], dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    with np.errstate(over="ignore"):
+      out[s:s + len(rows)] = (rows * weights).sum(1, dtype=np.uint64) + np.uint64(rows.shape[1])
+  return out
+
+
+def duplicates(hashes: np.ndarray) -> tuple[int, int]:
+  """-> (examples repeating an earlier example's input, distinct inputs that repeat)."""
+  _, counts = np.unique(hashes, return_counts=True)
+  return int((counts - 1).sum()), int((counts > 1).sum())
+
+
+def shared(hashes: np.ndarray, other: np.ndarray) -> int:
+  """Examples of one split whose input also occurs in `other`."""
+  return int(np.isin(hashes, other).sum())
+
+
+def warnings(name: str, split: str, data, others: dict) -> list[str]:
+  """`warning: ...` lines for duplicate inputs in `split` and inputs shared with each of `others`."""
+  h = input_hashes(data)
+  out = []
+  extra, distinct = duplicates(h)
+  if extra:
+    out.append(f"warning: {name} {split}: {extra} of {len(h)} examples repeat the input of an earlier one "
+               f"({distinct} distinct inputs occur more than once)")
+  for other_split, other in others.items():
+    n = shared(h, input_hashes(other))
+    if n:
+      out.append(f"warning: {name} {split}: {n} of {len(h)} examples have an input that also occurs in "
+                 f"split {other_split!r}")
+  return out
