@@ -251,6 +251,7 @@ def test_sharded_table_two_processes(tmp_path, env):
 # SIGTERM on every process of a 2-process run (a pod / Slurm preemption).
 
 PREEMPT_STEPS = 80
+PREEMPT_TIMEOUT = 400  # per launch; compiling dominates (a shared, loaded CPU can take minutes)
 PREEMPT_FLAGS = [f"--config.train.steps={PREEMPT_STEPS}", "--config.train.checkpoint_every=0",
                  "--config.train.eval_every=0", "--config.train.log_every=10", "--config.eval.max_examples=8"]
 
@@ -265,7 +266,7 @@ def test_sigterm_on_both_processes_saves_and_resumes(tmp_path, env):
     base = driver(workdir, 2, port)
     return lambda i: base(i) + PREEMPT_FLAGS
 
-  launch(argv_of(ref, free_port()), 2, 2, env)
+  launch(argv_of(ref, free_port()), 2, 2, env, timeout=PREEMPT_TIMEOUT)
   t_ref = time.time() - t0
 
   e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
@@ -273,7 +274,7 @@ def test_sigterm_on_both_processes_saves_and_resumes(tmp_path, env):
   procs = [subprocess.Popen(argv_of(termed, port)(i), cwd=ROOT, env=e, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for i in range(2)]
   try:
-    deadline = time.time() + TIMEOUT
+    deadline = time.time() + PREEMPT_TIMEOUT
     logged = lambda: [x["step"] for x in (metrics.read(termed) if os.path.exists(
         os.path.join(termed, "metrics.jsonl")) else []) if "train/lm_loss" in x]
     while time.time() < deadline and all(p.poll() is None for p in procs) and not logged():
@@ -282,7 +283,7 @@ def test_sigterm_on_both_processes_saves_and_resumes(tmp_path, env):
     for p in procs:
       p.send_signal(signal.SIGTERM)
     t_term = time.time()
-    outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    outs = [p.communicate(timeout=PREEMPT_TIMEOUT) for p in procs]
     t_exit = time.time() - t_term
   finally:
     for p in procs:
@@ -297,7 +298,7 @@ def test_sigterm_on_both_processes_saves_and_resumes(tmp_path, env):
   assert f"SIGTERM: saved step {s}," in outs[0][0] + outs[0][1]
   assert f"process 1: SIGTERM: saved step {s}," in outs[1][1]
 
-  launch(argv_of(termed, free_port()), 2, 2, env)
+  launch(argv_of(termed, free_port()), 2, 2, env, timeout=PREEMPT_TIMEOUT)
   assert ckpt_steps(termed) == [s, PREEMPT_STEPS]
   final = lambda w: [x for x in metrics.read(w) if "eval/test/exact_accuracy" in x][-1]
   fa, fb = final(ref), final(termed)
