@@ -413,6 +413,8 @@ def main(argv: Sequence[str]) -> int:
       print(shlex.join(cmd))
     return 0
 
+  if FLAGS.launcher != "tpu" and "://" not in FLAGS.workdir_base and FLAGS.workdir_base:
+    os.makedirs(FLAGS.workdir_base, exist_ok=True)  # the trials' workdirs need their parent
   if FLAGS.launcher == "slurm":
     # Line i holds trial i's arguments for trm_jax.main (the array task's $SLURM_ARRAY_TASK_ID).
     with open(args_file, "w") as f:

@@ -634,6 +634,10 @@ def test_sweep_skips_finished_and_prints_summary(experiment, tmp_path):
   assert _sweep_cli(f"--config={experiment}", f"--workdir_base={base}", "--summary").stdout == out.stdout
   out = _sweep_cli(f"--config={experiment}", f"--workdir_base={base}", f"--python={fake}", "--rerun_finished")
   assert out.returncode == 0 and len(record.read_text().splitlines()) == 3
+  # A fresh base directory is created (trm_jax.main wants the workdir's parent to exist).
+  fresh = tmp_path / "new" / "base"
+  out = _sweep_cli(f"--config={experiment}", f"--workdir_base={fresh}", f"--python={fake}")
+  assert out.returncode == 0 and fresh.is_dir(), out.stderr
 
 
 def test_sweep_spreads_trials_over_slices_in_parallel(fake_pod, experiment, tmp_path):
