@@ -137,10 +137,10 @@ def test_expand_sweep_errors(tmp_path):
     sweep.expand_sweep(str(tmp_path / "missing.py"), None, "w")
 
 
-def _sweep_cli(*args, env=None):
+def _sweep_cli(*args, env=None, cwd=None):
   return subprocess.run([sys.executable, os.path.join(LAUNCH, "sweep.py"), *args],
                         capture_output=True, text=True, timeout=120,
-                        env=dict(os.environ, **(env or {})))
+                        env=dict(os.environ, **(env or {})), cwd=cwd)
 
 
 def test_sweep_cli_dry_run_local(experiment):
@@ -185,7 +185,7 @@ def test_sweep_cli_runs_locally(experiment, tmp_path):
   fake.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
   fake.chmod(0o755)
   out = _sweep_cli(f"--config={experiment}", "--workdir_base=w",
-                   f"--python={fake}")
+                   f"--python={fake}", cwd=tmp_path)
   assert out.returncode == 0, out.stderr
   lines = record.read_text().splitlines()
   assert len(lines) == 2
