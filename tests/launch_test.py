@@ -532,7 +532,7 @@ def test_wait_recovers_from_a_short_outage(fake_pod, tmp_path):
   home, env, started = fake_pod
   marker = tmp_path / "up"
   state_dir = tmp_path / "state"
-  py = _fake_python(tmp_path / "py", f'touch {marker}-$TRM_WORKER; sleep 3; exit 0\n')
+  py = _fake_python(tmp_path / "py", f'touch {marker}-$TRM_WORKER; sleep 6; exit 0\n')
   p = _start_wait(env, py, "o", "--max_unreachable=100")
   started += [str(home / "logs" / "o" / f"worker-{w}.pid") for w in (0, 1)]
   _wait_for([f"{marker}-0", f"{marker}-1"])
