@@ -25,6 +25,11 @@ NAME="${TPU_NAME:-}"
 ZONE="${TPU_ZONE:-}"
 PROJECT="${TPU_PROJECT:-}"
 GCLOUD="${GCLOUD:-gcloud}"
+# How ssh/scp reach the workers: external (their external IPs, gcloud's
+# default), internal (--internal-ip: the launcher is inside the VPC), iap
+# (--tunnel-through-iap: slices created with --internal_ips, launcher outside),
+# auto (iap if the slice has no external IPs, else external).
+SSH_VIA="${TPU_SSH_VIA:-external}"
 # Where the code and the virtual environment live on each worker (relative to
 # the remote $HOME unless absolute; no spaces).
 REMOTE_DIR="${TRM_REMOTE_DIR:-trm_jax}"
@@ -46,6 +51,10 @@ Common flags:
                      $HOME (default trm_venv; env TRM_VENV)
   --log_root=DIR     per-run log directories on each worker, relative to
                      $HOME (default logs; env TRM_LOG_ROOT)
+  --ssh_via=MODE     how ssh/scp reach the workers: external (default),
+                     internal (--internal-ip), iap (--tunnel-through-iap, for
+                     slices created with --internal_ips), auto (iap when the
+                     slice has no external IPs)              (env TPU_SSH_VIA)
   --dry_run          print every gcloud/ssh/scp command instead of running it
   -h, --help         show this help
 Flags take "--flag=value" or "--flag value".
@@ -108,6 +117,7 @@ parse_common() {
     --remote_dir|--remote_dir=*) take_value "$@"; REMOTE_DIR="$OPTVAL" ;;
     --venv|--venv=*) take_value "$@"; VENV="$OPTVAL" ;;
     --log_root|--log_root=*) take_value "$@"; LOG_ROOT="$OPTVAL" ;;
+    --ssh_via|--ssh_via=*) take_value "$@"; SSH_VIA="$OPTVAL" ;;
     --dry_run|--dry-run) DRY_RUN=1; OPTSHIFT=1 ;;
     -h|--help) usage; exit 0 ;;
     *) return 1 ;;
@@ -126,11 +136,32 @@ gcloud_location_flags() {
   if [[ -n "$PROJECT" ]]; then GLOC+=("--project=${PROJECT}"); fi
 }
 
+# Sets SSH_FLAGS from --ssh_via (auto asks gcloud once whether the slice has
+# external IPs).
+ssh_via_flags() {
+  SSH_FLAGS=()
+  if [[ "$SSH_VIA" == auto ]]; then
+    gcloud_location_flags
+    local ext
+    ext="$("$GCLOUD" compute tpus tpu-vm describe "$NAME" "${GLOC[@]}" \
+             "--format=value(networkConfig.enableExternalIps)" 2>/dev/null || true)"
+    if [[ "${ext,,}" == true ]]; then SSH_VIA=external; else SSH_VIA=iap; fi
+    log "ssh via ${SSH_VIA} (external IPs: ${ext:-unknown})"
+  fi
+  case "$SSH_VIA" in
+    external) ;;
+    internal) SSH_FLAGS=(--internal-ip) ;;
+    iap) SSH_FLAGS=(--tunnel-through-iap) ;;
+    *) die "--ssh_via must be external, internal, iap or auto, got ${SSH_VIA}" ;;
+  esac
+}
+
 # tpu_ssh WORKER REMOTE_BASH_COMMAND
 tpu_ssh() {
   local worker="$1" cmd="$2"
   gcloud_location_flags
-  run "$GCLOUD" compute tpus tpu-vm ssh "$NAME" "${GLOC[@]}" \
+  ssh_via_flags
+  run "$GCLOUD" compute tpus tpu-vm ssh "$NAME" "${GLOC[@]}" ${SSH_FLAGS[@]+"${SSH_FLAGS[@]}"} \
     "--worker=${worker}" "--command=${cmd}"
 }
 
@@ -138,8 +169,17 @@ tpu_ssh() {
 tpu_scp() {
   local src="$1" dst="$2" worker="${3:-all}"
   gcloud_location_flags
-  run "$GCLOUD" compute tpus tpu-vm scp "$src" "$dst" "${GLOC[@]}" \
+  ssh_via_flags
+  run "$GCLOUD" compute tpus tpu-vm scp "$src" "$dst" "${GLOC[@]}" ${SSH_FLAGS[@]+"${SSH_FLAGS[@]}"} \
     "--worker=${worker}"
+}
+
+# qr_state: the queued resource's state (ACTIVE, SUSPENDED, ...), or "" if
+# gcloud could not say.
+qr_state() {
+  gcloud_location_flags
+  "$GCLOUD" compute tpus queued-resources describe "$NAME" "${GLOC[@]}" \
+    "--format=value(state.state)" 2>/dev/null || true
 }
 
 # remote_path DIR: a path usable inside a remote command ("$HOME/DIR" for

@@ -1,8 +1,8 @@
-r"""Expand an experiment's `get_sweep()` into runs and launch them.
+r"""Expand an experiment's `get_sweep()` into runs, launch them, summarise them.
 
   python launch/sweep.py --config=experiments/x.py[:arg] --workdir_base=DIR \
-      [--dry_run] [--launcher=local|tpu] [--extra=--config.train.steps=100 ...] \
-      [--tpu_args="--name=trm-v5e --zone=us-west4-a"]
+      [--dry_run] [--launcher=local|tpu|slurm] [--extra=--config.train.steps=100 ...] \
+      [--tpu_names=trm-a,trm-b --tpu_args="--zone=us-west4-a"] [--summary]
 
 The experiment file defines `get_config(arg=None)` and `get_sweep(arg=None)`;
 the latter returns a list of dicts mapping dotted config fields ("train.lr",
@@ -15,11 +15,21 @@ The trial name is made from the overridden values (e.g.
 `H_cycles=3_lr=0.0001`), filesystem-safe and stable under re-ordering of the
 sweep list, so a rerun of the sweep resumes each trial from its own workdir.
 
---dry_run prints the commands, one per line, and runs nothing. Otherwise the
-trials run one after another: in this process's Python (`--launcher=local`) or
-on a TPU pod through `launch/tpu_run.sh --wait` (`--launcher=tpu`; the
-experiment path must then be relative to the repository root, and the workdir
-base should be a gs:// path).
+--dry_run prints the commands, one per line, and runs nothing. Otherwise:
+
+  --launcher=local  trials one after another in --python, here;
+  --launcher=tpu    through `launch/tpu_run.sh --wait`, one trial per TPU slice
+                    at a time, the slices (--tpu_names, or --name in
+                    --tpu_args) working in parallel; the experiment path must be
+                    relative to the repository root, the workdir base a gs://
+                    path;
+  --launcher=slurm  one Slurm job array (`sbatch --array`) of
+                    launch/slurm_train.sbatch, one array task per trial.
+
+A trial whose workdir already reached its last step (metrics.jsonl) is
+skipped (--rerun_finished runs it anyway: it resumes and re-evaluates). At the
+end, and with --summary alone, a table lists every trial's progress and final
+eval metrics read from its metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import threading
 
 from absl import app
 from absl import flags
@@ -115,10 +127,19 @@ def load_experiment(config_path: str):
   sys.modules[module_name] = module  # dataclasses etc. look themselves up here
   try:
     spec.loader.exec_module(module)
-  except BaseException:
+  except Exception as e:  # noqa: BLE001 - whatever the experiment file raised is the user's to fix
     del sys.modules[module_name]
-    raise
+    raise ValueError(f"{config_path}: cannot load: {type(e).__name__}: {e}") from e
   return module
+
+
+def experiments_with_sweeps() -> list[str]:
+  """experiments/*.py that define get_sweep (a text search: nothing is imported)."""
+  d = os.path.join(REPO_ROOT, "experiments")
+  if not os.path.isdir(d):
+    return []
+  return [f"experiments/{f}" for f in sorted(os.listdir(d)) if f.endswith(".py")
+          and re.search(r"^def get_sweep\(", open(os.path.join(d, f)).read(), re.M)]
 
 
 def _join(base: str, name: str) -> str:
@@ -139,8 +160,13 @@ def expand_sweep(config_path: str, arg: str | None, workdir_base: str,
   module = load_experiment(config_path)
   get_sweep = getattr(module, "get_sweep", None)
   if get_sweep is None:
-    raise ValueError(f"{config_path} defines no get_sweep()")
-  sweep = get_sweep(arg) if arg is not None else get_sweep()
+    raise ValueError(f"{config_path} defines no get_sweep(); experiments with sweeps: "
+                     f"{', '.join(experiments_with_sweeps()) or 'none'}")
+  try:
+    sweep = get_sweep(arg) if arg is not None else get_sweep()
+  except Exception as e:  # noqa: BLE001
+    raise ValueError(f"{config_path}: get_sweep({'' if arg is None else repr(arg)}) failed: "
+                     f"{type(e).__name__}: {e}") from e
   if isinstance(sweep, Mapping) or not isinstance(sweep, Sequence) or not sweep:
     raise ValueError(f"{config_path}: get_sweep() must return a non-empty "
                      f"list of dicts, got {sweep!r}")
@@ -170,13 +196,119 @@ def expand_sweep(config_path: str, arg: str | None, workdir_base: str,
   return trials
 
 
-def tpu_command(trial: Trial, tpu_args: Sequence[str],
-                sweep_name: str) -> list[str]:
+def tpu_command(trial: Trial, tpu_args: Sequence[str], sweep_name: str,
+                tpu_name: str | None = None) -> list[str]:
   """launch/tpu_run.sh invocation for one trial (blocks until it ends)."""
   config, workdir, *rest = trial.args
-  return [os.path.join("launch", "tpu_run.sh"), *tpu_args,
+  name = [f"--name={tpu_name}"] if tpu_name else []
+  return [os.path.join("launch", "tpu_run.sh"), *tpu_args, *name,
           config, workdir, f"--run_name={sweep_name}-{trial.name}", "--wait",
           "--", *rest]
+
+
+# ------------------------------------------------------- progress and summary
+
+
+def progress(workdir: str) -> tuple[int | None, int | None, dict]:
+  """(last step logged, total steps, last eval metrics) from workdir/metrics.jsonl; (None, None, {}) if none."""
+  if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+  from trm_jax import metrics  # pylint: disable=g-import-not-at-top
+  try:
+    events = metrics.read(workdir)
+  except (FileNotFoundError, NotADirectoryError):
+    return None, None, {}
+  total = next((e["total_steps"] for e in events if "total_steps" in e), None)
+  last = max((int(e.get("step", 0)) for e in events), default=None)
+  evals = [e for e in events if any(k.startswith("eval/") for k in e)]
+  return last, total, (evals[-1] if evals else {})
+
+
+def finished(workdir: str) -> bool:
+  last, total, _ = progress(workdir)
+  return last is not None and total is not None and last >= total
+
+
+_SUMMARY_KEYS = ("exact_accuracy", "accuracy", "pass@")
+
+
+def summary_table(trials: Sequence[Trial]) -> str:
+  """One row per trial: status, step, and its final eval metrics (accuracies, ARC pass@k)."""
+  rows, keys = [], []
+  for t in trials:
+    try:
+      last, total, ev = progress(t.workdir)
+    except Exception as e:  # noqa: BLE001 - an unreadable file is a row, not a crash
+      rows.append((t.name, f"unreadable: {str(e).splitlines()[0][:60]}", "", {}))
+      continue
+    status = ("not started" if last is None else "finished" if total is not None and last >= total
+              else "running/stopped")
+    step = "" if last is None else f"{last}/{total}"
+    shown = {k: v for k, v in ev.items()
+             if k.startswith("eval/") and any(s in k.rsplit("/", 1)[-1] for s in _SUMMARY_KEYS)}
+    for k in shown:
+      if k not in keys:
+        keys.append(k)
+    if ev:
+      step += f" (eval @{ev.get('step')})"
+    rows.append((t.name, status, step, shown))
+  header = ["trial", "status", "step"] + [k.removeprefix("eval/") for k in keys]
+  table = [header] + [[n, s, st] + [f"{m[k]:.4f}" if k in m else "-" for k in keys] for n, s, st, m in rows]
+  widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+  return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def run_local(trials, commands, keep_going: bool) -> list[str]:
+  failed = []
+  for i, (trial, cmd) in enumerate(zip(trials, commands)):
+    print(f"[sweep {i + 1}/{len(trials)}] {trial.name}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    rc = subprocess.call(cmd)
+    if rc != 0:
+      print(f"[sweep] {trial.name} failed with status {rc}", file=sys.stderr, flush=True)
+      failed.append(trial.name)
+      if not keep_going:
+        break
+  return failed
+
+
+def run_on_slices(trials, tpu_names: Sequence[str], tpu_args, sweep_name, keep_going: bool) -> list[str]:
+  """One worker thread per slice takes the next trial until none is left; -> names of failed trials."""
+  queue = list(trials)
+  lock = threading.Lock()
+  failed: list[str] = []
+
+  def worker(tpu):
+    while True:
+      with lock:
+        if not queue or (failed and not keep_going):
+          return
+        trial = queue.pop(0)
+      cmd = tpu_command(trial, tpu_args, sweep_name, tpu)
+      print(f"[sweep {tpu or 'tpu'}] {trial.name}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+      rc = subprocess.call(cmd, cwd=REPO_ROOT)
+      if rc != 0:
+        print(f"[sweep {tpu or 'tpu'}] {trial.name} failed with status {rc}", file=sys.stderr, flush=True)
+        with lock:
+          failed.append(trial.name)
+
+  threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in tpu_names]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  return failed
+
+
+def slurm_command(trials: Sequence[Trial], indices: Sequence[int], args_file: str,
+                  sbatch_args: Sequence[str], parallel: int) -> list[str]:
+  """sbatch of launch/slurm_train.sbatch as a job array over `indices` (lines of args_file)."""
+  array = ",".join(str(i) for i in indices) + (f"%{parallel}" if parallel else "")
+  return ["sbatch", f"--array={array}", "--job-name=" + os.path.basename(args_file).removesuffix(".args"),
+          f"--export=ALL,TRM_ARGS_FILE={args_file}", *sbatch_args,
+          os.path.join(LAUNCH_DIR, "slurm_train.sbatch")]
 
 
 FLAGS = flags.FLAGS
@@ -190,8 +322,9 @@ def define_flags():
   flags.DEFINE_string("workdir_base", None,
                       "Parent of the trials' workdirs (a gs:// path for TPU).")
   flags.DEFINE_bool("dry_run", False, "Print the commands, one per line; run nothing.")
-  flags.DEFINE_enum("launcher", "local", ["local", "tpu"],
-                    "local: run the trials here one by one; tpu: via launch/tpu_run.sh.")
+  flags.DEFINE_enum("launcher", "local", ["local", "tpu", "slurm"],
+                    "local: run the trials here one by one; tpu: via launch/tpu_run.sh, one trial per "
+                    "slice; slurm: one sbatch job array.")
   flags.DEFINE_multi_string("extra", [],
                             "Extra argument for every trial, e.g. "
                             "--extra=--config.train.steps=100 (repeatable).")
@@ -200,29 +333,41 @@ def define_flags():
   flags.DEFINE_string("tpu_args", "",
                       "Arguments for tpu_run.sh (one shell-quoted string), "
                       "e.g. '--name=trm-v5e --zone=us-west4-a'.")
+  flags.DEFINE_list("tpu_names", [],
+                    "--launcher=tpu: slices to spread the trials over (one trial per slice at a time, "
+                    "in parallel); default: the one named in --tpu_args or $TPU_NAME.")
+  flags.DEFINE_string("sbatch_args", "",
+                      "--launcher=slurm: extra sbatch arguments (one shell-quoted string), "
+                      "e.g. '--nodes=1 --partition=gpu --time=12:00:00'.")
+  flags.DEFINE_integer("slurm_parallel", 0, "--launcher=slurm: at most this many trials at once (0: no limit).")
+  flags.DEFINE_string("slurm_dir", os.path.join(REPO_ROOT, "logs"),
+                      "--launcher=slurm: where the job array's argument file is written.")
   flags.DEFINE_list("only", [],
                     "Run only these trials (indices or names), comma-separated.")
   flags.DEFINE_bool("keep_going", False, "Continue after a failed trial.")
+  flags.DEFINE_bool("rerun_finished", False, "Also launch trials whose workdir reached its last step.")
+  flags.DEFINE_string("finished", None, "Only check: exit 0 if this workdir reached its last step, else 1 "
+                      "(used by launch/slurm_train.sbatch to requeue).")
+  flags.DEFINE_bool("summary", False, "Only print the table of every trial's progress and final eval metrics.")
 
 
 def _select(trials: list[Trial], only: Sequence[str]) -> list[Trial]:
   if not only:
     return trials
-  chosen = []
-  for i, t in enumerate(trials):
-    if str(i) in only or t.name in only:
-      chosen.append(t)
   unknown = set(only) - {str(i) for i in range(len(trials))} - {t.name for t in trials}
   if unknown:
-    raise app.UsageError(f"--only: unknown trials {sorted(unknown)}")
-  return chosen
+    raise ValueError(f"--only: unknown trials {sorted(unknown)} (there are {len(trials)}: 0..{len(trials) - 1} "
+                     "or their names)")
+  return [t for i, t in enumerate(trials) if str(i) in only or t.name in only]
 
 
 def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.finished:
+    return 0 if finished(FLAGS.finished) else 1
   if not FLAGS.config or FLAGS.workdir_base is None:
-    raise app.UsageError("--config and --workdir_base are required")
+    raise ValueError("--config and --workdir_base are required (see --help)")
   path, arg = split_config_spec(FLAGS.config)
   config_name = path
   if FLAGS.launcher == "tpu":
@@ -234,37 +379,80 @@ def main(argv: Sequence[str]) -> int:
             "workers will not have it", file=sys.stderr)
     else:
       config_name = rel
-  trials = _select(expand_sweep(path, arg, FLAGS.workdir_base, FLAGS.extra,
-                                config_name=config_name), FLAGS.only)
+  all_trials = expand_sweep(path, arg, FLAGS.workdir_base, FLAGS.extra, config_name=config_name)
+  trials = _select(all_trials, FLAGS.only)
   sweep_name = os.path.basename(path).removesuffix(".py")
-  if FLAGS.launcher == "local":
-    commands = [t.command(FLAGS.python) for t in trials]
-    cwd = None
-  else:
+  if FLAGS.summary:
+    print(summary_table(trials))
+    return 0
+
+  todo = trials
+  if not FLAGS.rerun_finished and not FLAGS.dry_run:
+    todo = []
+    for t in trials:
+      if finished(t.workdir):
+        print(f"[sweep] skip {t.name}: finished ({t.workdir})", file=sys.stderr, flush=True)
+      else:
+        todo.append(t)
+
+  if FLAGS.launcher == "slurm":
+    os.makedirs(FLAGS.slurm_dir, exist_ok=True)
+    args_file = os.path.join(os.path.abspath(FLAGS.slurm_dir), f"{sweep_name}.args")
+    indices = [all_trials.index(t) for t in todo]
+    commands = [slurm_command(all_trials, indices, args_file, shlex.split(FLAGS.sbatch_args),
+                              FLAGS.slurm_parallel)] if todo else []
+  elif FLAGS.launcher == "tpu":
     tpu_args = shlex.split(FLAGS.tpu_args)
-    commands = [tpu_command(t, tpu_args, sweep_name) for t in trials]
-    cwd = REPO_ROOT
+    names = FLAGS.tpu_names or [None]
+    commands = [tpu_command(t, tpu_args, sweep_name, names[i % len(names)]) for i, t in enumerate(todo)]
+  else:
+    commands = [t.command(FLAGS.python) for t in todo]
 
   if FLAGS.dry_run:
     for cmd in commands:
       print(shlex.join(cmd))
     return 0
 
-  failed = []
-  for i, (trial, cmd) in enumerate(zip(trials, commands)):
-    print(f"[sweep {i + 1}/{len(trials)}] {trial.name}: {shlex.join(cmd)}",
-          file=sys.stderr, flush=True)
-    rc = subprocess.call(cmd, cwd=cwd)
-    if rc != 0:
-      print(f"[sweep] {trial.name} failed with status {rc}", file=sys.stderr)
-      failed.append(trial.name)
-      if not FLAGS.keep_going:
-        break
+  if FLAGS.launcher != "tpu" and "://" not in FLAGS.workdir_base and FLAGS.workdir_base:
+    os.makedirs(FLAGS.workdir_base, exist_ok=True)  # the trials' workdirs need their parent
+  if FLAGS.launcher == "slurm":
+    # Line i holds trial i's arguments for trm_jax.main (the array task's $SLURM_ARRAY_TASK_ID).
+    with open(args_file, "w") as f:
+      f.writelines(shlex.join(t.args) + "\n" for t in all_trials)
+    failed = [] if not commands or subprocess.call(commands[0]) == 0 else ["sbatch"]
+    print(f"[sweep] {len(todo)} trial(s) submitted; arguments in {args_file}; table: python launch/sweep.py "
+          f"--config={FLAGS.config} --workdir_base={FLAGS.workdir_base} --summary", file=sys.stderr)
+    return 1 if failed else 0
+  if FLAGS.launcher == "tpu":
+    failed = run_on_slices(todo, FLAGS.tpu_names or [None], shlex.split(FLAGS.tpu_args), sweep_name,
+                           FLAGS.keep_going)
+  else:
+    failed = run_local(todo, commands, FLAGS.keep_going)
+  print(summary_table(trials))
   if failed:
     print(f"[sweep] failed: {' '.join(failed)}", file=sys.stderr)
     return 1
-  print(f"[sweep] {len(trials)} trial(s) done", file=sys.stderr)
+  print(f"[sweep] {len(todo)} trial(s) run, {len(trials) - len(todo)} already finished", file=sys.stderr)
   return 0
+
+
+def _one_line_errors(argv):
+  """absl's main with user mistakes (missing flags, bad experiment files) as one `error:` line."""
+  try:
+    return main(argv)
+  except (ValueError, FileNotFoundError) as e:
+    if os.environ.get("TRM_TRACEBACK"):
+      raise
+    print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _parse(argv):
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":
@@ -273,4 +461,4 @@ if __name__ == "__main__":
     # absl's own --help exits with status 1 and writes to stderr.
     print(__doc__.strip() + "\n\nflags:\n" + FLAGS.main_module_help())
     sys.exit(0)
-  app.run(main)
+  app.run(_one_line_errors, flags_parser=_parse)

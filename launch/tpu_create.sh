@@ -21,7 +21,9 @@ Options:
   --on_demand              neither --spot nor --reserved
   --valid_until=DURATION   give up if not provisioned within DURATION (e.g. 6h)
   --network=NET, --subnetwork=SUBNET, --service_account=SA   passed through
-  --internal_ips           no external IPs on the workers
+  --internal_ips           no external IPs on the workers (then pass
+                           --ssh_via=iap, or internal from inside the VPC, to
+                           the other scripts, or export TPU_SSH_VIA=iap)
   --wait                   poll until the queued resource is ACTIVE (or fails)
   --poll_s=SECONDS         polling interval for --wait (default 60)
 
@@ -107,7 +109,8 @@ if [[ "$WAIT" == 1 ]]; then
     esac
     sleep "$POLL_S"
   done
-  log "ready; next: launch/tpu_setup.sh --name=${NAME} --zone=${ZONE}"
+  via=""; if [[ "$INTERNAL_IPS" == 1 ]]; then via=" --ssh_via=iap"; fi
+  log "ready; next: launch/tpu_setup.sh --name=${NAME} --zone=${ZONE}${via}"
 else
   log "check with: $(shell_join "${describe[@]}")"
 fi

@@ -19,7 +19,8 @@ a dropped ssh connection. Worker i writes
   $HOME/<log_root>/<run>/worker-<i>.pid   process-group id (for tpu_stop.sh)
   $HOME/<log_root>/<run>/worker-<i>.rc    exit status, once it has finished
 and <log_root>/latest points at the newest run. On TPU, jax.distributed is
-initialised automatically: no coordinator flags are needed. WORKDIR must be
+initialised from the TPU VM metadata (the command gets --distributed): no
+coordinator flags are needed. WORKDIR must be
 shared by all workers (a gs:// path) so that checkpoints from every host land
 in one place.
 
@@ -32,9 +33,17 @@ Options:
   --env=KEY=VALUE      environment variable for the run (repeatable)
   --python=PATH        interpreter on the workers (default <venv>/bin/python)
   --kill_stale         first kill any process holding the TPU (see tpu_free.sh)
-  --wait               block until worker 0 has finished, then exit with its
-                       status (polls over ssh; used by sweep.py --launcher=tpu)
+  --wait               block until every worker has finished (polls over ssh;
+                       used by sweep.py --launcher=tpu), then exit with the
+                       first non-zero worker status, or 0. It gives up with
+                         90  after --max_unreachable polls in a row could not
+                             reach the workers (queued resource still ACTIVE)
+                         91  the queued resource is SUSPENDED, SUSPENDING,
+                             DELETING or FAILED (spot preemption, deletion)
+                         92  a worker's process is gone without an exit status
+                             (SIGKILLed, VM restarted)
   --poll_s=SECONDS     polling interval for --wait (default 60)
+  --max_unreachable=N  --wait: unreachable polls in a row before 90 (default 10)
   --                   everything after it is passed to trm_jax.main verbatim
 
 Example:
@@ -52,6 +61,7 @@ PYTHON=""
 KILL_STALE=0
 WAIT=0
 POLL_S=60
+MAX_UNREACHABLE=10
 ENVS=()
 PASS=()
 
@@ -67,6 +77,7 @@ while [[ $# -gt 0 ]]; do
     --kill_stale) KILL_STALE=1; OPTSHIFT=1 ;;
     --wait) WAIT=1; OPTSHIFT=1 ;;
     --poll_s|--poll_s=*) take_value "$@"; POLL_S="$OPTVAL" ;;
+    --max_unreachable|--max_unreachable=*) take_value "$@"; MAX_UNREACHABLE="$OPTVAL" ;;
     --) shift; PASS+=("$@"); break ;;
     *) die "unknown argument: $1 (pass arguments for trm_jax.main after --; see --help)" ;;
   esac
@@ -76,6 +87,7 @@ done
 require_tpu_flags
 [[ -n "$CONFIG" ]] || die "--config is required"
 [[ -n "$WORKDIR" ]] || die "--workdir is required"
+[[ "$MAX_UNREACHABLE" =~ ^[1-9][0-9]*$ ]] || die "--max_unreachable must be a positive number"
 for kv in "${ENVS[@]+"${ENVS[@]}"}"; do
   [[ "$kv" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env wants KEY=VALUE, got ${kv}"
 done
@@ -93,13 +105,16 @@ if [[ -z "$PYTHON" ]]; then PYTHON="$(remote_path "$VENV")/bin/python"; fi
 
 # The command each worker runs. $PYTHON may hold "$HOME" and is expanded by the
 # worker's shell, so it is not quoted again.
-main_cmd="${PYTHON} -m trm_jax.main $(shell_join "--config=${CONFIG}" "--workdir=${WORKDIR}" ${PASS[@]+"${PASS[@]}"})"
+main_cmd="${PYTHON} -m trm_jax.main $(shell_join --distributed "--config=${CONFIG}" "--workdir=${WORKDIR}" ${PASS[@]+"${PASS[@]}"})"
 if [[ ${#ENVS[@]} -gt 0 ]]; then main_cmd="env $(shell_join "${ENVS[@]}") ${main_cmd}"; fi
 
 # Inner script, run by a detached bash: log a header, run, record the status.
-inner="cd ${RDIR} && echo \"# \$(date -u +%FT%TZ) \$(hostname) worker \$TRM_WORKER commit \$(cat COMMIT 2>/dev/null || echo unknown)\""
+# The trap keeps this shell alive when its process group is signalled
+# (tpu_stop.sh, a preemption): it waits for the run to save and exit, then
+# still writes worker-<i>.rc (atomically, via a temporary file).
+inner="trap 'echo \"# signal received; waiting for the run to exit\"' TERM INT HUP; cd ${RDIR} && echo \"# \$(date -u +%FT%TZ) \$(hostname) worker \$TRM_WORKER commit \$(cat COMMIT 2>/dev/null || echo unknown)\""
 inner+=" && echo $(shell_quote "# ${main_cmd}")"
-inner+=" && ${main_cmd}; rc=\$?; echo \"# exit status \$rc\"; echo \$rc > ${RUNDIR}/worker-\$TRM_WORKER.rc"
+inner+=" && ${main_cmd}; rc=\$?; echo \"# exit status \$rc\"; echo \$rc > ${RUNDIR}/worker-\$TRM_WORKER.rc.tmp; mv -f ${RUNDIR}/worker-\$TRM_WORKER.rc.tmp ${RUNDIR}/worker-\$TRM_WORKER.rc"
 
 remote="set -euo pipefail; ${WORKER_ID_SNIPPET}; export TRM_WORKER=\$W"
 if [[ "$KILL_STALE" == 1 ]]; then remote+="; $(free_tpu_snippet TERM)"; fi
@@ -116,18 +131,45 @@ tpu_ssh all "$remote"
 log "run ${RUN_NAME}: logs with  launch/tpu_logs.sh --name=${NAME} --zone=${ZONE} --run=${RUN_NAME}"
 
 if [[ "$WAIT" == 1 ]]; then
-  poll="cat ${RUNDIR}/worker-0.rc 2>/dev/null || echo running"
+  # One line per worker: "status W RC", "running W" or "dead W" (no process, no status).
+  poll="${WORKER_ID_SNIPPET}; d=${RUNDIR}; if [ -f \$d/worker-\$W.rc ]; then echo \"status \$W \$(cat \$d/worker-\$W.rc)\";"
+  poll+=" elif [ -f \$d/worker-\$W.pid ] && kill -0 \$(cat \$d/worker-\$W.pid) 2>/dev/null; then echo \"running \$W\";"
+  poll+=" else echo \"dead \$W\"; fi"
   if [[ "$DRY_RUN" == 1 ]]; then
-    tpu_ssh 0 "$poll"
+    tpu_ssh all "$poll"
     exit 0
   fi
+  misses=0
   while true; do
     sleep "$POLL_S"
-    status="$(tpu_ssh 0 "$poll" 2>/dev/null | tail -n 1 || echo unreachable)"
-    if [[ "$status" =~ ^[0-9]+$ ]]; then
-      log "${RUN_NAME}: worker 0 exited with status ${status}"
-      exit "$status"
+    if ! out="$(tpu_ssh all "$poll" 2>/dev/null)" || [[ -z "$out" ]]; then
+      state="$(qr_state)"
+      case "$state" in
+        SUSPENDED|SUSPENDING|DELETING|FAILED)
+          log "${RUN_NAME}: queued resource ${NAME} is ${state}; giving up (exit 91)"
+          exit 91 ;;
+      esac
+      misses=$((misses + 1))
+      log "${RUN_NAME}: workers unreachable (${misses}/${MAX_UNREACHABLE}; queued resource: ${state:-unknown})"
+      if [[ "$misses" -ge "$MAX_UNREACHABLE" ]]; then
+        log "${RUN_NAME}: giving up after ${misses} unreachable polls (exit 90)"
+        exit 90
+      fi
+      continue
     fi
-    log "${RUN_NAME}: ${status:-unreachable}"
+    misses=0
+    if grep -q '^running ' <<< "$out"; then
+      log "${RUN_NAME}: $(grep -c '^running ' <<< "$out") worker(s) running"
+      continue
+    fi
+    dead="$(awk '$1 == "dead" {printf " %s", $2}' <<< "$out")"
+    if [[ -n "$dead" ]]; then
+      log "${RUN_NAME}: worker(s)${dead} ended without an exit status (killed?); see launch/tpu_logs.sh --run=${RUN_NAME} (exit 92)"
+      exit 92
+    fi
+    statuses="$(awk '$1 == "status" {printf " w%s=%s", $2, $3}' <<< "$out")"
+    first_bad="$(sort -k2,2n <<< "$out" | awk '$1 == "status" && $3 != 0 {print $3; exit}')"
+    log "${RUN_NAME}: finished; exit status${statuses}"
+    exit "${first_bad:-0}"
   done
 fi

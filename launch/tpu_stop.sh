@@ -10,8 +10,8 @@ Usage: launch/tpu_stop.sh --name=NAME --zone=ZONE [--run=RUN|--all_runs]
 
 Sends SIGNAL to the process group recorded in <log_root>/<run>/worker-<i>.pid
 on every worker (setsid made each run its own group), waits up to GRACE_S
-seconds (Orbax saves a preemption checkpoint on SIGTERM when the config asks
-for it), then SIGKILLs what is left. --delete then deletes the queued
+seconds (trm_jax saves a checkpoint at a step all processes agree on, then
+exits 0), then SIGKILLs what is left. --delete then deletes the queued
 resource and its TPU VMs (`gcloud compute tpus queued-resources delete
 --force`); with --delete alone (no --run) only the deletion happens.
 

@@ -2,6 +2,7 @@
 the remote commands themselves, executed locally through a fake gcloud."""
 
 import importlib.util
+import json
 import os
 import shlex
 import signal
@@ -136,9 +137,10 @@ def test_expand_sweep_errors(tmp_path):
     sweep.expand_sweep(str(tmp_path / "missing.py"), None, "w")
 
 
-def _sweep_cli(*args):
+def _sweep_cli(*args, env=None, cwd=None):
   return subprocess.run([sys.executable, os.path.join(LAUNCH, "sweep.py"), *args],
-                        capture_output=True, text=True, timeout=60)
+                        capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, **(env or {})), cwd=cwd)
 
 
 def test_sweep_cli_dry_run_local(experiment):
@@ -183,7 +185,7 @@ def test_sweep_cli_runs_locally(experiment, tmp_path):
   fake.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
   fake.chmod(0o755)
   out = _sweep_cli(f"--config={experiment}", "--workdir_base=w",
-                   f"--python={fake}")
+                   f"--python={fake}", cwd=tmp_path)
   assert out.returncode == 0, out.stderr
   lines = record.read_text().splitlines()
   assert len(lines) == 2
@@ -248,7 +250,7 @@ def test_tpu_run_dry_run():
   assert words[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "trm"]
   assert "--worker=all" in words
   (cmd,) = [w for w in words if w.startswith("--command=")]
-  assert "trm_jax.main --config=experiments/arc1.py:variant=att" in cmd
+  assert "trm_jax.main --distributed --config=experiments/arc1.py:variant=att" in cmd
   assert "--workdir=gs://bucket/arc1 --config.train.lr=1e-4 --config.seed=3" in cmd
   assert "setsid nohup" in cmd
   assert "logs/r1/worker-$W.log" in cmd
@@ -299,8 +301,20 @@ def test_gpu_multinode_dry_run():
 FAKE_GCLOUD = """\
 #!/usr/bin/env bash
 # Runs `tpu-vm ssh --command=...` locally once per fake worker; logs the rest.
+# Files in $FAKE_STATE_DIR simulate the slice: ssh_fail (ssh exits 255),
+# qr_state (the queued resource's state, default ACTIVE), external_ips.
 set -u
 echo "$*" >> "$FAKE_LOG"
+S="${FAKE_STATE_DIR:-/nonexistent}"
+if [[ "$1 $2 $3" == "compute tpus queued-resources" && "$4" == describe ]]; then
+  cat "$S/qr_state" 2>/dev/null || echo ACTIVE; exit 0
+fi
+if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm describe" ]]; then
+  cat "$S/external_ips" 2>/dev/null || echo True; exit 0
+fi
+if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm ssh" && -e "$S/ssh_fail" ]]; then
+  echo "ssh: connect to host: Connection timed out" >&2; exit 255
+fi
 if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm ssh" ]]; then
   worker=all; cmd=""
   for a in "$@"; do
@@ -323,9 +337,11 @@ def fake_pod(tmp_path):
   gcloud = tmp_path / "gcloud"
   gcloud.write_text(FAKE_GCLOUD)
   gcloud.chmod(0o755)
+  state = tmp_path / "state"
+  state.mkdir()
   env = {"GCLOUD": str(gcloud), "HOME": str(home), "FAKE_WORKERS": "2",
          "FAKE_LOG": str(tmp_path / "gcloud.log"), "TPU_NAME": "pod",
-         "TPU_ZONE": "z"}
+         "TPU_ZONE": "z", "FAKE_STATE_DIR": str(state)}
   started = []
   yield home, env, started
   for pid_file in started:  # never leave a fake run behind
@@ -367,7 +383,7 @@ def test_tpu_run_logs_end_to_end(fake_pod, tmp_path):
     log = (logs / f"worker-{w}.log").read_text()
     assert f"worker {w} commit abc123" in log
     got = [l for l in log.splitlines() if l.startswith("<")]
-    assert got == ["<-m>", "<trm_jax.main>", "<--config=experiments/x.py:a=1>",
+    assert got == ["<-m>", "<trm_jax.main>", "<--distributed>", "<--config=experiments/x.py:a=1>",
                    "<--workdir=gs://b/w>", "<--config.train.lr=0.001>",
                    "<--config.model.name=a b>", "<--config.note=it's $HOME>"]
     assert "env=bar baz" in log
@@ -423,3 +439,330 @@ def test_gpu_multinode_ssh_end_to_end(tmp_path):
     assert f"<--process_id={i}>" in log
     assert "<--coordinator_address=h0:12355>" in log and "<--num_processes=3>" in log
     assert "<--config.x=a b>" in log
+
+
+# ------------------------------------------- tpu_run.sh --wait always finishes
+
+def _start_wait(env, py, run, *extra):
+  """tpu_run.sh --wait in the background (polling fast); -> Popen."""
+  args = ["bash", os.path.join(LAUNCH, "tpu_run.sh"), "--remote_dir=code", f"--python={py}",
+          f"--run_name={run}", "--config=c.py", "--workdir=w", "--wait", "--poll_s=0.2", *extra]
+  full = dict(os.environ, **env)
+  return subprocess.Popen(args, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(p, timeout=60):
+  out, err = p.communicate(timeout=timeout)
+  return p.returncode, err
+
+
+def test_wait_all_workers_statuses(fake_pod, tmp_path):
+  """Every worker's status is collected; the first non-zero one is the exit status."""
+  home, env, started = fake_pod
+  py = _fake_python(tmp_path / "py", 'sleep 0.5; exit $((TRM_WORKER * 3))\n')
+  p = _start_wait(env, py, "r")
+  started += [str(home / "logs" / "r" / f"worker-{w}.pid") for w in (0, 1)]
+  rc, err = _finish(p)
+  assert rc == 3, err
+  assert "exit status w0=0 w1=3" in err
+  py0 = _fake_python(tmp_path / "py0", 'exit 0\n')
+  rc, err = _finish(_start_wait(env, py0, "ok"))
+  assert rc == 0 and "w0=0 w1=0" in err, err
+
+
+def test_wait_survives_signalled_group(fake_pod, tmp_path):
+  """SIGTERM to each worker's process group (tpu_stop.sh, preemption): the wrapper outlives the run,
+  records its status, and --wait returns it."""
+  home, env, started = fake_pod
+  marker = tmp_path / "up"
+  # Like trm_jax: on SIGTERM it saves (sleeps) and exits 0.
+  py = _fake_python(tmp_path / "py", f'trap "sleep 0.5; exit 0" TERM; touch {marker}-$TRM_WORKER; '
+                                     'sleep 60 & wait\n')
+  p = _start_wait(env, py, "sig")
+  logs = home / "logs" / "sig"
+  pid_files = [str(logs / f"worker-{w}.pid") for w in (0, 1)]
+  started += pid_files
+  _wait_for([f"{marker}-0", f"{marker}-1"])
+  for f in pid_files:
+    os.killpg(int(open(f).read()), signal.SIGTERM)
+  rc, err = _finish(p)
+  assert rc == 0, err
+  for w in (0, 1):
+    assert (logs / f"worker-{w}.rc").read_text().strip() == "0"
+    assert "# signal received" in (logs / f"worker-{w}.log").read_text()
+
+
+def test_wait_worker_killed_without_status(fake_pod, tmp_path):
+  home, env, started = fake_pod
+  marker = tmp_path / "up"
+  py = _fake_python(tmp_path / "py", f'touch {marker}-$TRM_WORKER; exec sleep 60\n')
+  p = _start_wait(env, py, "k")
+  pid_files = [str(home / "logs" / "k" / f"worker-{w}.pid") for w in (0, 1)]
+  started += pid_files
+  _wait_for([f"{marker}-0", f"{marker}-1"])
+  os.killpg(int(open(pid_files[1]).read()), signal.SIGKILL)
+  os.killpg(int(open(pid_files[0]).read()), signal.SIGKILL)
+  rc, err = _finish(p)
+  assert rc == 92, err
+  assert "worker(s) 0 1 ended without an exit status" in err
+
+
+@pytest.mark.parametrize("state,want", [("ACTIVE", 90), ("SUSPENDED", 91), ("DELETING", 91), ("FAILED", 91),
+                                        ("SUSPENDING", 91)])
+def test_wait_gives_up_on_unreachable_or_gone_slice(fake_pod, tmp_path, state, want):
+  home, env, started = fake_pod
+  marker = tmp_path / "up"
+  py = _fake_python(tmp_path / "py", f'touch {marker}-$TRM_WORKER; exec sleep 60\n')
+  p = _start_wait(env, py, "u", "--max_unreachable=3")
+  started += [str(home / "logs" / "u" / f"worker-{w}.pid") for w in (0, 1)]
+  _wait_for([f"{marker}-0", f"{marker}-1"])
+  state_dir = tmp_path / "state"
+  (state_dir / "qr_state").write_text(state + "\n")
+  (state_dir / "ssh_fail").write_text("")
+  rc, err = _finish(p)
+  assert rc == want, err
+  if want == 90:
+    assert "unreachable (3/3" in err and "giving up after 3" in err
+  else:
+    assert f"is {state}; giving up" in err
+
+
+def test_wait_recovers_from_a_short_outage(fake_pod, tmp_path):
+  """Unreachable polls fewer than --max_unreachable in a row do not end the wait."""
+  home, env, started = fake_pod
+  marker = tmp_path / "up"
+  state_dir = tmp_path / "state"
+  py = _fake_python(tmp_path / "py", f'touch {marker}-$TRM_WORKER; sleep 6; exit 0\n')
+  p = _start_wait(env, py, "o", "--max_unreachable=100")
+  started += [str(home / "logs" / "o" / f"worker-{w}.pid") for w in (0, 1)]
+  _wait_for([f"{marker}-0", f"{marker}-1"])
+  (state_dir / "ssh_fail").write_text("")
+  time.sleep(1)
+  os.remove(state_dir / "ssh_fail")
+  rc, err = _finish(p)
+  assert rc == 0 and "workers unreachable (1/100" in err, err
+
+
+@pytest.mark.parametrize("via,flag", [("external", None), ("internal", "--internal-ip"),
+                                      ("iap", "--tunnel-through-iap")])
+def test_ssh_via(via, flag):
+  out = _sh("tpu_run.sh", "--name=trm", "--zone=z", "--dry_run", f"--ssh_via={via}", "--config=c.py",
+            "--workdir=w", "--wait")
+  lines = out.stdout.splitlines()
+  assert len(lines) == 2  # start, poll
+  for line in lines:
+    words = shlex.split(line)
+    assert words[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "trm"]
+    assert ("--internal-ip" in words) == (flag == "--internal-ip")
+    assert ("--tunnel-through-iap" in words) == (flag == "--tunnel-through-iap")
+  out = _sh("tpu_setup.sh", "--name=trm", "--zone=z", "--dry_run", env={"TPU_SSH_VIA": via})
+  scp = out.stdout.splitlines()[1]
+  assert scp.startswith("gcloud compute tpus tpu-vm scp") and (flag is None or flag in scp)
+  bad = _sh("tpu_run.sh", "--name=trm", "--zone=z", "--dry_run", "--ssh_via=carrier-pigeon", "--config=c.py",
+            "--workdir=w", check=False)
+  assert bad.returncode == 2 and "--ssh_via must be" in bad.stderr
+
+
+@pytest.mark.parametrize("external,flag", [("False", "--tunnel-through-iap"), ("True", None)])
+def test_ssh_via_auto_asks_the_slice(fake_pod, tmp_path, external, flag):
+  """A slice created with internal IPs only is reached through IAP; the real commands carry the flag."""
+  home, env, started = fake_pod
+  (tmp_path / "state" / "external_ips").write_text(external + "\n")
+  py = _fake_python(tmp_path / "py", 'exit 0\n')
+  p = _start_wait(dict(env, TPU_SSH_VIA="auto"), py, "a")
+  rc, err = _finish(p)
+  assert rc == 0, err
+  calls = (tmp_path / "gcloud.log").read_text().splitlines()
+  ssh = [c for c in calls if c.startswith("compute tpus tpu-vm ssh")]
+  assert len(ssh) >= 2 and any("tpu-vm describe pod" in c for c in calls)
+  for c in ssh:
+    assert (flag is not None) == ("--tunnel-through-iap" in c), c
+
+
+# ------------------------------------------------ sweeps: errors, skip, summary
+
+
+def _one_error_line(out):
+  assert out.returncode == 1, out.stderr
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+  return lines[0]
+
+
+def test_sweep_user_errors_are_one_line(tmp_path, experiment):
+  nosweep = tmp_path / "nosweep.py"
+  nosweep.write_text("def get_config(arg=None):\n  return None\n")
+  line = _one_error_line(_sweep_cli(f"--config={nosweep}", "--workdir_base=w"))
+  assert "defines no get_sweep()" in line and "experiments/arc1.py" in line
+  assert "--config and --workdir_base are required" in _one_error_line(_sweep_cli(f"--config={experiment}"))
+  assert "--config" in _one_error_line(_sweep_cli("--workdir_base=w"))
+  assert "no experiment file" in _one_error_line(_sweep_cli("--config=nope.py", "--workdir_base=w"))
+  broken = tmp_path / "broken.py"
+  broken.write_text("import no_such_module_xyz\n")
+  assert "ModuleNotFoundError" in _one_error_line(_sweep_cli(f"--config={broken}", "--workdir_base=w"))
+  assert "--only" in _one_error_line(_sweep_cli(f"--config={experiment}", "--workdir_base=w", "--only=9"))
+  assert "nosuch" in _one_error_line(_sweep_cli("--nosuch"))
+
+
+def _write_metrics(workdir, last_step, total=10, acc=None):
+  os.makedirs(workdir, exist_ok=True)
+  events = [{"step": 0, "params": 5, "total_steps": total}]
+  events += [{"step": s, "train/lm_loss": 1.0} for s in range(2, last_step + 1, 2)]
+  if acc is not None:
+    events.append({"step": last_step, "eval/test/exact_accuracy": acc, "eval/test/accuracy": 0.5,
+                   "eval/test/lm_loss": 0.3})
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(e) + "\n" for e in events)
+
+
+def test_sweep_skips_finished_and_prints_summary(experiment, tmp_path):
+  base = tmp_path / "sw"
+  _write_metrics(base / "lr=0.0001_seed=0", 10, acc=0.875)      # finished
+  _write_metrics(base / "lr=3e-05_seed=0", 4, acc=0.25)         # stopped at step 4
+  record = tmp_path / "calls.txt"
+  fake = _fake_python(tmp_path / "py", f'echo "$@" >> {record}\n')
+  out = _sweep_cli(f"--config={experiment}", f"--workdir_base={base}", f"--python={fake}")
+  assert out.returncode == 0, out.stderr
+  calls = record.read_text().splitlines()
+  assert len(calls) == 1 and "--workdir=" + str(base / "lr=3e-05_seed=0") in calls[0]
+  assert "skip lr=0.0001_seed=0: finished" in out.stderr
+  rows = out.stdout.splitlines()
+  assert rows[0].split() == ["trial", "status", "step", "test/exact_accuracy", "test/accuracy"]
+  assert rows[1].split() == ["lr=0.0001_seed=0", "finished", "10/10", "(eval", "@10)", "0.8750", "0.5000"]
+  assert rows[2].split() == ["lr=3e-05_seed=0", "running/stopped", "4/10", "(eval", "@4)", "0.2500", "0.5000"]
+  # --summary alone only reads; --rerun_finished launches both.
+  assert _sweep_cli(f"--config={experiment}", f"--workdir_base={base}", "--summary").stdout == out.stdout
+  out = _sweep_cli(f"--config={experiment}", f"--workdir_base={base}", f"--python={fake}", "--rerun_finished")
+  assert out.returncode == 0 and len(record.read_text().splitlines()) == 3
+  # A fresh base directory is created (trm_jax.main wants the workdir's parent to exist).
+  fresh = tmp_path / "new" / "base"
+  out = _sweep_cli(f"--config={experiment}", f"--workdir_base={fresh}", f"--python={fake}")
+  assert out.returncode == 0 and fresh.is_dir(), out.stderr
+
+
+def test_sweep_spreads_trials_over_slices_in_parallel(fake_pod, experiment, tmp_path):
+  """Two slices, two trials: each trial waits until the other one has started, so the sweep only
+  finishes if they run at the same time, one per slice."""
+  home, env, started = fake_pod
+  marks = tmp_path / "marks"
+  marks.mkdir()
+  py = _fake_python(tmp_path / "py", textwrap.dedent(f"""\
+      for a; do case "$a" in --config.train.lr=*) me="${{a#*=}}" ;; esac; done
+      touch "{marks}/$me"
+      for i in $(seq 150); do [ "$(ls {marks} | wc -l)" -ge 2 ] && exit 0; sleep 0.2; done
+      exit 1
+      """))
+  out = _sweep_cli(f"--config={experiment}", f"--workdir_base={tmp_path}/sw", "--launcher=tpu",
+                   "--tpu_names=s0,s1", f"--tpu_args=--remote_dir=code --python={py} --poll_s=0.2", env=env)
+  for run in ("exp-lr=0.0001_seed=0", "exp-lr=3e-05_seed=0"):
+    started += [str(home / "logs" / run / f"worker-{w}.pid") for w in (0, 1)]
+  assert out.returncode == 0, out.stderr
+  assert sorted(os.listdir(marks)) == ["0.0001", "3e-05"]
+  calls = (tmp_path / "gcloud.log").read_text()
+  assert "tpu-vm ssh s0" in calls and "tpu-vm ssh s1" in calls
+  assert "not started" in out.stdout  # the summary (the fake runs wrote no metrics)
+
+
+SBATCH = os.path.join(LAUNCH, "slurm_train.sbatch")
+
+
+def test_sweep_slurm_job_array(experiment, tmp_path):
+  base = tmp_path / "sw"
+  _write_metrics(base / "lr=0.0001_seed=0", 10, acc=1.0)
+  bindir = tmp_path / "bin"
+  bindir.mkdir()
+  record = tmp_path / "sbatch.txt"
+  _fake_python(bindir / "sbatch", f'printf "%s\\n" "$@" > {record}; echo "Submitted batch job 7"\n')
+  env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+  common = [f"--config={experiment}:2", f"--workdir_base={base}", "--launcher=slurm",
+            f"--slurm_dir={tmp_path}/logs", "--sbatch_args=--partition=gpu --nodes=2", "--slurm_parallel=2"]
+  out = _sweep_cli(*common, env=env)
+  assert out.returncode == 0, out.stderr
+  args = record.read_text().splitlines()
+  args_file = str(tmp_path / "logs" / "exp.args")
+  assert args == ["--array=1,2,3%2", "--job-name=exp", f"--export=ALL,TRM_ARGS_FILE={args_file}",
+                  "--partition=gpu", "--nodes=2", SBATCH]
+  lines = open(args_file).read().splitlines()
+  assert len(lines) == 4
+  assert shlex.split(lines[3]) == list(sweep.expand_sweep(experiment, "2", str(base))[3].args)
+  dry = _sweep_cli(*common, "--dry_run", env=env)
+  assert dry.stdout.splitlines() == [shlex.join(["sbatch", "--array=0,1,2,3%2", "--job-name=exp",
+                                                 f"--export=ALL,TRM_ARGS_FILE={args_file}", "--partition=gpu",
+                                                 "--nodes=2", SBATCH])]
+
+
+# --------------------------------------------------------- slurm_train.sbatch
+
+
+def test_sbatch_directives():
+  text = open(SBATCH).read()
+  directives = [l.split(None, 1)[1] for l in text.splitlines() if l.startswith("#SBATCH")]
+  assert "--requeue" in directives
+  assert any(d.startswith("--signal=TERM@") and int(d.split("@")[1]) >= 60 for d in directives)
+  assert "--ntasks-per-node=1" in directives
+
+
+@pytest.fixture
+def fake_slurm(tmp_path):
+  """Fake srun (runs the task locally as SLURM_PROCID=0), scontrol (hostnames, records requeue), python."""
+  bindir = tmp_path / "bin"
+  bindir.mkdir()
+  log = tmp_path / "slurm.log"
+  _fake_python(bindir / "srun", textwrap.dedent(f"""\
+      echo "srun $*" >> {log}
+      while [[ "$1" == --* ]]; do shift; done
+      SLURM_PROCID=0 exec "$@"
+      """))
+  _fake_python(bindir / "scontrol", textwrap.dedent(f"""\
+      echo "scontrol $*" >> {log}
+      if [[ "$1 $2" == "show hostnames" ]]; then echo node0; echo node1; fi
+      """))
+  # The run's stand-in: records its arguments, writes metrics up to $FAKE_LAST of 10 steps, exits $FAKE_RC.
+  py = _fake_python(tmp_path / "python", textwrap.dedent(f"""\
+      if [[ "$1" == *sweep.py ]]; then exec {sys.executable} "$@"; fi
+      printf "<%s>\\n" "$@" >> {log}
+      for a; do case "$a" in --workdir=*) w="${{a#--workdir=}}" ;; esac; done
+      {sys.executable} -c "import json,os,sys; os.makedirs(sys.argv[1], exist_ok=True); \\
+      open(os.path.join(sys.argv[1], 'metrics.jsonl'), 'w').write(json.dumps(dict(step=0, total_steps=10)) + \\
+      chr(10) + json.dumps(dict(step=int(sys.argv[2]))) + chr(10))" "$w" "$FAKE_LAST"
+      exit "${{FAKE_RC:-0}}"
+      """))
+  env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", TRM_PYTHON=py, SLURM_JOB_ID="4242",
+             SLURM_NTASKS="2", SLURM_JOB_NODELIST="node[0-1]", SLURM_SUBMIT_DIR=REPO)
+  for k in ("TRM_ARGS_FILE", "SLURM_ARRAY_TASK_ID", "VIRTUAL_ENV"):
+    env.pop(k, None)
+  return env, log
+
+
+def _sbatch(env, *args, **extra):
+  return subprocess.run(["bash", SBATCH, *args], env=dict(env, **extra), capture_output=True, text=True,
+                        timeout=60, cwd=REPO)
+
+
+@pytest.mark.parametrize("last,rc,requeued", [(10, 0, False), (4, 0, True), (4, 3, False)])
+def test_sbatch_runs_and_requeues_until_done(fake_slurm, tmp_path, last, rc, requeued):
+  env, log = fake_slurm
+  w = tmp_path / "w"
+  p = _sbatch(env, "--config=experiments/arc1.py", f"--workdir={w}", "--config.seed=1",
+              FAKE_LAST=str(last), FAKE_RC=str(rc))
+  assert p.returncode == rc, p.stdout + p.stderr
+  got = log.read_text().splitlines()
+  port = 4242 % 4096 + 61440
+  args = [l for l in got if l.startswith("<")]
+  assert args == ["<-m>", "<trm_jax.main>", f"<--coordinator_address=node0:{port}>", "<--num_processes=2>",
+                  "<--process_id=0>", "<--config=experiments/arc1.py>", f"<--workdir={w}>", "<--config.seed=1>"]
+  assert any(l.startswith("srun --kill-on-bad-exit=1") for l in got)
+  assert ("scontrol requeue 4242" in got) == requeued
+
+
+def test_sbatch_job_array_reads_its_line(fake_slurm, tmp_path):
+  env, log = fake_slurm
+  args_file = tmp_path / "x.args"
+  args_file.write_text(f"--config=a.py --workdir={tmp_path}/t0\n"
+                       f"--config=a.py --workdir={tmp_path}/t1 '--config.note=a b'\n")
+  p = _sbatch(env, TRM_ARGS_FILE=str(args_file), SLURM_ARRAY_TASK_ID="1", FAKE_LAST="10")
+  assert p.returncode == 0, p.stderr
+  args = [l for l in log.read_text().splitlines() if l.startswith("<")]
+  assert args[-3:] == ["<--config=a.py>", f"<--workdir={tmp_path}/t1>", "<--config.note=a b>"]
+  p = _sbatch(env, TRM_ARGS_FILE=str(args_file), SLURM_ARRAY_TASK_ID="5", FAKE_LAST="10")
+  assert p.returncode == 2 and "no line 6" in p.stderr

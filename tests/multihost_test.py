@@ -17,6 +17,7 @@ Every run is its own set of subprocesses (the device-count flag and
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -244,3 +245,69 @@ def test_sharded_table_two_processes(tmp_path, env):
     assert not d["collective_on_table"], d       # no device sends or receives its table half
     for k in ("loss", "params", "opt_state", "ema", "table", "carry"):
       assert d[k] <= 1e-5, (k, d)
+
+
+# ---------------------------------------------------------------------------
+# SIGTERM on every process of a 2-process run (a pod / Slurm preemption).
+
+PREEMPT_STEPS = 80
+PREEMPT_TIMEOUT = 400  # per launch; compiling dominates (a shared, loaded CPU can take minutes)
+PREEMPT_FLAGS = [f"--config.train.steps={PREEMPT_STEPS}", "--config.train.checkpoint_every=0",
+                 "--config.train.eval_every=0", "--config.train.log_every=10", "--config.eval.max_examples=8"]
+
+
+def test_sigterm_on_both_processes_saves_and_resumes(tmp_path, env):
+  """Both processes agree on one step (JAX's preemption sync point), save it collectively and exit 0
+  long before the end; the re-run ends with exactly the uninterrupted run's metrics and state."""
+  t0 = time.time()
+  ref, termed = str(tmp_path / "ref"), str(tmp_path / "termed")
+
+  def argv_of(workdir, port):
+    base = driver(workdir, 2, port)
+    return lambda i: base(i) + PREEMPT_FLAGS
+
+  launch(argv_of(ref, free_port()), 2, 2, env, timeout=PREEMPT_TIMEOUT)
+  t_ref = time.time() - t0
+
+  e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  port = free_port()
+  procs = [subprocess.Popen(argv_of(termed, port)(i), cwd=ROOT, env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    deadline = time.time() + PREEMPT_TIMEOUT
+    logged = lambda: [x["step"] for x in (metrics.read(termed) if os.path.exists(
+        os.path.join(termed, "metrics.jsonl")) else []) if "train/lm_loss" in x]
+    while time.time() < deadline and all(p.poll() is None for p in procs) and not logged():
+      time.sleep(0.05)
+    assert all(p.poll() is None for p in procs), "a process ended before it was signalled"
+    for p in procs:
+      p.send_signal(signal.SIGTERM)
+    t_term = time.time()
+    outs = [p.communicate(timeout=PREEMPT_TIMEOUT) for p in procs]
+    t_exit = time.time() - t_term
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  for i, (p, (_, err)) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{err[-3000:]}"
+  saved = ckpt_steps(termed)
+  assert len(saved) == 1 and 0 < saved[0] < PREEMPT_STEPS, saved
+  s = saved[0]
+  assert f"SIGTERM: saved step {s}," in outs[0][0] + outs[0][1]
+  assert f"process 1: SIGTERM: saved step {s}," in outs[1][1]
+
+  launch(argv_of(termed, free_port()), 2, 2, env, timeout=PREEMPT_TIMEOUT)
+  assert ckpt_steps(termed) == [s, PREEMPT_STEPS]
+  final = lambda w: [x for x in metrics.read(w) if "eval/test/exact_accuracy" in x][-1]
+  fa, fb = final(ref), final(termed)
+  keys = sorted(k for k in fa if k.startswith("eval/"))
+  assert keys and fa["step"] == fb["step"] == PREEMPT_STEPS
+  assert {k: fa[k] for k in keys} == {k: fb[k] for k in keys}
+  _, sa, _ = solve.load_run(ref)
+  _, sb, _ = solve.load_run(termed)
+  for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  print(f"\n2-process SIGTERM: reference {t_ref:.1f}s, saved step {s} of {PREEMPT_STEPS}, both exited "
+        f"{t_exit:.1f}s after SIGTERM; total {time.time() - t0:.1f}s")

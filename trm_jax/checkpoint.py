@@ -2,7 +2,7 @@
 the ACT carry with its current examples, and a JSON record of the run.
 
 Saves are asynchronous and keep the newest `keep` steps. SIGTERM (preemption)
-sets a flag that the loop polls; the loop then saves and exits cleanly.
+makes the loop save and exit cleanly (see `Preemption`).
 Restores always use an abstract target so optax states keep their types.
 """
 from __future__ import annotations
@@ -145,30 +145,69 @@ def _short(e: BaseException) -> str:
   return msg[:200]
 
 
+def barrier(key: str, timeout_s: int = 3600) -> None:
+  """All processes meet here (coordination service; a no-op on one process).
+
+  Used after compiling: a peer that compiles slower must not leave the other
+  waiting inside a collective, where CPU (gloo) gives up after 30 s.
+  """
+  ocp.multihost.get_barrier_sync_fn()(key=key, timeout_ms=timeout_s * 1000)
+
+
 class Preemption:
-  """SIGTERM -> a flag the loop polls between steps (then save and exit)."""
+  """SIGTERM -> the loop saves at an agreed step and exits cleanly.
+
+  One process: a Python SIGTERM handler sets a flag that `reached` returns.
+  Several processes: `jax.distributed.initialize` started JAX's preemption
+  sync manager, whose SIGTERM handler (in XLA) tells every process and agrees
+  on a step; `reached` asks it (Orbax `reached_preemption`), so no Python
+  handler is installed there (it would replace XLA's and nothing would save).
+  Once a save for preemption is pending, a further SIGTERM or a SIGINT ends
+  the process at once (default action) instead of waiting for the save.
+  """
 
   def __init__(self):
     self.requested = False
-    self._old = None
+    self._old = {}
 
   def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._old = None
+    self._multi = jax.process_count() > 1
+    if not self._multi:
+      self._install(signal.SIGTERM, self._handle)
     return self
 
+  def _install(self, signum, handler):
+    try:
+      old = signal.signal(signum, handler)
+    except ValueError:  # not the main thread
+      return
+    self._old.setdefault(signum, old)
+
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if self.requested:
+      self._die(signum)
     self.requested = True
+    self._install(signal.SIGINT, self._die)
+
+  def _die(self, signum, frame=None):
+    del frame
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for signum, old in self._old.items():
+      if old is not None:
+        signal.signal(signum, old)
+    self._old = {}
     return False
 
   def reached(self, mngr: ocp.CheckpointManager, step: int) -> bool:
-    if jax.process_count() > 1:
-      return bool(mngr.reached_preemption(step))  # agreed across hosts
-    return self.requested
+    if not self._multi:
+      return self.requested
+    if mngr.reached_preemption(step):  # the same step on every process
+      self.requested = True
+      self._install(signal.SIGTERM, self._die)
+      self._install(signal.SIGINT, self._die)
+      return True
+    return False

@@ -68,6 +68,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
   c.checkpoint_every = 5000
   c.log_every = 100
   c.keep_checkpoints = 3
+  c.profile_steps = ""              # "a,b": jax.profiler trace of train steps a..b into <workdir>/profile
   c.update(overrides)
   return c
 

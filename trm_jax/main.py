@@ -1,8 +1,11 @@
 """Entry point: python -m trm_jax.main --config=experiments/<x>.py[:args] --workdir=DIR
 
 Fields can be overridden with `--config.a.b=v`; configs are locked, so a
-misspelt field fails. Multi-host: `--coordinator_address`, `--num_processes`,
-`--process_id` (on Cloud TPU pods `jax.distributed.initialize()` finds them).
+misspelt field fails. Multi-host: `--distributed` (or TRM_DISTRIBUTED=1; what launch/ sets)
+lets `jax.distributed.initialize()` find its peers itself (Cloud TPU VM
+metadata, GKE, Slurm); `--coordinator_address`, `--num_processes`,
+`--process_id` give them explicitly (ssh/Slurm GPU launches, local tests).
+Without either, the run is a single process and never initialises it.
 User errors print one `error: ...` line and exit with status 1; set
 TRM_TRACEBACK=1 to see the traceback instead.
 """
@@ -29,20 +32,44 @@ def _define_flags():
   flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+  flags.DEFINE_bool("distributed", os.environ.get("TRM_DISTRIBUTED", "") not in ("", "0"),
+                    "Multi-host: jax.distributed.initialize() with cluster auto-detection (Cloud TPU VM, GKE, "
+                    "Slurm); default from $TRM_DISTRIBUTED. launch/tpu_run.sh passes it.")
+
+
+def distributed_args(coordinator_address=None, num_processes=None, process_id=None, distributed=False):
+  """-> keyword arguments for `jax.distributed.initialize`, or None for a single process.
+
+  Explicit flags win and switch JAX's cluster detection off (all local devices
+  stay visible: one process per host); `distributed` alone lets JAX detect the
+  cluster (Cloud TPU VM metadata, GKE, Slurm).
+  """
+  if num_processes == 1:
+    return None
+  explicit = dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id)
+  if any(v is not None for v in explicit.values()):
+    if None in explicit.values():  # the rest must come from the cluster (e.g. Slurm's SLURM_PROCID)
+      return explicit
+    return dict(explicit, cluster_detection_method="deactivate")
+  return {} if distributed else None
 
 
 def _distributed():
-  if FLAGS.coordinator_address or FLAGS.num_processes:
-    import jax
-    # CPU hosts need cross-process collectives (set before the backend starts);
-    # the option only concerns the CPU backend, so GPU/TPU hosts are unaffected.
-    if jax.config.jax_cpu_collectives_implementation is None:
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-  elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
-    import jax
-    jax.distributed.initialize()  # Cloud TPU pod: finds its peers itself
+  kwargs = distributed_args(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
+  if kwargs is None:
+    return
+  import jax
+  # CPU hosts need cross-process collectives (set before the backend starts);
+  # the option only concerns the CPU backend, so GPU/TPU hosts are unaffected.
+  if jax.config.jax_cpu_collectives_implementation is None:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(**kwargs)
+  except ValueError as e:  # nothing detected and nothing given
+    raise cli.UserError(f"--distributed: {cli.first_line(e)}; no cluster detected: pass --coordinator_address, "
+                        "--num_processes and --process_id") from None
+  print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
+        f"{jax.default_backend()} devices, {jax.device_count()} in total", file=sys.stderr, flush=True)
 
 
 def main(argv):

@@ -20,7 +20,7 @@ import numpy as np
 
 from trm_jax import arc_votes, cadence as cadence_lib, checkpoint, config_lib, data as data_lib, evaluate
 from trm_jax import fileio, input_pipeline, metrics as metrics_lib
-from trm_jax import sharding, steps, train_state, workdir_lock
+from trm_jax import sharding, steps, train_state, trace, workdir_lock
 from trm_jax.cli import RunStopped, UserError
 from trm_jax.runs import Run, run_meta, with_shardings
 
@@ -145,6 +145,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     raise UserError(str(e)) from None
   total, batch_size, epi = cad.end, int(t.global_batch_size), cad.epochs_per_iter
   eval_steps = frozenset(cad.eval_steps)
+  profile = trace.StepTrace(t.get("profile_steps", ""), workdir)
 
   mngr = checkpoint.manager(workdir, t.keep_checkpoints)
   carry_fn, carry_sh = run.carry_parts(batch_size)
@@ -236,13 +237,16 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         compile_s = time.time() - t0
         writer.log(f"train step compiled in {compile_s:.1f}s")
         writer.write(step, {"compile_seconds": compile_s})
+        checkpoint.barrier("trm_train_step_compiled")
       batches = input_pipeline.prefetch_train_batches(data.train, config.seed, step, batch_size, pidx, pcount, epi)
       while step < total:
         at, local = next(batches)
         assert at == step, (at, step)
+        profile.before(step + 1)
         state, carry, m = train_step(state, carry, run.make_batch(local), run.step_rng)
         sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
         step += 1
+        profile.after(step, m)
         window += 1
         check_pending()
         done = step == total
@@ -262,7 +266,11 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         if do_save:
           save()
         if stop and not done:
-          writer.log(f"SIGTERM: saved step {step}, exiting; re-run the same command to resume")
+          msg = f"SIGTERM: saved step {step}, exiting; re-run the same command to resume"
+          if pidx == 0:
+            writer.log(msg)
+          else:
+            print(f"process {pidx}: {msg}", file=sys.stderr, flush=True)
           break
       if start >= total:
         last_metrics = evaluate_all(run, state, data, workdir)
@@ -270,6 +278,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         writer.log(_summary(step, last_metrics))
     mngr.wait_until_finished()
   finally:
+    profile.close()
     if batches is not None:
       batches.close()
     writer.close()

@@ -1,0 +1,57 @@
+"""`train.profile_steps="a,b"`: a jax.profiler trace of train steps a..b on process 0.
+
+The trace lands in <workdir>/profile/plugins/profile/<time>/ as `*.xplane.pb`
+(TensorBoard's Profile tab: `tensorboard --logdir=<workdir>/profile`) and
+`perfetto_trace.json.gz` (open it at https://ui.perfetto.dev). Step n is the
+train step that produces checkpoint step n; the trace waits for step b's
+results before it stops, so it holds whole steps.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+
+from trm_jax.cli import UserError
+
+
+def parse_steps(spec: str) -> tuple[int, int] | None:
+  """'a,b' -> (a, b) with 1 <= a <= b; '' -> None."""
+  spec = (spec or "").strip()
+  if not spec:
+    return None
+  try:
+    a, b = (int(x) for x in spec.split(","))
+  except ValueError:
+    a = b = 0
+  if not 1 <= a <= b:
+    raise UserError(f"config.train.profile_steps: want 'first,last' with 1 <= first <= last, got {spec!r}")
+  return a, b
+
+
+class StepTrace:
+  """Starts the trace before step `first`, stops it after step `last` (process 0 only)."""
+
+  def __init__(self, spec: str, workdir: str):
+    self.steps = parse_steps(spec)
+    self.dir = os.path.join(workdir, "profile")
+    self.active = False
+    self.done = self.steps is None or jax.process_index() != 0
+
+  def before(self, step: int) -> None:
+    """Call before running train step `step`."""
+    if not self.done and not self.active and self.steps[0] <= step <= self.steps[1]:
+      jax.profiler.start_trace(self.dir, create_perfetto_trace=True)
+      self.active = True
+
+  def after(self, step: int, outputs) -> None:
+    """Call after train step `step` was dispatched with its outputs."""
+    if self.active and step >= self.steps[1]:
+      jax.block_until_ready(outputs)
+      self.close()
+
+  def close(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+      self.done = True
