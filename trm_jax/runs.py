@@ -60,11 +60,8 @@ def run_meta(config, data: data_lib.Data) -> dict:
           "arc_ids": data_lib.arc_identity_ids(data)}
 
 
-def load_run(workdir: str, step: int | None = None):
-  """-> (Run, state, meta, step) from a run's checkpoint (the latest, or `step`).
-
-  Used by trm-solve, trm-convert's export and the tests; needs no data.
-  """
+def _open(workdir: str, step: int | None):
+  """-> (read-only manager, step): the run's checkpoint `step` (default the latest), which must exist."""
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(directory):
     raise checkpoint.CheckpointError(f"--workdir={workdir}: no checkpoints directory")
@@ -77,6 +74,28 @@ def load_run(workdir: str, step: int | None = None):
       step = max(steps_saved)
     elif step not in steps_saved:
       raise checkpoint.CheckpointError(f"--step={step}: no such checkpoint in {directory} (have {sorted(steps_saved)})")
+  except BaseException:
+    mngr.close()
+    raise
+  return mngr, step
+
+
+def read_meta(workdir: str, step: int | None = None):
+  """-> (meta, step): a run's record (config, task, grid) without restoring any array."""
+  mngr, step = _open(workdir, step)
+  try:
+    return checkpoint.restore_meta(mngr, step), step
+  finally:
+    mngr.close()
+
+
+def load_run(workdir: str, step: int | None = None):
+  """-> (Run, state, meta, step) from a run's checkpoint (the latest, or `step`).
+
+  Used by trm-solve, trm-convert's export and the tests; needs no data.
+  """
+  mngr, step = _open(workdir, step)
+  try:
     meta = checkpoint.restore_meta(mngr, step)
     config = ml_collections.ConfigDict(json.loads(meta["config"]))
     run = Run(config, sharding.make_mesh())
