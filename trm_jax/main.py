@@ -3,11 +3,12 @@
     trm-train --config=experiments/demo.py --workdir=runs/demo
     trm-train --config=experiments/smoke.py:arch=hrm --workdir=runs/smoke --config.train.steps=20
 
-(`python -m trm_jax.main` is the same.) Fields can be overridden with `--config.a.b=v`; configs are locked, so a
-misspelt field fails. Multi-host: `--coordinator_address`, `--num_processes`,
-`--process_id` (on Cloud TPU pods `jax.distributed.initialize()` finds them).
-User errors print one `error: ...` line and exit with status 1; set
-TRM_TRACEBACK=1 to see the traceback instead.
+(`python -m trm_jax.main` is the same.) Fields can be overridden with
+`--config.a.b=v`; configs are locked, so a misspelt field fails. Multi-host:
+`--coordinator_address`, `--num_processes`, `--process_id` (on Cloud TPU pods
+`jax.distributed.initialize()` finds them). `--verbose` also prints the
+resolved config. User errors print one `error: ...` line and exit with status
+1; set TRM_TRACEBACK=1 to see the traceback instead.
 """
 from __future__ import annotations
 
