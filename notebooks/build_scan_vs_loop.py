@@ -1,9 +1,30 @@
-"""Writes notebooks/scan_vs_loop.ipynb (outputs stripped). Run: python notebooks/build_scan_vs_loop.py"""
+"""Writes notebooks/scan_vs_loop.ipynb.
+
+    python notebooks/build_scan_vs_loop.py             # cells only, outputs stripped
+    python notebooks/build_scan_vs_loop.py --execute   # and run it (CPU: ~3 min), keeping outputs and plots
+    python notebooks/build_scan_vs_loop.py --refresh   # new text; outputs of unchanged code cells kept
+
+The committed notebook is the executed one, so GitHub and Colab show the plots
+before anyone runs it.
+"""
+import os
+import sys
 from pathlib import Path
 
 import nbformat as nbf
 
 md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
+
+
+def _deps() -> list[str]:
+  """setup.cfg's install_requires without jax/jaxlib and without versions (so pip fits them to Colab's JAX)."""
+  text = (Path(__file__).resolve().parents[1] / "setup.cfg").read_text()
+  block = text.split("install_requires =", 1)[1].split("\n\n", 1)[0].split("[", 1)[0]
+  names = [l.strip().split("=")[0].split(">")[0].split("<")[0].strip() for l in block.splitlines() if l.strip()]
+  return [n for n in names if n not in ("jax", "jaxlib")]
+
+
+DEPS = _deps()
 cells = [
     md("""# `scan` vs `loop`: TRM's recursion in JAX
 
@@ -15,15 +36,34 @@ compute the same function, and measures what each costs: compile time and
 compiled-program size as the cycle counts grow, steady-state step time, and
 memory.
 
-On a CPU it uses a tiny model (a few minutes top to bottom); on a GPU or TPU
-runtime (Colab: *Runtime > Change runtime type*) set `SIZE = "sudoku"` for the
-published Sudoku-attention shape. All measuring code lives in
+`SIZE` is chosen automatically from the backend: `"tiny"` on a CPU (a few
+minutes top to bottom), `"sudoku"` (the published Sudoku-attention shape,
+batch 768) on a GPU or TPU runtime (Colab: *Runtime > Change runtime type*);
+assign it by hand after that cell to override. The outputs saved with this
+notebook come from a CPU run on this project's shared 2-core machine while it
+was heavily loaded: its compile and step times are inflated and noisy (program
+sizes and memory are exact); run it yourself for your numbers. All measuring
+code lives in
 `trm_jax/profiling.py`; the command-line twin is `python -m trm_jax.bench`."""),
-    code("""# Colab: install trm_jax from its repository (skipped when it is already importable).
-import importlib.util
+    code(f"""# Colab: install trm_jax from its repository (skipped when it is already importable).
+# A JAX that is already installed (Colab's GPU/TPU build) is kept: trm_jax goes in without its
+# dependencies, and those are installed with jax/jaxlib pinned to the versions already here.
+import importlib.metadata, importlib.util, pathlib
 REPO = "git+https://github.com/OWNER/trm_jax"   # set to this repository's URL
+DEPS = "{' '.join(DEPS)} matplotlib"
 if importlib.util.find_spec("trm_jax") is None:
-    %pip install -q "trm_jax @ {REPO}" matplotlib"""),
+    if importlib.util.find_spec("jax") is None:
+        %pip install -q "trm_jax @ {{REPO}}" matplotlib
+    else:
+        keep = []
+        for p in ("jax", "jaxlib"):
+            try:
+                keep.append(f"{{p}}=={{importlib.metadata.version(p)}}")
+            except importlib.metadata.PackageNotFoundError:
+                pass
+        pathlib.Path("keep_jax.txt").write_text("\\n".join(keep) + "\\n")
+        %pip install -q --no-deps "trm_jax @ {{REPO}}"
+        %pip install -q -c keep_jax.txt {{DEPS}}"""),
     code("""import os
 import jax
 import matplotlib.pyplot as plt
@@ -72,6 +112,10 @@ temporaries grow with `H_cycles` (they should not: the cycles without gradient
 keep no residuals)."""),
     code("""H_GRID = ([1, 3] if QUICK else [1, 2, 4]) if SIZE == "tiny" else [1, 2, 3, 4, 6]
 L_GRID = ([1, 3] if QUICK else [1, 2, 4]) if SIZE == "tiny" else [1, 2, 4, 6, 8]
+# Warm up once (backend start, tracing caches) on a shape outside the grids, so the first point
+# measures compilation only.
+for mode in ("loop", "scan"):
+    profiling.compile_stats(make_config(H_cycles=1, L_cycles=1), recursion=mode)
 rows = []
 for mode in ("loop", "scan"):
     for H in H_GRID:
@@ -90,6 +134,7 @@ for row, (sweep, var) in enumerate((("H", "H_cycles"), ("L", "L_cycles"))):
         for mode in ("loop", "scan"):
             pts = [(r[var], r[key]) for r in rows if r["sweep"] == sweep and r["recursion"] == mode]
             ax.plot(*zip(*pts), "o-", label=mode)
+        ax.set_xticks(H_GRID if sweep == "H" else L_GRID)   # cycle counts are integers
         ax.set_xlabel(var + (" (L_cycles=2)" if sweep == "H" else " (H_cycles=2)")); ax.set_ylabel(label)
         ax.legend()
 plt.tight_layout(); plt.show()"""),
@@ -137,5 +182,16 @@ nb = nbf.v4.new_notebook(cells=cells, metadata={
     "colab": {"provenance": []},
     "accelerator": "GPU"})
 out = Path(__file__).with_name("scan_vs_loop.ipynb")
+if "--execute" in sys.argv[1:]:
+  from nbclient import NotebookClient
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(out.parent)}}).execute()
+  for c in nb.cells:   # keep outputs, drop run-specific metadata (timings) so diffs stay small
+    c.metadata.pop("execution", None)
+elif "--refresh" in sys.argv[1:] and out.exists():
+  old = {c.source: c for c in nbf.read(out, as_version=4).cells if c.cell_type == "code"}
+  for c in nb.cells:
+    if c.cell_type == "code" and c.source in old:
+      c.outputs, c.execution_count = old[c.source].outputs, old[c.source].execution_count
 nbf.write(nb, out)
 print("wrote", out)

@@ -30,10 +30,24 @@ def workdir(tmp_path_factory):
 def test_sudoku_tokens():
   t = solve.sudoku_tokens(PUZZLE, 16)
   assert t.tolist() == [2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1, 3, 1, 1]
+  np.testing.assert_array_equal(solve.sudoku_tokens(PUZZLE), t)     # size from the text alone
   with pytest.raises(solve.InputError, match="expected 16 characters"):
     solve.sudoku_tokens("123", 16)
+  with pytest.raises(solve.InputError, match="3 characters do not make a square grid"):
+    solve.sudoku_tokens("123")
   with pytest.raises(solve.InputError, match="character 2 is '7'"):
     solve.sudoku_tokens("17" + "." * 14, 16)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("11" + "." * 14, "two 1s in row 1"),
+    ("1...1" + "." * 11, "two 1s in column 1"),
+    ("1....1" + "." * 10, "two 1s in box 1"),
+    ("1" * 81, "two 1s in row 1"),                      # a full invalid grid
+])
+def test_conflicting_givens(text, needle):
+  with pytest.raises(solve.InputError, match=f"givens conflict: {needle}"):
+    solve.sudoku_tokens(text)
 
 
 def test_maze_tokens_from_text_and_file(tmp_path):
@@ -45,6 +59,12 @@ def test_maze_tokens_from_text_and_file(tmp_path):
   np.testing.assert_array_equal(solve.maze_tokens(str(f), 16), t)
   with pytest.raises(solve.InputError, match="not one of"):
     solve.maze_tokens("####\n#X #\n# G#\n####\n", 16)
+  with pytest.raises(solve.InputError, match="'o' is not one of"):   # the path is the answer, not the puzzle
+    solve.maze_tokens("####\n#So#\n# G#\n####\n", 16)
+  with pytest.raises(solve.InputError, match="exactly one S, found 2"):
+    solve.maze_tokens("####\n#SS#\n# G#\n####\n", 16)
+  with pytest.raises(solve.InputError, match="exactly one G, found 0"):
+    solve.maze_tokens("####\n#S #\n#  #\n####\n", 16)
 
 
 def test_arc_inputs(tmp_path):
@@ -71,35 +91,71 @@ def test_solve_one_from_checkpoint(workdir):
   np.testing.assert_array_equal(more["per_step"][:4], res["per_step"])
 
 
-def cli(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def cli(*args, env=None):
+  env = dict(env or os.environ, JAX_PLATFORMS="cpu")
   env.pop("TRM_TRACEBACK", None)
   return subprocess.run([sys.executable, "-m", "trm_jax.solve", *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=240)
 
 
-def test_cli_prints_grid_steps_confidence_and_png(workdir, tmp_path):
-  png = tmp_path / "out.png"
+def test_check_answer():
+  x = solve.sudoku_tokens("1..." "..1." "...." "....")
+  good = solve.sudoku_tokens("1234" "3412" "2143" "4321")
+  assert solve.check_answer("sudoku", (4, 4), x, good) is None
+  assert "changes the given 1" in solve.check_answer("sudoku", (4, 4), x, np.ones(16, np.int32))
+
+
+def test_cli_prints_only_the_answer_and_flags_an_invalid_one(workdir, tmp_path):
+  png = tmp_path / "new" / "dir" / "out.png"          # a missing directory is created
   p = cli(f"--workdir={workdir}", f"--sudoku={PUZZLE}", f"--png={png}")
-  assert p.returncode == 0, p.stderr[-2000:]
+  assert p.stderr.strip() == "", p.stderr[-2000:]      # no orbax/absl logs
   lines = p.stdout.strip().splitlines()
-  assert len(lines) == 5 and all(len(l.split()) == 4 for l in lines[:4])
+  assert all(len(l.split()) == 4 for l in lines[:4])
   assert "supervision steps:" in lines[4] and "halting confidence:" in lines[4]
-  assert png.stat().st_size > 1000
+  # The tiny smoke model cannot solve Sudoku: its answer breaks the rules, and says so.
+  conf = lines[4].split("halting confidence: ")[1]
+  assert lines[5].startswith("INVALID: ") and lines[5].endswith(f"(halting confidence {conf})")
+  assert p.returncode == solve.INVALID_EXIT
+  assert lines[6] == f"wrote {png}" and png.stat().st_size > 1000
+
+
+def test_cli_verbose_shows_the_logs(workdir):
+  p = cli(f"--workdir={workdir}", f"--sudoku={PUZZLE}", "--verbose")
+  assert "checkpoint" in p.stderr.lower() and p.returncode == solve.INVALID_EXIT
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--sudoku=12"], "expected 16 characters"),
-    (["--maze=####"], "trained on 'sudoku'"),
+    (["--sudoku=12"], "do not make a square grid"),
+    (["--sudoku=" + "." * 81], "expected 16 characters (4x4 grid), got 81"),
+    (["--maze=#S G"], "trained on 'sudoku'"),
 ])
 def test_cli_errors_are_one_line(workdir, args, needle):
   p = cli(f"--workdir={workdir}", *args)
-  assert p.returncode != 0 and "Traceback" not in p.stderr
-  last = p.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: ") and needle in last, p.stderr[-2000:]
+  assert p.returncode == 1 and "Traceback" not in p.stderr
+  assert p.stderr.strip().splitlines() == [p.stderr.strip()], p.stderr[-2000:]
+  assert p.stderr.startswith("error: ") and needle in p.stderr, p.stderr[-2000:]
+
+
+def test_cli_checks_the_puzzle_before_the_run(tmp_path):
+  """Conflicting givens / a bad maze fail in one line even where no run exists (nothing was read)."""
+  for arg, needle in ((f"--sudoku=11{'.' * 14}", "givens conflict"), ("--maze=S  S", "exactly one S")):
+    p = cli(f"--workdir={tmp_path / 'nothing'}", arg)
+    assert p.returncode == 1 and p.stderr.startswith("error: ") and needle in p.stderr, p.stderr[-2000:]
+
+
+def test_cli_png_without_matplotlib(tmp_path):
+  fake = tmp_path / "site" / "matplotlib"
+  fake.mkdir(parents=True)
+  (fake / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]))
+  p = cli(f"--workdir={tmp_path / 'nothing'}", f"--sudoku={PUZZLE}", f"--png={tmp_path / 'o.png'}", env=env)
+  assert p.returncode == 1 and "Traceback" not in p.stderr
+  assert p.stderr.strip() == "error: --png needs matplotlib: pip install -e '.[plots]'"
 
 
 def test_cli_missing_run(tmp_path):
   p = cli(f"--workdir={tmp_path}", f"--sudoku={PUZZLE}")
   assert p.returncode != 0 and "Traceback" not in p.stderr
   assert p.stderr.strip().splitlines()[-1].startswith("error: --workdir")
+  p = cli(f"--sudoku={PUZZLE}")
+  assert p.returncode == 1 and p.stderr.strip() == "error: --workdir is required (a run directory written by trm-train)"

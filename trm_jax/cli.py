@@ -1,4 +1,4 @@
-"""What the console scripts share: user errors as one `error: ...` line, one-line flag errors.
+"""What the console scripts share: user errors as one `error: ...` line, one-line flag errors, `--help`.
 
 User errors print one line and exit with status 1; set TRM_TRACEBACK=1 to see
 the traceback instead. Bugs (anything not in `USER_ERRORS`) keep their
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import sys
 
 
@@ -68,6 +69,38 @@ def user_errors():
     sys.exit(1)
 
 
+def own_help(module_name: str) -> None:
+  """Makes a console script's `--help` show `module_name`'s docstring and flags.
+
+  absl's `--help` lists the key flags and the docstring of `__main__`, which for
+  an installed console script is the generated wrapper (no docstring, no flags).
+  """
+  from absl import flags  # noqa: PLC0415
+  module = sys.modules[module_name]
+  main = sys.modules.get("__main__")
+  if main is not None and main is not module and not main.__doc__:
+    main.__doc__ = module.__doc__
+  for flag in flags.FLAGS.get_flags_for_module(module_name):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def config_error(e: BaseException, argv) -> str:
+  """A config override's error as one line: `unknown field train.stpes; did you mean train.steps?`."""
+  text = str(e).replace("\\'", "'").replace('\\"', '"').replace("\\n", "\n")
+  key = re.match(r"""^['"]*'([^'\n]+)'""", text)
+  guess = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+  if key is None:
+    return f"--config: {first_line(e)}"
+  bad = key.group(1)
+  paths = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  path = next((p.split(".", 1)[1] for p in paths if bad in p.split(".")[1:]), bad)
+  parts = path.split(".")
+  if guess is None:
+    return f"unknown field {path}"
+  fixed = ".".join(guess.group(1) if p == bad else p for p in parts)
+  return f"unknown field {path}; did you mean {fixed}?"
+
+
 def parse_flags(argv):
   """absl flag parsing with bad flags / config overrides reported as one line (absl `flags_parser`)."""
   from absl import flags  # noqa: PLC0415
@@ -79,5 +112,6 @@ def parse_flags(argv):
   except Exception as e:  # noqa: BLE001 - errors raised while loading the config file
     if os.environ.get("TRM_TRACEBACK"):
       raise
-    print(f"error: --config: {first_line(e)}", file=sys.stderr, flush=True)
+    msg = config_error(e, argv) if isinstance(e, (KeyError, AttributeError)) else f"--config: {first_line(e)}"
+    print(f"error: {msg}", file=sys.stderr, flush=True)
     sys.exit(1)

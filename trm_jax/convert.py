@@ -356,6 +356,7 @@ def run():
   from absl import app  # noqa: PLC0415
 
   _define_flags()
+  cli.own_help(__name__)
 
   def wrapped(argv):
     from absl import logging  # noqa: PLC0415

@@ -1,13 +1,17 @@
-"""Entry point: python -m trm_jax.main --config=experiments/<x>.py[:args] --workdir=DIR
+"""trm-train: train (or resume) a run and evaluate it.
 
-Fields can be overridden with `--config.a.b=v`; configs are locked, so a
-misspelt field fails. Multi-host: `--distributed` (or TRM_DISTRIBUTED=1; what launch/ sets)
-lets `jax.distributed.initialize()` find its peers itself (Cloud TPU VM
-metadata, GKE, Slurm); `--coordinator_address`, `--num_processes`,
-`--process_id` give them explicitly (ssh/Slurm GPU launches, local tests).
-Without either, the run is a single process and never initialises it.
-User errors print one `error: ...` line and exit with status 1; set
-TRM_TRACEBACK=1 to see the traceback instead.
+    trm-train --config=experiments/demo.py --workdir=runs/demo
+    trm-train --config=experiments/smoke.py:arch=hrm --workdir=runs/smoke --config.train.steps=20
+
+(`python -m trm_jax.main` is the same.) Fields can be overridden with
+`--config.a.b=v`; configs are locked, so a misspelt field fails. `--verbose`
+also prints the resolved config. Multi-host: `--distributed` (or
+TRM_DISTRIBUTED=1; what launch/ sets) lets `jax.distributed.initialize()` find
+its peers itself (Cloud TPU VM metadata, GKE, Slurm); `--coordinator_address`,
+`--num_processes`, `--process_id` give them explicitly (ssh/Slurm GPU launches,
+local tests). Without either, the run is a single process and never
+initialises it. User errors print one `error: ...` line and exit with status 1;
+set TRM_TRACEBACK=1 to see the traceback instead.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ def _define_flags():
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl), local or gs://; "
                       "missing parents are created.")
+  flags.DEFINE_bool("verbose", False, "Also print the resolved config and library logs (the config is saved "
+                    "in the workdir's checkpoints anyway).")
   flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -75,7 +81,7 @@ def _distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.INFO if FLAGS.verbose else logging.WARNING)
   try:
     config = FLAGS.config
     if config is not None:
@@ -94,11 +100,12 @@ def main(argv):
       raise ValueError("--workdir is required")
     _distributed()
     from trm_jax import train
-    train.train_and_evaluate(config, FLAGS.workdir)
+    train.train_and_evaluate(config, FLAGS.workdir, verbose=FLAGS.verbose)
 
 
 def run():
   _define_flags()
+  cli.own_help(__name__)
   app.run(main, flags_parser=cli.parse_flags)
 
 

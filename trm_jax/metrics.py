@@ -1,4 +1,7 @@
-"""Process-0 metric writer: metrics.jsonl, TensorBoard events, progress bar.
+"""Process-0 metric writer: metrics.jsonl, TensorBoard events, progress.
+
+Progress is a tqdm bar when stderr is a terminal; otherwise (pod logs, Slurm,
+a pipe) one plain line per `progress` call, i.e. every `train.log_every` steps.
 
 TensorBoard events are written with `tensorboardX` when it is installed
 (it needs no TensorFlow); without it only metrics.jsonl is written. Both go
@@ -49,7 +52,9 @@ class Writer:
       except ImportError:
         self._tb = None
     self._bar = None
-    if self.enabled and progress:
+    self._total, self._last = int(total_steps), (int(start_step), None)
+    self._lines = bool(self.enabled and progress and not _is_terminal(sys.stderr))
+    if self.enabled and progress and not self._lines:
       self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                        smoothing=0.1, mininterval=1.0)
 
@@ -71,6 +76,10 @@ class Writer:
       self._tb.flush()
 
   def progress(self, step: int, postfix: dict | None = None) -> None:
+    if self._lines:
+      print(progress_line(step, self._total, self._last, postfix), flush=True)
+      self._last = (int(step), time.time())
+      return
     if self._bar is None:
       return
     self._bar.n = int(step)
@@ -96,6 +105,29 @@ class Writer:
     if self._file is not None:
       self._file.close()
       self._file = None
+
+
+def _is_terminal(stream) -> bool:
+  try:
+    return stream.isatty()
+  except (AttributeError, ValueError):
+    return False
+
+
+def progress_line(step: int, total: int, last: tuple, postfix: dict | None = None) -> str:
+  """`step 6/12 (50%) loss=1.677 exact=0 | 3.1 steps/s, ETA 0:00:02`.
+
+  `last` is (step, time) of the previous line (time None on the first line).
+  """
+  line = f"step {step}/{total} ({100 * step / max(total, 1):.0f}%)"
+  if postfix:
+    line += " " + " ".join(f"{k}={v:.4g}" for k, v in postfix.items())
+  done, dt = step - last[0], (time.time() - last[1]) if last[1] is not None else 0.0
+  if done > 0 and dt > 0:  # no rate on the first line: its window includes compilation
+    rate = done / dt
+    eta = int(max(total - step, 0) / rate)
+    line += f" | {rate:.3g} steps/s, ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
+  return line
 
 
 def _drop_after(path: str, step: int) -> None:

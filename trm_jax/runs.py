@@ -61,24 +61,45 @@ def run_meta(config, data: data_lib.Data) -> dict:
           "arc_ids": data_lib.arc_identity_ids(data)}
 
 
-def load_run(workdir: str, step: int | None = None):
-  """-> (Run, state, meta, step) from a run's checkpoint (the latest, or `step`).
-
-  Used by trm-solve, trm-convert's export and the tests; needs no data.
-  """
+def _open(workdir: str, step: int | None):
+  """-> (read-only manager, saved steps newest first); an explicit `step` must be one of them."""
   directory = fileio.join(fileio.resolve(workdir), "checkpoints")
   if not fileio.isdir(directory):
     raise checkpoint.CheckpointError(f"--workdir={workdir}: no checkpoints directory")
   mngr = checkpoint.manager(workdir, read_only=True)
   try:
-    steps_saved = list(mngr.all_steps())
+    steps_saved = sorted(mngr.all_steps(), reverse=True)
     if not steps_saved:
       raise checkpoint.CheckpointError(f"--workdir={workdir}: no checkpoint found")
     if step is not None and step not in steps_saved:
       raise checkpoint.CheckpointError(f"--step={step}: no such checkpoint in {directory} (have {sorted(steps_saved)})")
-    # An explicit step must be intact; otherwise the newest intact one is used, with one warning line.
-    candidates = [step] if step is not None else sorted(steps_saved, reverse=True)
-    run, damaged = None, []
+  except BaseException:
+    mngr.close()
+    raise
+  return mngr, steps_saved
+
+
+def read_meta(workdir: str, step: int | None = None):
+  """-> (meta, step): a run's record (config, task, grid) without restoring any array."""
+  mngr, steps_saved = _open(workdir, step)
+  step = steps_saved[0] if step is None else step
+  try:
+    return checkpoint.restore_meta(mngr, step), step
+  finally:
+    mngr.close()
+
+
+def load_run(workdir: str, step: int | None = None):
+  """-> (Run, state, meta, step) from a run's checkpoint (the latest intact one, or `step`).
+
+  Used by trm-solve, trm-convert's export and the tests; needs no data. An
+  explicit step must be intact; otherwise the newest intact one is used, with
+  one warning line.
+  """
+  mngr, steps_saved = _open(workdir, step)
+  candidates = [step] if step is not None else steps_saved
+  damaged = []
+  try:
     for step in candidates:
       try:
         meta = checkpoint.restore_meta(mngr, step)

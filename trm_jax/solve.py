@@ -6,7 +6,12 @@
 
 Prints the answer grid, the supervision steps used (the first step whose
 q_halt > 0, else the maximum) and the halting confidence sigmoid(q_halt);
-`--png=out.png` also draws the puzzle and the answer.
+`--png=out.png` also draws the puzzle and the answer. The puzzle is checked
+before any checkpoint is read (conflicting givens, one S and one G, ...: one
+`error:` line, exit status 1). An answer that breaks the puzzle's rules (a
+changed given, a repeated digit, a maze path that does not join S to G, an
+ARC output that is not a rectangle) is printed with an `INVALID: <why>` line
+and exit status 2. `--verbose` also shows the libraries' logs.
 """
 from __future__ import annotations
 
@@ -17,7 +22,10 @@ import sys
 
 import numpy as np
 
-from trm_jax.render import MAZE_CHARS, render, write_png
+from trm_jax import rules
+from trm_jax.render import MAZE_CHARS, draw_pair, plural, prepare_png, render
+
+INVALID_EXIT = 2
 
 
 class InputError(ValueError):
@@ -25,14 +33,27 @@ class InputError(ValueError):
 
 
 # ---------------------------------------------------------------------------
-# Text <-> tokens.
+# Text <-> tokens (checked without the run: the run only fixes the size).
 
 
-def sudoku_tokens(text: str, seq_len: int) -> np.ndarray:
+def _square(n_cells: int, flag: str, what: str) -> int:
+  n = math.isqrt(n_cells)
+  if n * n != n_cells or n == 0:
+    raise InputError(f"{flag}: {n_cells} {what} do not make a square grid (n*n: 16 for 4x4, 81 for 9x9)")
+  return n
+
+
+def _size(n_cells: int, seq_len: int | None, flag: str, what: str) -> None:
+  if seq_len is not None and n_cells != seq_len:
+    n = math.isqrt(seq_len)
+    raise InputError(f"{flag}: expected {seq_len} {what} ({n}x{n} grid), got {n_cells}")
+
+
+def sudoku_tokens(text: str, seq_len: int | None = None) -> np.ndarray:
+  """n*n characters ('.', '0' or '_' blank) -> tokens (blank 1, digit + 1); conflicting givens are an error."""
   s = "".join(text.split())
-  n = math.isqrt(seq_len)
-  if len(s) != seq_len:
-    raise InputError(f"--sudoku: expected {seq_len} characters ({n}x{n} grid), got {len(s)}")
+  _size(len(s), seq_len, "--sudoku", "characters")
+  n = _square(len(s), "--sudoku", "characters")
   out = []
   for i, ch in enumerate(s):
     if ch in ".0_":
@@ -41,21 +62,30 @@ def sudoku_tokens(text: str, seq_len: int) -> np.ndarray:
       out.append(int(ch) + 1)
     else:
       raise InputError(f"--sudoku: character {i + 1} is {ch!r}; use 1-{n} or '.' for a blank")
-  return np.asarray(out, np.int32)
+  tokens = np.asarray(out, np.int32)
+  conflict = rules.sudoku_conflict(tokens.reshape(n, n) - 1)
+  if conflict:
+    raise InputError(f"--sudoku: the givens conflict: {conflict}")
+  return tokens
 
 
-def maze_tokens(text: str, seq_len: int) -> np.ndarray:
+def maze_tokens(text: str, seq_len: int | None = None) -> np.ndarray:
+  """A maze file or text ('#' wall, ' ' open, one 'S', one 'G') -> tokens 1-4."""
   if os.path.isfile(text):
     with open(text) as f:
       text = f.read()
   rows = [r for r in text.splitlines() if r.strip()] if "\n" in text else [text]
   s = "".join(rows)
-  if len(s) != seq_len:
-    raise InputError(f"--maze: expected {seq_len} cells ({math.isqrt(seq_len)}x{math.isqrt(seq_len)}), got {len(s)}")
-  bad = [c for c in s if c not in MAZE_CHARS]
+  _size(len(s), seq_len, "--maze", "cells")
+  n = _square(len(s), "--maze", "cells")
+  bad = [c for c in s if c not in MAZE_CHARS[:4]]
   if bad:
     raise InputError(f"--maze: character {bad[0]!r} is not one of '#', ' ', 'S', 'G'")
-  return np.asarray([MAZE_CHARS.index(c) + 1 for c in s], np.int32)
+  tokens = np.asarray([MAZE_CHARS.index(c) + 1 for c in s], np.int32)
+  why = rules.maze_input_error(tokens.reshape(n, n))
+  if why:
+    raise InputError(f"--maze: {why}")
+  return tokens
 
 
 def arc_inputs(path: str) -> list[np.ndarray]:
@@ -111,64 +141,136 @@ def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None
           "per_step": preds, "q_halt": q}
 
 
+def display(task: str, grid: tuple, tokens) -> np.ndarray:
+  """Sudoku/maze tokens -> the display grid of `trm_jax.render` (Sudoku digits, 0 blank; maze tokens)."""
+  g = np.asarray(tokens).reshape(grid).astype(np.int64)
+  return np.maximum(g - 1, 0) if task == "sudoku" else g
+
+
+def check_answer(task: str, grid: tuple, inputs, answer) -> str | None:
+  """Why a Sudoku/maze answer breaks the puzzle's rules, else None."""
+  x, y = display(task, grid, inputs), display(task, grid, answer)
+  return rules.check_sudoku(x, y) if task == "sudoku" else rules.check_maze(x, y)
+
+
 # ---------------------------------------------------------------------------
 # CLI.
 
 
-def main(argv) -> int:
-  from absl import flags
-  del argv
-  f = flags.FLAGS
+def _read_puzzle(f):
+  """The command line's puzzle, checked before any checkpoint is read -> (kind, tokens or ARC grids)."""
   given = [k for k in ("sudoku", "maze", "arc") if getattr(f, k)]
   if len(given) != 1:
     raise InputError("give exactly one of --sudoku, --maze, --arc")
-  if f.png and not os.path.isdir(os.path.dirname(os.path.abspath(f.png))):
-    raise InputError(f"--png={f.png}: parent directory does not exist")
-  run, state, meta = load_run(f.workdir)
-  seq, grid = run.mcfg.seq_len, tuple(meta.get("grid", (0, 0)))
+  if f.png:
+    prepare_png(f.png)
   kind = given[0]
-  steps = f.steps if f.steps > 0 else None
+  if kind == "sudoku":
+    return kind, sudoku_tokens(f.sudoku)
+  if kind == "maze":
+    return kind, maze_tokens(f.maze)
+  return kind, arc_inputs(f.arc)
+
+
+def _check_run(kind: str, puzzle, meta: dict) -> None:
+  """The puzzle fits the run: same task, same size."""
   if kind == "arc":
-    from trm_jax.datasets import arc
-    tid = f.task_id or os.path.splitext(os.path.basename(f.arc))[0]
-    pid = int(meta.get("arc_ids", {}).get(tid, 0))
-    for i, g in enumerate(arc_inputs(f.arc)):
-      res = solve_one(run, state, arc.to_canvas(g), pid, steps)
-      answer = arc.crop_prediction(res["answer"])
-      print(f"test[{i}] (task {tid}, puzzle id {pid}): {res['steps']} supervision steps, "
-            f"halting confidence {res['confidence']:.3f}")
-      print(render("arc", grid, answer))
-      if f.png:
-        root, ext = os.path.splitext(f.png)
-        write_png(f.png if i == 0 else f"{root}_{i}{ext}", "arc", grid, g, answer)
-    return 0
+    return
   if meta.get("task") != kind:
     raise InputError(f"--{kind}: this run was trained on {meta.get('task')!r} puzzles")
-  tokens = sudoku_tokens(f.sudoku, seq) if kind == "sudoku" else maze_tokens(f.maze, seq)
-  res = solve_one(run, state, tokens, 0, steps)
+  seq_len = int(json.loads(meta["config"])["model"]["seq_len"])
+  _size(len(puzzle), seq_len, f"--{kind}", "characters" if kind == "sudoku" else "cells")
+
+
+def _invalid(why: str, confidence: float) -> str:
+  return f"INVALID: {why} (halting confidence {confidence:.3f})"
+
+
+def main(argv) -> int:
+  from absl import flags
+  from trm_jax import runs
+  del argv
+  f = flags.FLAGS
+  if not f.workdir:
+    raise InputError("--workdir is required (a run directory written by trm-train)")
+  kind, puzzle = _read_puzzle(f)
+  meta, _ = runs.read_meta(f.workdir)
+  _check_run(kind, puzzle, meta)
+  run, state, meta = load_run(f.workdir)
+  grid = tuple(meta.get("grid", (0, 0)))
+  steps = f.steps if f.steps > 0 else None
+  if kind == "arc":
+    return _solve_arc(f, run, state, meta, puzzle, grid, steps)
+  res = solve_one(run, state, puzzle, 0, steps)
   print(render(kind, grid, res["answer"]))
   print(f"supervision steps: {res['steps']}; halting confidence: {res['confidence']:.3f}")
+  why = check_answer(kind, grid, puzzle, res["answer"])
+  if why:
+    print(_invalid(why, res["confidence"]))
   if f.png:
-    write_png(f.png, kind, grid, tokens, res["answer"])
-  return 0
+    title = _invalid(why, res["confidence"]) if why else f"halting confidence {res['confidence']:.3f}"
+    draw_pair(f.png, kind, display(kind, grid, puzzle), display(kind, grid, res["answer"]), ("puzzle", "answer"),
+              title)
+    print(f"wrote {f.png}")
+  sys.stdout.flush()
+  return INVALID_EXIT if why else 0
+
+
+def _solve_arc(f, run, state, meta, grids, grid, steps) -> int:
+  from trm_jax.datasets import arc
+  tid = f.task_id or os.path.splitext(os.path.basename(f.arc))[0]
+  pid = int(meta.get("arc_ids", {}).get(tid, 0))
+  invalid = False
+  for i, g in enumerate(grids):
+    res = solve_one(run, state, arc.to_canvas(g), pid, steps)
+    answer = arc.crop_prediction(res["answer"])
+    why = rules.check_arc(res["answer"], arc.MAX_SIZE, arc.COLOUR_OFFSET)
+    invalid |= bool(why)
+    print(f"test[{i}] (task {tid}, puzzle id {pid}): {plural(res['steps'], 'supervision step')}, "
+          f"halting confidence {res['confidence']:.3f}")
+    print(render("arc", grid, answer))
+    if why:
+      print(_invalid(why, res["confidence"]))
+    if f.png:
+      root, ext = os.path.splitext(f.png)
+      path = f.png if i == 0 else f"{root}_{i}{ext}"
+      title = _invalid(why, res["confidence"]) if why else f"halting confidence {res['confidence']:.3f}"
+      draw_pair(path, "arc", g, answer, ("input", "answer"), f"{tid} test[{i}]: {title}")
+      print(f"wrote {path}")
+  sys.stdout.flush()
+  return INVALID_EXIT if invalid else 0
+
+
+def _quiet(verbose: bool) -> None:
+  """Only the answer on the terminal: library logs (orbax, jax) only with --verbose."""
+  import logging as std_logging
+  from absl import logging
+  level = logging.INFO if verbose else logging.ERROR
+  logging.set_verbosity(level)
+  std_logging.getLogger().setLevel(std_logging.INFO if verbose else std_logging.ERROR)
 
 
 def run():
   from absl import app, flags
-  flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.", required=True)
-  flags.DEFINE_string("sudoku", None, "Sudoku as n*n characters ('.' or 0 = blank).")
-  flags.DEFINE_string("maze", None, "Maze as a text file or a string of '# SG' cells.")
-  flags.DEFINE_string("arc", None, "ARC task JSON file.")
+  from trm_jax import cli
+  flags.DEFINE_string("workdir", None, "Required: run directory holding checkpoints/ (written by trm-train).")
+  flags.DEFINE_string("sudoku", None, "Sudoku as n*n characters, row by row ('.' or 0 = blank).")
+  flags.DEFINE_string("maze", None, "Maze as a text file or a string of '#' (wall), ' ', 'S', 'G' cells "
+                      "(exactly one S and one G).")
+  flags.DEFINE_string("arc", None, "ARC task JSON file (its \"test\" inputs are solved).")
   flags.DEFINE_string("task_id", None, "ARC task id (default: the JSON file's name).")
-  flags.DEFINE_string("png", None, "Also write a picture here.")
+  flags.DEFINE_string("png", None, "Also draw the puzzle and the answer here (needs matplotlib; the directory "
+                      "is created).")
   flags.DEFINE_integer("steps", 0, "Supervision steps (default: the run's eval setting).")
+  flags.DEFINE_bool("verbose", False, "Also show the libraries' logs (orbax, jax).")
+  cli.own_help(__name__)
 
   def wrapped(argv):
-    from trm_jax import cli
+    _quiet(flags.FLAGS.verbose)
     with cli.user_errors():
       sys.exit(main(argv))
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -119,18 +119,19 @@ def _merge_split_metrics(parts: list, count_key: str) -> dict:
   return out
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
   """Trains (resuming the workdir's latest checkpoint), evaluates, saves; returns the last metrics.
 
-  Process 0 holds the workdir's lock (`workdir_lock`) for the whole run.
+  Process 0 holds the workdir's lock (`workdir_lock`) for the whole run. `verbose`
+  also prints the resolved config (it is saved in every checkpoint's metadata anyway).
   """
   config_lib.validate(config)  # before anything is allocated, built or created
   workdir = check_workdir(workdir)
   with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir)
+    return _train_and_evaluate(config, workdir, verbose)
 
 
-def _train_and_evaluate(config, workdir: str) -> dict:
+def _train_and_evaluate(config, workdir: str, verbose: bool) -> dict:
   mesh = sharding.make_mesh(config.mesh.table_parallel)
   data = data_lib.load(config.data)
   config = resolve_config(config, data)
@@ -166,7 +167,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
 
   writer = metrics_lib.Writer(workdir, total, start)
   n_params = train_state.count_params(state.params)
-  writer.log(f"config:\n{config}")
+  if verbose:
+    writer.log(f"config:\n{config}")
   writer.log(f"parameters: {n_params:,}; devices: {jax.device_count()}; steps {start} -> {total}"
              + ("" if writer.tensorboard else "; TensorBoard off (tensorboardX not installed)"))
   writer.log(cadence_lib.describe(cad))
@@ -277,6 +279,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
         writer.write(step, last_metrics)
         writer.log(_summary(step, last_metrics))
     mngr.wait_until_finished()
+    saved = mngr.latest_step()
   finally:
     profile.close()
     if batches is not None:
@@ -285,9 +288,29 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     mngr.close()
   # The example is solved on one process's devices, so only single-process runs print it
   # (on a pod, `trm-solve --workdir` prints it from the checkpoint).
+  example = None
   if step >= total and jax.process_count() == 1:
-    _print_example(run, state, data)
+    example = _print_example(run, state, data)
+  if jax.process_index() == 0:
+    print(closing_line(workdir, saved, data.task, example, writer.tensorboard), flush=True)
   return dict(last_metrics, step=step)
+
+
+def closing_line(workdir: str, saved, task: str, example, tensorboard: bool) -> str:
+  """Where the run's results are and what to try next (the last line `trm-train` prints)."""
+  from trm_jax import render  # noqa: PLC0415
+  ckpt = "no checkpoint" if saved is None else f"checkpoint step {saved}"
+  parts = [f"done: {workdir} ({ckpt}; metrics {fileio.join(workdir, 'metrics.jsonl')}"]
+  if tensorboard:
+    parts.append(f"; tensorboard --logdir {fileio.join(workdir, 'tensorboard')}")
+  parts.append(")")
+  puzzle = {"sudoku": "--sudoku=", "maze": "--maze="}.get(task)
+  if puzzle and example is not None:
+    text = render.puzzle_text(task, example)
+    parts.append(f"; try: trm-solve --workdir={workdir} {puzzle}'{text}'")
+  elif task == "arc":
+    parts.append(f"; try: trm-solve --workdir={workdir} --arc=TASK.json")
+  return "".join(parts)
 
 
 def _summary(step, m: dict) -> str:
@@ -298,12 +321,12 @@ def _summary(step, m: dict) -> str:
   return f"step {step}: " + ", ".join(f"{k}={m[k]:.4f}" for k in keys) + note
 
 
-def _print_example(run: Run, state, data: data_lib.Data) -> None:
-  """Solves the first held-out example and prints puzzle, answer and whether it is right."""
+def _print_example(run: Run, state, data: data_lib.Data):
+  """Solves the first held-out example, prints puzzle, answer and whether it is right; -> its input tokens."""
   from trm_jax import render, solve
   split = next(iter(data.evals.values()), None)
   if split is None or split.num_examples == 0:
-    return
+    return None
   ex = split.examples(np.arange(1))
   res = solve.solve_one(run, state, ex["inputs"][0], int(ex["puzzle_identifiers"][0]))
   label = np.where(ex["labels"][0] < 0, 0, ex["labels"][0])
@@ -312,6 +335,7 @@ def _print_example(run: Run, state, data: data_lib.Data) -> None:
   if data.task == "arc":
     from trm_jax.datasets import arc
     shown = tuple(arc.crop_prediction(x) for x in shown)
-  print(f"held-out example 0 ({'solved' if right else 'NOT solved'}; {res['steps']} supervision steps, "
+  print(f"held-out example 0 ({'solved' if right else 'NOT solved'}; {render.plural(res['steps'], 'supervision step')}, "
         f"halting confidence {res['confidence']:.3f}):")
   print(render.side_by_side(data.task, tuple(data.grid), *shown), flush=True)
+  return ex["inputs"][0]

@@ -1,11 +1,12 @@
 """`trm-data`: build, inspect and draw the TRM puzzle datasets.
 
-  trm-data build NAME[/CONFIG] --data_dir DIR [--manual_dir DIR] [--overwrite]
-  trm-data stats NAME[/CONFIG] --data_dir DIR [--split train]
-  trm-data show  NAME[/CONFIG] --data_dir DIR [--split train] [--index 0]
+  trm-data build NAME[/CONFIG] [--data_dir DIR] [--manual_dir DIR] [--overwrite]
+  trm-data stats NAME[/CONFIG] [--data_dir DIR] [--split SPLIT]
+  trm-data show  NAME[/CONFIG] [--data_dir DIR] [--split train] [--index 0]
                  [--png FILE]
-  trm-data bench NAME[/CONFIG] --data_dir DIR [--batch 768] [--process_count 1]
+  trm-data bench NAME[/CONFIG] [--data_dir DIR] [--batch 768] [--process_count 1]
   trm-data list
+--data_dir defaults to ~/tensorflow_datasets, like trm-train's config.
 User errors (bad raw files, unknown names) print one line and exit 1.
 """
 
@@ -20,84 +21,169 @@ from pathlib import Path
 
 import numpy as np
 
+def _default_data_dir() -> str:
+  """The directory trm-train reads by default (config.data.data_dir)."""
+  from trm_jax import config_lib
+  return os.path.expanduser(config_lib.data_config().data_dir)
+
+
 def _parser():
   p = argparse.ArgumentParser(prog='trm-data', description=__doc__.split(
-      '\n')[0])
-  sub = p.add_subparsers(dest='cmd', required=True)
-  b = sub.add_parser('build', help='build a dataset from raw files')
-  b.add_argument('name')
-  b.add_argument('--data_dir', required=True)
-  b.add_argument('--manual_dir', default=None)
-  b.add_argument('--overwrite', action='store_true')
+      '\n')[0], epilog='`trm-data CMD --help` describes each command.')
+  sub = p.add_subparsers(dest='cmd', required=True, metavar='CMD')
+  name_help = 'NAME[/CONFIG], e.g. sudoku_small/4x4 (see `trm-data list`)'
+  data_help = ('where built sets live (default: %(default)s, the same as '
+               "trm-train's config.data.data_dir)")
+
+  def add(cmd, summary, text, named=True):
+    s = sub.add_parser(cmd, help=summary, description=text)
+    if named:
+      s.add_argument('name', help=name_help + (
+          '' if cmd == 'build' else ', or a dataset directory'))
+      s.add_argument('--data_dir', default=_default_data_dir(), help=data_help)
+    return s
+
+  b = add('build', 'build a dataset from raw files (or generate it)',
+          'Builds NAME/CONFIG into --data_dir. Raw files are checked before '
+          'anything is written; an existing set is kept (--overwrite '
+          'rebuilds it).')
+  b.add_argument('--manual_dir', default=None,
+                 help='raw files, offline (e.g. ../shared/data/arc from the '
+                      'repository root); without it they are downloaded '
+                      'and checked')
+  b.add_argument('--overwrite', action='store_true',
+                 help='rebuild even if the set is already built')
   b.add_argument('--register_checksums', action='store_true',
-                 help='record size/sha256 of downloads in checksums.tsv')
-  for cmd in ('stats', 'show'):
-    s = sub.add_parser(cmd)
-    s.add_argument('name', help='NAME[/CONFIG] or a dataset directory')
-    s.add_argument('--data_dir', default=None)
-    s.add_argument('--split', default='train')
-    if cmd == 'show':
-      s.add_argument('--index', type=int, default=0)
-      s.add_argument('--png', default=None)
-    else:
-      s.add_argument('--sample', type=int, default=20000,
-                     help='records used for the token histogram')
-  bn = sub.add_parser('bench', help='loader throughput (examples/s)')
-  bn.add_argument('name')
-  bn.add_argument('--data_dir', default=None)
-  bn.add_argument('--split', default='train')
-  bn.add_argument('--batch', type=int, default=768)
-  bn.add_argument('--steps', type=int, default=20)
-  bn.add_argument('--process_count', type=int, default=1)
-  bn.add_argument('--epochs_per_iter', type=int, default=1)
-  sub.add_parser('list', help='list builders and configs')
+                 help='record size/sha256 of downloads in checksums.tsv '
+                      '(maintainers, online)')
+  st = add('stats', 'sizes, shapes and a token histogram of every split',
+           'Prints the metadata of every split (or --split) and how often '
+           'each token (named) occurs in inputs and labels.')
+  st.add_argument('--split', default=None,
+                  help='only this split (default: every split)')
+  st.add_argument('--sample', type=int, default=20000,
+                  help='records per split read for the token histogram '
+                       '(default: %(default)s)')
+  sh = add('show', 'print (and draw) one example',
+           'Prints one example (input and label) as text; --png also '
+           'draws it.')
+  sh.add_argument('--split', default='train',
+                  help='split to read (default: %(default)s)')
+  sh.add_argument('--index', type=int, default=0,
+                  help='example index in the split (default: %(default)s)')
+  sh.add_argument('--png', default=None,
+                  help="also draw the example here (needs matplotlib: pip "
+                       "install -e '.[plots]'; the directory is created)")
+  bn = add('bench', 'loader throughput (examples/s)',
+           "Times train_batch, the training input pipeline, on process 0's "
+           'rows of each global batch.')
+  bn.add_argument('--split', default='train',
+                  help='split to read (default: %(default)s)')
+  bn.add_argument('--batch', type=int, default=768,
+                  help='global batch size (default: %(default)s)')
+  bn.add_argument('--steps', type=int, default=20,
+                  help='batches timed (default: %(default)s)')
+  bn.add_argument('--process_count', type=int, default=1,
+                  help='processes sharing each batch (default: %(default)s)')
+  bn.add_argument('--epochs_per_iter', type=int, default=1,
+                  help='epochs sampled per plan (default: %(default)s)')
+  add('list', 'list builders and configs',
+      'Lists every builder/config, whether it needs raw files, and what it '
+      'holds.', named=False)
   return p
+
+
+def _size_mib(path) -> float:
+  return sum(f.stat().st_size for f in Path(path).rglob('*')
+             if f.is_file()) / 2**20
 
 
 def _cmd_build(args):
   from trm_jax.datasets import common
+  where = Path(common.get_builder(args.name, args.data_dir).data_dir)
+  if where.exists() and not args.overwrite:
+    print(f'{args.name}: already built: {where} ({_size_mib(where):.1f} MiB; '
+          '--overwrite rebuilds it)')
+    return
   t = time.time()
   path = common.build(args.name, args.data_dir, args.manual_dir,
                       overwrite=args.overwrite,
                       register_checksums=args.register_checksums)
-  size = sum(f.stat().st_size for f in path.rglob('*') if f.is_file())
   print(f'built {args.name} in {time.time() - t:.1f}s: {path} '
-        f'({size / 2**20:.1f} MiB)')
+        f'({_size_mib(path):.1f} MiB)')
 
 
-def _load(args, in_memory=False):
+def _load(args, in_memory=False, split=None):
   from trm_jax import input_pipeline
-  return input_pipeline.load_split(args.name, args.split, args.data_dir,
-                                   in_memory=in_memory)
+  return input_pipeline.load_split(args.name, split or args.split,
+                                   args.data_dir, in_memory=in_memory)
+
+
+def token_names(task: str, vocab: int) -> list[str]:
+  """What each token id means (inputs; in labels 0 means 'ignore')."""
+  if task == 'sudoku':
+    named = ['PAD', 'blank'] + [f'digit {d}' for d in range(1, vocab - 1)]
+  elif task == 'maze':
+    named = ['PAD', "'#' wall", "' ' open", "'S' start", "'G' goal",
+             "'o' path"]
+  elif task == 'arc':
+    named = ['PAD', 'EOS'] + [f'colour {c}' for c in range(vocab - 2)]
+  else:
+    named = []
+  return (named + [''] * vocab)[:vocab]
 
 
 def _cmd_stats(args):
   from trm_jax import input_pipeline
-  data = _load(args)
+  from trm_jax.datasets import common
   d = input_pipeline.dataset_dir(args.name, args.data_dir)
-  m = data.meta
-  size = sum(f.stat().st_size for f in d.rglob('*') if f.is_file())
-  print(f'dataset   {d}  ({size / 2**20:.1f} MiB on disk, all splits)')
-  print(f'split     {args.split}: {m.num_examples} examples, {m.num_puzzles} '
-        f'puzzles, {m.total_groups} groups')
-  print(f'meta      seq_len={m.seq_len} vocab={m.vocab_size} '
-        f'puzzle_ids={m.num_puzzle_identifiers} '
-        f'mean_puzzle_examples={m.mean_puzzle_examples:.3f}')
-  n = data.num_examples
-  idx = np.unique(np.linspace(0, n - 1, min(n, args.sample)).astype(np.int64))
-  inputs, labels = data.reader.read(idx)
-  note = '' if len(idx) == n else f' (sample of {len(idx)} records)'
-  print(f'tokens{note}:')
-  hi = np.bincount(inputs.ravel(), minlength=m.vocab_size)
-  hl = np.bincount(labels.ravel(), minlength=m.vocab_size)
-  for t in range(max(len(hi), len(hl))):
-    print(f'  {t:3d}  inputs {hi[t] if t < len(hi) else 0:>12d}  '
-          f'labels {hl[t] if t < len(hl) else 0:>12d}')
+  splits = sorted(common.read_metadata(d)['json']['splits'])
+  if args.split is not None:
+    if args.split not in splits:
+      raise common.DataError(f'{d}: no split {args.split!r} (have {splits})')
+    splits = [args.split]
+  print(f'dataset   {d}  ({_size_mib(d):.1f} MiB on disk, all splits)')
+  hists, task, shape, vocab, notes, loaded = {}, 'grid', (), 0, [], {}
+  for split in splits:
+    data = loaded[split] = _load(args, split=split)
+    m = data.meta
+    task, shape = _task(data)
+    vocab = max(vocab, int(m.vocab_size))
+    print(f'split     {split}: {m.num_examples} examples, {m.num_puzzles} '
+          f'puzzles, {m.total_groups} groups; seq_len={m.seq_len} '
+          f'vocab={m.vocab_size} puzzle_ids={m.num_puzzle_identifiers} '
+          f'mean_puzzle_examples={m.mean_puzzle_examples:.3f}')
+    n = data.num_examples
+    idx = np.unique(np.linspace(0, max(n - 1, 0), min(n, args.sample)).astype(
+        np.int64))
+    if len(idx):
+      inputs, labels = data.reader.read(idx)
+    else:
+      inputs = labels = np.zeros((0,), np.int64)
+    if len(idx) != n:
+      notes.append(f'{split}: {len(idx)} of {n} records')
+    hists[split] = (np.bincount(np.ravel(inputs), minlength=vocab),
+                    np.bincount(np.ravel(labels), minlength=vocab))
+  grid = f', {shape[0]}x{shape[1]} grid' if len(shape) == 2 else ''
+  print(f'task      {task}{grid}; in labels 0 means ignore')
+  print('tokens' + (f' (sample: {", ".join(notes)})' if notes else '') + ':')
+  names = token_names(task, vocab)
+  w = max([len('name')] + [len(x) for x in names])
+  cols = [f'{s} {k}' for s in hists for k in ('inputs', 'labels')]
+  cw = [max(12, len(c)) for c in cols]
+  print(f'  {"id":>3}  {"name":<{w}}  ' + '  '.join(
+      f'{c:>{x}}' for c, x in zip(cols, cw)))
+  for t in range(vocab):
+    vals = [int(h[t]) if t < len(h) else 0 for pair in hists.values()
+            for h in pair]
+    print(f'  {t:>3}  {names[t]:<{w}}  ' + '  '.join(
+        f'{v:>{x}d}' for v, x in zip(vals, cw)))
   from trm_jax.datasets import overlap
-  others = {s: input_pipeline.load_split(args.name, s, args.data_dir)
-            for s in data.info.get('splits', {}) if s != args.split}
-  for line in overlap.warnings(args.name, args.split, data, others):
-    print(line, file=sys.stderr)
+  every = sorted(common.read_metadata(d)['json']['splits'])
+  for split in splits:
+    others = {o: loaded.get(o) or _load(args, split=o) for o in every if o != split}
+    for line in overlap.warnings(args.name, split, loaded[split], others):
+      print(line, file=sys.stderr)
 
 
 def _task(data):
@@ -128,7 +214,10 @@ def _text(task, g):
 
 
 def _cmd_show(args):
+  from trm_jax import render
   from trm_jax.datasets.common import DataError
+  if args.png:
+    render.prepare_png(args.png)
   data = _load(args)
   if not 0 <= args.index < data.num_examples:
     raise DataError(f'{args.name}: index {args.index} outside 0..'
@@ -146,8 +235,8 @@ def _cmd_show(args):
     b = right[i] if i < len(right) else ''
     print(f'{a:<{width}}   {b}')
   if args.png:
-    from trm_jax import render
-    render.draw_example(task, x, y, args.png, f'{args.name} {args.split}[{args.index}]')
+    render.draw_pair(args.png, task, x, y, ('input', 'label'),
+                     f'{args.name} {args.split}[{args.index}]')
     print(f'wrote {args.png}')
 
 
@@ -172,12 +261,18 @@ def _cmd_bench(args):
 def _cmd_list(args):
   import tensorflow_datasets as tfds
   from trm_jax.datasets import arc_builder, generated, maze, sudoku
+  rows = []
   for cls in (sudoku.SudokuExtreme, maze.MazeHard, arc_builder.ArcAgi,
               generated.SudokuSmall):
     for cfg in cls.BUILDER_CONFIGS:
-      files = 'downloads' if cfg.needs_files else 'generated'
-      print(f'{tfds.core.naming.camelcase_to_snakecase(cls.__name__)}/'
-            f'{cfg.name:<16} {files:<18} {cfg.description}')
+      name = tfds.core.naming.camelcase_to_snakecase(cls.__name__)
+      rows.append((f'{name}/{cfg.name}',
+                   'downloads' if cfg.needs_files else 'generated',
+                   cfg.description))
+  w0 = max(len(r[0]) for r in rows)
+  w1 = max(len(r[1]) for r in rows)
+  for a, b, c in rows:
+    print(f'{a:<{w0}}  {b:<{w1}}  {c}')
 
 
 def _check_counts(args):
@@ -192,12 +287,13 @@ def _check_counts(args):
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   logging.getLogger('absl').setLevel(logging.WARNING)
+  from trm_jax.cli import UserError
   from trm_jax.datasets.common import DataError
   try:
     _check_counts(args)
     {'build': _cmd_build, 'stats': _cmd_stats, 'show': _cmd_show,
      'bench': _cmd_bench, 'list': _cmd_list}[args.cmd](args)
-  except DataError as e:
+  except (DataError, UserError) as e:
     print(f'trm-data: error: {e}', file=sys.stderr)
     return 1
   except OSError as e:  # read-only or full data_dir, missing permissions: one line
