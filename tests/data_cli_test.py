@@ -65,7 +65,7 @@ def test_stats_every_split_with_token_names(data_dir, capsys):
 def test_list_is_aligned(capsys):
   assert cli.main(['list']) == 0
   lines = capsys.readouterr().out.strip().splitlines()
-  cols = [re.match(r'^\S+ +(needs --manual_dir|generated) +\S', l) for l in lines]
+  cols = [re.match(r'^\S+ +(downloads|generated) +\S', l) for l in lines]
   assert len(lines) > 10 and all(cols)
   assert len({m.start(1) for m in cols}) == 1 and len({m.end() for m in cols}) == 1
 
