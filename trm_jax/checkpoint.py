@@ -22,10 +22,6 @@ class CheckpointError(ValueError):
   """An unreadable checkpoint directory (one line, names the path)."""
 
 
-class NonFiniteState(ValueError):
-  """A state holding NaN/inf, refused by `save` (one line, names the leaf)."""
-
-
 def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
@@ -52,6 +48,10 @@ def _refill(tree, abstract_tree):
   flat_a, treedef = jax.tree.flatten(abstract_tree, is_leaf=is_none)
   flat_x = jax.tree.flatten(tree, is_leaf=is_none)[0]
   return jax.tree.unflatten(treedef, [fill(a, x) for a, x in zip(flat_a, flat_x)])
+
+
+class NonFiniteState(ValueError):
+  """A state holding NaN/inf, refused by `save` (one line, names the leaf)."""
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, carry, meta: dict, force: bool = False) -> bool:
