@@ -162,3 +162,33 @@ def test_non_finite_guard_keeps_no_poisoned_step_and_resumes(tmp_path, env):
   assert "non-finite loss at step 6" in err[0] and "deleted checkpoint step 5" in err[0], err[0]
   assert "last good checkpoint: step 4" in err[0]
   assert steps_in(wd) == [4]
+
+
+MULTI = """
+import sys, jax, numpy as np
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from trm_jax import integrity
+data = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
+mesh = Mesh(np.asarray(jax.devices()).reshape(4), ("d",))
+rows = jax.make_array_from_callback(data.shape, NamedSharding(mesh, P("d")), lambda i: data[i])
+repl = jax.make_array_from_callback(data.shape, NamedSharding(mesh, P()), lambda i: data[i])
+print("FP", integrity.fingerprints({"x": rows})["['x']"], integrity.fingerprints({"x": repl})["['x']"], flush=True)
+"""
+
+
+def test_fingerprint_is_the_same_on_every_process_and_sharding(env):
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=str(ROOT))
+  procs = [subprocess.Popen([sys.executable, "-c", MULTI, f"localhost:{port}", str(i)], cwd=ROOT, env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+  data = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
+  single = integrity.fingerprints({"x": jnp.asarray(data)})["['x']"]
+  for out, _ in outs:
+    assert f"FP {single} {single}" in out, out

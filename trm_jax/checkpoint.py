@@ -22,10 +22,6 @@ class CheckpointError(ValueError):
   """An unreadable checkpoint directory (one line, names the path)."""
 
 
-class NonFiniteState(ValueError):
-  """A state holding NaN/inf, refused by `save` (one line, names the leaf)."""
-
-
 def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
   """The workdir's `checkpoints/` (local or gs://, through epath; tensorstore writes the arrays)."""
   directory = fileio.join(fileio.resolve(workdir), "checkpoints")
@@ -53,6 +49,10 @@ def _refill(tree, abstract_tree):
   flat_a, treedef = jax.tree.flatten(abstract_tree, is_leaf=is_none)
   flat_x = jax.tree.flatten(tree, is_leaf=is_none)[0]
   return jax.tree.unflatten(treedef, [fill(a, x) for a, x in zip(flat_a, flat_x)])
+
+
+class NonFiniteState(ValueError):
+  """A state holding NaN/inf, refused by `save` (one line, names the leaf)."""
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, carry, meta: dict, force: bool = False) -> bool:
