@@ -2,12 +2,13 @@
 
 The driver runs as a subprocess with `jax.distributed.initialize` replaced by a
 recorder (prints its keyword arguments, exits 7), so the test sees exactly what
-each launcher's flags/environment lead to without a cluster. The workdir's
-parent is missing, so a run that (rightly) does not initialise stops with one
+each launcher's flags/environment lead to without a cluster. The workdir is
+an existing file, so a run that (rightly) does not initialise stops with one
 error line right after.
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -30,13 +31,20 @@ main.run()
 """
 
 
-def _run(env, *args, **extra_env):
+@pytest.fixture(scope="module")
+def not_a_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("d") / "file"
+  path.write_text("")
+  return str(path)
+
+
+def _run(env, not_a_dir, *args, **extra_env):
   e = dict(env, **extra_env)
   for k in ("TRM_DISTRIBUTED", "SLURM_JOB_ID", "SLURM_PROCID"):
     if k not in extra_env:
       e.pop(k, None)
   return subprocess.run([sys.executable, "-c", RECORDER, "--config=experiments/smoke.py",
-                         "--workdir=/nonexistent-parent/run", *args], cwd=ROOT, env=e,
+                         f"--workdir={not_a_dir}", *args], cwd=ROOT, env=e,
                         capture_output=True, text=True, timeout=120)
 
 
@@ -46,17 +54,17 @@ def _init_args(p):
   return json.loads(lines[0][5:])
 
 
-def test_tpu_launch_flag_and_env_auto_detect(env):
-  assert _init_args(_run(env, "--distributed")) == {}
-  assert _init_args(_run(env, TRM_DISTRIBUTED="1")) == {}
+def test_tpu_launch_flag_and_env_auto_detect(env, not_a_dir):
+  assert _init_args(_run(env, not_a_dir, "--distributed")) == {}
+  assert _init_args(_run(env, not_a_dir, TRM_DISTRIBUTED="1")) == {}
 
 
-def test_explicit_flags_switch_detection_off(env):
-  got = _init_args(_run(env, "--coordinator_address=h0:1234", "--num_processes=4", "--process_id=2"))
+def test_explicit_flags_switch_detection_off(env, not_a_dir):
+  got = _init_args(_run(env, not_a_dir, "--coordinator_address=h0:1234", "--num_processes=4", "--process_id=2"))
   assert got == {"coordinator_address": "h0:1234", "num_processes": 4, "process_id": 2,
                  "cluster_detection_method": "deactivate"}
   # Explicit flags win over the environment's request for auto-detection.
-  got = _init_args(_run(env, "--coordinator_address=h0:1234", "--num_processes=2", "--process_id=0",
+  got = _init_args(_run(env, not_a_dir, "--coordinator_address=h0:1234", "--num_processes=2", "--process_id=0",
                         TRM_DISTRIBUTED="1"))
   assert got["cluster_detection_method"] == "deactivate"
 
@@ -65,24 +73,48 @@ def test_explicit_flags_switch_detection_off(env):
                                         (("--num_processes=1", "--distributed"), {}),
                                         (("--nodistributed",), {"TRM_DISTRIBUTED": "1"}),
                                         ((), {"TRM_DISTRIBUTED": "0"})])
-def test_single_process_never_initialises(env, args, extra):
-  p = _run(env, *args, **extra)
+def test_single_process_never_initialises(env, not_a_dir, args, extra):
+  p = _run(env, not_a_dir, *args, **extra)
   assert "INIT" not in p.stdout
-  assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("error: --workdir="), p.stderr
+  last = p.stderr.strip().splitlines()[-1]
+  assert p.returncode == 1 and last.startswith("error: ") and "workdir" in last, p.stderr
 
 
-def test_distributed_without_cluster_is_one_error_line(env):
+def test_distributed_without_cluster_is_one_error_line(env, not_a_dir):
   """The real initialize with nothing to detect (no TPU metadata, no Slurm): one line, no traceback."""
   e = dict(env, TRM_DISTRIBUTED="1")
   for k in list(e):
     if k.startswith(("SLURM_", "OMPI_", "KUBERNETES_", "JAX_COORDINATOR", "TPU_WORKER")):
       e.pop(k)
   p = subprocess.run([sys.executable, "-m", "trm_jax.main", "--config=experiments/smoke.py",
-                      "--workdir=/nonexistent-parent/run"], cwd=ROOT, env=e, capture_output=True, text=True,
+                      f"--workdir={not_a_dir}"], cwd=ROOT, env=e, capture_output=True, text=True,
                      timeout=120)
   assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
   last = p.stderr.strip().splitlines()[-1]
   assert last.startswith("error: --distributed:") and "--coordinator_address" in last, last
+
+
+def test_distributed_detects_slurm(env, not_a_dir):
+  """--distributed inside a (simulated) 2-task Slurm step: JAX's Slurm detection, 2 real processes."""
+  with socket.socket() as sock:
+    sock.bind(("localhost", 0))
+    port = sock.getsockname()[1]
+  def argv(i):
+    return [sys.executable, "-m", "trm_jax.main", "--config=experiments/smoke.py", f"--workdir={not_a_dir}",
+            "--distributed"]
+  e = dict(env, SLURM_JOB_ID="77", SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2", JAX_COORDINATOR_PORT=str(port),
+           XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  procs = [subprocess.Popen(argv(i), cwd=ROOT, env=dict(e, SLURM_PROCID=str(i), SLURM_LOCALID=str(i)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=240) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  for i, (_, err) in enumerate(outs):
+    assert f"process {i} of 2: 2 local cpu devices, 4 in total" in err, err[-2000:]
 
 
 def test_distributed_args_partial_flags_fill_from_cluster():

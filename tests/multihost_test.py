@@ -30,7 +30,7 @@ import numpy as np
 from trm_jax import metrics, solve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 170
+TIMEOUT = 400  # per launch: compiling dominates, and a shared, loaded CPU can take minutes
 
 
 def free_port() -> int:
@@ -251,7 +251,7 @@ def test_sharded_table_two_processes(tmp_path, env):
 # SIGTERM on every process of a 2-process run (a pod / Slurm preemption).
 
 PREEMPT_STEPS = 80
-PREEMPT_TIMEOUT = 400  # per launch; compiling dominates (a shared, loaded CPU can take minutes)
+PREEMPT_TIMEOUT = TIMEOUT
 PREEMPT_FLAGS = [f"--config.train.steps={PREEMPT_STEPS}", "--config.train.checkpoint_every=0",
                  "--config.train.eval_every=0", "--config.train.log_every=10", "--config.eval.max_examples=8"]
 

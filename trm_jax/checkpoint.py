@@ -163,7 +163,8 @@ class Preemption:
   on a step; `reached` asks it (Orbax `reached_preemption`), so no Python
   handler is installed there (it would replace XLA's and nothing would save).
   Once a save for preemption is pending, a further SIGTERM or a SIGINT ends
-  the process at once (default action) instead of waiting for the save.
+  the process at once (default action) instead of waiting for the save (on
+  several processes XLA's handler absorbs signals until the agreed step).
   """
 
   def __init__(self):
