@@ -53,6 +53,8 @@ def test_bench_train_json_scan():
   r = _bench("--config.model.recursion=scan", "--config.model.remat=dots")
   _check_schema(r)
   assert r["mode"] == "train" and r["recursion"] == "scan" and r["remat"] == "dots"
+  # On CPU the portable MLP-mixer path is the one in force; scan_unroll is reported.
+  assert r["mixer_impl"] in ("", "transpose") and r["scan_unroll"] == 1
 
 
 def test_bench_eval_json_loop_and_batch_flag():

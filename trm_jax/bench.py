@@ -14,7 +14,9 @@ all supervision steps (the eval step; batch `eval.batch_size`), runs
 one JSON line:
 
   config, arg, mode ("train"|"eval"), device, n_devices, batch, recursion,
-  remat, attention_impl, dtype, params, compile_s (trace + lower + compile),
+  remat (the level in force, "auto" resolved for this backend), attention_impl,
+  mixer_impl (the MLP-mixer token mixing in force; "" without mlp_t),
+  scan_unroll, dtype, params, compile_s (trace + lower + compile),
   step_ms_median, step_ms_min, examples_per_s (batch / median),
   gflop_per_step, tflops (analytic FLOPs / median step time), peak_mem_gb,
   peak_mem_source ("memory_stats": the device allocator's peak, GPU/TPU;
@@ -51,7 +53,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from trm_jax import profiling, recursion
+from trm_jax import model, profiling, recursion
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/<x>.py[:arg]).",
                                           lock_config=True)
@@ -91,6 +93,8 @@ def run(config, n_steps: int = 10, warmup: int = 2, evaluate: bool = False, batc
       "recursion": mcfg.recursion,
       "remat": recursion.effective_remat(mcfg),
       "attention_impl": mcfg.attention_impl,
+      "mixer_impl": model.mixer_impl(mcfg.get("mixer_impl", "auto")) if mcfg.mlp_t else "",
+      "scan_unroll": int(mcfg.get("scan_unroll", 1)),
       "dtype": mcfg.dtype,
       "H_cycles": mcfg.H_cycles,
       "L_cycles": mcfg.L_cycles,
