@@ -39,8 +39,9 @@ def command(variant: str, batch: int, steps: int, warmup: int) -> list[str]:
   impl, dtype = variant.split("-")
   dtype = {"bf16": "bfloat16", "f32": "float32"}[dtype]
   if impl == "torch":
+    # Eager mode has nothing to compile: no warm-up call (bf16 steps can take minutes on CPUs without bf16 dots).
     return [sys.executable, str(ROOT / "benchmarks" / "torch_reference.py"), f"--batch={batch}", f"--dtype={dtype}",
-            f"--steps={steps}", f"--warmup={warmup}"]
+            f"--steps={steps}", "--warmup=0"]
   if impl == "jax":
     return [sys.executable, "-m", "trm_jax.bench", "--config=experiments/sudoku_mlp.py",
             f"--config.train.global_batch_size={batch}", f"--config.model.dtype={dtype}", f"--steps={steps}",
@@ -58,16 +59,22 @@ def run_once(variant: str, batch: int, steps: int, warmup: int, timeout: int) ->
   return json.loads(lines[-1])
 
 
-def table(results: dict, ref: str = "torch-bf16") -> str:
-  rows = ["| variant | step ms (median of runs) | best run ms | runs | reference bf16 / this |",
-          "|---|---|---|---|---|"]
+def table(results: dict, cpu_s: dict | None = None, ref: str = "torch-bf16") -> str:
+  """Markdown: wall ms (median of runs, best run), CPU s per step, ratios to the reference's bf16 step."""
+  cpu_s = cpu_s or {}
+  med_cpu = lambda v: statistics.median(cpu_s[v]) if cpu_s.get(v) and None not in cpu_s[v] else None
+  rows = ["| variant | step ms, median of runs | best run ms | CPU s/step | runs | reference bf16 / this (wall, CPU s) |",
+          "|---|---|---|---|---|---|"]
   ref_ms = statistics.median(results[ref]) if results.get(ref) else None
+  ref_cpu = med_cpu(ref)
   for v, ms in results.items():
     if not ms:
       continue
-    med = statistics.median(ms)
+    med, c = statistics.median(ms), med_cpu(v)
     ratio = f"{ref_ms / med:.2f}x" if ref_ms else ""
-    rows.append(f"| {v} | {med:.0f} | {min(ms):.0f} | {len(ms)} | {ratio} |")
+    if ref_cpu and c:
+      ratio += f", {ref_cpu / c:.2f}x"
+    rows.append(f"| {v} | {med:.0f} | {min(ms):.0f} | {'' if c is None else f'{c:.1f}'} | {len(ms)} | {ratio} |")
   return "\n".join(rows)
 
 
@@ -89,13 +96,16 @@ def main(argv=None) -> int:
   print(f"CPU: {info['model']}, {info['cpus']} CPUs; ISA: "
         + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["isa"].items()), flush=True)
   results = {v: [] for v in variants}
+  cpu_s = {v: [] for v in variants}
   for rep in range(a.reps):
     for v in variants:
       r = run_once(v, a.batch, a.steps, a.warmup, a.timeout)
       r.update(variant=v, rep=rep, loadavg_after=os.getloadavg()[0])
       results[v].append(r["step_ms_median"])
+      cpu_s[v].append(r.get("cpu_s_per_step"))
       print(json.dumps({k: r.get(k) for k in ("variant", "rep", "batch", "step_ms_median", "step_ms_min",
-                                              "loadavg_after", "cpu_capability", "compile_s")}), flush=True)
+                                              "loadavg_after", "cpu_s_per_step", "cpu_capability", "compile_s")}),
+            flush=True)
       if a.jsonl:
         with open(a.jsonl, "a") as f:
           f.write(json.dumps(r) + "\n")
@@ -103,7 +113,7 @@ def main(argv=None) -> int:
   print(f"\nSudoku TRM-MLP train step, batch {a.batch}, {a.reps} interleaved runs of {a.steps} timed steps; "
         f"load average (1 min) {load0[0]:.1f} before, {load1[0]:.1f} after "
         f"({os.cpu_count()} CPUs; above ~{os.cpu_count()} the machine was shared)\n")
-  print(table(results))
+  print(table(results, cpu_s))
   return 0
 
 

@@ -2,7 +2,7 @@
 # Issue 15's whole GPU session in one call (~8-9 minutes on one H200), from the repository root:
 #
 #   bash benchmarks/gpu.sh                 # needs a python whose jax sees a GPU (0.10.2 or newer)
-#   BUDGET_S=500 STEPS=10 bash benchmarks/gpu.sh
+#   BUDGET_S=400 STEPS=10 bash benchmarks/gpu.sh
 #
 # 1. kernel profile of the Sudoku-MLP loop train step, batch 768 (benchmarks/kernel_profile.py):
 #    the top-25 kernels (name, launches, ms, % of the step) and the same by kernel kind;
@@ -20,7 +20,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$SECONDS
-BUDGET_S=${BUDGET_S:-540}
+BUDGET_S=${BUDGET_S:-480}
 STEPS=${STEPS:-10}
 EVAL_STEPS=${EVAL_STEPS:-3}
 DEST=${OUT:-benchmarks/results}

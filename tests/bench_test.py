@@ -47,6 +47,7 @@ def _check_schema(r):
   assert r["compile_s"] > 0 and r["step_ms_min"] > 0 and r["step_ms_median"] >= r["step_ms_min"]
   assert r["examples_per_s"] > 0 and r["tflops"] > 0 and r["gflop_per_step"] > 0
   assert r["peak_mem_gb"] > 0
+  assert r["cpu_s_per_step"] > 0
 
 
 def test_bench_train_json_scan():

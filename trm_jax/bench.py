@@ -48,6 +48,7 @@ RoPE, losses and the optimiser update are not counted (< 1% here).
 from __future__ import annotations
 
 import json
+import time
 
 import jax
 from absl import app, flags
@@ -79,7 +80,10 @@ def run(config, n_steps: int = 10, warmup: int = 2, evaluate: bool = False, batc
   else:
     c = profiling.compile_train(s)
     flops = profiling.model_flops(mcfg, batch, "train")["total"]
-  times = profiling.time_calls(c, n_steps, warmup, donate=not evaluate)
+  profiling.time_calls(c, 0, warmup, donate=not evaluate)
+  cpu0 = time.process_time()
+  times = profiling.time_calls(c, n_steps, 0, donate=not evaluate)
+  cpu_s = (time.process_time() - cpu0) / max(n_steps, 1)
   peak, source = profiling.peak_memory_bytes(c)
   t = profiling.summary(times)
   dev = jax.devices()[0]
@@ -110,6 +114,7 @@ def run(config, n_steps: int = 10, warmup: int = 2, evaluate: bool = False, batc
       "peak_mem_source": source,
       "temp_mem_gb": round(profiling.gb(c.memory().get("temp", 0)), 4),
       "steps_timed": n_steps,
+      "cpu_s_per_step": round(cpu_s, 3),
   }
   return out
 
