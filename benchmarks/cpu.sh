@@ -1,20 +1,13 @@
 #!/usr/bin/env bash
-# CPU rows of benchmarks/NOTES.md: Sudoku-MLP (batch 8 and 32), smoke and demo, both recursion modes
-# (+ scan with remat=dots). ~10 minutes on 2 cores.   bash benchmarks/cpu.sh
+# The README's CPU table: trm_jax vs our eager-PyTorch re-implementation of the reference (Sudoku TRM-MLP
+# train step), side by side and interleaved, in bf16 and float32. Needs `pip install torch`.
+#   bash benchmarks/cpu.sh                 # batch 32, 3 runs each (~15-60 min on 2 cores, CPU-dependent)
+#   BATCH=8 REPS=2 bash benchmarks/cpu.sh  # quicker
+# Run it on a quiet machine: it prints the load average; above the CPU count the numbers are not clean.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p benchmarks/results
-RES="benchmarks/results/cpu-$(date +%Y%m%d-%H%M%S).jsonl"
-: > "$RES"
-bench() { echo "== $*" >&2; JAX_PLATFORMS=cpu python -m trm_jax.bench "$@" 2>/dev/null | tee -a "$RES" || echo "!! failed: $*" >&2; }
-for m in loop scan; do
-  bench --config=experiments/smoke.py --config.model.recursion=$m --steps=10
-  bench --config=experiments/demo.py --config.model.recursion=$m --steps=10
-  bench --config=experiments/sudoku_mlp.py --config.train.global_batch_size=8 --config.model.recursion=$m --steps=3 --warmup=1
-  bench --config=experiments/sudoku_mlp.py --config.train.global_batch_size=32 --config.model.recursion=$m --steps=3 --warmup=1
-done
-for b in 8 32; do
-  bench --config=experiments/sudoku_mlp.py --config.train.global_batch_size=$b --config.model.recursion=scan \
-    --config.model.remat=dots --steps=3 --warmup=1 --label=remat-dots
-done
-python benchmarks/table.py "$RES" --reference cpu
+export PYTHONPATH=$PWD JAX_PLATFORMS=cpu
+python benchmarks/cpu_vs_reference.py --batch="${BATCH:-32}" --reps="${REPS:-3}" --steps="${STEPS:-2}" \
+  --variants="${VARIANTS:-torch-bf16,jax-bf16,torch-f32,jax-f32}" \
+  --jsonl="benchmarks/results/cpu-vs-reference-$(date +%Y%m%d-%H%M%S).jsonl"

@@ -47,12 +47,15 @@ def _check_schema(r):
   assert r["compile_s"] > 0 and r["step_ms_min"] > 0 and r["step_ms_median"] >= r["step_ms_min"]
   assert r["examples_per_s"] > 0 and r["tflops"] > 0 and r["gflop_per_step"] > 0
   assert r["peak_mem_gb"] > 0
+  assert r["cpu_s_per_step"] > 0
 
 
 def test_bench_train_json_scan():
   r = _bench("--config.model.recursion=scan", "--config.model.remat=dots")
   _check_schema(r)
   assert r["mode"] == "train" and r["recursion"] == "scan" and r["remat"] == "dots"
+  # On CPU the portable MLP-mixer path is the one in force; scan_unroll is reported.
+  assert r["mixer_impl"] in ("", "transpose") and r["scan_unroll"] == 1
 
 
 def test_bench_eval_json_loop_and_batch_flag():

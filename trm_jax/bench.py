@@ -14,7 +14,9 @@ all supervision steps (the eval step; batch `eval.batch_size`), runs
 one JSON line:
 
   config, arg, mode ("train"|"eval"), device, n_devices, batch, recursion,
-  remat, attention_impl, dtype, params, compile_s (trace + lower + compile),
+  remat (the level in force, "auto" resolved for this backend), attention_impl,
+  mixer_impl (the MLP-mixer token mixing in force; "" without mlp_t),
+  scan_unroll, dtype, params, compile_s (trace + lower + compile),
   step_ms_median, step_ms_min, examples_per_s (batch / median),
   gflop_per_step, tflops (analytic FLOPs / median step time), peak_mem_gb,
   peak_mem_source ("memory_stats": the device allocator's peak, GPU/TPU;
@@ -46,12 +48,13 @@ RoPE, losses and the optimiser update are not counted (< 1% here).
 from __future__ import annotations
 
 import json
+import time
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from trm_jax import cli, config_lib, profiling, recursion
+from trm_jax import cli, config_lib, model, profiling, recursion
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/<x>.py[:arg]).",
                                           lock_config=True)
@@ -81,7 +84,10 @@ def run(config, n_steps: int = 10, warmup: int = 2, evaluate: bool = False, batc
   else:
     c = profiling.compile_train(s)
     flops = profiling.model_flops(mcfg, batch, "train")["total"]
-  times = profiling.time_calls(c, n_steps, warmup, donate=not evaluate)
+  profiling.time_calls(c, 0, warmup, donate=not evaluate)
+  cpu0 = time.process_time()
+  times = profiling.time_calls(c, n_steps, 0, donate=not evaluate)
+  cpu_s = (time.process_time() - cpu0) / max(n_steps, 1)
   peak, source = profiling.peak_memory_bytes(c)
   t = profiling.summary(times)
   dev = jax.devices()[0]
@@ -95,6 +101,8 @@ def run(config, n_steps: int = 10, warmup: int = 2, evaluate: bool = False, batc
       "recursion": mcfg.recursion,
       "remat": recursion.effective_remat(mcfg),
       "attention_impl": mcfg.attention_impl,
+      "mixer_impl": model.mixer_impl(mcfg.get("mixer_impl", "auto")) if mcfg.mlp_t else "",
+      "scan_unroll": int(mcfg.get("scan_unroll", 1)),
       "dtype": mcfg.dtype,
       "H_cycles": mcfg.H_cycles,
       "L_cycles": mcfg.L_cycles,
@@ -110,6 +118,7 @@ def run(config, n_steps: int = 10, warmup: int = 2, evaluate: bool = False, batc
       "peak_mem_source": source,
       "temp_mem_gb": round(profiling.gb(c.memory().get("temp", 0)), 4),
       "steps_timed": n_steps,
+      "cpu_s_per_step": round(cpu_s, 3),
   }
   return out
 

@@ -40,8 +40,10 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   c.no_ACT_continue = True          # TRM default; False adds the Q-continue loss
   c.loss_type = "stablemax"         # "stablemax" | "softmax"
   c.recursion = "loop"              # "loop" (Python-unrolled) | "scan" (jax.lax.scan)
-  c.remat = "auto"                  # "auto" (scan: "dots", loop: "none") | "none" | "dots" | "full"
+  c.remat = "auto"                  # "auto" (loop: "none"; scan: "dots" on CPU/TPU, "none" on GPU) | "none" | "dots" | "full"
+  c.scan_unroll = 1                 # lax.scan unroll factor of the L-cycle scan (recursion="scan" only)
   c.attention_impl = "auto"         # "auto" | "xla" | "cudnn"
+  c.mixer_impl = "auto"             # MLP-mixer token mixing: "auto" (GPU: "einsum", else "transpose") | "transpose" | "einsum"
   c.update(overrides)
   return c
 
@@ -89,6 +91,10 @@ def validate_model(c) -> None:
     bad("recursion", f"must be 'scan' or 'loop', got {c.recursion!r}")
   if c.remat not in ("auto", "none", "dots", "full"):
     bad("remat", f"must be 'auto', 'none', 'dots' or 'full', got {c.remat!r}")
+  if c.get("scan_unroll", 1) < 1:
+    bad("scan_unroll", f"must be >= 1, got {c.scan_unroll}")
+  if c.get("mixer_impl", "auto") not in ("auto", "transpose", "einsum"):
+    bad("mixer_impl", f"must be 'auto', 'transpose' or 'einsum', got {c.mixer_impl!r}")
   if c.pos_encodings not in ("rope", "learned", "none"):
     bad("pos_encodings", f"must be 'rope', 'learned' or 'none', got {c.pos_encodings!r}")
   for field, lo, hi in MODEL_INTS:

@@ -35,30 +35,30 @@ def std_trunc_normal(std: float):
   return init
 
 
-def _rms_norm_ref(x: jax.Array, eps: float) -> jax.Array:
+def _rms_norm_ref(x: jax.Array, eps: float, axis: int = -1) -> jax.Array:
   xf = x.astype(jnp.float32)
-  xf = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + eps)
+  xf = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=axis, keepdims=True) + eps)
   return xf.astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _rms_norm_fused(x, eps):
-  return _rms_norm_ref(x, eps)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _rms_norm_fused(x, eps, axis):
+  return _rms_norm_ref(x, eps, axis)
 
 
-def _rms_norm_fwd(x, eps):
+def _rms_norm_fwd(x, eps, axis):
   # Keep only the input (activation dtype) and the per-row scale as residuals,
   # instead of the float32 copies that autodiff would save.
   xf = x.astype(jnp.float32)
-  r = jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + eps)
+  r = jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=axis, keepdims=True) + eps)
   return (xf * r).astype(x.dtype), (x, r)
 
 
-def _rms_norm_bwd(eps, res, g):
+def _rms_norm_bwd(eps, axis, res, g):
   # y = x r, r = (mean(x^2) + eps)^-1/2  =>  dx = r g - x r^3 mean(g x).
   x, r = res
   xf, gf = x.astype(jnp.float32), g.astype(jnp.float32)
-  dx = r * gf - xf * (r * r * r) * jnp.mean(gf * xf, axis=-1, keepdims=True)
+  dx = r * gf - xf * (r * r * r) * jnp.mean(gf * xf, axis=axis, keepdims=True)
   return (dx.astype(x.dtype),)
 
 
@@ -69,11 +69,11 @@ _rms_norm_fused.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 FUSED_NORM = True
 
 
-def rms_norm(x: jax.Array, eps: float) -> jax.Array:
-  """Scale-free RMSNorm over the last axis, computed in float32."""
+def rms_norm(x: jax.Array, eps: float, axis: int = -1) -> jax.Array:
+  """Scale-free RMSNorm over `axis` (the last by default), computed in float32."""
   if FUSED_NORM:
-    return _rms_norm_fused(x, eps)
-  return _rms_norm_ref(x, eps)
+    return _rms_norm_fused(x, eps, axis)
+  return _rms_norm_ref(x, eps, axis)
 
 
 def puzzle_emb_len(cfg) -> int:
@@ -126,32 +126,66 @@ def matmul(x, w):
   return jnp.dot(x, w)
 
 
+def matmul_axis1(x, w):
+  """Contract axis 1 of x (B, T, D) with w (T, K) -> (B, K, D), no explicit transpose.
+
+  The same products and sums as `swapaxes(x, 1, 2) @ w` (then swapped back);
+  the physical layout is left to XLA, which folds it into the neighbouring
+  fusions and the GEMM's operand order instead of materialising transposes.
+  """
+  return jnp.einsum("btd,tk->bkd", x, w)
+
+
 class Linear(nn.Module):
-  """x @ W (+ b) with a float32 kernel cast to the activation dtype at use."""
+  """x @ W (+ b) with a float32 kernel cast to the activation dtype at use.
+
+  axis=-1 contracts the last axis; axis=1 contracts the sequence axis of a
+  (B, T, D) input and puts the features there: (B, T, D) -> (B, features, D)
+  (the MLP-mixer's token mixing without transposes; same kernel shape).
+  """
   features: int
   use_bias: bool = False
   dtype: Dtype = jnp.bfloat16
   kernel_init: Any = lecun_trunc
   bias_init: Any = nn.initializers.zeros
+  axis: int = -1
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-    y = matmul(x.astype(self.dtype), kernel.astype(self.dtype))
+    kernel = self.param("kernel", self.kernel_init, (x.shape[self.axis], self.features), jnp.float32)
+    if self.axis == -1:
+      y = matmul(x.astype(self.dtype), kernel.astype(self.dtype))
+    elif self.axis == 1 and x.ndim == 3 and not self.use_bias:
+      y = matmul_axis1(x.astype(self.dtype), kernel.astype(self.dtype))
+    else:
+      raise ValueError(f"Linear: unsupported axis {self.axis} for a {x.ndim}-d input")
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
     return y
 
 
 class SwiGLU(nn.Module):
+  """SwiGLU over the last axis, or (axis=1) over the sequence axis of (B, T, D)."""
   expansion: float
   dtype: Dtype
+  axis: int = -1
 
   @nn.compact
   def __call__(self, x):
-    inter = swiglu_inter(x.shape[-1], self.expansion)
-    gate, up = jnp.split(Linear(2 * inter, dtype=self.dtype, name="gate_up_proj")(x), 2, axis=-1)
-    return Linear(x.shape[-1], dtype=self.dtype, name="down_proj")(nn.silu(gate) * up)
+    width = x.shape[self.axis]
+    inter = swiglu_inter(width, self.expansion)
+    h = Linear(2 * inter, dtype=self.dtype, name="gate_up_proj", axis=self.axis)(x)
+    gate, up = jnp.split(h, 2, axis=self.axis)
+    return Linear(width, dtype=self.dtype, name="down_proj", axis=self.axis)(nn.silu(gate) * up)
+
+
+def mixer_impl(impl: str) -> str:
+  """"auto" -> "einsum" on GPU (no materialised transposes), "transpose" elsewhere."""
+  if impl == "auto":
+    return "einsum" if jax.default_backend() == "gpu" else "transpose"
+  if impl not in ("transpose", "einsum"):
+    raise ValueError(f"model.mixer_impl must be 'auto', 'transpose' or 'einsum', got {impl!r}")
+  return impl
 
 
 def rope_cos_sin(seq: int, head_dim: int, theta: float):
@@ -215,7 +249,10 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, h, cos_sin):
     c = self.cfg
-    if c.mlp_t:
+    if c.mlp_t and mixer_impl(c.get("mixer_impl", "auto")) == "einsum":
+      # Token mixing and its norm over the sequence axis, in the (B, T, D) layout.
+      h = rms_norm(h + SwiGLU(c.expansion, c.dtype, axis=1, name="mlp_t")(h), c.rms_norm_eps, axis=1)
+    elif c.mlp_t:
       t = jnp.swapaxes(h, 1, 2)
       t = rms_norm(t + SwiGLU(c.expansion, c.dtype, name="mlp_t")(t), c.rms_norm_eps)
       h = jnp.swapaxes(t, 1, 2)

@@ -25,11 +25,12 @@ def uses_q_continue(cfg) -> bool:
   return cfg.arch == "hrm" or not cfg.no_ACT_continue
 
 
-def repeat(fn: Callable[[Any, Any], Any], z, n: int, mode: str, remat: str = "none"):
+def repeat(fn: Callable[[Any, Any], Any], z, n: int, mode: str, remat: str = "none", unroll: int = 1):
   """z <- fn(z, i) for i in range(n), unrolled ("loop") or with lax.scan.
 
   `remat` ("none" | "dots" | "full") checkpoints each application, in both
-  modes; it only matters where gradients flow (the last cycle).
+  modes; it only matters where gradients flow (the last cycle). `unroll` is
+  lax.scan's unroll factor (scan mode only; the same function).
   """
   if n <= 0:
     return z
@@ -48,19 +49,26 @@ def repeat(fn: Callable[[Any, Any], Any], z, n: int, mode: str, remat: str = "no
       z = fn(z, i)
     return z
   body = lambda c, i: (fn(c, i), None)
-  return jax.lax.scan(body, z, jnp.arange(n))[0]
+  return jax.lax.scan(body, z, jnp.arange(n), unroll=max(1, min(int(unroll), n)))[0]
 
 
-def effective_remat(cfg) -> str:
-  """"auto" recomputes all but the weight matmuls of each scanned application:
+# What remat="auto" means for a scanned gradient cycle, by backend. On CPU,
+# "dots" (recompute all but the weight matmuls) was measured: without it a
+# scanned gradient cycle stacks every residual of its body (1.6x the loop's
+# memory, 1.4x its time); with it scan is within ~10% of loop in time at a
+# fraction of the memory. On the GPU the recomputation of the memory-bound
+# elementwise chains costs 14-17% of the step (issue 15), and an H200 holds
+# the stacked residuals, so "auto" does not recompute there. Loops need none.
+REMAT_AUTO_SCAN = {"cpu": "dots", "gpu": "none", "tpu": "dots"}
 
-  without it a scanned gradient cycle stacks every residual of its body (1.6x
-  the loop's memory, 1.4x its time on CPU); with it scan is within ~10% of
-  loop in time at a fraction of the memory. Loops need none. Same function.
-  """
+
+def effective_remat(cfg, backend: str | None = None) -> str:
+  """The remat level in force: `cfg.remat`, with "auto" resolved per backend (same function)."""
   remat = cfg.get("remat", "none")
   if remat == "auto":
-    return "dots" if cfg.recursion == "scan" else "none"
+    if cfg.recursion != "scan":
+      return "none"
+    return REMAT_AUTO_SCAN.get(backend or jax.default_backend(), "dots")
   return remat
 
 
@@ -73,14 +81,15 @@ def _nets(model: RecursiveModel, variables):
 def _cycle(cfg, L, H, z, x, mode, remat="none"):
   """One full H cycle (L_cycles latent updates then the answer update)."""
   n = cfg.L_cycles
+  u = cfg.get("scan_unroll", 1)
   if cfg.variant == "single_latent":
-    zz = repeat(lambda zz, i: L(zz, x), z["z_H"], n, mode, remat)
+    zz = repeat(lambda zz, i: L(zz, x), z["z_H"], n, mode, remat, u)
     return {"z_H": L(zz, jnp.zeros((), zz.dtype))}
   zH = z["z_H"]
   if cfg.variant == "multiscale_latent":
-    zl = repeat(lambda zl, i: zl.at[i].set(L(zl.sum(0), zH + x)), z["z_L"], n, mode, remat)
+    zl = repeat(lambda zl, i: zl.at[i].set(L(zl.sum(0), zH + x)), z["z_L"], n, mode, remat, u)
     return {"z_H": H(zH, zl.sum(0)), "z_L": zl}
-  zL = repeat(lambda zl, i: L(zl, zH + x), z["z_L"], n, mode, remat)
+  zL = repeat(lambda zl, i: L(zl, zH + x), z["z_L"], n, mode, remat, u)
   return {"z_H": H(zH, zL), "z_L": zL}
 
 
@@ -98,7 +107,7 @@ def deep_recursion(model: RecursiveModel, variables, z: dict, x: jax.Array, cfg)
     return _cycle(cfg, L, H, z, x, mode, remat)
   # HRM's 1-step gradient: only the final L and H updates carry gradient.
   zH = z["z_H"]
-  zL = repeat(lambda zl, i: L0(zl, zH + x0), z["z_L"], cfg.L_cycles - 1, mode)
+  zL = repeat(lambda zl, i: L0(zl, zH + x0), z["z_L"], cfg.L_cycles - 1, mode, unroll=cfg.get("scan_unroll", 1))
   zL = L(zL, zH + x)
   return {"z_H": H(zH, zL), "z_L": zL}
 

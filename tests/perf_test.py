@@ -1,0 +1,83 @@
+"""Speed knobs (issue 15) keep the function: the einsum mixer, scan unroll, per-backend remat."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from trm_jax import config_lib, recursion, steps
+from trm_jax.model import RecursiveModel, mixer_impl
+from trm_jax.train_state import init_variables
+
+import tiny
+
+MIXER = dict(mlp_t=True, pos_encodings="none", L_layers=2)
+
+
+def _grads(cfg, v, table, b):
+  model = RecursiveModel(cfg)
+  carry = recursion.reset_carry(recursion.initial_carry(cfg, tiny.B), b, v["consts"], cfg)
+  loss, g, g_rows, new_carry, out, _ = steps.loss_and_grads(model, cfg, v["params"], v["consts"], carry, table,
+                                                            jax.random.key(0))
+  return loss, g, g_rows, new_carry["z"], out["logits"]
+
+
+def _run(cfg, b):
+  v, table = tiny.variables(cfg)
+  return jax.jit(lambda v, t: _grads(cfg, v, t, b))(v, table)
+
+
+def _assert_close(a, c, tol):
+  la, lc = jax.tree.leaves(a), jax.tree.leaves(c)
+  assert len(la) == len(lc)
+  for x, y in zip(la, lc):
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    np.testing.assert_allclose(x, y, rtol=tol, atol=tol * max(1.0, float(np.abs(x).max())))
+
+
+@pytest.mark.parametrize("mode", ["loop", "scan"])
+def test_einsum_mixer_equals_transpose_mixer(mode):
+  """Token mixing over the sequence axis without transposes: same params, outputs and gradients."""
+  b = tiny.batch()
+  cfgs = {impl: tiny.mcfg(recursion=mode, mixer_impl=impl, **MIXER) for impl in ("transpose", "einsum")}
+  trees = [init_variables(RecursiveModel(c), c, jax.random.key(1)) for c in cfgs.values()]
+  assert jax.tree.structure(trees[0]) == jax.tree.structure(trees[1])
+  res = {impl: _run(c, b) for impl, c in cfgs.items()}
+  _assert_close(res["transpose"], res["einsum"], 2e-5)
+  # The mixer's own gradient is there (not trivially zero) in both.
+  g = res["einsum"][1]["L_level"]["layers_0"]["mlp_t"]["gate_up_proj"]["kernel"]
+  assert float(jnp.abs(g).max()) > 0
+
+
+def test_einsum_mixer_bfloat16_close():
+  b = tiny.batch()
+  res = {impl: _run(tiny.mcfg(mixer_impl=impl, dtype="bfloat16", **MIXER), b) for impl in ("transpose", "einsum")}
+  np.testing.assert_allclose(float(res["transpose"][0]), float(res["einsum"][0]), rtol=2e-2)
+  assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(res["einsum"]))
+
+
+@pytest.mark.parametrize("unroll", [2, 5])
+def test_scan_unroll_equals_loop(unroll):
+  b = tiny.batch()
+  loop = _run(tiny.mcfg(recursion="loop", L_cycles=3, **MIXER), b)
+  scan = _run(tiny.mcfg(recursion="scan", L_cycles=3, scan_unroll=unroll, **MIXER), b)
+  _assert_close(loop, scan, 1e-5)
+
+
+def test_auto_knobs_resolve_per_backend():
+  scan = tiny.mcfg(recursion="scan")
+  assert recursion.effective_remat(scan, "cpu") == "dots"
+  assert recursion.effective_remat(scan, "tpu") == "dots"
+  assert recursion.effective_remat(scan, "gpu") == "none"
+  assert recursion.effective_remat(tiny.mcfg(recursion="loop"), "gpu") == "none"
+  assert recursion.effective_remat(tiny.mcfg(recursion="scan", remat="full"), "gpu") == "full"
+  # This test runs on CPU: the portable paths are the ones chosen.
+  assert jax.default_backend() == "cpu"
+  assert recursion.effective_remat(scan) == "dots"
+  assert mixer_impl("auto") == "transpose"
+  assert mixer_impl("einsum") == "einsum"
+
+
+@pytest.mark.parametrize("field,value", [("mixer_impl", "cublas"), ("scan_unroll", 0)])
+def test_bad_knob_names_the_field(field, value):
+  with pytest.raises(ValueError, match=f"config.model.{field}"):
+    tiny.mcfg(**{field: value})
