@@ -20,7 +20,7 @@ import stat
 import tempfile
 
 # Directories a run creates inside its workdir (checked like the workdir itself).
-RUN_DIRS = ("checkpoints", "tensorboard")
+RUN_DIRS = ("checkpoints", "tensorboard", "arc_votes", "profile")
 
 
 class FileIOError(ValueError):
