@@ -19,7 +19,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from trm_jax import convert, metrics
+from trm_jax import convert, metrics, solve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "trm-test"
@@ -163,8 +163,10 @@ def json_lines(url, name):
 def test_solve_and_export_read_gs_run_convert_writes_one(gcs, gs_run, local_run, tmp_path):
   url, env = gcs
   workdir = gs_run[0]
-  p = run_ok([sys.executable, "-m", "trm_jax.solve", f"--workdir={workdir}", "--sudoku=1...2...3...4..."], env)
-  assert "supervision steps" in p.stdout, p.stdout
+  p = subprocess.run([sys.executable, "-m", "trm_jax.solve", f"--workdir={workdir}", "--sudoku=1...2...3...4..."],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  # The smoke model is barely trained: its answer may be flagged INVALID (exit 2); it is read and run either way.
+  assert p.returncode in (0, solve.INVALID_EXIT) and "supervision steps" in p.stdout, (p.stdout, p.stderr[-2000:])
   out = str(tmp_path / "gs.npz")
   p = run_ok([sys.executable, "-m", "trm_jax.convert", f"--export_torch={out}", f"--workdir={workdir}"], env)
   assert "wrote" in p.stdout

@@ -308,6 +308,7 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False,
   final = Path(builder.data_dir)
   if final.exists() and not overwrite:
     return final
+  require_local(manual_dir, 'manual_dir')
   if manual_dir is not None and not Path(os.fspath(manual_dir)).is_dir():
     raise DataError(f'{manual_dir}: manual_dir not found')
   created = not data_dir.exists()
