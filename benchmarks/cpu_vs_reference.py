@@ -87,7 +87,17 @@ def main(argv=None) -> int:
   ap.add_argument("--variants", default="torch-bf16,jax-bf16,torch-f32,jax-f32")
   ap.add_argument("--timeout", type=int, default=3600, help="seconds per run")
   ap.add_argument("--jsonl", default="", help="append every run's JSON line here")
+  ap.add_argument("--from_jsonl", default="", help="only print the table of the runs saved in this file")
   a = ap.parse_args(argv)
+  if a.from_jsonl:
+    results, cpu_s = {}, {}
+    with open(a.from_jsonl) as f:
+      for line in f:
+        r = json.loads(line)
+        results.setdefault(r["variant"], []).append(r["step_ms_median"])
+        cpu_s.setdefault(r["variant"], []).append(r.get("cpu_s_per_step"))
+    print(table(results, cpu_s))
+    return 0
   variants = a.variants.split(",")
   for v in variants:
     command(v, 1, 1, 0)    # fail early on a bad name

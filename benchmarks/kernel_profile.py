@@ -52,7 +52,7 @@ def kernel_events(events: list) -> tuple[list, str]:
   th = lambda e: tname.get((e["pid"], e.get("tid")), "")
   for kind, thread_rule in (("gpu", lambda t: t.lower().startswith("stream")),
                             ("tpu", lambda t: t.startswith("XLA Ops"))):
-    pids = {p for p, n in pname.items() if f"/device:{kind.upper()}" in n}
+    pids = {p for p, n in pname.items() if "/device:" in n.lower() and kind in n.lower()}
     out = [e for e in xs if e["pid"] in pids and thread_rule(th(e))]
     if out:
       return out, kind
