@@ -15,14 +15,6 @@ VARIANTS = [dict(), dict(arch="hrm"), dict(variant="separate_nets"), dict(varian
             dict(pos_encodings="learned", puzzle_emb_len=0, L_layers=2)]
 
 
-def _grads(cfg, v, table, b):
-  model = RecursiveModel(cfg)
-  carry = recursion.reset_carry(recursion.initial_carry(cfg, tiny.B), b, v["consts"], cfg)
-  loss, g, g_rows, new_carry, out, _ = steps.loss_and_grads(model, cfg, v["params"], v["consts"], carry, table,
-                                                            jax.random.key(0))
-  return loss, g, g_rows, new_carry["z"], out["logits"]
-
-
 @pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "trm")
 def test_scan_equals_loop(kw):
   b = tiny.batch()
@@ -30,7 +22,7 @@ def test_scan_equals_loop(kw):
   for mode in ("loop", "scan"):
     cfg = tiny.mcfg(recursion=mode, **kw)
     v, table = tiny.variables(cfg)
-    res[mode] = jax.jit(lambda v, t: _grads(cfg, v, t, b))(v, table)
+    res[mode] = jax.jit(lambda v, t: tiny.grads(cfg, v, t, b))(v, table)
   for a, c in zip(jax.tree.leaves(res["loop"]), jax.tree.leaves(res["scan"])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-5)
   # Gradients are not trivially zero.
@@ -123,7 +115,7 @@ def test_bfloat16_finite(kw):
   v, table = tiny.variables(cfg)
   b = tiny.batch()
   b["inputs"] = jnp.asarray(np.random.default_rng(1).integers(0, tiny.V, b["inputs"].shape), jnp.int32)
-  loss, g, g_rows, z, logits = jax.jit(lambda v, t: _grads(cfg, v, t, b))(v, table)
+  loss, g, g_rows, z, logits = jax.jit(lambda v, t: tiny.grads(cfg, v, t, b))(v, table)
   assert z["z_H"].dtype == jnp.bfloat16 and logits.dtype == jnp.bfloat16
   for leaf in jax.tree.leaves((loss, g, g_rows, z, logits)):
     assert bool(jnp.all(jnp.isfinite(leaf.astype(jnp.float32))))

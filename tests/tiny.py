@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trm_jax import config_lib
+from trm_jax import config_lib, recursion, steps
 from trm_jax.model import RecursiveModel
 from trm_jax.train_state import init_variables
 
@@ -37,3 +37,12 @@ def variables(cfg, seed=0):
                  "bias": jnp.zeros((2,))}
   table = 0.1 * jax.random.normal(next(keys), (cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim))
   return {"params": p, "consts": v["consts"]}, table
+
+
+def grads(cfg, v, table, b):
+  """One train step's loss, gradients (params, table rows), new z and logits from a fresh carry."""
+  model = RecursiveModel(cfg)
+  carry = recursion.reset_carry(recursion.initial_carry(cfg, B), b, v["consts"], cfg)
+  loss, g, g_rows, new_carry, out, _ = steps.loss_and_grads(model, cfg, v["params"], v["consts"], carry, table,
+                                                            jax.random.key(0))
+  return loss, g, g_rows, new_carry["z"], out["logits"]
