@@ -18,14 +18,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from trm_jax.datasets import splits as splits_lib
+from trm_jax.datasets.errors import DataError  # noqa: F401  (re-exported: common.DataError)
 
 META_FILE = 'trm_meta.json'
 ARRAYS_FILE = 'trm_arrays.npz'
 _UNSET = object()
-
-
-class DataError(ValueError):
-  """A user error in the raw data: one line, names the file and row/task."""
 
 
 def require_local(path, what: str) -> None:

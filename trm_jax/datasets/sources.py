@@ -22,7 +22,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from trm_jax.datasets.common import DataError
+from trm_jax.datasets.errors import DataError
 
 MIRROR_ENV = 'TRM_DATA_MIRROR'
 
