@@ -129,7 +129,7 @@ INF = float("inf")  # finite is always required; rates may be absurd on purpose 
 TRAIN_FLOATS = (("lr", 0.0, INF, True), ("lr_min_ratio", 0.0, 1.0, True), ("beta1", 0.0, 1.0, "lo"),
                 ("beta2", 0.0, 1.0, "lo"), ("weight_decay", 0.0, INF, True), ("puzzle_emb_lr", 0.0, INF, True),
                 ("puzzle_emb_weight_decay", 0.0, INF, True), ("ema_rate", 0.0, 1.0, True))
-DTYPES = ("bfloat16", "float32", "float16")
+DTYPES = ("bfloat16", "float32", "float16", "float64")  # float64: parity --x64 (needs jax_enable_x64)
 
 
 def _is_int(v) -> bool:
