@@ -11,6 +11,7 @@ import shutil
 import socket
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -96,11 +97,19 @@ class TrmMetadata(tfds.core.Metadata):
 
 
 def read_metadata(data_dir) -> dict:
+  """A built dataset's metadata; damaged or missing files are one DataError line."""
   data_dir = Path(os.fspath(data_dir))
-  with open(data_dir / META_FILE) as f:
-    js = json.load(f)
-  with np.load(data_dir / ARRAYS_FILE) as z:
-    arrays = {k: z[k] for k in z.files}
+  try:
+    with open(data_dir / META_FILE) as f:
+      js = json.load(f)
+    with np.load(data_dir / ARRAYS_FILE) as z:
+      arrays = {k: z[k] for k in z.files}
+    if not isinstance(js, dict) or not isinstance(js.get('splits'), dict):
+      raise ValueError(f'{META_FILE} has no "splits" object')
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    text = str(e).strip().splitlines()
+    raise DataError(f'{data_dir}: damaged dataset ({text[0] if text else type(e).__name__}); rebuild it '
+                    'with trm-data build --overwrite') from None
   return {'json': js, 'arrays': arrays}
 
 
