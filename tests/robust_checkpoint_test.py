@@ -115,8 +115,9 @@ def test_damaged_latest_step_cli(tmp_path, env):
   # The latest step: the newest intact one is used, with one warning line.
   p = run("trm_jax.solve", f"--workdir={wd}", "--sudoku=1.3.....2..1..4.", env=env)
   warn = lines(p.stderr, "warning:")
-  assert p.returncode == 0 and len(warn) == 1 and "checkpoints/8" in warn[0] and "step 4" in warn[0], p.stderr
-  assert "supervision steps" in p.stdout
+  # Exit 2 = the answer breaks the rules (INVALID): the barely trained smoke model's answer, not an error.
+  assert p.returncode in (0, 2) and len(warn) == 1 and "checkpoints/8" in warn[0] and "step 4" in warn[0], p.stderr
+  assert "supervision step" in p.stdout and "Traceback" not in p.stderr
 
   # Training resumes from step 4 (one warning line), replaces the damaged step and ends intact.
   p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.steps=8", env=env)
