@@ -100,8 +100,7 @@ def test_output_is_short_and_ends_with_what_to_do_next(env, trained):
   assert f"{n} supervision step{'' if n == 1 else 's'}," in example
   last = lines[-1]
   assert last.startswith(f"done: {w} (checkpoint step 4; metrics {w / 'metrics.jsonl'}")
-  if "tensorboard --logdir" in last:
-    assert (w / "tensorboard").is_dir()
+  assert f"tensorboard --logdir {w / 'tensorboard'}" in last and (w / "tensorboard").is_dir()  # tensorboardX is a dependency
   cmd = shlex.split(last.split("; try: ")[1])
   assert cmd[0] == "trm-solve"
   s = subprocess.run([sys.executable, "-m", "trm_jax.solve", *cmd[1:]], cwd=ROOT, env=env, capture_output=True,

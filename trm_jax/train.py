@@ -166,6 +166,7 @@ def _train_and_evaluate(config, workdir: str, verbose: bool) -> dict:
   forgotten = arc_votes.forget_after(workdir, start) if jax.process_index() == 0 else []
 
   writer = metrics_lib.Writer(workdir, total, start)
+  tensorboard = writer.tensorboard  # (the writer is closed before the closing line)
   n_params = train_state.count_params(state.params)
   if verbose:
     writer.log(f"config:\n{config}")
@@ -292,7 +293,7 @@ def _train_and_evaluate(config, workdir: str, verbose: bool) -> dict:
   if step >= total and jax.process_count() == 1:
     example = _print_example(run, state, data)
   if jax.process_index() == 0:
-    print(closing_line(workdir, saved, data.task, example, writer.tensorboard), flush=True)
+    print(closing_line(workdir, saved, data.task, example, tensorboard), flush=True)
   return dict(last_metrics, step=step)
 
 
