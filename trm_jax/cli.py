@@ -17,10 +17,12 @@ class UserError(ValueError):
   """A mistake in the command line or config (reported as one line)."""
 
 
-def first_line(e: BaseException) -> str:
+def first_line(e: BaseException, limit: int | None = None) -> str:
+  """The exception's first line (its type when empty), at most `limit` characters."""
   text = str(e).strip().splitlines()
   msg = text[0].strip() if text else type(e).__name__
-  return msg.strip("'\"") if isinstance(e, KeyError) else msg
+  msg = msg.strip("'\"") if isinstance(e, KeyError) else msg
+  return msg[:limit]
 
 
 class RunStopped(RuntimeError):

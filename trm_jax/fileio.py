@@ -19,6 +19,8 @@ import posixpath
 import stat
 import tempfile
 
+from trm_jax import cli
+
 # Directories a run creates inside its workdir (checked like the workdir itself).
 RUN_DIRS = ("checkpoints", "tensorboard", "arc_votes", "profile")
 
@@ -71,8 +73,7 @@ def _remote_errors(path):
 
 
 def first_line(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  return (text[0] if text else type(e).__name__)[:300]
+  return cli.first_line(e, 300)
 
 
 def exists(path) -> bool:

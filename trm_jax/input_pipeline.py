@@ -22,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
+from trm_jax import cli
 from trm_jax.datasets.splits import (BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID,
                                      DatasetMeta, InMemoryReader, SplitData)
 
@@ -71,14 +72,9 @@ class RecordReader:
             len(indices), -1))
     except Exception as e:  # noqa: BLE001 - riegeli, protobuf, zlib and shape errors alike
       from trm_jax.datasets import common
-      raise common.DataError(f'{self._files[0]}: damaged records ({_first_line(e)}); rebuild the '
+      raise common.DataError(f'{self._files[0]}: damaged records ({cli.first_line(e, 200)}); rebuild the '
                              'dataset with trm-data build --overwrite') from None
     return out[0], out[1]
-
-
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  return (text[0] if text else type(e).__name__)[:200]
 
 
 def _record_files(d: Path, split: str):
@@ -129,7 +125,7 @@ def load_split(name_or_path, split: str = 'train', data_dir=None,
   except splits.MetaError as e:
     raise common.DataError(f'{e}; rebuild the dataset with trm-data build --overwrite') from None
   except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, zipfile.BadZipFile) as e:
-    raise common.DataError(f'{d}: damaged dataset ({_first_line(e)}); rebuild it with trm-data build '
+    raise common.DataError(f'{d}: damaged dataset ({cli.first_line(e, 200)}); rebuild it with trm-data build '
                            '--overwrite') from None
   if len(reader) != data.num_examples:
     raise common.DataError(f'{d}: damaged dataset ({len(reader)} records, index says '

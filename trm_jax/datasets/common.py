@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from trm_jax import cli
 from trm_jax.datasets import splits as splits_lib
 from trm_jax.datasets.errors import DataError  # noqa: F401  (re-exported: common.DataError)
 
@@ -107,8 +108,7 @@ def read_metadata(data_dir) -> dict:
     if not isinstance(js, dict) or not isinstance(js.get('splits'), dict):
       raise ValueError(f'{META_FILE} has no "splits" object')
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-    text = str(e).strip().splitlines()
-    raise DataError(f'{data_dir}: damaged dataset ({text[0] if text else type(e).__name__}); rebuild it '
+    raise DataError(f'{data_dir}: damaged dataset ({cli.first_line(e, 200)}); rebuild it '
                     'with trm-data build --overwrite') from None
   return {'json': js, 'arrays': arrays}
 
