@@ -3,6 +3,7 @@ module layout (no import circle), progress lines, puzzle rules and pictures."""
 import ast
 import importlib
 import subprocess
+import textwrap
 import sys
 from pathlib import Path
 
@@ -184,6 +185,23 @@ def test_progress_is_plain_lines_off_a_terminal(tmp_path, capsys):
   assert lines[0] == "step 2/10 (20%) loss=1.5 exact=0.25"
   assert lines[1].startswith("step 4/10 (40%) loss=1.5 exact=0.25 | ") and "steps/s, ETA" in lines[1]
   assert "\r" not in cap.out + cap.err
+
+
+def test_tensorboard_events_without_importing_torch(tmp_path):
+  """tensorboardX imports torch (seconds) just to recognise its tensors; a run's writer does not."""
+  code = textwrap.dedent(f"""
+    import glob, sys
+    from trm_jax import metrics
+    w = metrics.Writer({str(tmp_path)!r}, total_steps=4, enabled=True, progress=False)
+    w.write(2, {{"train/lm_loss": 1.5}})
+    tb = w.tensorboard
+    w.close()
+    print(tb, "torch" in sys.modules, len(glob.glob({str(tmp_path / "tensorboard" / "*")!r})))
+  """)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ["True", "False", "1"]
+  assert metrics.read(str(tmp_path))[0]["train/lm_loss"] == 1.5
 
 
 def test_closing_line_names_everything(tmp_path):

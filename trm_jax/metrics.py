@@ -29,6 +29,26 @@ class MetricsError(ValueError):
   """An unreadable metrics.jsonl (one line, names file and line)."""
 
 
+def _tensorboardx():
+  """tensorboardX, or None when it is not installed (it is optional; it needs no TensorFlow).
+
+  Where torch is installed but not yet imported, tensorboardX would import it only to
+  recognise torch tensors (2-3 s at every start); it is hidden for that import and
+  imported normally by tensorboardX's own torch features if they are ever used.
+  """
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+  try:
+    import tensorboardX
+    return tensorboardX
+  except ImportError:
+    return None
+  finally:
+    if hide:
+      del sys.modules["torch"]
+
+
 def reduce_window(sums: dict, global_batch_size: int, n_steps: int) -> dict:
   """Metric sums over `n_steps` train steps -> per-step means (losses / batch, rest / count)."""
   return losses.reduce_metrics(sums, global_batch_size * max(n_steps, 1))
@@ -46,11 +66,8 @@ class Writer:
     self._file = fileio.Appender(self.path) if self.enabled else None
     self._tb = None
     if self.enabled:
-      try:
-        import tensorboardX  # optional; no TensorFlow needed (gs:// needs google-cloud-storage)
-        self._tb = tensorboardX.SummaryWriter(fileio.join(workdir, "tensorboard"))
-      except ImportError:
-        self._tb = None
+      tbx = _tensorboardx()
+      self._tb = tbx.SummaryWriter(fileio.join(workdir, "tensorboard")) if tbx else None
     self._bar = None
     self._total, self._last = int(total_steps), (int(start_step), None)
     self._lines = bool(self.enabled and progress and not _is_terminal(sys.stderr))
