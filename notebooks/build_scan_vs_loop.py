@@ -110,8 +110,8 @@ The loop mode's program grows with every application; the scan mode's body is
 compiled once. Memory analysis of the compiled train step also shows whether
 temporaries grow with `H_cycles` (they should not: the cycles without gradient
 keep no residuals)."""),
-    code("""H_GRID = ([1, 3] if QUICK else [1, 2, 4]) if SIZE == "tiny" else [1, 2, 3, 4, 6]
-L_GRID = ([1, 3] if QUICK else [1, 2, 4]) if SIZE == "tiny" else [1, 2, 4, 6, 8]
+    code("""H_GRID = ([1, 2] if QUICK else [1, 2, 4]) if SIZE == "tiny" else [1, 2, 3, 4, 6]
+L_GRID = ([1, 2] if QUICK else [1, 2, 4]) if SIZE == "tiny" else [1, 2, 4, 6, 8]
 # Warm up once (backend start, tracing caches) on a shape outside the grids, so the first point
 # measures compilation only.
 for mode in ("loop", "scan"):
@@ -145,7 +145,7 @@ each mode, and in scan mode with each remat policy for the scanned cycles.
 `program_mb` is the compiled program's peak need (arguments + outputs +
 temporaries); on GPU/TPU `device_peak_mb` is the allocator's peak so far in
 this process."""),
-    code("""shape = dict(H_cycles=2, L_cycles=4) if SIZE == "tiny" else {}
+    code("""shape = (dict(H_cycles=2, L_cycles=2) if QUICK else dict(H_cycles=2, L_cycles=4)) if SIZE == "tiny" else {}
 variants = [("loop", "none"), ("scan", "none"), ("scan", "dots")]
 if SIZE != "tiny":
     variants += [("loop", "dots"), ("scan", "full")]
