@@ -76,10 +76,10 @@ def launch(argv_of, n_procs: int, devices_per_proc: int, env, timeout=TIMEOUT):
 # The driver: 1 x 4 devices, 2 processes x 2 devices uninterrupted, and 2 x 2 stopped by SIGTERM.
 
 # The smoke run with one cycle per level (compiles faster; every path of a run is still there):
-# 48 steps, evaluations at 24 and 48 over all 24 test puzzles, a checkpoint at the end (or at SIGTERM).
-STEPS = 48
+# 64 steps, evaluations at 32 and 64 over all 24 test puzzles, a checkpoint at the end (or at SIGTERM).
+STEPS = 64
 FLAGS = ["--config=experiments/smoke.py", "--config.model.H_cycles=1", "--config.model.L_cycles=1",
-         f"--config.train.steps={STEPS}", "--config.train.eval_every=24", "--config.train.checkpoint_every=0",
+         f"--config.train.steps={STEPS}", "--config.train.eval_every=32", "--config.train.checkpoint_every=0",
          "--config.train.log_every=4", "--config.train.keep_checkpoints=3", "--config.eval.max_examples=-1"]
 
 
@@ -141,7 +141,7 @@ def test_two_processes_equal_one_driver(uninterrupted):
   assert "parameters:" not in outs[1][1] + outs[1][2], "only process 0 logs"
   events = metrics.read(two)
   assert sum("params" in e for e in events) == 1 and sum("compile_seconds" in e for e in events) == 1
-  assert [e["step"] for e in events if "eval/test/exact_accuracy" in e] == [24, STEPS]
+  assert [e["step"] for e in events if "eval/test/exact_accuracy" in e] == [32, STEPS]
 
   # Final state (params, optimiser state, EMA, puzzle table, step) and the last evaluation.
   _, sa, _ = solve.load_run(one)
@@ -294,7 +294,8 @@ def test_sigterm_on_both_processes_saves_and_resumes(tmp_path, env, uninterrupte
   outs = finish(procs)
   t_exit = time.time() - t_term
   saved = ckpt_steps(termed)
-  assert len(saved) == 1 and 0 < saved[0] <= STEPS // 2, saved
+  # The agreed step follows the signal by the preemption notice's latency (0.1-1 s: 2-20 steps here).
+  assert len(saved) == 1 and 0 < saved[0] < STEPS - 8, saved
   s = saved[0]
   assert f"SIGTERM: saved step {s}," in outs[0][1] + outs[0][2]
   assert f"process 1: SIGTERM: saved step {s}," in outs[1][2]
