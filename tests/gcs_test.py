@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -238,3 +239,22 @@ def test_gs_data_dir_and_manual_dir_are_one_clear_error(tmp_path, monkeypatch):
   with pytest.raises(data.DataConfigError, match="manual_dir=gs://b/raw: datasets are read from local disk"):
     data.load(c.data)
   assert not (tmp_path / "gs:").exists()   # what a gs:// data_dir silently created before
+
+
+def test_gs_move_sets_a_checkpoint_aside_whole(gcs, monkeypatch):
+  """What resume does with a checkpoint that did not restore: every object moves, none is lost."""
+  url, env = gcs
+  for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "NO_GCE_CHECK", "GCE_METADATA_HOST", "GCE_METADATA_IP",
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"):
+    monkeypatch.setenv(k, env[k])
+  from trm_jax import fileio
+  files = {"state/manifest.ocdbt": {"a": 1}, "state/d/0123": {"b": 2}, "meta/metadata": {"c": 3}}
+  for name, record in files.items():
+    _put(url, f"aside/checkpoints/8/{name}", record)
+  _put(url, "aside/checkpoints/4/meta/metadata", {"kept": True})
+  fileio.move(f"gs://{BUCKET}/aside/checkpoints/8", f"gs://{BUCKET}/aside/damaged_checkpoint_8_x")
+  assert sorted(objects(url, "aside/")) == sorted(
+      ["aside/checkpoints/4/meta/metadata"] + [f"aside/damaged_checkpoint_8_x/{n}" for n in files])
+  for name, record in files.items():
+    obj = urllib.parse.quote(f"aside/damaged_checkpoint_8_x/{name}", safe="")
+    assert json.loads(urllib.request.urlopen(f"{url}/storage/v1/b/{BUCKET}/o/{obj}?alt=media").read()) == record

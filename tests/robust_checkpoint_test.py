@@ -1,7 +1,5 @@
 """Issue 14, checkpoints: damaged steps are detected (fingerprints, finiteness) and skipped or named;
 a step is "last good" only once a finite loss came from it."""
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +7,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from trm_jax import checkpoint, integrity, metrics
@@ -105,6 +102,8 @@ def test_damaged_latest_step_cli(tmp_path, env):
   assert p.returncode == 0, p.stderr[-2000:]
   assert steps_in(wd) == [4, 8]
   flip_bytes(Path(wd) / "checkpoints" / "8")
+  damaged_files = {p.relative_to(Path(wd) / "checkpoints" / "8"): p.read_bytes()
+                   for p in (Path(wd) / "checkpoints" / "8").rglob("*") if p.is_file()}
 
   # An explicit step must be intact: one line naming it.
   p = run("trm_jax.convert", f"--workdir={wd}", "--step=8", f"--export_torch={tmp_path / 'w.npz'}", env=env)
@@ -125,6 +124,10 @@ def test_damaged_latest_step_cli(tmp_path, env):
   assert p.returncode == 0, p.stderr[-2000:]
   assert len(warn) == 1 and "checkpoints/8" in warn[0] and "resuming from step 4" in warn[0], warn
   assert steps_in(wd) == [4, 8]
+  # The checkpoint that failed is kept beside the run, as it was (a storage error can look like damage).
+  aside = list(Path(wd).glob("damaged_checkpoint_8_*"))
+  assert len(aside) == 1 and str(aside[0]) in warn[0], warn
+  assert {p.relative_to(aside[0]): p.read_bytes() for p in aside[0].rglob("*") if p.is_file()} == damaged_files
   mngr = checkpoint.manager(wd, read_only=True)
   meta = checkpoint.restore_meta(mngr, 8)
   mngr.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -128,6 +129,24 @@ def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=N
     return step, state, carry, meta, damaged
   reason = damaged[0][1] if damaged else f"{mngr.directory}: no checkpoint"
   raise CheckpointError(f"no intact checkpoint ({len(damaged)} damaged); newest: {reason}")
+
+
+def set_aside(mngr: ocp.CheckpointManager, steps, workdir) -> list[str]:
+  """Moves the checkpoints of `steps` out of the checkpoints directory, next to it; -> where to.
+
+  Used for checkpoints that failed to restore: out of the way (re-saving their
+  step works, and they no longer shadow an older good one), but not deleted, as
+  a passing storage error can look like damage. Process 0 moves; every process
+  waits for it and re-reads the directory.
+  """
+  stamp = time.strftime("%Y%m%d-%H%M%S")
+  dests = [fileio.join(workdir, f"damaged_checkpoint_{s}_{stamp}") for s in steps]
+  if jax.process_index() == 0:
+    for s, d in zip(steps, dests):
+      fileio.move(fileio.join(str(mngr.directory), str(s)), d)
+  barrier("trm_set_aside_damaged")
+  mngr.reload()
+  return dests
 
 
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:

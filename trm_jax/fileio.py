@@ -110,6 +110,23 @@ def makedirs(path) -> None:
     raise FileIOError(f"{path}: cannot create directory ({e.strerror})") from None
 
 
+def move(src, dst) -> None:
+  """Renames the file or directory `src` to the new name `dst` in an existing folder.
+
+  Local: one rename. gs://: every object is copied, then deleted (GCS has no rename).
+  """
+  if is_remote(src):
+    with _remote_errors(src):
+      epath(src).rename(epath(dst))
+    return
+  if os.path.lexists(dst):
+    raise FileIOError(f"{dst}: exists; not moving {src} onto it")
+  try:
+    os.rename(src, dst)
+  except OSError as e:
+    raise FileIOError(f"{src}: cannot move to {dst} ({e.strerror})") from None
+
+
 def read_text(path) -> str:
   if is_remote(path):
     with _remote_errors(path):
