@@ -9,7 +9,8 @@ Every run is its own set of subprocesses (the device-count flag and
   metrics and evaluation; final state and eval metrics equal the 1 x 4 run's.
 - `test_sigterm_on_both_processes_saves_and_resumes`: SIGTERM to both processes
   of the same 2 x 2 run; both save one agreed step and exit 0, and the same
-  command resumes it to exactly the uninterrupted 2 x 2 run's state and metrics.
+  command resumes it to exactly the uninterrupted 2 x 2 run's state and metrics,
+  setting aside a newer checkpoint that does not restore.
   (A restart after a crash that left metrics past the checkpoint is process-0
   bookkeeping, tested single-process in train_test and gcs_test.)
 - `test_sharded_table_two_processes`: the train step with the puzzle table split
@@ -20,6 +21,7 @@ Every run is its own set of subprocesses (the device-count flag and
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -300,11 +302,21 @@ def test_sigterm_on_both_processes_saves_and_resumes(tmp_path, env, uninterrupte
   assert f"SIGTERM: saved step {s}," in outs[0][1] + outs[0][2]
   assert f"process 1: SIGTERM: saved step {s}," in outs[1][2]
 
+  # A newer checkpoint that does not restore (its array index is gone), as a crash mid-copy can
+  # leave: both processes skip it, process 0 sets it aside, and the run resumes from step s.
+  bad = os.path.join(termed, "checkpoints", str(s + 1))
+  shutil.copytree(os.path.join(termed, "checkpoints", str(s)), bad)
+  os.remove(os.path.join(bad, "state", "manifest.ocdbt"))
+
   t1 = time.time()
   again = launch(driver(termed, 2, free_port()), 2, 2, env)
   t_resume = time.time() - t1
-  assert f"steps {s} -> {STEPS}" in again[0][1] + again[0][2]
+  log0 = again[0][1] + again[0][2]
+  assert f"steps {s} -> {STEPS}" in log0
   assert ckpt_steps(termed) == [s, STEPS]
+  aside = [n for n in os.listdir(termed) if n.startswith(f"damaged_checkpoint_{s + 1}_")]
+  assert len(aside) == 1 and f"resuming from step {s}" in log0 and aside[0] in log0, log0[-2000:]
+  assert "warning:" not in again[1][2], "process 0 alone warns"
   events = metrics.read(termed)
   assert sum("params" in e for e in events) == 1
   assert sum("compile_seconds" in e for e in events) == 2                # one per launch, process 0 only
