@@ -131,7 +131,7 @@ def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=N
   raise CheckpointError(f"no intact checkpoint ({len(damaged)} damaged); newest: {reason}")
 
 
-def set_aside(mngr: ocp.CheckpointManager, steps, workdir) -> list[str]:
+def set_aside(mngr: ocp.CheckpointManager, steps) -> list[str]:
   """Moves the checkpoints of `steps` out of the checkpoints directory, next to it; -> where to.
 
   Used for checkpoints that failed to restore: out of the way (re-saving their
@@ -140,10 +140,11 @@ def set_aside(mngr: ocp.CheckpointManager, steps, workdir) -> list[str]:
   waits for it and re-reads the directory.
   """
   stamp = time.strftime("%Y%m%d-%H%M%S")
-  dests = [fileio.join(workdir, f"damaged_checkpoint_{s}_{stamp}") for s in steps]
+  directory = str(mngr.directory)
+  dests = [fileio.join(fileio.dirname(directory), f"damaged_checkpoint_{s}_{stamp}") for s in steps]
   if jax.process_index() == 0:
     for s, d in zip(steps, dests):
-      fileio.move(fileio.join(str(mngr.directory), str(s)), d)
+      fileio.move(fileio.join(directory, str(s)), d)
   barrier("trm_set_aside_damaged")
   mngr.reload()
   return dests

@@ -52,13 +52,13 @@ def _finite(x) -> bool:
   return bool(np.isfinite(np.asarray(x)).all())
 
 
-def _resume(mngr, abstract_state, abstract_carry, workdir):
+def _resume(mngr, abstract_state, abstract_carry):
   """Restores the newest intact checkpoint; newer ones that fail are set aside with one warning line."""
   step, state, carry, _, damaged = checkpoint.restore_intact(mngr, abstract_state, abstract_carry)
   if damaged:
     # Out of the checkpoints directory (re-saving that step must work, and it would shadow the
     # good one), but kept: a passing storage error can look like damage.
-    dests = checkpoint.set_aside(mngr, [s for s, _ in damaged], workdir)
+    dests = checkpoint.set_aside(mngr, [s for s, _ in damaged])
     if jax.process_index() == 0:
       print(f"warning: {damaged[0][1]}; moved {len(damaged)} checkpoint(s) that did not restore "
             f"(steps {', '.join(str(s) for s, _ in damaged)}) to {', '.join(dests)} (delete once looked at); "
@@ -161,7 +161,7 @@ def _train_and_evaluate(config, workdir: str, verbose: bool) -> dict:
   else:
     abstract_carry = with_shardings(jax.eval_shape(carry_fn), carry_sh)
     try:
-      state, carry = _resume(mngr, run.abstract_state, abstract_carry, workdir)
+      state, carry = _resume(mngr, run.abstract_state, abstract_carry)
     except BaseException:
       mngr.close()  # no orbax threads left to print tracebacks at exit
       raise
