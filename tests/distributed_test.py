@@ -8,12 +8,12 @@ error line right after.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from procs import finish, free_port
 from trm_jax import main as main_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,9 +96,7 @@ def test_distributed_without_cluster_is_one_error_line(env, not_a_dir):
 
 def test_distributed_detects_slurm(env, not_a_dir):
   """--distributed inside a (simulated) 2-task Slurm step: JAX's Slurm detection, 2 real processes."""
-  with socket.socket() as sock:
-    sock.bind(("localhost", 0))
-    port = sock.getsockname()[1]
+  port = free_port()
   def argv(i):
     return [sys.executable, "-m", "trm_jax.main", "--config=experiments/smoke.py", f"--workdir={not_a_dir}",
             "--distributed"]
@@ -106,14 +104,8 @@ def test_distributed_detects_slurm(env, not_a_dir):
            XLA_FLAGS="--xla_force_host_platform_device_count=2")
   procs = [subprocess.Popen(argv(i), cwd=ROOT, env=dict(e, SLURM_PROCID=str(i), SLURM_LOCALID=str(i)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=240) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.communicate()
-  for i, (_, err) in enumerate(outs):
+  outs = finish(procs, 240, check=False)  # the workdir is a file: both stop with an error once initialised
+  for i, (_, _, err) in enumerate(outs):
     assert f"process {i} of 2: 2 local cpu devices, 4 in total" in err, err[-2000:]
 
 

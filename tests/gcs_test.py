@@ -20,6 +20,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+from procs import free_port
 from trm_jax import convert, metrics, solve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,12 +41,6 @@ def _binary() -> str:
   return path
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _http(url, body=None, method=None):
   data = None if body is None else json.dumps(body).encode()
   req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
@@ -56,7 +51,7 @@ def _http(url, body=None, method=None):
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory, env):
   """A fake GCS server with one bucket -> (url, environment for the CLIs)."""
-  port = _free_port()
+  port = free_port("127.0.0.1")
   url = f"http://127.0.0.1:{port}"
   root = tmp_path_factory.mktemp("gcs_root")
   log = open(tmp_path_factory.mktemp("gcs_log") / "server.log", "w")

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -33,16 +32,11 @@ import jax
 import numpy as np
 import pytest
 
+from procs import finish, free_port
 from trm_jax import metrics, solve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 400  # per launch: compiling dominates, and a shared, loaded CPU can take minutes
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def start(argv_of, n_procs: int, devices_per_proc: int, env):
@@ -50,23 +44,6 @@ def start(argv_of, n_procs: int, devices_per_proc: int, env):
   e = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_proc}")
   return [subprocess.Popen(argv_of(i), cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
           for i in range(n_procs)]
-
-
-def finish(procs, timeout=TIMEOUT, check=True):
-  """Waits for every process (killing all on a timeout or failure); -> list of (rc, stdout, stderr)."""
-  out, deadline = [], time.time() + timeout
-  try:
-    for p in procs:
-      o, r = p.communicate(timeout=max(1.0, deadline - time.time()))
-      out.append((p.returncode, o, r))
-  finally:
-    for p in procs:  # a failed peer leaves the others waiting on collectives
-      if p.poll() is None:
-        p.kill()
-        p.communicate()
-  for i, (rc, o, r) in enumerate(out):
-    assert not check or rc == 0, f"process {i} exited with {rc}:\n{r[-3000:]}"
-  return out
 
 
 def launch(argv_of, n_procs: int, devices_per_proc: int, env, timeout=TIMEOUT):
@@ -127,9 +104,9 @@ def uninterrupted(tmp_path_factory, env):
   one, two = str(d / "one"), str(d / "two")
   p_one, p_two = start(driver(one, 1), 1, 4, env), start(driver(two, 2, free_port()), 2, 2, env)
   try:
-    out_two = finish(p_two)
+    out_two = finish(p_two, TIMEOUT)
   finally:
-    out_one = finish(p_one, check=False)  # never leaves a process behind
+    out_one = finish(p_one, TIMEOUT, check=False)  # never leaves a process behind
   assert out_one[0][0] == 0, f"the 1 x 4 run exited with {out_one[0][0]}:\n{out_one[0][2][-3000:]}"
   return one, two, out_two, time.time() - t0
 
@@ -293,7 +270,7 @@ def test_sigterm_on_both_processes_saves_and_resumes(tmp_path, env, uninterrupte
       p.communicate()
     raise
   t_term = time.time()
-  outs = finish(procs)
+  outs = finish(procs, TIMEOUT)
   t_exit = time.time() - t_term
   saved = ckpt_steps(termed)
   # The agreed step follows the signal by the preemption notice's latency (0.1-1 s: 2-20 steps here).
