@@ -194,8 +194,7 @@ class Appender:
       try:
         fd = os.open(self.path, flags, 0o666)
       except OSError as e:
-        if os.path.islink(self.path):
-          raise FileIOError(f"{self.path}: is a symbolic link; refusing to write through it") from None
+        refuse_link(self.path)  # O_NOFOLLOW refused a link: say so
         raise FileIOError(f"{self.path}: cannot open for writing ({e.strerror})") from None
       self._file = os.fdopen(fd, "a")
 
