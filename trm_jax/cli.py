@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import sys
@@ -62,13 +63,19 @@ def user_errors():
   try:
     yield
   except USER_ERRORS as e:
-    print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    _fail(first_line(e))
   except OSError as e:
     if e.errno not in USER_ERRNOS:
       raise
-    print(f"error: {os_error_line(e)}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    _fail(os_error_line(e))
+
+
+def _fail(line: str) -> None:
+  print(f"error: {line}", file=sys.stderr, flush=True)
+  # Reads that a failed orbax restore abandoned log "Task exception was never retrieved" with a
+  # traceback when their asyncio task is collected; the line above already said what failed.
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+  sys.exit(1)
 
 
 def own_help(module_name: str) -> None:
