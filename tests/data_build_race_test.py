@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from trm_jax import data as data_lib
-from trm_jax import config_lib, input_pipeline as ip
+from trm_jax import config_lib, faults, input_pipeline as ip
 from trm_jax.datasets import common
 from trm_jax.datasets.common import DataError
 
@@ -23,10 +23,11 @@ ROOT = Path(__file__).parents[1]
 SHARED = Path(__file__).parents[2] / 'shared' / 'data'
 
 
-def _build_proc(*args):
+def _build_proc(*args, **kw):
+  kw = dict(dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE), **kw)
   return subprocess.Popen(
       [sys.executable, '-m', 'trm_jax.datasets.cli', 'build', *args],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=ROOT, text=True, **kw)
 
 
 def _arrays(name, data_dir):
@@ -79,16 +80,19 @@ def test_killed_build_publishes_nothing_and_rebuild_works(tmp_path):
   shutil.copyfile(SHARED / 'sudoku' / 'sudoku_hard_dev.csv', raw / 'test.csv')
   name = 'sudoku_extreme/aug10_sub100'
   d = tmp_path / 'data'
-  p = _build_proc(name, '--data_dir', str(d), '--manual_dir', str(raw))
-  staging = d / common.STAGING_DIR
-  deadline = time.monotonic() + 120
-  while not (staging.is_dir() and any(staging.iterdir())):
-    assert p.poll() is None, p.communicate()
-    assert time.monotonic() < deadline
-    time.sleep(0.02)
-  time.sleep(0.3)  # midway: planning or writing records
-  p.send_signal(signal.SIGKILL)
-  p.wait()
+  env = dict(os.environ, **{faults.ENV: 'data_build_before_publish'})
+  with open(tmp_path / 'stderr', 'w') as err:
+    # Stops where every record is written and nothing is published yet.
+    p = _build_proc(name, '--data_dir', str(d), '--manual_dir', str(raw),
+                    env=env, stdin=subprocess.PIPE, stderr=err)
+    lines = iter(p.stdout.readline, '')  # TFDS's lines, then the point (or EOF)
+    out = next((x for x in lines if x.startswith('fault point:')), 'EOF')
+    assert out == 'fault point: data_build_before_publish\n', (
+        (tmp_path / 'stderr').read_text())
+    staging = d / common.STAGING_DIR
+    assert any(staging.iterdir())
+    p.send_signal(signal.SIGKILL)
+    p.wait()
   final = common.get_builder(name, d).data_dir
   assert not Path(final).exists()
   assert any(staging.iterdir())  # the dead process's private directory

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from trm_jax import cli
+from trm_jax import cli, faults
 from trm_jax.datasets import splits as splits_lib
 from trm_jax.datasets.errors import DataError  # noqa: F401  (re-exported: common.DataError)
 
@@ -345,6 +345,7 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False,
         download_config=tfds.download.DownloadConfig(
             manual_dir=os.fspath(manual_dir) if manual_dir else None,
             register_checksums=register_checksums))
+    faults.point('data_build_before_publish')  # every record written, nothing published
     _publish(Path(sb.data_dir), final, staging, overwrite)
     ok = True
   finally:
