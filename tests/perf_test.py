@@ -4,8 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trm_jax import recursion
-from trm_jax.model import RecursiveModel, mixer_impl
+from trm_jax.model import RecursiveModel
 from trm_jax.train_state import init_variables
 
 import tiny
@@ -55,18 +54,19 @@ def test_scan_unroll_equals_loop(unroll):
   _assert_close(loop, scan, 1e-5)
 
 
-def test_auto_knobs_resolve_per_backend():
-  scan = tiny.mcfg(recursion="scan")
-  assert recursion.effective_remat(scan, "cpu") == "dots"
-  assert recursion.effective_remat(scan, "tpu") == "dots"
-  assert recursion.effective_remat(scan, "gpu") == "none"
-  assert recursion.effective_remat(tiny.mcfg(recursion="loop"), "gpu") == "none"
-  assert recursion.effective_remat(tiny.mcfg(recursion="scan", remat="full"), "gpu") == "full"
-  # This test runs on CPU: the portable paths are the ones chosen.
+def test_auto_knobs_resolve_per_platform():
+  """"auto" follows the platform the program is compiled for, given explicitly or JAX's default."""
+  for platform, remat, mixer, attention in [("cpu", "dots", "transpose", "xla"), ("tpu", "dots", "transpose", "xla"),
+                                            ("gpu", "none", "einsum", "cudnn")]:
+    c = tiny.mcfg(platform, recursion="scan", attention_impl="auto")
+    assert (c.platform, c.remat, c.mixer_impl, c.attention_impl) == (platform, remat, mixer, attention)
+  assert tiny.mcfg("gpu", recursion="loop").remat == "none"
+  assert tiny.mcfg("gpu", recursion="scan", remat="full").remat == "full"
+  assert tiny.mcfg("gpu", mixer_impl="transpose").mixer_impl == "transpose"
+  # This test runs on CPU: without a platform, the portable paths are the ones chosen.
   assert jax.default_backend() == "cpu"
-  assert recursion.effective_remat(scan) == "dots"
-  assert mixer_impl("auto") == "transpose"
-  assert mixer_impl("einsum") == "einsum"
+  c = tiny.mcfg(recursion="scan")
+  assert (c.platform, c.remat, c.mixer_impl) == ("cpu", "dots", "transpose")
 
 
 @pytest.mark.parametrize("field,value", [("mixer_impl", "cublas"), ("scan_unroll", 0)])

@@ -10,14 +10,14 @@ from trm_jax.train_state import init_variables
 B, S, V, N_IDS = 4, 12, 6, 5
 
 
-def mcfg(**kw):
+def mcfg(platform=None, **kw):
   base = dict(hidden_size=32, num_heads=2, seq_len=S, vocab_size=V, num_puzzle_identifiers=N_IDS,
               puzzle_emb_ndim=32, puzzle_emb_len=2, H_cycles=2, L_cycles=2, L_layers=1, halt_max_steps=3,
               halt_exploration_prob=0.0, dtype="float32", attention_impl="xla")
   if kw.get("arch") == "hrm":
     base.update(H_layers=1, puzzle_emb_len=0)
   base.update(kw)
-  return config_lib.frozen_model(config_lib.model_config(**base))
+  return config_lib.frozen_model(config_lib.model_config(**base), platform)
 
 
 def batch(seed=0, b=B):

@@ -54,7 +54,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from trm_jax import cli, config_lib, model, profiling, recursion
+from trm_jax import cli, config_lib, profiling
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/<x>.py[:arg]).",
                                           lock_config=True)
@@ -99,10 +99,10 @@ def run(config, n_steps: int = 10, warmup: int = 2, evaluate: bool = False, batc
       "n_devices": jax.device_count(),
       "batch": batch,
       "recursion": mcfg.recursion,
-      "remat": recursion.effective_remat(mcfg),
+      "remat": mcfg.remat,
       "attention_impl": mcfg.attention_impl,
-      "mixer_impl": model.mixer_impl(mcfg.get("mixer_impl", "auto")) if mcfg.mlp_t else "",
-      "scan_unroll": int(mcfg.get("scan_unroll", 1)),
+      "mixer_impl": mcfg.mixer_impl if mcfg.mlp_t else "",
+      "scan_unroll": int(mcfg.scan_unroll),
       "dtype": mcfg.dtype,
       "H_cycles": mcfg.H_cycles,
       "L_cycles": mcfg.L_cycles,

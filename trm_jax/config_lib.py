@@ -185,10 +185,47 @@ def validate(config) -> None:
   validate_model(config.model)
 
 
-def frozen_model(c) -> ml_collections.FrozenConfigDict:
-  """The hashable model config that modules and jitted steps close over."""
+# What "auto" means, by the platform of the devices a program is compiled for
+# (not the host's: a TPU program is compiled from a CPU host). remat applies to
+# a scanned gradient cycle (loops need none). On CPU "dots" (recompute all but
+# the weight matmuls) was measured: without it a scanned cycle stacks every
+# residual of its body (1.6x the loop's memory, 1.4x its time). On a GPU the
+# recomputed memory-bound elementwise chains cost 14-17% of the step (issue 15)
+# and an H200 holds the stacked residuals. Unknown platforms get the CPU's.
+AUTO = {
+    "attention_impl": {"gpu": "cudnn", "tpu": "xla", "cpu": "xla"},
+    "mixer_impl": {"gpu": "einsum", "tpu": "transpose", "cpu": "transpose"},
+    "remat": {"gpu": "none", "tpu": "dots", "cpu": "dots"},
+}
+
+
+def resolve_auto(c, platform: str) -> dict:
+  """The fields of model config `c` that are "auto", with their value on `platform`."""
+  out = {}
+  for field, by_platform in AUTO.items():
+    if c.get(field, "auto") == "auto":
+      out[field] = by_platform.get(platform, by_platform["cpu"])
+  if out.get("remat") and c.recursion != "scan":
+    out["remat"] = "none"
+  return out
+
+
+def frozen_model(c, platform: str | None = None) -> ml_collections.FrozenConfigDict:
+  """The hashable model config that modules and jitted steps close over.
+
+  "auto" choices are resolved for `platform` (the platform of the devices the
+  program runs on, e.g. `mesh.devices.flat[0].platform`; default: JAX's default
+  backend), which is kept in the `platform` field.
+  """
   validate_model(c)
-  return ml_collections.FrozenConfigDict(c)
+  if platform is None:
+    import jax  # noqa: PLC0415  (experiment files import this module without JAX)
+    platform = jax.default_backend()
+  out = ml_collections.ConfigDict(c.to_dict())
+  out.update(resolve_auto(c, platform), platform=platform)
+  if "scan_unroll" not in out:  # configs saved before the field existed
+    out.scan_unroll = 1
+  return ml_collections.FrozenConfigDict(out)
 
 
 def replace(frozen, **fields) -> ml_collections.FrozenConfigDict:

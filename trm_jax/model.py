@@ -90,50 +90,94 @@ def swiglu_inter(width: int, expansion: float) -> int:
   return -(inter // -256) * 256
 
 
-@jax.custom_vjp
-def _dot_f32_acc(x, w):
-  """x @ w for bfloat16 operands via float32-result dots, rounded once to bfloat16.
+def _dot(x, w, axis: int, cpu: bool):
+  """x @ w over `axis` (-1: (..., in) @ (in, out); 1: (B, T, D) x (T, K) -> (B, K, D)), in x's dtype.
 
-  The same arithmetic as a bfloat16 dot (products accumulated in float32, one
-  rounding of the result), forward and backward; XLA:CPU runs this form about
-  2x faster than its bfloat16-result dot.
+  On CPU a last-axis low-precision dot is a float32-result dot rounded once to
+  x's dtype: the same arithmetic (products accumulated in float32, one
+  rounding), which XLA:CPU runs ~2x faster than its bfloat16-result dot.
   """
-  return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
-
-
-def _dot_f32_acc_fwd(x, w):
-  return _dot_f32_acc(x, w), (x, w)
-
-
-def _dot_f32_acc_bwd(res, g):
-  x, w = res
-  dx = jnp.dot(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
-  x2 = x.reshape(-1, x.shape[-1])
-  dw = jnp.dot(x2.T, g.reshape(-1, g.shape[-1]), preferred_element_type=jnp.float32).astype(w.dtype)
-  return dx, dw
-
-
-_dot_f32_acc.defvjp(_dot_f32_acc_fwd, _dot_f32_acc_bwd)
-
-# Whether bfloat16 matmuls use `_dot_f32_acc` on CPU (a speed switch; same arithmetic).
-CPU_BF16_F32_ACC = True
-
-
-def matmul(x, w):
-  """x (..., in) @ w (in, out) in the operands' dtype."""
-  if CPU_BF16_F32_ACC and x.dtype == jnp.bfloat16 and w.dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
-    return _dot_f32_acc(x, w)
+  if axis == 1:
+    return jnp.einsum("btd,tk->bkd", x, w)
+  if cpu and x.dtype != jnp.float32:
+    return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
   return jnp.dot(x, w)
 
 
-def matmul_axis1(x, w):
-  """Contract axis 1 of x (B, T, D) with w (T, K) -> (B, K, D), no explicit transpose.
+def _grad_dot(spec: str, a, b, cpu: bool):
+  """A float32 einsum of low-precision operands (exact products, float32 sums).
 
-  The same products and sums as `swapaxes(x, 1, 2) @ w` (then swapped back);
-  the physical layout is left to XLA, which folds it into the neighbouring
-  fusions and the GEMM's operand order instead of materialising transposes.
+  XLA:CPU has no bfloat16 x bfloat16 -> float32 dot with two contracted axes,
+  so the CPU upcasts the operands first: the same arithmetic.
   """
-  return jnp.einsum("btd,tk->bkd", x, w)
+  if cpu:
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dot_master(x, kernel, axis, cpu):
+  """x @ kernel.astype(x.dtype) for a float32 master kernel and low-precision x.
+
+  The forward and the input gradient are the plain low-precision dot. The
+  kernel gradient comes from a float32-result dot and stays float32: on a
+  mesh its partial sums over the batch are added across devices in float32,
+  as DDP adds the ranks' gradients (a bfloat16-result dot is all-reduced in
+  bfloat16). The reference (`models/layers.py`, CastedLinear) rounds each
+  GPU's weight gradient to bfloat16 first; rounding here would let XLA move
+  the all-reduce after the rounding, and the unrounded sum is the more exact
+  one, the same on any number of devices.
+  """
+  return _dot(x, kernel.astype(x.dtype), axis, cpu)
+
+
+def _dot_master_fwd(x, kernel, axis, cpu):
+  w = kernel.astype(x.dtype)
+  return _dot(x, w, axis, cpu), (x, w)
+
+
+def _dot_master_bwd(axis, cpu, res, g):
+  x, w = res
+  if axis == -1:
+    dx = _dot(g, w.T, -1, cpu)
+    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    dw = jnp.dot(x2.T, g2, preferred_element_type=jnp.float32)
+  else:
+    dx = jnp.einsum("bkd,tk->btd", g, w)
+    dw = _grad_dot("btd,bkd->tk", x, g, cpu)
+  return dx.astype(x.dtype), dw
+
+
+_dot_master.defvjp(_dot_master_fwd, _dot_master_bwd)
+
+
+def matmul(x, kernel, platform: str, axis: int = -1):
+  """x @ kernel in x's dtype (`kernel` float32); see `_dot_master` for the low-precision path."""
+  if x.dtype == kernel.dtype:
+    return _dot(x, kernel, axis, False)
+  return _dot_master(x, kernel, axis, platform == "cpu")
+
+
+@jax.custom_vjp
+def add_master(y, p):
+  """y + p.astype(y.dtype), p (float32) broadcast over y's leading axes.
+
+  p's gradient is summed over the broadcast axes in float32 (across devices
+  too), as `_dot_master` does for kernels.
+  """
+  return y + p.astype(y.dtype)
+
+
+def _add_master_fwd(y, p):
+  return add_master(y, p), p  # p (small) only for its shape
+
+
+def _add_master_bwd(p, g):
+  dp = g.astype(jnp.float32).sum(axis=tuple(range(g.ndim - p.ndim)))
+  return g, dp
+
+
+add_master.defvjp(_add_master_fwd, _add_master_bwd)
 
 
 class Linear(nn.Module):
@@ -149,18 +193,16 @@ class Linear(nn.Module):
   kernel_init: Any = lecun_trunc
   bias_init: Any = nn.initializers.zeros
   axis: int = -1
+  platform: str = "cpu"  # the devices the program is compiled for (`config_lib.resolve`)
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (x.shape[self.axis], self.features), jnp.float32)
-    if self.axis == -1:
-      y = matmul(x.astype(self.dtype), kernel.astype(self.dtype))
-    elif self.axis == 1 and x.ndim == 3 and not self.use_bias:
-      y = matmul_axis1(x.astype(self.dtype), kernel.astype(self.dtype))
-    else:
+    if self.axis not in (-1, 1) or (self.axis == 1 and (x.ndim != 3 or self.use_bias)):
       raise ValueError(f"Linear: unsupported axis {self.axis} for a {x.ndim}-d input")
+    y = matmul(x.astype(self.dtype), kernel, self.platform, self.axis)
     if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+      y = add_master(y, self.param("bias", self.bias_init, (self.features,), jnp.float32))
     return y
 
 
@@ -169,23 +211,16 @@ class SwiGLU(nn.Module):
   expansion: float
   dtype: Dtype
   axis: int = -1
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, x):
     width = x.shape[self.axis]
     inter = swiglu_inter(width, self.expansion)
-    h = Linear(2 * inter, dtype=self.dtype, name="gate_up_proj", axis=self.axis)(x)
+    h = Linear(2 * inter, dtype=self.dtype, name="gate_up_proj", axis=self.axis, platform=self.platform)(x)
     gate, up = jnp.split(h, 2, axis=self.axis)
-    return Linear(width, dtype=self.dtype, name="down_proj", axis=self.axis)(nn.silu(gate) * up)
-
-
-def mixer_impl(impl: str) -> str:
-  """"auto" -> "einsum" on GPU (no materialised transposes), "transpose" elsewhere."""
-  if impl == "auto":
-    return "einsum" if jax.default_backend() == "gpu" else "transpose"
-  if impl not in ("transpose", "einsum"):
-    raise ValueError(f"model.mixer_impl must be 'auto', 'transpose' or 'einsum', got {impl!r}")
-  return impl
+    down = Linear(width, dtype=self.dtype, name="down_proj", axis=self.axis, platform=self.platform)
+    return down(nn.silu(gate) * up)
 
 
 def rope_cos_sin(seq: int, head_dim: int, theta: float):
@@ -206,11 +241,10 @@ def apply_rope(x, cos, sin):
 def attention(q, k, v, impl: str):
   """Non-causal scaled dot-product attention on (B, T, N, H) arrays.
 
-  impl: "xla" (portable), "cudnn" (flash attention; the sequence is padded
-  to a multiple of 64 with a key mask when needed), or "auto" (cudnn on GPU).
+  impl: "xla" (portable) or "cudnn" (flash attention; the sequence is padded
+  to a multiple of 64 with a key mask when needed); `config_lib.resolve`
+  turns "auto" into one of them.
   """
-  if impl == "auto":
-    impl = "cudnn" if jax.default_backend() == "gpu" else "xla"
   if impl == "cudnn":
     t = q.shape[1]
     pad = (-t) % 64
@@ -229,17 +263,18 @@ class Attention(nn.Module):
   num_heads: int
   dtype: Dtype
   impl: str = "xla"
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, x, cos_sin):
     b, t, d = x.shape
     hd = d // self.num_heads
-    qkv = Linear(3 * d, dtype=self.dtype, name="qkv_proj")(x).reshape(b, t, 3 * self.num_heads, hd)
+    qkv = Linear(3 * d, dtype=self.dtype, name="qkv_proj", platform=self.platform)(x).reshape(b, t, 3 * self.num_heads, hd)
     q, k, v = jnp.split(qkv, 3, axis=2)
     if cos_sin is not None:
       q, k = apply_rope(q, *cos_sin), apply_rope(k, *cos_sin)
     out = attention(q, k, v, self.impl).reshape(b, t, d)
-    return Linear(d, dtype=self.dtype, name="o_proj")(out)
+    return Linear(d, dtype=self.dtype, name="o_proj", platform=self.platform)(out)
 
 
 class Block(nn.Module):
@@ -249,17 +284,18 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, h, cos_sin):
     c = self.cfg
-    if c.mlp_t and mixer_impl(c.get("mixer_impl", "auto")) == "einsum":
+    if c.mlp_t and c.mixer_impl == "einsum":
       # Token mixing and its norm over the sequence axis, in the (B, T, D) layout.
-      h = rms_norm(h + SwiGLU(c.expansion, c.dtype, axis=1, name="mlp_t")(h), c.rms_norm_eps, axis=1)
+      mix = SwiGLU(c.expansion, c.dtype, axis=1, name="mlp_t", platform=c.platform)
+      h = rms_norm(h + mix(h), c.rms_norm_eps, axis=1)
     elif c.mlp_t:
       t = jnp.swapaxes(h, 1, 2)
-      t = rms_norm(t + SwiGLU(c.expansion, c.dtype, name="mlp_t")(t), c.rms_norm_eps)
+      t = rms_norm(t + SwiGLU(c.expansion, c.dtype, name="mlp_t", platform=c.platform)(t), c.rms_norm_eps)
       h = jnp.swapaxes(t, 1, 2)
     else:
-      attn = Attention(c.num_heads, c.dtype, c.attention_impl, name="self_attn")
+      attn = Attention(c.num_heads, c.dtype, c.attention_impl, name="self_attn", platform=c.platform)
       h = rms_norm(h + attn(h, cos_sin), c.rms_norm_eps)
-    return rms_norm(h + SwiGLU(c.expansion, c.dtype, name="mlp")(h), c.rms_norm_eps)
+    return rms_norm(h + SwiGLU(c.expansion, c.dtype, name="mlp", platform=c.platform)(h), c.rms_norm_eps)
 
 
 class ReasoningNet(nn.Module):
@@ -295,8 +331,8 @@ class RecursiveModel(nn.Module):
     self.L_level = ReasoningNet(c, c.L_layers)
     if c.arch == "hrm" or c.variant == "separate_nets":
       self.H_level = ReasoningNet(c, c.H_layers if c.arch == "hrm" else c.L_layers)
-    self.lm_head = Linear(c.vocab_size, dtype=c.dtype)
-    self.q_head = Linear(2, use_bias=True, dtype=c.dtype, kernel_init=nn.initializers.zeros,
+    self.lm_head = Linear(c.vocab_size, dtype=c.dtype, platform=c.platform)
+    self.q_head = Linear(2, use_bias=True, dtype=c.dtype, platform=c.platform, kernel_init=nn.initializers.zeros,
                          bias_init=nn.initializers.constant(-5.0))
     l_shape = (c.L_cycles, d) if c.variant == "multiscale_latent" else (d,)
     self.H_init = self.variable("consts", "H_init", lambda: std_trunc_normal(1.0)(self.make_rng("params"), (d,)))
@@ -312,7 +348,7 @@ class RecursiveModel(nn.Module):
       rows = jnp.pad(rows, ((0, 0), (0, self.P * c.hidden_size - rows.shape[-1])))
       x = jnp.concatenate([rows.reshape(b, self.P, c.hidden_size), x], axis=1)
     if c.pos_encodings == "learned":
-      x = 0.707106781 * (x + self.embed_pos.astype(c.dtype))
+      x = 0.707106781 * add_master(x, self.embed_pos)
     return (math.sqrt(c.hidden_size) * x).astype(c.dtype)
 
   def cos_sin(self):

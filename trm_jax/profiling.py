@@ -375,7 +375,7 @@ def compile_stats(config, batch_size: int | None = None, **model_fields) -> dict
   c = compile_train(s)
   mem = c.memory()
   size = c.program_size()
-  return {"recursion": s.mcfg.recursion, "remat": recursion.effective_remat(s.mcfg), "H_cycles": s.mcfg.H_cycles,
+  return {"recursion": s.mcfg.recursion, "remat": s.mcfg.remat, "H_cycles": s.mcfg.H_cycles,
           "L_cycles": s.mcfg.L_cycles, "compile_s": c.compile_s, "hlo_instructions": size["hlo_instructions"],
           "hlo_chars": size["hlo_chars"], "temp_mb": mem.get("temp", 0) / 2**20,
           "total_mb": mem.get("total", 0) / 2**20}
@@ -391,7 +391,7 @@ def measure_train(config, n_steps: int = 5, warmup: int = 1, batch_size: int | N
   device_peak = device_peak_bytes()
   # program_mb: the compiled program's own need (comparable across runs in one process);
   # device_peak_mb: the allocator's peak so far in this process (GPU/TPU only).
-  out = {"recursion": s.mcfg.recursion, "remat": recursion.effective_remat(s.mcfg), "compile_s": c.compile_s,
+  out = {"recursion": s.mcfg.recursion, "remat": s.mcfg.remat, "compile_s": c.compile_s,
          "program_mb": mem.get("total", 0) / 2**20, "temp_mb": mem.get("temp", 0) / 2**20,
          "device_peak_mb": None if device_peak is None else device_peak / 2**20}
   out.update(summary(times))

@@ -52,26 +52,6 @@ def repeat(fn: Callable[[Any, Any], Any], z, n: int, mode: str, remat: str = "no
   return jax.lax.scan(body, z, jnp.arange(n), unroll=max(1, min(int(unroll), n)))[0]
 
 
-# What remat="auto" means for a scanned gradient cycle, by backend. On CPU,
-# "dots" (recompute all but the weight matmuls) was measured: without it a
-# scanned gradient cycle stacks every residual of its body (1.6x the loop's
-# memory, 1.4x its time); with it scan is within ~10% of loop in time at a
-# fraction of the memory. On the GPU the recomputation of the memory-bound
-# elementwise chains costs 14-17% of the step (issue 15), and an H200 holds
-# the stacked residuals, so "auto" does not recompute there. Loops need none.
-REMAT_AUTO_SCAN = {"cpu": "dots", "gpu": "none", "tpu": "dots"}
-
-
-def effective_remat(cfg, backend: str | None = None) -> str:
-  """The remat level in force: `cfg.remat`, with "auto" resolved per backend (same function)."""
-  remat = cfg.get("remat", "none")
-  if remat == "auto":
-    if cfg.recursion != "scan":
-      return "none"
-    return REMAT_AUTO_SCAN.get(backend or jax.default_backend(), "dots")
-  return remat
-
-
 def _nets(model: RecursiveModel, variables):
   L = lambda z, inj: model.apply(variables, z, inj, method=RecursiveModel.L)
   H = lambda z, inj: model.apply(variables, z, inj, method=RecursiveModel.H)
@@ -81,7 +61,7 @@ def _nets(model: RecursiveModel, variables):
 def _cycle(cfg, L, H, z, x, mode, remat="none"):
   """One full H cycle (L_cycles latent updates then the answer update)."""
   n = cfg.L_cycles
-  u = cfg.get("scan_unroll", 1)
+  u = cfg.scan_unroll
   if cfg.variant == "single_latent":
     zz = repeat(lambda zz, i: L(zz, x), z["z_H"], n, mode, remat, u)
     return {"z_H": L(zz, jnp.zeros((), zz.dtype))}
@@ -95,7 +75,7 @@ def _cycle(cfg, L, H, z, x, mode, remat="none"):
 
 def deep_recursion(model: RecursiveModel, variables, z: dict, x: jax.Array, cfg) -> dict:
   """One supervision step of the inner model: returns the new latent dict."""
-  mode, remat = cfg.recursion, effective_remat(cfg)
+  mode, remat = cfg.recursion, cfg.remat
   L, H = _nets(model, variables)
   L0, H0 = _nets(model, sg(variables))
   x0 = sg(x)
@@ -107,7 +87,7 @@ def deep_recursion(model: RecursiveModel, variables, z: dict, x: jax.Array, cfg)
     return _cycle(cfg, L, H, z, x, mode, remat)
   # HRM's 1-step gradient: only the final L and H updates carry gradient.
   zH = z["z_H"]
-  zL = repeat(lambda zl, i: L0(zl, zH + x0), z["z_L"], cfg.L_cycles - 1, mode, unroll=cfg.get("scan_unroll", 1))
+  zL = repeat(lambda zl, i: L0(zl, zH + x0), z["z_L"], cfg.L_cycles - 1, mode, unroll=cfg.scan_unroll)
   zL = L(zL, zH + x)
   return {"z_H": H(zH, zL), "z_L": zL}
 

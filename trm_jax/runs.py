@@ -23,7 +23,7 @@ class Run:
 
   def __init__(self, config, mesh):
     self.config, self.mesh = config, mesh
-    self.mcfg = config_lib.frozen_model(config.model)
+    self.mcfg = config_lib.frozen_model(config.model, sharding.platform(mesh))
     self.model = RecursiveModel(self.mcfg)
     self.tx = optim.make_optimizer(config.train, config.train.steps)
     self.create = functools.partial(train_state.create_train_state, self.model, self.mcfg, config.train, self.tx)
@@ -36,7 +36,7 @@ class Run:
     self.repl = sharding.replicated(mesh)
     self.eval_steps = config.eval.supervision_steps if config.eval.supervision_steps > 0 else self.mcfg.halt_max_steps
     eval_step = evaluate.make_eval_step(self.model, self.mcfg, self.eval_steps)
-    self.eval_step = jax.jit(eval_step, in_shardings=(self.repl, self.repl, self.state_sh.puzzle_table,
+    self.eval_step = jax.jit(sharding.under_mesh(eval_step, mesh), in_shardings=(self.repl, self.repl, self.state_sh.puzzle_table,
                                                       self.batch_sh))
 
   def new_state(self):

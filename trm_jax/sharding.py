@@ -24,6 +24,19 @@ def make_mesh(table_parallel: int = 1, devices=None) -> Mesh:
   return Mesh(grid, ("data", "table"), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
+def platform(mesh: Mesh) -> str:
+  """The platform of the mesh's devices ("cpu", "gpu", "tpu"): what a program for it is compiled for."""
+  return mesh.devices.flat[0].platform
+
+
+def under_mesh(fn, mesh: Mesh):
+  """`fn` traced with `mesh` as the context mesh (kernels that need `jax.shard_map` read it)."""
+  def wrapped(*args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args)
+  return wrapped
+
+
 def check_batch(global_batch_size: int, mesh: Mesh, field: str = "train.global_batch_size") -> None:
   n = mesh.size
   if global_batch_size % n:
@@ -84,5 +97,5 @@ def jit_train_step(train_step, mesh: Mesh, abstract_state, abstract_carry):
   State and carry are donated; metric sums come back replicated.
   """
   ss, cs = state_shardings(mesh, abstract_state), carry_shardings(mesh, abstract_carry)
-  return jax.jit(train_step, in_shardings=(ss, cs, batch_sharding(mesh), replicated(mesh)),
+  return jax.jit(under_mesh(train_step, mesh), in_shardings=(ss, cs, batch_sharding(mesh), replicated(mesh)),
                  out_shardings=(ss, cs, replicated(mesh)), donate_argnums=(0, 1))
