@@ -164,7 +164,7 @@ def resolve(config, resolve_data: bool = True, mesh=None):
     except (data_lib.DataConfigError, ValueError) as e:
       raise ConvertError(f"{cli.first_line(e)} (trm-convert reads the dataset's shapes like trm-train; "
                          "--noresolve_data takes them from the config's model fields)") from None
-    config = train.resolve_config(config, data)
+    config = train.resolve_config(config, data.train.meta)
     meta = runs.run_meta(config, data)
   else:
     config = copy.deepcopy(config)

@@ -29,10 +29,9 @@ class NonFiniteLoss(RunStopped):
   """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 
 
-def resolve_config(config, data: data_lib.Data) -> ml_collections.ConfigDict:
-  """A copy of `config` with the dataset's shapes and the derived step count."""
+def resolve_config(config, meta) -> ml_collections.ConfigDict:
+  """A copy of `config` with the train split's shapes (`meta`: its DatasetMeta) and the derived step count."""
   config = copy.deepcopy(config)
-  meta = data.train.meta
   config.model.seq_len = int(meta.seq_len)
   config.model.vocab_size = int(meta.vocab_size)
   config.model.num_puzzle_identifiers = sharding.table_rows(
@@ -137,7 +136,7 @@ def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
 def _train_and_evaluate(config, workdir: str, verbose: bool) -> dict:
   mesh = sharding.make_mesh(config.mesh.table_parallel)
   data = data_lib.load(config.data)
-  config = resolve_config(config, data)
+  config = resolve_config(config, data.train.meta)
   config_lib.validate(config)  # the dataset's shapes
   t = config.train
   try:

@@ -1,0 +1,379 @@
+"""trm-plan: compile a run's real train and eval steps for a Cloud TPU pod, from any machine, and size them.
+
+    trm-plan --config=experiments/arc1.py --topology=v5e-64 [--config.a.b=v ...] [--recursion=both] [--json]
+
+With `libtpu` installed (`pip install -e '.[tpu]'`), JAX gives compile-only
+devices of a whole pod; the steps are compiled for them with the run's own
+mesh and shardings (`runs.Run`), exactly as `trm-train` would on the pod. From
+the compiled programs it prints, per chip: arguments / temporaries against
+the chip's HBM, FLOPs and HBM bytes per step, the collectives, and an
+**estimated** step time = max(FLOPs / peak, bytes / HBM bandwidth) from the
+public peak figures in `CHIPS`, then the schedule's steps and time. These are
+compiler estimates, not TPU measurements. XLA costs a `while` body once: the
+eval rollout (a scan over supervision steps) is scaled by its trip count, and a
+scan-recursion train step takes its FLOPs and bytes from the loop program of
+the same function (the trip counts applied); `costs_from` says which.
+Topologies: gcloud accelerator names (`v4-32`, `v5litepod-64` / `v5e-64`,
+`v5p-128`, `v6e-256`; v4 and v5p count TensorCores, two per chip) or topology
+strings (`v5e:8x8`, `v4:2x2x4`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from trm_jax import cli
+
+# Per chip: HBM GiB, peak bf16 TFLOP/s, HBM GB/s (Cloud TPU system architecture pages, cloud.google.com/tpu/docs/<v>).
+CHIPS = {
+    "v4": (32, 275, 1228, "cloud.google.com/tpu/docs/v4"),
+    "v5e": (16, 197, 819, "cloud.google.com/tpu/docs/v5e"),
+    "v5p": (95, 459, 2765, "cloud.google.com/tpu/docs/v5p"),
+    "v6e": (32, 918, 1640, "cloud.google.com/tpu/docs/v6e"),
+}
+MEGACORE = ("v4", "v5p")  # two TensorCores per chip, one JAX device (gcloud names count cores)
+_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+       512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "f32": 4, "s32": 4, "u32": 4,
+                "f64": 8, "s64": 8, "u64": 8}
+
+
+class PlanError(cli.UserError):
+  """A bad topology, a missing libtpu or a config that does not fit: one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  generation: str   # "v5e"
+  name: str         # the topology string libtpu takes, e.g. "v5e:8x8"
+  chips: int
+
+  @property
+  def hbm_gib(self) -> float:
+    return CHIPS[self.generation][0]
+
+
+def parse_topology(text: str) -> Topology:
+  """`v5e-64`, `v5litepod-64`, `v4-32`, `v5p-128`, `v6e-256` or `v5e:8x8` -> Topology."""
+  m = re.fullmatch(r"(v4|v5e|v5litepod|v5p|v6e)([-:])([0-9x]+)", text.strip().lower())
+  if not m:
+    raise PlanError(f"--topology={text}: expected a name like v5e-64, v5litepod-64, v4-32, v5p-128, v6e-256 "
+                    f"or a topology like v5e:8x8 ({', '.join(CHIPS)})")
+  gen, sep, size = "v5e" if m.group(1) == "v5litepod" else m.group(1), m.group(2), m.group(3)
+  shapes = _3D if gen in MEGACORE else _2D
+  if sep == ":":
+    dims = [int(d) for d in size.split("x") if d.isdigit()]
+    if len(dims) != len(next(iter(shapes.values())).split("x")) or min(dims, default=0) < 1:
+      raise PlanError(f"--topology={text}: {gen} topologies have {len(next(iter(shapes.values())).split('x'))} "
+                      f"dimensions, e.g. {gen}:{shapes[16]}")
+    chips = 1
+    for d in dims:
+      chips *= d
+    return Topology(gen, f"{gen}:{size}", chips)
+  n = int(size) if size.isdigit() else 0
+  chips = n // 2 if gen in MEGACORE else n
+  if chips not in shapes or (gen in MEGACORE and n % 2):
+    raise PlanError(f"--topology={text}: no {gen} slice of {n} {'cores' if gen in MEGACORE else 'chips'} "
+                    f"(have {', '.join(f'{gen}-{c * 2 if gen in MEGACORE else c}' for c in shapes)})")
+  return Topology(gen, f"{gen}:{shapes[chips]}", chips)
+
+
+def tpu_devices(topology: Topology) -> list:
+  """Compile-only devices of the whole pod (needs libtpu, not a TPU)."""
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiling only: no exclusive TPU access needed
+  try:
+    import libtpu  # noqa: F401, PLC0415
+  except ImportError:
+    raise PlanError("libtpu is not installed: pip install -e '.[tpu]' (compiles for a TPU without one)") from None
+  from jax.experimental import topologies  # noqa: PLC0415
+  kwargs = {"chip_config_name": "megacore"} if topology.generation in MEGACORE else {}
+  try:
+    devices = topologies.get_topology_desc(topology_name=topology.name, platform="tpu", **kwargs).devices
+  except Exception as e:  # noqa: BLE001 - libtpu's refusal of a topology, as one line
+    raise PlanError(f"--topology={topology.name}: libtpu refused it ({cli.first_line(e, 200)})") from None
+  if len(devices) != topology.chips:
+    raise PlanError(f"--topology={topology.name}: libtpu made {len(devices)} devices for {topology.chips} chips")
+  return list(devices)
+
+
+# ---------------------------------------------------------------------------
+# The dataset's shapes, without the data.
+
+# Train-split shapes of the sets the experiments use, recorded from `trm-data build`'s plans of the real files
+# (tests/plan_test.py checks the ARC rows against the plan of ../shared/data/arc when present). Used only
+# when the set is neither built in data_dir nor its raw files in manual_dir.
+KNOWN = {
+    "sudoku_extreme/aug1000": dict(seq_len=81, vocab_size=11, num_puzzle_identifiers=1, total_groups=1000,
+                                   mean_puzzle_examples=1.0),
+    "maze_hard/csv": dict(seq_len=900, vocab_size=6, num_puzzle_identifiers=1, total_groups=1000,
+                          mean_puzzle_examples=1.0),
+    "arc_agi/arc1_aug1000": dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=876694, total_groups=960,
+                                 mean_puzzle_examples=4.145442019042013),
+    "arc_agi/arc2_aug1000": dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=1, total_groups=1,
+                                 mean_puzzle_examples=1.0),
+}
+
+
+def dataset_meta(dcfg):
+  """-> (train DatasetMeta, where it came from): built set, planned from manual_dir, generated, or KNOWN."""
+  from trm_jax import data as data_lib  # noqa: PLC0415
+  from trm_jax.datasets import common, splits  # noqa: PLC0415
+  if dcfg.name.startswith("generated/"):
+    return data_lib.load(dcfg).train.meta, "generated in memory"
+  full = f"{dcfg.name}/{dcfg.config}" if dcfg.config else dcfg.name
+  builder = common.get_builder(full, os.path.expanduser(dcfg.data_dir))
+  if (Path(builder.data_dir) / common.META_FILE).is_file():
+    js = common.read_metadata(builder.data_dir)["json"]
+    return splits.DatasetMeta.from_json(js["splits"]["train"]), f"built set {builder.data_dir}"
+  if dcfg.manual_dir or not builder.needs_files():
+    builder.prepare(Path(os.path.expanduser(dcfg.manual_dir)) if dcfg.manual_dir else None)
+    js = builder.info.metadata["json"]
+    return splits.DatasetMeta.from_json(js["splits"]["train"]), "planned from the raw files (nothing written)"
+  if full not in KNOWN:
+    raise PlanError(f"config.data: {full} is not built in {dcfg.data_dir} and has no known shapes; "
+                    "build it (trm-data build) or pass --config.data.manual_dir")
+  return splits.DatasetMeta(**KNOWN[full]), "recorded shapes (trm_jax.plan.KNOWN)"
+
+
+# ---------------------------------------------------------------------------
+# Compiling and reading the programs.
+
+
+def _abstract_batch(run, batch_size: int):
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  from trm_jax import sharding  # noqa: PLC0415
+  s, t = sharding.batch_sharding(run.mesh), run.mcfg.seq_len
+  shapes = {"inputs": (batch_size, t), "labels": (batch_size, t), "puzzle_identifiers": (batch_size,)}
+  return {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=s) for k, v in shapes.items()}
+
+
+def compile_train(run):
+  """The run's train step, lowered for its mesh's devices and compiled -> (compiled, seconds)."""
+  import jax  # noqa: PLC0415
+  from trm_jax import runs, sharding, steps  # noqa: PLC0415
+  t0 = time.perf_counter()
+  bs = int(run.config.train.global_batch_size)
+  carry_fn, carry_sh = run.carry_parts(bs)
+  abstract_carry = jax.eval_shape(carry_fn)
+  step = steps.make_train_step(run.model, run.mcfg, run.config.train, run.tx, int(run.config.train.steps))
+  jitted = sharding.jit_train_step(step, run.mesh, run.abstract_state, abstract_carry)
+  rng = jax.ShapeDtypeStruct(run.step_rng.shape, run.step_rng.dtype, sharding=sharding.replicated(run.mesh))
+  args = (run.abstract_state, runs.with_shardings(abstract_carry, carry_sh), _abstract_batch(run, bs), rng)
+  return jitted.lower(*args).compile(), time.perf_counter() - t0
+
+
+def compile_eval(run):
+  """The run's eval step (all supervision steps on one eval batch), compiled -> (compiled, seconds)."""
+  t0 = time.perf_counter()
+  s = run.abstract_state
+  args = (s.eval_params(), s.consts, s.puzzle_table, _abstract_batch(run, int(run.config.eval.batch_size)))
+  return run.eval_step.lower(*args).compile(), time.perf_counter() - t0
+
+
+def collectives(hlo_text: str) -> list[dict]:
+  """Collective ops of a compiled program: kind, element types, count and bytes of their results."""
+  pat = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+  found: dict = {}
+  for line in hlo_text.splitlines():
+    m = pat.search(line)
+    if not m:
+      continue
+    shapes = re.findall(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]", m.group(1))
+    shapes = [(t, dims) for t, dims in shapes if t in _DTYPE_BYTES]
+    size = 0
+    for t, dims in shapes:
+      n = 1
+      for d in filter(None, dims.split(",")):
+        n *= int(d)
+      size += n * _DTYPE_BYTES[t]
+    key = (m.group(2), ",".join(sorted({t for t, _ in shapes})))
+    entry = found.setdefault(key, {"kind": key[0], "dtypes": key[1], "count": 0, "bytes": 0})
+    entry["count"] += 1
+    entry["bytes"] += size
+  return sorted(found.values(), key=lambda e: (e["kind"], e["dtypes"]))
+
+
+def program_stats(compiled, topology: Topology, trip_count: int = 1, costs=None) -> dict:
+  """Per-chip memory, costs (x trip_count), collectives and the estimated time of one compiled program."""
+  hbm, tflops, gbps, _ = CHIPS[topology.generation]
+  mem = compiled.memory_analysis()
+  ca = (costs or compiled).cost_analysis()
+  ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+  flops, nbytes = float(ca.get("flops", 0)) * trip_count, float(ca.get("bytes accessed", 0)) * trip_count
+  gib = 1 << 30
+  total = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+  compute_ms, memory_ms = flops / (tflops * 1e12) * 1e3, nbytes / (gbps * 1e9) * 1e3
+  return {"argument_gib": round(mem.argument_size_in_bytes / gib, 3), "temp_gib": round(mem.temp_size_in_bytes / gib, 3),
+          "total_gib": round(total / gib, 3), "hbm_gib": hbm, "fits": total <= hbm * gib,
+          "flops": flops, "hbm_bytes": nbytes, "collectives": collectives(compiled.as_text()),
+          "compute_floor_ms": round(compute_ms, 3), "memory_ms": round(memory_ms, 3),
+          "est_step_ms": round(max(compute_ms, memory_ms), 3)}
+
+
+# ---------------------------------------------------------------------------
+# One plan.
+
+
+def resolved_config(config, meta, recursion: str | None = None):
+  from trm_jax import config_lib, train  # noqa: PLC0415
+  config = train.resolve_config(config, meta)
+  if recursion:
+    config.model.recursion = recursion
+  try:
+    config_lib.validate(config)
+  except ValueError as e:
+    raise PlanError(str(e)) from None
+  return config
+
+
+def plan_one(config, meta, topology: Topology, devices, recursion: str | None = None) -> dict:
+  """Compiles the train and eval steps of `config` for `devices` -> the plan's fields for one recursion mode."""
+  from trm_jax import runs, sharding  # noqa: PLC0415
+  config = resolved_config(config, meta, recursion)
+  mesh = sharding.make_mesh(config.mesh.table_parallel, devices)
+  for field in ("train.global_batch_size", "eval.batch_size"):
+    section, name = field.split(".")
+    try:
+      sharding.check_batch(int(config[section][name]), mesh, field)
+    except ValueError as e:
+      raise PlanError(str(e)) from None
+  run = runs.Run(config, mesh)
+  (train_c, train_s), (eval_c, eval_s) = _fitting(compile_train, run, topology), _fitting(compile_eval, run, topology)
+  costs, costs_from = (None, None), "this program"
+  if run.mcfg.recursion == "scan":  # XLA costs a while body once: take the costs of the unrolled loops
+    loop = config.copy_and_resolve_references()
+    loop.model.recursion = "loop"
+    loop_run = runs.Run(loop, mesh)
+    costs = (compile_train(loop_run)[0], compile_eval(loop_run)[0])
+    costs_from = "the loop program of the same step"
+  train = dict(program_stats(train_c, topology, costs=costs[0]), compile_s=round(train_s, 1), costs_from=costs_from)
+  evaluation = dict(program_stats(eval_c, topology, trip_count=run.eval_steps, costs=costs[1]),
+                    compile_s=round(eval_s, 1),
+                    costs_from=f"{costs_from} x {run.eval_steps} supervision steps (the rollout's scan)")
+  steps = int(config.train.steps)
+  return {"recursion": run.mcfg.recursion, "remat": run.mcfg.remat, "attention_impl": run.mcfg.attention_impl,
+          "global_batch_size": int(config.train.global_batch_size), "eval_batch_size": int(config.eval.batch_size),
+          "table_rows": int(config.model.num_puzzle_identifiers), "table_parallel": int(config.mesh.table_parallel),
+          "train": train, "eval": evaluation, "schedule_steps": steps,
+          "est_train_hours": round(steps * train["est_step_ms"] / 3.6e6, 2)}
+
+
+def _fitting(compile_fn, run, topology: Topology):
+  """compile_fn(run), with the compiler's out-of-memory refusal as one line saying what to change."""
+  try:
+    return compile_fn(run)
+  except Exception as e:  # noqa: BLE001 - jax.errors.JaxRuntimeError; anything else is re-raised
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    need = re.search(r"required for HLO temporaries \(([0-9.]+[KMGT]?)\)", str(e))
+    kind = "train" if compile_fn is compile_train else "eval"
+    raise PlanError(f"{kind} step does not fit on {topology.name}: "
+                    f"{need.group(1) + ' of temporaries' if need else 'out of HBM'} per chip, "
+                    f"{topology.hbm_gib} GiB HBM; {_fit_hint(kind, run.config.model.num_puzzle_identifiers)}") from None
+
+
+def _fit_hint(kind: str, table_rows: int) -> str:
+  field = "train.global_batch_size" if kind == "train" else "eval.batch_size"
+  table = "--config.mesh.table_parallel=K (splits the puzzle table over K chips) or " if table_rows > 1 else ""
+  return f"try {table}a smaller --config.{field}"
+
+
+def plan(config, topology_name: str, recursion: str | None = None) -> dict:
+  """The whole plan (one or both recursion modes); raises PlanError for what a user must change."""
+  topology = parse_topology(topology_name)
+  devices = tpu_devices(topology)
+  meta, source = dataset_meta(config.data)
+  modes = ("loop", "scan") if recursion == "both" else (recursion,)
+  hbm, tflops, gbps, src = CHIPS[topology.generation]
+  out = {"experiment": "", "topology": topology.name, "generation": topology.generation, "chips": topology.chips,
+         "hosts": len({d.process_index for d in devices}), "hbm_gib_per_chip": hbm, "peak_bf16_tflops": tflops,
+         "hbm_gbps": gbps, "peak_source": src, "shapes_from": source, "estimate": "compiler estimate, not measured",
+         "plans": [plan_one(config, meta, topology, devices, m) for m in modes]}
+  return out
+
+
+def check_fit(result: dict) -> None:
+  """A program whose arguments + temporaries exceed the chip's HBM is one PlanError line."""
+  for p in result["plans"]:
+    for kind in ("train", "eval"):
+      s = p[kind]
+      if not s["fits"]:
+        raise PlanError(f"{kind} step does not fit on {result['topology']}: {s['total_gib']:.1f} GiB per chip "
+                        f"of {s['hbm_gib']} GiB (recursion={p['recursion']}); "
+                        + _fit_hint(kind, p["table_rows"]))
+
+
+# ---------------------------------------------------------------------------
+# Printing.
+
+
+def _fmt_collectives(c: list[dict]) -> str:
+  return ", ".join(f"{e['count']} {e['kind']} {e['dtypes']} ({e['bytes'] / 1e6:.1f} MB)" for e in c) or "none"
+
+
+def report(result: dict) -> str:
+  r = result
+  lines = [f"{r['experiment']} on {r['topology']}: {r['chips']} chips, {r['hosts']} hosts; "
+           f"shapes: {r['shapes_from']}",
+           f"peaks used (per chip): {r['hbm_gib_per_chip']} GiB HBM, {r['peak_bf16_tflops']} bf16 TFLOP/s, "
+           f"{r['hbm_gbps']} GB/s ({r['peak_source']}); times below are COMPILER ESTIMATES, not TPU measurements"]
+  for p in r["plans"]:
+    lines.append(f"recursion={p['recursion']} (remat {p['remat']}, attention {p['attention_impl']}), "
+                 f"batch {p['global_batch_size']} ({p['global_batch_size'] // r['chips']} rows per chip), "
+                 f"table {p['table_rows']:,} rows over {p['table_parallel']} chip(s)")
+    for kind in ("train", "eval"):
+      s = p[kind]
+      lines.append(f"  {kind}: {s['argument_gib']:.2f} GiB arguments + {s['temp_gib']:.2f} GiB temporaries "
+                   f"= {s['total_gib']:.2f} of {s['hbm_gib']} GiB; {s['flops']:.3g} FLOPs, {s['hbm_bytes']:.3g} "
+                   f"HBM bytes per chip; est. {s['est_step_ms']:.1f} ms (compute floor {s['compute_floor_ms']:.1f}, "
+                   f"memory {s['memory_ms']:.1f}); compiled in {s['compile_s']:.0f}s")
+      lines.append(f"    collectives: {_fmt_collectives(s['collectives'])}; costs from {s['costs_from']}")
+    lines.append(f"  schedule: {p['schedule_steps']:,} train steps, est. {p['est_train_hours']:.1f} h of training")
+  return "\n".join(lines)
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  if "topology" in FLAGS:
+    return
+  config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/arc1.py[:arch=hrm].",
+                                  lock_config=True)
+  flags.DEFINE_string("topology", None, "Pod: v5e-64, v5litepod-64, v4-32, v5p-128, v6e-256, or v5e:8x8.")
+  flags.DEFINE_enum("recursion", None, ["loop", "scan", "both"], "Recursion mode(s); default: the config's.")
+  flags.DEFINE_bool("json", False, "Print one JSON line instead of the report.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)
+  with cli.user_errors():
+    config = FLAGS.config
+    if config is None or not FLAGS.topology:
+      raise PlanError("--config and --topology are required, e.g. --config=experiments/arc1.py --topology=v5e-64")
+    result = plan(config, FLAGS.topology, FLAGS.recursion)
+    result["experiment"] = os.path.basename(config_flags.get_config_filename(FLAGS["config"]))
+    check_fit(result)
+    print(json.dumps(result) if FLAGS.json else report(result), flush=True)
+
+
+def run():
+  _define_flags()
+  cli.own_help(__name__)
+  app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()
