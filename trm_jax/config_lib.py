@@ -42,7 +42,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   c.recursion = "loop"              # "loop" (Python-unrolled) | "scan" (jax.lax.scan)
   c.remat = "auto"                  # "auto" (loop: "none"; scan: "dots" on CPU/TPU, "none" on GPU) | "none" | "dots" | "full"
   c.scan_unroll = 1                 # lax.scan unroll factor of the L-cycle scan (recursion="scan" only)
-  c.attention_impl = "auto"         # "auto" | "xla" | "cudnn"
+  c.attention_impl = "auto"         # "auto" | "xla" | "cudnn" (GPU) | "splash" (TPU Pallas kernel)
   c.mixer_impl = "auto"             # MLP-mixer token mixing: "auto" (GPU: "einsum", else "transpose") | "transpose" | "einsum"
   c.update(overrides)
   return c
@@ -106,8 +106,8 @@ def validate_model(c) -> None:
       bad(field, f"must be True or False, got {c[field]!r}")
   if c.dtype not in DTYPES:
     bad("dtype", f"must be one of {DTYPES}, got {c.dtype!r}")
-  if c.attention_impl not in ("auto", "xla", "cudnn"):
-    bad("attention_impl", f"must be 'auto', 'xla' or 'cudnn', got {c.attention_impl!r}")
+  if c.attention_impl not in ("auto", "xla", "cudnn", "splash"):
+    bad("attention_impl", f"must be 'auto', 'xla', 'cudnn' or 'splash', got {c.attention_impl!r}")
   if not str(c.loss_type).startswith(("stablemax", "softmax")):
     bad("loss_type", f"must be 'stablemax' or 'softmax', got {c.loss_type!r}")
   if not c.mlp_t and c.hidden_size % c.num_heads:
