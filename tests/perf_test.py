@@ -60,6 +60,7 @@ def test_auto_knobs_resolve_per_platform():
                                             ("gpu", "none", "einsum", "cudnn")]:
     c = tiny.mcfg(platform, recursion="scan", attention_impl="auto")
     assert (c.platform, c.remat, c.mixer_impl, c.attention_impl) == (platform, remat, mixer, attention)
+  assert tiny.mcfg("tpu", seq_len=900, attention_impl="auto").attention_impl == "splash"  # long: Pallas kernel
   assert tiny.mcfg("gpu", recursion="loop").remat == "none"
   assert tiny.mcfg("gpu", recursion="scan", remat="full").remat == "full"
   assert tiny.mcfg("gpu", mixer_impl="transpose").mixer_impl == "transpose"
