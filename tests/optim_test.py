@@ -1,12 +1,17 @@
 """Optimisers against hand-computed numbers."""
 import math
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
+from jax.experimental import topologies
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from trm_jax import config_lib, optim
+from trm_jax import config_lib, optim, sharding
 from trm_jax.model import RecursiveModel
 from trm_jax.train_state import count_params, create_train_state
 
@@ -55,6 +60,101 @@ def test_sign_sgd_sums_duplicates_and_touches_batch_rows_only():
                        [3.0, 3.0],
                        [4.0 * decay + 0.1, 4.0 * decay - 0.0]])
   np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def _sign_sgd_rows_bxb(table, ids, g, lr, weight_decay):
+  """The former formulation: per-id sums by an ids x ids float32 dot."""
+  same = (ids[:, None] == ids[None, :]).astype(jnp.float32)
+  summed = jnp.dot(same, g.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+  rows = table[ids] * (1.0 - lr * weight_decay) - lr * jnp.sign(summed)
+  return table.at[ids].set(rows.astype(table.dtype))
+
+
+_ID_CASES = {"duplicated": lambda r: r.integers(10, 16, 96),  # 6 ids, each ~16 times
+             "distinct": lambda r: r.permutation(40)[:32],
+             "identical": lambda r: np.full(24, 7)}
+
+
+@pytest.mark.parametrize("case", sorted(_ID_CASES))
+def test_sign_sgd_rows_equals_the_ids_by_ids_dot(case):
+  # Dyadic gradients (k / 8, |k| <= 64) sum exactly in any order, with exact
+  # zeros where an id's gradients cancel: every sign, so every row, is the same.
+  r = np.random.default_rng(0)
+  ids = jnp.asarray(_ID_CASES[case](r), jnp.int32)
+  table = jnp.asarray(r.normal(size=(48, 8)), jnp.float32)
+  g = r.integers(-64, 65, (ids.shape[0], 8)) / 8
+  g[:, 0] = 0.0  # a column summing to exactly 0 for every id
+  if case == "duplicated":  # and one id whose gradients cancel in every column
+    first = np.flatnonzero(np.asarray(ids) == int(ids[0]))
+    g[first[1]] = -g[first[0]]
+    g[first[2:]] = 0.0
+  g = jnp.asarray(g, jnp.float32)
+  out = optim.sign_sgd_rows(table, ids, g, 0.25, 0.5)
+  np.testing.assert_array_equal(out, _sign_sgd_rows_bxb(table, ids, g, 0.25, 0.5))
+  untouched = np.setdiff1d(np.arange(48), np.asarray(ids))
+  np.testing.assert_array_equal(np.asarray(out)[untouched], np.asarray(table)[untouched])
+  assert not np.array_equal(np.asarray(out)[np.asarray(ids)], np.asarray(table)[np.asarray(ids)])
+
+
+def test_sign_sgd_rows_random_floats_agree_except_within_rounding_of_zero():
+  r = np.random.default_rng(1)
+  ids = np.concatenate([r.integers(0, 30, 240), np.arange(100, 116)])  # duplicates and singletons
+  r.shuffle(ids)
+  table = jnp.asarray(r.normal(size=(128, 64)), jnp.float32)
+  g = r.normal(size=(ids.size, 64)).astype(np.float32)
+  lr, wd = 0.125, 0.5
+  out = np.asarray(optim.sign_sgd_rows(table, jnp.asarray(ids), jnp.asarray(g), lr, wd))
+  ref = np.asarray(_sign_sgd_rows_bxb(table, jnp.asarray(ids), jnp.asarray(g), lr, wd))
+  # Per (id, column): float64 sum, and the float32 rounding any summation order can add.
+  same = ids[:, None] == ids[None, :]
+  exact = same.astype(np.float64) @ g.astype(np.float64)
+  slack = same.sum(1, keepdims=True) * np.finfo(np.float32).eps * (same @ np.abs(g.astype(np.float64)))
+  clear = np.abs(exact) > slack
+  assert clear.mean() > 0.99
+  np.testing.assert_array_equal(out[ids][clear], ref[ids][clear])
+  decayed = np.asarray(table)[ids] * np.float32(1.0 - lr * wd)
+  assert np.all(np.isin(np.abs(out[ids] - decayed)[~clear].round(4), [0.0, lr]))
+  untouched = np.setdiff1d(np.arange(128), ids)
+  np.testing.assert_array_equal(out[untouched], np.asarray(table)[untouched])
+
+
+def _collectives(hlo_text):
+  """(opcode, result type) of each collective instruction; async ones counted at their start."""
+  ops = "all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute"
+  return [(op, ty) for ty, op in re.findall(rf"= (.*?) ({ops})(?:-start)?\(", hlo_text)]
+
+
+def test_sign_sgd_rows_moves_row_grads_once_on_a_tpu_pod(monkeypatch):
+  """Compile-only, for 16 v5e chips (data parallel, batch 768 over all of them).
+
+  XLA moves the sorted gradients as one masked all-reduce rather than an
+  all-gather, so besides the all-gathers this counts every collective of
+  row-gradient size: the ids x ids dot has two here (and dozens in a step).
+  """
+  try:
+    import libtpu  # noqa: F401
+  except ImportError as e:
+    pytest.skip(f"libtpu cannot be imported ({e}): no compile-only TPU topology")
+  monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # a test beside this one may hold libtpu's lock
+  devs = topologies.get_topology_desc(topology_name="v5e:4x4", platform="tpu").devices
+  mesh = sharding.make_mesh(1, devs)
+  batch, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  args = [jax.ShapeDtypeStruct((4096, 512), jnp.float32, sharding=NamedSharding(mesh, P("table", None))),
+          jax.ShapeDtypeStruct((768,), jnp.int32, sharding=batch),
+          jax.ShapeDtypeStruct((768, 512), jnp.float32, sharding=batch),
+          jax.ShapeDtypeStruct((), jnp.float32, sharding=rep), jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)]
+  shardings = tuple(a.sharding for a in args)
+
+  def counts(fn):
+    text = jax.jit(fn, in_shardings=shardings).lower(*args).compile().as_text()
+    found = _collectives(text)
+    return (sum(op == "all-gather" for op, _ in found),
+            sum(len(re.findall(r"f32\[768,512\]", ty)) for _, ty in found))
+
+  gathers, row_sized = counts(optim.sign_sgd_rows)
+  assert gathers <= 2, "at most the ids and the row gradients"
+  assert row_sized == 1, "the row gradients (or their sums) cross devices once"
+  assert counts(_sign_sgd_rows_bxb)[1] == 2  # the check tells the two apart
 
 
 def test_puzzle_table_gets_no_optimizer_state():

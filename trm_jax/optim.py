@@ -74,9 +74,15 @@ def sign_sgd_rows(table: jax.Array, ids: jax.Array, row_grads: jax.Array, lr, we
   across devices too) before the sign; only those rows decay and move.
   The table gets no optimiser state.
   """
-  same = (ids[:, None] == ids[None, :]).astype(jnp.float32)
-  summed = jnp.dot(same, row_grads.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
-  rows = table[ids] * (1.0 - lr * weight_decay) - lr * jnp.sign(summed)
+  # Sorted, equal ids are neighbours: one float32 segment sum per run of them,
+  # read back by each of its rows (duplicates then write equal rows). The row
+  # gradients cross devices once, where an ids x ids float32 dot had XLA
+  # gather them dozens of times per train step on a TPU pod.
+  order = jnp.argsort(ids, stable=True)
+  ids = ids[order]
+  seg = jnp.cumsum(jnp.concatenate([jnp.zeros(1, jnp.int32), (ids[1:] != ids[:-1]).astype(jnp.int32)]))
+  sums = jax.ops.segment_sum(row_grads.astype(jnp.float32)[order], seg, ids.shape[0], indices_are_sorted=True)
+  rows = table[ids] * (1.0 - lr * weight_decay) - lr * jnp.sign(sums[seg])
   return table.at[ids].set(rows.astype(table.dtype))
 
 
