@@ -24,32 +24,13 @@ from jax.experimental import topologies
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from trm_jax import sharding
-from trm_jax.model import Attention, _splash_block_sizes, attention, rope_cos_sin
+from trm_jax.model import Attention, attention, rope_cos_sin, splash_rereads
 
 
 def kernel_rereads(b, t, n):
-  """HBM bytes the splash kernels read beyond one read per operand, per chip (b examples).
-
-  Pallas copies an input block only when its block index changes between
-  consecutive grid steps. Forward, grid (example, head, q tile, kv tile): q
-  is read once; with one kv tile (tp <= 1024) k and v keep their block index
-  across a head's q tiles, so they are read once too (else once per q tile);
-  the q segment ids, a (tp, 128) int32 array shared by all examples and
-  heads, are re-read for every (example, head): b * n reads. Fused backward,
-  grid (example, kv tile, head, q tile): with one kv tile, q, do, logsumexp
-  and di are read once; the (8, tp) int32 q segment ids once per (example,
-  head); k, v and the kv segment ids once. Outputs are written once.
-  """
-  tp = -(-t // 128) * 128
-  bs = _splash_block_sizes(tp)
-  kv_tiles = tp // bs.block_kv
-  arr = b * n * tp * 128 * 2  # one (N, tp, 64) bf16 array: 64 lanes padded to 128 in HBM
-  out = {"fwd k,v": 2 * arr * (tp // bs.block_q - 1) if kv_tiles > 1 else 0,
-         "bwd q,do": 2 * arr * (kv_tiles - 1)}
-  if tp > t:
-    out["fwd q segment ids"] = (b * n - 1) * tp * 128 * 4
-    out["bwd q segment ids"] = (b * n - 1) * 8 * tp * 4
-  return out
+  """The splash kernels' re-reads beyond one read per operand (see `model.splash_rereads`)."""
+  fwd, bwd = splash_rereads(b, t, n, 64)
+  return {"fwd": fwd, "bwd": bwd}
 
 
 def compile_op(impl, mesh, b, t, d=512, heads=8):
@@ -67,7 +48,7 @@ def compile_op(impl, mesh, b, t, d=512, heads=8):
 
 def compile_layer(impl, mesh, b, t, d=512, heads=8):
   """The compiled forward + backward of one Attention layer on a (b, t, d) batch."""
-  layer = Attention(heads, jnp.bfloat16, impl, interpret=False)
+  layer = Attention(heads, jnp.bfloat16, impl, platform="tpu")
   cos_sin = rope_cos_sin(t, d // heads, 10000.0)
   x = jax.ShapeDtypeStruct((b, t, d), jnp.bfloat16, sharding=NamedSharding(mesh, P(sharding.BATCH)))
   params = jax.eval_shape(lambda: layer.init(jax.random.key(0), jnp.zeros((1, t, d), jnp.bfloat16), cos_sin))

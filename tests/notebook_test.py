@@ -61,6 +61,8 @@ def test_notebook_executes(tmp_path):
   text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
   assert "max relative difference" in text
   assert "HLO instructions" in text and "x loop's time" in text
+  # The TPU section compiled both modes for a v5e 2x2 slice (libtpu is in the test extra).
+  assert "v5e:2x2: 4 chips" in text and "scan (remat dots)" in text and "loop (remat none)" in text
   images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                for o in c.get("outputs", []))
   assert images >= 3

@@ -265,6 +265,41 @@ def _splash_block_sizes(tp: int) -> splash.BlockSizes:
                            block_kv_dkv_compute=bc, use_fused_bwd_kernel=True)
 
 
+def splash_rereads(b: int, t: int, n: int, head_dim: int) -> tuple[int, int]:
+  """HBM bytes one forward / one backward splash call reads beyond one read per operand (b examples).
+
+  XLA's cost analysis counts a Mosaic call like any op (each operand read
+  once, each result written once, at padded size); `trm-plan` adds these.
+  Pallas copies a block only when its block index changes between grid
+  steps. Forward grid (example, head, q tile, kv tile): with one kv tile k, v
+  keep their block across a head's q tiles (else they are re-read per q
+  tile); the (tp, 128) int32 q segment ids are re-read per (example, head).
+  Fused backward grid (example, kv tile, head, q tile): q and dout are re-read
+  per extra kv tile; the (8, tp) int32 q segment ids per (example, head).
+  """
+  tp = -(-t // 128) * 128
+  bs = _splash_block_sizes(tp)
+  kv_tiles = tp // bs.block_kv
+  arr = b * n * tp * (-(-head_dim // 128) * 128) * 2  # one (N, tp, H) bf16 array, H padded to 128 lanes
+  fwd = 2 * arr * (tp // bs.block_q - 1) if kv_tiles > 1 else 0
+  bwd = 2 * arr * (kv_tiles - 1)
+  if tp > t:
+    fwd += (b * n - 1) * tp * 128 * 4
+    bwd += (b * n - 1) * 8 * tp * 4
+  return fwd, bwd
+
+
+def splash_flops(b: int, t: int, n: int, head_dim: int) -> tuple[int, int]:
+  """FLOPs of one forward / one fused backward splash call on b examples (padded tiles computed).
+
+  Forward: scores q k^T and p v, 2 matmuls; backward: the scores again, dv,
+  dp, dq and dk, 5 matmuls; each 2 * tp * tp * head_dim per (example, head).
+  """
+  tp = -(-t // 128) * 128
+  one = 2 * b * n * tp * tp * head_dim
+  return 2 * one, 5 * one
+
+
 def _splash_local(q, k, v, interpret: bool):
   """Splash attention on (B, T, N, H) arrays on one device, vmapped over B.
 

@@ -108,9 +108,10 @@ def tpu_devices(topology: Topology) -> list:
 # ---------------------------------------------------------------------------
 # The dataset's shapes, without the data.
 
-# Train-split shapes of the sets the experiments use, recorded from `trm-data build`'s plans of the real files
-# (tests/plan_test.py checks the ARC rows against the plan of ../shared/data/arc when present). Used only
-# when the set is neither built in data_dir nor its raw files in manual_dir.
+# Train-split shapes of the sets the experiments use when the set is neither built in data_dir nor its raw
+# files in manual_dir. ARC: the builder's plan of the reference's pinned files (`dataset_meta` with
+# --config.data.manual_dir=DIR, 2026-12-06); Sudoku-Extreme aug1000 and Maze-Hard: 1,000 training puzzles
+# of one example each, no puzzle ids (the reference's sets; benchmarks/schedules.py).
 KNOWN = {
     "sudoku_extreme/aug1000": dict(seq_len=81, vocab_size=11, num_puzzle_identifiers=1, total_groups=1000,
                                    mean_puzzle_examples=1.0),
@@ -118,8 +119,8 @@ KNOWN = {
                           mean_puzzle_examples=1.0),
     "arc_agi/arc1_aug1000": dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=876694, total_groups=960,
                                  mean_puzzle_examples=4.145442019042013),
-    "arc_agi/arc2_aug1000": dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=1, total_groups=1,
-                                 mean_puzzle_examples=1.0),
+    "arc_agi/arc2_aug1000": dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=1192022, total_groups=1280,
+                                 mean_puzzle_examples=4.332280219895455),
 }
 
 
@@ -203,19 +204,35 @@ def collectives(hlo_text: str) -> list[dict]:
   return sorted(found.values(), key=lambda e: (e["kind"], e["dtypes"]))
 
 
-def program_stats(compiled, topology: Topology, trip_count: int = 1, costs=None) -> dict:
-  """Per-chip memory, costs (x trip_count), collectives and the estimated time of one compiled program."""
+def kernel_calls(hlo_text: str) -> dict:
+  """Pallas splash kernel calls in a program: {"fwd": n, "bwd": n} (opaque to XLA's cost analysis)."""
+  return {"fwd": len(re.findall(r"%splash_mha_fwd[\w.]* = ", hlo_text)),
+          "bwd": len(re.findall(r"%splash_mha_(?:dkv|dq)[\w.]* = ", hlo_text))}
+
+
+def program_stats(compiled, topology: Topology, trip_count: int = 1, costs=None, kernel=((0, 0), (0, 0))) -> dict:
+  """Per-chip memory, costs (x trip_count), collectives and the estimated time of one compiled program.
+
+  `kernel`: ((bytes, flops) of one forward, (bytes, flops) of one backward splash call) that
+  XLA's cost analysis does not see (`model.splash_rereads`, `model.splash_flops`), added for
+  every call in the program.
+  """
   hbm, tflops, gbps, _ = CHIPS[topology.generation]
   mem = compiled.memory_analysis()
-  ca = (costs or compiled).cost_analysis()
+  costs = costs or compiled
+  ca = costs.cost_analysis()
   ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-  flops, nbytes = float(ca.get("flops", 0)) * trip_count, float(ca.get("bytes accessed", 0)) * trip_count
+  calls = kernel_calls(costs.as_text())
+  kernel_bytes = calls["fwd"] * kernel[0][0] + calls["bwd"] * kernel[1][0]
+  flops = (float(ca.get("flops", 0)) + calls["fwd"] * kernel[0][1] + calls["bwd"] * kernel[1][1]) * trip_count
+  nbytes = (float(ca.get("bytes accessed", 0)) + kernel_bytes) * trip_count
   gib = 1 << 30
   total = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
   compute_ms, memory_ms = flops / (tflops * 1e12) * 1e3, nbytes / (gbps * 1e9) * 1e3
   return {"argument_gib": round(mem.argument_size_in_bytes / gib, 3), "temp_gib": round(mem.temp_size_in_bytes / gib, 3),
           "total_gib": round(total / gib, 3), "hbm_gib": hbm, "fits": total <= hbm * gib,
           "flops": flops, "hbm_bytes": nbytes, "collectives": collectives(compiled.as_text()),
+          "splash_calls": calls, "splash_bytes_added": kernel_bytes * trip_count,
           "compute_floor_ms": round(compute_ms, 3), "memory_ms": round(memory_ms, 3),
           "est_step_ms": round(max(compute_ms, memory_ms), 3)}
 
@@ -256,8 +273,9 @@ def plan_one(config, meta, topology: Topology, devices, recursion: str | None = 
     loop_run = runs.Run(loop, mesh)
     costs = (compile_train(loop_run)[0], compile_eval(loop_run)[0])
     costs_from = "the loop program of the same step"
-  train = dict(program_stats(train_c, topology, costs=costs[0]), compile_s=round(train_s, 1), costs_from=costs_from)
-  evaluation = dict(program_stats(eval_c, topology, trip_count=run.eval_steps, costs=costs[1]),
+  train = dict(program_stats(train_c, topology, costs=costs[0], kernel=_kernel_costs(run, "train", topology)),
+               compile_s=round(train_s, 1), costs_from=costs_from)
+  evaluation = dict(program_stats(eval_c, topology, run.eval_steps, costs[1], _kernel_costs(run, "eval", topology)),
                     compile_s=round(eval_s, 1),
                     costs_from=f"{costs_from} x {run.eval_steps} supervision steps (the rollout's scan)")
   steps = int(config.train.steps)
@@ -266,6 +284,17 @@ def plan_one(config, meta, topology: Topology, devices, recursion: str | None = 
           "table_rows": int(config.model.num_puzzle_identifiers), "table_parallel": int(config.mesh.table_parallel),
           "train": train, "eval": evaluation, "schedule_steps": steps,
           "est_train_hours": round(steps * train["est_step_ms"] / 3.6e6, 2)}
+
+
+def _kernel_costs(run, kind: str, topology: Topology):
+  """((bytes, flops) of a forward, (bytes, flops) of a backward splash call per chip) the compiler does not see."""
+  from trm_jax.model import puzzle_emb_len, splash_flops, splash_rereads  # noqa: PLC0415
+  c = run.mcfg
+  if c.attention_impl != "splash" or c.mlp_t:
+    return (0, 0), (0, 0)
+  batch = run.config.train.global_batch_size if kind == "train" else run.config.eval.batch_size
+  shape = (int(batch) // topology.chips, c.seq_len + puzzle_emb_len(c), c.num_heads, c.hidden_size // c.num_heads)
+  return tuple(zip(splash_rereads(*shape), splash_flops(*shape)))
 
 
 def _fitting(compile_fn, run, topology: Topology):
