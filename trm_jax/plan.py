@@ -234,7 +234,9 @@ def program_stats(compiled, topology: Topology, trip_count: int = 1, costs=None,
           "flops": flops, "hbm_bytes": nbytes, "collectives": collectives(compiled.as_text()),
           "splash_calls": calls, "splash_bytes_added": kernel_bytes * trip_count,
           "compute_floor_ms": round(compute_ms, 3), "memory_ms": round(memory_ms, 3),
-          "est_step_ms": round(max(compute_ms, memory_ms), 3)}
+          "est_step_ms": round(max(compute_ms, memory_ms), 3),
+          # The TPU compiler's own per-op roofline of the program (Pallas calls and re-reads not included).
+          "xla_optimal_ms": round(float(ca.get("optimal_seconds", 0)) * trip_count * 1e3, 3)}
 
 
 # ---------------------------------------------------------------------------
@@ -365,7 +367,8 @@ def report(result: dict) -> str:
       lines.append(f"  {kind}: {s['argument_gib']:.2f} GiB arguments + {s['temp_gib']:.2f} GiB temporaries "
                    f"= {s['total_gib']:.2f} of {s['hbm_gib']} GiB; {s['flops']:.3g} FLOPs, {s['hbm_bytes']:.3g} "
                    f"HBM bytes per chip; est. {s['est_step_ms']:.1f} ms (compute floor {s['compute_floor_ms']:.1f}, "
-                   f"memory {s['memory_ms']:.1f}); compiled in {s['compile_s']:.0f}s")
+                   f"memory {s['memory_ms']:.1f}; XLA's own roofline {s['xla_optimal_ms']:.1f}); "
+                   f"compiled in {s['compile_s']:.0f}s")
       lines.append(f"    collectives: {_fmt_collectives(s['collectives'])}; costs from {s['costs_from']}")
     lines.append(f"  schedule: {p['schedule_steps']:,} train steps, est. {p['est_train_hours']:.1f} h of training")
   return "\n".join(lines)
