@@ -89,7 +89,11 @@ def parse_topology(text: str) -> Topology:
 
 def tpu_devices(topology: Topology) -> list:
   """Compile-only devices of the whole pod (needs libtpu, not a TPU)."""
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compiling only: no exclusive TPU access needed
+  # Compiling only: no exclusive TPU access, and no TPU VM metadata to look up (without these libtpu
+  # prints a dozen warning lines about the missing metadata; the topology comes from the name).
+  for var, value in (("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"), ("TPU_SKIP_MDS_QUERY", "1"),
+                     ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4")):
+    os.environ.setdefault(var, value)
   try:
     import libtpu  # noqa: F401, PLC0415
   except ImportError:
