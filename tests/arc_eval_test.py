@@ -99,7 +99,7 @@ def test_off_switch_votes_per_evaluation(tmp_path):
   _, second, sub = _two_evals(tmp_path, aggregate=False)
   assert second["eval/ARC/pass@1"] == second["eval/ARC/pass@1_this_eval"] == 0.5
   assert sub["t0"][0]["attempt_1"] == WRONG_B.tolist()
-  assert not (tmp_path / arc_votes.STORE_DIR).exists()
+  assert not (tmp_path / "arc_votes").exists()
 
 
 def test_partial_evaluation_divides_by_every_test_task(tmp_path):

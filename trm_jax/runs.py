@@ -13,7 +13,7 @@ import sys
 import jax
 import ml_collections
 
-from trm_jax import checkpoint, config_lib, data as data_lib, evaluate, fileio, optim, recursion, sharding
+from trm_jax import checkpoint, config_lib, data as data_lib, evaluate, fileio, optim, recursion, rundir, sharding
 from trm_jax import train_state
 from trm_jax.model import RecursiveModel
 
@@ -63,7 +63,7 @@ def run_meta(config, data: data_lib.Data) -> dict:
 
 def _open(workdir: str, step: int | None):
   """-> (read-only manager, saved steps newest first); an explicit `step` must be one of them."""
-  directory = fileio.join(fileio.resolve(workdir), "checkpoints")
+  directory = rundir.RunDir(workdir).checkpoints()
   if not fileio.isdir(directory):
     raise checkpoint.CheckpointError(f"--workdir={workdir}: no checkpoints directory")
   mngr = checkpoint.manager(workdir, read_only=True)

@@ -8,10 +8,9 @@ results before it stops, so it holds whole steps.
 """
 from __future__ import annotations
 
-import os
-
 import jax
 
+from trm_jax import rundir
 from trm_jax.cli import UserError
 
 
@@ -32,9 +31,9 @@ def parse_steps(spec: str) -> tuple[int, int] | None:
 class StepTrace:
   """Starts the trace before step `first`, stops it after step `last` (process 0 only)."""
 
-  def __init__(self, spec: str, workdir: str):
+  def __init__(self, spec: str, workdir):
     self.steps = parse_steps(spec)
-    self.dir = os.path.join(workdir, "profile")
+    self.dir = rundir.RunDir(workdir).profile
     self.active = False
     self.done = self.steps is None or jax.process_index() != 0
 

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from trm_jax import arc_votes, cadence as cadence_lib, checkpoint, config_lib, data as data_lib, evaluate
-from trm_jax import fileio, input_pipeline, metrics as metrics_lib
+from trm_jax import input_pipeline, metrics as metrics_lib, rundir
 from trm_jax import sharding, steps, train_state, trace, workdir_lock
 from trm_jax.cli import RunStopped, UserError
 from trm_jax.runs import Run, run_meta, with_shardings
@@ -44,20 +44,20 @@ def resolve_config(config, meta) -> ml_collections.ConfigDict:
 
 def check_workdir(workdir: str) -> str:
   """Absolute local workdir (parents created; it and its run directories must be the user's) or gs:// URI."""
-  return fileio.prepare_workdir(workdir)
+  return str(rundir.RunDir(workdir).prepare())
 
 
 def _finite(x) -> bool:
   return bool(np.isfinite(np.asarray(x)).all())
 
 
-def _resume(mngr, abstract_state, abstract_carry):
+def _resume(mngr, abstract_state, abstract_carry, workdir: str):
   """Restores the newest intact checkpoint; newer ones that fail are set aside with one warning line."""
   step, state, carry, _, damaged = checkpoint.restore_intact(mngr, abstract_state, abstract_carry)
   if damaged:
     # Out of the checkpoints directory (re-saving that step must work, and it would shadow the
     # good one), but kept: a passing storage error can look like damage.
-    dests = checkpoint.set_aside(mngr, [s for s, _ in damaged])
+    dests = checkpoint.set_aside(mngr, [s for s, _ in damaged], rundir.RunDir(workdir))
     if jax.process_index() == 0:
       print(f"warning: {damaged[0][1]}; moved {len(damaged)} checkpoint(s) that did not restore "
             f"(steps {', '.join(str(s) for s, _ in damaged)}) to {', '.join(dests)} (delete once looked at); "
@@ -97,7 +97,7 @@ def evaluate_all(run: Run, state, data: data_lib.Data, workdir: str | None = Non
         scores, submission = arc_votes.score(pooled, test_counts=counts)
       out.update({f"eval/ARC/{k}": v for k, v in scores.items()})
       if workdir and jax.process_index() == 0:
-        arc_votes.write_submission(fileio.join(workdir, "submission.json"), submission)
+        arc_votes.write_submission(rundir.RunDir(workdir).submission, submission)
   return out
 
 
@@ -160,7 +160,7 @@ def _train_and_evaluate(config, workdir: str, verbose: bool) -> dict:
   else:
     abstract_carry = with_shardings(jax.eval_shape(carry_fn), carry_sh)
     try:
-      state, carry = _resume(mngr, run.abstract_state, abstract_carry)
+      state, carry = _resume(mngr, run.abstract_state, abstract_carry, workdir)
     except BaseException:
       mngr.close()  # no orbax threads left to print tracebacks at exit
       raise
@@ -309,9 +309,10 @@ def closing_line(workdir: str, saved, task: str, example, tensorboard: bool) -> 
   """Where the run's results are and what to try next (the last line `trm-train` prints)."""
   from trm_jax import render  # noqa: PLC0415
   ckpt = "no checkpoint" if saved is None else f"checkpoint step {saved}"
-  parts = [f"done: {workdir} ({ckpt}; metrics {fileio.join(workdir, 'metrics.jsonl')}"]
+  run_dir = rundir.RunDir(workdir)
+  parts = [f"done: {workdir} ({ckpt}; metrics {run_dir.metrics}"]
   if tensorboard:
-    parts.append(f"; tensorboard --logdir {fileio.join(workdir, 'tensorboard')}")
+    parts.append(f"; tensorboard --logdir {run_dir.tensorboard}")
   parts.append(")")
   puzzle = {"sudoku": "--sudoku=", "maze": "--maze="}.get(task)
   if puzzle and example is not None:
