@@ -232,8 +232,6 @@ def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str =
   written next to `workdir` and moved into place only when complete; on
   gs:// (no rename) Orbax writes it in place and marks it complete last.
   """
-  import jax  # noqa: PLC0415
-
   from trm_jax import checkpoint, fileio, rundir, runs, sharding  # noqa: PLC0415
   if step < 0:
     raise ConvertError(f"--step={step}: must be >= 0")
@@ -247,8 +245,7 @@ def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str =
   except ValueError as e:
     raise ConvertError(cli.first_line(e)) from None
   state = build_state(run, state_dict, step, source)
-  carry_fn, carry_sh = run.carry_parts(int(config.train.global_batch_size))
-  carry = jax.jit(carry_fn, out_shardings=carry_sh)()
+  carry = run.new_carry()
 
   if fileio.is_remote(workdir):
     _save(checkpoint, run_dir, config, step, state, carry, meta)

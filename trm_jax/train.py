@@ -20,9 +20,9 @@ import numpy as np
 
 from trm_jax import arc_votes, cadence as cadence_lib, checkpoint, config_lib, data as data_lib, evaluate
 from trm_jax import input_pipeline, metrics as metrics_lib, rundir
-from trm_jax import sharding, steps, train_state, trace, workdir_lock
+from trm_jax import sharding, train_state, trace, workdir_lock
 from trm_jax.cli import RunStopped, UserError
-from trm_jax.runs import Run, run_meta, with_shardings
+from trm_jax.runs import Run, run_meta
 
 
 class NonFiniteLoss(RunStopped):
@@ -151,16 +151,14 @@ def _train_and_evaluate(config, workdir: str, verbose: bool) -> dict:
   profile = trace.StepTrace(t.get("profile_steps", ""), workdir)
 
   mngr = checkpoint.manager(workdir, t.keep_checkpoints)
-  carry_fn, carry_sh = run.carry_parts(batch_size)
   meta = run_meta(config, data)
   latest = checkpoint.latest_step(mngr)
   if latest is None:
     state = run.new_state()
-    carry = jax.jit(carry_fn, out_shardings=carry_sh)()
+    carry = run.new_carry()
   else:
-    abstract_carry = with_shardings(jax.eval_shape(carry_fn), carry_sh)
     try:
-      state, carry = _resume(mngr, run.abstract_state, abstract_carry, workdir)
+      state, carry = _resume(mngr, run.abstract_state, run.abstract_carry, workdir)
     except BaseException:
       mngr.close()  # no orbax threads left to print tracebacks at exit
       raise
@@ -180,8 +178,7 @@ def _train_and_evaluate(config, workdir: str, verbose: bool) -> dict:
   if start == 0:
     writer.write(0, {"params": n_params, "total_steps": total})
 
-  train_step = sharding.jit_train_step(steps.make_train_step(run.model, run.mcfg, t, run.tx, int(t.steps)), mesh,
-                                       run.abstract_state, jax.eval_shape(carry_fn))
+  train_step = run.train_step
   pidx, pcount = jax.process_index(), jax.process_count()
   batch_at = lambda s: run.make_batch(input_pipeline.train_batch(data.train, config.seed, s, batch_size,
                                                                  pidx, pcount, epi))
