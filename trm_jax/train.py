@@ -9,7 +9,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import copy
-import pickle
 import sys
 import time
 
@@ -19,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from trm_jax import arc_votes, cadence as cadence_lib, checkpoint, config_lib, data as data_lib, evaluate
-from trm_jax import input_pipeline, metrics as metrics_lib, rundir
+from trm_jax import input_pipeline, metrics as metrics_lib, report, rundir
 from trm_jax import sharding, train_state, trace, workdir_lock
 from trm_jax.cli import RunStopped, UserError
 from trm_jax.runs import Run, run_meta
@@ -63,62 +62,6 @@ def _resume(mngr, abstract_state, abstract_carry, workdir: str):
             f"(steps {', '.join(str(s) for s, _ in damaged)}) to {', '.join(dests)} (delete once looked at); "
             f"resuming from step {step}", file=sys.stderr, flush=True)
   return state, carry
-
-
-def evaluate_all(run: Run, state, data: data_lib.Data, workdir: str | None = None) -> dict:
-  """Every eval set with the EMA weights when EMA is on; ARC adds voting and a submission.
-
-  ARC's `eval/ARC/pass@K` and `submission.json` vote over every evaluation of
-  the run so far when `eval.arc_aggregate_voting` (the reference's default;
-  the votes are stored in the workdir, see `arc_votes`), else over this one;
-  `eval/ARC/pass@K_this_eval` is always this evaluation's own score.
-  """
-  cfg = run.config
-  out = {}
-  params = state.eval_params()
-  step = int(jax.device_get(state.step))
-  for name, split in data.evals.items():
-    arc = (data.info, data.arrays) if data.task == "arc" else None
-    m, entries = evaluate.evaluate_split(run.eval_step, params, state.consts, state.puzzle_table, split,
-                                         cfg.eval.batch_size, run.eval_steps, run.make_batch,
-                                         cfg.eval.max_examples, name, arc)
-    if jax.process_count() > 1:  # each process scored only its own rows of every batch
-      parts = _gather_objects((m, entries))
-      m = _merge_split_metrics([p[0] for p in parts], f"eval/{name}/count")
-      entries = None if entries is None else [e for p in parts for e in p[1]]
-    out.update(m)
-    if arc is not None:
-      counts = evaluate.arc_test_counts(split, *arc)   # every test task: the reference's denominators
-      this = arc_votes.tally(entries)
-      scores, submission = arc_votes.score(this, test_counts=counts)
-      out.update({f"eval/ARC/{k}_this_eval": v for k, v in scores.items()})
-      if cfg.eval.arc_aggregate_voting and workdir:
-        pooled = arc_votes.pool(workdir, name, step, this, write=jax.process_index() == 0)
-        scores, submission = arc_votes.score(pooled, test_counts=counts)
-      out.update({f"eval/ARC/{k}": v for k, v in scores.items()})
-      if workdir and jax.process_index() == 0:
-        arc_votes.write_submission(rundir.RunDir(workdir).submission, submission)
-  return out
-
-
-def _gather_objects(obj) -> list:
-  """Every process's picklable `obj`, in process order (a collective: all processes call it)."""
-  from jax.experimental import multihost_utils
-  blob = np.frombuffer(pickle.dumps(obj), np.uint8)
-  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([blob.size], np.int32))).reshape(-1)
-  padded = np.zeros(int(sizes.max()), np.uint8)
-  padded[:blob.size] = blob
-  blobs = np.asarray(multihost_utils.process_allgather(padded))
-  return [pickle.loads(blobs[i, :int(n)].tobytes()) for i, n in enumerate(sizes)]
-
-
-def _merge_split_metrics(parts: list, count_key: str) -> dict:
-  """Per-process results of one eval split -> the whole split's (every other value is a mean per example)."""
-  counts = [float(p[count_key]) for p in parts]
-  total = sum(counts)
-  out = {k: sum(float(p[k]) * c for p, c in zip(parts, counts)) / max(total, 1.0) for k in parts[0] if k != count_key}
-  out[count_key] = total
-  return out
 
 
 def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
@@ -262,9 +205,9 @@ def _train_and_evaluate(config, workdir: str, verbose: bool) -> dict:
             writer.progress(step, {"loss": vals["train/lm_loss"], "exact": vals["train/exact_accuracy"]})
         if do_eval:
           t0 = time.time()
-          last_metrics = evaluate_all(run, state, data, workdir)
+          last_metrics = evaluate.evaluate_all(run, state, data, workdir)
           writer.write(step, dict(last_metrics, eval_seconds=time.time() - t0))
-          writer.log(_summary(step, last_metrics))
+          writer.log(report.summary(step, last_metrics))
         if do_save:
           save()
         if stop and not done:
@@ -275,9 +218,9 @@ def _train_and_evaluate(config, workdir: str, verbose: bool) -> dict:
             print(f"process {pidx}: {msg}", file=sys.stderr, flush=True)
           break
       if start >= total:
-        last_metrics = evaluate_all(run, state, data, workdir)
+        last_metrics = evaluate.evaluate_all(run, state, data, workdir)
         writer.write(step, last_metrics)
-        writer.log(_summary(step, last_metrics))
+        writer.log(report.summary(step, last_metrics))
     mngr.wait_until_finished()
     saved = mngr.latest_step()
   finally:
@@ -290,9 +233,9 @@ def _train_and_evaluate(config, workdir: str, verbose: bool) -> dict:
   # (on a pod, `trm-solve --workdir` prints it from the checkpoint).
   example = None
   if step >= total and jax.process_count() == 1:
-    example = _print_example(run, state, data)
+    example = report.print_example(run, state, data)
   if jax.process_index() == 0:
-    print(closing_line(workdir, saved, data.task, example, tensorboard), flush=True)
+    print(report.closing_line(workdir, saved, data.task, example, tensorboard), flush=True)
   return dict(last_metrics, step=step)
 
 
@@ -300,49 +243,3 @@ def _train_and_evaluate(config, workdir: str, verbose: bool) -> dict:
 def _add_metrics(a: dict, b: dict) -> dict:
   """Running metric sums: one dispatch per step instead of one per metric."""
   return jax.tree.map(jnp.add, a, b)
-
-
-def closing_line(workdir: str, saved, task: str, example, tensorboard: bool) -> str:
-  """Where the run's results are and what to try next (the last line `trm-train` prints)."""
-  from trm_jax import render  # noqa: PLC0415
-  ckpt = "no checkpoint" if saved is None else f"checkpoint step {saved}"
-  run_dir = rundir.RunDir(workdir)
-  parts = [f"done: {workdir} ({ckpt}; metrics {run_dir.metrics}"]
-  if tensorboard:
-    parts.append(f"; tensorboard --logdir {run_dir.tensorboard}")
-  parts.append(")")
-  puzzle = {"sudoku": "--sudoku=", "maze": "--maze="}.get(task)
-  if puzzle and example is not None:
-    text = render.puzzle_text(task, example)
-    parts.append(f"; try: trm-solve --workdir={workdir} {puzzle}'{text}'")
-  elif task == "arc":
-    parts.append(f"; try: trm-solve --workdir={workdir} --arc=TASK.json")
-  return "".join(parts)
-
-
-def _summary(step, m: dict) -> str:
-  keys = [k for k in m if k.endswith("/exact_accuracy") or k.endswith("/accuracy") or "pass@2" in k]
-  partial = [k[:-len("/partial")] for k in m if k.endswith("/partial")]
-  note = (f" (PARTIAL evaluation of {', '.join(partial)}: eval.max_examples; ARC scores still divide by "
-          "every test task)") if partial else ""
-  return f"step {step}: " + ", ".join(f"{k}={m[k]:.4f}" for k in keys) + note
-
-
-def _print_example(run: Run, state, data: data_lib.Data):
-  """Solves the first held-out example, prints puzzle, answer and whether it is right; -> its input tokens."""
-  from trm_jax import render, solve
-  split = next(iter(data.evals.values()), None)
-  if split is None or split.num_examples == 0:
-    return None
-  ex = split.examples(np.arange(1))
-  res = solve.solve_one(run, state, ex["inputs"][0], int(ex["puzzle_identifiers"][0]))
-  label = np.where(ex["labels"][0] < 0, 0, ex["labels"][0])
-  right = bool(np.array_equal(np.where(ex["labels"][0] < 0, 0, res["answer"]), label))
-  shown = (ex["inputs"][0], res["answer"])
-  if data.task == "arc":
-    from trm_jax.datasets import arc
-    shown = tuple(arc.crop_prediction(x) for x in shown)
-  print(f"held-out example 0 ({'solved' if right else 'NOT solved'}; {render.plural(res['steps'], 'supervision step')}, "
-        f"halting confidence {res['confidence']:.3f}):")
-  print(render.side_by_side(data.task, tuple(data.grid), *shown), flush=True)
-  return ex["inputs"][0]
