@@ -1,4 +1,4 @@
-"""train.evaluate_all on a hand-made ARC split: pooled vs per-evaluation votes,
+"""evaluate.evaluate_all on a hand-made ARC split: pooled vs per-evaluation votes,
 resume, the off switch, and partial evaluations with the reference denominators."""
 import json
 import types
@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from trm_jax import arc_votes, train
+from trm_jax import arc_votes, evaluate, report
 from trm_jax.datasets import arc, splits
 
 IN = np.asarray([[1, 2], [3, 4]], np.uint8)
@@ -68,12 +68,12 @@ def _two_evals(workdir, aggregate=True, resume=False):
   data, copies = _data()
   model = FakeModel(copies)
   model.plan = PLAN1
-  first = train.evaluate_all(_run(model, aggregate), _state(100), data, str(workdir))
+  first = evaluate.evaluate_all(_run(model, aggregate), _state(100), data, str(workdir))
   if resume:  # a new process resuming from the step-100 checkpoint
     arc_votes.forget_after(str(workdir), 100)
     model = FakeModel(copies)
   model.plan = PLAN2
-  second = train.evaluate_all(_run(model, aggregate), _state(200), data, str(workdir))
+  second = evaluate.evaluate_all(_run(model, aggregate), _state(200), data, str(workdir))
   return first, second, json.loads((workdir / "submission.json").read_text())
 
 
@@ -99,17 +99,17 @@ def test_off_switch_votes_per_evaluation(tmp_path):
   _, second, sub = _two_evals(tmp_path, aggregate=False)
   assert second["eval/ARC/pass@1"] == second["eval/ARC/pass@1_this_eval"] == 0.5
   assert sub["t0"][0]["attempt_1"] == WRONG_B.tolist()
-  assert not (tmp_path / arc_votes.STORE_DIR).exists()
+  assert not (tmp_path / "arc_votes").exists()
 
 
 def test_partial_evaluation_divides_by_every_test_task(tmp_path):
   data, copies = _data()
   model = FakeModel(copies)
   model.plan = {pid: LABEL for pid in range(1, 7)}
-  full = train.evaluate_all(_run(model, batch=5), _state(1), data, str(tmp_path / "full"))
-  part = train.evaluate_all(_run(model, batch=5, max_examples=5), _state(1), data, str(tmp_path / "part"))
+  full = evaluate.evaluate_all(_run(model, batch=5), _state(1), data, str(tmp_path / "full"))
+  part = evaluate.evaluate_all(_run(model, batch=5, max_examples=5), _state(1), data, str(tmp_path / "part"))
   assert full["eval/ARC/pass@1"] == 1.0 and "eval/test/partial" not in full
   # Only t0's five copies ran: t1 counts as unsolved, as in the reference.
   assert part["eval/test/count"] == 5 and part["eval/test/partial"] == 1.0
   assert part["eval/ARC/pass@1"] == pytest.approx(0.5)
-  assert "PARTIAL" in train._summary(1, part)
+  assert "PARTIAL" in report.summary(1, part)

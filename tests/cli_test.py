@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trm_jax import cli, metrics, parity, render, rules, train
+from trm_jax import cli, metrics, parity, render, report, rules
 from trm_jax.datasets import cli as data_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,11 +205,11 @@ def test_tensorboard_events_without_importing_torch(tmp_path):
 
 
 def test_closing_line_names_everything(tmp_path):
-  line = train.closing_line(str(tmp_path), 12, "sudoku", np.array([2, 1, 1, 5]), tensorboard=True)
+  line = report.closing_line(str(tmp_path), 12, "sudoku", np.array([2, 1, 1, 5]), tensorboard=True)
   assert str(tmp_path) in line and "checkpoint step 12" in line and "metrics.jsonl" in line
   assert f"tensorboard --logdir {tmp_path}/tensorboard" in line
   assert line.endswith(f"trm-solve --workdir={tmp_path} --sudoku='1..4'")
-  assert "--arc=" in train.closing_line(str(tmp_path), 3, "arc", None, tensorboard=False)
+  assert "--arc=" in report.closing_line(str(tmp_path), 3, "arc", None, tensorboard=False)
 
 
 def test_plural():

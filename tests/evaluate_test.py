@@ -129,7 +129,7 @@ def test_pooled_votes_survive_resume_and_redone_evaluations(tmp_path):
   # Re-evaluating the same step (preempted between evaluation and checkpoint) overwrites it.
   again = arc_votes.score(arc_votes.pool(run, "test", 20, arc_votes.tally(ROUND2), write=True))
   assert again == expect
-  assert not list((run / arc_votes.STORE_DIR / "test").glob(".*tmp"))   # nothing half-written
+  assert not list((run / "arc_votes" / "test").glob(".*tmp"))   # nothing half-written
 
 
 def test_tally_file_roundtrip(tmp_path):

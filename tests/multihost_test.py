@@ -185,8 +185,9 @@ STEP_SCRIPT = textwrap.dedent("""
   # Four devices over two processes, table split in two; each process feeds its own rows.
   mesh = sharding.make_mesh(2)
   s4 = sharding.create_sharded(create, mesh)
-  c4 = jax.jit(carry_fn, out_shardings=sharding.carry_shardings(mesh, jax.eval_shape(carry_fn)))()
-  jitted = sharding.jit_train_step(step_fn, mesh, jax.eval_shape(create), jax.eval_shape(carry_fn))
+  carry_sh = sharding.carry_shardings(mesh, jax.eval_shape(carry_fn))
+  c4 = jax.jit(carry_fn, out_shardings=carry_sh)()
+  jitted = sharding.jit_train_step(step_fn, mesh, sharding.state_shardings(mesh, jax.eval_shape(create)), carry_sh)
   rows = slice(pid * B // 2, (pid + 1) * B // 2)
   put = lambda b: sharding.global_batch({k: v[rows] for k, v in b.items()}, mesh)
   hlo = jitted.lower(s4, c4, put(batches[0]), jax.random.key(0)).compile().as_text()

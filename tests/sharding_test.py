@@ -48,9 +48,9 @@ SCRIPT = textwrap.dedent("""
   # Four devices.
   mesh = sharding.make_mesh(table_parallel)
   s4 = sharding.create_sharded(create, mesh)
-  carry = jax.device_put(recursion.initial_carry(cfg, 8),
-                         sharding.carry_shardings(mesh, jax.eval_shape(lambda: recursion.initial_carry(cfg, 8))))
-  jitted = sharding.jit_train_step(step_fn, mesh, jax.eval_shape(create), jax.eval_shape(lambda: carry))
+  carry_sh = sharding.carry_shardings(mesh, jax.eval_shape(lambda: recursion.initial_carry(cfg, 8)))
+  carry = jax.device_put(recursion.initial_carry(cfg, 8), carry_sh)
+  jitted = sharding.jit_train_step(step_fn, mesh, sharding.state_shardings(mesh, jax.eval_shape(create)), carry_sh)
   put = lambda b: jax.device_put(b, sharding.batch_sharding(mesh))
   s4, c4, l4 = run(jitted, s4, carry, put)
   assert len(s4.puzzle_table.sharding.device_set) == 4

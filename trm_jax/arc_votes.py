@@ -22,10 +22,9 @@ import re
 import numpy as np
 from etils import epath
 
-from trm_jax import fileio
+from trm_jax import fileio, rundir
 
 PASS_KS = (1, 2, 5, 10, 100, 1000)
-STORE_DIR = "arc_votes"
 _STEP_FILE = re.compile(r"step_(\d+)\.npz$")
 
 
@@ -187,12 +186,8 @@ def load(path) -> dict:
   return out
 
 
-def _store(workdir, split: str) -> epath.Path:
-  return epath.Path(workdir) / STORE_DIR / split
-
-
 def stored_steps(workdir, split: str) -> list:
-  d = _store(workdir, split)
+  d = epath.Path(rundir.RunDir(workdir).arc_votes(split))
   if not d.exists():
     return []
   return sorted(int(m.group(1)) for p in d.iterdir() if (m := _STEP_FILE.fullmatch(p.name)))
@@ -201,22 +196,24 @@ def stored_steps(workdir, split: str) -> list:
 def pool(workdir, split: str, step: int, this_eval: dict, write: bool) -> dict:
   """Stores this evaluation's tally as step `step` (when `write`) and returns the sum of the
   stored tallies of earlier steps and this one."""
+  run_dir = rundir.RunDir(workdir)
   if write:
-    save(_store(workdir, split) / f"step_{step}.npz", this_eval)
-  earlier = [load(_store(workdir, split) / f"step_{s}.npz") for s in stored_steps(workdir, split) if s < step]
+    save(run_dir.arc_votes(split, step), this_eval)
+  earlier = [load(run_dir.arc_votes(split, s)) for s in stored_steps(run_dir, split) if s < step]
   return merge(*earlier, this_eval)
 
 
 def forget_after(workdir, step: int) -> list:
   """Removes every split's stored tallies of steps > `step` (a resumed run redoes them)."""
-  root = epath.Path(workdir) / STORE_DIR
+  run_dir = rundir.RunDir(workdir)
+  root = epath.Path(run_dir.arc_votes())
   gone = []
   if not root.exists():
     return gone
   for d in root.iterdir():
     if d.is_dir():
-      for s in stored_steps(workdir, d.name):
+      for s in stored_steps(run_dir, d.name):
         if s > step:
-          (d / f"step_{s}.npz").unlink()
+          epath.Path(run_dir.arc_votes(d.name, s)).unlink()
           gone.append(f"{d.name}/step_{s}.npz")
   return gone

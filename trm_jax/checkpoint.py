@@ -14,7 +14,7 @@ import time
 import jax
 import orbax.checkpoint as ocp
 
-from trm_jax import fileio, integrity
+from trm_jax import fileio, integrity, rundir
 
 ITEMS = ("state", "carry", "meta")
 
@@ -23,9 +23,9 @@ class CheckpointError(ValueError):
   """An unreadable checkpoint directory (one line, names the path)."""
 
 
-def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-  """The workdir's `checkpoints/` (local or gs://, through epath; tensorstore writes the arrays)."""
-  directory = fileio.join(fileio.resolve(workdir), "checkpoints")
+def manager(workdir, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+  """The run directory's `checkpoints/` (local or gs://, through epath; tensorstore writes the arrays)."""
+  directory = rundir.RunDir(workdir).checkpoints()
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
                                          enable_async_checkpointing=not read_only,
                                          cleanup_tmp_directories=not read_only)
@@ -131,8 +131,8 @@ def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=N
   raise CheckpointError(f"no intact checkpoint ({len(damaged)} damaged); newest: {reason}")
 
 
-def set_aside(mngr: ocp.CheckpointManager, steps) -> list[str]:
-  """Moves the checkpoints of `steps` out of the checkpoints directory, next to it; -> where to.
+def set_aside(mngr: ocp.CheckpointManager, steps, run_dir: rundir.RunDir) -> list[str]:
+  """Moves the checkpoints of `steps` out of the run's checkpoints directory, next to it; -> where to.
 
   Used for checkpoints that failed to restore: out of the way (re-saving their
   step works, and they no longer shadow an older good one), but not deleted, as
@@ -140,11 +140,10 @@ def set_aside(mngr: ocp.CheckpointManager, steps) -> list[str]:
   waits for it and re-reads the directory.
   """
   stamp = time.strftime("%Y%m%d-%H%M%S")
-  directory = str(mngr.directory)
-  dests = [fileio.join(fileio.dirname(directory), f"damaged_checkpoint_{s}_{stamp}") for s in steps]
+  dests = [run_dir.damaged_checkpoint(s, stamp) for s in steps]
   if jax.process_index() == 0:
     for s, d in zip(steps, dests):
-      fileio.move(fileio.join(directory, str(s)), d)
+      fileio.move(run_dir.checkpoints(s), d)
   barrier("trm_set_aside_damaged")
   mngr.reload()
   return dests

@@ -214,13 +214,14 @@ def build_state(run, state_dict: dict, step: int = 0, source: str = "state dict"
   return state
 
 
-def _check_workdir(workdir: str) -> str:
-  from trm_jax import fileio, train  # noqa: PLC0415
-  workdir = train.check_workdir(workdir)
-  ckpts = fileio.join(workdir, "checkpoints")
+def _check_workdir(workdir: str):
+  """-> the RunDir of a workdir that holds no checkpoint yet."""
+  from trm_jax import fileio, rundir  # noqa: PLC0415
+  run_dir = rundir.RunDir(workdir).prepare()
+  ckpts = run_dir.checkpoints()
   if fileio.exists(ckpts) and (not fileio.isdir(ckpts) or fileio.listdir(ckpts)):
-    raise ConvertError(f"--workdir={workdir}: already holds checkpoints; convert into a fresh directory")
-  return workdir
+    raise ConvertError(f"--workdir={run_dir}: already holds checkpoints; convert into a fresh directory")
+  return run_dir
 
 
 def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str = "state dict",
@@ -231,12 +232,11 @@ def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str =
   written next to `workdir` and moved into place only when complete; on
   gs:// (no rename) Orbax writes it in place and marks it complete last.
   """
-  import jax  # noqa: PLC0415
-
-  from trm_jax import checkpoint, fileio, runs, sharding  # noqa: PLC0415
+  from trm_jax import checkpoint, fileio, rundir, runs, sharding  # noqa: PLC0415
   if step < 0:
     raise ConvertError(f"--step={step}: must be >= 0")
-  workdir = _check_workdir(workdir)
+  run_dir = _check_workdir(workdir)
+  workdir = run_dir.root
   config, meta, mesh = resolve(config, resolve_data, mesh)
   meta["converted_from"] = source
   try:
@@ -245,12 +245,11 @@ def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str =
   except ValueError as e:
     raise ConvertError(cli.first_line(e)) from None
   state = build_state(run, state_dict, step, source)
-  carry_fn, carry_sh = run.carry_parts(int(config.train.global_batch_size))
-  carry = jax.jit(carry_fn, out_shardings=carry_sh)()
+  carry = run.new_carry()
 
   if fileio.is_remote(workdir):
-    _save(checkpoint, workdir, config, step, state, carry, meta)
-    return fileio.join(workdir, "checkpoints", str(step))
+    _save(checkpoint, run_dir, config, step, state, carry, meta)
+    return run_dir.checkpoints(step)
   parent, base = os.path.split(workdir)
   tmp = tempfile.mkdtemp(prefix=f".{base}.convert-", dir=parent)
   try:
@@ -258,18 +257,17 @@ def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str =
     if not os.path.exists(workdir):
       os.rename(tmp, workdir)
     else:
-      ckpts = os.path.join(workdir, "checkpoints")
-      if os.path.isdir(ckpts):
-        os.rmdir(ckpts)  # empty (checked above)
-      os.rename(os.path.join(tmp, "checkpoints"), ckpts)
+      if os.path.isdir(run_dir.checkpoints()):
+        os.rmdir(run_dir.checkpoints())  # empty (checked above)
+      os.rename(rundir.RunDir(tmp).checkpoints(), run_dir.checkpoints())
       shutil.rmtree(tmp)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return os.path.join(workdir, "checkpoints", str(step))
+  return run_dir.checkpoints(step)
 
 
-def _save(checkpoint, workdir: str, config, step: int, state, carry, meta: dict) -> None:
+def _save(checkpoint, workdir, config, step: int, state, carry, meta: dict) -> None:
   mngr = checkpoint.manager(workdir, int(config.train.keep_checkpoints))
   try:
     checkpoint.save(mngr, step, state, carry, meta, force=True)

@@ -2,16 +2,19 @@
 
 The eval step is `steps.rollout` (every row runs all supervision steps from a
 fresh carry); accuracies are computed on the host from the per-step
-predictions. ARC voting (REFERENCE.md section 8) lives in `arc_votes`; this
-module turns evaluated rows into its entries.
+predictions. On several processes each scores its own rows and the results
+are gathered. ARC voting (REFERENCE.md section 8) lives in `arc_votes`; this
+module turns evaluated rows into its entries and scores them.
 """
 from __future__ import annotations
+
+import pickle
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trm_jax import input_pipeline, steps
+from trm_jax import arc_votes, input_pipeline, rundir, steps
 from trm_jax.arc_votes import PASS_KS, vote as arc_vote, write_submission  # noqa: F401  (API)
 from trm_jax.losses import IGNORE_LABEL
 
@@ -26,6 +29,80 @@ def make_eval_step(model, mcfg, n_steps: int):
     return {"preds": per_step["preds"].astype(jnp.int32), "q_halt": per_step["q_halt_logits"]}
 
   return eval_step
+
+
+def evaluate_all(run, state, data, workdir=None) -> dict:
+  """Every eval set of `data` with the EMA weights when EMA is on; ARC adds voting and a submission.
+
+  ARC's `eval/ARC/pass@K` and `submission.json` vote over every evaluation of
+  the run so far when `eval.arc_aggregate_voting` (the reference's default;
+  the votes are stored in the run directory `workdir`, see `arc_votes`), else
+  over this one; `eval/ARC/pass@K_this_eval` is always this evaluation's own score.
+  """
+  cfg, out = run.config, {}
+  params, step = state.eval_params(), int(jax.device_get(state.step))
+  run_dir = rundir.RunDir(workdir) if workdir else None
+  for name, split in data.evals.items():
+    arc = (data.info, data.arrays) if data.task == "arc" else None
+    m, entries = evaluate_split(run.eval_step, params, state.consts, state.puzzle_table, split, cfg.eval.batch_size,
+                                run.eval_steps, run.make_batch, cfg.eval.max_examples, name, arc)
+    if jax.process_count() > 1:  # each process scored only its own rows of every batch
+      parts = _gather_objects((m, entries))
+      m = _merge_split_metrics([p[0] for p in parts], f"eval/{name}/count")
+      entries = None if entries is None else [e for p in parts for e in p[1]]
+    out.update(m)
+    if arc is not None:
+      counts = arc_test_counts(split, *arc)   # every test task: the reference's denominators
+      this = arc_votes.tally(entries)
+      scores, submission = arc_votes.score(this, test_counts=counts)
+      out.update({f"eval/ARC/{k}_this_eval": v for k, v in scores.items()})
+      if cfg.eval.arc_aggregate_voting and run_dir:
+        pooled = arc_votes.pool(run_dir, name, step, this, write=jax.process_index() == 0)
+        scores, submission = arc_votes.score(pooled, test_counts=counts)
+      out.update({f"eval/ARC/{k}": v for k, v in scores.items()})
+      if run_dir and jax.process_index() == 0:
+        arc_votes.write_submission(run_dir.submission, submission)
+  return out
+
+
+def _gather_objects(obj) -> list:
+  """Every process's picklable `obj`, in process order (a collective: all processes call it)."""
+  from jax.experimental import multihost_utils
+  blob = np.frombuffer(pickle.dumps(obj), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([blob.size], np.int32))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:blob.size] = blob
+  blobs = np.asarray(multihost_utils.process_allgather(padded))
+  return [pickle.loads(blobs[i, :int(n)].tobytes()) for i, n in enumerate(sizes)]
+
+
+def _merge_split_metrics(parts: list, count_key: str) -> dict:
+  """Per-process results of one eval split -> the whole split's (every other value is a mean per example)."""
+  counts = [float(p[count_key]) for p in parts]
+  total = sum(counts)
+  out = {k: sum(float(p[k]) * c for p, c in zip(parts, counts)) / max(total, 1.0) for k in parts[0] if k != count_key}
+  out[count_key] = total
+  return out
+
+
+def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None) -> dict:
+  """Runs one example -> answer tokens, steps used, halting confidence, per-step answers."""
+  rows = run.mesh.size
+  seq = run.mcfg.seq_len
+  batch = {"inputs": np.zeros((rows, seq), np.int32), "labels": np.full((rows, seq), -100, np.int32),
+           "puzzle_identifiers": np.zeros((rows,), np.int32)}
+  batch["inputs"][0] = inputs
+  batch["puzzle_identifiers"][0] = puzzle_id
+  step_fn = run.eval_step
+  if n_steps is not None and n_steps != run.eval_steps:
+    step_fn = jax.jit(make_eval_step(run.model, run.mcfg, n_steps))
+  out = step_fn(state.eval_params(), state.consts, state.puzzle_table, run.make_batch(batch))
+  preds = np.asarray(jax.device_get(out["preds"]))[:, 0]
+  q = np.asarray(jax.device_get(out["q_halt"]))[:, 0]
+  halts = np.flatnonzero(q > 0)
+  k = int(halts[0]) if len(halts) else len(q) - 1
+  return {"answer": preds[k], "steps": k + 1, "confidence": float(1 / (1 + np.exp(-q[k]))),
+          "per_step": preds, "q_halt": q}
 
 
 class SetAccumulator:

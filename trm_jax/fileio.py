@@ -21,9 +21,6 @@ import tempfile
 
 from trm_jax import cli
 
-# Directories a run creates inside its workdir (checked like the workdir itself).
-RUN_DIRS = ("checkpoints", "tensorboard", "arc_votes", "profile")
-
 
 class FileIOError(ValueError):
   """A path the run cannot use (one line, names the path)."""
@@ -45,11 +42,6 @@ def resolve(path) -> str:
 def join(path, *names) -> str:
   path = os.fspath(path)
   return posixpath.join(path, *names) if is_remote(path) else os.path.join(path, *names)
-
-
-def dirname(path) -> str:
-  path = os.fspath(path)
-  return posixpath.dirname(path) if is_remote(path) else os.path.dirname(path)
 
 
 def epath(path):
@@ -246,8 +238,8 @@ def check_owned_dir(path, what: str) -> None:
                       "(use a directory you own)")
 
 
-def prepare_workdir(workdir, flag: str = "--workdir") -> str:
-  """Resolved workdir; creates its parents; refuses one that is not a directory or not the user's."""
+def prepare_workdir(workdir, run_dirs=(), flag: str = "--workdir") -> str:
+  """Resolved workdir; creates its parents; refuses it, or one of `run_dirs`, if not a directory or not the user's."""
   workdir = resolve(workdir)
   what = f"{flag}={workdir}"
   if is_remote(workdir):
@@ -262,6 +254,6 @@ def prepare_workdir(workdir, flag: str = "--workdir") -> str:
   except OSError as e:
     raise FileIOError(f"{what}: cannot create parent directory {parent} ({e.strerror})") from None
   check_owned_dir(workdir, what)
-  for name in RUN_DIRS:
-    check_owned_dir(os.path.join(workdir, name), f"{what}: {name}")
+  for path in run_dirs:
+    check_owned_dir(path, f"{what}: {os.path.basename(path)}")
   return workdir

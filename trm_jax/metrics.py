@@ -20,9 +20,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from trm_jax import fileio, losses
-
-FILE = "metrics.jsonl"
+from trm_jax import fileio, losses, rundir
 
 
 class MetricsError(ValueError):
@@ -57,17 +55,18 @@ def reduce_window(sums: dict, global_batch_size: int, n_steps: int) -> dict:
 class Writer:
   """Writes on process 0 only; every other process gets a silent writer."""
 
-  def __init__(self, workdir: str, total_steps: int, start_step: int = 0, enabled: bool | None = None,
+  def __init__(self, workdir, total_steps: int, start_step: int = 0, enabled: bool | None = None,
                progress: bool = True):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.path = fileio.join(workdir, FILE)
+    run_dir = rundir.RunDir(workdir)
+    self.path = run_dir.metrics
     if self.enabled:
       _drop_after(self.path, start_step)
     self._file = fileio.Appender(self.path) if self.enabled else None
     self._tb = None
     if self.enabled:
       tbx = _tensorboardx()
-      self._tb = tbx.SummaryWriter(fileio.join(workdir, "tensorboard")) if tbx else None
+      self._tb = tbx.SummaryWriter(run_dir.tensorboard) if tbx else None
     self._bar = None
     self._total, self._last = int(total_steps), (int(start_step), None)
     self._lines = bool(self.enabled and progress and not _is_terminal(sys.stderr))
@@ -188,7 +187,7 @@ def _num(v):
   return str(v) if math.isnan(v) or math.isinf(v) else v
 
 
-def read(workdir: str) -> list[dict]:
+def read(workdir) -> list[dict]:
   """All events of a run's metrics.jsonl (local or gs://); a torn last line is left out."""
-  path = fileio.join(workdir, FILE)
+  path = rundir.RunDir(workdir).metrics
   return [record for _, record in _parse(fileio.read_text(path), path)[0]]

@@ -165,16 +165,11 @@ def _abstract_batch(run, batch_size: int):
 def compile_train(run):
   """The run's train step, lowered for its mesh's devices and compiled -> (compiled, seconds)."""
   import jax  # noqa: PLC0415
-  from trm_jax import runs, sharding, steps  # noqa: PLC0415
+  from trm_jax import sharding  # noqa: PLC0415
   t0 = time.perf_counter()
-  bs = int(run.config.train.global_batch_size)
-  carry_fn, carry_sh = run.carry_parts(bs)
-  abstract_carry = jax.eval_shape(carry_fn)
-  step = steps.make_train_step(run.model, run.mcfg, run.config.train, run.tx, int(run.config.train.steps))
-  jitted = sharding.jit_train_step(step, run.mesh, run.abstract_state, abstract_carry)
   rng = jax.ShapeDtypeStruct(run.step_rng.shape, run.step_rng.dtype, sharding=sharding.replicated(run.mesh))
-  args = (run.abstract_state, runs.with_shardings(abstract_carry, carry_sh), _abstract_batch(run, bs), rng)
-  return jitted.lower(*args).compile(), time.perf_counter() - t0
+  batch = _abstract_batch(run, int(run.config.train.global_batch_size))
+  return run.train_step.lower(run.abstract_state, run.abstract_carry, batch, rng).compile(), time.perf_counter() - t0
 
 
 def compile_eval(run):

@@ -151,11 +151,8 @@ def compile_train(s: Setup) -> Compiled:
   tcfg = s.config.train
   total = tcfg.steps if tcfg.steps > 0 else 100_000
   step = steps.make_train_step(s.model, s.mcfg, tcfg, s.tx, total)
-  state_sh = jax.tree.map(lambda x: x.sharding, s.state)
-  carry_sh = jax.tree.map(lambda x: x.sharding, s.carry)
-  rep = sharding.replicated(s.mesh)
-  jitted = jax.jit(step, in_shardings=(state_sh, carry_sh, sharding.batch_sharding(s.mesh), rep),
-                   out_shardings=(state_sh, carry_sh, rep), donate_argnums=(0, 1))
+  shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
+  jitted = sharding.jit_train_step(step, s.mesh, shardings(s.state), shardings(s.carry))
   return _compile(jitted, (s.state, s.carry, s.batch, s.rng))
 
 

@@ -13,13 +13,17 @@ import sys
 import jax
 import ml_collections
 
-from trm_jax import checkpoint, config_lib, data as data_lib, evaluate, fileio, optim, recursion, sharding
-from trm_jax import train_state
+from trm_jax import checkpoint, config_lib, data as data_lib, evaluate, fileio, optim, recursion, rundir, sharding
+from trm_jax import steps, train_state
 from trm_jax.model import RecursiveModel
 
 
 class Run:
-  """The jitted pieces of one run (shared by training, evaluation and `trm-solve`)."""
+  """The jitted pieces of one run (shared by training, evaluation and `trm-solve`).
+
+  `train_step(state, carry, batch, rng) -> (state, carry, metric sums)` donates state and carry;
+  `eval_step(params, consts, table, batch)` returns per-step predictions (`evaluate.make_eval_step`).
+  """
 
   def __init__(self, config, mesh):
     self.config, self.mesh = config, mesh
@@ -38,9 +42,17 @@ class Run:
     eval_step = evaluate.make_eval_step(self.model, self.mcfg, self.eval_steps)
     self.eval_step = jax.jit(sharding.under_mesh(eval_step, mesh), in_shardings=(self.repl, self.repl, self.state_sh.puzzle_table,
                                                       self.batch_sh))
+    self.carry_fn, self.carry_sh = self.carry_parts(int(config.train.global_batch_size))
+    self.abstract_carry = with_shardings(jax.eval_shape(self.carry_fn), self.carry_sh)
+    train_step = steps.make_train_step(self.model, self.mcfg, config.train, self.tx, config.train.steps)
+    self.train_step = sharding.jit_train_step(train_step, mesh, self.state_sh, self.carry_sh)
 
   def new_state(self):
     return jax.jit(self.create, out_shardings=self.state_sh)(self.init_rng)
+
+  def new_carry(self):
+    """The ACT carry of a fresh run (every row halted: the first step loads a batch)."""
+    return jax.jit(self.carry_fn, out_shardings=self.carry_sh)()
 
   def carry_parts(self, batch_size: int):
     fn = lambda: recursion.initial_carry(self.mcfg, batch_size)
@@ -63,7 +75,7 @@ def run_meta(config, data: data_lib.Data) -> dict:
 
 def _open(workdir: str, step: int | None):
   """-> (read-only manager, saved steps newest first); an explicit `step` must be one of them."""
-  directory = fileio.join(fileio.resolve(workdir), "checkpoints")
+  directory = rundir.RunDir(workdir).checkpoints()
   if not fileio.isdir(directory):
     raise checkpoint.CheckpointError(f"--workdir={workdir}: no checkpoints directory")
   mngr = checkpoint.manager(workdir, read_only=True)

@@ -91,11 +91,11 @@ def create_sharded(create_fn, mesh: Mesh):
   return jax.jit(create_fn, out_shardings=state_shardings(mesh, abstract))()
 
 
-def jit_train_step(train_step, mesh: Mesh, abstract_state, abstract_carry):
-  """jax.jit of `train_step(state, carry, batch, rng)` with explicit shardings.
+def jit_train_step(train_step, mesh: Mesh, state_sh, carry_sh):
+  """jax.jit of `train_step(state, carry, batch, rng)` with the state's and carry's shardings.
 
   State and carry are donated; metric sums come back replicated.
   """
-  ss, cs = state_shardings(mesh, abstract_state), carry_shardings(mesh, abstract_carry)
-  return jax.jit(under_mesh(train_step, mesh), in_shardings=(ss, cs, batch_sharding(mesh), replicated(mesh)),
-                 out_shardings=(ss, cs, replicated(mesh)), donate_argnums=(0, 1))
+  repl = replicated(mesh)
+  return jax.jit(under_mesh(train_step, mesh), in_shardings=(state_sh, carry_sh, batch_sharding(mesh), repl),
+                 out_shardings=(state_sh, carry_sh, repl), donate_argnums=(0, 1))

@@ -120,25 +120,9 @@ def load_run(workdir: str):
 
 
 def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None) -> dict:
-  """Runs one example -> answer tokens, steps used, halting confidence, per-step answers."""
+  """Runs one example (`evaluate.solve_one`) -> answer tokens, steps used, halting confidence, per-step answers."""
   from trm_jax import evaluate
-  import jax
-  rows = run.mesh.size
-  seq = run.mcfg.seq_len
-  batch = {"inputs": np.zeros((rows, seq), np.int32), "labels": np.full((rows, seq), -100, np.int32),
-           "puzzle_identifiers": np.zeros((rows,), np.int32)}
-  batch["inputs"][0] = inputs
-  batch["puzzle_identifiers"][0] = puzzle_id
-  step_fn = run.eval_step
-  if n_steps is not None and n_steps != run.eval_steps:
-    step_fn = jax.jit(evaluate.make_eval_step(run.model, run.mcfg, n_steps))
-  out = step_fn(state.eval_params(), state.consts, state.puzzle_table, run.make_batch(batch))
-  preds = np.asarray(jax.device_get(out["preds"]))[:, 0]
-  q = np.asarray(jax.device_get(out["q_halt"]))[:, 0]
-  halts = np.flatnonzero(q > 0)
-  k = int(halts[0]) if len(halts) else len(q) - 1
-  return {"answer": preds[k], "steps": k + 1, "confidence": float(1 / (1 + np.exp(-q[k]))),
-          "per_step": preds, "q_halt": q}
+  return evaluate.solve_one(run, state, inputs, puzzle_id, n_steps)
 
 
 def display(task: str, grid: tuple, tokens) -> np.ndarray:

@@ -8,10 +8,9 @@ results before it stops, so it holds whole steps.
 """
 from __future__ import annotations
 
-import os
-
 import jax
 
+from trm_jax import hooks, rundir
 from trm_jax.cli import UserError
 
 
@@ -29,12 +28,12 @@ def parse_steps(spec: str) -> tuple[int, int] | None:
   return a, b
 
 
-class StepTrace:
-  """Starts the trace before step `first`, stops it after step `last` (process 0 only)."""
+class StepTrace(hooks.Hook):
+  """The loop's profiling hook: starts the trace before step `first`, stops it after step `last` (process 0)."""
 
-  def __init__(self, spec: str, workdir: str):
+  def __init__(self, spec: str, workdir):
     self.steps = parse_steps(spec)
-    self.dir = os.path.join(workdir, "profile")
+    self.dir = rundir.RunDir(workdir).profile
     self.active = False
     self.done = self.steps is None or jax.process_index() != 0
 
@@ -43,6 +42,9 @@ class StepTrace:
     if not self.done and not self.active and self.steps[0] <= step <= self.steps[1]:
       jax.profiler.start_trace(self.dir, create_perfetto_trace=True)
       self.active = True
+
+  def __call__(self, tick: hooks.Tick) -> None:
+    self.after(tick.step, tick.metrics)
 
   def after(self, step: int, outputs) -> None:
     """Call after train step `step` was dispatched with its outputs."""

@@ -8,25 +8,19 @@ uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-import pickle
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from trm_jax import arc_votes, cadence as cadence_lib, checkpoint, config_lib, data as data_lib, evaluate
-from trm_jax import fileio, input_pipeline, metrics as metrics_lib
-from trm_jax import sharding, steps, train_state, trace, workdir_lock
-from trm_jax.cli import RunStopped, UserError
-from trm_jax.runs import Run, run_meta, with_shardings
-
-
-class NonFiniteLoss(RunStopped):
-  """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+from trm_jax import hooks as hooks_lib, input_pipeline, metrics as metrics_lib, report, rundir, sharding
+from trm_jax import train_state, trace, workdir_lock
+from trm_jax.cli import UserError
+from trm_jax.runs import Run, run_meta
 
 
 def resolve_config(config, meta) -> ml_collections.ConfigDict:
@@ -44,81 +38,7 @@ def resolve_config(config, meta) -> ml_collections.ConfigDict:
 
 def check_workdir(workdir: str) -> str:
   """Absolute local workdir (parents created; it and its run directories must be the user's) or gs:// URI."""
-  return fileio.prepare_workdir(workdir)
-
-
-def _finite(x) -> bool:
-  return bool(np.isfinite(np.asarray(x)).all())
-
-
-def _resume(mngr, abstract_state, abstract_carry):
-  """Restores the newest intact checkpoint; newer ones that fail are set aside with one warning line."""
-  step, state, carry, _, damaged = checkpoint.restore_intact(mngr, abstract_state, abstract_carry)
-  if damaged:
-    # Out of the checkpoints directory (re-saving that step must work, and it would shadow the
-    # good one), but kept: a passing storage error can look like damage.
-    dests = checkpoint.set_aside(mngr, [s for s, _ in damaged])
-    if jax.process_index() == 0:
-      print(f"warning: {damaged[0][1]}; moved {len(damaged)} checkpoint(s) that did not restore "
-            f"(steps {', '.join(str(s) for s, _ in damaged)}) to {', '.join(dests)} (delete once looked at); "
-            f"resuming from step {step}", file=sys.stderr, flush=True)
-  return state, carry
-
-
-def evaluate_all(run: Run, state, data: data_lib.Data, workdir: str | None = None) -> dict:
-  """Every eval set with the EMA weights when EMA is on; ARC adds voting and a submission.
-
-  ARC's `eval/ARC/pass@K` and `submission.json` vote over every evaluation of
-  the run so far when `eval.arc_aggregate_voting` (the reference's default;
-  the votes are stored in the workdir, see `arc_votes`), else over this one;
-  `eval/ARC/pass@K_this_eval` is always this evaluation's own score.
-  """
-  cfg = run.config
-  out = {}
-  params = state.eval_params()
-  step = int(jax.device_get(state.step))
-  for name, split in data.evals.items():
-    arc = (data.info, data.arrays) if data.task == "arc" else None
-    m, entries = evaluate.evaluate_split(run.eval_step, params, state.consts, state.puzzle_table, split,
-                                         cfg.eval.batch_size, run.eval_steps, run.make_batch,
-                                         cfg.eval.max_examples, name, arc)
-    if jax.process_count() > 1:  # each process scored only its own rows of every batch
-      parts = _gather_objects((m, entries))
-      m = _merge_split_metrics([p[0] for p in parts], f"eval/{name}/count")
-      entries = None if entries is None else [e for p in parts for e in p[1]]
-    out.update(m)
-    if arc is not None:
-      counts = evaluate.arc_test_counts(split, *arc)   # every test task: the reference's denominators
-      this = arc_votes.tally(entries)
-      scores, submission = arc_votes.score(this, test_counts=counts)
-      out.update({f"eval/ARC/{k}_this_eval": v for k, v in scores.items()})
-      if cfg.eval.arc_aggregate_voting and workdir:
-        pooled = arc_votes.pool(workdir, name, step, this, write=jax.process_index() == 0)
-        scores, submission = arc_votes.score(pooled, test_counts=counts)
-      out.update({f"eval/ARC/{k}": v for k, v in scores.items()})
-      if workdir and jax.process_index() == 0:
-        arc_votes.write_submission(fileio.join(workdir, "submission.json"), submission)
-  return out
-
-
-def _gather_objects(obj) -> list:
-  """Every process's picklable `obj`, in process order (a collective: all processes call it)."""
-  from jax.experimental import multihost_utils
-  blob = np.frombuffer(pickle.dumps(obj), np.uint8)
-  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([blob.size], np.int32))).reshape(-1)
-  padded = np.zeros(int(sizes.max()), np.uint8)
-  padded[:blob.size] = blob
-  blobs = np.asarray(multihost_utils.process_allgather(padded))
-  return [pickle.loads(blobs[i, :int(n)].tobytes()) for i, n in enumerate(sizes)]
-
-
-def _merge_split_metrics(parts: list, count_key: str) -> dict:
-  """Per-process results of one eval split -> the whole split's (every other value is a mean per example)."""
-  counts = [float(p[count_key]) for p in parts]
-  total = sum(counts)
-  out = {k: sum(float(p[k]) * c for p, c in zip(parts, counts)) / max(total, 1.0) for k in parts[0] if k != count_key}
-  out[count_key] = total
-  return out
+  return str(rundir.RunDir(workdir).prepare())
 
 
 def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
@@ -128,223 +48,129 @@ def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
   also prints the resolved config (it is saved in every checkpoint's metadata anyway).
   """
   config_lib.validate(config)  # before anything is allocated, built or created
-  workdir = check_workdir(workdir)
-  with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir, verbose)
+  run_dir = rundir.RunDir(workdir).prepare()
+  with workdir_lock.hold(run_dir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, run_dir, verbose)
 
 
-def _train_and_evaluate(config, workdir: str, verbose: bool) -> dict:
+def _train_and_evaluate(config, run_dir: rundir.RunDir, verbose: bool) -> dict:
+  """Trains the run through its hooks (or evaluates it once when it is already at its last step); reports."""
+  run, data, cad = _setup(config)
+  t, end, batch_size = run.config.train, cad.end, int(run.config.train.global_batch_size)
+  profile = trace.StepTrace(t.get("profile_steps", ""), run_dir)
+  with contextlib.ExitStack() as resources:
+    mngr = checkpoint.manager(run_dir, t.keep_checkpoints)
+    resources.callback(mngr.close)  # also on failure: no orbax threads left to print tracebacks at exit
+    state, carry, resumed = _restore_or_init(run, mngr, run_dir)
+    start = int(state.step)
+    forgotten = arc_votes.forget_after(run_dir, start) if jax.process_index() == 0 else []
+    writer = metrics_lib.Writer(run_dir, end, start)
+    resources.callback(writer.close)  # (closed before the closing line)
+    _log_start(writer, run, state, cad, forgotten, verbose)
+    guard = hooks_lib.NonFiniteGuard(mngr, pending=start if resumed else None)
+    evals = hooks_lib.EvaluateAt(cad.eval_steps, lambda s: evaluate.evaluate_all(run, s, data, run_dir), writer)
+    save = hooks_lib.SaveCheckpoint(mngr, run_meta(run.config, data), t.checkpoint_every, guard)
+    log = hooks_lib.LogEvery(writer, t.log_every, batch_size, guard.check, also=(evals.due, save.due))
+    feed = (data.train, run.config.seed, start, batch_size, jax.process_index(), jax.process_count(),
+            cad.epochs_per_iter)
+    batches = resources.enter_context(contextlib.closing(input_pipeline.prefetch_train_batches(*feed)))
+    resources.callback(profile.close)
+    with checkpoint.Preemption() as preemption:
+      preempted = hooks_lib.Preempted(preemption, mngr, writer)
+      step = start
+      if start < end:
+        step_fn = _compile(run, writer, state, carry, lambda: input_pipeline.train_batch(*feed))
+        tick = train_loop(lambda s, c, b: step_fn(s, c, run.make_batch(b), run.step_rng), state, carry, start, end,
+                          batches, [profile, guard, preempted, log, evals, save])
+        state, step = tick.state, tick.step
+        if tick.stop:
+          preempted.announce(step)
+      else:
+        evals.run(start, state)
+    mngr.wait_until_finished()
+    saved, tensorboard = mngr.latest_step(), writer.tensorboard
+  # The example is solved on one process's devices, so only single-process runs print it
+  # (on a pod, `trm-solve --workdir` prints it from the checkpoint).
+  example = report.print_example(run, state, data) if step >= end and jax.process_count() == 1 else None
+  if jax.process_index() == 0:
+    print(report.closing_line(run_dir, saved, data.task, example, tensorboard), flush=True)
+  return dict(evals.latest, step=step)
+
+
+def train_loop(train_step, state, carry, start: int, end: int, batches, hooks: list) -> hooks_lib.Tick:
+  """Train steps start+1..end, each followed by every hook in order; -> the last step's Tick.
+
+  `train_step(state, carry, batch) -> (state, carry, metric sums)`; `batches`
+  yields (step, batch) from `start` on. Ends early after a step whose hooks set `tick.stop`.
+  """
+  tick = None
+  for step in range(start, end):
+    at, batch = next(batches)
+    assert at == step, (at, step)
+    for hook in hooks:
+      hook.before(step + 1)
+    state, carry, metrics = train_step(state, carry, batch)
+    tick = hooks_lib.Tick(step + 1, state, carry, metrics, last=step + 1 == end)
+    for hook in hooks:
+      hook(tick)
+    if tick.stop:
+      break
+  return tick
+
+
+def _setup(config):
+  """-> (Run, data, cadence) of the resolved config; one that does not fit the devices is a UserError."""
   mesh = sharding.make_mesh(config.mesh.table_parallel)
   data = data_lib.load(config.data)
   config = resolve_config(config, data.train.meta)
   config_lib.validate(config)  # the dataset's shapes
-  t = config.train
   try:
-    sharding.check_batch(t.global_batch_size, mesh)
+    sharding.check_batch(config.train.global_batch_size, mesh)
     sharding.check_batch(config.eval.batch_size, mesh, "eval.batch_size")
-    run = Run(config, mesh)
-    cad = cadence_lib.cadence(t, data.train, config.seed)
+    return Run(config, mesh), data, cadence_lib.cadence(config.train, data.train, config.seed)
   except ValueError as e:
     raise UserError(str(e)) from None
-  total, batch_size, epi = cad.end, int(t.global_batch_size), cad.epochs_per_iter
-  eval_steps = frozenset(cad.eval_steps)
-  profile = trace.StepTrace(t.get("profile_steps", ""), workdir)
 
-  mngr = checkpoint.manager(workdir, t.keep_checkpoints)
-  carry_fn, carry_sh = run.carry_parts(batch_size)
-  meta = run_meta(config, data)
-  latest = checkpoint.latest_step(mngr)
-  if latest is None:
-    state = run.new_state()
-    carry = jax.jit(carry_fn, out_shardings=carry_sh)()
-  else:
-    abstract_carry = with_shardings(jax.eval_shape(carry_fn), carry_sh)
-    try:
-      state, carry = _resume(mngr, run.abstract_state, abstract_carry)
-    except BaseException:
-      mngr.close()  # no orbax threads left to print tracebacks at exit
-      raise
-  start = int(state.step)
-  forgotten = arc_votes.forget_after(workdir, start) if jax.process_index() == 0 else []
 
-  writer = metrics_lib.Writer(workdir, total, start)
-  tensorboard = writer.tensorboard  # (the writer is closed before the closing line)
-  n_params = train_state.count_params(state.params)
+def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
+  """-> (state, carry, resumed): the newest intact checkpoint's, else a new run's.
+
+  Newer checkpoints that fail to restore are set aside, with one warning line.
+  """
+  if checkpoint.latest_step(mngr) is None:
+    return run.new_state(), run.new_carry(), False
+  step, state, carry, _, damaged = checkpoint.restore_intact(mngr, run.abstract_state, run.abstract_carry)
+  if damaged:
+    # Out of the checkpoints directory (re-saving that step must work, and it would shadow the
+    # good one), but kept: a passing storage error can look like damage.
+    dests = checkpoint.set_aside(mngr, [s for s, _ in damaged], run_dir)
+    if jax.process_index() == 0:
+      print(f"warning: {damaged[0][1]}; moved {len(damaged)} checkpoint(s) that did not restore "
+            f"(steps {', '.join(str(s) for s, _ in damaged)}) to {', '.join(dests)} (delete once looked at); "
+            f"resuming from step {step}", file=sys.stderr, flush=True)
+  return state, carry, True
+
+
+def _log_start(writer, run: Run, state, cad, forgotten: list, verbose: bool) -> None:
+  """The run's first lines (and, on a new run, its size as the first metrics event)."""
+  start, n_params = int(state.step), train_state.count_params(state.params)
   if verbose:
-    writer.log(f"config:\n{config}")
-  writer.log(f"parameters: {n_params:,}; devices: {jax.device_count()}; steps {start} -> {total}"
+    writer.log(f"config:\n{run.config}")
+  writer.log(f"parameters: {n_params:,}; devices: {jax.device_count()}; steps {start} -> {cad.end}"
              + ("" if writer.tensorboard else "; TensorBoard off (tensorboardX not installed)"))
   writer.log(cadence_lib.describe(cad))
   if forgotten:
     writer.log(f"resuming at step {start}: dropped the ARC votes of later evaluations ({', '.join(forgotten)})")
   if start == 0:
-    writer.write(0, {"params": n_params, "total_steps": total})
-
-  train_step = sharding.jit_train_step(steps.make_train_step(run.model, run.mcfg, t, run.tx, int(t.steps)), mesh,
-                                       run.abstract_state, jax.eval_shape(carry_fn))
-  pidx, pcount = jax.process_index(), jax.process_count()
-  batch_at = lambda s: run.make_batch(input_pipeline.train_batch(data.train, config.seed, s, batch_size,
-                                                                 pidx, pcount, epi))
-  last_metrics: dict = {}
-  step, sums, window, t_window = start, None, 0, time.time()
-  batches = None
-
-  # The newest checkpoint whose state has not yet produced a finite loss: the loss computed from
-  # the step-k state is only known after step k+1, so checkpoint k counts as good only then.
-  pending = None if latest is None else start
-
-  def stop_non_finite(what: str):
-    """Deletes the unverified checkpoint (it produced the NaN) and stops, naming the last good one."""
-    mngr.wait_until_finished()
-    dropped = ""
-    if pending is not None and pending in mngr.all_steps():
-      mngr.delete(pending)
-      dropped = f"deleted checkpoint step {pending} (its loss was never finite); "
-    good = mngr.latest_step()
-    raise NonFiniteLoss(f"{what}; stopped; {dropped}last good checkpoint: "
-                        f"{'none' if good is None else f'step {good}'} in {mngr.directory}")
-
-  def check_pending():
-    """After step pending+1: the loss from the pending checkpoint's state is known; finite -> it is good."""
-    nonlocal pending
-    if pending is not None and step == pending + 1:
-      if not _finite(jax.device_get(sums["loss"])):
-        stop_non_finite(f"non-finite loss at step {step}")
-      pending = None
-
-  def flush():
-    """Fetches the window's metric sums; stops the run on a non-finite loss."""
-    nonlocal sums, window, t_window
-    if sums is None:
-      return {}
-    host = jax.device_get(sums)
-    if not _finite(host["loss"]):
-      stop_non_finite(f"non-finite loss in steps {step - window + 1}..{step}")
-    vals = {f"train/{k}": v for k, v in metrics_lib.reduce_window(host, batch_size, window).items()}
-    vals["train/steps_per_sec"] = window / max(time.time() - t_window, 1e-9)
-    sums, window, t_window = None, 0, time.time()
-    return vals
-
-  def save():
-    """Saves step `step` (never a state holding NaN/inf); it is good once its loss is finite."""
-    nonlocal pending
-    try:
-      checkpoint.save(mngr, step, state, carry, meta, force=True)
-    except checkpoint.NonFiniteState as e:
-      stop_non_finite(str(e))
-    pending = step
-
-  try:
-    with checkpoint.Preemption() as preempt:
-      if step < total:
-        t0 = time.time()
-        train_step = train_step.lower(state, carry, batch_at(step), run.step_rng).compile()
-        compile_s = time.time() - t0
-        writer.log(f"train step compiled in {compile_s:.1f}s")
-        writer.write(step, {"compile_seconds": compile_s})
-        checkpoint.barrier("trm_train_step_compiled")
-      batches = input_pipeline.prefetch_train_batches(data.train, config.seed, step, batch_size, pidx, pcount, epi)
-      while step < total:
-        at, local = next(batches)
-        assert at == step, (at, step)
-        profile.before(step + 1)
-        state, carry, m = train_step(state, carry, run.make_batch(local), run.step_rng)
-        sums = m if sums is None else _add_metrics(sums, m)
-        step += 1
-        profile.after(step, m)
-        window += 1
-        check_pending()
-        done = step == total
-        stop = preempt.reached(mngr, step)
-        do_eval = done or step in eval_steps
-        do_save = done or stop or (t.checkpoint_every > 0 and step % t.checkpoint_every == 0)
-        if done or do_eval or do_save or step % max(t.log_every, 1) == 0:
-          vals = flush()
-          if vals:
-            writer.write(step, vals)
-            writer.progress(step, {"loss": vals["train/lm_loss"], "exact": vals["train/exact_accuracy"]})
-        if do_eval:
-          t0 = time.time()
-          last_metrics = evaluate_all(run, state, data, workdir)
-          writer.write(step, dict(last_metrics, eval_seconds=time.time() - t0))
-          writer.log(_summary(step, last_metrics))
-        if do_save:
-          save()
-        if stop and not done:
-          msg = f"SIGTERM: saved step {step}, exiting; re-run the same command to resume"
-          if pidx == 0:
-            writer.log(msg)
-          else:
-            print(f"process {pidx}: {msg}", file=sys.stderr, flush=True)
-          break
-      if start >= total:
-        last_metrics = evaluate_all(run, state, data, workdir)
-        writer.write(step, last_metrics)
-        writer.log(_summary(step, last_metrics))
-    mngr.wait_until_finished()
-    saved = mngr.latest_step()
-  finally:
-    profile.close()
-    if batches is not None:
-      batches.close()
-    writer.close()
-    mngr.close()
-  # The example is solved on one process's devices, so only single-process runs print it
-  # (on a pod, `trm-solve --workdir` prints it from the checkpoint).
-  example = None
-  if step >= total and jax.process_count() == 1:
-    example = _print_example(run, state, data)
-  if jax.process_index() == 0:
-    print(closing_line(workdir, saved, data.task, example, tensorboard), flush=True)
-  return dict(last_metrics, step=step)
+    writer.write(0, {"params": n_params, "total_steps": cad.end})
 
 
-@jax.jit
-def _add_metrics(a: dict, b: dict) -> dict:
-  """Running metric sums: one dispatch per step instead of one per metric."""
-  return jax.tree.map(jnp.add, a, b)
-
-
-def closing_line(workdir: str, saved, task: str, example, tensorboard: bool) -> str:
-  """Where the run's results are and what to try next (the last line `trm-train` prints)."""
-  from trm_jax import render  # noqa: PLC0415
-  ckpt = "no checkpoint" if saved is None else f"checkpoint step {saved}"
-  parts = [f"done: {workdir} ({ckpt}; metrics {fileio.join(workdir, 'metrics.jsonl')}"]
-  if tensorboard:
-    parts.append(f"; tensorboard --logdir {fileio.join(workdir, 'tensorboard')}")
-  parts.append(")")
-  puzzle = {"sudoku": "--sudoku=", "maze": "--maze="}.get(task)
-  if puzzle and example is not None:
-    text = render.puzzle_text(task, example)
-    parts.append(f"; try: trm-solve --workdir={workdir} {puzzle}'{text}'")
-  elif task == "arc":
-    parts.append(f"; try: trm-solve --workdir={workdir} --arc=TASK.json")
-  return "".join(parts)
-
-
-def _summary(step, m: dict) -> str:
-  keys = [k for k in m if k.endswith("/exact_accuracy") or k.endswith("/accuracy") or "pass@2" in k]
-  partial = [k[:-len("/partial")] for k in m if k.endswith("/partial")]
-  note = (f" (PARTIAL evaluation of {', '.join(partial)}: eval.max_examples; ARC scores still divide by "
-          "every test task)") if partial else ""
-  return f"step {step}: " + ", ".join(f"{k}={m[k]:.4f}" for k in keys) + note
-
-
-def _print_example(run: Run, state, data: data_lib.Data):
-  """Solves the first held-out example, prints puzzle, answer and whether it is right; -> its input tokens."""
-  from trm_jax import render, solve
-  split = next(iter(data.evals.values()), None)
-  if split is None or split.num_examples == 0:
-    return None
-  ex = split.examples(np.arange(1))
-  res = solve.solve_one(run, state, ex["inputs"][0], int(ex["puzzle_identifiers"][0]))
-  label = np.where(ex["labels"][0] < 0, 0, ex["labels"][0])
-  right = bool(np.array_equal(np.where(ex["labels"][0] < 0, 0, res["answer"]), label))
-  shown = (ex["inputs"][0], res["answer"])
-  if data.task == "arc":
-    from trm_jax.datasets import arc
-    shown = tuple(arc.crop_prediction(x) for x in shown)
-  print(f"held-out example 0 ({'solved' if right else 'NOT solved'}; {render.plural(res['steps'], 'supervision step')}, "
-        f"halting confidence {res['confidence']:.3f}):")
-  print(render.side_by_side(data.task, tuple(data.grid), *shown), flush=True)
-  return ex["inputs"][0]
+def _compile(run: Run, writer, state, carry, local_batch):
+  """The run's train step compiled for these arguments (timed and logged); all processes meet afterwards."""
+  t0 = time.time()
+  compiled = run.train_step.lower(state, carry, run.make_batch(local_batch()), run.step_rng).compile()
+  compile_s = time.time() - t0
+  writer.log(f"train step compiled in {compile_s:.1f}s")
+  writer.write(int(state.step), {"compile_seconds": compile_s})
+  checkpoint.barrier("trm_train_step_compiled")
+  return compiled

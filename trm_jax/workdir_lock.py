@@ -25,9 +25,8 @@ import socket
 import threading
 import time
 
-from trm_jax import fileio
+from trm_jax import fileio, rundir
 
-NAME = "run.lock"
 HEARTBEAT_S = 60.0
 STALE_S = 600.0
 
@@ -45,15 +44,17 @@ def _describe(info: dict) -> str:
 
 
 @contextlib.contextmanager
-def hold(workdir: str, enabled: bool = True):
+def hold(workdir, enabled: bool = True):
   """Holds the workdir's lock for the `with` block (a no-op when not `enabled`, e.g. process > 0)."""
   if not enabled:
     yield
     return
+  run_dir = rundir.RunDir(workdir)
+  workdir = run_dir.root
   created = not fileio.is_remote(workdir) and not os.path.isdir(workdir)
   fileio.makedirs(workdir)
   try:
-    lock = _GcsLock(workdir) if fileio.is_remote(workdir) else _LocalLock(workdir)
+    lock = _GcsLock(run_dir.lock) if fileio.is_remote(workdir) else _LocalLock(run_dir.lock)
     lock.acquire()
     try:
       yield
@@ -67,8 +68,8 @@ def hold(workdir: str, enabled: bool = True):
 
 class _LocalLock:
 
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, NAME)
+  def __init__(self, path: str):
+    self.path = path
     self.fd = None
 
   def acquire(self) -> None:
@@ -118,8 +119,8 @@ class _LocalLock:
 
 class _GcsLock:
 
-  def __init__(self, workdir: str):
-    self.uri = fileio.join(workdir, NAME)
+  def __init__(self, uri: str):
+    self.uri = uri
     bucket, _, self.name = self.uri.partition("://")[2].partition("/")
     try:
       from google.api_core import exceptions  # noqa: PLC0415
