@@ -23,7 +23,7 @@ def test_local_and_remote_layout(tmp_path, monkeypatch):
 
 def test_prepare_makes_parents_and_checks_the_run_folders(tmp_path):
   r = rundir.RunDir(tmp_path / "a" / "run").prepare()
-  assert (tmp_path / "a").is_dir() and not (tmp_path / "a" / "run").exists()
+  assert str(r) == str(tmp_path / "a" / "run") and (tmp_path / "a").is_dir() and not (tmp_path / "a" / "run").exists()
   (tmp_path / "b" / "run").mkdir(parents=True)
   (tmp_path / "b" / "run" / "arc_votes").write_text("x")
   with pytest.raises(fileio.FileIOError, match=r"--workdir=.*/b/run: arc_votes: exists and is not a directory"):
