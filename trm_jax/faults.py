@@ -12,6 +12,9 @@ The points, each named for what is true when a process stops there:
 - `checkpoint_saved` (checkpoint.py `save`): the checkpoint of the step just
   saved is committed (its final directory, or on gs:// its commit_success.txt,
   exists) and the run goes on only when released.
+- `progress_logged` (metrics.py `Writer.progress`): process 0 has printed the
+  training progress of a step (every `train.log_every` steps); on several
+  processes the others run on until a collective needs process 0.
 """
 from __future__ import annotations
 
