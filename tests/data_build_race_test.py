@@ -7,8 +7,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -119,14 +119,23 @@ def test_other_processes_wait_for_process_0(tmp_path, monkeypatch):
   monkeypatch.setattr(jax, 'process_index', lambda: 1)
   called = []
   monkeypatch.setattr(common, 'build', lambda *a, **k: called.append(a))
+  polls = []
+
+  def poll_sleep(seconds):
+    # Process 1 found nothing and waits: process 0 publishes during its first wait.
+    polls.append(seconds)
+    if len(polls) == 1:
+      real_build('sudoku_small/4x4', tmp_path)
+
+  monkeypatch.setattr(common, 'time', types.SimpleNamespace(
+      monotonic=time.monotonic, sleep=poll_sleep))
   dcfg = config_lib.data_config(name='sudoku_small', config='4x4',
                                 data_dir=str(tmp_path), build_timeout_s=60)
-  process0 = threading.Timer(0.5, real_build, ('sudoku_small/4x4', tmp_path))
-  process0.start()
   data = data_lib.load(dcfg)
-  process0.join()
   assert not called
+  assert len(polls) == 1  # waited once, then found the published set
   assert data.train.num_examples == 1000
+  monkeypatch.setattr(common, 'time', time)
   dcfg.build_timeout_s = 0.2
   dcfg.config = '6x6'
   with pytest.raises(data_lib.DataConfigError, match='waiting'):

@@ -20,8 +20,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from procs import free_port
-from trm_jax import convert, metrics, solve
+from procs import free_port, read_to_point
+from trm_jax import convert, faults, metrics, solve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "trm-test"
@@ -116,20 +116,25 @@ def local_run(tmp_path_factory, env):
 
 
 @pytest.fixture(scope="module")
-def gs_run(gcs):
-  """A gs:// smoke run SIGKILLed after its first checkpoint, then resumed to the end."""
+def gs_run(gcs, tmp_path_factory):
+  """A gs:// smoke run SIGKILLed where its first checkpoint (step 10) is committed, then resumed to the end."""
   url, env = gcs
   workdir = f"gs://{BUCKET}/run"
-  p = subprocess.Popen(train_cmd(workdir), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True)
-  deadline = time.time() + 240
-  while time.time() < deadline and p.poll() is None and not gs_ckpt_steps(url, "run"):
-    time.sleep(0.05)
-  p.send_signal(signal.SIGKILL)
-  out, err = p.communicate(timeout=60)
-  killed_at = gs_ckpt_steps(url, "run")
-  assert p.returncode == -signal.SIGKILL, err[-2000:]
-  assert killed_at and max(killed_at) < 60, f"run ended before it was killed: {killed_at}"
+  err_path = tmp_path_factory.mktemp("gs_run") / "stderr"
+  with open(err_path, "w") as err:  # a file: no pipe fills while the run waits at the point
+    p = subprocess.Popen(train_cmd(workdir), cwd=ROOT, env=dict(env, **{faults.ENV: "checkpoint_saved"}),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+      read_to_point(p, "checkpoint_saved", err_path)
+      killed_at = gs_ckpt_steps(url, "run")
+      p.send_signal(signal.SIGKILL)
+      p.communicate(timeout=60)
+    finally:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert p.returncode == -signal.SIGKILL, err_path.read_text()[-2000:]
+  assert killed_at == gs_ckpt_steps(url, "run") == [10], killed_at
   resumed = run_ok(train_cmd(workdir), env)
   return workdir, killed_at, resumed
 

@@ -301,8 +301,9 @@ def test_gpu_multinode_dry_run():
 FAKE_GCLOUD = """\
 #!/usr/bin/env bash
 # Runs `tpu-vm ssh --command=...` locally once per fake worker; logs the rest.
-# Files in $FAKE_STATE_DIR simulate the slice: ssh_fail (ssh exits 255),
-# qr_state (the queued resource's state, default ACTIVE), external_ips.
+# Files in $FAKE_STATE_DIR simulate the slice: ssh_fail (ssh exits 255, after
+# touching ssh_failed), qr_state (the queued resource's state, default ACTIVE),
+# external_ips.
 set -u
 echo "$*" >> "$FAKE_LOG"
 S="${FAKE_STATE_DIR:-/nonexistent}"
@@ -313,7 +314,7 @@ if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm describe" ]]; then
   cat "$S/external_ips" 2>/dev/null || echo True; exit 0
 fi
 if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm ssh" && -e "$S/ssh_fail" ]]; then
-  echo "ssh: connect to host: Connection timed out" >&2; exit 255
+  touch "$S/ssh_failed"; echo "ssh: connect to host: Connection timed out" >&2; exit 255
 fi
 if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm ssh" ]]; then
   worker=all; cmd=""
@@ -532,13 +533,16 @@ def test_wait_recovers_from_a_short_outage(fake_pod, tmp_path):
   home, env, started = fake_pod
   marker = tmp_path / "up"
   state_dir = tmp_path / "state"
-  py = _fake_python(tmp_path / "py", f'touch {marker}-$TRM_WORKER; sleep 6; exit 0\n')
+  done = tmp_path / "done"
+  # Each worker runs until the outage is over (the test creates `done`).
+  py = _fake_python(tmp_path / "py", f'touch {marker}-$TRM_WORKER; while [ ! -e {done} ]; do sleep 0.1; done\n')
   p = _start_wait(env, py, "o", "--max_unreachable=100")
   started += [str(home / "logs" / "o" / f"worker-{w}.pid") for w in (0, 1)]
   _wait_for([f"{marker}-0", f"{marker}-1"])
   (state_dir / "ssh_fail").write_text("")
-  time.sleep(1)
+  _wait_for([state_dir / "ssh_failed"])  # a poll found the workers unreachable
   os.remove(state_dir / "ssh_fail")
+  done.write_text("")
   rc, err = _finish(p)
   assert rc == 0 and "workers unreachable (1/100" in err, err
 

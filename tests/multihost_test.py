@@ -21,6 +21,7 @@ Every run is its own set of subprocesses (the device-count flag and
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,8 +33,8 @@ import jax
 import numpy as np
 import pytest
 
-from procs import finish, free_port
-from trm_jax import metrics, solve
+from procs import finish, free_port, read_to_point
+from trm_jax import faults, metrics, solve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 400  # per launch: compiling dominates, and a shared, loaded CPU can take minutes
@@ -249,36 +250,56 @@ def test_sharded_table_two_processes(tmp_path, env):
 # ---------------------------------------------------------------------------
 # SIGTERM on every process of a 2-process run (a pod / Slurm preemption).
 
+SYNC = re.compile(r"Preemption sync counter is set: (\d+)")  # XLA's INFO line (TF_CPP_MIN_LOG_LEVEL=0)
+
+
+def agreed_step(stderr_path, procs, timeout=120) -> int:
+  """The step XLA's preemption sync protocol set, from a process's log (waits for the line)."""
+  deadline = time.time() + timeout
+  while not (m := SYNC.search(stderr_path.read_text())):
+    assert all(p.poll() is None for p in procs), f"a process ended before agreeing:\n{stderr_path.read_text()[-3000:]}"
+    assert time.time() < deadline, f"no preemption sync line in {stderr_path}:\n{stderr_path.read_text()[-3000:]}"
+    time.sleep(0.05)
+  return int(m.group(1))
+
+
 def test_sigterm_on_both_processes_saves_and_resumes(tmp_path, env, uninterrupted):
   """Both processes agree on one step (JAX's preemption sync point), save it collectively and exit 0
   long before the end; the re-run (the same command) resumes from it and ends with exactly the
   uninterrupted 2-process run's metrics and state."""
   t0 = time.time()
   termed = str(tmp_path / "termed")
-  procs = start(driver(termed, 2, free_port()), 2, 2, env)
+  # Process 0 stops where it has shown its first logged step (4; process 1 runs on until a collective
+  # needs process 0), both get SIGTERM there, and process 0 goes on once the processes have agreed
+  # on the step to save: one past the furthest step either had reached, whatever their speed.
+  e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2", TF_CPP_MIN_LOG_LEVEL="0",
+           **{faults.ENV: "progress_logged"})
+  argv, errs, procs = driver(termed, 2, free_port()), [tmp_path / f"stderr-{i}" for i in range(2)], []
   try:
-    deadline = time.time() + TIMEOUT
-    logged = lambda: [x["step"] for x in (metrics.read(termed) if os.path.exists(
-        os.path.join(termed, "metrics.jsonl")) else []) if "train/lm_loss" in x]
-    while time.time() < deadline and all(p.poll() is None for p in procs) and not logged():
-      time.sleep(0.05)
-    assert all(p.poll() is None for p in procs), "a process ended before it was signalled"
+    for i in range(2):
+      with open(errs[i], "w") as err:  # files: no pipe fills while process 0 waits at the point
+        procs.append(subprocess.Popen(argv(i), cwd=ROOT, env=e, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=err, text=True))
+    head = read_to_point(procs[0], "progress_logged", errs[0])
+    assert "step 4/" in head, head[-2000:]
     for p in procs:
       p.send_signal(signal.SIGTERM)
+    agreed = [agreed_step(err, procs) for err in errs]
   except BaseException:
     for p in procs:
       p.kill()
       p.communicate()
     raise
   t_term = time.time()
-  outs = finish(procs, TIMEOUT)
+  outs = finish(procs, TIMEOUT)  # closes stdin: releases process 0
   t_exit = time.time() - t_term
+  logs = [head + outs[0][1] + errs[0].read_text(), outs[1][1] + errs[1].read_text()]
   saved = ckpt_steps(termed)
-  # The agreed step follows the signal by the preemption notice's latency (0.1-1 s: 2-20 steps here).
-  assert len(saved) == 1 and 0 < saved[0] < STEPS - 8, saved
+  # Agreed while process 0 waited after step 4: past it, and long before the end.
+  assert agreed[0] == agreed[1] and saved == agreed[:1] and 4 < saved[0] < STEPS - 8, (agreed, saved)
   s = saved[0]
-  assert f"SIGTERM: saved step {s}," in outs[0][1] + outs[0][2]
-  assert f"process 1: SIGTERM: saved step {s}," in outs[1][2]
+  assert f"SIGTERM: saved step {s}," in logs[0]
+  assert f"process 1: SIGTERM: saved step {s}," in logs[1]
 
   # A newer checkpoint that does not restore (its array index is gone), as a crash mid-copy can
   # leave: both processes skip it, process 0 sets it aside, and the run resumes from step s.

@@ -10,34 +10,53 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = """
-import os, signal, sys, threading, time
+import signal, sys, threading
 from trm_jax import checkpoint
 with checkpoint.Preemption() as p:
   assert not p.reached(None, 1)
-  os.kill(os.getpid(), signal.SIGTERM)
-  time.sleep(0.2)
+  signal.raise_signal(signal.SIGTERM)  # its handler has run when raise_signal returns
   print("first", p.reached(None, 2), flush=True)
-  if sys.argv[1] != "none":
-    threading.Timer(0.5, lambda: os.kill(os.getpid(), getattr(signal, sys.argv[1]))).start()
-  threading.Event().wait(3)   # stands for a pending save (mngr.wait_until_finished)
+  # Stands for a pending save (mngr.wait_until_finished): a blocked wait that ends only when the
+  # test closes stdin. The test sends the second signal, if any, once "saving" is printed.
+  saved = threading.Event()
+  threading.Thread(target=lambda: (sys.stdin.read(), saved.set()), daemon=True).start()
+  print("saving", flush=True)
+  saved.wait()
   print("survived", flush=True)
 print("restored", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
 """
 
 
-def _run(second):
-  return subprocess.run([sys.executable, "-c", SCRIPT, second], cwd=ROOT, capture_output=True, text=True,
-                        timeout=60, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+def _start(tmp_path):
+  """-> (the script's process, blocked in its pending save, the path of its stderr)."""
+  err = tmp_path / "stderr"
+  with open(err, "w") as f:
+    p = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=f, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  lines = [p.stdout.readline() for _ in range(2)]
+  if lines != ["first True\n", "saving\n"]:
+    p.kill()
+    p.communicate()
+    raise AssertionError("".join(lines) + err.read_text()[-2000:])
+  return p, err
 
 
 @pytest.mark.parametrize("second", ["SIGTERM", "SIGINT"])
-def test_second_signal_while_saving_ends_the_process(second):
-  p = _run(second)
-  assert p.stdout.splitlines() == ["first True"], p.stdout + p.stderr[-2000:]
-  assert p.returncode == -getattr(signal, second)
+def test_second_signal_while_saving_ends_the_process(tmp_path, second):
+  p, err = _start(tmp_path)
+  try:
+    p.send_signal(getattr(signal, second))
+    rc = p.wait(timeout=60)  # stdin stays open: the pending save never ends by itself
+  finally:
+    if p.poll() is None:
+      p.kill()
+    out = p.communicate()[0]
+  assert out == "", out + err.read_text()[-2000:]
+  assert rc == -getattr(signal, second)
 
 
-def test_one_sigterm_is_a_request_only():
-  p = _run("none")
-  assert p.returncode == 0, p.stderr[-2000:]
-  assert p.stdout.splitlines() == ["first True", "survived", "restored True"]
+def test_one_sigterm_is_a_request_only(tmp_path):
+  p, err = _start(tmp_path)
+  out = p.communicate(timeout=60)[0]  # closes stdin: the save ends
+  assert p.returncode == 0, err.read_text()[-2000:]
+  assert out.splitlines() == ["survived", "restored True"]

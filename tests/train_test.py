@@ -4,13 +4,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from trm_jax import metrics, solve, train
+from procs import read_to_point
+from trm_jax import faults, metrics, solve, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,17 +80,24 @@ def run_to_end(workdir, env):
   return p
 
 
-def start_and_signal(workdir, env, sig, after_step=25):
-  """Starts a run, waits for checkpoint `after_step`, sends `sig`; -> (returncode, stderr)."""
-  p = subprocess.Popen(cmd(workdir), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 240
-  while time.time() < deadline and p.poll() is None:
-    if any(s >= after_step for s in ckpt_steps(workdir)):
-      break
-    time.sleep(0.01)
-  p.send_signal(sig)
-  out, err = p.communicate(timeout=120)
-  return p.returncode, out + err
+def start_and_signal(workdir, env, sig, tmp_path):
+  """Starts a run, stops it where its first checkpoint (step 25) is committed, sends `sig` there and
+  lets it go on; -> (returncode, stdout + stderr)."""
+  e = dict(env, **{faults.ENV: "checkpoint_saved"})
+  err_path = tmp_path / f"{os.path.basename(workdir)}.stderr"
+  with open(err_path, "w") as err:  # a file: no pipe fills while the run waits at the point
+    p = subprocess.Popen(cmd(workdir), cwd=ROOT, env=e, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                         text=True)
+    try:
+      out = read_to_point(p, "checkpoint_saved", err_path)
+      assert ckpt_steps(workdir) == [25]
+      p.send_signal(sig)
+      out += p.communicate(timeout=120)[0]  # closes stdin: releases the point (SIGTERM: saves, exits)
+    finally:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  return p.returncode, out + err_path.read_text()
 
 
 def assert_same_state(a, b):
@@ -107,20 +114,19 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, env):
   ref, killed, termed = (str(tmp_path / n) for n in ("ref", "killed", "termed"))
   run_to_end(ref, env)
 
-  rc, _ = start_and_signal(killed, env, signal.SIGKILL)
+  rc, _ = start_and_signal(killed, env, signal.SIGKILL, tmp_path)
   assert rc == -signal.SIGKILL
-  mid = ckpt_steps(killed)
-  assert mid and max(mid) < STEPS, f"run finished before it was killed: {mid}"
+  assert ckpt_steps(killed) == [25]                          # killed where step 25 was committed
   run_to_end(killed, env)
   assert_same_state(ref, killed)
   # metrics.jsonl neither loses nor repeats the steps redone after the crash.
   train_steps = lambda w: [e["step"] for e in metrics.read(w) if any(k.startswith("train/") for k in e)]
   assert train_steps(killed) == train_steps(ref) and len(train_steps(ref)) > 1
 
-  rc, err = start_and_signal(termed, env, signal.SIGTERM)
+  rc, err = start_and_signal(termed, env, signal.SIGTERM, tmp_path)
   assert rc == 0, err[-2000:]
   saved = ckpt_steps(termed)
-  assert saved and max(saved) < STEPS and "SIGTERM: saved step" in err
+  assert saved == [25, 26], saved                            # SIGTERM during step 25's save: saves step 26
   assert f"SIGTERM: saved step {max(saved)}" in err
   run_to_end(termed, env)
   assert_same_state(ref, termed)

@@ -131,15 +131,16 @@ def test_damaged_metrics_line_is_one_error_line(tmp_path, env):
   assert f"{work}/metrics.jsonl:2: not a JSON record" in one_error_line(p)
 
 
-HOLD = ("import sys, time; from trm_jax import workdir_lock; "
-        "lock = workdir_lock.hold(sys.argv[1]); lock.__enter__(); print('held', flush=True); time.sleep(300)")
+# Holds the lock until the test kills it (its stdin stays open until then).
+HOLD = ("import sys; from trm_jax import workdir_lock; "
+        "lock = workdir_lock.hold(sys.argv[1]); lock.__enter__(); print('held', flush=True); sys.stdin.read()")
 
 
 def test_second_run_fails_naming_holder_dead_holder_taken_over(tmp_path, env):
   work = tmp_path / "run"
   work.mkdir()
-  holder = subprocess.Popen([sys.executable, "-c", HOLD, str(work)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            text=True)
+  holder = subprocess.Popen([sys.executable, "-c", HOLD, str(work)], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "held"
     p = subprocess.run(smoke_cmd(work), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -148,7 +149,7 @@ def test_second_run_fails_naming_holder_dead_holder_taken_over(tmp_path, env):
     assert not (work / "checkpoints").exists() and not (work / "metrics.jsonl").exists()
   finally:
     holder.kill()
-    holder.wait()
+    holder.communicate()
   # The holder died without releasing: its lock file remains, and the next run takes it over.
   assert json.loads((work / "run.lock").read_text())["pid"] == holder.pid
   with workdir_lock.hold(str(work)):

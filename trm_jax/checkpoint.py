@@ -14,7 +14,7 @@ import time
 import jax
 import orbax.checkpoint as ocp
 
-from trm_jax import fileio, integrity, rundir
+from trm_jax import faults, fileio, integrity, rundir
 
 ITEMS = ("state", "carry", "meta")
 
@@ -57,7 +57,10 @@ class NonFiniteState(ValueError):
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, carry, meta: dict, force: bool = False) -> bool:
-  """Saves asynchronously; the meta item records a fingerprint of every array (checked by `restore`)."""
+  """Saves asynchronously; the meta item records a fingerprint of every array (checked by `restore`).
+
+  With the `checkpoint_saved` fault point armed (tests), waits for the commit and stops there.
+  """
   state, carry = _drop_empty(state), _drop_empty(carry)
   prints = {}
   for name, tree in (("state", state), ("carry", carry)):
@@ -68,9 +71,13 @@ def save(mngr: ocp.CheckpointManager, step: int, state, carry, meta: dict, force
                            + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") + "); not saved")
     prints[name] = {k: fp for k, (fp, _) in summary.items()}
   meta = dict(meta, fingerprints=prints)
-  return mngr.save(step, args=ocp.args.Composite(
+  saved = mngr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), carry=ocp.args.StandardSave(carry),
       meta=ocp.args.JsonSave(meta)), force=force)
+  if saved and faults.armed("checkpoint_saved"):
+    mngr.wait_until_finished()  # committed: what a test that stops (or kills) the run here finds
+    faults.point("checkpoint_saved")
+  return saved
 
 
 def abstract(tree):

@@ -2,7 +2,19 @@
 
 A process started with `TRM_JAX_FAULT_POINT=<name>` prints `fault point: <name>`
 on stdout when it reaches `point(<name>)`, then waits until its stdin closes
-(or it is killed). Unset (always, outside tests) a point does nothing.
+(or it is killed). Unset (always, outside tests) a point does nothing. A point
+reached again after stdin closed prints its line and goes on at once.
+
+The points, each named for what is true when a process stops there:
+
+- `data_build_before_publish` (datasets/common.py `build`): every record of the
+  set is written in the build's private staging directory; nothing is published.
+- `checkpoint_saved` (checkpoint.py `save`): the checkpoint of the step just
+  saved is committed (its final directory, or on gs:// its commit_success.txt,
+  exists) and the run goes on only when released.
+- `progress_logged` (metrics.py `Writer.progress`): process 0 has printed the
+  training progress of a step (every `train.log_every` steps); on several
+  processes the others run on until a collective needs process 0.
 """
 from __future__ import annotations
 
@@ -12,8 +24,13 @@ import sys
 ENV = "TRM_JAX_FAULT_POINT"
 
 
+def armed(name: str) -> bool:
+  """Whether this process stops at `point(name)` (for work only a stop there needs)."""
+  return os.environ.get(ENV) == name
+
+
 def point(name: str) -> None:
-  if os.environ.get(ENV) != name:
+  if not armed(name):
     return
   print(f"fault point: {name}", flush=True)
   sys.stdin.read()

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from trm_jax import fileio, losses, rundir
+from trm_jax import faults, fileio, losses, rundir
 
 
 class MetricsError(ValueError):
@@ -95,13 +95,14 @@ class Writer:
     if self._lines:
       print(progress_line(step, self._total, self._last, postfix), flush=True)
       self._last = (int(step), time.time())
+    elif self._bar is not None:
+      self._bar.n = int(step)
+      if postfix:
+        self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+      self._bar.refresh()
+    else:
       return
-    if self._bar is None:
-      return
-    self._bar.n = int(step)
-    if postfix:
-      self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
-    self._bar.refresh()
+    faults.point("progress_logged")  # process 0 has shown the progress of `step`
 
   def log(self, text: str) -> None:
     if not self.enabled:
