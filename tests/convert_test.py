@@ -35,8 +35,7 @@ def state_dict(name):
 
 def model_overrides(name) -> dict:
   rc = json.loads(str(vectors(name)["config"]))
-  frozen = parity.model_config_from_reference(rc).as_configdict()
-  return {k: v for k, v in frozen.items() if k != "platform"}   # resolved for the devices, not a config field
+  return dict(parity.model_fields_from_reference(rc))
 
 
 def experiment(file, arg=None):

@@ -250,7 +250,7 @@ def test_convert_cli_names_the_nan_key(tmp_path, env):
   sd[key] = sd[key].copy()
   sd[key].flat[0] = np.nan
   np.savez(tmp_path / "w.npz", **sd)
-  fields = dict(parity.model_config_from_reference(rc).as_configdict())
+  fields = dict(parity.model_fields_from_reference(rc))
   p = run("trm_jax.convert", f"--torch_checkpoint={tmp_path / 'w.npz'}", "--config=experiments/sudoku_mlp.py",
           f"--workdir={tmp_path / 'out'}", "--noresolve_data", "--config.train.global_batch_size=6",
           *[f"--config.model.{k}={v}" for k, v in fields.items()], env=env, timeout=300)

@@ -35,10 +35,10 @@ EXACT = ("halted", "current_data", "preds", "/steps", "metrics/count", "metrics/
 _OUTPUT_KEYS = ("logits", "q_halt_logits", "q_continue_logits", "preds")
 
 
-def model_config_from_reference(rc: dict, recursion_mode: str = "loop"):
-  """The reference's JSON config -> our (frozen) model config."""
+def model_fields_from_reference(rc: dict, recursion_mode: str = "loop"):
+  """The reference's JSON config -> our model config fields (a ConfigDict, as `--config.model.*` takes)."""
   loss = rc.get("loss_type", "stablemax_cross_entropy")
-  c = config_lib.model_config(
+  return config_lib.model_config(
       arch=rc.get("arch", "trm"), seq_len=rc["seq_len"], vocab_size=rc["vocab_size"],
       num_puzzle_identifiers=rc.get("num_puzzle_identifiers", 1), hidden_size=rc["hidden_size"],
       num_heads=rc["num_heads"], expansion=float(rc.get("expansion", 4)), H_cycles=rc["H_cycles"],
@@ -51,7 +51,11 @@ def model_config_from_reference(rc: dict, recursion_mode: str = "loop"):
       no_ACT_continue=bool(rc.get("no_ACT_continue", True)),
       loss_type="softmax" if loss.startswith("softmax") else "stablemax", recursion=recursion_mode,
       attention_impl="xla")
-  return config_lib.frozen_model(c)
+
+
+def model_config_from_reference(rc: dict, recursion_mode: str = "loop"):
+  """The reference's JSON config -> our frozen model config."""
+  return config_lib.frozen_model(model_fields_from_reference(rc, recursion_mode))
 
 
 def _batch(f, name):
@@ -189,7 +193,6 @@ def main(argv=None) -> int:
   if os.path.isdir(a.out):
     print(f"error: --out={a.out}: is a directory", file=sys.stderr)
     return 2
-  jax.config.update("jax_default_matmul_precision", "highest")
   if a.x64:
     jax.config.update("jax_enable_x64", True)
   try:
@@ -198,7 +201,8 @@ def main(argv=None) -> int:
     print(f"error: {a.vectors}: cannot read vectors ({e})", file=sys.stderr)
     return 2
   try:
-    out = run_parity(f, a.recursion, "float64" if a.x64 else None)
+    with jax.default_matmul_precision("highest"):  # this call only (tests call main in-process)
+      out = run_parity(f, a.recursion, "float64" if a.x64 else None)
   except (KeyError, ValueError) as e:
     print(f"error: {a.vectors}: {e}", file=sys.stderr)
     return 2
