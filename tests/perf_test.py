@@ -17,14 +17,6 @@ def _run(cfg, b):
   return jax.jit(lambda v, t: tiny.grads(cfg, v, t, b))(v, table)
 
 
-def _assert_close(a, c, tol):
-  la, lc = jax.tree.leaves(a), jax.tree.leaves(c)
-  assert len(la) == len(lc)
-  for x, y in zip(la, lc):
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
-    np.testing.assert_allclose(x, y, rtol=tol, atol=tol * max(1.0, float(np.abs(x).max())))
-
-
 @pytest.mark.parametrize("mode", ["loop", "scan"])
 def test_einsum_mixer_equals_transpose_mixer(mode):
   """Token mixing over the sequence axis without transposes: same params, outputs and gradients."""
@@ -33,7 +25,7 @@ def test_einsum_mixer_equals_transpose_mixer(mode):
   trees = [init_variables(RecursiveModel(c), c, jax.random.key(1)) for c in cfgs.values()]
   assert jax.tree.structure(trees[0]) == jax.tree.structure(trees[1])
   res = {impl: _run(c, b) for impl, c in cfgs.items()}
-  _assert_close(res["transpose"], res["einsum"], 2e-5)
+  tiny.assert_trees_close(res["transpose"], res["einsum"], 2e-5)
   # The mixer's own gradient is there (not trivially zero) in both.
   g = res["einsum"][1]["L_level"]["layers_0"]["mlp_t"]["gate_up_proj"]["kernel"]
   assert float(jnp.abs(g).max()) > 0
@@ -51,7 +43,7 @@ def test_scan_unroll_equals_loop(unroll):
   b = tiny.batch()
   loop = _run(tiny.mcfg(recursion="loop", L_cycles=3, **MIXER), b)
   scan = _run(tiny.mcfg(recursion="scan", L_cycles=3, scan_unroll=unroll, **MIXER), b)
-  _assert_close(loop, scan, 1e-5)
+  tiny.assert_trees_close(loop, scan, 1e-5)
 
 
 def test_auto_knobs_resolve_per_platform():

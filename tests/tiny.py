@@ -46,3 +46,12 @@ def grads(cfg, v, table, b):
   loss, g, g_rows, new_carry, out, _ = steps.loss_and_grads(model, cfg, v["params"], v["consts"], carry, table,
                                                             jax.random.key(0))
   return loss, g, g_rows, new_carry["z"], out["logits"]
+
+
+def assert_trees_close(a, c, tol):
+  """Every leaf of `c` equals `a`'s within `tol`, relative to each leaf's largest magnitude (at least 1)."""
+  la, lc = jax.tree.leaves(a), jax.tree.leaves(c)
+  assert len(la) == len(lc)
+  for x, y in zip(la, lc):
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    np.testing.assert_allclose(x, y, rtol=tol, atol=tol * max(1.0, float(np.abs(x).max())))

@@ -16,7 +16,6 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from trm_jax.model import attention
@@ -24,14 +23,6 @@ from trm_jax.model import attention
 import tiny
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _assert_close(a, c, tol):
-  la, lc = jax.tree.leaves(a), jax.tree.leaves(c)
-  assert len(la) == len(lc)
-  for x, y in zip(la, lc):
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
-    np.testing.assert_allclose(x, y, rtol=tol, atol=tol * max(1.0, float(np.abs(x).max())))
 
 
 def _out_and_grads(impl, q, k, v, g):
@@ -47,7 +38,7 @@ def test_splash_equals_xla_float32(t):
   q, k, v, g = (jax.random.normal(key, (2, t, 2, 16)) for key in jax.random.split(jax.random.key(t), 4))
   xla = jax.jit(lambda *a: _out_and_grads("xla", *a))(q, k, v, g)
   splash = jax.jit(lambda *a: _out_and_grads("splash", *a))(q, k, v, g)
-  _assert_close(xla, splash, 1e-5)
+  tiny.assert_trees_close(xla, splash, 1e-5)
 
 
 def test_splash_bfloat16_close_to_xla():
@@ -55,7 +46,7 @@ def test_splash_bfloat16_close_to_xla():
   q, k, v, g = (jax.random.normal(key, (2, 97, 2, 64), jnp.bfloat16) for key in jax.random.split(jax.random.key(0), 4))
   xla = jax.jit(lambda *a: _out_and_grads("xla", *a))(q, k, v, g)
   splash = jax.jit(lambda *a: _out_and_grads("splash", *a))(q, k, v, g)
-  _assert_close(xla, splash, 1e-2)  # measured: 4e-3 of the largest value
+  tiny.assert_trees_close(xla, splash, 1e-2)  # measured: 4e-3 of the largest value
 
 
 @pytest.mark.parametrize("recursion", ["loop", "scan"])
@@ -67,7 +58,7 @@ def test_model_splash_equals_xla(recursion):
     cfg = tiny.mcfg(attention_impl=impl, recursion=recursion)
     v, table = tiny.variables(cfg)
     res[impl] = jax.jit(lambda v, t: tiny.grads(cfg, v, t, b))(v, table)
-  _assert_close(res["xla"], res["splash"], 1e-5)
+  tiny.assert_trees_close(res["xla"], res["splash"], 1e-5)
   assert float(jnp.abs(res["splash"][1]["L_level"]["layers_0"]["self_attn"]["qkv_proj"]["kernel"]).max()) > 0
 
 
