@@ -122,6 +122,7 @@ def test_cli_json_and_one_line_errors():
   assert r["experiment"] == "smoke.py" and r["topology"] == "v5e:2x2" and r["chips"] == 4
   assert {"train", "eval", "schedule_steps", "est_train_hours"} <= set(r["plans"][0])
   for args, words in [(["--topology=v9-8"], "--topology=v9-8"),
+                      (["--config=experiments/nope.py", "--topology=v5e-4"], "--config: Failed loading"),
                       (["--topology=v5e-4", "--config.eval.batch_size=4194304"], "does not fit")]:
     p = _cli(*args)
     err = [line for line in p.stderr.splitlines() if line.startswith("error:")]

@@ -110,6 +110,25 @@ def config_error(e: BaseException, argv) -> str:
   return f"unknown field {path}; did you mean {fixed}?"
 
 
+def loaded_config(flag_values):
+  """`--config`'s ConfigDict (None when not given), loaded now; a file that fails to load is one UserError.
+
+  config_flags loads the experiment file lazily, at first access: whatever that raises becomes
+  `--config: <its text on one line>` (TRM_TRACEBACK=1 keeps the traceback).
+  """
+  try:
+    config = flag_values.config
+    if config is not None:
+      config.keys()
+    return config
+  except Exception as e:  # noqa: BLE001 - whatever loading the experiment file raised
+    if os.environ.get("TRM_TRACEBACK"):
+      raise
+    text = " ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
+    text = text.replace("Configuration is not available because of an earlier failure to load: ", "")
+    raise UserError(f"--config: {text}") from None
+
+
 def parse_flags(argv):
   """absl flag parsing with bad flags / config overrides reported as one line (absl `flags_parser`)."""
   from absl import flags  # noqa: PLC0415

@@ -334,15 +334,9 @@ def main(argv) -> int:
     save_state_dict(f.export_torch, arrays)
     print(f"wrote {len(arrays)} arrays to {f.export_torch}", flush=True)
     return 0
-  if f.config is None:
+  config = cli.loaded_config(f)
+  if config is None:
     raise ConvertError("--config is required, e.g. --config=experiments/sudoku_mlp.py")
-  try:
-    config = f.config
-    config.keys()  # the config file loads lazily; fail here, in one line
-  except Exception as e:  # noqa: BLE001 - whatever loading the experiment file raised
-    text = " ".join(l.strip() for l in str(e).strip().splitlines() if l.strip())
-    text = text.replace("Configuration is not available because of an earlier failure to load: ", "")
-    raise ConvertError(f"--config: {text}") from None
   path = f.torch_checkpoint
   state_dict = load_state_dict(path)
   where = convert(state_dict, config, f.workdir, max(f.step, 0), source=path, resolve_data=f.resolve_data)

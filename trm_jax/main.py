@@ -82,18 +82,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO if FLAGS.verbose else logging.WARNING)
-  try:
-    config = FLAGS.config
-    if config is not None:
-      config.keys()  # the config file loads lazily; fail here, in one line
-  except Exception as e:  # noqa: BLE001 - whatever loading the experiment file raised
-    if os.environ.get("TRM_TRACEBACK"):
-      raise
-    text = " ".join(l.strip() for l in str(e).strip().splitlines() if l.strip())
-    text = text.replace("Configuration is not available because of an earlier failure to load: ", "")
-    print(f"error: --config: {text}", file=sys.stderr, flush=True)
-    sys.exit(1)
   with cli.user_errors():
+    config = cli.loaded_config(FLAGS)
     if config is None:
       raise ValueError("--config is required, e.g. --config=experiments/demo.py")
     if not FLAGS.workdir:

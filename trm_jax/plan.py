@@ -391,7 +391,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   with cli.user_errors():
-    config = FLAGS.config
+    config = cli.loaded_config(FLAGS)
     if config is None or not FLAGS.topology:
       raise PlanError("--config and --topology are required, e.g. --config=experiments/arc1.py --topology=v5e-64")
     result = plan(config, FLAGS.topology, FLAGS.recursion)
