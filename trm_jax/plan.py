@@ -234,8 +234,14 @@ def program_stats(compiled, topology: Topology, trip_count: int = 1, costs=None,
           "splash_calls": calls, "splash_bytes_added": kernel_bytes * trip_count,
           "compute_floor_ms": round(compute_ms, 3), "memory_ms": round(memory_ms, 3),
           "est_step_ms": round(max(compute_ms, memory_ms), 3),
-          # The TPU compiler's own per-op roofline of the program (Pallas calls and re-reads not included).
-          "xla_optimal_ms": round(float(ca.get("optimal_seconds", 0)) * trip_count * 1e3, 3)}
+          "xla_optimal_ms": _xla_optimal_ms(ca, trip_count)}
+
+
+def _xla_optimal_ms(ca: dict, trip_count: int) -> float | None:
+  """The TPU compiler's own roofline of the program (Pallas calls not included); None when it gives
+  none: large programs report a negative 'optimal_seconds' (seen on arc1 with libtpu 0.0.42.1)."""
+  seconds = float(ca.get("optimal_seconds", -1))
+  return round(seconds * trip_count * 1e3, 3) if seconds >= 0 else None
 
 
 # ---------------------------------------------------------------------------
@@ -347,6 +353,10 @@ def check_fit(result: dict) -> None:
 # Printing.
 
 
+def _ms(value: float | None) -> str:
+  return "n/a" if value is None else f"{value:.1f} ms"
+
+
 def _fmt_collectives(c: list[dict]) -> str:
   return ", ".join(f"{e['count']} {e['kind']} {e['dtypes']} ({e['bytes'] / 1e6:.1f} MB)" for e in c) or "none"
 
@@ -366,7 +376,7 @@ def report(result: dict) -> str:
       lines.append(f"  {kind}: {s['argument_gib']:.2f} GiB arguments + {s['temp_gib']:.2f} GiB temporaries "
                    f"= {s['total_gib']:.2f} of {s['hbm_gib']} GiB; {s['flops']:.3g} FLOPs, {s['hbm_bytes']:.3g} "
                    f"HBM bytes per chip; est. {s['est_step_ms']:.1f} ms (compute floor {s['compute_floor_ms']:.1f}, "
-                   f"memory {s['memory_ms']:.1f}; XLA's own roofline {s['xla_optimal_ms']:.1f}); "
+                   f"memory {s['memory_ms']:.1f}; XLA's own roofline {_ms(s['xla_optimal_ms'])}); "
                    f"compiled in {s['compile_s']:.0f}s")
       lines.append(f"    collectives: {_fmt_collectives(s['collectives'])}; costs from {s['costs_from']}")
     lines.append(f"  schedule: {p['schedule_steps']:,} train steps, est. {p['est_train_hours']:.1f} h of training")
