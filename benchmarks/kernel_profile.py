@@ -125,6 +125,7 @@ def main(argv=None) -> int:
   a = ap.parse_args(argv)
 
   import jax
+
   from trm_jax import profiling
 
   overrides = {"model.recursion": a.recursion}

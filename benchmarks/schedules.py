@@ -35,6 +35,7 @@ def shaped_split(puzzle_indices, group_indices):
 
 def arc_split(arc_dir):
   from pathlib import Path
+
   from trm_jax.datasets import arc, arc_builder
   tasks = [(s, tid, role, t) for role, subsets in (("train", ("training", "concept")), ("eval", ("evaluation",)))
            for s in subsets for tid, t in arc.load_subset(Path(arc_dir), s).items()]

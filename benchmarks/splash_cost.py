@@ -21,7 +21,8 @@ import json
 import jax
 import jax.numpy as jnp
 from jax.experimental import topologies
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from trm_jax import sharding
 from trm_jax.model import Attention, attention, rope_cos_sin, splash_rereads

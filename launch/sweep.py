@@ -42,13 +42,11 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import threading
-
-from absl import app
-from absl import flags
+from absl import app, flags
 
 LAUNCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(LAUNCH_DIR)

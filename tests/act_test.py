@@ -2,10 +2,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tiny
 
 from trm_jax import recursion
-
-import tiny
 
 
 def test_reset_takes_fresh_rows_only_where_halted():

@@ -4,7 +4,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from trm_jax import cadence, input_pipeline as ip
+from trm_jax import cadence
+from trm_jax import input_pipeline as ip
 from trm_jax.datasets import splits
 
 

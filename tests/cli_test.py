@@ -3,8 +3,8 @@ module layout (no import circle), progress lines, puzzle rules and pictures."""
 import ast
 import importlib
 import subprocess
-import textwrap
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np

@@ -52,6 +52,7 @@ def test_bad_argument_names_the_key():
 @pytest.mark.parametrize("name", ["sudoku_mlp", "sudoku_att", "maze", "arc1", "arc2"])
 def test_data_fields_name_real_builders(name):
   import tensorflow_datasets as tfds
+
   import trm_jax.datasets  # noqa: F401  (registers the builders)
   c = load(name).get_config(None)
   builder_cls = tfds.builder_cls(c.data.name)

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trm_jax import config_lib, faults
 from trm_jax import data as data_lib
-from trm_jax import config_lib, faults, input_pipeline as ip
+from trm_jax import input_pipeline as ip
 from trm_jax.datasets import common
 from trm_jax.datasets.common import DataError
 

@@ -287,7 +287,8 @@ def test_register_checksums_records_downloads(server, tmp_path, monkeypatch):
 def test_training_entry_downloads_and_builds(server, tmp_path):
   """data.load (what trm-train calls) with no manual_dir: downloads via
   config.data.mirror, builds, loads."""
-  from trm_jax import config_lib, data as data_lib
+  from trm_jax import config_lib
+  from trm_jax import data as data_lib
   root, mirror = server
   _serve_arc(root)
   dcfg = config_lib.data_config(name='arc_agi', config='arc1_small',

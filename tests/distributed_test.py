@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 import pytest
-
 from procs import finish, free_port
+
 from trm_jax import main as main_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

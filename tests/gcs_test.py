@@ -19,8 +19,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-
 from procs import free_port, read_to_point
+
 from trm_jax import convert, faults, metrics, solve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -225,6 +225,7 @@ def _put(url, name, record):
 
 def test_gs_data_dir_and_manual_dir_are_one_clear_error(tmp_path, monkeypatch):
   import importlib.util
+
   from trm_jax import data
   monkeypatch.chdir(tmp_path)
   spec = importlib.util.spec_from_file_location("smoke", os.path.join(ROOT, "experiments", "smoke.py"))

@@ -125,7 +125,8 @@ def test_eval_order_and_padding(pc):
 
 def test_batch_dtypes_and_global_array():
   import jax
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
   data = _toy([[1]] * 32)
   local = ip.train_batch(data, 0, 0, 8)
   assert {k: v.dtype for k, v in local.items()} == {

@@ -2,12 +2,11 @@
 import jax
 import numpy as np
 import pytest
+import tiny
 
 from trm_jax import config_lib, interop
 from trm_jax.model import RecursiveModel, swiglu_inter
 from trm_jax.train_state import count_params, init_variables
-
-import tiny
 
 
 def _count(**kw):

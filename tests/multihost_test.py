@@ -32,8 +32,8 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from procs import finish, free_port, read_to_point
+
 from trm_jax import faults, metrics, solve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -233,7 +233,7 @@ def test_sharded_table_two_processes(tmp_path, env):
   port = free_port()
   out = launch(lambda i: [sys.executable, str(script), str(i), str(port), os.path.dirname(__file__)], 2, 2, env)
   print(f"\nsharded-table step on 2 processes: {time.time() - t0:.1f}s")
-  for rc, stdout, _ in out:
+  for _, stdout, _ in out:
     d = json.loads(stdout.strip().splitlines()[-1])
     print(d)
     assert d["moved_rows"] == [1, 2, 150, 151]    # only the batch's rows, in both table shards

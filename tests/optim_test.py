@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tiny
 from jax.experimental import topologies
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -14,8 +15,6 @@ from jax.sharding import PartitionSpec as P
 from trm_jax import config_lib, optim, sharding
 from trm_jax.model import RecursiveModel
 from trm_jax.train_state import count_params, create_train_state
-
-import tiny
 
 
 def test_adam_atan2_by_hand():

@@ -109,6 +109,7 @@ def test_cli_bad_file(tmp_path):
 def test_tool_handles_other_reference_configs(kw, tmp_path):
   """Vectors in the reference's layout for configs beyond the shared three."""
   import tiny
+
   from trm_jax import interop, steps
   from trm_jax.model import RecursiveModel
   cfg = tiny.mcfg(**kw)

@@ -3,11 +3,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny
 
 from trm_jax.model import RecursiveModel
 from trm_jax.train_state import init_variables
-
-import tiny
 
 MIXER = dict(mlp_t=True, pos_encodings="none", L_layers=2)
 

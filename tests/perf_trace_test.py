@@ -19,7 +19,7 @@ def _meta(pid, tid, pname, tname):
 def test_gpu_stream_kernels_are_picked_and_aggregated():
   ev = _meta(1, 1, "/host:CPU", "python") + _meta(2, 7, "/device:GPU:0 NVIDIA H200", "Stream #13(Compute)")
   ev += _meta(2, 8, "/device:GPU:0 NVIDIA H200", "Launch Stats")
-  for step in range(2):
+  for _ in range(2):
     ev += [{"ph": "X", "pid": 2, "tid": 7, "name": "gemm_bf16", "ts": 0, "dur": 3000.0},
            {"ph": "X", "pid": 2, "tid": 7, "name": "loop_add_fusion_3", "ts": 0, "dur": 500.0},
            {"ph": "X", "pid": 2, "tid": 7, "name": "loop_add_fusion_4", "ts": 0, "dur": 500.0},

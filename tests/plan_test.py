@@ -85,8 +85,9 @@ def test_scan_plan_costs_from_the_loop_program():
 
 def test_resolved_for_the_pod_not_the_host():
   """The host is a CPU; the program is for a TPU, so it gets the TPU's choices."""
-  from trm_jax import runs, sharding
   import jax
+
+  from trm_jax import runs, sharding
   assert jax.default_backend() == "cpu"
   devices = plan.tpu_devices(plan.parse_topology("v5e:2x2"))
   c = plan.resolved_config(_smoke(), plan.dataset_meta(_smoke().data)[0], "scan")

@@ -21,7 +21,7 @@ def finish(procs, timeout: float, check: bool = True):
       if p.poll() is None:
         p.kill()
         p.communicate()
-  for i, (rc, o, r) in enumerate(out):
+  for i, (rc, _, r) in enumerate(out):
     assert not check or rc == 0, f"process {i} exited with {rc}:\n{r[-3000:]}"
   return out
 

@@ -3,12 +3,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny
 
 from trm_jax import config_lib, optim, recursion, steps
 from trm_jax.model import RecursiveModel
 from trm_jax.train_state import create_train_state, init_variables
-
-import tiny
 
 VARIANTS = [dict(), dict(arch="hrm"), dict(variant="separate_nets"), dict(variant="one_step_grad"),
             dict(variant="single_latent"), dict(variant="multiscale_latent"), dict(mlp_t=True, pos_encodings="none"),
@@ -22,7 +21,7 @@ def test_scan_equals_loop(kw):
   for mode in ("loop", "scan"):
     cfg = tiny.mcfg(recursion=mode, **kw)
     v, table = tiny.variables(cfg)
-    res[mode] = jax.jit(lambda v, t: tiny.grads(cfg, v, t, b))(v, table)
+    res[mode] = jax.jit(lambda v, t, cfg=cfg: tiny.grads(cfg, v, t, b))(v, table)
   for a, c in zip(jax.tree.leaves(res["loop"]), jax.tree.leaves(res["scan"])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-5)
   # Gradients are not trivially zero.

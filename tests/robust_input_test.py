@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trm_jax import config_lib, data as data_lib, input_pipeline, interop
-from trm_jax.datasets import cli as data_cli, common, maze
+from trm_jax import config_lib, input_pipeline, interop
+from trm_jax import data as data_lib
+from trm_jax.datasets import cli as data_cli
+from trm_jax.datasets import common, maze
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY = ROOT.parent / "shared" / "parity"
@@ -231,6 +233,7 @@ def _parity():
     (lambda a: a.astype(np.int32), "dtype int32")])
 def test_convert_refuses_non_real_or_non_finite_weights(spoil, needle):
   import jax
+
   from trm_jax import train_state
   from trm_jax.model import RecursiveModel
   sd, mcfg = _parity()

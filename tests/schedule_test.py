@@ -1,7 +1,7 @@
 """The paper experiments run the reference's schedules: epochs and evaluation interval per arch."""
 import pytest
-
 from configs_test import load
+
 from trm_jax import cadence
 
 EXPECTED = {  # (experiment, arch): (epochs, eval_every_epochs)

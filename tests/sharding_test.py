@@ -86,6 +86,7 @@ def test_four_devices_equal_one(table_parallel, tmp_path):
 
 def test_batch_must_divide_devices():
   import jax
+
   from trm_jax import sharding
   mesh = sharding.make_mesh(devices=jax.devices()[:1] * 1)
   sharding.check_batch(8, mesh)

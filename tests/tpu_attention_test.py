@@ -17,10 +17,9 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import pytest
+import tiny
 
 from trm_jax.model import attention
-
-import tiny
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -57,7 +56,7 @@ def test_model_splash_equals_xla(recursion):
   for impl in ("xla", "splash"):
     cfg = tiny.mcfg(attention_impl=impl, recursion=recursion)
     v, table = tiny.variables(cfg)
-    res[impl] = jax.jit(lambda v, t: tiny.grads(cfg, v, t, b))(v, table)
+    res[impl] = jax.jit(lambda v, t, cfg=cfg: tiny.grads(cfg, v, t, b))(v, table)
   tiny.assert_trees_close(res["xla"], res["splash"], 1e-5)
   assert float(jnp.abs(res["splash"][1]["L_level"]["layers_0"]["self_attn"]["qkv_proj"]["kernel"]).max()) > 0
 

@@ -1,8 +1,9 @@
 """A smoke run evaluating every N epochs: evaluations at the sampler's iteration ends, as the reference."""
 import pytest
-
 from train_test import smoke
-from trm_jax import cadence, data as data_lib, input_pipeline, metrics, train
+
+from trm_jax import cadence, input_pipeline, metrics, train
+from trm_jax import data as data_lib
 
 
 def test_smoke_run_evaluates_every_n_epochs(tmp_path):

@@ -8,8 +8,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from procs import read_to_point
+
 from trm_jax import faults, metrics, solve, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

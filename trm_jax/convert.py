@@ -154,8 +154,8 @@ def resolve(config, resolve_data: bool = True, mesh=None):
   """-> (resolved config, checkpoint meta, mesh), the way `trm-train` resolves a run."""
   import copy  # noqa: PLC0415
 
-  from trm_jax import data as data_lib  # noqa: PLC0415
   from trm_jax import config_lib, runs, sharding, train  # noqa: PLC0415
+  from trm_jax import data as data_lib  # noqa: PLC0415
   config_lib.validate(config)
   mesh = sharding.make_mesh() if mesh is None else mesh
   if resolve_data:

@@ -85,6 +85,7 @@ def _build_or_wait(dcfg, full: str, data_dir: str) -> None:
   """Builds a missing set; in a multi-process run only process 0 builds it
   (downloading if needed) and the others wait until it is published."""
   import jax
+
   from trm_jax.datasets import common
   if jax.process_count() > 1 and jax.process_index() != 0:
     common.wait_for(full, data_dir, float(dcfg.get("build_timeout_s", 7200)))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from trm_jax import arc_votes, input_pipeline, rundir, steps
-from trm_jax.arc_votes import PASS_KS, vote as arc_vote, write_submission  # noqa: F401  (API)
+from trm_jax.arc_votes import PASS_KS, write_submission  # noqa: F401  (API)
 from trm_jax.losses import IGNORE_LABEL
 
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trm_jax import checkpoint, metrics as metrics_lib, report
+from trm_jax import checkpoint, report
+from trm_jax import metrics as metrics_lib
 from trm_jax.cli import RunStopped
 
 

@@ -17,14 +17,13 @@ import functools
 import os
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from trm_jax import cli
-from trm_jax.datasets.splits import (BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID,
-                                     DatasetMeta, InMemoryReader, SplitData)
+from trm_jax.datasets.splits import BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID, DatasetMeta, InMemoryReader, SplitData
 
 __all__ = ['DatasetMeta', 'SplitData', 'load_split', 'train_batch',
            'train_batch_indices', 'batch_position', 'eval_batches',
@@ -41,8 +40,7 @@ class RecordReader:
   """
 
   def __init__(self, files, zlib_encoded: bool):
-    from array_record.python.array_record_data_source import \
-        ArrayRecordDataSource
+    from array_record.python.array_record_data_source import ArrayRecordDataSource
     from tensorflow_datasets.proto import tf_example_pb2
     self._files = [os.fspath(f) for f in files]
     self._source = ArrayRecordDataSource(self._files)

@@ -88,7 +88,7 @@ def run_parity(f, recursion_mode: str = "loop", dtype: str | None = None) -> dic
       params, consts, table, b1)
   for i in range(mcfg.halt_max_steps):
     for k in collect:
-      for name, a in _flat(k, jax.tree.map(lambda x: x[i], per[k])).items():
+      for name, a in _flat(k, jax.tree.map(lambda x, i=i: x[i], per[k])).items():
         out[f"eval/step{i + 1}/{name}"] = a
   for k, v in carry["z"].items():
     out[f"eval/final/{k}"] = np.asarray(v, np.float32)

@@ -156,6 +156,7 @@ def dataset_meta(dcfg):
 def _abstract_batch(run, batch_size: int):
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
+
   from trm_jax import sharding  # noqa: PLC0415
   s, t = sharding.batch_sharding(run.mesh), run.mcfg.seq_len
   shapes = {"inputs": (batch_size, t), "labels": (batch_size, t), "puzzle_identifiers": (batch_size,)}
@@ -165,6 +166,7 @@ def _abstract_batch(run, batch_size: int):
 def compile_train(run):
   """The run's train step, lowered for its mesh's devices and compiled -> (compiled, seconds)."""
   import jax  # noqa: PLC0415
+
   from trm_jax import sharding  # noqa: PLC0415
   t0 = time.perf_counter()
   rng = jax.ShapeDtypeStruct(run.step_rng.shape, run.step_rng.dtype, sharding=sharding.replicated(run.mesh))

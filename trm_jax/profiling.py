@@ -16,9 +16,11 @@ Everything here runs the real library steps (`steps.make_train_step`,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +29,7 @@ import numpy as np
 
 from trm_jax import config_lib, optim, recursion, sharding, steps
 from trm_jax.model import RecursiveModel, puzzle_emb_len, swiglu_inter
-from trm_jax.train_state import create_train_state, count_params
-
+from trm_jax.train_state import count_params, create_train_state
 
 # ---------------------------------------------------------------------------
 # Set-up on synthetic data.
@@ -336,14 +337,7 @@ def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) 
     table = jax.random.normal(jax.random.key(seed + 7), (max(mcfg.num_puzzle_identifiers, 1),
                                                          max(mcfg.puzzle_emb_ndim, 0)))
     batch = {k: jnp.asarray(v) for k, v in synthetic_batch(mcfg, batch_size, seed).items()}
-
-    @jax.jit
-    def call(params, consts, table, batch):
-      carry = recursion.reset_carry(recursion.initial_carry(mcfg, batch_size), batch, consts, mcfg)
-      loss, g, g_rows, new_carry, outputs, _ = steps.loss_and_grads(
-          model, mcfg, params, consts, carry, table, jax.random.key(seed))
-      return {"loss": loss, "logits": outputs["logits"], "z": new_carry["z"], "grad": g, "grad_rows": g_rows}
-
+    call = jax.jit(functools.partial(_one_call, model, mcfg, seed))
     results[mode] = call(variables["params"], variables["consts"], table, batch)
   flat_a = jax.tree_util.tree_flatten_with_path(results["loop"])[0]
   flat_b = jax.tree.leaves(results["scan"])
@@ -355,6 +349,13 @@ def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) 
     err = np.abs(a - b).max() if a.size else 0.0
     out[jax.tree_util.keystr(path)] = float(err / scale) if scale > 0 else float(err)
   return out
+
+
+def _one_call(model, mcfg, seed, params, consts, table, batch):
+  carry = recursion.reset_carry(recursion.initial_carry(mcfg, batch["inputs"].shape[0]), batch, consts, mcfg)
+  loss, g, g_rows, new_carry, outputs, _ = steps.loss_and_grads(
+      model, mcfg, params, consts, carry, table, jax.random.key(seed))
+  return {"loss": loss, "logits": outputs["logits"], "z": new_carry["z"], "grad": g, "grad_rows": g_rows}
 
 
 def gb(n_bytes: int | float) -> float:

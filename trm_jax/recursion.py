@@ -10,7 +10,8 @@ depend on nothing that is differentiated and keep no residuals.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

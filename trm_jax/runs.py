@@ -13,8 +13,8 @@ import sys
 import jax
 import ml_collections
 
-from trm_jax import checkpoint, config_lib, data as data_lib, evaluate, fileio, optim, recursion, rundir, sharding
-from trm_jax import steps, train_state
+from trm_jax import checkpoint, config_lib, evaluate, fileio, optim, recursion, rundir, sharding, steps, train_state
+from trm_jax import data as data_lib
 from trm_jax.model import RecursiveModel
 
 

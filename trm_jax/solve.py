@@ -172,6 +172,7 @@ def _invalid(why: str, confidence: float) -> str:
 
 def main(argv) -> int:
   from absl import flags
+
   from trm_jax import runs
   del argv
   f = flags.FLAGS
@@ -228,6 +229,7 @@ def _solve_arc(f, run, state, meta, grids, grid, steps) -> int:
 def _quiet(verbose: bool) -> None:
   """Only the answer on the terminal: library logs (orbax, jax) only with --verbose."""
   import logging as std_logging
+
   from absl import logging
   level = logging.INFO if verbose else logging.ERROR
   logging.set_verbosity(level)
@@ -236,6 +238,7 @@ def _quiet(verbose: bool) -> None:
 
 def run():
   from absl import app, flags
+
   from trm_jax import cli
   flags.DEFINE_string("workdir", None, "Required: run directory holding checkpoints/ (written by trm-train).")
   flags.DEFINE_string("sudoku", None, "Sudoku as n*n characters, row by row ('.' or 0 = blank).")

@@ -16,9 +16,23 @@ import time
 import jax
 import ml_collections
 
-from trm_jax import arc_votes, cadence as cadence_lib, checkpoint, config_lib, data as data_lib, evaluate
-from trm_jax import hooks as hooks_lib, input_pipeline, metrics as metrics_lib, report, rundir, sharding
-from trm_jax import train_state, trace, workdir_lock
+from trm_jax import (
+  arc_votes,
+  checkpoint,
+  config_lib,
+  evaluate,
+  input_pipeline,
+  report,
+  rundir,
+  sharding,
+  trace,
+  train_state,
+  workdir_lock,
+)
+from trm_jax import cadence as cadence_lib
+from trm_jax import data as data_lib
+from trm_jax import hooks as hooks_lib
+from trm_jax import metrics as metrics_lib
 from trm_jax.cli import UserError
 from trm_jax.runs import Run, run_meta
 

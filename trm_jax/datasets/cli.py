@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 def _default_data_dir() -> str:
   """The directory trm-train reads by default (config.data.data_dir)."""
   from trm_jax import config_lib
@@ -191,7 +192,7 @@ def _task(data):
 
 
 def _grids(data, index):
-  from trm_jax.datasets import arc, maze
+  from trm_jax.datasets import arc
   inputs, labels = data.reader.read(np.array([index]))
   task, shape = _task(data)
   x, y = inputs[0], labels[0]
@@ -260,6 +261,7 @@ def _cmd_bench(args):
 
 def _cmd_list(args):
   import tensorflow_datasets as tfds
+
   from trm_jax.datasets import arc_builder, generated, maze, sudoku
   rows = []
   for cls in (sudoku.SudokuExtreme, maze.MazeHard, arc_builder.ArcAgi,

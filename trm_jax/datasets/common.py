@@ -12,8 +12,8 @@ import socket
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -241,9 +241,9 @@ def get_builder(name: str, data_dir) -> TrmBuilder:
   try:
     return tfds.builder(name, data_dir=os.fspath(data_dir))
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise DataError(f'{name}: unknown dataset ({str(e).splitlines()[0]})')
+    raise DataError(f'{name}: unknown dataset ({str(e).splitlines()[0]})') from None
   except ValueError as e:
-    raise DataError(f'{name}: {str(e).splitlines()[0]}')
+    raise DataError(f'{name}: {str(e).splitlines()[0]}') from None
 
 
 STAGING_DIR = '.tmp-build'  # private build directories, inside data_dir

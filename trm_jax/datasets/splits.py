@@ -38,7 +38,7 @@ class DatasetMeta:
     return d
 
   @classmethod
-  def from_json(cls, d: dict[str, Any]) -> 'DatasetMeta':
+  def from_json(cls, d: dict[str, Any]) -> DatasetMeta:
     d = dict(d)
     d['sets'] = tuple(d.get('sets', ('all',)))
     names = {f.name for f in dataclasses.fields(cls)}
