@@ -13,6 +13,7 @@ and a markdown table: median over runs of each run's median step time, the
 best run, and the ratio of the reference's bf16 time to each variant.
 Needs `pip install torch` for the torch variants.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,7 @@ def cpu_info() -> dict:
   out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
   info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
   flags = set(info.get("Flags", "").split())
-  return {"model": info.get("Model name", "?").strip(), "cpus": os.cpu_count(),
-          "isa": {f: f in flags for f in ISA}}
+  return {"model": info.get("Model name", "?").strip(), "cpus": os.cpu_count(), "isa": {f: f in flags for f in ISA}}
 
 
 def command(variant: str, batch: int, steps: int, warmup: int) -> list[str]:
@@ -40,19 +40,33 @@ def command(variant: str, batch: int, steps: int, warmup: int) -> list[str]:
   dtype = {"bf16": "bfloat16", "f32": "float32"}[dtype]
   if impl == "torch":
     # Eager mode has nothing to compile: no warm-up call (bf16 steps can take minutes on CPUs without bf16 dots).
-    return [sys.executable, str(ROOT / "benchmarks" / "torch_reference.py"), f"--batch={batch}", f"--dtype={dtype}",
-            f"--steps={steps}", "--warmup=0"]
+    return [
+      sys.executable,
+      str(ROOT / "benchmarks" / "torch_reference.py"),
+      f"--batch={batch}",
+      f"--dtype={dtype}",
+      f"--steps={steps}",
+      "--warmup=0",
+    ]
   if impl == "jax":
-    return [sys.executable, "-m", "trm_jax.bench", "--config=experiments/sudoku_mlp.py",
-            f"--config.train.global_batch_size={batch}", f"--config.model.dtype={dtype}", f"--steps={steps}",
-            f"--warmup={warmup}"]
+    return [
+      sys.executable,
+      "-m",
+      "trm_jax.bench",
+      "--config=experiments/sudoku_mlp.py",
+      f"--config.train.global_batch_size={batch}",
+      f"--config.model.dtype={dtype}",
+      f"--steps={steps}",
+      f"--warmup={warmup}",
+    ]
   raise ValueError(f"unknown variant {variant!r} (torch-bf16, torch-f32, jax-bf16, jax-f32)")
 
 
 def run_once(variant: str, batch: int, steps: int, warmup: int, timeout: int) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  p = subprocess.run(command(variant, batch, steps, warmup), cwd=ROOT, capture_output=True, text=True, env=env,
-                     timeout=timeout)
+  p = subprocess.run(
+    command(variant, batch, steps, warmup), cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout
+  )
   lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
   if p.returncode or not lines:
     raise RuntimeError(f"{variant} failed: {p.stderr[-2000:]}")
@@ -63,8 +77,10 @@ def table(results: dict, cpu_s: dict | None = None, ref: str = "torch-bf16") -> 
   """Markdown: wall ms (median of runs, best run), CPU s per step, ratios to the reference's bf16 step."""
   cpu_s = cpu_s or {}
   med_cpu = lambda v: statistics.median(cpu_s[v]) if cpu_s.get(v) and None not in cpu_s[v] else None
-  rows = ["| variant | step ms, median of runs | best run ms | CPU s/step | runs | reference bf16 / this (wall, CPU s) |",
-          "|---|---|---|---|---|---|"]
+  rows = [
+    "| variant | step ms, median of runs | best run ms | CPU s/step | runs | reference bf16 / this (wall, CPU s) |",
+    "|---|---|---|---|---|---|",
+  ]
   ref_ms = statistics.median(results[ref]) if results.get(ref) else None
   ref_cpu = med_cpu(ref)
   for v, ms in results.items():
@@ -100,11 +116,14 @@ def main(argv=None) -> int:
     return 0
   variants = a.variants.split(",")
   for v in variants:
-    command(v, 1, 1, 0)    # fail early on a bad name
+    command(v, 1, 1, 0)  # fail early on a bad name
   info = cpu_info()
   load0 = os.getloadavg()
-  print(f"CPU: {info['model']}, {info['cpus']} CPUs; ISA: "
-        + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["isa"].items()), flush=True)
+  print(
+    f"CPU: {info['model']}, {info['cpus']} CPUs; ISA: "
+    + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in info["isa"].items()),
+    flush=True,
+  )
   results = {v: [] for v in variants}
   cpu_s = {v: [] for v in variants}
   for rep in range(a.reps):
@@ -113,16 +132,34 @@ def main(argv=None) -> int:
       r.update(variant=v, rep=rep, loadavg_after=os.getloadavg()[0])
       results[v].append(r["step_ms_median"])
       cpu_s[v].append(r.get("cpu_s_per_step"))
-      print(json.dumps({k: r.get(k) for k in ("variant", "rep", "batch", "step_ms_median", "step_ms_min",
-                                              "loadavg_after", "cpu_s_per_step", "cpu_capability", "compile_s")}),
-            flush=True)
+      print(
+        json.dumps(
+          {
+            k: r.get(k)
+            for k in (
+              "variant",
+              "rep",
+              "batch",
+              "step_ms_median",
+              "step_ms_min",
+              "loadavg_after",
+              "cpu_s_per_step",
+              "cpu_capability",
+              "compile_s",
+            )
+          }
+        ),
+        flush=True,
+      )
       if a.jsonl:
         with open(a.jsonl, "a") as f:
           f.write(json.dumps(r) + "\n")
   load1 = os.getloadavg()
-  print(f"\nSudoku TRM-MLP train step, batch {a.batch}, {a.reps} interleaved runs of {a.steps} timed steps; "
-        f"load average (1 min) {load0[0]:.1f} before, {load1[0]:.1f} after "
-        f"({os.cpu_count()} CPUs; above ~{os.cpu_count()} the machine was shared)\n")
+  print(
+    f"\nSudoku TRM-MLP train step, batch {a.batch}, {a.reps} interleaved runs of {a.steps} timed steps; "
+    f"load average (1 min) {load0[0]:.1f} before, {load1[0]:.1f} after "
+    f"({os.cpu_count()} CPUs; above ~{os.cpu_count()} the machine was shared)\n"
+  )
   print(table(results, cpu_s))
   return 0
 

@@ -9,6 +9,7 @@ arrays (weight casts), dots, while loops, the memory analysis, and the
 compile time. Analysis only: nothing runs. On a GPU machine it analyses the
 GPU program; without one, the CPU program (whose fusion decisions differ).
 """
+
 import argparse
 import collections
 import json
@@ -54,12 +55,16 @@ def hlo_stats(text: str, param_shapes=()) -> dict:
     if op == "convert" and dtype == "bf16" and dims in pshapes:
       weight_casts += 1
   return {
-      "fusions": entry_ops["fusion"],
-      "unfused_transposes": entry_ops["transpose"], "unfused_transpose_mb": round(moved["transpose"] / 2**20, 2),
-      "unfused_copies": entry_ops["copy"], "unfused_copy_mb": round(moved["copy"] / 2**20, 2),
-      "transposes_anywhere": all_ops["transpose"],
-      "unfused_weight_casts": weight_casts,
-      "dots": all_ops["dot"], "custom_calls": all_ops["custom-call"], "whiles": all_ops["while"],
+    "fusions": entry_ops["fusion"],
+    "unfused_transposes": entry_ops["transpose"],
+    "unfused_transpose_mb": round(moved["transpose"] / 2**20, 2),
+    "unfused_copies": entry_ops["copy"],
+    "unfused_copy_mb": round(moved["copy"] / 2**20, 2),
+    "transposes_anywhere": all_ops["transpose"],
+    "unfused_weight_casts": weight_casts,
+    "dots": all_ops["dot"],
+    "custom_calls": all_ops["custom-call"],
+    "whiles": all_ops["while"],
   }
 
 
@@ -88,9 +93,15 @@ def main():
     with open(a.dump, "w") as f:
       f.write(text)
   shapes = [p.shape for p in jax.tree.leaves(s.state.params)]
-  out = {"config": a.config, "set": a.set, "batch": a.batch, "backend": jax.default_backend(),
-         "compile_s": round(c.compile_s, 2), **hlo_stats(text, shapes),
-         "temp_mb": round(c.memory().get("temp", 0) / 2**20, 1)}
+  out = {
+    "config": a.config,
+    "set": a.set,
+    "batch": a.batch,
+    "backend": jax.default_backend(),
+    "compile_s": round(c.compile_s, 2),
+    **hlo_stats(text, shapes),
+    "temp_mb": round(c.memory().get("temp", 0) / 2**20, 1),
+  }
   print(json.dumps(out))
   return 0
 

@@ -15,6 +15,7 @@ Kernel events: on GPU the device's "Stream" threads (CUPTI kernels and
 copies), on TPU its "XLA Ops" line, on CPU the XLA thunk events of the host's
 XLA threads (names of HLO instructions).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,14 +51,19 @@ def kernel_events(events: list) -> tuple[list, str]:
       tname[(e["pid"], e.get("tid"))] = e.get("args", {}).get("name", "")
   xs = [e for e in events if e.get("ph") == "X" and "dur" in e]
   th = lambda e: tname.get((e["pid"], e.get("tid")), "")
-  for kind, thread_rule in (("gpu", lambda t: t.lower().startswith("stream")),
-                            ("tpu", lambda t: t.startswith("XLA Ops"))):
+  for kind, thread_rule in (
+    ("gpu", lambda t: t.lower().startswith("stream")),
+    ("tpu", lambda t: t.startswith("XLA Ops")),
+  ):
     pids = {p for p, n in pname.items() if "/device:" in n.lower() and kind in n.lower()}
     out = [e for e in xs if e["pid"] in pids and thread_rule(th(e))]
     if out:
       return out, kind
-  out = [e for e in xs if th(e).startswith("tf_XLA") and _HLO_NAME.match(e.get("name", ""))
-         and not e["name"].startswith(_CPU_SKIP)]
+  out = [
+    e
+    for e in xs
+    if th(e).startswith("tf_XLA") and _HLO_NAME.match(e.get("name", "")) and not e["name"].startswith(_CPU_SKIP)
+  ]
   return out, "cpu"
 
 
@@ -65,13 +71,25 @@ def kernel_table(kernels: list, n_steps: int, step_ms: float, top: int = 25) -> 
   """Aggregate kernel events over `n_steps` traced steps."""
   total, count = collections.Counter(), collections.Counter()
   for e in kernels:
-    total[e["name"]] += float(e["dur"])        # microseconds
+    total[e["name"]] += float(e["dur"])  # microseconds
     count[e["name"]] += 1
   busy_ms = sum(total.values()) / n_steps / 1e3
-  rows = [{"name": n, "count": count[n] / n_steps, "ms": d / n_steps / 1e3,
-           "pct_of_step": 100.0 * d / n_steps / 1e3 / step_ms} for n, d in total.most_common(top)]
-  return {"step_ms": step_ms, "kernel_ms_per_step": busy_ms, "kernels_per_step": sum(count.values()) / n_steps,
-          "distinct_kernels": len(total), "rows": rows}
+  rows = [
+    {
+      "name": n,
+      "count": count[n] / n_steps,
+      "ms": d / n_steps / 1e3,
+      "pct_of_step": 100.0 * d / n_steps / 1e3 / step_ms,
+    }
+    for n, d in total.most_common(top)
+  ]
+  return {
+    "step_ms": step_ms,
+    "kernel_ms_per_step": busy_ms,
+    "kernels_per_step": sum(count.values()) / n_steps,
+    "distinct_kernels": len(total),
+    "rows": rows,
+  }
 
 
 def kind_of(name: str) -> str:
@@ -84,22 +102,40 @@ def by_kind(table_rows_source: list, n_steps: int, step_ms: float, top: int = 12
   for e in table_rows_source:
     total[kind_of(e["name"])] += float(e["dur"])
     count[kind_of(e["name"])] += 1
-  return [{"name": n, "count": count[n] / n_steps, "ms": d / n_steps / 1e3,
-           "pct_of_step": 100.0 * d / n_steps / 1e3 / step_ms} for n, d in total.most_common(top)]
+  return [
+    {
+      "name": n,
+      "count": count[n] / n_steps,
+      "ms": d / n_steps / 1e3,
+      "pct_of_step": 100.0 * d / n_steps / 1e3 / step_ms,
+    }
+    for n, d in total.most_common(top)
+  ]
 
 
 def markdown(table: dict, title: str = "") -> str:
-  lines = [f"{title}: step {table['step_ms']:.1f} ms, kernels {table['kernel_ms_per_step']:.1f} ms/step "
-           f"({100 * table['kernel_ms_per_step'] / table['step_ms']:.0f}% of the step), "
-           f"{table['kernels_per_step']:.0f} launches/step, {table['distinct_kernels']} distinct", "",
-           "| # | kernel | count/step | ms/step | % of step |", "|---|---|---|---|---|"]
+  lines = [
+    f"{title}: step {table['step_ms']:.1f} ms, kernels {table['kernel_ms_per_step']:.1f} ms/step "
+    f"({100 * table['kernel_ms_per_step'] / table['step_ms']:.0f}% of the step), "
+    f"{table['kernels_per_step']:.0f} launches/step, {table['distinct_kernels']} distinct",
+    "",
+    "| # | kernel | count/step | ms/step | % of step |",
+    "|---|---|---|---|---|",
+  ]
   for i, r in enumerate(table["rows"], 1):
     name = r["name"] if len(r["name"]) <= 80 else r["name"][:77] + "..."
     lines.append(f"| {i} | `{name}` | {r['count']:g} | {r['ms']:.3f} | {r['pct_of_step']:.1f} |")
   if table.get("kinds"):
-    lines += ["", "By kind (instance numbers stripped):", "", "| kind | count/step | ms/step | % of step |",
-              "|---|---|---|---|"]
-    lines += [f"| `{r['name'][:80]}` | {r['count']:g} | {r['ms']:.3f} | {r['pct_of_step']:.1f} |" for r in table["kinds"]]
+    lines += [
+      "",
+      "By kind (instance numbers stripped):",
+      "",
+      "| kind | count/step | ms/step | % of step |",
+      "|---|---|---|---|",
+    ]
+    lines += [
+      f"| `{r['name'][:80]}` | {r['count']:g} | {r['ms']:.3f} | {r['pct_of_step']:.1f} |" for r in table["kinds"]
+    ]
   return "\n".join(lines)
 
 
@@ -147,8 +183,14 @@ def main(argv=None) -> int:
   kernels, kind = kernel_events(load_events(trace_dir))
   table = kernel_table(kernels, a.steps, step_ms, a.top)
   table["kinds"] = by_kind(kernels, a.steps, step_ms)
-  table.update(tag=tag, backend=jax.default_backend(), device=str(jax.devices()[0].device_kind), rule=kind,
-               compile_s=round(c.compile_s, 2), overrides=a.set)
+  table.update(
+    tag=tag,
+    backend=jax.default_backend(),
+    device=str(jax.devices()[0].device_kind),
+    rule=kind,
+    compile_s=round(c.compile_s, 2),
+    overrides=a.set,
+  )
   with open(os.path.join(a.out, f"kernels_{tag}.json"), "w") as f:
     json.dump(table, f, indent=1)
   print(markdown(table, f"{tag} on {table['device']} ({kind} events)"), flush=True)

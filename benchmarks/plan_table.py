@@ -7,6 +7,7 @@ Runs `trm-plan` once per (experiment, topology) in a fresh process, appends each
 JSON line (or the error line) to --out, then prints the markdown table from
 everything in --out. Compiler estimates, not TPU measurements.
 """
+
 import argparse
 import json
 import os
@@ -17,8 +18,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_one(experiment: str, topology: str) -> dict:
-  cmd = [sys.executable, "-m", "trm_jax.plan", f"--config=experiments/{experiment}.py", f"--topology={topology}",
-         "--json"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "trm_jax.plan",
+    f"--config=experiments/{experiment}.py",
+    f"--topology={topology}",
+    "--json",
+  ]
   p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   if p.returncode == 0:
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -27,19 +34,23 @@ def run_one(experiment: str, topology: str) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-  out = ["| experiment | slice | chips | fits? | train per chip (args + temp) | est. train step | compute floor "
-         "| est. eval batch | steps | est. training |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+  out = [
+    "| experiment | slice | chips | fits? | train per chip (args + temp) | est. train step | compute floor "
+    "| est. eval batch | steps | est. training |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     if "error" in r:
       out.append(f"| {r['experiment']} | {r['topology']} | | no: {r['error'].replace('|', '/')} | | | | | | |")
       continue
     p = r["plans"][0]
     t, e = p["train"], p["eval"]
-    out.append(f"| {r['experiment']} | {r['slice']} ({r['topology']}) | {r['chips']} | yes | "
-               f"{t['argument_gib']:.2f} + {t['temp_gib']:.2f} GiB of {t['hbm_gib']} | {t['est_step_ms']:.0f} ms | "
-               f"{t['compute_floor_ms']:.0f} ms | {e['est_step_ms']:.0f} ms | {p['schedule_steps']:,} | "
-               f"{p['est_train_hours']:.1f} h |")
+    out.append(
+      f"| {r['experiment']} | {r['slice']} ({r['topology']}) | {r['chips']} | yes | "
+      f"{t['argument_gib']:.2f} + {t['temp_gib']:.2f} GiB of {t['hbm_gib']} | {t['est_step_ms']:.0f} ms | "
+      f"{t['compute_floor_ms']:.0f} ms | {e['est_step_ms']:.0f} ms | {p['schedule_steps']:,} | "
+      f"{p['est_train_hours']:.1f} h |"
+    )
   return "\n".join(out)
 
 

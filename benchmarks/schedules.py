@@ -8,6 +8,7 @@ one example, so a split of that shape gives the real step counts without the
 data; ARC's counts depend on every task's number of pairs, so they are computed
 from the JSON files (the same augmentation plan `trm-data build` makes).
 """
+
 import argparse
 import importlib.util
 import os
@@ -37,8 +38,13 @@ def arc_split(arc_dir):
   from pathlib import Path
 
   from trm_jax.datasets import arc, arc_builder
-  tasks = [(s, tid, role, t) for role, subsets in (("train", ("training", "concept")), ("eval", ("evaluation",)))
-           for s in subsets for tid, t in arc.load_subset(Path(arc_dir), s).items()]
+
+  tasks = [
+    (s, tid, role, t)
+    for role, subsets in (("train", ("training", "concept")), ("eval", ("evaluation",)))
+    for s in subsets
+    for tid, t in arc.load_subset(Path(arc_dir), s).items()
+  ]
   plan = arc_builder.build_plans(tasks, 1000, 42)[0]["train"]
   return shaped_split(plan.puzzle_indices, plan.group_indices)
 
@@ -51,8 +57,10 @@ def row(name, arch, data):
   cad = cadence.cadence(t, data, c.seed)
   steps = cad.eval_steps
   shown = ", ".join(map(str, steps[:2])) + ", ..., " + str(steps[-1]) if len(steps) > 3 else ", ".join(map(str, steps))
-  return (f"| {name} | {arch} | {t.epochs} / {t.eval_every_epochs} | {m.total_groups} | "
-          f"{m.mean_puzzle_examples:.4f} | {cad.lr_steps} | {cad.end} | {len(steps)} | {shown} |")
+  return (
+    f"| {name} | {arch} | {t.epochs} / {t.eval_every_epochs} | {m.total_groups} | "
+    f"{m.mean_puzzle_examples:.4f} | {cad.lr_steps} | {cad.end} | {len(steps)} | {shown} |"
+  )
 
 
 def main():

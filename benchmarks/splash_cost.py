@@ -15,6 +15,7 @@ XLA's cost model counts a Mosaic custom call like any op: each operand read
 once and each result written once, at its padded HBM size. What the kernel
 reads more than once is not seen; `kernel_rereads` adds it (see there).
 """
+
 import argparse
 import json
 
@@ -36,8 +37,7 @@ def kernel_rereads(b, t, n):
 
 def compile_op(impl, mesh, b, t, d=512, heads=8):
   """The compiled forward + backward of attention(q, k, v) on (b, t, heads, d / heads) arrays."""
-  spec = jax.ShapeDtypeStruct((b, t, heads, d // heads), jnp.bfloat16,
-                              sharding=NamedSharding(mesh, P(sharding.BATCH)))
+  spec = jax.ShapeDtypeStruct((b, t, heads, d // heads), jnp.bfloat16, sharding=NamedSharding(mesh, P(sharding.BATCH)))
 
   def fwd_bwd(q, k, v, do):
     out, vjp = jax.vjp(lambda q, k, v: attention(q, k, v, impl, interpret=False), q, k, v)
@@ -82,10 +82,19 @@ def _row(c, what, impl, args):
   b, t = args.batch_per_chip, args.seq
   cost, mem = c.cost_analysis(), c.memory_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  row = {"what": what, "impl": impl, "topology": args.topology, "per_chip_batch": b, "T": t,
-         "xla_bytes_accessed": cost.get("bytes accessed"), "xla_flops": cost.get("flops"),
-         "temp_bytes": mem.temp_size_in_bytes, "argument_bytes": mem.argument_size_in_bytes,
-         "output_bytes": mem.output_size_in_bytes, "custom_calls": c.as_text().count("tpu_custom_call")}
+  row = {
+    "what": what,
+    "impl": impl,
+    "topology": args.topology,
+    "per_chip_batch": b,
+    "T": t,
+    "xla_bytes_accessed": cost.get("bytes accessed"),
+    "xla_flops": cost.get("flops"),
+    "temp_bytes": mem.temp_size_in_bytes,
+    "argument_bytes": mem.argument_size_in_bytes,
+    "output_bytes": mem.output_size_in_bytes,
+    "custom_calls": c.as_text().count("tpu_custom_call"),
+  }
   if impl == "splash":
     row["kernel_rereads"] = kernel_rereads(b, t, 8)
     row["bytes_accessed_with_rereads"] = row["xla_bytes_accessed"] + sum(row["kernel_rereads"].values())

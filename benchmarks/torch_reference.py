@@ -17,6 +17,7 @@ reset carry (as `trm_jax.bench` times). Prints one JSON line.
 
 Needs `pip install torch` (not a dependency of trm_jax).
 """
+
 import argparse
 import json
 import math
@@ -43,8 +44,9 @@ def swiglu_inter(width, expansion=4.0):
 class CastedLinear(torch.nn.Module):
   def __init__(self, n_in, n_out, bias=False, zero=False):
     super().__init__()
-    self.weight = torch.nn.Parameter(torch.zeros(n_out, n_in) if zero else trunc_normal_(torch.empty(n_out, n_in),
-                                                                                         1 / math.sqrt(n_in)))
+    self.weight = torch.nn.Parameter(
+      torch.zeros(n_out, n_in) if zero else trunc_normal_(torch.empty(n_out, n_in), 1 / math.sqrt(n_in))
+    )
     self.bias = torch.nn.Parameter(torch.zeros(n_out)) if bias else None
 
   def forward(self, x):
@@ -100,7 +102,7 @@ class TRM(torch.nn.Module):
     super().__init__()
     self.d, self.P, self.ndim, self.H, self.L, self.dtype = d, P, ndim, H, L, dtype
     self.embed_tokens = torch.nn.Parameter(trunc_normal_(torch.empty(vocab, d), 1 / math.sqrt(d)))
-    self.puzzle_emb = torch.zeros(n_ids, ndim)          # the sparse table: not an nn.Parameter
+    self.puzzle_emb = torch.zeros(n_ids, ndim)  # the sparse table: not an nn.Parameter
     self.L_level = ReasoningNet(d, seq + P, layers)
     self.lm_head = CastedLinear(d, vocab)
     self.q_head = CastedLinear(d, 2, bias=True, zero=True)
@@ -125,7 +127,7 @@ class TRM(torch.nn.Module):
     for _ in range(self.L):
       z_L = self.L_level(z_L, z_H + x)
     z_H = self.L_level(z_H, z_L)
-    logits = self.lm_head(z_H)[:, self.P:]
+    logits = self.lm_head(z_H)[:, self.P :]
     q = self.q_head(z_H[:, 0]).to(torch.float32)
     return z_H.detach(), z_L.detach(), logits, q
 
@@ -166,9 +168,9 @@ class AdamATan2:
     torch._foreach_mul_(self.v, self.b2)
     torch._foreach_addcmul_(self.v, g, g, 1 - self.b2)
     denom = torch._foreach_sqrt(self.v)
-    torch._foreach_div_(denom, math.sqrt(1 - self.b2 ** self.t))
+    torch._foreach_div_(denom, math.sqrt(1 - self.b2**self.t))
     upd = [torch.atan2(m, d) for m, d in zip(self.m, denom)]
-    torch._foreach_add_(self.p, upd, alpha=-self.lr / (1 - self.b1 ** self.t))
+    torch._foreach_add_(self.p, upd, alpha=-self.lr / (1 - self.b1**self.t))
     for p in self.p:
       p.grad = None
 
@@ -186,7 +188,7 @@ def make_step(model, opt, batch, lr=1e-4, wd=1.0):
     loss = act_loss(logits, batch["labels"], q[:, 0])
     (loss / b).backward()
     opt.step()
-    with torch.no_grad():   # sign-SGD on the rows used, gradients of equal ids summed
+    with torch.no_grad():  # sign-SGD on the rows used, gradients of equal ids summed
       uniq, inv = ids.unique(return_inverse=True)
       gsum = torch.zeros(len(uniq), rows.shape[1]).index_add_(0, inv, rows.grad)
       model.puzzle_emb[uniq] = model.puzzle_emb[uniq] * (1 - lr * wd) - lr * gsum.sign()
@@ -211,9 +213,11 @@ def main():
   model = TRM(dtype=dtype)
   opt = AdamATan2([p for p in model.parameters()])
   g = torch.Generator().manual_seed(0)
-  batch = {"inputs": torch.randint(1, 11, (a.batch, 81), generator=g),
-           "labels": torch.randint(1, 11, (a.batch, 81), generator=g),
-           "puzzle_identifiers": torch.zeros(a.batch, dtype=torch.long)}
+  batch = {
+    "inputs": torch.randint(1, 11, (a.batch, 81), generator=g),
+    "labels": torch.randint(1, 11, (a.batch, 81), generator=g),
+    "puzzle_identifiers": torch.zeros(a.batch, dtype=torch.long),
+  }
   step = make_step(model, opt, batch)
   times, cpu = [], []
   for i in range(a.warmup + a.steps):
@@ -223,13 +227,25 @@ def main():
     if i >= a.warmup:
       times.append(dt)
       cpu.append(dc)
-  print(json.dumps({"impl": "torch-eager (our re-implementation of the reference)", "label": a.label,
-                    "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                    "threads": torch.get_num_threads(), "batch": a.batch, "dtype": a.dtype,
-                    "step_ms_median": round(1e3 * statistics.median(times), 1),
-                    "step_ms_min": round(1e3 * min(times), 1), "cpu_s_per_step": round(statistics.median(cpu), 2),
-                    "loss": float(loss),
-                    "loadavg": os.getloadavg()[0]}), flush=True)
+  print(
+    json.dumps(
+      {
+        "impl": "torch-eager (our re-implementation of the reference)",
+        "label": a.label,
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "batch": a.batch,
+        "dtype": a.dtype,
+        "step_ms_median": round(1e3 * statistics.median(times), 1),
+        "step_ms_min": round(1e3 * min(times), 1),
+        "cpu_s_per_step": round(statistics.median(cpu), 2),
+        "loss": float(loss),
+        "loadavg": os.getloadavg()[0],
+      }
+    ),
+    flush=True,
+  )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ Alternatives: --config.eval.arc_aggregate_voting=false votes per evaluation;
 --config.train.eval_every_epochs=-1 --config.train.eval_every=N evaluates
 every N steps. The steps are printed at the start of every run.
 """
+
 from trm_jax import config_lib
 
 

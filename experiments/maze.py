@@ -31,6 +31,7 @@ that setup. Alternative: --config.train.eval_every_epochs=-1
 --config.train.eval_every=N evaluates every N steps. Step numbers: `python
 benchmarks/schedules.py`, and printed at the start of every run.
 """
+
 from trm_jax import config_lib
 
 

@@ -18,6 +18,7 @@ for that setup. Alternative: --config.train.eval_every_epochs=-1
 --config.train.eval_every=N evaluates every N steps. Step numbers: `python
 benchmarks/schedules.py`, and printed at the start of every run.
 """
+
 from trm_jax import config_lib
 
 

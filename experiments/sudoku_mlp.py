@@ -22,6 +22,7 @@ Alternative: --config.train.eval_every_epochs=-1 --config.train.eval_every=N
 evaluates every N steps instead. The step numbers above are printed by
 `python benchmarks/schedules.py` and at the start of every run.
 """
+
 from trm_jax import config_lib
 
 

@@ -81,8 +81,7 @@ def format_value(value: Any) -> str:
   if isinstance(value, float):
     return repr(value)  # shortest round-trip form: 0.0001, 3e-05, 1e+20
   if isinstance(value, (list, tuple)):
-    inner = ",".join(repr(v) if isinstance(v, str) else format_value(v)
-                     for v in value)
+    inner = ",".join(repr(v) if isinstance(v, str) else format_value(v) for v in value)
     return f"({inner}{',' if len(value) == 1 else ''})"
   return str(value)
 
@@ -108,7 +107,7 @@ def trial_name(overrides: Sequence[tuple[str, Any]]) -> str:
   name = "_".join(parts)
   if len(name) > _MAX_NAME:
     digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    name = f"{name[:_MAX_NAME - 9]}-{digest}"
+    name = f"{name[: _MAX_NAME - 9]}-{digest}"
   return name
 
 
@@ -136,17 +135,20 @@ def experiments_with_sweeps() -> list[str]:
   d = os.path.join(REPO_ROOT, "experiments")
   if not os.path.isdir(d):
     return []
-  return [f"experiments/{f}" for f in sorted(os.listdir(d)) if f.endswith(".py")
-          and re.search(r"^def get_sweep\(", open(os.path.join(d, f)).read(), re.M)]
+  return [
+    f"experiments/{f}"
+    for f in sorted(os.listdir(d))
+    if f.endswith(".py") and re.search(r"^def get_sweep\(", open(os.path.join(d, f)).read(), re.M)
+  ]
 
 
 def _join(base: str, name: str) -> str:
   return base.rstrip("/") + "/" + name if base else name
 
 
-def expand_sweep(config_path: str, arg: str | None, workdir_base: str,
-                 extra: Sequence[str] = (),
-                 config_name: str | None = None) -> list[Trial]:
+def expand_sweep(
+  config_path: str, arg: str | None, workdir_base: str, extra: Sequence[str] = (), config_name: str | None = None
+) -> list[Trial]:
   """The trials of `get_sweep(arg)` of the experiment file at config_path.
 
   Pure apart from importing the experiment file: no files are written and
@@ -158,16 +160,17 @@ def expand_sweep(config_path: str, arg: str | None, workdir_base: str,
   module = load_experiment(config_path)
   get_sweep = getattr(module, "get_sweep", None)
   if get_sweep is None:
-    raise ValueError(f"{config_path} defines no get_sweep(); experiments with sweeps: "
-                     f"{', '.join(experiments_with_sweeps()) or 'none'}")
+    raise ValueError(
+      f"{config_path} defines no get_sweep(); experiments with sweeps: {', '.join(experiments_with_sweeps()) or 'none'}"
+    )
   try:
     sweep = get_sweep(arg) if arg is not None else get_sweep()
   except Exception as e:  # noqa: BLE001
-    raise ValueError(f"{config_path}: get_sweep({'' if arg is None else repr(arg)}) failed: "
-                     f"{type(e).__name__}: {e}") from e
+    raise ValueError(
+      f"{config_path}: get_sweep({'' if arg is None else repr(arg)}) failed: {type(e).__name__}: {e}"
+    ) from e
   if isinstance(sweep, Mapping) or not isinstance(sweep, Sequence) or not sweep:
-    raise ValueError(f"{config_path}: get_sweep() must return a non-empty "
-                     f"list of dicts, got {sweep!r}")
+    raise ValueError(f"{config_path}: get_sweep() must return a non-empty list of dicts, got {sweep!r}")
   shown = config_name or config_path
   spec = shown if arg is None else f"{shown}:{arg}"
   trials, seen = [], {}
@@ -189,19 +192,25 @@ def expand_sweep(config_path: str, arg: str | None, workdir_base: str,
     args = [f"--config={spec}", f"--workdir={workdir}"]
     args += [f"--config.{k}={format_value(v)}" for k, v in overrides]
     args += list(extra)
-    trials.append(Trial(name=name, overrides=tuple(overrides),
-                        workdir=workdir, args=tuple(args)))
+    trials.append(Trial(name=name, overrides=tuple(overrides), workdir=workdir, args=tuple(args)))
   return trials
 
 
-def tpu_command(trial: Trial, tpu_args: Sequence[str], sweep_name: str,
-                tpu_name: str | None = None) -> list[str]:
+def tpu_command(trial: Trial, tpu_args: Sequence[str], sweep_name: str, tpu_name: str | None = None) -> list[str]:
   """launch/tpu_run.sh invocation for one trial (blocks until it ends)."""
   config, workdir, *rest = trial.args
   name = [f"--name={tpu_name}"] if tpu_name else []
-  return [os.path.join("launch", "tpu_run.sh"), *tpu_args, *name,
-          config, workdir, f"--run_name={sweep_name}-{trial.name}", "--wait",
-          "--", *rest]
+  return [
+    os.path.join("launch", "tpu_run.sh"),
+    *tpu_args,
+    *name,
+    config,
+    workdir,
+    f"--run_name={sweep_name}-{trial.name}",
+    "--wait",
+    "--",
+    *rest,
+  ]
 
 
 # ------------------------------------------------------- progress and summary
@@ -212,6 +221,7 @@ def progress(workdir: str) -> tuple[int | None, int | None, dict]:
   if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
   from trm_jax import metrics  # pylint: disable=g-import-not-at-top
+
   try:
     events = metrics.read(workdir)
   except (FileNotFoundError, NotADirectoryError):
@@ -239,11 +249,11 @@ def summary_table(trials: Sequence[Trial]) -> str:
     except Exception as e:  # noqa: BLE001 - an unreadable file is a row, not a crash
       rows.append((t.name, f"unreadable: {str(e).splitlines()[0][:60]}", "", {}))
       continue
-    status = ("not started" if last is None else "finished" if total is not None and last >= total
-              else "running/stopped")
+    status = "not started" if last is None else "finished" if total is not None and last >= total else "running/stopped"
     step = "" if last is None else f"{last}/{total}"
-    shown = {k: v for k, v in ev.items()
-             if k.startswith("eval/") and any(s in k.rsplit("/", 1)[-1] for s in _SUMMARY_KEYS)}
+    shown = {
+      k: v for k, v in ev.items() if k.startswith("eval/") and any(s in k.rsplit("/", 1)[-1] for s in _SUMMARY_KEYS)
+    }
     for k in shown:
       if k not in keys:
         keys.append(k)
@@ -300,13 +310,19 @@ def run_on_slices(trials, tpu_names: Sequence[str], tpu_args, sweep_name, keep_g
   return failed
 
 
-def slurm_command(trials: Sequence[Trial], indices: Sequence[int], args_file: str,
-                  sbatch_args: Sequence[str], parallel: int) -> list[str]:
+def slurm_command(
+  trials: Sequence[Trial], indices: Sequence[int], args_file: str, sbatch_args: Sequence[str], parallel: int
+) -> list[str]:
   """sbatch of launch/slurm_train.sbatch as a job array over `indices` (lines of args_file)."""
   array = ",".join(str(i) for i in indices) + (f"%{parallel}" if parallel else "")
-  return ["sbatch", f"--array={array}", "--job-name=" + os.path.basename(args_file).removesuffix(".args"),
-          f"--export=ALL,TRM_ARGS_FILE={args_file}", *sbatch_args,
-          os.path.join(LAUNCH_DIR, "slurm_train.sbatch")]
+  return [
+    "sbatch",
+    f"--array={array}",
+    "--job-name=" + os.path.basename(args_file).removesuffix(".args"),
+    f"--export=ALL,TRM_ARGS_FILE={args_file}",
+    *sbatch_args,
+    os.path.join(LAUNCH_DIR, "slurm_train.sbatch"),
+  ]
 
 
 FLAGS = flags.FLAGS
@@ -315,37 +331,47 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Defines the command-line flags (only when run as a script, so that
   importing this module for expand_sweep() does not claim global flag names)."""
-  flags.DEFINE_string("config", None,
-                      "Experiment file with get_sweep(), optionally ':arg'.")
-  flags.DEFINE_string("workdir_base", None,
-                      "Parent of the trials' workdirs (a gs:// path for TPU).")
+  flags.DEFINE_string("config", None, "Experiment file with get_sweep(), optionally ':arg'.")
+  flags.DEFINE_string("workdir_base", None, "Parent of the trials' workdirs (a gs:// path for TPU).")
   flags.DEFINE_bool("dry_run", False, "Print the commands, one per line; run nothing.")
-  flags.DEFINE_enum("launcher", "local", ["local", "tpu", "slurm"],
-                    "local: run the trials here one by one; tpu: via launch/tpu_run.sh, one trial per "
-                    "slice; slurm: one sbatch job array.")
-  flags.DEFINE_multi_string("extra", [],
-                            "Extra argument for every trial, e.g. "
-                            "--extra=--config.train.steps=100 (repeatable).")
-  flags.DEFINE_string("python", sys.executable,
-                      "Interpreter for --launcher=local.")
-  flags.DEFINE_string("tpu_args", "",
-                      "Arguments for tpu_run.sh (one shell-quoted string), "
-                      "e.g. '--name=trm-v5e --zone=us-west4-a'.")
-  flags.DEFINE_list("tpu_names", [],
-                    "--launcher=tpu: slices to spread the trials over (one trial per slice at a time, "
-                    "in parallel); default: the one named in --tpu_args or $TPU_NAME.")
-  flags.DEFINE_string("sbatch_args", "",
-                      "--launcher=slurm: extra sbatch arguments (one shell-quoted string), "
-                      "e.g. '--nodes=1 --partition=gpu --time=12:00:00'.")
+  flags.DEFINE_enum(
+    "launcher",
+    "local",
+    ["local", "tpu", "slurm"],
+    "local: run the trials here one by one; tpu: via launch/tpu_run.sh, one trial per "
+    "slice; slurm: one sbatch job array.",
+  )
+  flags.DEFINE_multi_string(
+    "extra", [], "Extra argument for every trial, e.g. --extra=--config.train.steps=100 (repeatable)."
+  )
+  flags.DEFINE_string("python", sys.executable, "Interpreter for --launcher=local.")
+  flags.DEFINE_string(
+    "tpu_args", "", "Arguments for tpu_run.sh (one shell-quoted string), e.g. '--name=trm-v5e --zone=us-west4-a'."
+  )
+  flags.DEFINE_list(
+    "tpu_names",
+    [],
+    "--launcher=tpu: slices to spread the trials over (one trial per slice at a time, "
+    "in parallel); default: the one named in --tpu_args or $TPU_NAME.",
+  )
+  flags.DEFINE_string(
+    "sbatch_args",
+    "",
+    "--launcher=slurm: extra sbatch arguments (one shell-quoted string), "
+    "e.g. '--nodes=1 --partition=gpu --time=12:00:00'.",
+  )
   flags.DEFINE_integer("slurm_parallel", 0, "--launcher=slurm: at most this many trials at once (0: no limit).")
-  flags.DEFINE_string("slurm_dir", os.path.join(REPO_ROOT, "logs"),
-                      "--launcher=slurm: where the job array's argument file is written.")
-  flags.DEFINE_list("only", [],
-                    "Run only these trials (indices or names), comma-separated.")
+  flags.DEFINE_string(
+    "slurm_dir", os.path.join(REPO_ROOT, "logs"), "--launcher=slurm: where the job array's argument file is written."
+  )
+  flags.DEFINE_list("only", [], "Run only these trials (indices or names), comma-separated.")
   flags.DEFINE_bool("keep_going", False, "Continue after a failed trial.")
   flags.DEFINE_bool("rerun_finished", False, "Also launch trials whose workdir reached its last step.")
-  flags.DEFINE_string("finished", None, "Only check: exit 0 if this workdir reached its last step, else 1 "
-                      "(used by launch/slurm_train.sbatch to requeue).")
+  flags.DEFINE_string(
+    "finished",
+    None,
+    "Only check: exit 0 if this workdir reached its last step, else 1 (used by launch/slurm_train.sbatch to requeue).",
+  )
   flags.DEFINE_bool("summary", False, "Only print the table of every trial's progress and final eval metrics.")
 
 
@@ -354,8 +380,9 @@ def _select(trials: list[Trial], only: Sequence[str]) -> list[Trial]:
     return trials
   unknown = set(only) - {str(i) for i in range(len(trials))} - {t.name for t in trials}
   if unknown:
-    raise ValueError(f"--only: unknown trials {sorted(unknown)} (there are {len(trials)}: 0..{len(trials) - 1} "
-                     "or their names)")
+    raise ValueError(
+      f"--only: unknown trials {sorted(unknown)} (there are {len(trials)}: 0..{len(trials) - 1} or their names)"
+    )
   return [t for i, t in enumerate(trials) if str(i) in only or t.name in only]
 
 
@@ -373,8 +400,7 @@ def main(argv: Sequence[str]) -> int:
     # be named relative to the repository root.
     rel = os.path.relpath(os.path.abspath(path), REPO_ROOT)
     if rel.startswith(".."):
-      print(f"[sweep] warning: {path} is outside the repository; the TPU "
-            "workers will not have it", file=sys.stderr)
+      print(f"[sweep] warning: {path} is outside the repository; the TPU workers will not have it", file=sys.stderr)
     else:
       config_name = rel
   all_trials = expand_sweep(path, arg, FLAGS.workdir_base, FLAGS.extra, config_name=config_name)
@@ -397,8 +423,11 @@ def main(argv: Sequence[str]) -> int:
     os.makedirs(FLAGS.slurm_dir, exist_ok=True)
     args_file = os.path.join(os.path.abspath(FLAGS.slurm_dir), f"{sweep_name}.args")
     indices = [all_trials.index(t) for t in todo]
-    commands = [slurm_command(all_trials, indices, args_file, shlex.split(FLAGS.sbatch_args),
-                              FLAGS.slurm_parallel)] if todo else []
+    commands = (
+      [slurm_command(all_trials, indices, args_file, shlex.split(FLAGS.sbatch_args), FLAGS.slurm_parallel)]
+      if todo
+      else []
+    )
   elif FLAGS.launcher == "tpu":
     tpu_args = shlex.split(FLAGS.tpu_args)
     names = FLAGS.tpu_names or [None]
@@ -418,12 +447,14 @@ def main(argv: Sequence[str]) -> int:
     with open(args_file, "w") as f:
       f.writelines(shlex.join(t.args) + "\n" for t in all_trials)
     failed = [] if not commands or subprocess.call(commands[0]) == 0 else ["sbatch"]
-    print(f"[sweep] {len(todo)} trial(s) submitted; arguments in {args_file}; table: python launch/sweep.py "
-          f"--config={FLAGS.config} --workdir_base={FLAGS.workdir_base} --summary", file=sys.stderr)
+    print(
+      f"[sweep] {len(todo)} trial(s) submitted; arguments in {args_file}; table: python launch/sweep.py "
+      f"--config={FLAGS.config} --workdir_base={FLAGS.workdir_base} --summary",
+      file=sys.stderr,
+    )
     return 1 if failed else 0
   if FLAGS.launcher == "tpu":
-    failed = run_on_slices(todo, FLAGS.tpu_names or [None], shlex.split(FLAGS.tpu_args), sweep_name,
-                           FLAGS.keep_going)
+    failed = run_on_slices(todo, FLAGS.tpu_names or [None], shlex.split(FLAGS.tpu_args), sweep_name, FLAGS.keep_going)
   else:
     failed = run_local(todo, commands, FLAGS.keep_going)
   print(summary_table(trials))

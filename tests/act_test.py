@@ -1,4 +1,5 @@
 """ACT carry rules on hand-built carries: reset, halting, exploration."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,8 +15,13 @@ def test_reset_takes_fresh_rows_only_where_halted():
   carry = recursion.initial_carry(cfg, 4)
   old = tiny.batch(seed=1)
   fresh = tiny.batch(seed=2)
-  carry = dict(carry, halted=jnp.array([True, False, True, False]), steps=jnp.array([5, 2, 16, 1], jnp.int32),
-               data=old, z={"z_H": jnp.full(carry["z"]["z_H"].shape, 7.0), "z_L": jnp.full(carry["z"]["z_L"].shape, 9.0)})
+  carry = dict(
+    carry,
+    halted=jnp.array([True, False, True, False]),
+    steps=jnp.array([5, 2, 16, 1], jnp.int32),
+    data=old,
+    z={"z_H": jnp.full(carry["z"]["z_H"].shape, 7.0), "z_L": jnp.full(carry["z"]["z_L"].shape, 9.0)},
+  )
   out = recursion.reset_carry(carry, fresh, consts, cfg)
   np.testing.assert_array_equal(out["steps"], [0, 2, 0, 1])
   for k in fresh:
@@ -46,8 +52,9 @@ def test_halting_rules():
   halted, _ = recursion.halting(steps, q, tiny.mcfg(halt_max_steps=4, arch="hrm"), True, key)
   np.testing.assert_array_equal(halted, [False, True, True, True])
   # One supervision step: only the limit counts.
-  halted, _ = recursion.halting(jnp.array([1, 1]), jnp.array([[5.0, 0.0], [-5.0, 0.0]]),
-                                tiny.mcfg(halt_max_steps=1), True, key)
+  halted, _ = recursion.halting(
+    jnp.array([1, 1]), jnp.array([[5.0, 0.0], [-5.0, 0.0]]), tiny.mcfg(halt_max_steps=1), True, key
+  )
   np.testing.assert_array_equal(halted, [True, True])
 
 
@@ -69,6 +76,7 @@ def test_exploration_min_steps_uniform_in_2_to_max():
 def test_act_forward_counts_metrics_on_halted_rows_only():
   cfg = tiny.mcfg(halt_max_steps=2)
   from trm_jax.model import RecursiveModel
+
   v, table = tiny.variables(cfg)
   b = tiny.batch()
   carry = recursion.reset_carry(recursion.initial_carry(cfg, tiny.B), b, v["consts"], cfg)

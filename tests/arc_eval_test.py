@@ -1,5 +1,6 @@
 """evaluate.evaluate_all on a hand-made ARC split: pooled vs per-evaluation votes,
 resume, the off switch, and partial evaluations with the reference denominators."""
+
 import json
 import types
 
@@ -14,8 +15,13 @@ IN = np.asarray([[1, 2], [3, 4]], np.uint8)
 LABEL = np.asarray([[5, 6, 7]], np.uint8)
 WRONG_A = np.asarray([[1]], np.uint8)
 WRONG_B = np.asarray([[2, 2]], np.uint8)
-COPIES = [(0, np.arange(10)), (1, np.r_[0, 2, 1, 3:10]), (4, np.r_[0, 9:0:-1]), (6, np.arange(10)),
-          (3, np.r_[0, 5:10, 1:5])]
+COPIES = [
+  (0, np.arange(10)),
+  (1, np.r_[0, 2, 1, 3:10]),
+  (4, np.r_[0, 9:0:-1]),
+  (6, np.arange(10)),
+  (3, np.r_[0, 5:10, 1:5]),
+]
 
 
 def _data():
@@ -24,11 +30,20 @@ def _data():
   inputs = [arc.to_canvas(arc.transform(IN, d, p)) for _, d, p in copies]
   labels = [arc.to_canvas(arc.transform(LABEL, d, p)) for _, d, p in copies]
   n = len(copies)
-  split = splits.make_split(np.stack(inputs), np.stack(labels), np.arange(n + 1), [0, 5, 6],
-                            np.arange(1, n + 1, dtype=np.int32), arc.VOCAB_SIZE, n + 1)
-  arrays = {"puzzle_task": np.asarray([-1] + [t for t, _, _ in copies], np.int32),
-            "puzzle_dihedral": np.asarray([0] + [d for _, d, _ in copies], np.uint8),
-            "puzzle_colours": np.stack([np.arange(10, dtype=np.uint8)] + [p for _, _, p in copies])}
+  split = splits.make_split(
+    np.stack(inputs),
+    np.stack(labels),
+    np.arange(n + 1),
+    [0, 5, 6],
+    np.arange(1, n + 1, dtype=np.int32),
+    arc.VOCAB_SIZE,
+    n + 1,
+  )
+  arrays = {
+    "puzzle_task": np.asarray([-1] + [t for t, _, _ in copies], np.int32),
+    "puzzle_dihedral": np.asarray([0] + [d for _, d, _ in copies], np.uint8),
+    "puzzle_colours": np.stack([np.arange(10, dtype=np.uint8)] + [p for _, _, p in copies]),
+  }
   info = {"task": "arc", "tasks": [["evaluation", "t0", "eval"], ["evaluation", "t1", "eval"]]}
   return types.SimpleNamespace(evals={"test": split}, task="arc", info=info, arrays=arrays), copies
 
@@ -49,8 +64,9 @@ class FakeModel:
 
 
 def _run(model, aggregate=True, batch=8, max_examples=-1):
-  cfg = ml_collections.ConfigDict({"eval": {"batch_size": batch, "max_examples": max_examples,
-                                            "arc_aggregate_voting": aggregate}})
+  cfg = ml_collections.ConfigDict(
+    {"eval": {"batch_size": batch, "max_examples": max_examples, "arc_aggregate_voting": aggregate}}
+  )
   return types.SimpleNamespace(config=cfg, eval_step=model, eval_steps=1, make_batch=lambda b: b)
 
 
@@ -85,7 +101,7 @@ def test_pooled_and_this_eval_scores(tmp_path):
   assert second["eval/ARC/pass@1"] == 1.0
   assert second["eval/ARC/pass@2"] == second["eval/ARC/pass@2_this_eval"] == 1.0
   assert sub["t0"][0]["attempt_1"] == LABEL.tolist()
-  assert sub["t0"][0]["attempt_2"] == WRONG_A.tolist()   # 3 votes, seen before WRONG_B
+  assert sub["t0"][0]["attempt_2"] == WRONG_A.tolist()  # 3 votes, seen before WRONG_B
   assert arc_votes.stored_steps(tmp_path, "test") == [100, 200]
 
 

@@ -1,4 +1,5 @@
 """python -m trm_jax.bench prints the documented JSON line; the analytic FLOP count is right."""
+
 import json
 import os
 import subprocess
@@ -15,11 +16,30 @@ from trm_jax.train_state import init_variables
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments" / "smoke.py"
-TINY = {"model.hidden_size": 64, "train.global_batch_size": 4, "eval.batch_size": 4, "model.H_cycles": 2,
-        "model.L_cycles": 2, "model.halt_max_steps": 2, "model.puzzle_emb_ndim": 64}
-SCHEMA = {"config": str, "device": str, "batch": int, "recursion": str, "compile_s": float,
-          "step_ms_median": float, "step_ms_min": float, "examples_per_s": float, "tflops": float,
-          "peak_mem_gb": float, "mode": str, "gflop_per_step": float, "peak_mem_source": str}
+TINY = {
+  "model.hidden_size": 64,
+  "train.global_batch_size": 4,
+  "eval.batch_size": 4,
+  "model.H_cycles": 2,
+  "model.L_cycles": 2,
+  "model.halt_max_steps": 2,
+  "model.puzzle_emb_ndim": 64,
+}
+SCHEMA = {
+  "config": str,
+  "device": str,
+  "batch": int,
+  "recursion": str,
+  "compile_s": float,
+  "step_ms_median": float,
+  "step_ms_min": float,
+  "examples_per_s": float,
+  "tflops": float,
+  "peak_mem_gb": float,
+  "mode": str,
+  "gflop_per_step": float,
+  "peak_mem_source": str,
+}
 
 
 def _config_args():
@@ -68,9 +88,14 @@ def _tiny(path="experiments/sudoku_att.py", **more):
   return profiling.load_config(str(ROOT / path), **dict(TINY, **more))
 
 
-@pytest.mark.parametrize("path,extra", [("experiments/sudoku_att.py", {}),
-                                        ("experiments/sudoku_mlp.py", {}),
-                                        ("experiments/sudoku_att.py", {"model.pos_encodings": "none"})])
+@pytest.mark.parametrize(
+  "path,extra",
+  [
+    ("experiments/sudoku_att.py", {}),
+    ("experiments/sudoku_mlp.py", {}),
+    ("experiments/sudoku_att.py", {"model.pos_encodings": "none"}),
+  ],
+)
 def test_application_flops_match_xla(path, extra):
   """The analytic count of one network application vs XLA's count of the compiled forward."""
   config = _tiny(path, **extra)
@@ -89,8 +114,7 @@ def test_application_flops_match_xla(path, extra):
 
 
 def test_model_flops_train_and_eval_counts():
-  config = _tiny("experiments/sudoku_mlp.py", **{"model.H_cycles": 3, "model.L_cycles": 4,
-                                                 "model.halt_max_steps": 5})
+  config = _tiny("experiments/sudoku_mlp.py", **{"model.H_cycles": 3, "model.L_cycles": 4, "model.halt_max_steps": 5})
   mcfg = profiling.model_config(config)
   app = profiling.application_flops(mcfg, 8)
   a = app["matmul"] + app["attention"]
@@ -99,8 +123,15 @@ def test_model_flops_train_and_eval_counts():
   assert profiling.model_flops(mcfg, 8)["total"] == 10 * a + 3 * (5 * a + heads)
   assert profiling.model_flops(mcfg, 8, "eval")["total"] == 5 * (15 * a + heads)
   # HRM: 1-step gradient over two networks, plus the target-Q forward.
-  hcfg = profiling.model_config(_tiny("experiments/sudoku_att.py"), arch="hrm", H_layers=3, L_layers=2,
-                                H_cycles=2, L_cycles=2, no_ACT_continue=False)
+  hcfg = profiling.model_config(
+    _tiny("experiments/sudoku_att.py"),
+    arch="hrm",
+    H_layers=3,
+    L_layers=2,
+    H_cycles=2,
+    L_cycles=2,
+    no_ACT_continue=False,
+  )
   aL = sum(profiling.application_flops(hcfg, 8, "L").values())
   aH = sum(profiling.application_flops(hcfg, 8, "H").values())
   assert aH == 1.5 * aL
@@ -124,4 +155,4 @@ def test_memory_analysis_and_program_size():
   assert size["hlo_instructions"] > 100 and size["hlo_chars"] > 0
   times = profiling.time_calls(c, 2, warmup=0)
   assert len(times) == 2 and min(times) > 0
-  assert int(c.args[0].step) == 2   # the donated state was fed back: two real steps ran
+  assert int(c.args[0].step) == 2  # the donated state was fed back: two real steps ran

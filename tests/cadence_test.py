@@ -1,5 +1,6 @@
 """Evaluation cadence in epochs and sampler iterations, against direct
 re-implementations of the reference's rules (pretrain.py, puzzle_dataset.py)."""
+
 import ml_collections
 import numpy as np
 import pytest
@@ -15,8 +16,7 @@ def _toy(sizes_per_group):
   gidx = np.concatenate([[0], np.cumsum([len(grp) for grp in sizes_per_group])])
   n = int(pidx[-1])
   inputs = np.ones((n, 3), np.uint8)
-  return splits.make_split(inputs, inputs, pidx, gidx, np.arange(1, len(puzzle_sizes) + 1), 4,
-                           len(puzzle_sizes) + 1)
+  return splits.make_split(inputs, inputs, pidx, gidx, np.arange(1, len(puzzle_sizes) + 1), 4, len(puzzle_sizes) + 1)
 
 
 def _reference_pack(puzzle_sizes, batch):
@@ -41,8 +41,8 @@ def _reference_run(data, epochs, eval_interval, batch):
   step, evals = 0, []
   for _ in range(epochs // eval_interval):
     n_batches = len(_reference_pack([1] * (m.total_groups * eval_interval), batch))
-    step += n_batches                       # train_state.step counts every batch ...
-    evals.append(min(step, total_steps))    # ... but no batch past total_steps trains
+    step += n_batches  # train_state.step counts every batch ...
+    evals.append(min(step, total_steps))  # ... but no batch past total_steps trains
   return total_steps, evals
 
 
@@ -59,10 +59,11 @@ def _resolved(t, data):
   return t
 
 
-@pytest.mark.parametrize("groups,batch,epochs,every", [(10, 4, 9, 3), (10, 4, 12, 12), (7, 3, 10, 5),
-                                                        (64, 16, 4, 1), (1000, 768, 20, 5)])
+@pytest.mark.parametrize(
+  "groups,batch,epochs,every", [(10, 4, 9, 3), (10, 4, 12, 12), (7, 3, 10, 5), (64, 16, 4, 1), (1000, 768, 20, 5)]
+)
 def test_eval_steps_match_the_reference(groups, batch, epochs, every):
-  data = _toy([[1, 1]] * groups)          # groups of two single-example augmentations
+  data = _toy([[1, 1]] * groups)  # groups of two single-example augmentations
   t = _resolved(_train_cfg(epochs=epochs, global_batch_size=batch, eval_every_epochs=every), data)
   c = cadence.cadence(t, data, seed=0)
   total_steps, evals = _reference_run(data, epochs, every, batch)
@@ -111,11 +112,11 @@ def test_iteration_batches_match_the_reference_packing(epi):
     # Coverage: every group epi times in the iteration; all but the last partial batch's puzzles used.
     groups = np.searchsorted(data.group_indices, puzzles, "right") - 1
     assert np.array_equal(np.bincount(groups, minlength=23), np.full(23, epi))
-    assert sizes[ref[-1][1]:].sum() < batch
+    assert sizes[ref[-1][1] :].sum() < batch
   # The batches the sampler serves are those puzzles' examples, iteration by iteration.
   for step in (0, int(ends[0]) - 1, int(ends[0]), int(ends[1])):
     it, b, nb = ip.batch_position(data, 5, step, batch, epi)
     assert nb == ends[it] - (ends[it - 1] if it else 0) and b == step - (ends[it - 1] if it else 0)
     idx = ip.train_batch_indices(data, 5, step, batch, epi)
     puzzles, starts = ip._plan(*ip._key_bytes(data), 5, it, batch, epi)
-    assert set(data.example_puzzle[idx].tolist()) <= set(puzzles[starts[b]:starts[b + 1]].tolist())
+    assert set(data.example_puzzle[idx].tolist()) <= set(puzzles[starts[b] : starts[b + 1]].tolist())

@@ -1,5 +1,6 @@
 """What a new user meets first: --help of every script, one-line config typos, the parity report, the
 module layout (no import circle), progress lines, puzzle rules and pictures."""
+
 import ast
 import importlib
 import subprocess
@@ -20,28 +21,32 @@ PARITY = ROOT.parent / "shared" / "parity"
 def script(env, module, *args, timeout=240):
   """Runs a console script the way its installed wrapper does (`__main__` has no docstring, no flags)."""
   code = f"import sys; from {module} import run; sys.exit(run())"
-  return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+  )
 
 
 # ---------------------------------------------------------------------------
 # --help
 
 
-@pytest.mark.parametrize("module,flags", [
+@pytest.mark.parametrize(
+  "module,flags",
+  [
     ("trm_jax.main", ["config", "workdir", "verbose", "coordinator_address"]),
     ("trm_jax.solve", ["workdir", "sudoku", "maze", "arc", "png", "steps", "verbose"]),
     ("trm_jax.convert", ["torch_checkpoint", "export_torch", "config", "workdir", "export_live"]),
-])
+  ],
+)
 def test_help_lists_the_scripts_own_flags(env, module, flags):
   p = script(env, module, "--help")
   assert "Traceback" not in p.stderr, p.stderr
   out = p.stdout
-  assert importlib.import_module(module).__doc__.splitlines()[0] in out          # the script's own description, not "USAGE: -c"
+  assert importlib.import_module(module).__doc__.splitlines()[0] in out  # the script's own description, not "USAGE: -c"
   for name in flags:
     line = next((l for l in out.splitlines() if l.strip().startswith((f"--{name}:", f"--[no]{name}:"))), None)
     assert line is not None, f"--{name} missing from --help:\n{out}"
-    assert len(line.split(":", 1)[1].strip()) > 10       # with its help text
+    assert len(line.split(":", 1)[1].strip()) > 10  # with its help text
 
 
 def test_trm_data_commands_have_descriptions_and_argument_help():
@@ -62,8 +67,7 @@ def test_trm_data_commands_have_descriptions_and_argument_help():
 
 
 def test_config_typo_is_one_plain_line(env, tmp_path):
-  p = script(env, "trm_jax.main", "--config=experiments/smoke.py", f"--workdir={tmp_path}/w",
-             "--config.train.stpes=10")
+  p = script(env, "trm_jax.main", "--config=experiments/smoke.py", f"--workdir={tmp_path}/w", "--config.train.stpes=10")
   assert p.returncode == 1
   assert p.stderr.strip() == "error: unknown field train.stpes; did you mean train.steps?"
   assert not (tmp_path / "w").exists()
@@ -71,7 +75,7 @@ def test_config_typo_is_one_plain_line(env, tmp_path):
 
 def test_config_error_messages():
   argv = ["prog", "--config=x.py", "--config.trian.steps=3"]
-  e = KeyError("'trian'\nDid you mean \"train\" instead of \"trian\"?")
+  e = KeyError('\'trian\'\nDid you mean "train" instead of "trian"?')
   assert cli.config_error(e, argv) == "unknown field trian.steps; did you mean train.steps?"
   e = AttributeError(repr("'zzz'"))
   assert cli.config_error(e, ["prog", "--config.train.zzz=1"]) == "unknown field train.zzz"
@@ -82,15 +86,20 @@ def test_config_error_messages():
 
 
 def test_parity_report_table_and_verdict():
-  errs = {"eval/step1/logits": 2e-4, "eval/step1/preds": 0.0, "train/step1/loss": 3e-6,
-          "train/step1/grad/w": 5e-6, "train/step1/puzzle_emb_after_signsgd": 0.0}
+  errs = {
+    "eval/step1/logits": 2e-4,
+    "eval/step1/preds": 0.0,
+    "train/step1/loss": 3e-6,
+    "train/step1/grad/w": 5e-6,
+    "train/step1/puzzle_emb_after_signsgd": 0.0,
+  }
   table, ok = parity.report(errs)
   rows = {l.split()[0]: l.split() for l in table.splitlines()[1:]}
   assert ok and set(rows) == {"eval", "train", "grads", "sign-SGD"}
   assert rows["eval"][2] == "2.00e-04" and rows["eval"][4] == "PASS"
   table, ok = parity.report(dict(errs, **{"train/step1/grad/w": 3e-3}))
   assert not ok and "FAIL" in table.splitlines()[3]
-  _, ok = parity.report(dict(errs, **{"eval/step1/preds": 1e-6}))   # decisions must match exactly
+  _, ok = parity.report(dict(errs, **{"eval/step1/preds": 1e-6}))  # decisions must match exactly
   assert not ok
 
 
@@ -108,11 +117,25 @@ def test_parity_cli_fails_on_a_bad_group(tmp_path, monkeypatch, capsys):
 
 
 def test_parity_bad_out_directory_fails_first(env, tmp_path):
-  p = subprocess.run([sys.executable, "-m", "trm_jax.parity", "--vectors", str(tmp_path / "missing.npz"),
-                      "--out", str(tmp_path / "no" / "o.npz"), "--report"], cwd=ROOT, env=env,
-                     capture_output=True, text=True, timeout=120)
+  p = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "trm_jax.parity",
+      "--vectors",
+      str(tmp_path / "missing.npz"),
+      "--out",
+      str(tmp_path / "no" / "o.npz"),
+      "--report",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert p.returncode != 0 and "Traceback" not in p.stderr
-  assert p.stderr.strip().splitlines() == [p.stderr.strip()] and "--out=" in p.stderr   # before reading anything
+  assert p.stderr.strip().splitlines() == [p.stderr.strip()] and "--out=" in p.stderr  # before reading anything
 
 
 # ---------------------------------------------------------------------------
@@ -122,7 +145,7 @@ def test_parity_bad_out_directory_fails_first(env, tmp_path):
 def _imports(path: Path, top_only: bool) -> set:
   tree = ast.parse(path.read_text())
   out = set()
-  for node in (tree.body if top_only else ast.walk(tree)):
+  for node in tree.body if top_only else ast.walk(tree):
     if isinstance(node, ast.Import):
       out |= {a.name for a in node.names}
     elif isinstance(node, ast.ImportFrom) and node.module:
@@ -139,7 +162,7 @@ def _cycle(graph: dict):
     state[u] = 1
     for v in graph[u]:
       if state.get(v) == 1:
-        return path[path.index(v):] + [v]
+        return path[path.index(v) :] + [v]
       if v not in state:
         c = visit(v, path + [v])
         if c:
@@ -157,14 +180,18 @@ def _cycle(graph: dict):
 
 def test_no_import_circle():
   pkg = ROOT / "trm_jax"
-  files = {"trm_jax." + ".".join(f.relative_to(pkg).with_suffix("").parts).replace(".__init__", ""): f
-           for f in pkg.rglob("*.py")}
+  files = {
+    "trm_jax." + ".".join(f.relative_to(pkg).with_suffix("").parts).replace(".__init__", ""): f
+    for f in pkg.rglob("*.py")
+  }
   files["trm_jax"] = files.pop("trm_jax.__init__", pkg / "__init__.py")
   for top_only in (True, False):
     # Lazy (function-level) imports too. A submodule importing its own package (e.g. to register the
     # TFDS builders) is no circle: the package is already being imported.
-    graph = {m: {d for d in _imports(f, top_only) if d in files and d != m and not m.startswith(d + ".")}
-             for m, f in files.items()}
+    graph = {
+      m: {d for d in _imports(f, top_only) if d in files and d != m and not m.startswith(d + ".")}
+      for m, f in files.items()
+    }
     assert _cycle(graph) is None, (top_only, _cycle(graph))
   # What used to go round: train -> solve -> train/main (load_run, user_errors, side_by_side).
   assert "trm_jax.train" not in _imports(pkg / "solve.py", False)
@@ -223,6 +250,7 @@ def test_plural():
 
 def test_sudoku_box_shapes_match_the_generator():
   from trm_jax.datasets.generated import BOXES
+
   assert {n: render.sudoku_box(n) for n in BOXES} == BOXES
 
 
@@ -239,7 +267,7 @@ def test_sudoku_rules():
   twice = SOLUTION.copy()
   twice[0, 1] = 1
   assert rules.check_sudoku(np.zeros((4, 4), int), twice).startswith("two 1s in row 1")
-  box = np.array([[1, 2, 3, 4], [2, 1, 4, 3], [3, 4, 1, 2], [4, 3, 2, 1]])   # rows/cols fine, box 1 not
+  box = np.array([[1, 2, 3, 4], [2, 1, 4, 3], [3, 4, 1, 2], [4, 3, 2, 1]])  # rows/cols fine, box 1 not
   assert "box 1" in rules.check_sudoku(np.zeros((4, 4), int), box)
 
 
@@ -263,7 +291,7 @@ def test_arc_output_shape_rule():
   t = np.zeros((30, 30), int)
   assert "no output grid" in rules.check_arc(t)
   t[:2, :3] = 5
-  t[2, :3] = t[:2, 3] = 1                       # EOS border
+  t[2, :3] = t[:2, 3] = 1  # EOS border
   assert rules.check_arc(t) is None
   t[5, 5] = 4
   assert "not a rectangle" in rules.check_arc(t)
@@ -271,9 +299,11 @@ def test_arc_output_shape_rule():
 
 def test_draw_pair_styles(tmp_path):
   pytest.importorskip("matplotlib")
-  for task, x, y in (("sudoku", np.where(np.eye(4, dtype=bool), SOLUTION, 0), SOLUTION),
-                     ("maze", _maze("#####|#S  #|### #|#G  #|#####"), _maze("#####|#Soo#|###o#|#Goo#|#####")),
-                     ("arc", np.array([[1, 2], [3, 4]]), np.zeros((0, 0), int))):
+  for task, x, y in (
+    ("sudoku", np.where(np.eye(4, dtype=bool), SOLUTION, 0), SOLUTION),
+    ("maze", _maze("#####|#S  #|### #|#G  #|#####"), _maze("#####|#Soo#|###o#|#Goo#|#####")),
+    ("arc", np.array([[1, 2], [3, 4]]), np.zeros((0, 0), int)),
+  ):
     path = tmp_path / f"{task}.png"
     render.draw_pair(str(path), task, x, y, ("puzzle", "answer"), task)
     assert path.read_bytes()[:4] == b"\x89PNG"

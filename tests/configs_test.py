@@ -1,4 +1,5 @@
 """Every experiment file loads, locked, with its arguments; data fields match the data layer."""
+
 import importlib.util
 import os
 
@@ -20,10 +21,19 @@ def load(name):
 @pytest.mark.parametrize("arg", ARGS)
 def test_experiment_loads_locked(name, arg):
   from trm_jax import config_lib
+
   c = load(name).get_config(arg)
   assert c.is_locked
-  for field in ("seed", "train.steps", "train.global_batch_size", "train.eval_every", "train.checkpoint_every",
-                "train.log_every", "model.recursion", "eval.supervision_steps"):
+  for field in (
+    "seed",
+    "train.steps",
+    "train.global_batch_size",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.log_every",
+    "model.recursion",
+    "eval.supervision_steps",
+  ):
     node = c
     for part in field.split("."):
       node = node[part]
@@ -54,6 +64,7 @@ def test_data_fields_name_real_builders(name):
   import tensorflow_datasets as tfds
 
   import trm_jax.datasets  # noqa: F401  (registers the builders)
+
   c = load(name).get_config(None)
   builder_cls = tfds.builder_cls(c.data.name)
   assert c.data.config in [bc.name for bc in builder_cls.BUILDER_CONFIGS]
@@ -62,6 +73,7 @@ def test_data_fields_name_real_builders(name):
 @pytest.mark.parametrize("name", ["demo", "smoke"])
 def test_generated_sets_need_no_files(name):
   from trm_jax import data
+
   c = load(name).get_config(None)
   assert c.data.name.startswith("generated/")
   d = data.load(c.data)

@@ -1,4 +1,5 @@
 """trm-convert: reference state dicts <-> run checkpoints (round trip, evaluation, fine-tune, errors)."""
+
 import functools
 import importlib.util
 import json
@@ -18,8 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PARITY = ROOT.parent / "shared" / "parity"
 NAMES = ("trm_att", "trm_mlp", "hrm")
 # The experiment each parity model belongs to; the test overrides its model fields.
-EXPERIMENT = {"trm_att": ("sudoku_att.py", None), "trm_mlp": ("sudoku_mlp.py", None),
-              "hrm": ("sudoku_att.py", "arch=hrm")}
+EXPERIMENT = {
+  "trm_att": ("sudoku_att.py", None),
+  "trm_mlp": ("sudoku_mlp.py", None),
+  "hrm": ("sudoku_att.py", "arch=hrm"),
+}
 TOL = 1e-4
 TABLE = interop.PREFIX + "puzzle_emb.weights"
 
@@ -56,14 +60,17 @@ def parity_config(name):
 
 def cli_overrides(name) -> list[str]:
   return [f"--config.model.{k}={v}" for k, v in model_overrides(name).items()] + [
-      "--config.train.global_batch_size=6", "--noresolve_data"]
+    "--config.train.global_batch_size=6",
+    "--noresolve_data",
+  ]
 
 
 def cli(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("TRM_TRACEBACK", None)
-  return subprocess.run([sys.executable, "-m", "trm_jax.convert", *args], capture_output=True, text=True,
-                        cwd=ROOT, env=env, timeout=120)
+  return subprocess.run(
+    [sys.executable, "-m", "trm_jax.convert", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+  )
 
 
 def leftovers(parent: Path):
@@ -110,8 +117,9 @@ def test_checkpoint_is_a_fresh_run(name, converted):
   carry_fn, carry_sh = run.carry_parts(6)
   mngr = checkpoint.manager(str(converted[name]), read_only=True)
   try:
-    abstract_carry = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                                  jax.eval_shape(carry_fn), carry_sh)
+    abstract_carry = jax.tree.map(
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), jax.eval_shape(carry_fn), carry_sh
+    )
     _, carry, _ = checkpoint.restore(mngr, 0, run.abstract_state, abstract_carry)
   finally:
     mngr.close()
@@ -165,8 +173,9 @@ def test_trm_train_fine_tunes_from_converted_checkpoint(tmp_path):
   c = parity_config("trm_mlp")
   c.model.recursion = "scan"  # compiles faster; not a weight shape
   c.data.update(name="generated/sudoku_small", config="size=4,n_train=32,n_test=16,seed=0")
-  c.train.update(global_batch_size=8, steps=2, eval_every=0, checkpoint_every=0, log_every=1, lr=1e-4,
-                 lr_warmup_steps=1)
+  c.train.update(
+    global_batch_size=8, steps=2, eval_every=0, checkpoint_every=0, log_every=1, lr=1e-4, lr_warmup_steps=1
+  )
   c.eval.update(batch_size=8, max_examples=8)
   sd = state_dict("trm_mlp")
   wd = tmp_path / "ft"
@@ -192,8 +201,9 @@ def test_cli_round_trip_with_orig_mod_prefix(tmp_path):
   src = tmp_path / "hrm_sd.npz"
   np.savez(src, **sd)
   wd = tmp_path / "run"
-  r = cli(f"--torch_checkpoint={src}", "--config=experiments/sudoku_att.py:arch=hrm", f"--workdir={wd}",
-          *cli_overrides("hrm"))
+  r = cli(
+    f"--torch_checkpoint={src}", "--config=experiments/sudoku_att.py:arch=hrm", f"--workdir={wd}", *cli_overrides("hrm")
+  )
   assert r.returncode == 0, r.stderr
   assert (wd / "checkpoints" / "0").is_dir()
   out = tmp_path / "back.npz"
@@ -217,8 +227,9 @@ def test_cli_bad_state_dict_is_one_line_and_writes_nothing(tmp_path, case):
   src = tmp_path / "bad.npz"
   np.savez(src, **sd)
   wd = tmp_path / "run"
-  r = cli(f"--torch_checkpoint={src}", "--config=experiments/sudoku_att.py", f"--workdir={wd}",
-          *cli_overrides("trm_att"))
+  r = cli(
+    f"--torch_checkpoint={src}", "--config=experiments/sudoku_att.py", f"--workdir={wd}", *cli_overrides("trm_att")
+  )
   assert r.returncode != 0
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], r.stderr
@@ -241,8 +252,10 @@ def test_errors_name_the_key_in_process(tmp_path):
     assert not wd.exists() and not leftovers(tmp_path)
 
   sd = state_dict("trm_att")
-  fails(dict(sd, **{interop.PREFIX + "L_level.layers.2.mlp.down_proj.weight": np.zeros((64, 256))}),
-        r"unexpected keys: model\.inner\.L_level\.layers\.2\.mlp\.down_proj\.weight")
+  fails(
+    dict(sd, **{interop.PREFIX + "L_level.layers.2.mlp.down_proj.weight": np.zeros((64, 256))}),
+    r"unexpected keys: model\.inner\.L_level\.layers\.2\.mlp\.down_proj\.weight",
+  )
   fails({k: v for k, v in sd.items() if k != TABLE}, r"missing keys: model\.inner\.puzzle_emb\.weights")
   fails(dict(sd, **{TABLE: np.zeros((11, 64), np.float32)}), r"puzzle_emb\.weights has shape \(11, 64\)")
   fails(dict(sd, **{interop.PREFIX + "H_init": np.zeros((32,), np.float32)}), r"H_init has shape \(32,\)")
@@ -265,6 +278,7 @@ def test_existing_checkpoints_and_failed_writes_leave_things_alone(tmp_path, mon
 
   def broken_save(*a, **k):
     raise OSError("disk full")
+
   monkeypatch.setattr(checkpoint, "save", broken_save)
   wd = tmp_path / "run"
   with pytest.raises(OSError, match="disk full"):

@@ -1,4 +1,5 @@
 """Evaluators: per-step accuracies and ARC voting on hand-made predictions."""
+
 import json
 
 import numpy as np
@@ -21,15 +22,20 @@ def entry(task, idx, inp, pred, q, label):
 
 def test_arc_vote_hand_computed():
   entries = [
-      # task t1, test 0 (label A): B has 2 votes, A 1 vote -> A ranked 2nd.
-      entry("t1", 0, IN1, B, 0.0, A), entry("t1", 0, IN1, B, 0.0, A), entry("t1", 0, IN1, A, 5.0, A),
-      # task t1, test 1 (label C): C and D with one vote each; D has higher q -> C is 2nd.
-      entry("t1", 1, IN2, C, -1.0, C), entry("t1", 1, IN2, D, 3.0, C),
-      # task t2, one test (label A): A with 1 vote, B/C/D tie on votes with lower q,
-      # a third candidate only: top-5 includes it.
-      entry("t2", 0, IN3, D, 4.0, A), entry("t2", 0, IN3, D, 4.0, A),
-      entry("t2", 0, IN3, C, 2.0, A), entry("t2", 0, IN3, C, 2.0, A),
-      entry("t2", 0, IN3, A, 1.0, A),
+    # task t1, test 0 (label A): B has 2 votes, A 1 vote -> A ranked 2nd.
+    entry("t1", 0, IN1, B, 0.0, A),
+    entry("t1", 0, IN1, B, 0.0, A),
+    entry("t1", 0, IN1, A, 5.0, A),
+    # task t1, test 1 (label C): C and D with one vote each; D has higher q -> C is 2nd.
+    entry("t1", 1, IN2, C, -1.0, C),
+    entry("t1", 1, IN2, D, 3.0, C),
+    # task t2, one test (label A): A with 1 vote, B/C/D tie on votes with lower q,
+    # a third candidate only: top-5 includes it.
+    entry("t2", 0, IN3, D, 4.0, A),
+    entry("t2", 0, IN3, D, 4.0, A),
+    entry("t2", 0, IN3, C, 2.0, A),
+    entry("t2", 0, IN3, C, 2.0, A),
+    entry("t2", 0, IN3, A, 1.0, A),
   ]
   scores, sub = evaluate.arc_vote(entries)
   # pass@1: t1 -> 0/2, t2 -> 0 => 0.  pass@2: t1 -> 2/2, t2 -> 0 => 0.5.
@@ -39,8 +45,10 @@ def test_arc_vote_hand_computed():
   for k in (5, 10, 100, 1000):
     assert scores[f"pass@{k}"] == 1.0
   assert set(sub) == {"t1", "t2"}
-  assert sub["t1"] == [{"attempt_1": B.tolist(), "attempt_2": A.tolist()},
-                       {"attempt_1": D.tolist(), "attempt_2": C.tolist()}]
+  assert sub["t1"] == [
+    {"attempt_1": B.tolist(), "attempt_2": A.tolist()},
+    {"attempt_1": D.tolist(), "attempt_2": C.tolist()},
+  ]
   # Equal votes (2 each): D's mean sigmoid(4) beats C's sigmoid(2).
   assert sub["t2"] == [{"attempt_1": D.tolist(), "attempt_2": C.tolist()}]
   json.dumps(sub)  # Kaggle format is plain JSON
@@ -55,17 +63,25 @@ def test_arc_vote_groups_by_input_and_single_candidate():
 
 
 def test_arc_vote_mean_over_tasks_of_fraction_of_tests():
-  entries = [entry("a", 0, IN1, A, 0, A), entry("a", 1, IN2, B, 0, A), entry("a", 2, IN3, A, 0, A),
-             entry("b", 0, IN1, C, 0, D)]
+  entries = [
+    entry("a", 0, IN1, A, 0, A),
+    entry("a", 1, IN2, B, 0, A),
+    entry("a", 2, IN3, A, 0, A),
+    entry("b", 0, IN1, C, 0, D),
+  ]
   scores, _ = evaluate.arc_vote(entries, ks=(1,))
   assert scores["pass@1"] == pytest.approx((2 / 3 + 0) / 2)
 
 
 def test_set_accumulator_per_step_and_padding():
   acc = evaluate.SetAccumulator(2)
-  labels = np.array([[2, 3, -100], [4, 5, 6], [-100, -100, -100]])   # last row is padding
-  preds = np.array([[[2, 0, 9], [4, 5, 6], [0, 0, 0]],                # step 1: row0 half, row1 exact
-                    [[2, 3, 9], [4, 5, 0], [0, 0, 0]]])               # step 2: row0 exact, row1 2/3
+  labels = np.array([[2, 3, -100], [4, 5, 6], [-100, -100, -100]])  # last row is padding
+  preds = np.array(
+    [
+      [[2, 0, 9], [4, 5, 6], [0, 0, 0]],  # step 1: row0 half, row1 exact
+      [[2, 3, 9], [4, 5, 0], [0, 0, 0]],
+    ]
+  )  # step 2: row0 exact, row1 2/3
   q = np.array([[1.0, -1.0, 1.0], [1.0, 1.0, 1.0]])
   acc.add(preds, q, labels)
   r = acc.result("eval/x")
@@ -121,7 +137,7 @@ def test_pooled_votes_survive_resume_and_redone_evaluations(tmp_path):
   # the step-20 votes are dropped and the redone evaluation is counted once.
   run = tmp_path / "resumed"
   arc_votes.pool(run, "test", 10, arc_votes.tally(ROUND1), write=True)
-  arc_votes.pool(run, "test", 20, arc_votes.tally(ROUND1), write=True)   # a different future
+  arc_votes.pool(run, "test", 20, arc_votes.tally(ROUND1), write=True)  # a different future
   assert arc_votes.forget_after(run, 10) == ["test/step_20.npz"]
   assert arc_votes.stored_steps(run, "test") == [10]
   got = arc_votes.score(arc_votes.pool(run, "test", 20, arc_votes.tally(ROUND2), write=True))
@@ -129,7 +145,7 @@ def test_pooled_votes_survive_resume_and_redone_evaluations(tmp_path):
   # Re-evaluating the same step (preempted between evaluation and checkpoint) overwrites it.
   again = arc_votes.score(arc_votes.pool(run, "test", 20, arc_votes.tally(ROUND2), write=True))
   assert again == expect
-  assert not list((run / "arc_votes" / "test").glob(".*tmp"))   # nothing half-written
+  assert not list((run / "arc_votes" / "test").glob(".*tmp"))  # nothing half-written
 
 
 def test_tally_file_roundtrip(tmp_path):

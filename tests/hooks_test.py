@@ -1,4 +1,5 @@
 """The training loop and its hooks, each on fakes (no model, no checkpoint files)."""
+
 import jax
 import numpy as np
 import pytest
@@ -41,8 +42,12 @@ class FakeManager:
 
 
 def tick(step, loss=1.0, last=False, **kw):
-  m = {"loss": np.float32(loss), "lm_loss": np.float32(2 * loss), "exact_accuracy": np.float32(4.0),
-       "count": np.float32(4.0)}
+  m = {
+    "loss": np.float32(loss),
+    "lm_loss": np.float32(2 * loss),
+    "exact_accuracy": np.float32(4.0),
+    "count": np.float32(4.0),
+  }
   return Tick(step, state=f"state{step}", carry=f"carry{step}", metrics=m, last=last, **kw)
 
 
@@ -64,25 +69,35 @@ def test_train_loop_runs_hooks_in_order_and_stops_when_told():
   step = lambda state, carry, batch: (f"{state}+{batch}", carry, {"loss": 0.0})
   last = train.train_loop(step, "s", "c", 2, 9, batches, [Recorder(calls, stop_at=4), Recorder(calls)])
   assert last.step == 4 and last.stop and not last.last and last.state == "s+batch2+batch3"
-  assert calls == [("before", 3), ("before", 3), ("after", 3, "s+batch2"), ("after", 3, "s+batch2"),
-                   ("before", 4), ("before", 4), ("after", 4, "s+batch2+batch3"), ("after", 4, "s+batch2+batch3")]
+  assert calls == [
+    ("before", 3),
+    ("before", 3),
+    ("after", 3, "s+batch2"),
+    ("after", 3, "s+batch2"),
+    ("before", 4),
+    ("before", 4),
+    ("after", 4, "s+batch2+batch3"),
+    ("after", 4, "s+batch2+batch3"),
+  ]
   last = train.train_loop(step, "s", "c", 7, 9, iter([(7, "a"), (8, "b")]), [])
   assert last.step == 9 and last.last
-  with pytest.raises(AssertionError):   # batches must start at the run's step
+  with pytest.raises(AssertionError):  # batches must start at the run's step
     train.train_loop(step, "s", "c", 7, 9, iter([(8, "b")]), [])
 
 
 def test_guard_deletes_the_pending_checkpoint_whose_loss_is_not_finite():
   mngr = FakeManager([4, 6])
-  guard = hooks.NonFiniteGuard(mngr, pending=4)     # resumed from step 4
-  guard(tick(5))                                    # its loss is finite: step 4 is good
+  guard = hooks.NonFiniteGuard(mngr, pending=4)  # resumed from step 4
+  guard(tick(5))  # its loss is finite: step 4 is good
   assert guard.pending is None
   guard.saved(6)
-  guard(tick(6, loss=np.nan))                       # not step 6's loss yet: nothing to say
+  guard(tick(6, loss=np.nan))  # not step 6's loss yet: nothing to say
   with pytest.raises(hooks.NonFiniteLoss) as e:
     guard(tick(7, loss=np.inf))
-  assert str(e.value) == ("non-finite loss at step 7; stopped; deleted checkpoint step 6 (its loss was never "
-                          "finite); last good checkpoint: step 4 in /run/checkpoints")
+  assert str(e.value) == (
+    "non-finite loss at step 7; stopped; deleted checkpoint step 6 (its loss was never "
+    "finite); last good checkpoint: step 4 in /run/checkpoints"
+  )
   assert mngr.steps == {4}
   guard = hooks.NonFiniteGuard(FakeManager())
   guard.check(np.float32(1.0), "fine")
@@ -92,8 +107,13 @@ def test_guard_deletes_the_pending_checkpoint_whose_loss_is_not_finite():
 
 def test_log_every_writes_windows_and_before_other_hooks_act():
   writer, checked = FakeWriter(), []
-  log = hooks.LogEvery(writer, every=2, batch_size=4, check=lambda loss, what: checked.append((float(loss), what)),
-                       also=(lambda t: t.step == 3,))
+  log = hooks.LogEvery(
+    writer,
+    every=2,
+    batch_size=4,
+    check=lambda loss, what: checked.append((float(loss), what)),
+    also=(lambda t: t.step == 3,),
+  )
   for s in range(1, 6):
     log(tick(s, loss=float(s)))
   assert [s for s, _ in writer.events] == [2, 3, 4]
@@ -101,10 +121,13 @@ def test_log_every_writes_windows_and_before_other_hooks_act():
   assert writer.events[0][1]["train/lm_loss"] == pytest.approx(6.0 / 8)
   assert writer.events[1][1]["train/lm_loss"] == pytest.approx(6.0 / 4)
   assert set(writer.events[0][1]) >= {"train/lm_loss", "train/exact_accuracy", "train/steps_per_sec"}
-  assert checked == [(3.0, "non-finite loss in steps 1..2"), (3.0, "non-finite loss in steps 3..3"),
-                     (4.0, "non-finite loss in steps 4..4")]
+  assert checked == [
+    (3.0, "non-finite loss in steps 1..2"),
+    (3.0, "non-finite loss in steps 3..3"),
+    (4.0, "non-finite loss in steps 4..4"),
+  ]
   assert writer.progressed[0] == (2, {"loss": pytest.approx(0.75), "exact": 1.0})
-  assert log.window == 1                            # step 5 waits for the next write
+  assert log.window == 1  # step 5 waits for the next write
 
 
 def test_evaluate_at_its_steps_and_the_last():
@@ -116,7 +139,7 @@ def test_evaluate_at_its_steps_and_the_last():
   assert seen == ["state2", "state3"] and [s for s, _ in writer.events] == [2, 3]
   assert "eval_seconds" in writer.events[0][1] and hook.latest == {"eval/test/exact_accuracy": 0.5}
   assert writer.lines == ["step 2: eval/test/exact_accuracy=0.5000", "step 3: eval/test/exact_accuracy=0.5000"]
-  hook.run(3, "restored")                            # a run already at its last step: evaluates once, untimed
+  hook.run(3, "restored")  # a run already at its last step: evaluates once, untimed
   assert writer.events[-1] == (3, {"eval/test/exact_accuracy": 0.5})
 
 
@@ -137,8 +160,11 @@ def test_save_checkpoint_when_due_and_tells_the_guard(monkeypatch):
     hook(t)
   assert [s[0] for s in saved] == [2, 3, 5] and saved[0] == (2, "state2", "carry2", {"task": "x"}, True)
   assert guard.pending == 5
-  with pytest.raises(hooks.NonFiniteLoss, match=r"^non-finite values in the step-6 state .*; deleted checkpoint "
-                                                r"step 5 .*last good checkpoint: step 3 in"):
+  with pytest.raises(
+    hooks.NonFiniteLoss,
+    match=r"^non-finite values in the step-6 state .*; deleted checkpoint "
+    r"step 5 .*last good checkpoint: step 3 in",
+  ):
     hook(Tick(6, "bad", "c", {}, last=True))
   assert not hooks.SaveCheckpoint(mngr, {}, every=0, guard=guard).due(tick(6))
 
@@ -171,5 +197,8 @@ def test_profile_traces_whole_steps(monkeypatch, tmp_path):
     hook.before(s)
     hook(tick(s))
   hook.close()
-  assert calls == [("start", str(tmp_path / "profile")), ("wait", ["count", "exact_accuracy", "lm_loss", "loss"]),
-                   ("stop",)]
+  assert calls == [
+    ("start", str(tmp_path / "profile")),
+    ("wait", ["count", "exact_accuracy", "lm_loss", "loss"]),
+    ("stop",),
+  ]

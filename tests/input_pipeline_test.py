@@ -17,8 +17,7 @@ def _toy(sizes_per_group, seq=5):
   labels = inputs.copy()
   labels[:, 0] = 0
   ids = np.arange(1, len(puzzle_sizes) + 1)
-  return splits.make_split(inputs, labels, pidx, gidx, ids, 256,
-                           len(puzzle_sizes) + 1)
+  return splits.make_split(inputs, labels, pidx, gidx, ids, 256, len(puzzle_sizes) + 1)
 
 
 def _reset_caches():
@@ -33,22 +32,18 @@ def test_every_group_once_per_epoch_fixed_size():
     it, b, nb = ip.batch_position(data, 7, step, 16)
     assert (it, b, nb) == (step // 4, step % 4, 4)
     idx = ip.train_batch_indices(data, 7, step, 16)
-    seen.append(np.searchsorted(data.group_indices,
-                                data.example_puzzle[idx], 'right') - 1)
+    seen.append(np.searchsorted(data.group_indices, data.example_puzzle[idx], "right") - 1)
   for e in range(3):
-    groups = np.concatenate(seen[4 * e:4 * e + 4])
+    groups = np.concatenate(seen[4 * e : 4 * e + 4])
     assert sorted(groups) == list(range(64))
   # augmentation draws vary between epochs
-  puzzles = [data.example_puzzle[ip.train_batch_indices(data, 7, s, 16)]
-             for s in range(8)]
-  assert not np.array_equal(np.sort(np.concatenate(puzzles[:4])),
-                            np.sort(np.concatenate(puzzles[4:])))
+  puzzles = [data.example_puzzle[ip.train_batch_indices(data, 7, s, 16)] for s in range(8)]
+  assert not np.array_equal(np.sort(np.concatenate(puzzles[:4])), np.sort(np.concatenate(puzzles[4:])))
 
 
 def test_variable_puzzles_fill_batches_and_drop_tail():
   rng = np.random.default_rng(0)
-  data = _toy([list(rng.integers(1, 6, size=rng.integers(1, 4)))
-               for _ in range(50)])
+  data = _toy([list(rng.integers(1, 6, size=rng.integers(1, 4))) for _ in range(50)])
   B = 8
   it, _, nb = ip.batch_position(data, 3, 0, B)
   groups_used = []
@@ -56,7 +51,7 @@ def test_variable_puzzles_fill_batches_and_drop_tail():
     idx = ip.train_batch_indices(data, 3, b, B)
     assert len(idx) == B and len(set(idx.tolist())) == B
     p = data.example_puzzle[idx]
-    g = np.searchsorted(data.group_indices, p, 'right') - 1
+    g = np.searchsorted(data.group_indices, p, "right") - 1
     # one puzzle per group, contiguous groups in the batch
     for gg in np.unique(g):
       assert len(np.unique(p[g == gg])) == 1
@@ -78,18 +73,17 @@ def test_resume_reproduces_batches():
     for k in first[s]:
       np.testing.assert_array_equal(again[k], first[s][k])
   other = ip.train_batch(data, 12, 25, 12)
-  assert not np.array_equal(other['inputs'], first[25]['inputs'])
+  assert not np.array_equal(other["inputs"], first[25]["inputs"])
 
 
-@pytest.mark.parametrize('pc', [1, 2, 4])
+@pytest.mark.parametrize("pc", [1, 2, 4])
 def test_process_shards_disjoint_and_complete(pc):
   data = _toy([[1, 2], [3], [2, 2, 2]] * 20)
   for step in (0, 5, 17):
     full = ip.train_batch(data, 1, step, 16)
     parts = [ip.train_batch(data, 1, step, 16, pi, pc) for pi in range(pc)]
     for k in full:
-      np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]),
-                                    full[k])
+      np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), full[k])
     idx = ip.train_batch_indices(data, 1, step, 16)
     shards = np.split(idx, pc)
     assert sum(len(set(s)) for s in shards) == len(set(idx.tolist())) == 16
@@ -97,52 +91,50 @@ def test_process_shards_disjoint_and_complete(pc):
     ip.train_batch(data, 1, 0, 15, 0, 2)
 
 
-@pytest.mark.parametrize('pc', [1, 2, 4])
+@pytest.mark.parametrize("pc", [1, 2, 4])
 def test_eval_order_and_padding(pc):
   data = _toy([[3], [2]] * 5)  # 25 examples
-  batches = [list(ip.eval_batches(data, 8, pi, pc, with_index=True))
-             for pi in range(pc)]
+  batches = [list(ip.eval_batches(data, 8, pi, pc, with_index=True)) for pi in range(pc)]
   assert all(len(b) == 4 for b in batches)
-  idx = np.concatenate([np.concatenate([batches[pi][j]['example_index']
-                                        for pi in range(pc)])
-                        for j in range(4)])
+  idx = np.concatenate([np.concatenate([batches[pi][j]["example_index"] for pi in range(pc)]) for j in range(4)])
   np.testing.assert_array_equal(idx[:25], np.arange(25))
   assert (idx[25:] == -1).all()
-  rows = {k: np.concatenate([np.concatenate([batches[pi][j][k]
-                                             for pi in range(pc)])
-                             for j in range(4)])
-          for k in ('inputs', 'labels', 'puzzle_identifiers')}
-  assert (rows['inputs'][25:] == 0).all()
-  assert (rows['labels'][25:] == -100).all()
-  assert (rows['puzzle_identifiers'][25:] == 0).all()
+  rows = {
+    k: np.concatenate([np.concatenate([batches[pi][j][k] for pi in range(pc)]) for j in range(4)])
+    for k in ("inputs", "labels", "puzzle_identifiers")
+  }
+  assert (rows["inputs"][25:] == 0).all()
+  assert (rows["labels"][25:] == -100).all()
+  assert (rows["puzzle_identifiers"][25:] == 0).all()
   # stored label 0 becomes -100; puzzle ids follow the example's puzzle
-  assert (rows['labels'][:25, 0] == -100).all()
-  np.testing.assert_array_equal(rows['inputs'][:25, 1], np.arange(25))
-  np.testing.assert_array_equal(
-      rows['puzzle_identifiers'][:25],
-      data.puzzle_identifiers[data.example_puzzle])
+  assert (rows["labels"][:25, 0] == -100).all()
+  np.testing.assert_array_equal(rows["inputs"][:25, 1], np.arange(25))
+  np.testing.assert_array_equal(rows["puzzle_identifiers"][:25], data.puzzle_identifiers[data.example_puzzle])
 
 
 def test_batch_dtypes_and_global_array():
   import jax
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
+
   data = _toy([[1]] * 32)
   local = ip.train_batch(data, 0, 0, 8)
   assert {k: v.dtype for k, v in local.items()} == {
-      'inputs': np.int32, 'labels': np.int32, 'puzzle_identifiers': np.int32}
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
-  glob = ip.make_global_batch(local, NamedSharding(mesh, P('data')))
-  assert glob['inputs'].shape == (8, 5)
-  np.testing.assert_array_equal(np.asarray(glob['labels']), local['labels'])
+    "inputs": np.int32,
+    "labels": np.int32,
+    "puzzle_identifiers": np.int32,
+  }
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  glob = ip.make_global_batch(local, NamedSharding(mesh, P("data")))
+  assert glob["inputs"].shape == (8, 5)
+  np.testing.assert_array_equal(np.asarray(glob["labels"]), local["labels"])
 
 
 def test_batch_larger_than_epoch_is_an_error():
   data = _toy([[1]] * 10)
-  with pytest.raises(ValueError, match='epochs_per_iter'):
+  with pytest.raises(ValueError, match="epochs_per_iter"):
     ip.train_batch(data, 0, 0, 16)
-  assert ip.train_batch(data, 0, 0, 16, epochs_per_iter=2)['inputs'].shape[0] \
-      == 16
+  assert ip.train_batch(data, 0, 0, 16, epochs_per_iter=2)["inputs"].shape[0] == 16
 
 
 def test_prefetch_matches_direct_calls():

@@ -15,13 +15,19 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch")
-SCRIPTS = ["tpu_create.sh", "tpu_setup.sh", "tpu_run.sh", "tpu_logs.sh",
-           "tpu_stop.sh", "tpu_free.sh", "gpu_multinode.sh"]
+SCRIPTS = [
+  "tpu_create.sh",
+  "tpu_setup.sh",
+  "tpu_run.sh",
+  "tpu_logs.sh",
+  "tpu_stop.sh",
+  "tpu_free.sh",
+  "gpu_multinode.sh",
+]
 
 
 def _load_sweep():
-  spec = importlib.util.spec_from_file_location(
-      "launch_sweep", os.path.join(LAUNCH, "sweep.py"))
+  spec = importlib.util.spec_from_file_location("launch_sweep", os.path.join(LAUNCH, "sweep.py"))
   module = importlib.util.module_from_spec(spec)
   sys.modules["launch_sweep"] = module
   spec.loader.exec_module(module)
@@ -59,9 +65,9 @@ def _sh(script, *args, env=None, check=True):
   for k in ("TPU_NAME", "TPU_ZONE", "TPU_PROJECT"):
     if env is None or k not in env:
       full_env.pop(k, None)
-  return subprocess.run(["bash", os.path.join(LAUNCH, script), *args],
-                        capture_output=True, text=True, env=full_env,
-                        check=check, timeout=60)
+  return subprocess.run(
+    ["bash", os.path.join(LAUNCH, script), *args], capture_output=True, text=True, env=full_env, check=check, timeout=60
+  )
 
 
 # ----------------------------------------------------------------- sweep.py
@@ -69,20 +75,20 @@ def _sh(script, *args, env=None, check=True):
 
 def test_expand_sweep(experiment):
   trials = sweep.expand_sweep(experiment, "2", "gs://b/sw/")
-  assert [t.name for t in trials] == [
-      "lr=0.0001_seed=0", "lr=0.0001_seed=1", "lr=3e-05_seed=0",
-      "lr=3e-05_seed=1"]
+  assert [t.name for t in trials] == ["lr=0.0001_seed=0", "lr=0.0001_seed=1", "lr=3e-05_seed=0", "lr=3e-05_seed=1"]
   t = trials[2]
   assert t.workdir == "gs://b/sw/lr=3e-05_seed=0"
   assert t.overrides == (("train.lr", 3e-5), ("seed", 0))
-  assert t.args == (f"--config={experiment}:2",
-                    "--workdir=gs://b/sw/lr=3e-05_seed=0",
-                    "--config.train.lr=3e-05", "--config.seed=0")
+  assert t.args == (
+    f"--config={experiment}:2",
+    "--workdir=gs://b/sw/lr=3e-05_seed=0",
+    "--config.train.lr=3e-05",
+    "--config.seed=0",
+  )
   assert t.command("py") == ["py", "-m", "trm_jax.main", *t.args]
   # Without an argument get_sweep() gets none, and --config has no colon.
   trials = sweep.expand_sweep(experiment, None, "out")
-  assert [t.workdir for t in trials] == ["out/lr=0.0001_seed=0",
-                                         "out/lr=3e-05_seed=0"]
+  assert [t.workdir for t in trials] == ["out/lr=0.0001_seed=0", "out/lr=3e-05_seed=0"]
   assert trials[0].args[0] == f"--config={experiment}"
   # The name written into --config= can differ from the path loaded.
   trials = sweep.expand_sweep(experiment, "1", "out", config_name="exp/x.py")
@@ -93,6 +99,7 @@ def test_expand_sweep_overrides_parse_back(experiment):
   """The override strings are accepted by ml_collections' config flags."""
   from absl import flags
   from ml_collections import config_flags
+
   trial = sweep.expand_sweep(experiment, "2", "w")[3]
   argv = ["prog", *[a for a in trial.args if not a.startswith("--workdir")]]
   fv = flags.FlagValues()
@@ -105,16 +112,17 @@ def test_expand_sweep_overrides_parse_back(experiment):
 
 def test_trial_names_are_safe_and_unique(tmp_path):
   path = tmp_path / "odd.py"
-  path.write_text(textwrap.dedent("""\
+  path.write_text(
+    textwrap.dedent("""\
       def get_sweep(arg=None):
         return [{"model.name": "a b/c"}, {"model.name": "a?b/c"}, {},
                 {"model.lr": 1.0, "train.lr": 2.0}, {"flag": True},
                 {"dims": (1, 2)}, {"very_long_field_name": "v" * 300}]
-      """))
+      """)
+  )
   trials = sweep.expand_sweep(str(path), None, "base")
   names = [t.name for t in trials]
-  assert names[:6] == ["name=a-b-c", "name=a-b-c-2", "default",
-                       "model.lr=1.0_train.lr=2.0", "flag=true", "dims=1-2"]
+  assert names[:6] == ["name=a-b-c", "name=a-b-c-2", "default", "model.lr=1.0_train.lr=2.0", "flag=true", "dims=1-2"]
   assert len(set(names)) == len(names)
   assert len(names[6]) <= 120
   for name in names:
@@ -138,35 +146,51 @@ def test_expand_sweep_errors(tmp_path):
 
 
 def _sweep_cli(*args, env=None, cwd=None):
-  return subprocess.run([sys.executable, os.path.join(LAUNCH, "sweep.py"), *args],
-                        capture_output=True, text=True, timeout=120,
-                        env=dict(os.environ, **(env or {})), cwd=cwd)
+  return subprocess.run(
+    [sys.executable, os.path.join(LAUNCH, "sweep.py"), *args],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=dict(os.environ, **(env or {})),
+    cwd=cwd,
+  )
 
 
 def test_sweep_cli_dry_run_local(experiment):
-  out = _sweep_cli(f"--config={experiment}:2", "--workdir_base=/tmp/sw",
-                   "--dry_run", "--python=python3",
-                   "--extra=--config.train.steps=5")
+  out = _sweep_cli(
+    f"--config={experiment}:2",
+    "--workdir_base=/tmp/sw",
+    "--dry_run",
+    "--python=python3",
+    "--extra=--config.train.steps=5",
+  )
   assert out.returncode == 0, out.stderr
   expected = []
   for lr in ("0.0001", "3e-05"):
     for s in (0, 1):
       expected.append(
-          f"python3 -m trm_jax.main --config={experiment}:2 "
-          f"--workdir=/tmp/sw/lr={lr}_seed={s} --config.train.lr={lr} "
-          f"--config.seed={s} --config.train.steps=5")
+        f"python3 -m trm_jax.main --config={experiment}:2 "
+        f"--workdir=/tmp/sw/lr={lr}_seed={s} --config.train.lr={lr} "
+        f"--config.seed={s} --config.train.steps=5"
+      )
   assert out.stdout.splitlines() == expected
 
 
 def test_sweep_cli_dry_run_tpu(experiment):
-  out = _sweep_cli(f"--config={experiment}", "--workdir_base=gs://b/sw",
-                   "--dry_run", "--launcher=tpu",
-                   "--tpu_args=--name=trm --zone=us-west4-a", "--only=1")
+  out = _sweep_cli(
+    f"--config={experiment}",
+    "--workdir_base=gs://b/sw",
+    "--dry_run",
+    "--launcher=tpu",
+    "--tpu_args=--name=trm --zone=us-west4-a",
+    "--only=1",
+  )
   assert out.returncode == 0, out.stderr
   assert out.stdout.splitlines() == [
-      f"launch/tpu_run.sh --name=trm --zone=us-west4-a --config={experiment} "
-      "--workdir=gs://b/sw/lr=3e-05_seed=0 --run_name=exp-lr=3e-05_seed=0 "
-      "--wait -- --config.train.lr=3e-05 --config.seed=0"]
+    f"launch/tpu_run.sh --name=trm --zone=us-west4-a --config={experiment} "
+    "--workdir=gs://b/sw/lr=3e-05_seed=0 --run_name=exp-lr=3e-05_seed=0 "
+    "--wait -- --config.train.lr=3e-05 --config.seed=0"
+  ]
 
 
 def test_sweep_cli_help_and_usage_errors(experiment):
@@ -174,8 +198,7 @@ def test_sweep_cli_help_and_usage_errors(experiment):
   assert out.returncode == 0
   assert "workdir_base" in out.stdout
   assert _sweep_cli("--workdir_base=w").returncode != 0
-  assert _sweep_cli(f"--config={experiment}", "--workdir_base=w",
-                    "--only=9", "--dry_run").returncode != 0
+  assert _sweep_cli(f"--config={experiment}", "--workdir_base=w", "--only=9", "--dry_run").returncode != 0
 
 
 def test_sweep_cli_runs_locally(experiment, tmp_path):
@@ -184,13 +207,11 @@ def test_sweep_cli_runs_locally(experiment, tmp_path):
   record = tmp_path / "calls.txt"
   fake.write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
   fake.chmod(0o755)
-  out = _sweep_cli(f"--config={experiment}", "--workdir_base=w",
-                   f"--python={fake}", cwd=tmp_path)
+  out = _sweep_cli(f"--config={experiment}", "--workdir_base=w", f"--python={fake}", cwd=tmp_path)
   assert out.returncode == 0, out.stderr
   lines = record.read_text().splitlines()
   assert len(lines) == 2
-  assert lines[1].endswith("--workdir=w/lr=3e-05_seed=0 "
-                           "--config.train.lr=3e-05 --config.seed=0")
+  assert lines[1].endswith("--workdir=w/lr=3e-05_seed=0 --config.train.lr=3e-05 --config.seed=0")
 
 
 # ------------------------------------------------------ shell scripts: dry run
@@ -212,15 +233,22 @@ def test_unknown_flag_fails(script):
 
 
 def test_tpu_create_dry_run():
-  out = _sh("tpu_create.sh", "--name=trm", "--zone", "us-central2-b",
-            "--project=p", "--accelerator_type=v4-32", "--reserved",
-            "--dry_run")
+  out = _sh(
+    "tpu_create.sh",
+    "--name=trm",
+    "--zone",
+    "us-central2-b",
+    "--project=p",
+    "--accelerator_type=v4-32",
+    "--reserved",
+    "--dry_run",
+  )
   assert out.stdout.splitlines() == [
-      "gcloud compute tpus queued-resources create trm --node-id=trm "
-      "--zone=us-central2-b --project=p --accelerator-type=v4-32 "
-      "--runtime-version=tpu-ubuntu2204-base --reserved"]
-  out = _sh("tpu_create.sh", "--dry_run", "--wait",
-            env={"TPU_NAME": "t", "TPU_ZONE": "z"})
+    "gcloud compute tpus queued-resources create trm --node-id=trm "
+    "--zone=us-central2-b --project=p --accelerator-type=v4-32 "
+    "--runtime-version=tpu-ubuntu2204-base --reserved"
+  ]
+  out = _sh("tpu_create.sh", "--dry_run", "--wait", env={"TPU_NAME": "t", "TPU_ZONE": "z"})
   create, describe = out.stdout.splitlines()
   assert "--accelerator-type=v5litepod-64" in create
   assert "--runtime-version=v2-alpha-tpuv5-lite --spot" in create
@@ -229,8 +257,9 @@ def test_tpu_create_dry_run():
 
 
 def test_tpu_setup_dry_run():
-  sha = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"],
-                       capture_output=True, text=True, check=True).stdout.strip()
+  sha = subprocess.run(
+    ["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+  ).stdout.strip()
   out = _sh("tpu_setup.sh", "--name=trm", "--zone=z", "--dry_run")
   archive, scp, ssh = out.stdout.splitlines()
   assert archive.startswith("git -C ") and archive.endswith(sha)
@@ -241,10 +270,18 @@ def test_tpu_setup_dry_run():
 
 
 def test_tpu_run_dry_run():
-  out = _sh("tpu_run.sh", "--name=trm", "--zone=z", "--dry_run",
-            "--config=experiments/arc1.py:variant=att",
-            "--workdir=gs://bucket/arc1", "--config.train.lr=1e-4",
-            "--run_name=r1", "--", "--config.seed=3")
+  out = _sh(
+    "tpu_run.sh",
+    "--name=trm",
+    "--zone=z",
+    "--dry_run",
+    "--config=experiments/arc1.py:variant=att",
+    "--workdir=gs://bucket/arc1",
+    "--config.train.lr=1e-4",
+    "--run_name=r1",
+    "--",
+    "--config.seed=3",
+  )
   (line,) = out.stdout.splitlines()
   words = shlex.split(line)
   assert words[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "trm"]
@@ -257,40 +294,49 @@ def test_tpu_run_dry_run():
 
 
 def test_tpu_run_requires_config():
-  out = _sh("tpu_run.sh", "--name=trm", "--zone=z", "--workdir=w", "--dry_run",
-            check=False)
+  out = _sh("tpu_run.sh", "--name=trm", "--zone=z", "--workdir=w", "--dry_run", check=False)
   assert out.returncode != 0 and "--config" in out.stderr
 
 
 def test_tpu_logs_stop_free_dry_run():
   out = _sh("tpu_logs.sh", "--name=trm", "--zone=z", "--run=r1", "--dry_run")
   assert "--worker=all" in out.stdout and "logs/r1/worker-$W.log" in out.stdout
-  out = _sh("tpu_logs.sh", "--name=trm", "--zone=z", "--worker=2", "-f",
-            "--dry_run")
+  out = _sh("tpu_logs.sh", "--name=trm", "--zone=z", "--worker=2", "-f", "--dry_run")
   assert "--worker=2" in out.stdout and "tail -n 50 -F" in out.stdout
   out = _sh("tpu_stop.sh", "--name=trm", "--zone=z", "--delete", "--dry_run")
   stop, delete = out.stdout.splitlines()
   assert "--worker=all" in stop and "kill -TERM" in stop
-  assert delete == ("gcloud compute tpus queued-resources delete trm --zone=z "
-                    "--force --quiet")
+  assert delete == ("gcloud compute tpus queued-resources delete trm --zone=z --force --quiet")
   out = _sh("tpu_free.sh", "--name=trm", "--zone=z", "--dry_run")
   assert "sudo lsof" in out.stdout and "/tmp/libtpu_lockfile" in out.stdout
 
 
 def test_gpu_multinode_dry_run():
-  out = _sh("gpu_multinode.sh", "--hosts=h0,h1", "--gpus_per_node=2",
-            "--config=experiments/arc1.py", "--workdir=/nfs/w", "--run_name=r",
-            "--config.seed=1", "--dry_run")
+  out = _sh(
+    "gpu_multinode.sh",
+    "--hosts=h0,h1",
+    "--gpus_per_node=2",
+    "--config=experiments/arc1.py",
+    "--workdir=/nfs/w",
+    "--run_name=r",
+    "--config.seed=1",
+    "--dry_run",
+  )
   lines = out.stdout.splitlines()
   assert len(lines) == 2
   for i, line in enumerate(lines):
     assert line.startswith(f"ssh h{i} ")
-    assert ("--coordinator_address=h0:12355 --num_processes=2 "
-            f"--process_id={i} --config.seed=1") in line
+    assert (f"--coordinator_address=h0:12355 --num_processes=2 --process_id={i} --config.seed=1") in line
     assert "CUDA_VISIBLE_DEVICES=0,1" in line
-  out = _sh("gpu_multinode.sh", "--slurm", "--nodes=4",
-            "--config=experiments/arc1.py", "--workdir=/nfs/w", "--run_name=r",
-            "--dry_run")
+  out = _sh(
+    "gpu_multinode.sh",
+    "--slurm",
+    "--nodes=4",
+    "--config=experiments/arc1.py",
+    "--workdir=/nfs/w",
+    "--run_name=r",
+    "--dry_run",
+  )
   assert "#SBATCH --nodes=4" in out.stdout
   assert '--process_id="$SLURM_PROCID"' in out.stdout
   assert out.stdout.splitlines()[-1].startswith("sbatch ")
@@ -340,9 +386,15 @@ def fake_pod(tmp_path):
   gcloud.chmod(0o755)
   state = tmp_path / "state"
   state.mkdir()
-  env = {"GCLOUD": str(gcloud), "HOME": str(home), "FAKE_WORKERS": "2",
-         "FAKE_LOG": str(tmp_path / "gcloud.log"), "TPU_NAME": "pod",
-         "TPU_ZONE": "z", "FAKE_STATE_DIR": str(state)}
+  env = {
+    "GCLOUD": str(gcloud),
+    "HOME": str(home),
+    "FAKE_WORKERS": "2",
+    "FAKE_LOG": str(tmp_path / "gcloud.log"),
+    "TPU_NAME": "pod",
+    "TPU_ZONE": "z",
+    "FAKE_STATE_DIR": str(state),
+  }
   started = []
   yield home, env, started
   for pid_file in started:  # never leave a fake run behind
@@ -371,10 +423,18 @@ def test_tpu_run_logs_end_to_end(fake_pod, tmp_path):
   """The quoted remote command reaches trm_jax.main with every argument intact."""
   home, env, started = fake_pod
   py = _fake_python(tmp_path / "py", 'printf "<%s>\\n" "$@"; echo "env=$FOO"\n')
-  args = ["--remote_dir=code", f"--python={py}", "--run_name=r1",
-          "--config=experiments/x.py:a=1", "--workdir=gs://b/w",
-          "--config.train.lr=0.001", "--env=FOO=bar baz", "--",
-          "--config.model.name=a b", "--config.note=it's $HOME"]
+  args = [
+    "--remote_dir=code",
+    f"--python={py}",
+    "--run_name=r1",
+    "--config=experiments/x.py:a=1",
+    "--workdir=gs://b/w",
+    "--config.train.lr=0.001",
+    "--env=FOO=bar baz",
+    "--",
+    "--config.model.name=a b",
+    "--config.note=it's $HOME",
+  ]
   _sh("tpu_run.sh", *args, env=env)
   logs = home / "logs" / "r1"
   started += [str(logs / f"worker-{w}.pid") for w in (0, 1)]
@@ -384,9 +444,16 @@ def test_tpu_run_logs_end_to_end(fake_pod, tmp_path):
     log = (logs / f"worker-{w}.log").read_text()
     assert f"worker {w} commit abc123" in log
     got = [l for l in log.splitlines() if l.startswith("<")]
-    assert got == ["<-m>", "<trm_jax.main>", "<--distributed>", "<--config=experiments/x.py:a=1>",
-                   "<--workdir=gs://b/w>", "<--config.train.lr=0.001>",
-                   "<--config.model.name=a b>", "<--config.note=it's $HOME>"]
+    assert got == [
+      "<-m>",
+      "<trm_jax.main>",
+      "<--distributed>",
+      "<--config=experiments/x.py:a=1>",
+      "<--workdir=gs://b/w>",
+      "<--config.train.lr=0.001>",
+      "<--config.model.name=a b>",
+      "<--config.note=it's $HOME>",
+    ]
     assert "env=bar baz" in log
   assert os.path.realpath(home / "logs" / "latest") == str(logs)
   out = _sh("tpu_logs.sh", "--lines=100", env=env).stdout
@@ -399,10 +466,8 @@ def test_tpu_run_logs_end_to_end(fake_pod, tmp_path):
 def test_tpu_run_then_stop(fake_pod, tmp_path):
   home, env, started = fake_pod
   marker = tmp_path / "started"
-  py = _fake_python(tmp_path / "py",
-                    f'touch {marker}-$TRM_WORKER; exec sleep 60\n')
-  common = ["--remote_dir=code", f"--python={py}", "--run_name=long",
-            "--config=c.py", "--workdir=w"]
+  py = _fake_python(tmp_path / "py", f"touch {marker}-$TRM_WORKER; exec sleep 60\n")
+  common = ["--remote_dir=code", f"--python={py}", "--run_name=long", "--config=c.py", "--workdir=w"]
   _sh("tpu_run.sh", *common, env=env)
   logs = home / "logs" / "long"
   pid_files = [str(logs / f"worker-{w}.pid") for w in (0, 1)]
@@ -425,10 +490,20 @@ def test_gpu_multinode_ssh_end_to_end(tmp_path):
   (home / "code").mkdir(parents=True)
   ssh = _fake_python(tmp_path / "ssh", 'shift; exec bash -c "$1"\n')
   py = _fake_python(tmp_path / "py", 'printf "<%s>\\n" "$@"\n')
-  _sh("gpu_multinode.sh", "--hosts=h0,h1,h2", "--gpus_per_node=1",
-      f"--ssh={ssh}", f"--python={py}", "--remote_dir=code", "--run_name=g",
-      "--config=c.py", "--workdir=w", "--", "--config.x=a b",
-      env={"HOME": str(home)})
+  _sh(
+    "gpu_multinode.sh",
+    "--hosts=h0,h1,h2",
+    "--gpus_per_node=1",
+    f"--ssh={ssh}",
+    f"--python={py}",
+    "--remote_dir=code",
+    "--run_name=g",
+    "--config=c.py",
+    "--workdir=w",
+    "--",
+    "--config.x=a b",
+    env={"HOME": str(home)},
+  )
   logs = home / "logs" / "g"
   _wait_for([logs / f"worker-{i}.log" for i in range(3)])
   deadline = time.time() + 30
@@ -444,10 +519,21 @@ def test_gpu_multinode_ssh_end_to_end(tmp_path):
 
 # ------------------------------------------- tpu_run.sh --wait always finishes
 
+
 def _start_wait(env, py, run, *extra):
   """tpu_run.sh --wait in the background (polling fast); -> Popen."""
-  args = ["bash", os.path.join(LAUNCH, "tpu_run.sh"), "--remote_dir=code", f"--python={py}",
-          f"--run_name={run}", "--config=c.py", "--workdir=w", "--wait", "--poll_s=0.2", *extra]
+  args = [
+    "bash",
+    os.path.join(LAUNCH, "tpu_run.sh"),
+    "--remote_dir=code",
+    f"--python={py}",
+    f"--run_name={run}",
+    "--config=c.py",
+    "--workdir=w",
+    "--wait",
+    "--poll_s=0.2",
+    *extra,
+  ]
   full = dict(os.environ, **env)
   return subprocess.Popen(args, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -460,13 +546,13 @@ def _finish(p, timeout=60):
 def test_wait_all_workers_statuses(fake_pod, tmp_path):
   """Every worker's status is collected; the first non-zero one is the exit status."""
   home, env, started = fake_pod
-  py = _fake_python(tmp_path / "py", 'sleep 0.5; exit $((TRM_WORKER * 3))\n')
+  py = _fake_python(tmp_path / "py", "sleep 0.5; exit $((TRM_WORKER * 3))\n")
   p = _start_wait(env, py, "r")
   started += [str(home / "logs" / "r" / f"worker-{w}.pid") for w in (0, 1)]
   rc, err = _finish(p)
   assert rc == 3, err
   assert "exit status w0=0 w1=3" in err
-  py0 = _fake_python(tmp_path / "py0", 'exit 0\n')
+  py0 = _fake_python(tmp_path / "py0", "exit 0\n")
   rc, err = _finish(_start_wait(env, py0, "ok"))
   assert rc == 0 and "w0=0 w1=0" in err, err
 
@@ -477,8 +563,7 @@ def test_wait_survives_signalled_group(fake_pod, tmp_path):
   home, env, started = fake_pod
   marker = tmp_path / "up"
   # Like trm_jax: on SIGTERM it saves (sleeps) and exits 0.
-  py = _fake_python(tmp_path / "py", f'trap "sleep 0.5; exit 0" TERM; touch {marker}-$TRM_WORKER; '
-                                     'sleep 60 & wait\n')
+  py = _fake_python(tmp_path / "py", f'trap "sleep 0.5; exit 0" TERM; touch {marker}-$TRM_WORKER; sleep 60 & wait\n')
   p = _start_wait(env, py, "sig")
   logs = home / "logs" / "sig"
   pid_files = [str(logs / f"worker-{w}.pid") for w in (0, 1)]
@@ -496,7 +581,7 @@ def test_wait_survives_signalled_group(fake_pod, tmp_path):
 def test_wait_worker_killed_without_status(fake_pod, tmp_path):
   home, env, started = fake_pod
   marker = tmp_path / "up"
-  py = _fake_python(tmp_path / "py", f'touch {marker}-$TRM_WORKER; exec sleep 60\n')
+  py = _fake_python(tmp_path / "py", f"touch {marker}-$TRM_WORKER; exec sleep 60\n")
   p = _start_wait(env, py, "k")
   pid_files = [str(home / "logs" / "k" / f"worker-{w}.pid") for w in (0, 1)]
   started += pid_files
@@ -508,12 +593,13 @@ def test_wait_worker_killed_without_status(fake_pod, tmp_path):
   assert "worker(s) 0 1 ended without an exit status" in err
 
 
-@pytest.mark.parametrize("state,want", [("ACTIVE", 90), ("SUSPENDED", 91), ("DELETING", 91), ("FAILED", 91),
-                                        ("SUSPENDING", 91)])
+@pytest.mark.parametrize(
+  "state,want", [("ACTIVE", 90), ("SUSPENDED", 91), ("DELETING", 91), ("FAILED", 91), ("SUSPENDING", 91)]
+)
 def test_wait_gives_up_on_unreachable_or_gone_slice(fake_pod, tmp_path, state, want):
   home, env, started = fake_pod
   marker = tmp_path / "up"
-  py = _fake_python(tmp_path / "py", f'touch {marker}-$TRM_WORKER; exec sleep 60\n')
+  py = _fake_python(tmp_path / "py", f"touch {marker}-$TRM_WORKER; exec sleep 60\n")
   p = _start_wait(env, py, "u", "--max_unreachable=3")
   started += [str(home / "logs" / "u" / f"worker-{w}.pid") for w in (0, 1)]
   _wait_for([f"{marker}-0", f"{marker}-1"])
@@ -535,7 +621,7 @@ def test_wait_recovers_from_a_short_outage(fake_pod, tmp_path):
   state_dir = tmp_path / "state"
   done = tmp_path / "done"
   # Each worker runs until the outage is over (the test creates `done`).
-  py = _fake_python(tmp_path / "py", f'touch {marker}-$TRM_WORKER; while [ ! -e {done} ]; do sleep 0.1; done\n')
+  py = _fake_python(tmp_path / "py", f"touch {marker}-$TRM_WORKER; while [ ! -e {done} ]; do sleep 0.1; done\n")
   p = _start_wait(env, py, "o", "--max_unreachable=100")
   started += [str(home / "logs" / "o" / f"worker-{w}.pid") for w in (0, 1)]
   _wait_for([f"{marker}-0", f"{marker}-1"])
@@ -547,11 +633,13 @@ def test_wait_recovers_from_a_short_outage(fake_pod, tmp_path):
   assert rc == 0 and "workers unreachable (1/100" in err, err
 
 
-@pytest.mark.parametrize("via,flag", [("external", None), ("internal", "--internal-ip"),
-                                      ("iap", "--tunnel-through-iap")])
+@pytest.mark.parametrize(
+  "via,flag", [("external", None), ("internal", "--internal-ip"), ("iap", "--tunnel-through-iap")]
+)
 def test_ssh_via(via, flag):
-  out = _sh("tpu_run.sh", "--name=trm", "--zone=z", "--dry_run", f"--ssh_via={via}", "--config=c.py",
-            "--workdir=w", "--wait")
+  out = _sh(
+    "tpu_run.sh", "--name=trm", "--zone=z", "--dry_run", f"--ssh_via={via}", "--config=c.py", "--workdir=w", "--wait"
+  )
   lines = out.stdout.splitlines()
   assert len(lines) == 2  # start, poll
   for line in lines:
@@ -562,8 +650,16 @@ def test_ssh_via(via, flag):
   out = _sh("tpu_setup.sh", "--name=trm", "--zone=z", "--dry_run", env={"TPU_SSH_VIA": via})
   scp = out.stdout.splitlines()[1]
   assert scp.startswith("gcloud compute tpus tpu-vm scp") and (flag is None or flag in scp)
-  bad = _sh("tpu_run.sh", "--name=trm", "--zone=z", "--dry_run", "--ssh_via=carrier-pigeon", "--config=c.py",
-            "--workdir=w", check=False)
+  bad = _sh(
+    "tpu_run.sh",
+    "--name=trm",
+    "--zone=z",
+    "--dry_run",
+    "--ssh_via=carrier-pigeon",
+    "--config=c.py",
+    "--workdir=w",
+    check=False,
+  )
   assert bad.returncode == 2 and "--ssh_via must be" in bad.stderr
 
 
@@ -572,7 +668,7 @@ def test_ssh_via_auto_asks_the_slice(fake_pod, tmp_path, external, flag):
   """A slice created with internal IPs only is reached through IAP; the real commands carry the flag."""
   home, env, started = fake_pod
   (tmp_path / "state" / "external_ips").write_text(external + "\n")
-  py = _fake_python(tmp_path / "py", 'exit 0\n')
+  py = _fake_python(tmp_path / "py", "exit 0\n")
   p = _start_wait(dict(env, TPU_SSH_VIA="auto"), py, "a")
   rc, err = _finish(p)
   assert rc == 0, err
@@ -613,16 +709,17 @@ def _write_metrics(workdir, last_step, total=10, acc=None):
   events = [{"step": 0, "params": 5, "total_steps": total}]
   events += [{"step": s, "train/lm_loss": 1.0} for s in range(2, last_step + 1, 2)]
   if acc is not None:
-    events.append({"step": last_step, "eval/test/exact_accuracy": acc, "eval/test/accuracy": 0.5,
-                   "eval/test/lm_loss": 0.3})
+    events.append(
+      {"step": last_step, "eval/test/exact_accuracy": acc, "eval/test/accuracy": 0.5, "eval/test/lm_loss": 0.3}
+    )
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     f.writelines(json.dumps(e) + "\n" for e in events)
 
 
 def test_sweep_skips_finished_and_prints_summary(experiment, tmp_path):
   base = tmp_path / "sw"
-  _write_metrics(base / "lr=0.0001_seed=0", 10, acc=0.875)      # finished
-  _write_metrics(base / "lr=3e-05_seed=0", 4, acc=0.25)         # stopped at step 4
+  _write_metrics(base / "lr=0.0001_seed=0", 10, acc=0.875)  # finished
+  _write_metrics(base / "lr=3e-05_seed=0", 4, acc=0.25)  # stopped at step 4
   record = tmp_path / "calls.txt"
   fake = _fake_python(tmp_path / "py", f'echo "$@" >> {record}\n')
   out = _sweep_cli(f"--config={experiment}", f"--workdir_base={base}", f"--python={fake}")
@@ -650,14 +747,23 @@ def test_sweep_spreads_trials_over_slices_in_parallel(fake_pod, experiment, tmp_
   home, env, started = fake_pod
   marks = tmp_path / "marks"
   marks.mkdir()
-  py = _fake_python(tmp_path / "py", textwrap.dedent(f"""\
+  py = _fake_python(
+    tmp_path / "py",
+    textwrap.dedent(f"""\
       for a; do case "$a" in --config.train.lr=*) me="${{a#*=}}" ;; esac; done
       touch "{marks}/$me"
       for i in $(seq 150); do [ "$(ls {marks} | wc -l)" -ge 2 ] && exit 0; sleep 0.2; done
       exit 1
-      """))
-  out = _sweep_cli(f"--config={experiment}", f"--workdir_base={tmp_path}/sw", "--launcher=tpu",
-                   "--tpu_names=s0,s1", f"--tpu_args=--remote_dir=code --python={py} --poll_s=0.2", env=env)
+      """),
+  )
+  out = _sweep_cli(
+    f"--config={experiment}",
+    f"--workdir_base={tmp_path}/sw",
+    "--launcher=tpu",
+    "--tpu_names=s0,s1",
+    f"--tpu_args=--remote_dir=code --python={py} --poll_s=0.2",
+    env=env,
+  )
   for run in ("exp-lr=0.0001_seed=0", "exp-lr=3e-05_seed=0"):
     started += [str(home / "logs" / run / f"worker-{w}.pid") for w in (0, 1)]
   assert out.returncode == 0, out.stderr
@@ -678,21 +784,43 @@ def test_sweep_slurm_job_array(experiment, tmp_path):
   record = tmp_path / "sbatch.txt"
   _fake_python(bindir / "sbatch", f'printf "%s\\n" "$@" > {record}; echo "Submitted batch job 7"\n')
   env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
-  common = [f"--config={experiment}:2", f"--workdir_base={base}", "--launcher=slurm",
-            f"--slurm_dir={tmp_path}/logs", "--sbatch_args=--partition=gpu --nodes=2", "--slurm_parallel=2"]
+  common = [
+    f"--config={experiment}:2",
+    f"--workdir_base={base}",
+    "--launcher=slurm",
+    f"--slurm_dir={tmp_path}/logs",
+    "--sbatch_args=--partition=gpu --nodes=2",
+    "--slurm_parallel=2",
+  ]
   out = _sweep_cli(*common, env=env)
   assert out.returncode == 0, out.stderr
   args = record.read_text().splitlines()
   args_file = str(tmp_path / "logs" / "exp.args")
-  assert args == ["--array=1,2,3%2", "--job-name=exp", f"--export=ALL,TRM_ARGS_FILE={args_file}",
-                  "--partition=gpu", "--nodes=2", SBATCH]
+  assert args == [
+    "--array=1,2,3%2",
+    "--job-name=exp",
+    f"--export=ALL,TRM_ARGS_FILE={args_file}",
+    "--partition=gpu",
+    "--nodes=2",
+    SBATCH,
+  ]
   lines = open(args_file).read().splitlines()
   assert len(lines) == 4
   assert shlex.split(lines[3]) == list(sweep.expand_sweep(experiment, "2", str(base))[3].args)
   dry = _sweep_cli(*common, "--dry_run", env=env)
-  assert dry.stdout.splitlines() == [shlex.join(["sbatch", "--array=0,1,2,3%2", "--job-name=exp",
-                                                 f"--export=ALL,TRM_ARGS_FILE={args_file}", "--partition=gpu",
-                                                 "--nodes=2", SBATCH])]
+  assert dry.stdout.splitlines() == [
+    shlex.join(
+      [
+        "sbatch",
+        "--array=0,1,2,3%2",
+        "--job-name=exp",
+        f"--export=ALL,TRM_ARGS_FILE={args_file}",
+        "--partition=gpu",
+        "--nodes=2",
+        SBATCH,
+      ]
+    )
+  ]
 
 
 # --------------------------------------------------------- slurm_train.sbatch
@@ -712,17 +840,25 @@ def fake_slurm(tmp_path):
   bindir = tmp_path / "bin"
   bindir.mkdir()
   log = tmp_path / "slurm.log"
-  _fake_python(bindir / "srun", textwrap.dedent(f"""\
+  _fake_python(
+    bindir / "srun",
+    textwrap.dedent(f"""\
       echo "srun $*" >> {log}
       while [[ "$1" == --* ]]; do shift; done
       SLURM_PROCID=0 exec "$@"
-      """))
-  _fake_python(bindir / "scontrol", textwrap.dedent(f"""\
+      """),
+  )
+  _fake_python(
+    bindir / "scontrol",
+    textwrap.dedent(f"""\
       echo "scontrol $*" >> {log}
       if [[ "$1 $2" == "show hostnames" ]]; then echo node0; echo node1; fi
-      """))
+      """),
+  )
   # The run's stand-in: records its arguments, writes metrics up to $FAKE_LAST of 10 steps, exits $FAKE_RC.
-  py = _fake_python(tmp_path / "python", textwrap.dedent(f"""\
+  py = _fake_python(
+    tmp_path / "python",
+    textwrap.dedent(f"""\
       if [[ "$1" == *sweep.py ]]; then exec {sys.executable} "$@"; fi
       printf "<%s>\\n" "$@" >> {log}
       for a; do case "$a" in --workdir=*) w="${{a#--workdir=}}" ;; esac; done
@@ -730,31 +866,49 @@ def fake_slurm(tmp_path):
       open(os.path.join(sys.argv[1], 'metrics.jsonl'), 'w').write(json.dumps(dict(step=0, total_steps=10)) + \\
       chr(10) + json.dumps(dict(step=int(sys.argv[2]))) + chr(10))" "$w" "$FAKE_LAST"
       exit "${{FAKE_RC:-0}}"
-      """))
-  env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", TRM_PYTHON=py, SLURM_JOB_ID="4242",
-             SLURM_NTASKS="2", SLURM_JOB_NODELIST="node[0-1]", SLURM_SUBMIT_DIR=REPO)
+      """),
+  )
+  env = dict(
+    os.environ,
+    PATH=f"{bindir}:{os.environ['PATH']}",
+    TRM_PYTHON=py,
+    SLURM_JOB_ID="4242",
+    SLURM_NTASKS="2",
+    SLURM_JOB_NODELIST="node[0-1]",
+    SLURM_SUBMIT_DIR=REPO,
+  )
   for k in ("TRM_ARGS_FILE", "SLURM_ARRAY_TASK_ID", "VIRTUAL_ENV"):
     env.pop(k, None)
   return env, log
 
 
 def _sbatch(env, *args, **extra):
-  return subprocess.run(["bash", SBATCH, *args], env=dict(env, **extra), capture_output=True, text=True,
-                        timeout=60, cwd=REPO)
+  return subprocess.run(
+    ["bash", SBATCH, *args], env=dict(env, **extra), capture_output=True, text=True, timeout=60, cwd=REPO
+  )
 
 
 @pytest.mark.parametrize("last,rc,requeued", [(10, 0, False), (4, 0, True), (4, 3, False)])
 def test_sbatch_runs_and_requeues_until_done(fake_slurm, tmp_path, last, rc, requeued):
   env, log = fake_slurm
   w = tmp_path / "w"
-  p = _sbatch(env, "--config=experiments/arc1.py", f"--workdir={w}", "--config.seed=1",
-              FAKE_LAST=str(last), FAKE_RC=str(rc))
+  p = _sbatch(
+    env, "--config=experiments/arc1.py", f"--workdir={w}", "--config.seed=1", FAKE_LAST=str(last), FAKE_RC=str(rc)
+  )
   assert p.returncode == rc, p.stdout + p.stderr
   got = log.read_text().splitlines()
   port = 4242 % 4096 + 61440
   args = [l for l in got if l.startswith("<")]
-  assert args == ["<-m>", "<trm_jax.main>", f"<--coordinator_address=node0:{port}>", "<--num_processes=2>",
-                  "<--process_id=0>", "<--config=experiments/arc1.py>", f"<--workdir={w}>", "<--config.seed=1>"]
+  assert args == [
+    "<-m>",
+    "<trm_jax.main>",
+    f"<--coordinator_address=node0:{port}>",
+    "<--num_processes=2>",
+    "<--process_id=0>",
+    "<--config=experiments/arc1.py>",
+    f"<--workdir={w}>",
+    "<--config.seed=1>",
+  ]
   assert any(l.startswith("srun --kill-on-bad-exit=1") for l in got)
   assert ("scontrol requeue 4242" in got) == requeued
 
@@ -762,8 +916,9 @@ def test_sbatch_runs_and_requeues_until_done(fake_slurm, tmp_path, last, rc, req
 def test_sbatch_job_array_reads_its_line(fake_slurm, tmp_path):
   env, log = fake_slurm
   args_file = tmp_path / "x.args"
-  args_file.write_text(f"--config=a.py --workdir={tmp_path}/t0\n"
-                       f"--config=a.py --workdir={tmp_path}/t1 '--config.note=a b'\n")
+  args_file.write_text(
+    f"--config=a.py --workdir={tmp_path}/t0\n--config=a.py --workdir={tmp_path}/t1 '--config.note=a b'\n"
+  )
   p = _sbatch(env, TRM_ARGS_FILE=str(args_file), SLURM_ARRAY_TASK_ID="1", FAKE_LAST="10")
   assert p.returncode == 0, p.stderr
   args = [l for l in log.read_text().splitlines() if l.startswith("<")]

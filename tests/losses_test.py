@@ -1,4 +1,5 @@
 """Stablemax / softmax cross-entropy and the ACT loss on hand-made numbers."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +25,7 @@ def test_stablemax_gradients_finite_at_extremes():
 
   def f(x):
     return losses.cross_entropy(x[:, None, :], labels[:, :1]).sum()
+
   g = jax.grad(f)(x)
   assert bool(jnp.all(jnp.isfinite(g))), g
   # The naive formula does produce NaN here: the guard matters.
@@ -60,8 +62,9 @@ def test_act_loss_by_hand():
   # The Q-continue target adds its BCE with weight 0.5.
   target = jnp.array([0.2, 0.9, 0.5])
   loss2, m2, _ = losses.act_loss(logits, labels, q_halt, jnp.ones(3), halted, steps, target, "softmax")
-  np.testing.assert_allclose(loss2 - loss, 0.5 * optax.sigmoid_binary_cross_entropy(jnp.ones(3), target).sum(),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    loss2 - loss, 0.5 * optax.sigmoid_binary_cross_entropy(jnp.ones(3), target).sum(), rtol=1e-5
+  )
 
 
 def test_reduce_metrics():

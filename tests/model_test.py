@@ -1,4 +1,5 @@
 """Model shapes, published parameter counts, and reference key mapping."""
+
 import jax
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ def _count(**kw):
 
 
 def test_published_parameter_counts():
-  att = _count()                                        # Sudoku, attention: paper "7M"
-  mlp = _count(mlp_t=True, pos_encodings="none")        # Sudoku, MLP-mixer: paper "5M"
+  att = _count()  # Sudoku, attention: paper "7M"
+  mlp = _count(mlp_t=True, pos_encodings="none")  # Sudoku, MLP-mixer: paper "5M"
   hrm = _count(arch="hrm", H_layers=4, L_layers=4, H_cycles=2, L_cycles=2, puzzle_emb_len=0)  # "27M"
   assert 6.5e6 < att < 7.5e6, att
   assert 4.5e6 < mlp < 5.5e6, mlp
@@ -36,16 +37,19 @@ def test_buffers_are_not_parameters():
   assert abs(float(np.std(np.asarray(v["consts"]["H_init"]))) - 1.0) < 0.5
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(arch="hrm"), dict(mlp_t=True, pos_encodings="none"),
-                                dict(pos_encodings="learned", puzzle_emb_len=0)])
+@pytest.mark.parametrize(
+  "kw",
+  [dict(), dict(arch="hrm"), dict(mlp_t=True, pos_encodings="none"), dict(pos_encodings="learned", puzzle_emb_len=0)],
+)
 def test_reference_round_trip(kw):
   cfg = tiny.mcfg(**kw)
   v, table = tiny.variables(cfg)
   sd = interop.to_reference(v, table)
   assert "model.inner.L_level.layers.0.mlp.down_proj.weight" in sd
   like = jax.eval_shape(lambda: init_variables(RecursiveModel(cfg), cfg, jax.random.key(0)))
-  v2, t2 = interop.from_reference({"_orig_mod." + k: a for k, a in sd.items()}, like, cfg.num_puzzle_identifiers,
-                                  cfg.puzzle_emb_ndim)
+  v2, t2 = interop.from_reference(
+    {"_orig_mod." + k: a for k, a in sd.items()}, like, cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim
+  )
   for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(v2)):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(table, t2)

@@ -19,6 +19,7 @@ Every run is its own set of subprocesses (the device-count flag and
   and eval steps never hold the whole table (no all-gather of it: row gathers
   and the scatter stay partitioned).
 """
+
 import json
 import os
 import re
@@ -43,8 +44,10 @@ TIMEOUT = 400  # per launch: compiling dominates, and a shared, loaded CPU can t
 def start(argv_of, n_procs: int, devices_per_proc: int, env):
   """Starts `n_procs` processes (argv_of(i)) without waiting; -> their Popen objects."""
   e = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_proc}")
-  return [subprocess.Popen(argv_of(i), cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for i in range(n_procs)]
+  return [
+    subprocess.Popen(argv_of(i), cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for i in range(n_procs)
+  ]
 
 
 def launch(argv_of, n_procs: int, devices_per_proc: int, env, timeout=TIMEOUT):
@@ -58,9 +61,17 @@ def launch(argv_of, n_procs: int, devices_per_proc: int, env, timeout=TIMEOUT):
 # The smoke run with one cycle per level (compiles faster; every path of a run is still there):
 # 64 steps, evaluations at 32 and 64 over all 24 test puzzles, a checkpoint at the end (or at SIGTERM).
 STEPS = 64
-FLAGS = ["--config=experiments/smoke.py", "--config.model.H_cycles=1", "--config.model.L_cycles=1",
-         f"--config.train.steps={STEPS}", "--config.train.eval_every=32", "--config.train.checkpoint_every=0",
-         "--config.train.log_every=4", "--config.train.keep_checkpoints=3", "--config.eval.max_examples=-1"]
+FLAGS = [
+  "--config=experiments/smoke.py",
+  "--config.model.H_cycles=1",
+  "--config.model.L_cycles=1",
+  f"--config.train.steps={STEPS}",
+  "--config.train.eval_every=32",
+  "--config.train.checkpoint_every=0",
+  "--config.train.log_every=4",
+  "--config.train.keep_checkpoints=3",
+  "--config.eval.max_examples=-1",
+]
 
 
 def driver(workdir, n_procs, port=None):
@@ -69,6 +80,7 @@ def driver(workdir, n_procs, port=None):
     if n_procs > 1:
       a += [f"--coordinator_address=localhost:{port}", f"--num_processes={n_procs}", f"--process_id={i}"]
     return a
+
   return argv
 
 
@@ -132,7 +144,7 @@ def test_two_processes_equal_one_driver(uninterrupted):
   assert float(np.abs(np.asarray(sa.puzzle_table)).max()) > 0
   ea, eb = last_eval(one), last_eval(two)
   assert ea["step"] == eb["step"] == STEPS
-  assert ea["eval/test/count"] == eb["eval/test/count"] == 24           # both processes' rows counted
+  assert ea["eval/test/count"] == eb["eval/test/count"] == 24  # both processes' rows counted
   keys = [k for k in ea if k.startswith("eval/")]
   assert keys and sorted(keys) == sorted(k for k in eb if k.startswith("eval/"))
   errs["eval"] = max(abs(ea[k] - eb[k]) / max(abs(ea[k]), 1e-12) for k in keys)
@@ -236,13 +248,13 @@ def test_sharded_table_two_processes(tmp_path, env):
   for _, stdout, _ in out:
     d = json.loads(stdout.strip().splitlines()[-1])
     print(d)
-    assert d["moved_rows"] == [1, 2, 150, 151]    # only the batch's rows, in both table shards
+    assert d["moved_rows"] == [1, 2, 150, 151]  # only the batch's rows, in both table shards
     # The whole table (f32[200,32]) never appears: each device gathers from and scatters into its own
     # f32[100,32] half; only batch-sized rows (ids, gathered rows, row gradients) travel between devices.
     assert d["train_half_table"] and not d["train_full_table"], d
     assert d["all_gathers"] and all(int(g.split("[")[1].split(",")[0].rstrip("]")) <= 8 for g in d["all_gathers"]), d
     assert d["eval_half_table"] and not d["eval_full_table"], d
-    assert not d["collective_on_table"], d       # no device sends or receives its table half
+    assert not d["collective_on_table"], d  # no device sends or receives its table half
     for k in ("loss", "params", "opt_state", "ema", "table", "carry"):
       assert d[k] <= 1e-5, (k, d)
 
@@ -272,14 +284,21 @@ def test_sigterm_on_both_processes_saves_and_resumes(tmp_path, env, uninterrupte
   # Process 0 stops where it has shown its first logged step (4; process 1 runs on until a collective
   # needs process 0), both get SIGTERM there, and process 0 goes on once the processes have agreed
   # on the step to save: one past the furthest step either had reached, whatever their speed.
-  e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2", TF_CPP_MIN_LOG_LEVEL="0",
-           **{faults.ENV: "progress_logged"})
+  e = dict(
+    env,
+    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    TF_CPP_MIN_LOG_LEVEL="0",
+    **{faults.ENV: "progress_logged"},
+  )
   argv, errs, procs = driver(termed, 2, free_port()), [tmp_path / f"stderr-{i}" for i in range(2)], []
   try:
     for i in range(2):
       with open(errs[i], "w") as err:  # files: no pipe fills while process 0 waits at the point
-        procs.append(subprocess.Popen(argv(i), cwd=ROOT, env=e, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=err, text=True))
+        procs.append(
+          subprocess.Popen(
+            argv(i), cwd=ROOT, env=e, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
+          )
+        )
     head = read_to_point(procs[0], "progress_logged", errs[0])
     assert "step 4/" in head, head[-2000:]
     for p in procs:
@@ -318,7 +337,7 @@ def test_sigterm_on_both_processes_saves_and_resumes(tmp_path, env, uninterrupte
   assert "warning:" not in again[1][2], "process 0 alone warns"
   events = metrics.read(termed)
   assert sum("params" in e for e in events) == 1
-  assert sum("compile_seconds" in e for e in events) == 2                # one per launch, process 0 only
+  assert sum("compile_seconds" in e for e in events) == 2  # one per launch, process 0 only
   tb = os.path.join(termed, "tensorboard")
   if os.path.isdir(tb):
     assert len(os.listdir(tb)) == 2
@@ -332,6 +351,8 @@ def test_sigterm_on_both_processes_saves_and_resumes(tmp_path, env, uninterrupte
   _, sb, _ = solve.load_run(termed)
   for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  print(f"\n2-process SIGTERM: saved step {s} of {STEPS}, both exited {t_exit:.1f}s after SIGTERM; "
-        f"signalled run {t1 - t0:.1f}s, resumed run {t_resume:.1f}s; total {time.time() - t0:.1f}s "
-        f"(the uninterrupted reference, shared with the driver test: {uninterrupted[3]:.1f}s)")
+  print(
+    f"\n2-process SIGTERM: saved step {s} of {STEPS}, both exited {t_exit:.1f}s after SIGTERM; "
+    f"signalled run {t1 - t0:.1f}s, resumed run {t_resume:.1f}s; total {time.time() - t0:.1f}s "
+    f"(the uninterrupted reference, shared with the driver test: {uninterrupted[3]:.1f}s)"
+  )

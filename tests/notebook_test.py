@@ -1,4 +1,5 @@
 """notebooks/scan_vs_loop.ipynb runs top to bottom on CPU (tiny config) and stays small on disk."""
+
 import os
 import re
 from pathlib import Path
@@ -20,7 +21,7 @@ def test_notebook_committed_small_and_colab_ready():
   nb = nbformat.read(NOTEBOOK, as_version=4)
   first_code = next(c for c in nb.cells if c.cell_type == "code")
   # The install cell is guarded so it is skipped when trm_jax is importable.
-  assert "find_spec(\"trm_jax\")" in first_code.source and "pip install" in first_code.source
+  assert 'find_spec("trm_jax")' in first_code.source and "pip install" in first_code.source
   # ... and keeps an existing (accelerator) JAX: trm_jax without deps, the rest with jax/jaxlib pinned.
   assert "--no-deps" in first_code.source and "-c keep_jax.txt" in first_code.source
   deps = set(re.search(r'DEPS = "([^"]+)"', first_code.source).group(1).split())
@@ -49,7 +50,7 @@ def test_notebook_executes(tmp_path):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   env_before = os.environ.get("JAX_PLATFORMS")
   os.environ["JAX_PLATFORMS"] = "cpu"
-  os.environ["TRM_NOTEBOOK_QUICK"] = "1"      # fewer sweep points; the same cells run
+  os.environ["TRM_NOTEBOOK_QUICK"] = "1"  # fewer sweep points; the same cells run
   try:
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
   finally:
@@ -63,6 +64,7 @@ def test_notebook_executes(tmp_path):
   assert "HLO instructions" in text and "x loop's time" in text
   # The TPU section compiled both modes for a v5e 2x2 slice (libtpu is in the test extra).
   assert "v5e:2x2: 4 chips" in text and "scan (remat dots)" in text and "loop (remat none)" in text
-  images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
-               for o in c.get("outputs", []))
+  images = sum(
+    "image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+  )
   assert images >= 3

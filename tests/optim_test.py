@@ -1,4 +1,5 @@
 """Optimisers against hand-computed numbers."""
+
 import math
 import re
 
@@ -54,10 +55,9 @@ def test_sign_sgd_sums_duplicates_and_touches_batch_rows_only():
   g = jnp.array([[1.0, -0.5], [-2.0, 0.0], [-3.0, 1.0]])  # id 1: sum (-2, 0.5)
   out = optim.sign_sgd_rows(table, ids, g, lr=0.1, weight_decay=0.5)
   decay = 1 - 0.1 * 0.5
-  expected = np.array([[1.0, 1.0],
-                       [2.0 * decay + 0.1, -2.0 * decay - 0.1],
-                       [3.0, 3.0],
-                       [4.0 * decay + 0.1, 4.0 * decay - 0.0]])
+  expected = np.array(
+    [[1.0, 1.0], [2.0 * decay + 0.1, -2.0 * decay - 0.1], [3.0, 3.0], [4.0 * decay + 0.1, 4.0 * decay - 0.0]]
+  )
   np.testing.assert_allclose(out, expected, rtol=1e-6)
 
 
@@ -69,9 +69,11 @@ def _sign_sgd_rows_bxb(table, ids, g, lr, weight_decay):
   return table.at[ids].set(rows.astype(table.dtype))
 
 
-_ID_CASES = {"duplicated": lambda r: r.integers(10, 16, 96),  # 6 ids, each ~16 times
-             "distinct": lambda r: r.permutation(40)[:32],
-             "identical": lambda r: np.full(24, 7)}
+_ID_CASES = {
+  "duplicated": lambda r: r.integers(10, 16, 96),  # 6 ids, each ~16 times
+  "distinct": lambda r: r.permutation(40)[:32],
+  "identical": lambda r: np.full(24, 7),
+}
 
 
 @pytest.mark.parametrize("case", sorted(_ID_CASES))
@@ -138,17 +140,19 @@ def test_sign_sgd_rows_moves_row_grads_once_on_a_tpu_pod(monkeypatch):
   devs = topologies.get_topology_desc(topology_name="v5e:4x4", platform="tpu").devices
   mesh = sharding.make_mesh(1, devs)
   batch, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  args = [jax.ShapeDtypeStruct((4096, 512), jnp.float32, sharding=NamedSharding(mesh, P("table", None))),
-          jax.ShapeDtypeStruct((768,), jnp.int32, sharding=batch),
-          jax.ShapeDtypeStruct((768, 512), jnp.float32, sharding=batch),
-          jax.ShapeDtypeStruct((), jnp.float32, sharding=rep), jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)]
+  args = [
+    jax.ShapeDtypeStruct((4096, 512), jnp.float32, sharding=NamedSharding(mesh, P("table", None))),
+    jax.ShapeDtypeStruct((768,), jnp.int32, sharding=batch),
+    jax.ShapeDtypeStruct((768, 512), jnp.float32, sharding=batch),
+    jax.ShapeDtypeStruct((), jnp.float32, sharding=rep),
+    jax.ShapeDtypeStruct((), jnp.float32, sharding=rep),
+  ]
   shardings = tuple(a.sharding for a in args)
 
   def counts(fn):
     text = jax.jit(fn, in_shardings=shardings).lower(*args).compile().as_text()
     found = _collectives(text)
-    return (sum(op == "all-gather" for op, _ in found),
-            sum(len(re.findall(r"f32\[768,512\]", ty)) for _, ty in found))
+    return (sum(op == "all-gather" for op, _ in found), sum(len(re.findall(r"f32\[768,512\]", ty)) for _, ty in found))
 
   gathers, row_sized = counts(optim.sign_sgd_rows)
   assert gathers <= 2, "at most the ids and the row gradients"

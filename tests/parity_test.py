@@ -1,4 +1,5 @@
 """Parity with numbers computed by the reference PyTorch implementation."""
+
 import json
 import subprocess
 import sys
@@ -33,10 +34,13 @@ def x64_outputs(tmp_path_factory):
   def get(name):
     if name not in cache:
       path = d / f"{name}.npz"
-      subprocess.run([sys.executable, "-m", "trm_jax.parity", "--vectors", str(PARITY / f"{name}.npz"),
-                      "--out", str(path), "--x64"], check=True)
+      subprocess.run(
+        [sys.executable, "-m", "trm_jax.parity", "--vectors", str(PARITY / f"{name}.npz"), "--out", str(path), "--x64"],
+        check=True,
+      )
       cache[name] = dict(np.load(path))
     return cache[name]
+
   return get
 
 
@@ -82,8 +86,12 @@ def test_first_step_strict():
 def test_cli_writes_every_key(tmp_path):
   f = PARITY / "hrm.npz"
   out = tmp_path / "o.npz"
-  r = subprocess.run([sys.executable, "-m", "trm_jax.parity", "--vectors", str(f), "--out", str(out), "--report"],
-                     capture_output=True, text=True, check=True)
+  r = subprocess.run(
+    [sys.executable, "-m", "trm_jax.parity", "--vectors", str(f), "--out", str(out), "--report"],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   rows = {l.split()[0]: l.split() for l in r.stdout.strip().splitlines()[1:-1]}
   assert set(rows) == {"eval", "train", "grads", "sign-SGD"} and all(v[4] == "PASS" for v in rows.values())
   assert max(float(v[2]) for v in rows.values()) < TOL
@@ -96,30 +104,54 @@ def test_cli_writes_every_key(tmp_path):
 def test_cli_bad_file(tmp_path):
   bad = tmp_path / "bad.npz"
   bad.write_text("not a zip")
-  r = subprocess.run([sys.executable, "-m", "trm_jax.parity", "--vectors", str(bad), "--out", str(tmp_path / "o.npz")],
-                     capture_output=True, text=True)
+  r = subprocess.run(
+    [sys.executable, "-m", "trm_jax.parity", "--vectors", str(bad), "--out", str(tmp_path / "o.npz")],
+    capture_output=True,
+    text=True,
+  )
   assert r.returncode != 0
   assert "Traceback" not in r.stderr and str(bad) in r.stderr
   assert not (tmp_path / "o.npz").exists()
 
 
-@pytest.mark.parametrize("kw", [dict(pos_encodings="learned", puzzle_emb_len=0, L_layers=3, num_heads=4),
-                                dict(arch="hrm", pos_encodings="none", H_layers=2)],
-                         ids=["learned-P0-3layers", "hrm-nopos"])
+@pytest.mark.parametrize(
+  "kw",
+  [
+    dict(pos_encodings="learned", puzzle_emb_len=0, L_layers=3, num_heads=4),
+    dict(arch="hrm", pos_encodings="none", H_layers=2),
+  ],
+  ids=["learned-P0-3layers", "hrm-nopos"],
+)
 def test_tool_handles_other_reference_configs(kw, tmp_path):
   """Vectors in the reference's layout for configs beyond the shared three."""
   import tiny
 
   from trm_jax import interop, steps
   from trm_jax.model import RecursiveModel
+
   cfg = tiny.mcfg(**kw)
   v, table = tiny.variables(cfg)
-  rc = {"arch": cfg.arch, "seq_len": cfg.seq_len, "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
-        "num_heads": cfg.num_heads, "L_layers": cfg.L_layers, "H_layers": cfg.H_layers, "H_cycles": cfg.H_cycles,
-        "L_cycles": cfg.L_cycles, "pos_encodings": cfg.pos_encodings, "mlp_t": cfg.mlp_t,
-        "puzzle_emb_len": cfg.puzzle_emb_len, "num_puzzle_identifiers": cfg.num_puzzle_identifiers,
-        "puzzle_emb_ndim": cfg.puzzle_emb_ndim, "expansion": cfg.expansion, "halt_max_steps": cfg.halt_max_steps,
-        "halt_exploration_prob": 0.0, "forward_dtype": "float32", "loss_type": "stablemax_cross_entropy"}
+  rc = {
+    "arch": cfg.arch,
+    "seq_len": cfg.seq_len,
+    "vocab_size": cfg.vocab_size,
+    "hidden_size": cfg.hidden_size,
+    "num_heads": cfg.num_heads,
+    "L_layers": cfg.L_layers,
+    "H_layers": cfg.H_layers,
+    "H_cycles": cfg.H_cycles,
+    "L_cycles": cfg.L_cycles,
+    "pos_encodings": cfg.pos_encodings,
+    "mlp_t": cfg.mlp_t,
+    "puzzle_emb_len": cfg.puzzle_emb_len,
+    "num_puzzle_identifiers": cfg.num_puzzle_identifiers,
+    "puzzle_emb_ndim": cfg.puzzle_emb_ndim,
+    "expansion": cfg.expansion,
+    "halt_max_steps": cfg.halt_max_steps,
+    "halt_exploration_prob": 0.0,
+    "forward_dtype": "float32",
+    "loss_type": "stablemax_cross_entropy",
+  }
   vectors = {"config": np.array(json.dumps(rc))}
   vectors.update({f"w/{k}": a for k, a in interop.to_reference(v, table).items()})
   for name, seed in (("batch1", 0), ("batch2", 1)):
@@ -129,10 +161,13 @@ def test_tool_handles_other_reference_configs(kw, tmp_path):
   subprocess.run([sys.executable, "-m", "trm_jax.parity", "--vectors", str(inp), "--out", str(out)], check=True)
   got = np.load(out)
   n_steps = cfg.halt_max_steps
-  want = {f"eval/step{i}/logits" for i in range(1, n_steps + 1)} | {"eval/final/z_H", "eval/final/z_L",
-                                                                       "train/step1/grad/puzzle_emb_rows",
-                                                                       "train/step1/puzzle_emb_after_signsgd",
-                                                                       "train/step2/current_data/inputs"}
+  want = {f"eval/step{i}/logits" for i in range(1, n_steps + 1)} | {
+    "eval/final/z_H",
+    "eval/final/z_L",
+    "train/step1/grad/puzzle_emb_rows",
+    "train/step1/puzzle_emb_after_signsgd",
+    "train/step2/current_data/inputs",
+  }
   want |= {f"train/step1/grad/{k}" for k in interop.to_reference({"params": v["params"], "consts": {}})}
   assert want <= set(got.files)
   # The tool's evaluation equals a direct rollout with the same weights.

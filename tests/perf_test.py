@@ -1,4 +1,5 @@
 """Speed knobs (issue 15) keep the function: the einsum mixer, scan unroll, per-backend remat."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,9 +47,12 @@ def test_scan_unroll_equals_loop(unroll):
 
 
 def test_auto_knobs_resolve_per_platform():
-  """"auto" follows the platform the program is compiled for, given explicitly or JAX's default."""
-  for platform, remat, mixer, attention in [("cpu", "dots", "transpose", "xla"), ("tpu", "dots", "transpose", "xla"),
-                                            ("gpu", "none", "einsum", "cudnn")]:
+  """ "auto" follows the platform the program is compiled for, given explicitly or JAX's default."""
+  for platform, remat, mixer, attention in [
+    ("cpu", "dots", "transpose", "xla"),
+    ("tpu", "dots", "transpose", "xla"),
+    ("gpu", "none", "einsum", "cudnn"),
+  ]:
     c = tiny.mcfg(platform, recursion="scan", attention_impl="auto")
     assert (c.platform, c.remat, c.mixer_impl, c.attention_impl) == (platform, remat, mixer, attention)
   assert tiny.mcfg("tpu", seq_len=900, attention_impl="auto").attention_impl == "splash"  # long: Pallas kernel

@@ -1,4 +1,5 @@
 """benchmarks/kernel_profile.py: device kernels picked from a trace, and a real CPU trace parsed."""
+
 import json
 import os
 import subprocess
@@ -12,19 +13,23 @@ import kernel_profile as kp  # noqa: E402
 
 
 def _meta(pid, tid, pname, tname):
-  return [{"ph": "M", "name": "process_name", "pid": pid, "args": {"name": pname}},
-          {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": tname}}]
+  return [
+    {"ph": "M", "name": "process_name", "pid": pid, "args": {"name": pname}},
+    {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": tname}},
+  ]
 
 
 def test_gpu_stream_kernels_are_picked_and_aggregated():
   ev = _meta(1, 1, "/host:CPU", "python") + _meta(2, 7, "/device:GPU:0 NVIDIA H200", "Stream #13(Compute)")
   ev += _meta(2, 8, "/device:GPU:0 NVIDIA H200", "Launch Stats")
   for _ in range(2):
-    ev += [{"ph": "X", "pid": 2, "tid": 7, "name": "gemm_bf16", "ts": 0, "dur": 3000.0},
-           {"ph": "X", "pid": 2, "tid": 7, "name": "loop_add_fusion_3", "ts": 0, "dur": 500.0},
-           {"ph": "X", "pid": 2, "tid": 7, "name": "loop_add_fusion_4", "ts": 0, "dur": 500.0},
-           {"ph": "X", "pid": 2, "tid": 8, "name": "not a kernel", "ts": 0, "dur": 9e6},
-           {"ph": "X", "pid": 1, "tid": 1, "name": "host work", "ts": 0, "dur": 9e6}]
+    ev += [
+      {"ph": "X", "pid": 2, "tid": 7, "name": "gemm_bf16", "ts": 0, "dur": 3000.0},
+      {"ph": "X", "pid": 2, "tid": 7, "name": "loop_add_fusion_3", "ts": 0, "dur": 500.0},
+      {"ph": "X", "pid": 2, "tid": 7, "name": "loop_add_fusion_4", "ts": 0, "dur": 500.0},
+      {"ph": "X", "pid": 2, "tid": 8, "name": "not a kernel", "ts": 0, "dur": 9e6},
+      {"ph": "X", "pid": 1, "tid": 1, "name": "host work", "ts": 0, "dur": 9e6},
+    ]
   kernels, rule = kp.kernel_events(ev)
   assert rule == "gpu" and len(kernels) == 6
   t = kp.kernel_table(kernels, n_steps=2, step_ms=5.0, top=25)
@@ -37,10 +42,19 @@ def test_gpu_stream_kernels_are_picked_and_aggregated():
 
 
 def test_cpu_trace_of_the_real_step(tmp_path):
-  cmd = [sys.executable, "benchmarks/kernel_profile.py", "--config=experiments/smoke.py", "--batch=4", "--steps=2",
-         "--warmup=1", "--top=5", f"--out={tmp_path}"]
-  p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  cmd = [
+    sys.executable,
+    "benchmarks/kernel_profile.py",
+    "--config=experiments/smoke.py",
+    "--batch=4",
+    "--steps=2",
+    "--warmup=1",
+    "--top=5",
+    f"--out={tmp_path}",
+  ]
+  p = subprocess.run(
+    cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu")
+  )
   assert p.returncode == 0, p.stderr[-3000:]
   assert "| # | kernel | count/step | ms/step | % of step |" in p.stdout
   (js,) = tmp_path.glob("kernels_*.json")

@@ -1,4 +1,5 @@
 """trm-plan: the real steps compiled for TPU pods from this CPU machine (libtpu, no TPU)."""
+
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ libtpu = pytest.importorskip("libtpu", reason="libtpu (the tpu/test extra) compi
 
 def _smoke(**model):
   import importlib.util
+
   spec = importlib.util.spec_from_file_location("smoke", ROOT / "experiments" / "smoke.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
@@ -25,9 +27,17 @@ def _smoke(**model):
   return c
 
 
-@pytest.mark.parametrize("name,topology,chips", [
-    ("v5e-64", "v5e:8x8", 64), ("v5litepod-16", "v5e:4x4", 16), ("v4-32", "v4:2x2x4", 16),
-    ("v5p-128", "v5p:4x4x4", 64), ("v6e-256", "v6e:16x16", 256), ("v5e:2x2", "v5e:2x2", 4)])
+@pytest.mark.parametrize(
+  "name,topology,chips",
+  [
+    ("v5e-64", "v5e:8x8", 64),
+    ("v5litepod-16", "v5e:4x4", 16),
+    ("v4-32", "v4:2x2x4", 16),
+    ("v5p-128", "v5p:4x4x4", 64),
+    ("v6e-256", "v6e:16x16", 256),
+    ("v5e:2x2", "v5e:2x2", 4),
+  ],
+)
 def test_topology_names(name, topology, chips):
   t = plan.parse_topology(name)
   assert (t.name, t.chips) == (topology, chips)
@@ -41,8 +51,11 @@ def test_bad_topology_is_one_line(name):
 
 
 def _float_all_reduces(stats):
-  return [c for c in stats["collectives"] if c["kind"] in ("all-reduce", "reduce-scatter")
-          and any(t in c["dtypes"].split(",") for t in ("bf16", "f16"))]
+  return [
+    c
+    for c in stats["collectives"]
+    if c["kind"] in ("all-reduce", "reduce-scatter") and any(t in c["dtypes"].split(",") for t in ("bf16", "f16"))
+  ]
 
 
 @pytest.mark.parametrize("topology,hosts", [("v5e:2x2", 1), ("v5e:4x4", 4)])
@@ -88,6 +101,7 @@ def test_resolved_for_the_pod_not_the_host():
   import jax
 
   from trm_jax import runs, sharding
+
   assert jax.default_backend() == "cpu"
   devices = plan.tpu_devices(plan.parse_topology("v5e:2x2"))
   c = plan.resolved_config(_smoke(), plan.dataset_meta(_smoke().data)[0], "scan")
@@ -101,8 +115,8 @@ def test_planned_shapes_equal_a_real_build(tmp_path):
   if not ARC.is_dir():
     pytest.skip("needs ../shared/data/arc")
   from trm_jax import config_lib
-  dcfg = config_lib.data_config(name="arc_agi", config="arc1_small", data_dir=str(tmp_path / "d"),
-                                manual_dir=str(ARC))
+
+  dcfg = config_lib.data_config(name="arc_agi", config="arc1_small", data_dir=str(tmp_path / "d"), manual_dir=str(ARC))
   planned, source = plan.dataset_meta(dcfg)
   assert "planned" in source and not (tmp_path / "d").exists()
   common.build("arc_agi/arc1_small", tmp_path / "d", manual_dir=ARC)
@@ -112,8 +126,14 @@ def test_planned_shapes_equal_a_real_build(tmp_path):
 
 def _cli(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "trm_jax.plan", "--config=experiments/smoke.py", *args],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", "trm_jax.plan", "--config=experiments/smoke.py", *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def test_cli_json_and_one_line_errors():
@@ -122,9 +142,11 @@ def test_cli_json_and_one_line_errors():
   r = json.loads(p.stdout.strip().splitlines()[-1])
   assert r["experiment"] == "smoke.py" and r["topology"] == "v5e:2x2" and r["chips"] == 4
   assert {"train", "eval", "schedule_steps", "est_train_hours"} <= set(r["plans"][0])
-  for args, words in [(["--topology=v9-8"], "--topology=v9-8"),
-                      (["--config=experiments/nope.py", "--topology=v5e-4"], "--config: Failed loading"),
-                      (["--topology=v5e-4", "--config.eval.batch_size=4194304"], "does not fit")]:
+  for args, words in [
+    (["--topology=v9-8"], "--topology=v9-8"),
+    (["--config=experiments/nope.py", "--topology=v5e-4"], "--config: Failed loading"),
+    (["--topology=v5e-4", "--config.eval.batch_size=4194304"], "does not fit"),
+  ]:
     p = _cli(*args)
     err = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert p.returncode == 1 and len(err) == 1 and words in err[0], p.stderr

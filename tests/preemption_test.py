@@ -1,5 +1,6 @@
 """checkpoint.Preemption on one process: the first SIGTERM asks for a save, a second SIGTERM or a
 SIGINT while that save is pending ends the process at once (a blocked wait does not hold it)."""
+
 import os
 import signal
 import subprocess
@@ -31,8 +32,15 @@ def _start(tmp_path):
   """-> (the script's process, blocked in its pending save, the path of its stderr)."""
   err = tmp_path / "stderr"
   with open(err, "w") as f:
-    p = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=f, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    p = subprocess.Popen(
+      [sys.executable, "-c", SCRIPT],
+      cwd=ROOT,
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=f,
+      text=True,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
   lines = [p.stdout.readline() for _ in range(2)]
   if lines != ["first True\n", "saving\n"]:
     p.kill()

@@ -1,4 +1,5 @@
 """Test helpers for groups of subprocesses (multi-process runs): a free port, waiting without leftovers."""
+
 import socket
 import time
 

@@ -1,4 +1,5 @@
 """The recursion: scan == loop, stop-gradient semantics, flat memory, dtypes."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,9 +10,16 @@ from trm_jax import config_lib, optim, recursion, steps
 from trm_jax.model import RecursiveModel
 from trm_jax.train_state import create_train_state, init_variables
 
-VARIANTS = [dict(), dict(arch="hrm"), dict(variant="separate_nets"), dict(variant="one_step_grad"),
-            dict(variant="single_latent"), dict(variant="multiscale_latent"), dict(mlp_t=True, pos_encodings="none"),
-            dict(pos_encodings="learned", puzzle_emb_len=0, L_layers=2)]
+VARIANTS = [
+  dict(),
+  dict(arch="hrm"),
+  dict(variant="separate_nets"),
+  dict(variant="one_step_grad"),
+  dict(variant="single_latent"),
+  dict(variant="multiscale_latent"),
+  dict(mlp_t=True, pos_encodings="none"),
+  dict(pos_encodings="learned", puzzle_emb_len=0, L_layers=2),
+]
 
 
 @pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "trm")
@@ -29,8 +37,10 @@ def test_scan_equals_loop(kw):
 
 
 def test_same_parameter_tree_in_both_modes():
-  trees = [init_variables(RecursiveModel(c), c, jax.random.key(3)) for c in
-           (tiny.mcfg(recursion="loop"), tiny.mcfg(recursion="scan"))]
+  trees = [
+    init_variables(RecursiveModel(c), c, jax.random.key(3))
+    for c in (tiny.mcfg(recursion="loop"), tiny.mcfg(recursion="scan"))
+  ]
   assert jax.tree.structure(trees[0]) == jax.tree.structure(trees[1])
   for a, c in zip(jax.tree.leaves(trees[0]), jax.tree.leaves(trees[1])):
     np.testing.assert_array_equal(a, c)
@@ -71,6 +81,7 @@ def test_gradient_is_that_of_the_last_cycle(mode):
   np.testing.assert_allclose(out_full(v["params"]), out_last(v["params"]), rtol=1e-5)
   for a, c in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_last)):
     assert float(jnp.abs(a - c).max()) <= 1e-5 * float(jnp.abs(c).max()) + 1e-7
+
   # ... and differ from the gradient through all cycles (the test can fail).
   def out_through(params):
     var = {"params": params, "consts": v["consts"]}
@@ -82,6 +93,7 @@ def test_gradient_is_that_of_the_last_cycle(mode):
         zL = L(zL, zH + x)
       zH = L(zH, zL)
     return zH.sum()
+
   g_through = jax.grad(out_through)(v["params"])
   diff = max(float(jnp.abs(a - c).max()) for a, c in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_through)))
   assert diff > 1e-4
@@ -107,8 +119,9 @@ def test_train_step_memory_flat_in_H_cycles(mode):
   assert sizes[0] > 0
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(mlp_t=True, pos_encodings="none"), dict(arch="hrm")],
-                         ids=["att", "mlp", "hrm"])
+@pytest.mark.parametrize(
+  "kw", [dict(), dict(mlp_t=True, pos_encodings="none"), dict(arch="hrm")], ids=["att", "mlp", "hrm"]
+)
 def test_bfloat16_finite(kw):
   cfg = tiny.mcfg(dtype="bfloat16", **kw)
   v, table = tiny.variables(cfg)

@@ -1,5 +1,6 @@
 """Issue 14, checkpoints: damaged steps are detected (fingerprints, finiteness) and skipped or named;
 a step is "last good" only once a finite loss came from it."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def test_fingerprint_sees_every_single_change(dtype):
     for j in range(6):
       changed = x.at[i, j].set(jnp.logical_not(x[i, j]) if dtype == jnp.bool_ else x[i, j] + 1)
       seen.add(integrity.fingerprints({"x": changed})["['x']"])
-  assert base not in seen and len(seen) == 24          # every position counts, and differently
+  assert base not in seen and len(seen) == 24  # every position counts, and differently
   # Same values, other layout: the fingerprint follows the row-major position, not the bytes' order.
   assert integrity.fingerprints({"x": x.T})["['x']"] != base
 
@@ -48,7 +49,8 @@ def test_damage_reports_mismatch_and_non_finite():
   prints = integrity.fingerprints(tree)
   assert integrity.damage(tree, prints) is None
   assert "fingerprint mismatch in state['a']" in integrity.damage(
-      {"a": jnp.ones((3, 2)).at[2, 1].set(1.5), "b": jnp.arange(4)}, prints, "state")
+    {"a": jnp.ones((3, 2)).at[2, 1].set(1.5), "b": jnp.arange(4)}, prints, "state"
+  )
   nan = {"a": jnp.ones((3, 2)).at[0, 0].set(jnp.nan), "b": jnp.arange(4)}
   assert "non-finite values in ['a']" in integrity.damage(nan, None)
 
@@ -88,8 +90,9 @@ SMOKE = ["--config=experiments/smoke.py", "--config.train.eval_every=0"]
 
 
 def run(module, *args, env):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+  )
 
 
 def lines(text: str, prefix: str) -> list[str]:
@@ -102,8 +105,11 @@ def test_damaged_latest_step_cli(tmp_path, env):
   assert p.returncode == 0, p.stderr[-2000:]
   assert steps_in(wd) == [4, 8]
   flip_bytes(Path(wd) / "checkpoints" / "8")
-  damaged_files = {p.relative_to(Path(wd) / "checkpoints" / "8"): p.read_bytes()
-                   for p in (Path(wd) / "checkpoints" / "8").rglob("*") if p.is_file()}
+  damaged_files = {
+    p.relative_to(Path(wd) / "checkpoints" / "8"): p.read_bytes()
+    for p in (Path(wd) / "checkpoints" / "8").rglob("*")
+    if p.is_file()
+  }
 
   # An explicit step must be intact: one line naming it.
   p = run("trm_jax.convert", f"--workdir={wd}", "--step=8", f"--export_torch={tmp_path / 'w.npz'}", env=env)
@@ -145,8 +151,15 @@ def test_damaged_latest_step_cli(tmp_path, env):
 def test_non_finite_guard_keeps_no_poisoned_step_and_resumes(tmp_path, env):
   wd = str(tmp_path / "run")
   # The issue's scenario: lr 1e30 from step 1 makes the step-1 state produce a NaN loss at step 2.
-  p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.lr=1e30", "--config.train.lr_warmup_steps=0",
-          "--config.train.checkpoint_every=1", env=env)
+  p = run(
+    "trm_jax.main",
+    *SMOKE,
+    f"--workdir={wd}",
+    "--config.train.lr=1e30",
+    "--config.train.lr_warmup_steps=0",
+    "--config.train.checkpoint_every=1",
+    env=env,
+  )
   err = lines(p.stderr, "error:")
   assert p.returncode == 1 and len(err) == 1, p.stderr[-2000:]
   assert "non-finite loss at step 2" in err[0] and "deleted checkpoint step 1" in err[0], err[0]
@@ -159,8 +172,16 @@ def test_non_finite_guard_keeps_no_poisoned_step_and_resumes(tmp_path, env):
   assert losses and all(np.isfinite(losses)) and steps_in(wd) == [4]
 
   # A good step before the blow-up stays the last good one: resume from 4 with lr 1e30.
-  p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.lr=1e30", "--config.train.lr_warmup_steps=0",
-          "--config.train.checkpoint_every=1", "--config.train.steps=8", env=env)
+  p = run(
+    "trm_jax.main",
+    *SMOKE,
+    f"--workdir={wd}",
+    "--config.train.lr=1e30",
+    "--config.train.lr_warmup_steps=0",
+    "--config.train.checkpoint_every=1",
+    "--config.train.steps=8",
+    env=env,
+  )
   err = lines(p.stderr, "error:")
   assert p.returncode == 1 and len(err) == 1, p.stderr[-2000:]
   assert "non-finite loss at step 6" in err[0] and "deleted checkpoint step 5" in err[0], err[0]
@@ -184,12 +205,22 @@ print("FP", integrity.fingerprints({"x": rows})["['x']"], integrity.fingerprints
 
 def test_fingerprint_is_the_same_on_every_process_and_sharding(env):
   import socket
+
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
   e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=str(ROOT))
-  procs = [subprocess.Popen([sys.executable, "-c", MULTI, f"localhost:{port}", str(i)], cwd=ROOT, env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", MULTI, f"localhost:{port}", str(i)],
+      cwd=ROOT,
+      env=e,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=300) for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
   data = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)

@@ -1,6 +1,7 @@
 """Issue 14, inputs: config fields and dataset metadata within sane bounds, damaged or unwritable files
 as one error line, and values that used to be accepted but wrong (NaN weights, broken maze labels,
 duplicate/overlapping puzzles)."""
+
 import importlib.util
 import json
 import os
@@ -24,8 +25,9 @@ SET = "sudoku_small/4x4"
 
 
 def run(module, *args, env, timeout=300):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def one_error_line(p, *needles, prefix="error:"):
@@ -51,6 +53,7 @@ def smoke():
 # ---------------------------------------------------------------------------
 # Config fields.
 
+
 @pytest.mark.parametrize("section, table", [("train", config_lib.TRAIN_INTS), ("model", config_lib.MODEL_INTS)])
 def test_every_integer_field_has_bounds(section, table):
   for field, lo, hi in table:
@@ -61,11 +64,23 @@ def test_every_integer_field_has_bounds(section, table):
         config_lib.validate(c)
 
 
-@pytest.mark.parametrize("section, field, value", [
-    ("train", "lr", float("nan")), ("train", "lr_min_ratio", 1.5), ("train", "beta2", 1.0),
-    ("train", "ema_rate", -0.1), ("train", "weight_decay", float("inf")), ("model", "expansion", 0.0),
-    ("model", "rms_norm_eps", 0.0), ("model", "halt_exploration_prob", 2.0), ("model", "dtype", "int8"),
-    ("eval", "batch_size", 0), ("mesh", "table_parallel", 0), ("train", "optimizer", "sgd")])
+@pytest.mark.parametrize(
+  "section, field, value",
+  [
+    ("train", "lr", float("nan")),
+    ("train", "lr_min_ratio", 1.5),
+    ("train", "beta2", 1.0),
+    ("train", "ema_rate", -0.1),
+    ("train", "weight_decay", float("inf")),
+    ("model", "expansion", 0.0),
+    ("model", "rms_norm_eps", 0.0),
+    ("model", "halt_exploration_prob", 2.0),
+    ("model", "dtype", "int8"),
+    ("eval", "batch_size", 0),
+    ("mesh", "table_parallel", 0),
+    ("train", "optimizer", "sgd"),
+  ],
+)
 def test_other_fields_have_bounds(section, field, value):
   c = smoke()
   c[section][field] = value
@@ -78,25 +93,28 @@ def test_every_experiment_validates():
     config_lib.validate(experiment(name).get_config())
 
 
-@pytest.mark.parametrize("flag, field", [
-    ("--config.train.global_batch_size=0", "config.train.global_batch_size"),   # used to loop forever
-    ("--config.train.keep_checkpoints=0", "config.train.keep_checkpoints"),     # used to delete every step
-    ("--config.model.hidden_size=0", "config.model.hidden_size")])
+@pytest.mark.parametrize(
+  "flag, field",
+  [
+    ("--config.train.global_batch_size=0", "config.train.global_batch_size"),  # used to loop forever
+    ("--config.train.keep_checkpoints=0", "config.train.keep_checkpoints"),  # used to delete every step
+    ("--config.model.hidden_size=0", "config.model.hidden_size"),
+  ],
+)
 def test_bad_fields_fail_fast_in_one_line(tmp_path, env, flag, field):
-  p = run("trm_jax.main", "--config=experiments/smoke.py", f"--workdir={tmp_path / 'w'}", flag, env=env,
-          timeout=120)
+  p = run("trm_jax.main", "--config=experiments/smoke.py", f"--workdir={tmp_path / 'w'}", flag, env=env, timeout=120)
   one_error_line(p, field)
   assert not (tmp_path / "w").exists()
 
 
 def test_bench_refuses_zero_batch(env):
-  p = run("trm_jax.bench", "--config=experiments/smoke.py", "--config.train.global_batch_size=0", env=env,
-          timeout=120)
+  p = run("trm_jax.bench", "--config=experiments/smoke.py", "--config.train.global_batch_size=0", env=env, timeout=120)
   one_error_line(p, "config.train.global_batch_size")
 
 
 # ---------------------------------------------------------------------------
 # Datasets: metadata bounds, damaged files, counts, duplicates.
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
@@ -115,8 +133,7 @@ def data_cli_run(*args, env):
   return run("trm_jax.datasets.cli", *args, env=env, timeout=120)
 
 
-@pytest.mark.parametrize("field, value", [("seq_len", 10**7), ("num_puzzle_identifiers", 10**11),
-                                          ("total_groups", -1)])
+@pytest.mark.parametrize("field, value", [("seq_len", 10**7), ("num_puzzle_identifiers", 10**11), ("total_groups", -1)])
 def test_implausible_metadata_is_refused(built, tmp_path, field, value):
   d = copy_of(built, tmp_path)
   meta = json.loads((d / common.META_FILE).read_text())
@@ -161,11 +178,15 @@ def _flip(path: Path):
   path.write_bytes(bytes(b))
 
 
-@pytest.mark.parametrize("damage, needle", [
+@pytest.mark.parametrize(
+  "damage, needle",
+  [
     (lambda d: _truncate(d / common.ARRAYS_FILE), "damaged dataset"),
     (lambda d: _truncate(d / common.META_FILE, 10), "damaged dataset"),
     (lambda d: _flip(next(d.glob("*-train.array_record-*"))), "damaged records"),
-    (lambda d: _truncate(next(d.glob("*-train.array_record-*")), 70000), "damaged dataset")])
+    (lambda d: _truncate(next(d.glob("*-train.array_record-*")), 70000), "damaged dataset"),
+  ],
+)
 def test_damaged_dataset_files_give_one_line(built, tmp_path, env, damage, needle):
   d = copy_of(built, tmp_path)
   damage(d)
@@ -197,6 +218,7 @@ def test_stats_warns_about_duplicates_and_overlap(built, capsys):
 # ---------------------------------------------------------------------------
 # Unwritable places: one line naming the path.
 
+
 def _unwritable_dir() -> str:
   probe = "/sys/trm_robust_probe"
   try:
@@ -218,24 +240,31 @@ def test_unwritable_workdir_and_data_dir(env):
 # ---------------------------------------------------------------------------
 # Values accepted but wrong.
 
+
 def _parity():
   f = dict(np.load(PARITY / "trm_mlp.npz"))
   sd = {k[2:]: v for k, v in f.items() if k.startswith("w/")}
   from trm_jax import parity
+
   mcfg = parity.model_config_from_reference(json.loads(str(f["config"])))
   return sd, mcfg
 
 
-@pytest.mark.parametrize("spoil, needle", [
+@pytest.mark.parametrize(
+  "spoil, needle",
+  [
     (lambda a: np.where(np.arange(a.size).reshape(a.shape) == 3, np.nan, a), "1 NaN/inf value(s)"),
     (lambda a: np.full(a.shape, np.inf, np.float32), "NaN/inf"),
     (lambda a: a.astype(np.complex64), "dtype complex64"),
-    (lambda a: a.astype(np.int32), "dtype int32")])
+    (lambda a: a.astype(np.int32), "dtype int32"),
+  ],
+)
 def test_convert_refuses_non_real_or_non_finite_weights(spoil, needle):
   import jax
 
   from trm_jax import train_state
   from trm_jax.model import RecursiveModel
+
   sd, mcfg = _parity()
   key = interop.PREFIX + "lm_head.weight"
   sd[key] = spoil(np.asarray(sd[key]))
@@ -247,6 +276,7 @@ def test_convert_refuses_non_real_or_non_finite_weights(spoil, needle):
 def test_convert_cli_names_the_nan_key(tmp_path, env):
   f = dict(np.load(PARITY / "trm_mlp.npz"))
   from trm_jax import parity
+
   rc = json.loads(str(f["config"]))
   sd = {k[2:]: v for k, v in f.items() if k.startswith("w/")}
   key = interop.PREFIX + "lm_head.weight"
@@ -254,9 +284,17 @@ def test_convert_cli_names_the_nan_key(tmp_path, env):
   sd[key].flat[0] = np.nan
   np.savez(tmp_path / "w.npz", **sd)
   fields = dict(parity.model_fields_from_reference(rc))
-  p = run("trm_jax.convert", f"--torch_checkpoint={tmp_path / 'w.npz'}", "--config=experiments/sudoku_mlp.py",
-          f"--workdir={tmp_path / 'out'}", "--noresolve_data", "--config.train.global_batch_size=6",
-          *[f"--config.model.{k}={v}" for k, v in fields.items()], env=env, timeout=300)
+  p = run(
+    "trm_jax.convert",
+    f"--torch_checkpoint={tmp_path / 'w.npz'}",
+    "--config=experiments/sudoku_mlp.py",
+    f"--workdir={tmp_path / 'out'}",
+    "--noresolve_data",
+    "--config.train.global_batch_size=6",
+    *[f"--config.model.{k}={v}" for k, v in fields.items()],
+    env=env,
+    timeout=300,
+  )
   one_error_line(p, key, "NaN")
   assert not (tmp_path / "out").exists()
 
@@ -269,18 +307,24 @@ def test_maze_labels_must_be_a_connected_path(tmp_path):
   q, a = maze.generate(np.random.default_rng(0), size=10, min_path=12)
   good = (maze.to_text(q), maze.to_text(a))
   path_cells = [i for i, ch in enumerate(good[1]) if ch == "o"]
-  gap = good[1][:path_cells[len(path_cells) // 2]] + " " + good[1][path_cells[len(path_cells) // 2] + 1:]
+  gap = good[1][: path_cells[len(path_cells) // 2]] + " " + good[1][path_cells[len(path_cells) // 2] + 1 :]
   grid = np.asarray(list(good[1])).reshape(10, 10)
   on = np.pad(np.isin(grid, list("oSG")), 1)
   near = on[:-2, 1:-1] | on[2:, 1:-1] | on[1:-1, :-2] | on[1:-1, 2:]
   far = next(int(i) for i in np.flatnonzero((grid == " ") & ~near))
   touching = next(int(i) for i in np.flatnonzero((grid == " ") & near))
-  put_o = lambda i: good[1][:i] + "o" + good[1][i + 1:]
+  put_o = lambda i: good[1][:i] + "o" + good[1][i + 1 :]
   _maze_csv(tmp_path / "ok.csv", [good, good])
   assert maze.read_csv(tmp_path / "ok.csv")[0].shape == (2, 10, 10)
-  for label, needle in ((gap, "is not reached from S"), (put_o(far), "off the path"),
-                        (put_o(touching), "branches or touches itself")):
+  for label, needle in (
+    (gap, "is not reached from S"),
+    (put_o(far), "off the path"),
+    (put_o(touching), "branches or touches itself"),
+  ):
     _maze_csv(tmp_path / "bad.csv", [good, (good[0], label)])
-    with pytest.raises(common.DataError, match=rf"bad\.csv:3: answer's o cells must form one connected path.*"
-                                               rf"{needle}"):
+    with pytest.raises(
+      common.DataError,
+      match=rf"bad\.csv:3: answer's o cells must form one connected path.*"
+      rf"{needle}",
+    ):
       maze.read_csv(tmp_path / "bad.csv")

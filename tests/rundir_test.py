@@ -1,4 +1,5 @@
 """RunDir: the one place that names the paths of a run directory, local or gs://."""
+
 import os
 
 import pytest
@@ -14,7 +15,8 @@ def test_local_and_remote_layout(tmp_path, monkeypatch):
   assert r.checkpoints() == f"{root}/checkpoints" and r.checkpoints(12) == f"{root}/checkpoints/12"
   assert r.damaged_checkpoint(8, "20250101-120000") == f"{root}/damaged_checkpoint_8_20250101-120000"
   assert (r.metrics, r.tensorboard, r.submission, r.profile, r.lock) == tuple(
-      f"{root}/{n}" for n in ("metrics.jsonl", "tensorboard", "submission.json", "profile", "run.lock"))
+    f"{root}/{n}" for n in ("metrics.jsonl", "tensorboard", "submission.json", "profile", "run.lock")
+  )
   assert r.arc_votes() == f"{root}/arc_votes" and r.arc_votes("test", 300) == f"{root}/arc_votes/test/step_300.npz"
   g = rundir.RunDir("gs://bucket/runs/demo/")
   assert str(g) == "gs://bucket/runs/demo" and g.checkpoints(4) == "gs://bucket/runs/demo/checkpoints/4"

@@ -1,15 +1,21 @@
 """The paper experiments run the reference's schedules: epochs and evaluation interval per arch."""
+
 import pytest
 from configs_test import load
 
 from trm_jax import cadence
 
 EXPECTED = {  # (experiment, arch): (epochs, eval_every_epochs)
-    ("sudoku_mlp", "trm"): (50000, 5000), ("sudoku_mlp", "hrm"): (20000, 2000),
-    ("sudoku_att", "trm"): (50000, 5000), ("sudoku_att", "hrm"): (20000, 2000),
-    ("maze", "trm"): (50000, 5000), ("maze", "hrm"): (20000, 2000),
-    ("arc1", "trm"): (100000, 10000), ("arc1", "hrm"): (100000, 10000),
-    ("arc2", "trm"): (100000, 10000), ("arc2", "hrm"): (100000, 10000),
+  ("sudoku_mlp", "trm"): (50000, 5000),
+  ("sudoku_mlp", "hrm"): (20000, 2000),
+  ("sudoku_att", "trm"): (50000, 5000),
+  ("sudoku_att", "hrm"): (20000, 2000),
+  ("maze", "trm"): (50000, 5000),
+  ("maze", "hrm"): (20000, 2000),
+  ("arc1", "trm"): (100000, 10000),
+  ("arc1", "hrm"): (100000, 10000),
+  ("arc2", "trm"): (100000, 10000),
+  ("arc2", "hrm"): (100000, 10000),
 }
 
 
@@ -36,6 +42,7 @@ def test_toy_runs_count_steps(name):
 @pytest.mark.parametrize("field,value", [("train.eval_every_epochs", -2), ("train.epochs_per_iter", -5)])
 def test_new_fields_are_validated(field, value):
   from trm_jax import config_lib
+
   c = load("arc1").get_config(None)
   section, name = field.split(".")
   with c.unlocked():

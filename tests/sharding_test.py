@@ -2,6 +2,7 @@
 
 Each case runs in its own process so that the device-count flag applies.
 """
+
 import json
 import os
 import subprocess
@@ -75,8 +76,12 @@ def test_four_devices_equal_one(table_parallel, tmp_path):
   script = tmp_path / "run.py"
   script.write_text(SCRIPT)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, str(script), str(table_parallel), os.path.dirname(__file__)],
-                     capture_output=True, text=True, env=env)
+  r = subprocess.run(
+    [sys.executable, str(script), str(table_parallel), os.path.dirname(__file__)],
+    capture_output=True,
+    text=True,
+    env=env,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   d = json.loads(r.stdout.strip().splitlines()[-1])
   assert d["table_moved"] > 0  # the sparse update really ran
@@ -88,6 +93,7 @@ def test_batch_must_divide_devices():
   import jax
 
   from trm_jax import sharding
+
   mesh = sharding.make_mesh(devices=jax.devices()[:1] * 1)
   sharding.check_batch(8, mesh)
   with pytest.raises(ValueError, match="table_parallel=3"):
@@ -95,5 +101,6 @@ def test_batch_must_divide_devices():
 
   class TwoDevices:
     size = 2
+
   with pytest.raises(ValueError, match="train.global_batch_size=7 must be divisible by the 2 devices"):
     sharding.check_batch(7, TwoDevices())

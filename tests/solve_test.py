@@ -1,4 +1,5 @@
 """trm-solve: input parsing, solving from a checkpoint, CLI output and errors."""
+
 import importlib.util
 import json
 import os
@@ -11,7 +12,7 @@ import pytest
 from trm_jax import solve, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PUZZLE = "1.........3..2.."   # a 4x4 Sudoku
+PUZZLE = "1.........3..2.."  # a 4x4 Sudoku
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def workdir(tmp_path_factory):
 def test_sudoku_tokens():
   t = solve.sudoku_tokens(PUZZLE, 16)
   assert t.tolist() == [2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 1, 1, 3, 1, 1]
-  np.testing.assert_array_equal(solve.sudoku_tokens(PUZZLE), t)     # size from the text alone
+  np.testing.assert_array_equal(solve.sudoku_tokens(PUZZLE), t)  # size from the text alone
   with pytest.raises(solve.InputError, match="expected 16 characters"):
     solve.sudoku_tokens("123", 16)
   with pytest.raises(solve.InputError, match="3 characters do not make a square grid"):
@@ -39,12 +40,15 @@ def test_sudoku_tokens():
     solve.sudoku_tokens("17" + "." * 14, 16)
 
 
-@pytest.mark.parametrize("text,needle", [
+@pytest.mark.parametrize(
+  "text,needle",
+  [
     ("11" + "." * 14, "two 1s in row 1"),
     ("1...1" + "." * 11, "two 1s in column 1"),
     ("1....1" + "." * 10, "two 1s in box 1"),
-    ("1" * 81, "two 1s in row 1"),                      # a full invalid grid
-])
+    ("1" * 81, "two 1s in row 1"),  # a full invalid grid
+  ],
+)
 def test_conflicting_givens(text, needle):
   with pytest.raises(solve.InputError, match=f"givens conflict: {needle}"):
     solve.sudoku_tokens(text)
@@ -59,7 +63,7 @@ def test_maze_tokens_from_text_and_file(tmp_path):
   np.testing.assert_array_equal(solve.maze_tokens(str(f), 16), t)
   with pytest.raises(solve.InputError, match="not one of"):
     solve.maze_tokens("####\n#X #\n# G#\n####\n", 16)
-  with pytest.raises(solve.InputError, match="'o' is not one of"):   # the path is the answer, not the puzzle
+  with pytest.raises(solve.InputError, match="'o' is not one of"):  # the path is the answer, not the puzzle
     solve.maze_tokens("####\n#So#\n# G#\n####\n", 16)
   with pytest.raises(solve.InputError, match="exactly one S, found 2"):
     solve.maze_tokens("####\n#SS#\n# G#\n####\n", 16)
@@ -83,7 +87,7 @@ def test_solve_one_from_checkpoint(workdir):
   run, state, meta = solve.load_run(workdir)
   assert meta["task"] == "sudoku" and meta["grid"] == [4, 4]
   res = solve.solve_one(run, state, solve.sudoku_tokens(PUZZLE, 16))
-  assert res["per_step"].shape == (4, 16)            # eval.supervision_steps=4
+  assert res["per_step"].shape == (4, 16)  # eval.supervision_steps=4
   assert 1 <= res["steps"] <= 4 and 0.0 < res["confidence"] < 1.0
   np.testing.assert_array_equal(res["answer"], res["per_step"][res["steps"] - 1])
   more = solve.solve_one(run, state, solve.sudoku_tokens(PUZZLE, 16), n_steps=6)
@@ -94,21 +98,22 @@ def test_solve_one_from_checkpoint(workdir):
 def cli(*args, env=None):
   env = dict(env or os.environ, JAX_PLATFORMS="cpu")
   env.pop("TRM_TRACEBACK", None)
-  return subprocess.run([sys.executable, "-m", "trm_jax.solve", *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=240)
+  return subprocess.run(
+    [sys.executable, "-m", "trm_jax.solve", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+  )
 
 
 def test_check_answer():
-  x = solve.sudoku_tokens("1..." "..1." "...." "....")
-  good = solve.sudoku_tokens("1234" "3412" "2143" "4321")
+  x = solve.sudoku_tokens("1.....1.........")
+  good = solve.sudoku_tokens("1234341221434321")
   assert solve.check_answer("sudoku", (4, 4), x, good) is None
   assert "changes the given 1" in solve.check_answer("sudoku", (4, 4), x, np.ones(16, np.int32))
 
 
 def test_cli_prints_only_the_answer_and_flags_an_invalid_one(workdir, tmp_path):
-  png = tmp_path / "new" / "dir" / "out.png"          # a missing directory is created
+  png = tmp_path / "new" / "dir" / "out.png"  # a missing directory is created
   p = cli(f"--workdir={workdir}", f"--sudoku={PUZZLE}", f"--png={png}")
-  assert p.stderr.strip() == "", p.stderr[-2000:]      # no orbax/absl logs
+  assert p.stderr.strip() == "", p.stderr[-2000:]  # no orbax/absl logs
   lines = p.stdout.strip().splitlines()
   assert all(len(l.split()) == 4 for l in lines[:4])
   assert "supervision steps:" in lines[4] and "halting confidence:" in lines[4]
@@ -124,11 +129,14 @@ def test_cli_verbose_shows_the_logs(workdir):
   assert "checkpoint" in p.stderr.lower() and p.returncode == solve.INVALID_EXIT
 
 
-@pytest.mark.parametrize("args,needle", [
+@pytest.mark.parametrize(
+  "args,needle",
+  [
     (["--sudoku=12"], "do not make a square grid"),
     (["--sudoku=" + "." * 81], "expected 16 characters (4x4 grid), got 81"),
     (["--maze=#S G"], "trained on 'sudoku'"),
-])
+  ],
+)
 def test_cli_errors_are_one_line(workdir, args, needle):
   p = cli(f"--workdir={workdir}", *args)
   assert p.returncode == 1 and "Traceback" not in p.stderr

@@ -1,4 +1,5 @@
 """Tiny configs and random data shared by the core tests."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,9 +12,22 @@ B, S, V, N_IDS = 4, 12, 6, 5
 
 
 def mcfg(platform=None, **kw):
-  base = dict(hidden_size=32, num_heads=2, seq_len=S, vocab_size=V, num_puzzle_identifiers=N_IDS,
-              puzzle_emb_ndim=32, puzzle_emb_len=2, H_cycles=2, L_cycles=2, L_layers=1, halt_max_steps=3,
-              halt_exploration_prob=0.0, dtype="float32", attention_impl="xla")
+  base = dict(
+    hidden_size=32,
+    num_heads=2,
+    seq_len=S,
+    vocab_size=V,
+    num_puzzle_identifiers=N_IDS,
+    puzzle_emb_ndim=32,
+    puzzle_emb_len=2,
+    H_cycles=2,
+    L_cycles=2,
+    L_layers=1,
+    halt_max_steps=3,
+    halt_exploration_prob=0.0,
+    dtype="float32",
+    attention_impl="xla",
+  )
   if kw.get("arch") == "hrm":
     base.update(H_layers=1, puzzle_emb_len=0)
   base.update(kw)
@@ -24,8 +38,11 @@ def batch(seed=0, b=B):
   r = np.random.default_rng(seed)
   labels = r.integers(1, V, (b, S)).astype(np.int32)
   labels[r.random((b, S)) < 0.2] = -100
-  return {"inputs": jnp.asarray(r.integers(1, V, (b, S)), jnp.int32), "labels": jnp.asarray(labels),
-          "puzzle_identifiers": jnp.asarray(r.integers(0, N_IDS, (b,)), jnp.int32)}
+  return {
+    "inputs": jnp.asarray(r.integers(1, V, (b, S)), jnp.int32),
+    "labels": jnp.asarray(labels),
+    "puzzle_identifiers": jnp.asarray(r.integers(0, N_IDS, (b,)), jnp.int32),
+  }
 
 
 def variables(cfg, seed=0):
@@ -33,8 +50,7 @@ def variables(cfg, seed=0):
   v = init_variables(RecursiveModel(cfg), cfg, jax.random.key(seed))
   keys = iter(jax.random.split(jax.random.key(seed + 100), 2))
   p = dict(v["params"])
-  p["q_head"] = {"kernel": 0.1 * jax.random.normal(next(keys), p["q_head"]["kernel"].shape),
-                 "bias": jnp.zeros((2,))}
+  p["q_head"] = {"kernel": 0.1 * jax.random.normal(next(keys), p["q_head"]["kernel"].shape), "bias": jnp.zeros((2,))}
   table = 0.1 * jax.random.normal(next(keys), (cfg.num_puzzle_identifiers, cfg.puzzle_emb_ndim))
   return {"params": p, "consts": v["consts"]}, table
 
@@ -43,8 +59,9 @@ def grads(cfg, v, table, b):
   """One train step's loss, gradients (params, table rows), new z and logits from a fresh carry."""
   model = RecursiveModel(cfg)
   carry = recursion.reset_carry(recursion.initial_carry(cfg, B), b, v["consts"], cfg)
-  loss, g, g_rows, new_carry, out, _ = steps.loss_and_grads(model, cfg, v["params"], v["consts"], carry, table,
-                                                            jax.random.key(0))
+  loss, g, g_rows, new_carry, out, _ = steps.loss_and_grads(
+    model, cfg, v["params"], v["consts"], carry, table, jax.random.key(0)
+  )
   return loss, g, g_rows, new_carry["z"], out["logits"]
 
 

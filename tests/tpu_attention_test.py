@@ -6,6 +6,7 @@ and checks that the scores never become an HLO buffer. Multi-device and TPU
 cases run in subprocesses (the device-count flag, and libtpu, must be set up
 before JAX starts).
 """
+
 import importlib.util
 import json
 import os

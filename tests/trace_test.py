@@ -1,4 +1,5 @@
 """--config.train.profile_steps=a,b writes a jax.profiler trace of those steps into the workdir."""
+
 import glob
 import gzip
 import json
@@ -15,10 +16,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_profile_steps_writes_a_trace(env, tmp_path):
   w = tmp_path / "run"
-  p = subprocess.run([sys.executable, "-m", "trm_jax.main", "--config=experiments/smoke.py", f"--workdir={w}",
-                      "--config.train.steps=4", "--config.train.profile_steps=2,3", "--config.train.eval_every=0",
-                      "--config.model.H_cycles=1", "--config.model.L_cycles=1"],
-                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  p = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "trm_jax.main",
+      "--config=experiments/smoke.py",
+      f"--workdir={w}",
+      "--config.train.steps=4",
+      "--config.train.profile_steps=2,3",
+      "--config.train.eval_every=0",
+      "--config.model.H_cycles=1",
+      "--config.model.L_cycles=1",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert p.returncode == 0, p.stderr[-3000:]
   runs = glob.glob(str(w / "profile" / "plugins" / "profile" / "*"))
   assert len(runs) == 1, runs

@@ -1,4 +1,5 @@
 """A smoke run evaluating every N epochs: evaluations at the sampler's iteration ends, as the reference."""
+
 import pytest
 from train_test import smoke
 

@@ -1,4 +1,5 @@
 """The training loop end to end: smoke runs in both recursion modes, restore, kill-and-resume, SIGTERM."""
+
 import importlib.util
 import os
 import signal
@@ -45,7 +46,7 @@ def test_smoke_trains_evaluates_restores(tmp_path, recursion):
   assert "eval/test/exact_accuracy@4" in evals[-1] and "eval/test/exact_accuracy@5" not in evals[-1]
   assert evals[-1]["eval/test/count"] == 24
   assert any("compile_seconds" in e for e in events) and events[0]["params"] > 0
-  assert ckpt_steps(workdir) == [8, 12]                      # keep_checkpoints=2
+  assert ckpt_steps(workdir) == [8, 12]  # keep_checkpoints=2
 
   # Re-running the same command restores the latest checkpoint and only evaluates.
   again = train.train_and_evaluate(c, workdir)
@@ -66,8 +67,13 @@ def test_smoke_trains_evaluates_restores(tmp_path, recursion):
 # Subprocess runs: kill -9 and SIGTERM, then resume; parameters equal an uninterrupted run's.
 
 STEPS = 300
-FLAGS = [f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=25", "--config.train.eval_every=0",
-         "--config.train.log_every=25", "--config.train.keep_checkpoints=20"]
+FLAGS = [
+  f"--config.train.steps={STEPS}",
+  "--config.train.checkpoint_every=25",
+  "--config.train.eval_every=0",
+  "--config.train.log_every=25",
+  "--config.train.keep_checkpoints=20",
+]
 
 
 def cmd(workdir):
@@ -86,8 +92,9 @@ def start_and_signal(workdir, env, sig, tmp_path):
   e = dict(env, **{faults.ENV: "checkpoint_saved"})
   err_path = tmp_path / f"{os.path.basename(workdir)}.stderr"
   with open(err_path, "w") as err:  # a file: no pipe fills while the run waits at the point
-    p = subprocess.Popen(cmd(workdir), cwd=ROOT, env=e, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                         text=True)
+    p = subprocess.Popen(
+      cmd(workdir), cwd=ROOT, env=e, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
+    )
     try:
       out = read_to_point(p, "checkpoint_saved", err_path)
       assert ckpt_steps(workdir) == [25]
@@ -116,7 +123,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, env):
 
   rc, _ = start_and_signal(killed, env, signal.SIGKILL, tmp_path)
   assert rc == -signal.SIGKILL
-  assert ckpt_steps(killed) == [25]                          # killed where step 25 was committed
+  assert ckpt_steps(killed) == [25]  # killed where step 25 was committed
   run_to_end(killed, env)
   assert_same_state(ref, killed)
   # metrics.jsonl neither loses nor repeats the steps redone after the crash.
@@ -126,7 +133,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, env):
   rc, err = start_and_signal(termed, env, signal.SIGTERM, tmp_path)
   assert rc == 0, err[-2000:]
   saved = ckpt_steps(termed)
-  assert saved == [25, 26], saved                            # SIGTERM during step 25's save: saves step 26
+  assert saved == [25, 26], saved  # SIGTERM during step 25's save: saves step 26
   assert f"SIGTERM: saved step {max(saved)}" in err
   run_to_end(termed, env)
   assert_same_state(ref, termed)

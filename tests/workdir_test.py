@@ -1,4 +1,5 @@
 """Local workdirs: parents created, no write through a link, torn metrics lines, one run per workdir."""
+
 import json
 import os
 import socket
@@ -26,7 +27,7 @@ def one_error_line(p):
 def test_check_workdir_creates_parents_and_refuses_files(tmp_path):
   nested = tmp_path / "runs" / "a" / "demo"
   assert train.check_workdir(str(nested)) == str(nested)
-  assert nested.parent.is_dir() and not nested.exists()   # parents made; the run makes the workdir
+  assert nested.parent.is_dir() and not nested.exists()  # parents made; the run makes the workdir
   (tmp_path / "file").write_text("x")
   with pytest.raises(fileio.FileIOError, match="exists and is not a directory"):
     train.check_workdir(str(tmp_path / "file"))
@@ -39,11 +40,11 @@ def test_refuses_workdir_or_run_dir_of_another_user(tmp_path, monkeypatch):
   (work / "checkpoints").mkdir(parents=True)
   other = tmp_path / "elsewhere"
   other.mkdir()
-  (work / "tensorboard").symlink_to(other)     # the user's own link to the user's own directory: fine
+  (work / "tensorboard").symlink_to(other)  # the user's own link to the user's own directory: fine
   train.check_workdir(str(work))
   me = os.geteuid()
   with monkeypatch.context() as m:
-    m.setattr(os, "geteuid", lambda: me + 1)   # as if the workdir were someone else's
+    m.setattr(os, "geteuid", lambda: me + 1)  # as if the workdir were someone else's
     with pytest.raises(fileio.FileIOError, match=r"run: owned by uid \d+, not you"):
       train.check_workdir(str(work))
   if me == 0:  # root can hand a run directory, or a link, to another user
@@ -103,7 +104,7 @@ def test_torn_last_metrics_line_dropped_other_bad_line_named(tmp_path, capsys):
   work = tmp_path / "run"
   work.mkdir()
   good = "".join(json.dumps({"step": s, "train/loss": 1.0 / (s + 1)}) + "\n" for s in range(4))
-  (work / "metrics.jsonl").write_text(good + '{"step": 4, "train/lo')        # a crash mid-write
+  (work / "metrics.jsonl").write_text(good + '{"step": 4, "train/lo')  # a crash mid-write
   assert [e["step"] for e in metrics.read(str(work))] == [0, 1, 2, 3]
   w = metrics.Writer(str(work), 10, start_step=4, enabled=True, progress=False)
   w.write(5, {"train/loss": 0.1})
@@ -132,15 +133,18 @@ def test_damaged_metrics_line_is_one_error_line(tmp_path, env):
 
 
 # Holds the lock until the test kills it (its stdin stays open until then).
-HOLD = ("import sys; from trm_jax import workdir_lock; "
-        "lock = workdir_lock.hold(sys.argv[1]); lock.__enter__(); print('held', flush=True); sys.stdin.read()")
+HOLD = (
+  "import sys; from trm_jax import workdir_lock; "
+  "lock = workdir_lock.hold(sys.argv[1]); lock.__enter__(); print('held', flush=True); sys.stdin.read()"
+)
 
 
 def test_second_run_fails_naming_holder_dead_holder_taken_over(tmp_path, env):
   work = tmp_path / "run"
   work.mkdir()
-  holder = subprocess.Popen([sys.executable, "-c", HOLD, str(work)], cwd=ROOT, env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+  holder = subprocess.Popen(
+    [sys.executable, "-c", HOLD, str(work)], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+  )
   try:
     assert holder.stdout.readline().strip() == "held"
     p = subprocess.run(smoke_cmd(work), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -157,7 +161,7 @@ def test_second_run_fails_naming_holder_dead_holder_taken_over(tmp_path, env):
     with pytest.raises(workdir_lock.LockBusy, match=f"pid {os.getpid()} on host"):
       with workdir_lock.hold(str(work)):
         pass
-  assert not (work / "run.lock").exists()     # removed at release
+  assert not (work / "run.lock").exists()  # removed at release
   # A lock file planted as a link is refused, not followed.
   outside = tmp_path / "outside.txt"
   outside.write_text("precious")

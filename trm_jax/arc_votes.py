@@ -10,6 +10,7 @@ so pooling survives a resume or a preemption: an evaluation at step N pools the
 files of steps < N with its own tally, and a resumed run first removes the
 files of steps after its checkpoint (their evaluations are redone).
 """
+
 from __future__ import annotations
 
 import collections
@@ -36,6 +37,7 @@ def _grid_key(grid) -> bytes:
 @dataclasses.dataclass
 class Group:
   """The candidates for one test input: {grid key: [grid, votes, sum of sigmoid(q)]}."""
+
   test_index: int
   label: np.ndarray | None = None
   cands: dict = dataclasses.field(default_factory=dict)
@@ -87,8 +89,7 @@ def score(t: dict, ks=PASS_KS, test_counts: dict | None = None):
     by_task[key[0]].append(key)
   tasks = sorted(test_counts) if test_counts is not None else sorted(by_task)
   # (grid key, [grid, votes, q sum]) best first: most votes, then highest mean sigmoid(q_halt).
-  ranked = {key: sorted(grp.cands.items(), key=lambda kv: (-kv[1][1], -kv[1][2] / kv[1][1]))
-            for key, grp in t.items()}
+  ranked = {key: sorted(grp.cands.items(), key=lambda kv: (-kv[1][1], -kv[1][2] / kv[1][1])) for key, grp in t.items()}
   scores = {}
   for k in ks:
     per_task = []
@@ -161,12 +162,18 @@ def save(path, t: dict) -> None:
       c_qsum.append(qsum)
   buf = io.BytesIO()
   np.savez_compressed(
-      buf, task=np.asarray(task, dtype=str), input=np.asarray(inp, dtype=str),
-      test_index=np.asarray(test_index, np.int64), label=np.asarray(label, np.int64),
-      cand_group=np.asarray(c_group, np.int64), cand_grid=np.asarray(c_grid, np.int64),
-      cand_votes=np.asarray(c_votes, np.int64), cand_qsum=np.asarray(c_qsum, np.float64),
-      grid_shape=np.asarray(shapes, np.int64).reshape(-1, 2),
-      grid_data=np.concatenate(grids) if grids else np.zeros(0, np.uint8))
+    buf,
+    task=np.asarray(task, dtype=str),
+    input=np.asarray(inp, dtype=str),
+    test_index=np.asarray(test_index, np.int64),
+    label=np.asarray(label, np.int64),
+    cand_group=np.asarray(c_group, np.int64),
+    cand_grid=np.asarray(c_grid, np.int64),
+    cand_votes=np.asarray(c_votes, np.int64),
+    cand_qsum=np.asarray(c_qsum, np.float64),
+    grid_shape=np.asarray(shapes, np.int64).reshape(-1, 2),
+    grid_data=np.concatenate(grids) if grids else np.zeros(0, np.uint8),
+  )
   _write_bytes(epath.Path(path), buf.getvalue())
 
 
@@ -174,7 +181,7 @@ def load(path) -> dict:
   with np.load(io.BytesIO(_read_bytes(epath.Path(path))), allow_pickle=False) as z:
     a = {k: z[k] for k in z.files}
   offsets = np.concatenate([[0], np.cumsum(np.prod(a["grid_shape"], axis=1))]).astype(np.int64)
-  grid = lambda i: a["grid_data"][offsets[i]:offsets[i + 1]].reshape(a["grid_shape"][i])
+  grid = lambda i: a["grid_data"][offsets[i] : offsets[i + 1]].reshape(a["grid_shape"][i])
   out = {}
   keys = list(zip(a["task"].tolist(), a["input"].tolist()))
   for gi, key in enumerate(keys):

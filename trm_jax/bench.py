@@ -45,6 +45,7 @@ adds one more no-grad forward of everything for the target Q. An eval step is
 `supervision_steps` forward passes of everything. Embedding gathers, norms,
 RoPE, losses and the optimiser update are not counted (< 1% here).
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,9 @@ from ml_collections import config_flags
 
 from trm_jax import cli, config_lib, profiling
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/<x>.py[:arg]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file (experiments/<x>.py[:arg]).", lock_config=True
+)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed calls.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compiling.")
 _EVAL = flags.DEFINE_bool("eval", False, "Time the eval step (rollout over all supervision steps) instead.")
@@ -65,8 +67,15 @@ _BATCH = flags.DEFINE_integer("batch", 0, "Batch size; 0: train.global_batch_siz
 _LABEL = flags.DEFINE_string("label", "", "Free text copied into the JSON line.")
 
 
-def run(config, n_steps: int = 10, warmup: int = 2, evaluate: bool = False, batch: int = 0,
-        config_name: str = "", label: str = "") -> dict:
+def run(
+  config,
+  n_steps: int = 10,
+  warmup: int = 2,
+  evaluate: bool = False,
+  batch: int = 0,
+  config_name: str = "",
+  label: str = "",
+) -> dict:
   """Benchmarks one config; returns the JSON-able result dict."""
   config_lib.validate(config)
   for flag, value, lo in (("batch", batch, 0), ("steps", n_steps, 1), ("warmup", warmup, 0)):
@@ -92,33 +101,33 @@ def run(config, n_steps: int = 10, warmup: int = 2, evaluate: bool = False, batc
   t = profiling.summary(times)
   dev = jax.devices()[0]
   out = {
-      "config": config_name,
-      "label": label,
-      "mode": "eval" if evaluate else "train",
-      "device": getattr(dev, "device_kind", dev.platform),
-      "n_devices": jax.device_count(),
-      "batch": batch,
-      "recursion": mcfg.recursion,
-      "remat": mcfg.remat,
-      "attention_impl": mcfg.attention_impl,
-      "mixer_impl": mcfg.mixer_impl if mcfg.mlp_t else "",
-      "scan_unroll": int(mcfg.scan_unroll),
-      "dtype": mcfg.dtype,
-      "H_cycles": mcfg.H_cycles,
-      "L_cycles": mcfg.L_cycles,
-      "seq": mcfg.seq_len + profiling.puzzle_emb_len(mcfg),
-      "params": s.n_params,
-      "compile_s": round(c.compile_s, 3),
-      "step_ms_median": round(t["step_ms_median"], 3),
-      "step_ms_min": round(t["step_ms_min"], 3),
-      "examples_per_s": round(batch / (t["step_ms_median"] / 1e3), 2),
-      "gflop_per_step": round(flops / 1e9, 3),
-      "tflops": round(flops / (t["step_ms_median"] / 1e3) / 1e12, 4),
-      "peak_mem_gb": round(profiling.gb(peak), 4),
-      "peak_mem_source": source,
-      "temp_mem_gb": round(profiling.gb(c.memory().get("temp", 0)), 4),
-      "steps_timed": n_steps,
-      "cpu_s_per_step": round(cpu_s, 3),
+    "config": config_name,
+    "label": label,
+    "mode": "eval" if evaluate else "train",
+    "device": getattr(dev, "device_kind", dev.platform),
+    "n_devices": jax.device_count(),
+    "batch": batch,
+    "recursion": mcfg.recursion,
+    "remat": mcfg.remat,
+    "attention_impl": mcfg.attention_impl,
+    "mixer_impl": mcfg.mixer_impl if mcfg.mlp_t else "",
+    "scan_unroll": int(mcfg.scan_unroll),
+    "dtype": mcfg.dtype,
+    "H_cycles": mcfg.H_cycles,
+    "L_cycles": mcfg.L_cycles,
+    "seq": mcfg.seq_len + profiling.puzzle_emb_len(mcfg),
+    "params": s.n_params,
+    "compile_s": round(c.compile_s, 3),
+    "step_ms_median": round(t["step_ms_median"], 3),
+    "step_ms_min": round(t["step_ms_min"], 3),
+    "examples_per_s": round(batch / (t["step_ms_median"] / 1e3), 2),
+    "gflop_per_step": round(flops / 1e9, 3),
+    "tflops": round(flops / (t["step_ms_median"] / 1e3) / 1e12, 4),
+    "peak_mem_gb": round(profiling.gb(peak), 4),
+    "peak_mem_source": source,
+    "temp_mem_gb": round(profiling.gb(c.memory().get("temp", 0)), 4),
+    "steps_timed": n_steps,
+    "cpu_s_per_step": round(cpu_s, 3),
   }
   return out
 
@@ -130,8 +139,9 @@ def main(argv):
     raise app.UsageError("--config=experiments/<x>.py is required")
   name = config_flags.get_config_filename(flags.FLAGS["config"])
   with cli.user_errors():
-    result = run(_CONFIG.value, _STEPS.value, _WARMUP.value, _EVAL.value, _BATCH.value,
-                 config_name=name, label=_LABEL.value)
+    result = run(
+      _CONFIG.value, _STEPS.value, _WARMUP.value, _EVAL.value, _BATCH.value, config_name=name, label=_LABEL.value
+    )
   print(json.dumps(result), flush=True)
 
 

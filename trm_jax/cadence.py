@@ -11,6 +11,7 @@ total_groups * mean_puzzle_examples / batch`, and no step past it is trained.
 are the evaluation intervals, see `input_pipeline`); otherwise the run
 evaluates every `train.eval_every` steps. Both evaluate at the last step.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,11 +21,11 @@ from trm_jax import input_pipeline
 
 @dataclasses.dataclass(frozen=True)
 class Cadence:
-  lr_steps: int              # horizon of the learning-rate schedule (`train.steps`)
-  end: int                   # the step the run ends at
-  eval_steps: tuple          # steps after which the run evaluates, sorted; ends with `end`
-  epochs_per_iter: int       # sampler iteration length in epochs
-  eval_every: int            # step interval (steps mode) or 0
+  lr_steps: int  # horizon of the learning-rate schedule (`train.steps`)
+  end: int  # the step the run ends at
+  eval_steps: tuple  # steps after which the run evaluates, sorted; ends with `end`
+  epochs_per_iter: int  # sampler iteration length in epochs
+  eval_every: int  # step interval (steps mode) or 0
 
 
 def sampler_epochs_per_iter(t) -> int:
@@ -37,15 +38,20 @@ def sampler_epochs_per_iter(t) -> int:
 def check(t) -> None:
   """ValueError naming the field for contradictory cadence settings."""
   if t.eval_every_epochs > 0 and t.eval_every > 0:
-    raise ValueError(f"config.train.eval_every={t.eval_every} and config.train.eval_every_epochs="
-                     f"{t.eval_every_epochs}: set only one (eval_every=0 or eval_every_epochs=-1)")
+    raise ValueError(
+      f"config.train.eval_every={t.eval_every} and config.train.eval_every_epochs="
+      f"{t.eval_every_epochs}: set only one (eval_every=0 or eval_every_epochs=-1)"
+    )
   if t.eval_every_epochs > 0 and t.epochs > 0 and t.epochs % t.eval_every_epochs:
-    raise ValueError(f"config.train.eval_every_epochs={t.eval_every_epochs}: must divide "
-                     f"config.train.epochs={t.epochs} (as in the reference)")
-  if (t.eval_every_epochs > 0 and t.epochs_per_iter > 0
-      and t.epochs_per_iter != t.eval_every_epochs):
-    raise ValueError(f"config.train.epochs_per_iter={t.epochs_per_iter}: with eval_every_epochs the "
-                     "sampler's iterations are the evaluation intervals; leave it at -1")
+    raise ValueError(
+      f"config.train.eval_every_epochs={t.eval_every_epochs}: must divide "
+      f"config.train.epochs={t.epochs} (as in the reference)"
+    )
+  if t.eval_every_epochs > 0 and t.epochs_per_iter > 0 and t.epochs_per_iter != t.eval_every_epochs:
+    raise ValueError(
+      f"config.train.epochs_per_iter={t.epochs_per_iter}: with eval_every_epochs the "
+      "sampler's iterations are the evaluation intervals; leave it at -1"
+    )
 
 
 def cadence(t, train_split, seed: int) -> Cadence:
@@ -58,8 +64,7 @@ def cadence(t, train_split, seed: int) -> Cadence:
     evals = list(range(every, lr_steps, every)) if every else []
     return Cadence(lr_steps, lr_steps, tuple(evals) + (lr_steps,), epi, every)
   n_iters = t.epochs // epi if t.epochs > 0 else 1 << 62
-  ends = input_pipeline.iteration_ends(train_split, seed, int(t.global_batch_size), epi, n_iters,
-                                       stop_at=lr_steps)
+  ends = input_pipeline.iteration_ends(train_split, seed, int(t.global_batch_size), epi, n_iters, stop_at=lr_steps)
   end = min(lr_steps, int(ends[-1])) if len(ends) else lr_steps
   evals = sorted({min(int(e), end) for e in ends} | {end})
   return Cadence(lr_steps, end, tuple(evals), epi, 0)
@@ -71,5 +76,7 @@ def describe(c: Cadence) -> str:
   else:
     how = f"every {c.epochs_per_iter} epochs"
   shown = ", ".join(map(str, c.eval_steps[:6])) + (", ..." if len(c.eval_steps) > 6 else "")
-  return (f"{len(c.eval_steps)} evaluations ({how}; at steps {shown}); run ends at step {c.end}; "
-          f"sampler iterations of {c.epochs_per_iter} epochs")
+  return (
+    f"{len(c.eval_steps)} evaluations ({how}; at steps {shown}); run ends at step {c.end}; "
+    f"sampler iterations of {c.epochs_per_iter} epochs"
+  )

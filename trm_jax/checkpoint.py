@@ -5,6 +5,7 @@ Saves are asynchronous and keep the newest `keep` steps. SIGTERM (preemption)
 makes the loop save and exit cleanly (see `Preemption`).
 Restores always use an abstract target so optax states keep their types.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,9 +27,13 @@ class CheckpointError(ValueError):
 def manager(workdir, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
   """The run directory's `checkpoints/` (local or gs://, through epath; tensorstore writes the arrays)."""
   directory = rundir.RunDir(workdir).checkpoints()
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
-                                         enable_async_checkpointing=not read_only,
-                                         cleanup_tmp_directories=not read_only)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep,
+    create=not read_only,
+    read_only=read_only,
+    enable_async_checkpointing=not read_only,
+    cleanup_tmp_directories=not read_only,
+  )
   try:
     return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
   except Exception as e:  # noqa: BLE001 - orbax raises many kinds
@@ -42,10 +47,12 @@ def _drop_empty(tree):
 
 def _refill(tree, abstract_tree):
   """Puts zero-size arrays back where `_drop_empty` left None."""
+
   def fill(a, x):
     if a is not None and a.size == 0:
       return jax.device_put(jax.numpy.zeros(a.shape, a.dtype), a.sharding)
     return x
+
   is_none = lambda x: x is None
   flat_a, treedef = jax.tree.flatten(abstract_tree, is_leaf=is_none)
   flat_x = jax.tree.flatten(tree, is_leaf=is_none)[0]
@@ -67,13 +74,20 @@ def save(mngr: ocp.CheckpointManager, step: int, state, carry, meta: dict, force
     summary = integrity.summarize(tree)
     bad = [k for k, (_, ok) in summary.items() if not ok]
     if bad:
-      raise NonFiniteState(f"non-finite values in the step-{step} {name} ({name}{bad[0]}"
-                           + (f" and {len(bad) - 1} more" if len(bad) > 1 else "") + "); not saved")
+      raise NonFiniteState(
+        f"non-finite values in the step-{step} {name} ({name}{bad[0]}"
+        + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+        + "); not saved"
+      )
     prints[name] = {k: fp for k, (fp, _) in summary.items()}
   meta = dict(meta, fingerprints=prints)
-  saved = mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), carry=ocp.args.StandardSave(carry),
-      meta=ocp.args.JsonSave(meta)), force=force)
+  saved = mngr.save(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), carry=ocp.args.StandardSave(carry), meta=ocp.args.JsonSave(meta)
+    ),
+    force=force,
+  )
   if saved and faults.armed("checkpoint_saved"):
     mngr.wait_until_finished()  # committed: what a test that stops (or kills) the run here finds
     faults.point("checkpoint_saved")
@@ -160,8 +174,9 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
   try:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   except Exception as e:  # noqa: BLE001
-    raise CheckpointError(f"{os.path.join(str(mngr.directory), str(step))}: cannot read checkpoint "
-                          f"metadata ({_short(e)})") from None
+    raise CheckpointError(
+      f"{os.path.join(str(mngr.directory), str(step))}: cannot read checkpoint metadata ({_short(e)})"
+    ) from None
 
 
 def _short(e: BaseException) -> str:

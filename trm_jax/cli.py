@@ -4,6 +4,7 @@ User errors print one line and exit with status 1; set TRM_TRACEBACK=1 to see
 the traceback instead. Bugs (anything not in `USER_ERRORS`) keep their
 traceback.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,21 @@ USER_ERRORS = (ValueError, KeyError, AttributeError, FileNotFoundError, RunStopp
 
 # File-system conditions a user causes (read-only or full disks, missing permissions, a file where a
 # directory belongs): one line naming the path. Other OSErrors keep their traceback.
-USER_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
-                         errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOENT})
+USER_ERRNOS = frozenset(
+  {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+    errno.ENOENT,
+  }
+)
 
 
 def os_error_line(e: OSError) -> str:
@@ -85,6 +99,7 @@ def own_help(module_name: str) -> None:
   an installed console script is the generated wrapper (no docstring, no flags).
   """
   from absl import flags  # noqa: PLC0415
+
   module = sys.modules[module_name]
   main = sys.modules.get("__main__")
   if main is not None and main is not module and not main.__doc__:
@@ -132,6 +147,7 @@ def loaded_config(flag_values):
 def parse_flags(argv):
   """absl flag parsing with bad flags / config overrides reported as one line (absl `flags_parser`)."""
   from absl import flags  # noqa: PLC0415
+
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

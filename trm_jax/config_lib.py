@@ -4,6 +4,7 @@
 `train_config()` the optimisation fields. Experiment files override fields
 and return a locked `ConfigDict` (a misspelt field then fails).
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,8 @@ VARIANTS = ("default", "separate_nets", "one_step_grad", "single_latent", "multi
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.arch = "trm"                    # "trm" | "hrm"
-  c.variant = "default"             # TRM paper ablations, see VARIANTS
+  c.arch = "trm"  # "trm" | "hrm"
+  c.variant = "default"  # TRM paper ablations, see VARIANTS
   c.seq_len = 81
   c.vocab_size = 11
   c.num_puzzle_identifiers = 1
@@ -27,23 +28,23 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   c.H_cycles = 3
   c.L_cycles = 6
   c.L_layers = 2
-  c.H_layers = 0                    # HRM (and only HRM) uses H_layers
-  c.pos_encodings = "rope"          # "rope" | "learned" | "none"
-  c.mlp_t = False                   # MLP-mixer over the sequence instead of attention
-  c.puzzle_emb_ndim = 512           # 0 disables puzzle embeddings
-  c.puzzle_emb_len = 16             # TRM prefix length; 0 -> ceil(ndim / hidden)
+  c.H_layers = 0  # HRM (and only HRM) uses H_layers
+  c.pos_encodings = "rope"  # "rope" | "learned" | "none"
+  c.mlp_t = False  # MLP-mixer over the sequence instead of attention
+  c.puzzle_emb_ndim = 512  # 0 disables puzzle embeddings
+  c.puzzle_emb_len = 16  # TRM prefix length; 0 -> ceil(ndim / hidden)
   c.rms_norm_eps = 1e-5
   c.rope_theta = 10000.0
-  c.dtype = "bfloat16"              # activation dtype; params are float32
+  c.dtype = "bfloat16"  # activation dtype; params are float32
   c.halt_max_steps = 16
   c.halt_exploration_prob = 0.1
-  c.no_ACT_continue = True          # TRM default; False adds the Q-continue loss
-  c.loss_type = "stablemax"         # "stablemax" | "softmax"
-  c.recursion = "loop"              # "loop" (Python-unrolled) | "scan" (jax.lax.scan)
-  c.remat = "auto"                  # "auto" (loop: "none"; scan: "dots" on CPU/TPU, "none" on GPU) | "none" | "dots" | "full"
-  c.scan_unroll = 1                 # lax.scan unroll factor of the L-cycle scan (recursion="scan" only)
-  c.attention_impl = "auto"         # "auto" | "xla" | "cudnn" (GPU) | "splash" (TPU Pallas kernel)
-  c.mixer_impl = "auto"             # MLP-mixer token mixing: "auto" (GPU: "einsum", else "transpose") | "transpose" | "einsum"
+  c.no_ACT_continue = True  # TRM default; False adds the Q-continue loss
+  c.loss_type = "stablemax"  # "stablemax" | "softmax"
+  c.recursion = "loop"  # "loop" (Python-unrolled) | "scan" (jax.lax.scan)
+  c.remat = "auto"  # "auto" (loop: "none"; scan: "dots" on CPU/TPU, "none" on GPU) | "none" | "dots" | "full"
+  c.scan_unroll = 1  # lax.scan unroll factor of the L-cycle scan (recursion="scan" only)
+  c.attention_impl = "auto"  # "auto" | "xla" | "cudnn" (GPU) | "splash" (TPU Pallas kernel)
+  c.mixer_impl = "auto"  # MLP-mixer token mixing: "auto" (GPU: "einsum", else "transpose") | "transpose" | "einsum"
   c.update(overrides)
   return c
 
@@ -52,8 +53,8 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.global_batch_size = 768
   c.epochs = 50000
-  c.steps = -1                      # -1: derived from epochs
-  c.optimizer = "adam_atan2"        # "adam_atan2" | "adamw"
+  c.steps = -1  # -1: derived from epochs
+  c.optimizer = "adam_atan2"  # "adam_atan2" | "adamw"
   c.lr = 1e-4
   c.lr_min_ratio = 1.0
   c.lr_warmup_steps = 2000
@@ -64,21 +65,23 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
   c.puzzle_emb_weight_decay = 1.0
   c.ema = True
   c.ema_rate = 0.999
-  c.eval_every = 5000               # evaluate every N steps (0: only at the end) ...
-  c.eval_every_epochs = -1          # ... or every N epochs (-1: off), as the reference (experiment files)
-  c.epochs_per_iter = -1            # sampler iteration (one partial batch dropped each); -1: eval_every_epochs or 1
+  c.eval_every = 5000  # evaluate every N steps (0: only at the end) ...
+  c.eval_every_epochs = -1  # ... or every N epochs (-1: off), as the reference (experiment files)
+  c.epochs_per_iter = -1  # sampler iteration (one partial batch dropped each); -1: eval_every_epochs or 1
   c.checkpoint_every = 5000
   c.log_every = 100
   c.keep_checkpoints = 3
-  c.profile_steps = ""              # "a,b": jax.profiler trace of train steps a..b into <workdir>/profile
+  c.profile_steps = ""  # "a,b": jax.profiler trace of train steps a..b into <workdir>/profile
   c.update(overrides)
   return c
 
 
 def validate_model(c) -> None:
   """Clear errors for impossible model settings, naming the field."""
+
   def bad(field, msg):
     raise ValueError(f"config.model.{field}: {msg}")
+
   if c.arch not in ARCHS:
     bad("arch", f"must be one of {ARCHS}, got {c.arch!r}")
   if c.variant not in VARIANTS:
@@ -116,19 +119,47 @@ def validate_model(c) -> None:
 
 # Sane bounds (inclusive) for every numeric field: zero, negative or absurd sizes fail before any allocation.
 BIG = 1 << 24
-MODEL_INTS = (("seq_len", 1, 1 << 16), ("vocab_size", 2, 1 << 16), ("num_puzzle_identifiers", 1, 1 << 27),
-              ("hidden_size", 1, 1 << 16), ("num_heads", 1, 1 << 12), ("H_cycles", 1, 1 << 10),
-              ("L_cycles", 1, 1 << 10), ("L_layers", 1, 1 << 10), ("H_layers", 0, 1 << 10),
-              ("puzzle_emb_ndim", 0, 1 << 16), ("puzzle_emb_len", 0, 1 << 12), ("halt_max_steps", 1, 1 << 12))
-MODEL_FLOATS = (("expansion", 0.0, 1024.0, False), ("rms_norm_eps", 0.0, 1.0, False),
-                ("rope_theta", 0.0, 1e12, False), ("halt_exploration_prob", 0.0, 1.0, True))
-TRAIN_INTS = (("global_batch_size", 1, BIG), ("lr_warmup_steps", 0, 1 << 40), ("eval_every", 0, 1 << 40),
-              ("eval_every_epochs", -1, 1 << 40), ("epochs_per_iter", -1, 1 << 40),
-              ("checkpoint_every", 0, 1 << 40), ("log_every", 0, 1 << 40), ("keep_checkpoints", 1, 1 << 20))
+MODEL_INTS = (
+  ("seq_len", 1, 1 << 16),
+  ("vocab_size", 2, 1 << 16),
+  ("num_puzzle_identifiers", 1, 1 << 27),
+  ("hidden_size", 1, 1 << 16),
+  ("num_heads", 1, 1 << 12),
+  ("H_cycles", 1, 1 << 10),
+  ("L_cycles", 1, 1 << 10),
+  ("L_layers", 1, 1 << 10),
+  ("H_layers", 0, 1 << 10),
+  ("puzzle_emb_ndim", 0, 1 << 16),
+  ("puzzle_emb_len", 0, 1 << 12),
+  ("halt_max_steps", 1, 1 << 12),
+)
+MODEL_FLOATS = (
+  ("expansion", 0.0, 1024.0, False),
+  ("rms_norm_eps", 0.0, 1.0, False),
+  ("rope_theta", 0.0, 1e12, False),
+  ("halt_exploration_prob", 0.0, 1.0, True),
+)
+TRAIN_INTS = (
+  ("global_batch_size", 1, BIG),
+  ("lr_warmup_steps", 0, 1 << 40),
+  ("eval_every", 0, 1 << 40),
+  ("eval_every_epochs", -1, 1 << 40),
+  ("epochs_per_iter", -1, 1 << 40),
+  ("checkpoint_every", 0, 1 << 40),
+  ("log_every", 0, 1 << 40),
+  ("keep_checkpoints", 1, 1 << 20),
+)
 INF = float("inf")  # finite is always required; rates may be absurd on purpose (the non-finite guard's test)
-TRAIN_FLOATS = (("lr", 0.0, INF, True), ("lr_min_ratio", 0.0, 1.0, True), ("beta1", 0.0, 1.0, "lo"),
-                ("beta2", 0.0, 1.0, "lo"), ("weight_decay", 0.0, INF, True), ("puzzle_emb_lr", 0.0, INF, True),
-                ("puzzle_emb_weight_decay", 0.0, INF, True), ("ema_rate", 0.0, 1.0, True))
+TRAIN_FLOATS = (
+  ("lr", 0.0, INF, True),
+  ("lr_min_ratio", 0.0, 1.0, True),
+  ("beta1", 0.0, 1.0, "lo"),
+  ("beta2", 0.0, 1.0, "lo"),
+  ("weight_decay", 0.0, INF, True),
+  ("puzzle_emb_lr", 0.0, INF, True),
+  ("puzzle_emb_weight_decay", 0.0, INF, True),
+  ("ema_rate", 0.0, 1.0, True),
+)
 DTYPES = ("bfloat16", "float32", "float16", "float64")  # float64: parity --x64 (needs jax_enable_x64)
 
 
@@ -145,8 +176,13 @@ def _check_int(c, field, lo, hi, section):
 def _check_float(c, field, lo, hi, closed, section):
   """closed: True -> [lo, hi]; False -> (lo, hi]; "lo" -> [lo, hi)."""
   v = c[field]
-  ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        and (lo <= v if closed in (True, "lo") else lo < v) and (v < hi if closed == "lo" else v <= hi))
+  ok = (
+    isinstance(v, (int, float))
+    and not isinstance(v, bool)
+    and math.isfinite(v)
+    and (lo <= v if closed in (True, "lo") else lo < v)
+    and (v < hi if closed == "lo" else v <= hi)
+  )
   if not ok:
     left = "[" if closed in (True, "lo") else "("
     right = ")" if closed == "lo" else "]"
@@ -177,8 +213,9 @@ def validate(config) -> None:
   for field in ("supervision_steps", "max_examples"):  # <= 0: the default (all steps / all examples)
     _check_int(config.eval, field, -1, 1 << 40, "eval")
   if not isinstance(config.eval.arc_aggregate_voting, bool):
-    raise ValueError(f"config.eval.arc_aggregate_voting: must be True or False, "
-                     f"got {config.eval.arc_aggregate_voting!r}")
+    raise ValueError(
+      f"config.eval.arc_aggregate_voting: must be True or False, got {config.eval.arc_aggregate_voting!r}"
+    )
   _check_int(config.mesh, "table_parallel", 1, 1 << 16, "mesh")
   if not str(config.data.name):
     raise ValueError("config.data.name: must not be empty")
@@ -193,9 +230,9 @@ def validate(config) -> None:
 # recomputed memory-bound elementwise chains cost 14-17% of the step (issue 15)
 # and an H200 holds the stacked residuals. Unknown platforms get the CPU's.
 AUTO = {
-    "attention_impl": {"gpu": "cudnn", "tpu": "xla", "cpu": "xla"},
-    "mixer_impl": {"gpu": "einsum", "tpu": "transpose", "cpu": "transpose"},
-    "remat": {"gpu": "none", "tpu": "dots", "cpu": "dots"},
+  "attention_impl": {"gpu": "cudnn", "tpu": "xla", "cpu": "xla"},
+  "mixer_impl": {"gpu": "einsum", "tpu": "transpose", "cpu": "transpose"},
+  "remat": {"gpu": "none", "tpu": "dots", "cpu": "dots"},
 }
 
 
@@ -228,6 +265,7 @@ def frozen_model(c, platform: str | None = None) -> ml_collections.FrozenConfigD
   validate_model(c)
   if platform is None:
     import jax  # noqa: PLC0415  (experiment files import this module without JAX)
+
     platform = jax.default_backend()
   out = ml_collections.ConfigDict(c.to_dict())
   out.update(resolve_auto(c, platform), platform=platform)
@@ -260,12 +298,12 @@ def parse_arg(arg: str | None, **defaults) -> dict:
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.name = "sudoku_extreme"       # TFDS builder name, or "generated/<set>" for in-memory toy sets
-  c.config = ""                   # builder config name
+  c.name = "sudoku_extreme"  # TFDS builder name, or "generated/<set>" for in-memory toy sets
+  c.config = ""  # builder config name
   c.data_dir = "~/tensorflow_datasets"
-  c.manual_dir = ""               # raw files for builders that need them (else downloaded)
-  c.mirror = ""                   # download from MIRROR/HOST/PATH instead of https://HOST/PATH
-  c.build_timeout_s = 7200.0      # processes > 0 wait this long for process 0 to build the set
+  c.manual_dir = ""  # raw files for builders that need them (else downloaded)
+  c.mirror = ""  # download from MIRROR/HOST/PATH instead of https://HOST/PATH
+  c.build_timeout_s = 7200.0  # processes > 0 wait this long for process 0 to build the set
   c.eval_sets = ("test",)
   c.update(overrides)
   return c
@@ -283,13 +321,23 @@ def base_config(arch: str = "trm") -> ml_collections.ConfigDict:
   c.train = train_config()
   # arc_aggregate_voting: ARC pass@K votes over every evaluation of the run so far (the reference's
   # default); False votes over the current evaluation only.
-  c.eval = ml_collections.ConfigDict(dict(batch_size=768, supervision_steps=-1, max_examples=-1,
-                                          arc_aggregate_voting=True))
+  c.eval = ml_collections.ConfigDict(
+    dict(batch_size=768, supervision_steps=-1, max_examples=-1, arc_aggregate_voting=True)
+  )
   # Devices that split the puzzle-embedding table by rows (the rest is data parallel).
   c.mesh = ml_collections.ConfigDict(dict(table_parallel=1))
   if arch == "hrm":
-    c.model.update(arch="hrm", H_cycles=2, L_cycles=2, H_layers=4, L_layers=4, puzzle_emb_len=0,
-                   no_ACT_continue=False, pos_encodings="rope", mlp_t=False)
+    c.model.update(
+      arch="hrm",
+      H_cycles=2,
+      L_cycles=2,
+      H_layers=4,
+      L_layers=4,
+      puzzle_emb_len=0,
+      no_ACT_continue=False,
+      pos_encodings="rope",
+      mlp_t=False,
+    )
     c.train.ema = False
   elif arch != "trm":
     raise ValueError(f"config argument arch={arch!r}: expected 'trm' or 'hrm'")

@@ -24,6 +24,7 @@ float32 arrays (`.npz`, `.safetensors` or `.pt`).
 User errors print one `error: ...` line and exit with status 1; nothing is
 left half-written.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,9 @@ def _import_torch(path: str):
   try:
     import torch  # noqa: PLC0415 - optional dependency
   except ImportError:
-    raise ConvertError(f"{path}: reading/writing PyTorch files needs PyTorch (pip install 'trm_jax[interop]'), "
-                       "or use .npz") from None
+    raise ConvertError(
+      f"{path}: reading/writing PyTorch files needs PyTorch (pip install 'trm_jax[interop]'), or use .npz"
+    ) from None
   return torch
 
 
@@ -102,8 +104,9 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
       try:
         from safetensors.numpy import load_file  # noqa: PLC0415 - optional dependency
       except ImportError:
-        raise ConvertError(f"{path}: reading .safetensors needs the safetensors package "
-                           "(pip install 'trm_jax[interop]')") from None
+        raise ConvertError(
+          f"{path}: reading .safetensors needs the safetensors package (pip install 'trm_jax[interop]')"
+        ) from None
       raw = load_file(path)
     else:
       torch = _import_torch(path)
@@ -126,8 +129,9 @@ def save_state_dict(path: str, arrays: dict[str, np.ndarray]) -> None:
     try:
       from safetensors.numpy import save_file  # noqa: PLC0415
     except ImportError:
-      raise ConvertError(f"--export_torch={path}: writing .safetensors needs the safetensors package "
-                         "(pip install 'trm_jax[interop]')") from None
+      raise ConvertError(
+        f"--export_torch={path}: writing .safetensors needs the safetensors package (pip install 'trm_jax[interop]')"
+      ) from None
   torch = _import_torch(path) if ext in TORCH_SUFFIXES else None
   fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=ext, dir=parent)
   os.close(fd)
@@ -156,14 +160,17 @@ def resolve(config, resolve_data: bool = True, mesh=None):
 
   from trm_jax import config_lib, runs, sharding, train  # noqa: PLC0415
   from trm_jax import data as data_lib  # noqa: PLC0415
+
   config_lib.validate(config)
   mesh = sharding.make_mesh() if mesh is None else mesh
   if resolve_data:
     try:
       data = data_lib.load(config.data)
     except (data_lib.DataConfigError, ValueError) as e:
-      raise ConvertError(f"{cli.first_line(e)} (trm-convert reads the dataset's shapes like trm-train; "
-                         "--noresolve_data takes them from the config's model fields)") from None
+      raise ConvertError(
+        f"{cli.first_line(e)} (trm-convert reads the dataset's shapes like trm-train; "
+        "--noresolve_data takes them from the config's model fields)"
+      ) from None
     config = train.resolve_config(config, data.train.meta)
     meta = runs.run_meta(config, data)
   else:
@@ -184,6 +191,7 @@ def build_state(run, state_dict: dict, step: int = 0, source: str = "state dict"
   import jax.numpy as jnp  # noqa: PLC0415
 
   from trm_jax import train_state  # noqa: PLC0415
+
   mcfg = run.mcfg
   like = jax.eval_shape(lambda: train_state.init_variables(run.model, mcfg, jax.random.key(0)))
   variables, table = interop.from_reference(state_dict, like, None, mcfg.puzzle_emb_ndim, source)
@@ -193,8 +201,10 @@ def build_state(run, state_dict: dict, step: int = 0, source: str = "state dict"
   else:
     key = interop.PREFIX + "puzzle_emb.weights"
     if table.ndim != 2 or table.shape[1] != ndim or table.shape[0] > rows:
-      raise ConvertError(f"{source}: {key} has shape {table.shape}, the config expects ({rows}, {ndim})"
-                         " (rows: config.model.num_puzzle_identifiers)")
+      raise ConvertError(
+        f"{source}: {key} has shape {table.shape}, the config expects ({rows}, {ndim})"
+        " (rows: config.model.num_puzzle_identifiers)"
+      )
     if table.shape[0] < rows:
       table = np.concatenate([table, np.zeros((rows - table.shape[0], ndim), np.float32)])
   sh = run.state_sh
@@ -202,9 +212,14 @@ def build_state(run, state_dict: dict, step: int = 0, source: str = "state dict"
   consts = jax.device_put(variables["consts"], sh.consts)
   opt_state = jax.jit(run.tx.init, out_shardings=sh.opt_state)(params)
   ema = None if sh.ema is None else jax.device_put(jax.tree.map(np.copy, variables["params"]), sh.ema)
-  state = train_state.TrainState(step=jax.device_put(jnp.asarray(step, jnp.int32), sh.step), params=params,
-                                 consts=consts, opt_state=opt_state, ema=ema,
-                                 puzzle_table=jax.device_put(jnp.asarray(table), sh.puzzle_table))
+  state = train_state.TrainState(
+    step=jax.device_put(jnp.asarray(step, jnp.int32), sh.step),
+    params=params,
+    consts=consts,
+    opt_state=opt_state,
+    ema=ema,
+    puzzle_table=jax.device_put(jnp.asarray(table), sh.puzzle_table),
+  )
   want, got = jax.tree.structure(run.abstract_state), jax.tree.structure(state)
   if want != got:  # a driver change this module does not know about
     raise RuntimeError(f"converted state does not match the run's state: {got} != {want}")
@@ -217,6 +232,7 @@ def build_state(run, state_dict: dict, step: int = 0, source: str = "state dict"
 def _check_workdir(workdir: str):
   """-> the RunDir of a workdir that holds no checkpoint yet."""
   from trm_jax import fileio, rundir  # noqa: PLC0415
+
   run_dir = rundir.RunDir(workdir).prepare()
   ckpts = run_dir.checkpoints()
   if fileio.exists(ckpts) and (not fileio.isdir(ckpts) or fileio.listdir(ckpts)):
@@ -224,8 +240,15 @@ def _check_workdir(workdir: str):
   return run_dir
 
 
-def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str = "state dict",
-            resolve_data: bool = True, mesh=None) -> str:
+def convert(
+  state_dict: dict,
+  config,
+  workdir: str,
+  step: int = 0,
+  source: str = "state dict",
+  resolve_data: bool = True,
+  mesh=None,
+) -> str:
   """Writes `state_dict` as a run checkpoint of `config` in `workdir`; returns the step directory.
 
   Everything is checked before anything is written. A local checkpoint is
@@ -233,6 +256,7 @@ def convert(state_dict: dict, config, workdir: str, step: int = 0, source: str =
   gs:// (no rename) Orbax writes it in place and marks it complete last.
   """
   from trm_jax import checkpoint, fileio, rundir, runs, sharding  # noqa: PLC0415
+
   if step < 0:
     raise ConvertError(f"--step={step}: must be >= 0")
   run_dir = _check_workdir(workdir)
@@ -279,6 +303,7 @@ def _save(checkpoint, workdir, config, step: int, state, carry, meta: dict) -> N
 def load_checkpoint(workdir: str, step: int | None = None):
   """-> (Run, state, meta, step) of a run checkpoint (the latest, or `step`)."""
   from trm_jax import runs  # noqa: PLC0415
+
   return runs.load_run(workdir, step)
 
 
@@ -297,28 +322,37 @@ def export(workdir: str, step: int | None = None, live: bool = False, prefix: st
 def _define_flags():
   from absl import flags  # noqa: PLC0415
   from ml_collections import config_flags  # noqa: PLC0415
+
   f = flags.FLAGS
   if "torch_checkpoint" in f:
     return
   if "config" not in f:
-    config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/sudoku_mlp.py[:arch=hrm].",
-                                    lock_config=True)
+    config_flags.DEFINE_config_file(
+      "config", None, "Experiment file, e.g. experiments/sudoku_mlp.py[:arch=hrm].", lock_config=True
+    )
   if "workdir" not in f:
     flags.DEFINE_string("workdir", None, "Run directory (written by conversion, read by --export_torch).")
-  flags.DEFINE_string("torch_checkpoint", None, "Reference state dict to convert (.pt/.pth/.bin/.ckpt, .npz, "
-                      ".safetensors).")
-  flags.DEFINE_string("export_torch", None, "Write the run's weights as a reference state dict "
-                      "(.npz, .safetensors, .pt).")
-  flags.DEFINE_integer("step", -1, "Conversion: the checkpoint's step (default 0). Export: which step "
-                       "(default the latest).")
-  flags.DEFINE_bool("resolve_data", True, "Conversion: read seq_len, vocab_size and the number of puzzle ids "
-                    "from config.data, like trm-train.")
+  flags.DEFINE_string(
+    "torch_checkpoint", None, "Reference state dict to convert (.pt/.pth/.bin/.ckpt, .npz, .safetensors)."
+  )
+  flags.DEFINE_string(
+    "export_torch", None, "Write the run's weights as a reference state dict (.npz, .safetensors, .pt)."
+  )
+  flags.DEFINE_integer(
+    "step", -1, "Conversion: the checkpoint's step (default 0). Export: which step (default the latest)."
+  )
+  flags.DEFINE_bool(
+    "resolve_data",
+    True,
+    "Conversion: read seq_len, vocab_size and the number of puzzle ids from config.data, like trm-train.",
+  )
   flags.DEFINE_bool("export_live", False, "Export the live parameters instead of the EMA ones.")
   flags.DEFINE_string("export_prefix", "", "Prefix for exported keys, e.g. '_orig_mod.'.")
 
 
 def main(argv) -> int:
   from absl import flags  # noqa: PLC0415
+
   if len(argv) > 1:
     raise ConvertError(f"unexpected arguments: {' '.join(argv[1:])}")
   f = flags.FLAGS
@@ -352,6 +386,7 @@ def run():
 
   def wrapped(argv):
     from absl import logging  # noqa: PLC0415
+
     logging.set_verbosity(logging.ERROR)  # orbax's read-only notices
     with cli.user_errors():
       sys.exit(main(argv))

@@ -10,6 +10,7 @@ use: from `data.manual_dir` when given, else from its downloaded, checksum-verif
 (`data.mirror` rewrites the download URLs); with several processes only process 0 builds and
 the others wait up to `data.build_timeout_s` for it (data_dir must then be shared, e.g. gs://).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,12 +28,12 @@ class DataConfigError(ValueError):
 
 @dataclasses.dataclass
 class Data:
-  train: Any                       # SplitData
-  evals: dict                      # {split name: SplitData}
-  info: dict                       # dataset JSON metadata ({} for generated sets)
-  arrays: dict                     # extra metadata arrays (ARC puzzle-id mapping)
-  task: str                        # "sudoku" | "maze" | "arc"
-  grid: tuple                      # (rows, cols) of one example as a grid
+  train: Any  # SplitData
+  evals: dict  # {split name: SplitData}
+  info: dict  # dataset JSON metadata ({} for generated sets)
+  arrays: dict  # extra metadata arrays (ARC puzzle-id mapping)
+  task: str  # "sudoku" | "maze" | "arc"
+  grid: tuple  # (rows, cols) of one example as a grid
 
 
 def _kwargs(text: str, field: str) -> dict:
@@ -50,6 +51,7 @@ def _kwargs(text: str, field: str) -> dict:
 
 def _generated(name: str, cfg: str) -> Data:
   from trm_jax.datasets import generated
+
   if name not in GENERATED:
     raise DataConfigError(f"config.data.name: unknown generated set {name!r} (have {list(GENERATED)})")
   kw = _kwargs(cfg, "config")
@@ -65,20 +67,27 @@ def _generated(name: str, cfg: str) -> Data:
   else:
     n = kw.get("size", 10)
     task, grid = "maze", (n, n)
-  return Data(splits["train"], {"test": test}, {"task": task, "grid": list(grid)}, {}, task,
-              tuple(grid))
+  return Data(splits["train"], {"test": test}, {"task": task, "grid": list(grid)}, {}, task, tuple(grid))
 
 
 def _unseen(test, train):
   """The test split without puzzles whose input also occurs in train (small grids repeat)."""
   from trm_jax.datasets import splits
+
   seen = {row.tobytes() for row in train.all_arrays()["inputs"]}
   arrays = test.all_arrays()
   keep = np.asarray([row.tobytes() not in seen for row in arrays["inputs"]])
   n = int(keep.sum())
   idx = np.arange(n + 1, dtype=np.int64)
-  return splits.make_split(arrays["inputs"][keep], arrays["labels"][keep], idx, idx,
-                           np.zeros(n, np.int32), test.meta.vocab_size, test.meta.num_puzzle_identifiers)
+  return splits.make_split(
+    arrays["inputs"][keep],
+    arrays["labels"][keep],
+    idx,
+    idx,
+    np.zeros(n, np.int32),
+    test.meta.vocab_size,
+    test.meta.num_puzzle_identifiers,
+  )
 
 
 def _build_or_wait(dcfg, full: str, data_dir: str) -> None:
@@ -87,6 +96,7 @@ def _build_or_wait(dcfg, full: str, data_dir: str) -> None:
   import jax
 
   from trm_jax.datasets import common
+
   if jax.process_count() > 1 and jax.process_index() != 0:
     common.wait_for(full, data_dir, float(dcfg.get("build_timeout_s", 7200)))
     return
@@ -102,6 +112,7 @@ def load(dcfg) -> Data:
   else:
     from trm_jax import input_pipeline
     from trm_jax.datasets import common
+
     full = f"{name}/{dcfg.config}" if dcfg.config else name
     data_dir = os.path.expanduser(dcfg.data_dir)
     try:

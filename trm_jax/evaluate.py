@@ -6,6 +6,7 @@ predictions. On several processes each scores its own rows and the results
 are gathered. ARC voting (REFERENCE.md section 8) lives in `arc_votes`; this
 module turns evaluated rows into its entries and scores them.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -24,8 +25,9 @@ def make_eval_step(model, mcfg, n_steps: int):
 
   def eval_step(params, consts, table, batch):
     batch = {k: batch[k] for k in ("inputs", "labels", "puzzle_identifiers")}
-    _, _, _, per_step = steps.rollout(model, mcfg, params, consts, table, batch, n_steps,
-                                      collect=("preds", "q_halt_logits"))
+    _, _, _, per_step = steps.rollout(
+      model, mcfg, params, consts, table, batch, n_steps, collect=("preds", "q_halt_logits")
+    )
     return {"preds": per_step["preds"].astype(jnp.int32), "q_halt": per_step["q_halt_logits"]}
 
   return eval_step
@@ -44,15 +46,26 @@ def evaluate_all(run, state, data, workdir=None) -> dict:
   run_dir = rundir.RunDir(workdir) if workdir else None
   for name, split in data.evals.items():
     arc = (data.info, data.arrays) if data.task == "arc" else None
-    m, entries = evaluate_split(run.eval_step, params, state.consts, state.puzzle_table, split, cfg.eval.batch_size,
-                                run.eval_steps, run.make_batch, cfg.eval.max_examples, name, arc)
+    m, entries = evaluate_split(
+      run.eval_step,
+      params,
+      state.consts,
+      state.puzzle_table,
+      split,
+      cfg.eval.batch_size,
+      run.eval_steps,
+      run.make_batch,
+      cfg.eval.max_examples,
+      name,
+      arc,
+    )
     if jax.process_count() > 1:  # each process scored only its own rows of every batch
       parts = _gather_objects((m, entries))
       m = _merge_split_metrics([p[0] for p in parts], f"eval/{name}/count")
       entries = None if entries is None else [e for p in parts for e in p[1]]
     out.update(m)
     if arc is not None:
-      counts = arc_test_counts(split, *arc)   # every test task: the reference's denominators
+      counts = arc_test_counts(split, *arc)  # every test task: the reference's denominators
       this = arc_votes.tally(entries)
       scores, submission = arc_votes.score(this, test_counts=counts)
       out.update({f"eval/ARC/{k}_this_eval": v for k, v in scores.items()})
@@ -68,12 +81,13 @@ def evaluate_all(run, state, data, workdir=None) -> dict:
 def _gather_objects(obj) -> list:
   """Every process's picklable `obj`, in process order (a collective: all processes call it)."""
   from jax.experimental import multihost_utils
+
   blob = np.frombuffer(pickle.dumps(obj), np.uint8)
   sizes = np.asarray(multihost_utils.process_allgather(np.asarray([blob.size], np.int32))).reshape(-1)
   padded = np.zeros(int(sizes.max()), np.uint8)
-  padded[:blob.size] = blob
+  padded[: blob.size] = blob
   blobs = np.asarray(multihost_utils.process_allgather(padded))
-  return [pickle.loads(blobs[i, :int(n)].tobytes()) for i, n in enumerate(sizes)]
+  return [pickle.loads(blobs[i, : int(n)].tobytes()) for i, n in enumerate(sizes)]
 
 
 def _merge_split_metrics(parts: list, count_key: str) -> dict:
@@ -89,8 +103,11 @@ def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None
   """Runs one example -> answer tokens, steps used, halting confidence, per-step answers."""
   rows = run.mesh.size
   seq = run.mcfg.seq_len
-  batch = {"inputs": np.zeros((rows, seq), np.int32), "labels": np.full((rows, seq), -100, np.int32),
-           "puzzle_identifiers": np.zeros((rows,), np.int32)}
+  batch = {
+    "inputs": np.zeros((rows, seq), np.int32),
+    "labels": np.full((rows, seq), -100, np.int32),
+    "puzzle_identifiers": np.zeros((rows,), np.int32),
+  }
   batch["inputs"][0] = inputs
   batch["puzzle_identifiers"][0] = puzzle_id
   step_fn = run.eval_step
@@ -101,8 +118,13 @@ def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None
   q = np.asarray(jax.device_get(out["q_halt"]))[:, 0]
   halts = np.flatnonzero(q > 0)
   k = int(halts[0]) if len(halts) else len(q) - 1
-  return {"answer": preds[k], "steps": k + 1, "confidence": float(1 / (1 + np.exp(-q[k]))),
-          "per_step": preds, "q_halt": q}
+  return {
+    "answer": preds[k],
+    "steps": k + 1,
+    "confidence": float(1 / (1 + np.exp(-q[k]))),
+    "per_step": preds,
+    "q_halt": q,
+  }
 
 
 class SetAccumulator:
@@ -113,7 +135,7 @@ class SetAccumulator:
     self.count = 0
     self.exact = np.zeros(n_steps)
     self.token = np.zeros(n_steps)
-    self.halt_exact = 0.0     # exact accuracy at the first step whose q_halt > 0
+    self.halt_exact = 0.0  # exact accuracy at the first step whose q_halt > 0
     self.halt_steps = 0.0
 
   def add(self, preds: np.ndarray, q_halt: np.ndarray, labels: np.ndarray) -> None:
@@ -122,27 +144,42 @@ class SetAccumulator:
     valid = mask.any(-1)
     n_valid = np.maximum(mask.sum(-1), 1)
     correct = (preds == labels[None]) & mask[None]
-    exact = correct.sum(-1) == mask.sum(-1)[None]                      # (n, B)
+    exact = correct.sum(-1) == mask.sum(-1)[None]  # (n, B)
     self.count += int(valid.sum())
     self.exact += (exact & valid[None]).sum(-1)
     self.token += ((correct.sum(-1) / n_valid[None]) * valid[None]).sum(-1)
     halts = q_halt > 0
-    first = np.where(halts.any(0), halts.argmax(0), self.n - 1)       # (B,)
+    first = np.where(halts.any(0), halts.argmax(0), self.n - 1)  # (B,)
     self.halt_exact += float((exact[first, np.arange(exact.shape[1])] & valid).sum())
     self.halt_steps += float(((first + 1) * valid).sum())
 
   def result(self, prefix: str) -> dict:
     c = max(self.count, 1)
-    out = {f"{prefix}/exact_accuracy": self.exact[-1] / c, f"{prefix}/accuracy": self.token[-1] / c,
-           f"{prefix}/count": self.count, f"{prefix}/halted_exact_accuracy": self.halt_exact / c,
-           f"{prefix}/halted_steps": self.halt_steps / c}
+    out = {
+      f"{prefix}/exact_accuracy": self.exact[-1] / c,
+      f"{prefix}/accuracy": self.token[-1] / c,
+      f"{prefix}/count": self.count,
+      f"{prefix}/halted_exact_accuracy": self.halt_exact / c,
+      f"{prefix}/halted_steps": self.halt_steps / c,
+    }
     for k in range(self.n):
       out[f"{prefix}/exact_accuracy@{k + 1}"] = self.exact[k] / c
     return {k: float(v) for k, v in out.items()}
 
 
-def evaluate_split(eval_fn, params, consts, table, split, batch_size: int, n_steps: int, make_batch,
-                   max_examples: int = -1, name: str = "test", arc=None):
+def evaluate_split(
+  eval_fn,
+  params,
+  consts,
+  table,
+  split,
+  batch_size: int,
+  n_steps: int,
+  make_batch,
+  max_examples: int = -1,
+  name: str = "test",
+  arc=None,
+):
   """Runs one split -> (metrics dict, ARC entries or None).
 
   With `max_examples >= 0` only the first batches holding that many examples
@@ -151,8 +188,9 @@ def evaluate_split(eval_fn, params, consts, table, split, batch_size: int, n_ste
   acc = SetAccumulator(n_steps)
   entries = [] if arc is not None else None
   seen, partial = 0, False
-  for local in input_pipeline.eval_batches(split, batch_size, jax.process_index(), jax.process_count(),
-                                           with_index=True):
+  for local in input_pipeline.eval_batches(
+    split, batch_size, jax.process_index(), jax.process_count(), with_index=True
+  ):
     if 0 <= max_examples <= seen:
       partial = True
       break
@@ -188,6 +226,7 @@ def arc_entries(split, index, local, final_preds, final_q_halt, info, arrays):
   """One vote per evaluated example: (task, test index, input, pred, q_halt, label), un-augmented."""
   from trm_jax.datasets import arc as arc_lib
   from trm_jax.datasets import arc_builder
+
   out = []
   for row, ex in enumerate(index):
     if ex < 0:
@@ -196,11 +235,16 @@ def arc_entries(split, index, local, final_preds, final_q_halt, info, arrays):
     _, task, d, perm = arc_builder.original_of(pid, info, arrays)
     puzzle = split.example_puzzle[ex]
     labels = np.where(local["labels"][row] < 0, 0, local["labels"][row])
-    out.append(dict(task=task, test_index=int(ex - split.puzzle_indices[puzzle]),
-                    input=arc_lib.invert(arc_lib.crop_prediction(local["inputs"][row]), d, perm),
-                    pred=arc_builder.invert_prediction(final_preds[row], pid, info, arrays),
-                    q_halt=float(final_q_halt[row]),
-                    label=arc_lib.invert(arc_lib.crop_prediction(labels), d, perm)))
+    out.append(
+      dict(
+        task=task,
+        test_index=int(ex - split.puzzle_indices[puzzle]),
+        input=arc_lib.invert(arc_lib.crop_prediction(local["inputs"][row]), d, perm),
+        pred=arc_builder.invert_prediction(final_preds[row], pid, info, arrays),
+        q_halt=float(final_q_halt[row]),
+        label=arc_lib.invert(arc_lib.crop_prediction(labels), d, perm),
+      )
+    )
   return out
 
 

@@ -16,6 +16,7 @@ The points, each named for what is true when a process stops there:
   training progress of a step (every `train.log_every` steps); on several
   processes the others run on until a collective needs process 0.
 """
+
 from __future__ import annotations
 
 import os

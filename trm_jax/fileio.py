@@ -11,6 +11,7 @@ with `O_NOFOLLOW`; the workdir and the run's directories in it must be owned
 by the user. GCS has no append and no rename: an object is written whole in
 one upload, which readers see atomically.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,6 +48,7 @@ def join(path, *names) -> str:
 def epath(path):
   """An `etils.epath.Path` (gs:// needs gcsfs)."""
   from etils import epath as epath_lib  # noqa: PLC0415
+
   return epath_lib.Path(os.fspath(path))
 
 
@@ -56,8 +58,9 @@ def _remote_errors(path):
   try:
     yield
   except ImportError as e:
-    raise FileIOError(f"{path}: remote paths need gcsfs and google-cloud-storage "
-                      f"(pip install 'trm_jax[gcs]'; {first_line(e)})") from None
+    raise FileIOError(
+      f"{path}: remote paths need gcsfs and google-cloud-storage (pip install 'trm_jax[gcs]'; {first_line(e)})"
+    ) from None
   except (FileNotFoundError, FileIOError):
     raise
   except OSError as e:
@@ -225,8 +228,9 @@ def check_owned_dir(path, what: str) -> None:
   uid = os.geteuid()
   if stat.S_ISLNK(st.st_mode):
     if st.st_uid != uid:
-      raise FileIOError(f"{what}: is a symbolic link owned by uid {st.st_uid} (you are uid {uid}); "
-                        "refusing to follow it")
+      raise FileIOError(
+        f"{what}: is a symbolic link owned by uid {st.st_uid} (you are uid {uid}); refusing to follow it"
+      )
     try:
       st = os.stat(path)
     except FileNotFoundError:
@@ -234,8 +238,9 @@ def check_owned_dir(path, what: str) -> None:
   if not stat.S_ISDIR(st.st_mode):
     raise FileIOError(f"{what}: exists and is not a directory")
   if st.st_uid != uid:
-    raise FileIOError(f"{what}: owned by uid {st.st_uid}, not you (uid {uid}); refusing to write into it "
-                      "(use a directory you own)")
+    raise FileIOError(
+      f"{what}: owned by uid {st.st_uid}, not you (uid {uid}); refusing to write into it (use a directory you own)"
+    )
 
 
 def prepare_workdir(workdir, run_dirs=(), flag: str = "--workdir") -> str:

@@ -8,6 +8,7 @@ what an earlier one decided: `Preempted` sets `tick.stop`, which makes
 the train metrics of the window before any evaluation or save of the step.
 The profiling hook is `trace.StepTrace`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,12 +33,13 @@ class NonFiniteLoss(RunStopped):
 @dataclasses.dataclass
 class Tick:
   """What the hooks see after train step `step` (whose results are `state`, `carry` and `metrics`)."""
+
   step: int
   state: Any
   carry: Any
-  metrics: dict          # this step's metric sums, on the device
-  last: bool             # the run's final step
-  stop: bool = False     # preempted: save now and end the loop (set by `Preempted`)
+  metrics: dict  # this step's metric sums, on the device
+  last: bool  # the run's final step
+  stop: bool = False  # preempted: save now and end the loop (set by `Preempted`)
 
 
 class Hook:
@@ -91,8 +93,10 @@ class NonFiniteGuard(Hook):
       self.mngr.delete(self.pending)
       dropped = f"deleted checkpoint step {self.pending} (its loss was never finite); "
     good = self.mngr.latest_step()
-    raise NonFiniteLoss(f"{what}; stopped; {dropped}last good checkpoint: "
-                        f"{'none' if good is None else f'step {good}'} in {self.mngr.directory}")
+    raise NonFiniteLoss(
+      f"{what}; stopped; {dropped}last good checkpoint: "
+      f"{'none' if good is None else f'step {good}'} in {self.mngr.directory}"
+    )
 
 
 class Preempted(Hook):
@@ -145,7 +149,7 @@ class EvaluateAt(Hook):
 
   def __init__(self, steps, evaluate: Callable, writer):
     self.steps, self.evaluate, self.writer = frozenset(steps), evaluate, writer
-    self.latest: dict = {}   # the metrics of the latest evaluation
+    self.latest: dict = {}  # the metrics of the latest evaluation
 
   def due(self, tick: Tick) -> bool:
     return tick.last or tick.step in self.steps

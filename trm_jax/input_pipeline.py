@@ -25,10 +25,20 @@ import numpy as np
 from trm_jax import cli
 from trm_jax.datasets.splits import BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID, DatasetMeta, InMemoryReader, SplitData
 
-__all__ = ['DatasetMeta', 'SplitData', 'load_split', 'train_batch',
-           'train_batch_indices', 'batch_position', 'eval_batches',
-           'prefetch_train_batches', 'make_global_batch',
-           'steps_per_epoch', 'iteration_ends', 'measure_throughput']
+__all__ = [
+  "DatasetMeta",
+  "SplitData",
+  "load_split",
+  "train_batch",
+  "train_batch_indices",
+  "batch_position",
+  "eval_batches",
+  "prefetch_train_batches",
+  "make_global_batch",
+  "steps_per_epoch",
+  "iteration_ends",
+  "measure_throughput",
+]
 
 
 # ------------------------------------------------------------------ load --
@@ -42,6 +52,7 @@ class RecordReader:
   def __init__(self, files, zlib_encoded: bool):
     from array_record.python.array_record_data_source import ArrayRecordDataSource
     from tensorflow_datasets.proto import tf_example_pb2
+
     self._files = [os.fspath(f) for f in files]
     self._source = ArrayRecordDataSource(self._files)
     self._parse = tf_example_pb2.Example.FromString
@@ -52,96 +63,104 @@ class RecordReader:
 
   def read(self, indices):
     import zlib
+
     indices = [int(i) for i in np.asarray(indices).reshape(-1)]
     if not indices:
-      raise ValueError('empty read')
+      raise ValueError("empty read")
     try:  # a damaged file: one line naming it, not a traceback
-      feats = [self._parse(r).features.feature
-               for r in self._source.__getitems__(indices)]
-      ids = [f['example_id'].int64_list.value[0] for f in feats]
+      feats = [self._parse(r).features.feature for r in self._source.__getitems__(indices)]
+      ids = [f["example_id"].int64_list.value[0] for f in feats]
       if ids != indices:
-        raise ValueError('records out of order: example ids do not match')
+        raise ValueError("records out of order: example ids do not match")
       out = []
-      for key in ('inputs', 'labels'):
+      for key in ("inputs", "labels"):
         raw = [f[key].bytes_list.value[0] for f in feats]
         if self._zlib:
           raw = [zlib.decompress(b) for b in raw]
-        out.append(np.frombuffer(b''.join(raw), np.uint8).reshape(
-            len(indices), -1))
+        out.append(np.frombuffer(b"".join(raw), np.uint8).reshape(len(indices), -1))
     except Exception as e:  # noqa: BLE001 - riegeli, protobuf, zlib and shape errors alike
       from trm_jax.datasets import common
-      raise common.DataError(f'{self._files[0]}: damaged records ({cli.first_line(e, 200)}); rebuild the '
-                             'dataset with trm-data build --overwrite') from None
+
+      raise common.DataError(
+        f"{self._files[0]}: damaged records ({cli.first_line(e, 200)}); rebuild the "
+        "dataset with trm-data build --overwrite"
+      ) from None
     return out[0], out[1]
 
 
 def _record_files(d: Path, split: str):
   import json
-  files = sorted(d.glob(f'*-{split}.array_record-*'))
-  with open(d / 'features.json') as f:
-    feats = json.load(f)['featuresDict']['features']
-  return files, feats['inputs']['tensor'].get('encoding') == 'zlib'
+
+  files = sorted(d.glob(f"*-{split}.array_record-*"))
+  with open(d / "features.json") as f:
+    feats = json.load(f)["featuresDict"]["features"]
+  return files, feats["inputs"]["tensor"].get("encoding") == "zlib"
 
 
 def dataset_dir(name_or_path, data_dir=None) -> Path:
   """Resolves NAME[/CONFIG] (in data_dir) or a dataset directory path."""
   from trm_jax.datasets import common
+
   p = Path(os.fspath(name_or_path))
   if (p / common.META_FILE).is_file():
     return p
   if data_dir is None:
-    raise common.DataError(f'{name_or_path}: give data_dir or a dataset path')
+    raise common.DataError(f"{name_or_path}: give data_dir or a dataset path")
   builder = common.get_builder(str(name_or_path), data_dir)
   d = Path(builder.data_dir)
   if not (d / common.META_FILE).is_file():
     raise common.DataError(
-        f'{name_or_path}: not built in {data_dir}; run '
-        f'`trm-data build {name_or_path} --data_dir {data_dir}`')
+      f"{name_or_path}: not built in {data_dir}; run `trm-data build {name_or_path} --data_dir {data_dir}`"
+    )
   return d
 
 
-def load_split(name_or_path, split: str = 'train', data_dir=None,
-               in_memory: bool = False) -> SplitData:
+def load_split(name_or_path, split: str = "train", data_dir=None, in_memory: bool = False) -> SplitData:
   """Opens one split of a built dataset; reads records lazily by default."""
   from trm_jax.datasets import common, splits
+
   d = dataset_dir(name_or_path, data_dir)
   try:  # damaged or hand-edited files: one line naming the dataset
     md = common.read_metadata(d)
-    if split not in md['json']['splits']:
-      raise common.DataError(f'{d}: no split {split!r} '
-                             f'(have {sorted(md["json"]["splits"])})')
-    meta = DatasetMeta.from_json(md['json']['splits'][split])
-    arr = md['arrays']
-    splits.check_split(meta, arr[f'{split}.puzzle_indices'], arr[f'{split}.group_indices'],
-                       arr[f'{split}.puzzle_identifiers'], f'{d / common.META_FILE}: splits.{split}')
+    if split not in md["json"]["splits"]:
+      raise common.DataError(f"{d}: no split {split!r} (have {sorted(md['json']['splits'])})")
+    meta = DatasetMeta.from_json(md["json"]["splits"][split])
+    arr = md["arrays"]
+    splits.check_split(
+      meta,
+      arr[f"{split}.puzzle_indices"],
+      arr[f"{split}.group_indices"],
+      arr[f"{split}.puzzle_identifiers"],
+      f"{d / common.META_FILE}: splits.{split}",
+    )
     reader = RecordReader(*_record_files(d, split))
-    data = SplitData(meta, arr[f'{split}.puzzle_indices'],
-                     arr[f'{split}.group_indices'],
-                     arr[f'{split}.puzzle_identifiers'], reader)
+    data = SplitData(
+      meta, arr[f"{split}.puzzle_indices"], arr[f"{split}.group_indices"], arr[f"{split}.puzzle_identifiers"], reader
+    )
   except common.DataError:
     raise
   except splits.MetaError as e:
-    raise common.DataError(f'{e}; rebuild the dataset with trm-data build --overwrite') from None
+    raise common.DataError(f"{e}; rebuild the dataset with trm-data build --overwrite") from None
   except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, zipfile.BadZipFile) as e:
-    raise common.DataError(f'{d}: damaged dataset ({cli.first_line(e, 200)}); rebuild it with trm-data build '
-                           '--overwrite') from None
+    raise common.DataError(
+      f"{d}: damaged dataset ({cli.first_line(e, 200)}); rebuild it with trm-data build --overwrite"
+    ) from None
   if len(reader) != data.num_examples:
-    raise common.DataError(f'{d}: damaged dataset ({len(reader)} records, index says '
-                           f'{data.num_examples}); rebuild it with trm-data build --overwrite')
+    raise common.DataError(
+      f"{d}: damaged dataset ({len(reader)} records, index says "
+      f"{data.num_examples}); rebuild it with trm-data build --overwrite"
+    )
   if in_memory:
-    chunks = [reader.read(np.arange(s, min(s + 8192, data.num_examples)))
-              for s in range(0, data.num_examples, 8192)]
-    data.reader = InMemoryReader(np.concatenate([c[0] for c in chunks]),
-                                 np.concatenate([c[1] for c in chunks]))
-  data.info = md['json']
-  data.extra_arrays = {k: v for k, v in arr.items() if '.' not in k}
+    chunks = [reader.read(np.arange(s, min(s + 8192, data.num_examples))) for s in range(0, data.num_examples, 8192)]
+    data.reader = InMemoryReader(np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
+  data.info = md["json"]
+  data.extra_arrays = {k: v for k, v in arr.items() if "." not in k}
   return data
 
 
 # --------------------------------------------------------------- sampler --
 def _rng(*key) -> np.random.Generator:
-  return np.random.Generator(np.random.Philox(
-      np.random.SeedSequence([int(k) for k in key])))
+  return np.random.Generator(np.random.Philox(np.random.SeedSequence([int(k) for k in key])))
 
 
 # An iteration of many epochs holds (groups x epochs) puzzle indices (~100 MB
@@ -152,16 +171,14 @@ def _plan(puzzle_indices_b, group_indices_b, seed, it, batch, epochs_per_iter):
   gidx = np.frombuffer(group_indices_b, np.int64)
   n_groups = len(gidx) - 1
   rng = _rng(seed, it, 0)
-  order = np.concatenate([rng.permutation(n_groups)
-                          for _ in range(epochs_per_iter)])
+  order = np.concatenate([rng.permutation(n_groups) for _ in range(epochs_per_iter)])
   n_in_group = gidx[order + 1] - gidx[order]
-  puzzles = gidx[order] + np.floor(
-      rng.random(len(order)) * n_in_group).astype(np.int64)
+  puzzles = gidx[order] + np.floor(rng.random(len(order)) * n_in_group).astype(np.int64)
   sizes = pidx[puzzles + 1] - pidx[puzzles]
   cum = np.concatenate([[0], np.cumsum(sizes)])
   starts = [0]
   while True:
-    j = int(np.searchsorted(cum, cum[starts[-1]] + batch, 'left'))
+    j = int(np.searchsorted(cum, cum[starts[-1]] + batch, "left"))
     if j >= len(cum):
       break  # the last partial batch is dropped
     starts.append(j)
@@ -181,7 +198,7 @@ _SCHEDULES: dict = {}
 def _key_bytes(data: SplitData):
   # Computed once per SplitData: bytes cache their hash, so the plan cache
   # lookups stay cheap even for ~1M-puzzle splits.
-  cached = getattr(data, '_index_bytes', None)
+  cached = getattr(data, "_index_bytes", None)
   if cached is None:
     cached = (data.puzzle_indices.tobytes(), data.group_indices.tobytes())
     data._index_bytes = cached
@@ -197,9 +214,10 @@ def _schedule(data, seed, batch, epochs_per_iter):
     group_max = np.maximum.reduceat(sizes, data.group_indices[:-1])
     if group_max.sum() * epochs_per_iter < batch:
       raise ValueError(
-          f'global batch {batch} exceeds the examples of one iteration '
-          f'({data.meta.total_groups} groups x {epochs_per_iter} epochs); '
-          'raise epochs_per_iter or lower the batch')
+        f"global batch {batch} exceeds the examples of one iteration "
+        f"({data.meta.total_groups} groups x {epochs_per_iter} epochs); "
+        "raise epochs_per_iter or lower the batch"
+      )
   return sched, pb, gb
 
 
@@ -213,46 +231,40 @@ def _locate(data, seed, step, batch, epochs_per_iter):
   sched, pb, gb = _schedule(data, seed, batch, epochs_per_iter)
   while sched.cum[-1] <= step:
     _extend(sched, pb, gb, seed, batch, epochs_per_iter)
-  it = int(np.searchsorted(sched.cum, step, 'right')) - 1
+  it = int(np.searchsorted(sched.cum, step, "right")) - 1
   return it, step - sched.cum[it], pb, gb
 
 
-def iteration_ends(data: SplitData, seed: int, global_batch_size: int,
-                   epochs_per_iter: int, n_iters: int,
-                   stop_at: int | None = None) -> np.ndarray:
+def iteration_ends(
+  data: SplitData, seed: int, global_batch_size: int, epochs_per_iter: int, n_iters: int, stop_at: int | None = None
+) -> np.ndarray:
   """Training steps at which iterations 0, 1, ... end (cumulative batches).
 
   Stops after `n_iters` iterations, or earlier once an iteration ends at or
   after step `stop_at`.
   """
   sched, pb, gb = _schedule(data, seed, global_batch_size, epochs_per_iter)
-  while len(sched.cum) <= n_iters and (
-      stop_at is None or sched.cum[-1] < stop_at):
+  while len(sched.cum) <= n_iters and (stop_at is None or sched.cum[-1] < stop_at):
     _extend(sched, pb, gb, seed, global_batch_size, epochs_per_iter)
-  ends = np.asarray(sched.cum[1:n_iters + 1], np.int64)
+  ends = np.asarray(sched.cum[1 : n_iters + 1], np.int64)
   if stop_at is not None and len(ends):
-    k = int(np.searchsorted(ends, stop_at, 'left'))
-    ends = ends[:k + 1]
+    k = int(np.searchsorted(ends, stop_at, "left"))
+    ends = ends[: k + 1]
   return ends
 
 
-def batch_position(data: SplitData, seed: int, step: int,
-                   global_batch_size: int, epochs_per_iter: int = 1):
+def batch_position(data: SplitData, seed: int, step: int, global_batch_size: int, epochs_per_iter: int = 1):
   """(iteration, batch within it, batches in it) of training step `step`."""
-  it, b, pb, gb = _locate(data, seed, step, global_batch_size,
-                          epochs_per_iter)
+  it, b, pb, gb = _locate(data, seed, step, global_batch_size, epochs_per_iter)
   _, starts = _plan(pb, gb, seed, it, global_batch_size, epochs_per_iter)
   return it, int(b), len(starts) - 1
 
 
-def train_batch_indices(data: SplitData, seed: int, step: int,
-                        global_batch_size: int, epochs_per_iter: int = 1):
+def train_batch_indices(data: SplitData, seed: int, step: int, global_batch_size: int, epochs_per_iter: int = 1):
   """Example indices (global_batch_size,) of training step `step`."""
-  it, b, pb, gb = _locate(data, seed, step, global_batch_size,
-                          epochs_per_iter)
-  puzzles, starts = _plan(pb, gb, seed, it, global_batch_size,
-                          epochs_per_iter)
-  chosen = puzzles[starts[b]:starts[b + 1]]
+  it, b, pb, gb = _locate(data, seed, step, global_batch_size, epochs_per_iter)
+  puzzles, starts = _plan(pb, gb, seed, it, global_batch_size, epochs_per_iter)
+  chosen = puzzles[starts[b] : starts[b + 1]]
   pidx = data.puzzle_indices
   sizes = pidx[chosen + 1] - pidx[chosen]
   owner = np.repeat(np.arange(len(chosen)), sizes)
@@ -265,32 +277,34 @@ def train_batch_indices(data: SplitData, seed: int, step: int,
 
 def _local_rows(n, process_index, process_count):
   if n % process_count:
-    raise ValueError(f'global batch {n} not divisible by {process_count} '
-                     'processes')
+    raise ValueError(f"global batch {n} not divisible by {process_count} processes")
   per = n // process_count
   return slice(process_index * per, (process_index + 1) * per)
 
 
-def train_batch(data: SplitData, seed: int, step: int, global_batch_size: int,
-                process_index: int = 0, process_count: int = 1,
-                epochs_per_iter: int = 1) -> dict[str, np.ndarray]:
+def train_batch(
+  data: SplitData,
+  seed: int,
+  step: int,
+  global_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  epochs_per_iter: int = 1,
+) -> dict[str, np.ndarray]:
   """This process's rows of global training batch `step` (pure in seed, step)."""
-  idx = train_batch_indices(data, seed, step, global_batch_size,
-                            epochs_per_iter)
-  return data.examples(idx[_local_rows(global_batch_size, process_index,
-                                       process_count)])
+  idx = train_batch_indices(data, seed, step, global_batch_size, epochs_per_iter)
+  return data.examples(idx[_local_rows(global_batch_size, process_index, process_count)])
 
 
 def steps_per_epoch(data: SplitData, global_batch_size: int) -> int:
   """Reference formula: total_groups * mean_puzzle_examples / batch."""
   m = data.meta
-  return max(1, int(m.total_groups * m.mean_puzzle_examples
-                    // global_batch_size))
+  return max(1, int(m.total_groups * m.mean_puzzle_examples // global_batch_size))
 
 
-def eval_batches(data: SplitData, global_batch_size: int,
-                 process_index: int = 0, process_count: int = 1,
-                 with_index: bool = False) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+  data: SplitData, global_batch_size: int, process_index: int = 0, process_count: int = 1, with_index: bool = False
+) -> Iterator[dict[str, np.ndarray]]:
   """The split in order; the last batch padded (PAD, -100, puzzle id 0).
 
   With `with_index`, adds `example_index` (-1 on padding rows).
@@ -302,26 +316,34 @@ def eval_batches(data: SplitData, global_batch_size: int,
     idx = np.arange(start, start + global_batch_size)[rows]
     valid = idx < n
     local = len(idx)
-    out = {'inputs': np.full((local, seq), PAD_ID, np.int32),
-           'labels': np.full((local, seq), IGNORE_LABEL_ID, np.int32),
-           'puzzle_identifiers': np.full((local,), BLANK_PUZZLE_ID,
-                                         np.int32)}
+    out = {
+      "inputs": np.full((local, seq), PAD_ID, np.int32),
+      "labels": np.full((local, seq), IGNORE_LABEL_ID, np.int32),
+      "puzzle_identifiers": np.full((local,), BLANK_PUZZLE_ID, np.int32),
+    }
     if valid.any():
       got = data.examples(idx[valid])
       for k, v in got.items():
         out[k][valid] = v
     if with_index:
-      out['example_index'] = np.where(valid, idx, -1).astype(np.int32)
+      out["example_index"] = np.where(valid, idx, -1).astype(np.int32)
     yield out
 
 
-def prefetch_train_batches(data: SplitData, seed: int, start_step: int,
-                           global_batch_size: int, process_index: int = 0,
-                           process_count: int = 1, epochs_per_iter: int = 1,
-                           buffer: int = 2):
+def prefetch_train_batches(
+  data: SplitData,
+  seed: int,
+  start_step: int,
+  global_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  epochs_per_iter: int = 1,
+  buffer: int = 2,
+):
   """Yields (step, local batch) from start_step on; reads in a thread."""
   import queue
   import threading
+
   q: queue.Queue = queue.Queue(maxsize=buffer)
   stop = threading.Event()
 
@@ -329,9 +351,7 @@ def prefetch_train_batches(data: SplitData, seed: int, start_step: int,
     step = start_step
     try:
       while not stop.is_set():
-        q.put((step, train_batch(data, seed, step, global_batch_size,
-                                 process_index, process_count,
-                                 epochs_per_iter)))
+        q.put((step, train_batch(data, seed, step, global_batch_size, process_index, process_count, epochs_per_iter)))
         step += 1
     except BaseException as e:  # surfaced in the consumer
       q.put((None, e))
@@ -356,12 +376,11 @@ def prefetch_train_batches(data: SplitData, seed: int, start_step: int,
 def make_global_batch(local_batch: dict, sharding) -> dict:
   """Assembles per-process rows into global jax Arrays (batch axis 0)."""
   import jax
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
-def measure_throughput(data: SplitData, global_batch_size: int,
-                       steps: int = 20, seed: int = 0) -> float:
+def measure_throughput(data: SplitData, global_batch_size: int, steps: int = 20, seed: int = 0) -> float:
   """Training examples/s of train_batch on this host (one process)."""
   train_batch(data, seed, 0, global_batch_size)
   t = time.perf_counter()

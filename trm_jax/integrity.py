@@ -9,6 +9,7 @@ restore under a different mesh still matches. Changing any one element always
 changes the fingerprint (an odd weight is invertible modulo 2**32); larger
 damage is missed with probability about 2**-32 per leaf.
 """
+
 from __future__ import annotations
 
 import jax
@@ -54,8 +55,11 @@ def _scalar(x):
 
 def summarize(tree) -> dict[str, tuple[int, bool]]:
   """{leaf path: (fingerprint, finite)} for every non-empty array leaf of `tree` (None leaves skipped)."""
-  flat = [(jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-          if x is not None and np.size(x)]
+  flat = [
+    (jax.tree_util.keystr(p), x)
+    for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    if x is not None and np.size(x)
+  ]
   if not flat:
     return {}
   out = _summaries([x for _, x in flat])

@@ -4,6 +4,7 @@ The reference stores linear weights as (out, in); we store kernels as
 (in, out). Key layout: see ../shared/parity/README.md. Compiled-model
 checkpoints carry an extra `_orig_mod.` prefix, which is accepted.
 """
+
 from __future__ import annotations
 
 import flax
@@ -39,7 +40,7 @@ def reference_keys(variables) -> dict[str, tuple]:
 
 
 def strip_prefix(state_dict: dict) -> dict:
-  return {k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k: v for k, v in state_dict.items()}
+  return {k[len("_orig_mod.") :] if k.startswith("_orig_mod.") else k: v for k, v in state_dict.items()}
 
 
 class KeyMismatch(ValueError):
@@ -58,13 +59,20 @@ def _weights(value, key: str, source: str) -> np.ndarray:
   a = a.astype(np.float32)
   finite = np.isfinite(a)
   if not finite.all():
-    raise BadValues(f"{source}: {key} holds {a.size - int(finite.sum())} NaN/inf value(s) "
-                    f"(first at index {np.unravel_index(int(np.argmin(finite)), a.shape)})")
+    raise BadValues(
+      f"{source}: {key} holds {a.size - int(finite.sum())} NaN/inf value(s) "
+      f"(first at index {np.unravel_index(int(np.argmin(finite)), a.shape)})"
+    )
   return a
 
 
-def from_reference(state_dict: dict, like_variables, num_puzzle_identifiers: int | None = None,
-                   puzzle_emb_ndim: int = 0, source: str = "state dict"):
+def from_reference(
+  state_dict: dict,
+  like_variables,
+  num_puzzle_identifiers: int | None = None,
+  puzzle_emb_ndim: int = 0,
+  source: str = "state dict",
+):
   """Reference state dict -> (variables, puzzle_table).
 
   `like_variables` gives the expected tree and shapes (e.g. from
@@ -92,8 +100,9 @@ def from_reference(state_dict: dict, like_variables, num_puzzle_identifiers: int
     want = tuple(like_flat[col][path].shape)
     if a.shape != want:
       shown = a.T.shape if tr else a.shape
-      raise KeyMismatch(f"{source}: {key} has shape {tuple(shown)}, the config expects "
-                        f"{tuple(reversed(want)) if tr else want}")
+      raise KeyMismatch(
+        f"{source}: {key} has shape {tuple(shown)}, the config expects {tuple(reversed(want)) if tr else want}"
+      )
     flat[col][path] = a
   variables = {c: flax.traverse_util.unflatten_dict(flat[c]) for c in flat}
   table = None

@@ -1,4 +1,5 @@
 """Losses and metric sums of the ACT training step (REFERENCE.md §5)."""
+
 from __future__ import annotations
 
 import jax
@@ -37,8 +38,7 @@ def cross_entropy(logits, labels, loss_type: str = "stablemax"):
   return -jnp.where(mask, picked, 0.0)
 
 
-def act_loss(logits, labels, q_halt, q_continue, halted, steps, target_q_continue=None,
-             loss_type: str = "stablemax"):
+def act_loss(logits, labels, q_halt, q_continue, halted, steps, target_q_continue=None, loss_type: str = "stablemax"):
   """Loss of one supervision step (unscaled sum over the batch) and metric sums.
 
   Returns (loss, metrics) where metrics hold raw sums: count, accuracy,
@@ -56,13 +56,13 @@ def act_loss(logits, labels, q_halt, q_continue, halted, steps, target_q_continu
   lm_loss = (cross_entropy(logits, labels, loss_type).sum(-1) / divisor).sum()
   q_halt_loss = optax.sigmoid_binary_cross_entropy(q_halt, seq_correct.astype(jnp.float32)).sum()
   metrics = {
-      "count": counted.sum().astype(jnp.float32),
-      "accuracy": jnp.where(counted, correct.sum(-1) / divisor, 0.0).sum(),
-      "exact_accuracy": (counted & seq_correct).sum().astype(jnp.float32),
-      "q_halt_accuracy": (counted & ((q_halt >= 0) == seq_correct)).sum().astype(jnp.float32),
-      "steps": jnp.where(counted, steps, 0).sum().astype(jnp.float32),
-      "lm_loss": jax.lax.stop_gradient(lm_loss),
-      "q_halt_loss": jax.lax.stop_gradient(q_halt_loss),
+    "count": counted.sum().astype(jnp.float32),
+    "accuracy": jnp.where(counted, correct.sum(-1) / divisor, 0.0).sum(),
+    "exact_accuracy": (counted & seq_correct).sum().astype(jnp.float32),
+    "q_halt_accuracy": (counted & ((q_halt >= 0) == seq_correct)).sum().astype(jnp.float32),
+    "steps": jnp.where(counted, steps, 0).sum().astype(jnp.float32),
+    "lm_loss": jax.lax.stop_gradient(lm_loss),
+    "q_halt_loss": jax.lax.stop_gradient(q_halt_loss),
   }
   loss = lm_loss + 0.5 * q_halt_loss
   if target_q_continue is not None:

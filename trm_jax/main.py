@@ -13,6 +13,7 @@ local tests). Without either, the run is a single process and never
 initialises it. User errors print one `error: ...` line and exit with status 1;
 set TRM_TRACEBACK=1 to see the traceback instead.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,18 +30,26 @@ FLAGS = flags.FLAGS
 def _define_flags():
   if "workdir" in FLAGS:
     return
-  config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/demo.py[:arch=hrm].",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics.jsonl), local or gs://; "
-                      "missing parents are created.")
-  flags.DEFINE_bool("verbose", False, "Also print the resolved config and library logs (the config is saved "
-                    "in the workdir's checkpoints anyway).")
+  config_flags.DEFINE_config_file(
+    "config", None, "Experiment file, e.g. experiments/demo.py[:arch=hrm].", lock_config=True
+  )
+  flags.DEFINE_string(
+    "workdir", None, "Run directory (checkpoints, metrics.jsonl), local or gs://; missing parents are created."
+  )
+  flags.DEFINE_bool(
+    "verbose",
+    False,
+    "Also print the resolved config and library logs (the config is saved in the workdir's checkpoints anyway).",
+  )
   flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
-  flags.DEFINE_bool("distributed", os.environ.get("TRM_DISTRIBUTED", "") not in ("", "0"),
-                    "Multi-host: jax.distributed.initialize() with cluster auto-detection (Cloud TPU VM, GKE, "
-                    "Slurm); default from $TRM_DISTRIBUTED. launch/tpu_run.sh passes it.")
+  flags.DEFINE_bool(
+    "distributed",
+    os.environ.get("TRM_DISTRIBUTED", "") not in ("", "0"),
+    "Multi-host: jax.distributed.initialize() with cluster auto-detection (Cloud TPU VM, GKE, "
+    "Slurm); default from $TRM_DISTRIBUTED. launch/tpu_run.sh passes it.",
+  )
 
 
 def distributed_args(coordinator_address=None, num_processes=None, process_id=None, distributed=False):
@@ -65,6 +74,7 @@ def _distributed():
   if kwargs is None:
     return
   import jax
+
   # CPU hosts need cross-process collectives (set before the backend starts);
   # the option only concerns the CPU backend, so GPU/TPU hosts are unaffected.
   if jax.config.jax_cpu_collectives_implementation is None:
@@ -72,10 +82,16 @@ def _distributed():
   try:
     jax.distributed.initialize(**kwargs)
   except ValueError as e:  # nothing detected and nothing given
-    raise cli.UserError(f"--distributed: {cli.first_line(e)}; no cluster detected: pass --coordinator_address, "
-                        "--num_processes and --process_id") from None
-  print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
-        f"{jax.default_backend()} devices, {jax.device_count()} in total", file=sys.stderr, flush=True)
+    raise cli.UserError(
+      f"--distributed: {cli.first_line(e)}; no cluster detected: pass --coordinator_address, "
+      "--num_processes and --process_id"
+    ) from None
+  print(
+    f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
+    f"{jax.default_backend()} devices, {jax.device_count()} in total",
+    file=sys.stderr,
+    flush=True,
+  )
 
 
 def main(argv):
@@ -90,6 +106,7 @@ def main(argv):
       raise ValueError("--workdir is required")
     _distributed()
     from trm_jax import train
+
     train.train_and_evaluate(config, FLAGS.workdir, verbose=FLAGS.verbose)
 
 

@@ -9,6 +9,7 @@ through `fileio`: local files are never written through a symbolic link; on
 gs:// metrics.jsonl is rewritten whole at each write (GCS has no append) and
 TensorBoard events need google-cloud-storage (`trm_jax[gcs]`).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ def _tensorboardx():
     sys.modules["torch"] = None  # makes `import torch` raise ImportError
   try:
     import tensorboardX
+
     return tensorboardX
   except ImportError:
     return None
@@ -55,8 +57,9 @@ def reduce_window(sums: dict, global_batch_size: int, n_steps: int) -> dict:
 class Writer:
   """Writes on process 0 only; every other process gets a silent writer."""
 
-  def __init__(self, workdir, total_steps: int, start_step: int = 0, enabled: bool | None = None,
-               progress: bool = True):
+  def __init__(
+    self, workdir, total_steps: int, start_step: int = 0, enabled: bool | None = None, progress: bool = True
+  ):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     run_dir = rundir.RunDir(workdir)
     self.path = run_dir.metrics
@@ -71,8 +74,9 @@ class Writer:
     self._total, self._last = int(total_steps), (int(start_step), None)
     self._lines = bool(self.enabled and progress and not _is_terminal(sys.stderr))
     if self.enabled and progress and not self._lines:
-      self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                       smoothing=0.1, mininterval=1.0)
+      self._bar = tqdm(
+        total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, smoothing=0.1, mininterval=1.0
+      )
 
   @property
   def tensorboard(self) -> bool:

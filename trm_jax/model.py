@@ -6,6 +6,7 @@ Parameters are float32; activations use `config.dtype` (bfloat16 by default).
 Linear kernels are stored Flax-style as (in, out); the reference stores
 (out, in) and `convert.py` transposes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -199,6 +200,7 @@ class Linear(nn.Module):
   sequence axis) or "btd,dnh->bnth" (heads in the splash kernel's layout):
   the layout change is then the dot's own, not a transpose in memory.
   """
+
   features: int
   use_bias: bool = False
   dtype: Dtype = jnp.bfloat16
@@ -220,6 +222,7 @@ class Linear(nn.Module):
 
 class SwiGLU(nn.Module):
   """SwiGLU over the last axis, or (axis=1) over the sequence axis of (B, T, D)."""
+
   expansion: float
   dtype: Dtype
   axis: int = -1
@@ -276,11 +279,20 @@ def _splash_block_sizes(tp: int) -> splash.BlockSizes:
   per-kv-tile partial sums) and the scores are recomputed once, not twice
   (separate dq and dk/dv kernels).
   """
+
   def fit(cap):
     return max(b for b in (128, 256, 512, 1024) if b <= cap and tp % b == 0)
+
   bq, bkv, bc = fit(512), fit(1024), fit(512)
-  return splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bc, block_q_dkv=bq, block_kv_dkv=bkv,
-                           block_kv_dkv_compute=bc, use_fused_bwd_kernel=True)
+  return splash.BlockSizes(
+    block_q=bq,
+    block_kv=bkv,
+    block_kv_compute=bc,
+    block_q_dkv=bq,
+    block_kv_dkv=bkv,
+    block_kv_dkv_compute=bc,
+    use_fused_bwd_kernel=True,
+  )
 
 
 def splash_rereads(b: int, t: int, n: int, head_dim: int) -> tuple[int, int]:
@@ -340,8 +352,9 @@ def _splash_local(q, k, v, cos_sin, interpret: bool):
     return jnp.pad(a, ((0, 0), (0, 0), (0, tp - t), (0, 0)))
 
   mask = splash_mask.MultiHeadMask([splash_mask.FullMask((tp, tp))] * n)
-  kernel = splash.make_splash_mha(mask, block_sizes=_splash_block_sizes(tp), head_shards=1, q_seq_shards=1,
-                                  interpret=interpret)
+  kernel = splash.make_splash_mha(
+    mask, block_sizes=_splash_block_sizes(tp), head_shards=1, q_seq_shards=1, interpret=interpret
+  )
   ids = (jnp.arange(tp) < t).astype(jnp.int32)
   segments = splash.SegmentIds(q=ids, kv=ids) if tp > t else None
   operands = ready(q, True, 1.0 / math.sqrt(h)), ready(k, True, 1.0), ready(v, False, 1.0)
@@ -363,8 +376,9 @@ def splash_heads(q, k, v, interpret: bool = False, cos_sin=None):
     return fn(q, k, v, cos_sin)
   spec = P(BATCH)
   rope_spec = None if cos_sin is None else (P(), P())
-  return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec, rope_spec), out_specs=spec,
-                       check_vma=False)(q, k, v, cos_sin)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec, rope_spec), out_specs=spec, check_vma=False)(
+    q, k, v, cos_sin
+  )
 
 
 def splash_attention(q, k, v, interpret: bool = False):
@@ -390,8 +404,9 @@ def attention(q, k, v, impl: str, interpret: bool = False):
       widths = ((0, 0), (0, pad), (0, 0), (0, 0))
       q, k, v = (jnp.pad(a, widths) for a in (q, k, v))
       lengths = jnp.full((q.shape[0],), t, jnp.int32)
-      out = jax.nn.dot_product_attention(q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
-                                         implementation="cudnn")
+      out = jax.nn.dot_product_attention(
+        q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths, implementation="cudnn"
+      )
       return out[:, :t]
     return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
   return jax.nn.dot_product_attention(q, k, v, implementation=None if impl == "xla" else impl)
@@ -423,6 +438,7 @@ class Attention(nn.Module):
 
 class Block(nn.Module):
   """Post-norm block: attention (or sequence-MLP) then SwiGLU, each + RMSNorm."""
+
   cfg: Any
 
   @nn.compact
@@ -444,6 +460,7 @@ class Block(nn.Module):
 
 class ReasoningNet(nn.Module):
   """f(z, injection) = blocks(z + injection): the weight-tied network."""
+
   cfg: Any
   num_layers: int
 
@@ -462,22 +479,30 @@ class RecursiveModel(nn.Module):
   `model.apply(variables, ..., method=...)`.
   Variables: `params` (trained) and `consts` (fixed H_init / L_init buffers).
   """
+
   cfg: Any
 
   def setup(self):
     c = self.cfg
     d = c.hidden_size
     self.P = puzzle_emb_len(c)
-    self.embed_tokens = nn.Embed(c.vocab_size, d, embedding_init=std_trunc_normal(1 / math.sqrt(d)),
-                                 name="embed_tokens")
+    self.embed_tokens = nn.Embed(
+      c.vocab_size, d, embedding_init=std_trunc_normal(1 / math.sqrt(d)), name="embed_tokens"
+    )
     if c.pos_encodings == "learned":
       self.embed_pos = self.param("embed_pos", std_trunc_normal(1 / math.sqrt(d)), (c.seq_len + self.P, d))
     self.L_level = ReasoningNet(c, c.L_layers)
     if c.arch == "hrm" or c.variant == "separate_nets":
       self.H_level = ReasoningNet(c, c.H_layers if c.arch == "hrm" else c.L_layers)
     self.lm_head = Linear(c.vocab_size, dtype=c.dtype, platform=c.platform)
-    self.q_head = Linear(2, use_bias=True, dtype=c.dtype, platform=c.platform, kernel_init=nn.initializers.zeros,
-                         bias_init=nn.initializers.constant(-5.0))
+    self.q_head = Linear(
+      2,
+      use_bias=True,
+      dtype=c.dtype,
+      platform=c.platform,
+      kernel_init=nn.initializers.zeros,
+      bias_init=nn.initializers.constant(-5.0),
+    )
     l_shape = (c.L_cycles, d) if c.variant == "multiscale_latent" else (d,)
     self.H_init = self.variable("consts", "H_init", lambda: std_trunc_normal(1.0)(self.make_rng("params"), (d,)))
     self.L_init = self.variable("consts", "L_init", lambda: std_trunc_normal(1.0)(self.make_rng("params"), l_shape))
@@ -510,7 +535,7 @@ class RecursiveModel(nn.Module):
 
   def heads(self, z_H):
     """-> logits (B, S, V) in the activation dtype, q (B, 2) float32."""
-    logits = self.lm_head(z_H)[:, self.P:]
+    logits = self.lm_head(z_H)[:, self.P :]
     q = self.q_head(z_H[:, 0]).astype(jnp.float32)
     return logits, q
 

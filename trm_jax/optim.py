@@ -1,4 +1,5 @@
 """Optimisers (REFERENCE.md §6): AdamATan2, the LR schedule, sparse sign-SGD, EMA."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -36,8 +37,9 @@ def scale_by_adam_atan2(b1: float = 0.9, b2: float = 0.95) -> optax.GradientTran
 
 def adam_atan2(learning_rate, b1=0.9, b2=0.95, weight_decay=0.0) -> optax.GradientTransformation:
   """p <- p(1 - lr wd) - lr/(1-b1^t) atan2(m, sqrt(v)/sqrt(1-b2^t))."""
-  return optax.chain(scale_by_adam_atan2(b1, b2), optax.add_decayed_weights(weight_decay),
-                     optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(
+    scale_by_adam_atan2(b1, b2), optax.add_decayed_weights(weight_decay), optax.scale_by_learning_rate(learning_rate)
+  )
 
 
 def lr_schedule(base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float = 1.0):

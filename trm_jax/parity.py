@@ -11,6 +11,7 @@ the carry on the second batch. `--report` compares OUT with IN and prints, per
 group (eval / train / grads / sign-SGD), the worst relative error, its
 tolerance and PASS/FAIL; the exit status is 1 when a group fails.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,18 +40,31 @@ def model_fields_from_reference(rc: dict, recursion_mode: str = "loop"):
   """The reference's JSON config -> our model config fields (a ConfigDict, as `--config.model.*` takes)."""
   loss = rc.get("loss_type", "stablemax_cross_entropy")
   return config_lib.model_config(
-      arch=rc.get("arch", "trm"), seq_len=rc["seq_len"], vocab_size=rc["vocab_size"],
-      num_puzzle_identifiers=rc.get("num_puzzle_identifiers", 1), hidden_size=rc["hidden_size"],
-      num_heads=rc["num_heads"], expansion=float(rc.get("expansion", 4)), H_cycles=rc["H_cycles"],
-      L_cycles=rc["L_cycles"], L_layers=rc["L_layers"], H_layers=rc.get("H_layers", 0),
-      pos_encodings=rc.get("pos_encodings", "rope"), mlp_t=bool(rc.get("mlp_t", False)),
-      puzzle_emb_ndim=rc.get("puzzle_emb_ndim", rc["hidden_size"]), puzzle_emb_len=rc.get("puzzle_emb_len", 0),
-      rms_norm_eps=rc.get("rms_norm_eps", 1e-5), rope_theta=rc.get("rope_theta", 10000.0),
-      dtype=rc.get("forward_dtype", "float32"), halt_max_steps=rc["halt_max_steps"],
-      halt_exploration_prob=rc.get("halt_exploration_prob", 0.0),
-      no_ACT_continue=bool(rc.get("no_ACT_continue", True)),
-      loss_type="softmax" if loss.startswith("softmax") else "stablemax", recursion=recursion_mode,
-      attention_impl="xla")
+    arch=rc.get("arch", "trm"),
+    seq_len=rc["seq_len"],
+    vocab_size=rc["vocab_size"],
+    num_puzzle_identifiers=rc.get("num_puzzle_identifiers", 1),
+    hidden_size=rc["hidden_size"],
+    num_heads=rc["num_heads"],
+    expansion=float(rc.get("expansion", 4)),
+    H_cycles=rc["H_cycles"],
+    L_cycles=rc["L_cycles"],
+    L_layers=rc["L_layers"],
+    H_layers=rc.get("H_layers", 0),
+    pos_encodings=rc.get("pos_encodings", "rope"),
+    mlp_t=bool(rc.get("mlp_t", False)),
+    puzzle_emb_ndim=rc.get("puzzle_emb_ndim", rc["hidden_size"]),
+    puzzle_emb_len=rc.get("puzzle_emb_len", 0),
+    rms_norm_eps=rc.get("rms_norm_eps", 1e-5),
+    rope_theta=rc.get("rope_theta", 10000.0),
+    dtype=rc.get("forward_dtype", "float32"),
+    halt_max_steps=rc["halt_max_steps"],
+    halt_exploration_prob=rc.get("halt_exploration_prob", 0.0),
+    no_ACT_continue=bool(rc.get("no_ACT_continue", True)),
+    loss_type="softmax" if loss.startswith("softmax") else "stablemax",
+    recursion=recursion_mode,
+    attention_impl="xla",
+  )
 
 
 def model_config_from_reference(rc: dict, recursion_mode: str = "loop"):
@@ -85,7 +99,8 @@ def run_parity(f, recursion_mode: str = "loop", dtype: str | None = None) -> dic
   # Evaluation rollout from a fresh carry, batch1 each step.
   collect = _OUTPUT_KEYS + ("loss", "halted", "metrics")
   carry, _, _, per = jax.jit(lambda p, c, t, b: steps.rollout(model, mcfg, p, c, t, b, collect=collect))(
-      params, consts, table, b1)
+    params, consts, table, b1
+  )
   for i in range(mcfg.halt_max_steps):
     for k in collect:
       for name, a in _flat(k, jax.tree.map(lambda x, i=i: x[i], per[k])).items():
@@ -177,14 +192,17 @@ def report(errs: dict[str, float]) -> tuple[str, bool]:
 
 def main(argv=None) -> int:
   import argparse
+
   ap = argparse.ArgumentParser(prog="python -m trm_jax.parity", description=__doc__.split("\n\n")[0])
   ap.add_argument("--vectors", required=True, help="reference vectors (.npz)")
   ap.add_argument("--out", required=True, help="where to write trm_jax's arrays (.npz)")
   ap.add_argument("--recursion", default="loop", choices=("loop", "scan"))
-  ap.add_argument("--report", action="store_true",
-                  help="compare with the vectors: a PASS/FAIL table per group; exit status 1 on FAIL")
-  ap.add_argument("--x64", action="store_true",
-                  help="compute in float64 (shows the reference's own float32 rounding error)")
+  ap.add_argument(
+    "--report", action="store_true", help="compare with the vectors: a PASS/FAIL table per group; exit status 1 on FAIL"
+  )
+  ap.add_argument(
+    "--x64", action="store_true", help="compute in float64 (shows the reference's own float32 rounding error)"
+  )
   a = ap.parse_args(argv)
   out_dir = os.path.dirname(os.path.abspath(a.out))
   if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):

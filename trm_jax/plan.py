@@ -17,6 +17,7 @@ Topologies: gcloud accelerator names (`v4-32`, `v5litepod-64` / `v5e-64`,
 `v5p-128`, `v6e-256`; v4 and v5p count TensorCores, two per chip) or topology
 strings (`v5e:8x8`, `v4:2x2x4`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,18 +34,41 @@ from trm_jax import cli
 
 # Per chip: HBM GiB, peak bf16 TFLOP/s, HBM GB/s (Cloud TPU system architecture pages, cloud.google.com/tpu/docs/<v>).
 CHIPS = {
-    "v4": (32, 275, 1228, "cloud.google.com/tpu/docs/v4"),
-    "v5e": (16, 197, 819, "cloud.google.com/tpu/docs/v5e"),
-    "v5p": (95, 459, 2765, "cloud.google.com/tpu/docs/v5p"),
-    "v6e": (32, 918, 1640, "cloud.google.com/tpu/docs/v6e"),
+  "v4": (32, 275, 1228, "cloud.google.com/tpu/docs/v4"),
+  "v5e": (16, 197, 819, "cloud.google.com/tpu/docs/v5e"),
+  "v5p": (95, 459, 2765, "cloud.google.com/tpu/docs/v5p"),
+  "v6e": (32, 918, 1640, "cloud.google.com/tpu/docs/v6e"),
 }
 MEGACORE = ("v4", "v5p")  # two TensorCores per chip, one JAX device (gcloud names count cores)
 _2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
-       512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+_3D = {
+  4: "2x2x1",
+  8: "2x2x2",
+  16: "2x2x4",
+  32: "2x4x4",
+  64: "4x4x4",
+  128: "4x4x8",
+  256: "4x8x8",
+  512: "8x8x8",
+  1024: "8x8x16",
+  2048: "8x16x16",
+  4096: "16x16x16",
+}
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "f32": 4, "s32": 4, "u32": 4,
-                "f64": 8, "s64": 8, "u64": 8}
+_DTYPE_BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "bf16": 2,
+  "f16": 2,
+  "s16": 2,
+  "f32": 4,
+  "s32": 4,
+  "u32": 4,
+  "f64": 8,
+  "s64": 8,
+  "u64": 8,
+}
 
 
 class PlanError(cli.UserError):
@@ -53,8 +77,8 @@ class PlanError(cli.UserError):
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
-  generation: str   # "v5e"
-  name: str         # the topology string libtpu takes, e.g. "v5e:8x8"
+  generation: str  # "v5e"
+  name: str  # the topology string libtpu takes, e.g. "v5e:8x8"
   chips: int
 
   @property
@@ -66,15 +90,19 @@ def parse_topology(text: str) -> Topology:
   """`v5e-64`, `v5litepod-64`, `v4-32`, `v5p-128`, `v6e-256` or `v5e:8x8` -> Topology."""
   m = re.fullmatch(r"(v4|v5e|v5litepod|v5p|v6e)([-:])([0-9x]+)", text.strip().lower())
   if not m:
-    raise PlanError(f"--topology={text}: expected a name like v5e-64, v5litepod-64, v4-32, v5p-128, v6e-256 "
-                    f"or a topology like v5e:8x8 ({', '.join(CHIPS)})")
+    raise PlanError(
+      f"--topology={text}: expected a name like v5e-64, v5litepod-64, v4-32, v5p-128, v6e-256 "
+      f"or a topology like v5e:8x8 ({', '.join(CHIPS)})"
+    )
   gen, sep, size = "v5e" if m.group(1) == "v5litepod" else m.group(1), m.group(2), m.group(3)
   shapes = _3D if gen in MEGACORE else _2D
   if sep == ":":
     dims = [int(d) for d in size.split("x") if d.isdigit()]
     if len(dims) != len(next(iter(shapes.values())).split("x")) or min(dims, default=0) < 1:
-      raise PlanError(f"--topology={text}: {gen} topologies have {len(next(iter(shapes.values())).split('x'))} "
-                      f"dimensions, e.g. {gen}:{shapes[16]}")
+      raise PlanError(
+        f"--topology={text}: {gen} topologies have {len(next(iter(shapes.values())).split('x'))} "
+        f"dimensions, e.g. {gen}:{shapes[16]}"
+      )
     chips = 1
     for d in dims:
       chips *= d
@@ -82,8 +110,10 @@ def parse_topology(text: str) -> Topology:
   n = int(size) if size.isdigit() else 0
   chips = n // 2 if gen in MEGACORE else n
   if chips not in shapes or (gen in MEGACORE and n % 2):
-    raise PlanError(f"--topology={text}: no {gen} slice of {n} {'cores' if gen in MEGACORE else 'chips'} "
-                    f"(have {', '.join(f'{gen}-{c * 2 if gen in MEGACORE else c}' for c in shapes)})")
+    raise PlanError(
+      f"--topology={text}: no {gen} slice of {n} {'cores' if gen in MEGACORE else 'chips'} "
+      f"(have {', '.join(f'{gen}-{c * 2 if gen in MEGACORE else c}' for c in shapes)})"
+    )
   return Topology(gen, f"{gen}:{shapes[chips]}", chips)
 
 
@@ -91,14 +121,19 @@ def tpu_devices(topology: Topology) -> list:
   """Compile-only devices of the whole pod (needs libtpu, not a TPU)."""
   # Compiling only: no exclusive TPU access, and no TPU VM metadata to look up (without these libtpu
   # prints a dozen warning lines about the missing metadata; the topology comes from the name).
-  for var, value in (("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"), ("TPU_SKIP_MDS_QUERY", "1"),
-                     ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4")):
+  for var, value in (
+    ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
+    ("TPU_SKIP_MDS_QUERY", "1"),
+    ("TPU_WORKER_HOSTNAMES", "localhost"),
+    ("TPU_ACCELERATOR_TYPE", "v5litepod-4"),
+  ):
     os.environ.setdefault(var, value)
   try:
     import libtpu  # noqa: F401, PLC0415
   except ImportError:
     raise PlanError("libtpu is not installed: pip install -e '.[tpu]' (compiles for a TPU without one)") from None
   from jax.experimental import topologies  # noqa: PLC0415
+
   kwargs = {"chip_config_name": "megacore"} if topology.generation in MEGACORE else {}
   try:
     devices = topologies.get_topology_desc(topology_name=topology.name, platform="tpu", **kwargs).devices
@@ -117,14 +152,22 @@ def tpu_devices(topology: Topology) -> list:
 # --config.data.manual_dir=DIR, 2026-12-06); Sudoku-Extreme aug1000 and Maze-Hard: 1,000 training puzzles
 # of one example each, no puzzle ids (the reference's sets; benchmarks/schedules.py).
 KNOWN = {
-    "sudoku_extreme/aug1000": dict(seq_len=81, vocab_size=11, num_puzzle_identifiers=1, total_groups=1000,
-                                   mean_puzzle_examples=1.0),
-    "maze_hard/csv": dict(seq_len=900, vocab_size=6, num_puzzle_identifiers=1, total_groups=1000,
-                          mean_puzzle_examples=1.0),
-    "arc_agi/arc1_aug1000": dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=876694, total_groups=960,
-                                 mean_puzzle_examples=4.145442019042013),
-    "arc_agi/arc2_aug1000": dict(seq_len=900, vocab_size=12, num_puzzle_identifiers=1192022, total_groups=1280,
-                                 mean_puzzle_examples=4.332280219895455),
+  "sudoku_extreme/aug1000": dict(
+    seq_len=81, vocab_size=11, num_puzzle_identifiers=1, total_groups=1000, mean_puzzle_examples=1.0
+  ),
+  "maze_hard/csv": dict(
+    seq_len=900, vocab_size=6, num_puzzle_identifiers=1, total_groups=1000, mean_puzzle_examples=1.0
+  ),
+  "arc_agi/arc1_aug1000": dict(
+    seq_len=900, vocab_size=12, num_puzzle_identifiers=876694, total_groups=960, mean_puzzle_examples=4.145442019042013
+  ),
+  "arc_agi/arc2_aug1000": dict(
+    seq_len=900,
+    vocab_size=12,
+    num_puzzle_identifiers=1192022,
+    total_groups=1280,
+    mean_puzzle_examples=4.332280219895455,
+  ),
 }
 
 
@@ -132,6 +175,7 @@ def dataset_meta(dcfg):
   """-> (train DatasetMeta, where it came from): built set, planned from manual_dir, generated, or KNOWN."""
   from trm_jax import data as data_lib  # noqa: PLC0415
   from trm_jax.datasets import common, splits  # noqa: PLC0415
+
   if dcfg.name.startswith("generated/"):
     return data_lib.load(dcfg).train.meta, "generated in memory"
   full = f"{dcfg.name}/{dcfg.config}" if dcfg.config else dcfg.name
@@ -144,8 +188,10 @@ def dataset_meta(dcfg):
     js = builder.info.metadata["json"]
     return splits.DatasetMeta.from_json(js["splits"]["train"]), "planned from the raw files (nothing written)"
   if full not in KNOWN:
-    raise PlanError(f"config.data: {full} is not built in {dcfg.data_dir} and has no known shapes; "
-                    "build it (trm-data build) or pass --config.data.manual_dir")
+    raise PlanError(
+      f"config.data: {full} is not built in {dcfg.data_dir} and has no known shapes; "
+      "build it (trm-data build) or pass --config.data.manual_dir"
+    )
   return splits.DatasetMeta(**KNOWN[full]), "recorded shapes (trm_jax.plan.KNOWN)"
 
 
@@ -158,6 +204,7 @@ def _abstract_batch(run, batch_size: int):
   import jax.numpy as jnp  # noqa: PLC0415
 
   from trm_jax import sharding  # noqa: PLC0415
+
   s, t = sharding.batch_sharding(run.mesh), run.mcfg.seq_len
   shapes = {"inputs": (batch_size, t), "labels": (batch_size, t), "puzzle_identifiers": (batch_size,)}
   return {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=s) for k, v in shapes.items()}
@@ -168,6 +215,7 @@ def compile_train(run):
   import jax  # noqa: PLC0415
 
   from trm_jax import sharding  # noqa: PLC0415
+
   t0 = time.perf_counter()
   rng = jax.ShapeDtypeStruct(run.step_rng.shape, run.step_rng.dtype, sharding=sharding.replicated(run.mesh))
   batch = _abstract_batch(run, int(run.config.train.global_batch_size))
@@ -207,8 +255,10 @@ def collectives(hlo_text: str) -> list[dict]:
 
 def kernel_calls(hlo_text: str) -> dict:
   """Pallas splash kernel calls in a program: {"fwd": n, "bwd": n} (opaque to XLA's cost analysis)."""
-  return {"fwd": len(re.findall(r"%splash_mha_fwd[\w.]* = ", hlo_text)),
-          "bwd": len(re.findall(r"%splash_mha_(?:dkv|dq)[\w.]* = ", hlo_text))}
+  return {
+    "fwd": len(re.findall(r"%splash_mha_fwd[\w.]* = ", hlo_text)),
+    "bwd": len(re.findall(r"%splash_mha_(?:dkv|dq)[\w.]* = ", hlo_text)),
+  }
 
 
 def program_stats(compiled, topology: Topology, trip_count: int = 1, costs=None, kernel=((0, 0), (0, 0))) -> dict:
@@ -230,13 +280,22 @@ def program_stats(compiled, topology: Topology, trip_count: int = 1, costs=None,
   gib = 1 << 30
   total = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
   compute_ms, memory_ms = flops / (tflops * 1e12) * 1e3, nbytes / (gbps * 1e9) * 1e3
-  return {"argument_gib": round(mem.argument_size_in_bytes / gib, 3), "temp_gib": round(mem.temp_size_in_bytes / gib, 3),
-          "total_gib": round(total / gib, 3), "hbm_gib": hbm, "fits": total <= hbm * gib,
-          "flops": flops, "hbm_bytes": nbytes, "collectives": collectives(compiled.as_text()),
-          "splash_calls": calls, "splash_bytes_added": kernel_bytes * trip_count,
-          "compute_floor_ms": round(compute_ms, 3), "memory_ms": round(memory_ms, 3),
-          "est_step_ms": round(max(compute_ms, memory_ms), 3),
-          "xla_optimal_ms": _xla_optimal_ms(ca, trip_count)}
+  return {
+    "argument_gib": round(mem.argument_size_in_bytes / gib, 3),
+    "temp_gib": round(mem.temp_size_in_bytes / gib, 3),
+    "total_gib": round(total / gib, 3),
+    "hbm_gib": hbm,
+    "fits": total <= hbm * gib,
+    "flops": flops,
+    "hbm_bytes": nbytes,
+    "collectives": collectives(compiled.as_text()),
+    "splash_calls": calls,
+    "splash_bytes_added": kernel_bytes * trip_count,
+    "compute_floor_ms": round(compute_ms, 3),
+    "memory_ms": round(memory_ms, 3),
+    "est_step_ms": round(max(compute_ms, memory_ms), 3),
+    "xla_optimal_ms": _xla_optimal_ms(ca, trip_count),
+  }
 
 
 def _xla_optimal_ms(ca: dict, trip_count: int) -> float | None:
@@ -252,6 +311,7 @@ def _xla_optimal_ms(ca: dict, trip_count: int) -> float | None:
 
 def resolved_config(config, meta, recursion: str | None = None):
   from trm_jax import config_lib, train  # noqa: PLC0415
+
   config = train.resolve_config(config, meta)
   if recursion:
     config.model.recursion = recursion
@@ -265,6 +325,7 @@ def resolved_config(config, meta, recursion: str | None = None):
 def plan_one(config, meta, topology: Topology, devices, recursion: str | None = None) -> dict:
   """Compiles the train and eval steps of `config` for `devices` -> the plan's fields for one recursion mode."""
   from trm_jax import runs, sharding  # noqa: PLC0415
+
   config = resolved_config(config, meta, recursion)
   mesh = sharding.make_mesh(config.mesh.table_parallel, devices)
   for field in ("train.global_batch_size", "eval.batch_size"):
@@ -282,22 +343,36 @@ def plan_one(config, meta, topology: Topology, devices, recursion: str | None = 
     loop_run = runs.Run(loop, mesh)
     costs = (compile_train(loop_run)[0], compile_eval(loop_run)[0])
     costs_from = "the loop program of the same step"
-  train = dict(program_stats(train_c, topology, costs=costs[0], kernel=_kernel_costs(run, "train", topology)),
-               compile_s=round(train_s, 1), costs_from=costs_from)
-  evaluation = dict(program_stats(eval_c, topology, run.eval_steps, costs[1], _kernel_costs(run, "eval", topology)),
-                    compile_s=round(eval_s, 1),
-                    costs_from=f"{costs_from} x {run.eval_steps} supervision steps (the rollout's scan)")
+  train = dict(
+    program_stats(train_c, topology, costs=costs[0], kernel=_kernel_costs(run, "train", topology)),
+    compile_s=round(train_s, 1),
+    costs_from=costs_from,
+  )
+  evaluation = dict(
+    program_stats(eval_c, topology, run.eval_steps, costs[1], _kernel_costs(run, "eval", topology)),
+    compile_s=round(eval_s, 1),
+    costs_from=f"{costs_from} x {run.eval_steps} supervision steps (the rollout's scan)",
+  )
   steps = int(config.train.steps)
-  return {"recursion": run.mcfg.recursion, "remat": run.mcfg.remat, "attention_impl": run.mcfg.attention_impl,
-          "global_batch_size": int(config.train.global_batch_size), "eval_batch_size": int(config.eval.batch_size),
-          "table_rows": int(config.model.num_puzzle_identifiers), "table_parallel": int(config.mesh.table_parallel),
-          "train": train, "eval": evaluation, "schedule_steps": steps,
-          "est_train_hours": round(steps * train["est_step_ms"] / 3.6e6, 2)}
+  return {
+    "recursion": run.mcfg.recursion,
+    "remat": run.mcfg.remat,
+    "attention_impl": run.mcfg.attention_impl,
+    "global_batch_size": int(config.train.global_batch_size),
+    "eval_batch_size": int(config.eval.batch_size),
+    "table_rows": int(config.model.num_puzzle_identifiers),
+    "table_parallel": int(config.mesh.table_parallel),
+    "train": train,
+    "eval": evaluation,
+    "schedule_steps": steps,
+    "est_train_hours": round(steps * train["est_step_ms"] / 3.6e6, 2),
+  }
 
 
 def _kernel_costs(run, kind: str, topology: Topology):
   """((bytes, flops) of a forward, (bytes, flops) of a backward splash call per chip) the compiler does not see."""
   from trm_jax.model import puzzle_emb_len, splash_flops, splash_rereads  # noqa: PLC0415
+
   c = run.mcfg
   if c.attention_impl != "splash" or c.mlp_t:
     return (0, 0), (0, 0)
@@ -315,9 +390,11 @@ def _fitting(compile_fn, run, topology: Topology):
       raise
     need = re.search(r"required for HLO temporaries \(([0-9.]+[KMGT]?)\)", str(e))
     kind = "train" if compile_fn is compile_train else "eval"
-    raise PlanError(f"{kind} step does not fit on {topology.name}: "
-                    f"{need.group(1) + ' of temporaries' if need else 'out of HBM'} per chip, "
-                    f"{topology.hbm_gib} GiB HBM; {_fit_hint(kind, run.config.model.num_puzzle_identifiers)}") from None
+    raise PlanError(
+      f"{kind} step does not fit on {topology.name}: "
+      f"{need.group(1) + ' of temporaries' if need else 'out of HBM'} per chip, "
+      f"{topology.hbm_gib} GiB HBM; {_fit_hint(kind, run.config.model.num_puzzle_identifiers)}"
+    ) from None
 
 
 def _fit_hint(kind: str, table_rows: int) -> str:
@@ -333,10 +410,20 @@ def plan(config, topology_name: str, recursion: str | None = None) -> dict:
   meta, source = dataset_meta(config.data)
   modes = ("loop", "scan") if recursion == "both" else (recursion,)
   hbm, tflops, gbps, src = CHIPS[topology.generation]
-  out = {"experiment": "", "topology": topology.name, "generation": topology.generation, "chips": topology.chips,
-         "hosts": len({d.process_index for d in devices}), "hbm_gib_per_chip": hbm, "peak_bf16_tflops": tflops,
-         "hbm_gbps": gbps, "peak_source": src, "shapes_from": source, "estimate": "compiler estimate, not measured",
-         "plans": [plan_one(config, meta, topology, devices, m) for m in modes]}
+  out = {
+    "experiment": "",
+    "topology": topology.name,
+    "generation": topology.generation,
+    "chips": topology.chips,
+    "hosts": len({d.process_index for d in devices}),
+    "hbm_gib_per_chip": hbm,
+    "peak_bf16_tflops": tflops,
+    "hbm_gbps": gbps,
+    "peak_source": src,
+    "shapes_from": source,
+    "estimate": "compiler estimate, not measured",
+    "plans": [plan_one(config, meta, topology, devices, m) for m in modes],
+  }
   return out
 
 
@@ -346,9 +433,10 @@ def check_fit(result: dict) -> None:
     for kind in ("train", "eval"):
       s = p[kind]
       if not s["fits"]:
-        raise PlanError(f"{kind} step does not fit on {result['topology']}: {s['total_gib']:.1f} GiB per chip "
-                        f"of {s['hbm_gib']} GiB (recursion={p['recursion']}); "
-                        + _fit_hint(kind, p["table_rows"]))
+        raise PlanError(
+          f"{kind} step does not fit on {result['topology']}: {s['total_gib']:.1f} GiB per chip "
+          f"of {s['hbm_gib']} GiB (recursion={p['recursion']}); " + _fit_hint(kind, p["table_rows"])
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -365,21 +453,26 @@ def _fmt_collectives(c: list[dict]) -> str:
 
 def report(result: dict) -> str:
   r = result
-  lines = [f"{r['experiment']} on {r['topology']}: {r['chips']} chips, {r['hosts']} hosts; "
-           f"shapes: {r['shapes_from']}",
-           f"peaks used (per chip): {r['hbm_gib_per_chip']} GiB HBM, {r['peak_bf16_tflops']} bf16 TFLOP/s, "
-           f"{r['hbm_gbps']} GB/s ({r['peak_source']}); times below are COMPILER ESTIMATES, not TPU measurements"]
+  lines = [
+    f"{r['experiment']} on {r['topology']}: {r['chips']} chips, {r['hosts']} hosts; shapes: {r['shapes_from']}",
+    f"peaks used (per chip): {r['hbm_gib_per_chip']} GiB HBM, {r['peak_bf16_tflops']} bf16 TFLOP/s, "
+    f"{r['hbm_gbps']} GB/s ({r['peak_source']}); times below are COMPILER ESTIMATES, not TPU measurements",
+  ]
   for p in r["plans"]:
-    lines.append(f"recursion={p['recursion']} (remat {p['remat']}, attention {p['attention_impl']}), "
-                 f"batch {p['global_batch_size']} ({p['global_batch_size'] // r['chips']} rows per chip), "
-                 f"table {p['table_rows']:,} rows over {p['table_parallel']} chip(s)")
+    lines.append(
+      f"recursion={p['recursion']} (remat {p['remat']}, attention {p['attention_impl']}), "
+      f"batch {p['global_batch_size']} ({p['global_batch_size'] // r['chips']} rows per chip), "
+      f"table {p['table_rows']:,} rows over {p['table_parallel']} chip(s)"
+    )
     for kind in ("train", "eval"):
       s = p[kind]
-      lines.append(f"  {kind}: {s['argument_gib']:.2f} GiB arguments + {s['temp_gib']:.2f} GiB temporaries "
-                   f"= {s['total_gib']:.2f} of {s['hbm_gib']} GiB; {s['flops']:.3g} FLOPs, {s['hbm_bytes']:.3g} "
-                   f"HBM bytes per chip; est. {s['est_step_ms']:.1f} ms (compute floor {s['compute_floor_ms']:.1f}, "
-                   f"memory {s['memory_ms']:.1f}; XLA's own roofline {_ms(s['xla_optimal_ms'])}); "
-                   f"compiled in {s['compile_s']:.0f}s")
+      lines.append(
+        f"  {kind}: {s['argument_gib']:.2f} GiB arguments + {s['temp_gib']:.2f} GiB temporaries "
+        f"= {s['total_gib']:.2f} of {s['hbm_gib']} GiB; {s['flops']:.3g} FLOPs, {s['hbm_bytes']:.3g} "
+        f"HBM bytes per chip; est. {s['est_step_ms']:.1f} ms (compute floor {s['compute_floor_ms']:.1f}, "
+        f"memory {s['memory_ms']:.1f}; XLA's own roofline {_ms(s['xla_optimal_ms'])}); "
+        f"compiled in {s['compile_s']:.0f}s"
+      )
       lines.append(f"    collectives: {_fmt_collectives(s['collectives'])}; costs from {s['costs_from']}")
     lines.append(f"  schedule: {p['schedule_steps']:,} train steps, est. {p['est_train_hours']:.1f} h of training")
   return "\n".join(lines)
@@ -391,8 +484,9 @@ FLAGS = flags.FLAGS
 def _define_flags():
   if "topology" in FLAGS:
     return
-  config_flags.DEFINE_config_file("config", None, "Experiment file, e.g. experiments/arc1.py[:arch=hrm].",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+    "config", None, "Experiment file, e.g. experiments/arc1.py[:arch=hrm].", lock_config=True
+  )
   flags.DEFINE_string("topology", None, "Pod: v5e-64, v5litepod-64, v4-32, v5p-128, v6e-256, or v5e:8x8.")
   flags.DEFINE_enum("recursion", None, ["loop", "scan", "both"], "Recursion mode(s); default: the config's.")
   flags.DEFINE_bool("json", False, "Print one JSON line instead of the report.")

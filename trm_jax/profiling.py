@@ -13,6 +13,7 @@ Everything here runs the real library steps (`steps.make_train_step`,
 - `model_flops`: the analytic FLOP count documented in `trm_jax.bench`;
 - `mode_difference`: loop vs scan outputs and gradients on one call.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,16 +41,16 @@ def synthetic_batch(mcfg, batch_size: int, seed: int = 0) -> dict:
   r = np.random.default_rng(seed)
   shape = (batch_size, mcfg.seq_len)
   return {
-      "inputs": r.integers(1, mcfg.vocab_size, shape, dtype=np.int32),
-      "labels": r.integers(1, mcfg.vocab_size, shape, dtype=np.int32),
-      "puzzle_identifiers": r.integers(0, max(mcfg.num_puzzle_identifiers, 1), (batch_size,), dtype=np.int32),
+    "inputs": r.integers(1, mcfg.vocab_size, shape, dtype=np.int32),
+    "labels": r.integers(1, mcfg.vocab_size, shape, dtype=np.int32),
+    "puzzle_identifiers": r.integers(0, max(mcfg.num_puzzle_identifiers, 1), (batch_size,), dtype=np.int32),
   }
 
 
 @dataclasses.dataclass
 class Setup:
-  config: Any                 # the full run config (ConfigDict)
-  mcfg: Any                   # frozen model config
+  config: Any  # the full run config (ConfigDict)
+  mcfg: Any  # frozen model config
   model: RecursiveModel
   tx: Any
   mesh: Any
@@ -70,6 +71,7 @@ def load_config(path: str, arg: str | None = None, **overrides):
   load_config("experiments/sudoku_mlp.py", **{"model.hidden_size": 64}).
   """
   import importlib.util
+
   spec = importlib.util.spec_from_file_location("_trm_experiment", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -90,8 +92,7 @@ def model_config(config, **fields):
   return config_lib.frozen_model(c)
 
 
-def make_setup(config, batch_size: int | None = None, seed: int = 0, abstract: bool = False,
-               **model_fields) -> Setup:
+def make_setup(config, batch_size: int | None = None, seed: int = 0, abstract: bool = False, **model_fields) -> Setup:
   """Fresh state, carry and a synthetic batch for `config` (train batch size by default).
 
   With `abstract`, state, carry and batch are shape/dtype/sharding structs
@@ -113,11 +114,14 @@ def make_setup(config, batch_size: int | None = None, seed: int = 0, abstract: b
     struct = lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh)
     state = jax.tree.map(struct, abstract_state, state_sh)
     carry = jax.tree.map(struct, carry0, carry_sh)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
-             for k, v in synthetic_batch(mcfg, bs, seed).items()}
+    batch = {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
+      for k, v in synthetic_batch(mcfg, bs, seed).items()
+    }
   else:
     state = jax.jit(lambda k: create_train_state(model, mcfg, tcfg, tx, k), out_shardings=state_sh)(
-        jax.random.key(seed))
+      jax.random.key(seed)
+    )
     carry = jax.jit(lambda: recursion.initial_carry(mcfg, bs), out_shardings=carry_sh)()
     batch = sharding.global_batch(synthetic_batch(mcfg, bs, seed), mesh)
   return Setup(config, mcfg, model, tx, mesh, bs, state, carry, batch, jax.random.key(seed + 1))
@@ -129,10 +133,10 @@ def make_setup(config, batch_size: int | None = None, seed: int = 0, abstract: b
 
 @dataclasses.dataclass
 class Compiled:
-  fn: Callable                # the compiled executable
-  args: tuple                 # arguments of one call (the train step donates state and carry)
-  compile_s: float            # trace + lower + compile wall time
-  compiled: Any               # jax.stages.Compiled
+  fn: Callable  # the compiled executable
+  args: tuple  # arguments of one call (the train step donates state and carry)
+  compile_s: float  # trace + lower + compile wall time
+  compiled: Any  # jax.stages.Compiled
 
   def memory(self) -> dict:
     return memory_analysis(self.compiled)
@@ -178,8 +182,13 @@ def memory_analysis(compiled) -> dict:
     return {}
   if m is None:
     return {}
-  names = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
-           "generated_code_size_in_bytes")
+  names = (
+    "argument_size_in_bytes",
+    "output_size_in_bytes",
+    "alias_size_in_bytes",
+    "temp_size_in_bytes",
+    "generated_code_size_in_bytes",
+  )
   out = {n.replace("_size_in_bytes", ""): int(getattr(m, n, 0) or 0) for n in names}
   # What the program needs at its peak: live arguments, outputs not aliased to them, temporaries.
   out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
@@ -266,7 +275,7 @@ def application_flops(mcfg, batch_size: int, net: str = "L") -> dict:
     att = 0
   else:
     mix = 2 * batch_size * t * (d * 3 * d + d * d)
-    att = 2 * 2 * batch_size * t * t * d          # QK^T and AV
+    att = 2 * 2 * batch_size * t * t * d  # QK^T and AV
   return {"matmul": layers * (mlp + mix), "attention": layers * att}
 
 
@@ -310,7 +319,7 @@ def model_flops(mcfg, batch_size: int, mode: str = "train", n_steps: int | None 
     raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
   total = sum(nograd[n] * per_app[n] for n in per_app) + 3 * (sum(grad[n] * per_app[n] for n in per_app) + heads)
   if recursion.uses_q_continue(c) and c.halt_max_steps > 1:
-    total += forward_all                            # the no-grad target-Q forward
+    total += forward_all  # the no-grad target-Q forward
   return {"total": total, "no_grad_apps": nograd, "grad_apps": grad, "heads": heads}
 
 
@@ -332,10 +341,12 @@ def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) 
     mcfg = model_config(config, recursion=mode, **fields)
     model = RecursiveModel(mcfg)
     from trm_jax.train_state import init_variables
+
     variables = init_variables(model, mcfg, jax.random.key(seed))
     # Non-zero puzzle rows, so that their gradients flow through something real.
-    table = jax.random.normal(jax.random.key(seed + 7), (max(mcfg.num_puzzle_identifiers, 1),
-                                                         max(mcfg.puzzle_emb_ndim, 0)))
+    table = jax.random.normal(
+      jax.random.key(seed + 7), (max(mcfg.num_puzzle_identifiers, 1), max(mcfg.puzzle_emb_ndim, 0))
+    )
     batch = {k: jnp.asarray(v) for k, v in synthetic_batch(mcfg, batch_size, seed).items()}
     call = jax.jit(functools.partial(_one_call, model, mcfg, seed))
     results[mode] = call(variables["params"], variables["consts"], table, batch)
@@ -354,13 +365,13 @@ def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) 
 def _one_call(model, mcfg, seed, params, consts, table, batch):
   carry = recursion.reset_carry(recursion.initial_carry(mcfg, batch["inputs"].shape[0]), batch, consts, mcfg)
   loss, g, g_rows, new_carry, outputs, _ = steps.loss_and_grads(
-      model, mcfg, params, consts, carry, table, jax.random.key(seed))
+    model, mcfg, params, consts, carry, table, jax.random.key(seed)
+  )
   return {"loss": loss, "logits": outputs["logits"], "z": new_carry["z"], "grad": g, "grad_rows": g_rows}
 
 
 def gb(n_bytes: int | float) -> float:
   return float(n_bytes) / 2**30
-
 
 
 # ---------------------------------------------------------------------------
@@ -373,14 +384,20 @@ def compile_stats(config, batch_size: int | None = None, **model_fields) -> dict
   c = compile_train(s)
   mem = c.memory()
   size = c.program_size()
-  return {"recursion": s.mcfg.recursion, "remat": s.mcfg.remat, "H_cycles": s.mcfg.H_cycles,
-          "L_cycles": s.mcfg.L_cycles, "compile_s": c.compile_s, "hlo_instructions": size["hlo_instructions"],
-          "hlo_chars": size["hlo_chars"], "temp_mb": mem.get("temp", 0) / 2**20,
-          "total_mb": mem.get("total", 0) / 2**20}
+  return {
+    "recursion": s.mcfg.recursion,
+    "remat": s.mcfg.remat,
+    "H_cycles": s.mcfg.H_cycles,
+    "L_cycles": s.mcfg.L_cycles,
+    "compile_s": c.compile_s,
+    "hlo_instructions": size["hlo_instructions"],
+    "hlo_chars": size["hlo_chars"],
+    "temp_mb": mem.get("temp", 0) / 2**20,
+    "total_mb": mem.get("total", 0) / 2**20,
+  }
 
 
-def measure_train(config, n_steps: int = 5, warmup: int = 1, batch_size: int | None = None,
-                  **model_fields) -> dict:
+def measure_train(config, n_steps: int = 5, warmup: int = 1, batch_size: int | None = None, **model_fields) -> dict:
   """Compile and time the train step: compile_s, step ms (median, min), peak memory."""
   s = make_setup(config, batch_size, **model_fields)
   c = compile_train(s)
@@ -389,8 +406,13 @@ def measure_train(config, n_steps: int = 5, warmup: int = 1, batch_size: int | N
   device_peak = device_peak_bytes()
   # program_mb: the compiled program's own need (comparable across runs in one process);
   # device_peak_mb: the allocator's peak so far in this process (GPU/TPU only).
-  out = {"recursion": s.mcfg.recursion, "remat": s.mcfg.remat, "compile_s": c.compile_s,
-         "program_mb": mem.get("total", 0) / 2**20, "temp_mb": mem.get("temp", 0) / 2**20,
-         "device_peak_mb": None if device_peak is None else device_peak / 2**20}
+  out = {
+    "recursion": s.mcfg.recursion,
+    "remat": s.mcfg.remat,
+    "compile_s": c.compile_s,
+    "program_mb": mem.get("total", 0) / 2**20,
+    "temp_mb": mem.get("temp", 0) / 2**20,
+    "device_peak_mb": None if device_peak is None else device_peak / 2**20,
+  }
   out.update(summary(times))
   return out

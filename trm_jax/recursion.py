@@ -8,6 +8,7 @@ same parameter tree and compute the same function.
 No-grad cycles run on `stop_gradient`-ed parameters and inputs, so they
 depend on nothing that is differentiated and keep no residuals.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -107,14 +108,14 @@ def initial_carry(cfg, batch_size: int) -> dict:
   elif cfg.variant != "single_latent":
     z["z_L"] = jnp.zeros(shape, cfg.dtype)
   return {
-      "z": z,
-      "steps": jnp.zeros((batch_size,), jnp.int32),
-      "halted": jnp.ones((batch_size,), bool),
-      "data": {
-          "inputs": jnp.zeros((batch_size, cfg.seq_len), jnp.int32),
-          "labels": jnp.full((batch_size, cfg.seq_len), losses.IGNORE_LABEL, jnp.int32),
-          "puzzle_identifiers": jnp.zeros((batch_size,), jnp.int32),
-      },
+    "z": z,
+    "steps": jnp.zeros((batch_size,), jnp.int32),
+    "halted": jnp.ones((batch_size,), bool),
+    "data": {
+      "inputs": jnp.zeros((batch_size, cfg.seq_len), jnp.int32),
+      "labels": jnp.full((batch_size, cfg.seq_len), losses.IGNORE_LABEL, jnp.int32),
+      "puzzle_identifiers": jnp.zeros((batch_size,), jnp.int32),
+    },
   }
 
 
@@ -175,8 +176,7 @@ def act_forward(model: RecursiveModel, variables, carry: dict, puzzle_rows, cfg,
     rows0 = None if puzzle_rows is None else sg(puzzle_rows)
     _, _, q_next = forward(model, sg(variables), z, data, rows0, cfg)
     target = jax.nn.sigmoid(jnp.where(is_last, q_next[:, 0], jnp.maximum(q_next[:, 0], q_next[:, 1])))
-  loss, metrics, preds = losses.act_loss(logits, data["labels"], q[:, 0], q[:, 1], halted, steps, target,
-                                         cfg.loss_type)
+  loss, metrics, preds = losses.act_loss(logits, data["labels"], q[:, 0], q[:, 1], halted, steps, target, cfg.loss_type)
   new_carry = {"z": z, "steps": steps, "halted": halted, "data": data}
   outputs = {"logits": logits, "q_halt_logits": q[:, 0], "q_continue_logits": q[:, 1], "preds": preds}
   return loss, (new_carry, outputs, metrics)

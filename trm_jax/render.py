@@ -4,6 +4,7 @@ Text works on token sequences. Pictures (`draw_pair`, matplotlib: `pip install
 -e '.[plots]'`) work on display grids: Sudoku digits (0 = blank), maze tokens
 1-5 (`# SGo`), ARC colours 0-9.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,11 +15,30 @@ import numpy as np
 from trm_jax.cli import UserError
 
 MAZE_CHARS = "# SGo"
-ARC_COLOURS = ('#000000', '#0074D9', '#FF4136', '#2ECC40', '#FFDC00',
-               '#AAAAAA', '#F012BE', '#FF851B', '#7FDBFF', '#870C25')
-MAZE_COLOURS = ('#000000', '#FFFFFF', '#2ECC40', '#FF4136', '#FFDC00')   # '#', ' ', S, G, o
-DIGIT_COLOURS = ('#1F77B4', '#D62728', '#2CA02C', '#9467BD', '#FF7F0E',
-                 '#8C564B', '#E377C2', '#17BECF', '#7F7F7F')             # digit d -> DIGIT_COLOURS[d - 1]
+ARC_COLOURS = (
+  "#000000",
+  "#0074D9",
+  "#FF4136",
+  "#2ECC40",
+  "#FFDC00",
+  "#AAAAAA",
+  "#F012BE",
+  "#FF851B",
+  "#7FDBFF",
+  "#870C25",
+)
+MAZE_COLOURS = ("#000000", "#FFFFFF", "#2ECC40", "#FF4136", "#FFDC00")  # '#', ' ', S, G, o
+DIGIT_COLOURS = (
+  "#1F77B4",
+  "#D62728",
+  "#2CA02C",
+  "#9467BD",
+  "#FF7F0E",
+  "#8C564B",
+  "#E377C2",
+  "#17BECF",
+  "#7F7F7F",
+)  # digit d -> DIGIT_COLOURS[d - 1]
 PLOTS_HINT = "pip install -e '.[plots]'"
 
 
@@ -86,8 +106,10 @@ def prepare_png(path: str, flag: str = "--png") -> str:
 def draw_pair(path: str, task: str, x, y, names=("input", "label"), title: str | None = None) -> None:
   """Two display grids side by side as a PNG (Sudoku: box lines, givens bold, one colour per digit)."""
   import matplotlib  # noqa: PLC0415
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
+
   x, y = np.asarray(x), np.asarray(y)
   fig, axes = plt.subplots(1, 2, figsize=(8, 4))
   for ax, g, name in zip(axes, (x, y), names):
@@ -108,11 +130,12 @@ def draw_pair(path: str, task: str, x, y, names=("input", "label"), title: str |
 
 def _draw_cells(ax, g, task):
   from matplotlib.colors import ListedColormap  # noqa: PLC0415
+
   if task == "arc":
     ax.imshow(g, cmap=ListedColormap(ARC_COLOURS), vmin=0, vmax=9)
   else:
     ax.imshow(g, cmap=ListedColormap(MAZE_COLOURS), vmin=1, vmax=5)
-  if max(g.shape) <= 30:   # thin cell lines, as ARC viewers draw them
+  if max(g.shape) <= 30:  # thin cell lines, as ARC viewers draw them
     for k in range(g.shape[1] + 1):
       ax.axvline(k - 0.5, color="#555555", lw=0.3)
     for k in range(g.shape[0] + 1):
@@ -129,8 +152,16 @@ def _draw_sudoku(ax, g, givens):
   ax.imshow(shade)
   for (r, c), v in np.ndenumerate(g):
     if 1 <= v <= len(DIGIT_COLOURS):
-      ax.text(c, r, str(int(v)), ha="center", va="center", fontsize=max(6, 80 // n),
-              color=DIGIT_COLOURS[int(v) - 1], fontweight="bold" if given[r, c] else "normal")
+      ax.text(
+        c,
+        r,
+        str(int(v)),
+        ha="center",
+        va="center",
+        fontsize=max(6, 80 // n),
+        color=DIGIT_COLOURS[int(v) - 1],
+        fontweight="bold" if given[r, c] else "normal",
+      )
   br, bc = sudoku_box(n)
   for k in range(n + 1):
     ax.axvline(k - 0.5, color="black", lw=2 if k % bc == 0 else 0.5)

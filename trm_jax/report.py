@@ -1,4 +1,5 @@
 """What `trm-train` prints about its results: evaluation summaries, a held-out example, the closing line."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,9 +10,12 @@ from trm_jax import evaluate, render, rundir
 def summary(step, m: dict) -> str:
   """`step N: eval/<set>/exact_accuracy=..., ...`, saying so when an evaluation was partial."""
   keys = [k for k in m if k.endswith("/exact_accuracy") or k.endswith("/accuracy") or "pass@2" in k]
-  partial = [k[:-len("/partial")] for k in m if k.endswith("/partial")]
-  note = (f" (PARTIAL evaluation of {', '.join(partial)}: eval.max_examples; ARC scores still divide by "
-          "every test task)") if partial else ""
+  partial = [k[: -len("/partial")] for k in m if k.endswith("/partial")]
+  note = (
+    (f" (PARTIAL evaluation of {', '.join(partial)}: eval.max_examples; ARC scores still divide by every test task)")
+    if partial
+    else ""
+  )
   return f"step {step}: " + ", ".join(f"{k}={m[k]:.4f}" for k in keys) + note
 
 
@@ -27,9 +31,12 @@ def print_example(run, state, data):
   shown = (ex["inputs"][0], res["answer"])
   if data.task == "arc":
     from trm_jax.datasets import arc  # noqa: PLC0415
+
     shown = tuple(arc.crop_prediction(x) for x in shown)
-  print(f"held-out example 0 ({'solved' if right else 'NOT solved'}; "
-        f"{render.plural(res['steps'], 'supervision step')}, halting confidence {res['confidence']:.3f}):")
+  print(
+    f"held-out example 0 ({'solved' if right else 'NOT solved'}; "
+    f"{render.plural(res['steps'], 'supervision step')}, halting confidence {res['confidence']:.3f}):"
+  )
   print(render.side_by_side(data.task, tuple(data.grid), *shown), flush=True)
   return ex["inputs"][0]
 

@@ -4,6 +4,7 @@ Grids are display grids (`trm_jax.render`): Sudoku digits with 0 = blank,
 maze tokens 1-5 (`# SGo`), ARC colours. Each check returns None when the
 grid follows the rules, else one short reason.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -76,7 +77,7 @@ def maze_input_error(g) -> str | None:
 def check_maze(puzzle, answer) -> str | None:
   """Why `answer` is not a path from S to G through open cells of `puzzle`, else None."""
   p, a = np.asarray(puzzle), np.asarray(answer)
-  kept = (p != OPEN)                          # walls, S and G must stay; open cells may become path
+  kept = p != OPEN  # walls, S and G must stay; open cells may become path
   changed = np.argwhere(kept & (a != p))
   if len(changed):
     r, c = changed[0]

@@ -8,6 +8,7 @@
 
 Modules take a `RunDir` or a workdir path (`RunDir(path)` reads either).
 """
+
 from __future__ import annotations
 
 from trm_jax import fileio
@@ -49,4 +50,3 @@ class RunDir:
   submission = property(lambda self: self.path("submission.json"))
   profile = property(lambda self: self.path("profile"))
   lock = property(lambda self: self.path("run.lock"))
-

@@ -4,6 +4,7 @@
 and the tests rebuild one from the config saved in a checkpoint (`load_run`),
 without the data.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,8 +41,10 @@ class Run:
     self.repl = sharding.replicated(mesh)
     self.eval_steps = config.eval.supervision_steps if config.eval.supervision_steps > 0 else self.mcfg.halt_max_steps
     eval_step = evaluate.make_eval_step(self.model, self.mcfg, self.eval_steps)
-    self.eval_step = jax.jit(sharding.under_mesh(eval_step, mesh), in_shardings=(self.repl, self.repl, self.state_sh.puzzle_table,
-                                                      self.batch_sh))
+    self.eval_step = jax.jit(
+      sharding.under_mesh(eval_step, mesh),
+      in_shardings=(self.repl, self.repl, self.state_sh.puzzle_table, self.batch_sh),
+    )
     self.carry_fn, self.carry_sh = self.carry_parts(int(config.train.global_batch_size))
     self.abstract_carry = with_shardings(jax.eval_shape(self.carry_fn), self.carry_sh)
     train_step = steps.make_train_step(self.model, self.mcfg, config.train, self.tx, config.train.steps)
@@ -69,8 +72,12 @@ def with_shardings(abstract, shardings):
 
 def run_meta(config, data: data_lib.Data) -> dict:
   """What `trm-solve` needs to rebuild the model and read its inputs."""
-  return {"config": config.to_json_best_effort(), "task": data.task, "grid": list(data.grid),
-          "arc_ids": data_lib.arc_identity_ids(data)}
+  return {
+    "config": config.to_json_best_effort(),
+    "task": data.task,
+    "grid": list(data.grid),
+    "arc_ids": data_lib.arc_identity_ids(data),
+  }
 
 
 def _open(workdir: str, step: int | None):

@@ -5,6 +5,7 @@ table, the one tensor worth sharding: ~1M x 512 on ARC). The batch and the
 ACT carry are split over both axes, so every device holds distinct rows;
 parameters, optimiser state and EMA are replicated.
 """
+
 from __future__ import annotations
 
 import jax
@@ -32,17 +33,21 @@ def platform(mesh: Mesh) -> str:
 
 def under_mesh(fn, mesh: Mesh):
   """`fn` traced with `mesh` as the context mesh (kernels that need `jax.shard_map` read it)."""
+
   def wrapped(*args):
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
       return fn(*args)
+
   return wrapped
 
 
 def check_batch(global_batch_size: int, mesh: Mesh, field: str = "train.global_batch_size") -> None:
   n = mesh.size
   if global_batch_size % n:
-    raise ValueError(f"config.{field}={global_batch_size} must be divisible by the {n} devices "
-                     f"(try {max(n, global_batch_size // n * n)})")
+    raise ValueError(
+      f"config.{field}={global_batch_size} must be divisible by the {n} devices "
+      f"(try {max(n, global_batch_size // n * n)})"
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -73,10 +78,12 @@ def state_shardings(mesh: Mesh, abstract_state):
 
 def carry_shardings(mesh: Mesh, abstract_carry):
   """The ACT carry follows the batch: latents (.., B, T, D) on B, the rest on axis 0."""
+
   def spec(path, x):
     in_z = any(getattr(k, "key", None) == "z" for k in path)
     batch_axis = x.ndim - 3 if in_z else 0
     return NamedSharding(mesh, P(*([None] * batch_axis + [BATCH])))
+
   return jax.tree_util.tree_map_with_path(spec, abstract_carry)
 
 
@@ -98,5 +105,9 @@ def jit_train_step(train_step, mesh: Mesh, state_sh, carry_sh):
   State and carry are donated; metric sums come back replicated.
   """
   repl = replicated(mesh)
-  return jax.jit(under_mesh(train_step, mesh), in_shardings=(state_sh, carry_sh, batch_sharding(mesh), repl),
-                 out_shardings=(state_sh, carry_sh, repl), donate_argnums=(0, 1))
+  return jax.jit(
+    under_mesh(train_step, mesh),
+    in_shardings=(state_sh, carry_sh, batch_sharding(mesh), repl),
+    out_shardings=(state_sh, carry_sh, repl),
+    donate_argnums=(0, 1),
+  )

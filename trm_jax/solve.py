@@ -13,6 +13,7 @@ changed given, a repeated digit, a maze path that does not join S to G, an
 ARC output that is not a rectangle) is printed with an `INVALID: <why>` line
 and exit status 2. `--verbose` also shows the libraries' logs.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,6 +92,7 @@ def maze_tokens(text: str, seq_len: int | None = None) -> np.ndarray:
 def arc_inputs(path: str) -> list[np.ndarray]:
   """Test input grids of an ARC task JSON ({"train": [...], "test": [{"input": grid}]})."""
   from trm_jax.datasets import arc
+
   if not os.path.isfile(path):
     raise InputError(f"--arc: {path}: file not found")
   try:
@@ -100,10 +102,11 @@ def arc_inputs(path: str) -> list[np.ndarray]:
     raise InputError(f"--arc: {path}: not valid JSON ({str(e).splitlines()[0]})") from None
   tests = task.get("test") if isinstance(task, dict) else None
   if not isinstance(tests, list) or not tests:
-    raise InputError(f"--arc: {path}: needs a non-empty \"test\" list")
+    raise InputError(f'--arc: {path}: needs a non-empty "test" list')
   try:
-    return [arc._grid(t.get("input") if isinstance(t, dict) else None, f"{path} test[{i}].input")
-            for i, t in enumerate(tests)]
+    return [
+      arc._grid(t.get("input") if isinstance(t, dict) else None, f"{path} test[{i}].input") for i, t in enumerate(tests)
+    ]
   except arc.DataError as e:
     raise InputError(f"--arc: {e}") from None
 
@@ -115,6 +118,7 @@ def arc_inputs(path: str) -> list[np.ndarray]:
 def load_run(workdir: str):
   """-> (Run, state, meta) from the workdir's latest checkpoint (EMA weights used for solving)."""
   from trm_jax import runs
+
   run, state, meta, _ = runs.load_run(workdir)
   return run, state, meta
 
@@ -122,6 +126,7 @@ def load_run(workdir: str):
 def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None) -> dict:
   """Runs one example (`evaluate.solve_one`) -> answer tokens, steps used, halting confidence, per-step answers."""
   from trm_jax import evaluate
+
   return evaluate.solve_one(run, state, inputs, puzzle_id, n_steps)
 
 
@@ -174,6 +179,7 @@ def main(argv) -> int:
   from absl import flags
 
   from trm_jax import runs
+
   del argv
   f = flags.FLAGS
   if not f.workdir:
@@ -194,8 +200,7 @@ def main(argv) -> int:
     print(_invalid(why, res["confidence"]))
   if f.png:
     title = _invalid(why, res["confidence"]) if why else f"halting confidence {res['confidence']:.3f}"
-    draw_pair(f.png, kind, display(kind, grid, puzzle), display(kind, grid, res["answer"]), ("puzzle", "answer"),
-              title)
+    draw_pair(f.png, kind, display(kind, grid, puzzle), display(kind, grid, res["answer"]), ("puzzle", "answer"), title)
     print(f"wrote {f.png}")
   sys.stdout.flush()
   return INVALID_EXIT if why else 0
@@ -203,6 +208,7 @@ def main(argv) -> int:
 
 def _solve_arc(f, run, state, meta, grids, grid, steps) -> int:
   from trm_jax.datasets import arc
+
   tid = f.task_id or os.path.splitext(os.path.basename(f.arc))[0]
   pid = int(meta.get("arc_ids", {}).get(tid, 0))
   invalid = False
@@ -211,8 +217,10 @@ def _solve_arc(f, run, state, meta, grids, grid, steps) -> int:
     answer = arc.crop_prediction(res["answer"])
     why = rules.check_arc(res["answer"], arc.MAX_SIZE, arc.COLOUR_OFFSET)
     invalid |= bool(why)
-    print(f"test[{i}] (task {tid}, puzzle id {pid}): {plural(res['steps'], 'supervision step')}, "
-          f"halting confidence {res['confidence']:.3f}")
+    print(
+      f"test[{i}] (task {tid}, puzzle id {pid}): {plural(res['steps'], 'supervision step')}, "
+      f"halting confidence {res['confidence']:.3f}"
+    )
     print(render("arc", grid, answer))
     if why:
       print(_invalid(why, res["confidence"]))
@@ -231,6 +239,7 @@ def _quiet(verbose: bool) -> None:
   import logging as std_logging
 
   from absl import logging
+
   level = logging.INFO if verbose else logging.ERROR
   logging.set_verbosity(level)
   std_logging.getLogger().setLevel(std_logging.INFO if verbose else std_logging.ERROR)
@@ -240,14 +249,17 @@ def run():
   from absl import app, flags
 
   from trm_jax import cli
+
   flags.DEFINE_string("workdir", None, "Required: run directory holding checkpoints/ (written by trm-train).")
   flags.DEFINE_string("sudoku", None, "Sudoku as n*n characters, row by row ('.' or 0 = blank).")
-  flags.DEFINE_string("maze", None, "Maze as a text file or a string of '#' (wall), ' ', 'S', 'G' cells "
-                      "(exactly one S and one G).")
-  flags.DEFINE_string("arc", None, "ARC task JSON file (its \"test\" inputs are solved).")
+  flags.DEFINE_string(
+    "maze", None, "Maze as a text file or a string of '#' (wall), ' ', 'S', 'G' cells (exactly one S and one G)."
+  )
+  flags.DEFINE_string("arc", None, 'ARC task JSON file (its "test" inputs are solved).')
   flags.DEFINE_string("task_id", None, "ARC task id (default: the JSON file's name).")
-  flags.DEFINE_string("png", None, "Also draw the puzzle and the answer here (needs matplotlib; the directory "
-                      "is created).")
+  flags.DEFINE_string(
+    "png", None, "Also draw the puzzle and the answer here (needs matplotlib; the directory is created)."
+  )
   flags.DEFINE_integer("steps", 0, "Supervision steps (default: the run's eval setting).")
   flags.DEFINE_bool("verbose", False, "Also show the libraries' logs (orbax, jax).")
   cli.own_help(__name__)

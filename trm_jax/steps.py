@@ -1,4 +1,5 @@
 """Pure train and eval steps, ready for `jax.jit` with shardings and donation."""
+
 from __future__ import annotations
 
 import jax
@@ -37,7 +38,8 @@ def make_train_step(model: RecursiveModel, mcfg, tcfg, tx: optax.GradientTransfo
     carry = recursion.reset_carry(carry, batch, state.consts, mcfg)
     batch_size = batch["inputs"].shape[0]
     loss, g, g_rows, carry, _, metrics = loss_and_grads(
-        model, mcfg, state.params, state.consts, carry, state.puzzle_table, rng, 1.0 / batch_size)
+      model, mcfg, state.params, state.consts, carry, state.puzzle_table, rng, 1.0 / batch_size
+    )
     updates, opt_state = tx.update(g, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     table = state.puzzle_table
@@ -52,8 +54,9 @@ def make_train_step(model: RecursiveModel, mcfg, tcfg, tx: optax.GradientTransfo
   return train_step
 
 
-def rollout(model: RecursiveModel, mcfg, params, consts, puzzle_table, batch, n_steps: int | None = None,
-            collect=("preds",)):
+def rollout(
+  model: RecursiveModel, mcfg, params, consts, puzzle_table, batch, n_steps: int | None = None, collect=("preds",)
+):
   """Evaluation: `n_steps` supervision steps (default halt_max_steps) on a fixed batch.
 
   Every row runs all steps (no early halt). Returns (final carry, final

@@ -6,6 +6,7 @@ The trace lands in <workdir>/profile/plugins/profile/<time>/ as `*.xplane.pb`
 train step that produces checkpoint step n; the trace waits for step b's
 results before it stops, so it holds whole steps.
 """
+
 from __future__ import annotations
 
 import jax

@@ -6,6 +6,7 @@ its current examples, the step); batches are a pure function of (seed, step)
 and so is the rng, so a resumed run ends with the same parameters as an
 uninterrupted one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,7 +44,8 @@ def resolve_config(config, meta) -> ml_collections.ConfigDict:
   config.model.seq_len = int(meta.seq_len)
   config.model.vocab_size = int(meta.vocab_size)
   config.model.num_puzzle_identifiers = sharding.table_rows(
-      int(meta.num_puzzle_identifiers), config.mesh.table_parallel)
+    int(meta.num_puzzle_identifiers), config.mesh.table_parallel
+  )
   t = config.train
   if t.steps is None or t.steps < 0:
     t.steps = max(1, int(t.epochs * meta.total_groups * meta.mean_puzzle_examples // t.global_batch_size))
@@ -85,8 +87,15 @@ def _train_and_evaluate(config, run_dir: rundir.RunDir, verbose: bool) -> dict:
     evals = hooks_lib.EvaluateAt(cad.eval_steps, lambda s: evaluate.evaluate_all(run, s, data, run_dir), writer)
     save = hooks_lib.SaveCheckpoint(mngr, run_meta(run.config, data), t.checkpoint_every, guard)
     log = hooks_lib.LogEvery(writer, t.log_every, batch_size, guard.check, also=(evals.due, save.due))
-    feed = (data.train, run.config.seed, start, batch_size, jax.process_index(), jax.process_count(),
-            cad.epochs_per_iter)
+    feed = (
+      data.train,
+      run.config.seed,
+      start,
+      batch_size,
+      jax.process_index(),
+      jax.process_count(),
+      cad.epochs_per_iter,
+    )
     batches = resources.enter_context(contextlib.closing(input_pipeline.prefetch_train_batches(*feed)))
     resources.callback(profile.close)
     with checkpoint.Preemption() as preemption:
@@ -94,8 +103,15 @@ def _train_and_evaluate(config, run_dir: rundir.RunDir, verbose: bool) -> dict:
       step = start
       if start < end:
         step_fn = _compile(run, writer, state, carry, lambda: input_pipeline.train_batch(*feed))
-        tick = train_loop(lambda s, c, b: step_fn(s, c, run.make_batch(b), run.step_rng), state, carry, start, end,
-                          batches, [profile, guard, preempted, log, evals, save])
+        tick = train_loop(
+          lambda s, c, b: step_fn(s, c, run.make_batch(b), run.step_rng),
+          state,
+          carry,
+          start,
+          end,
+          batches,
+          [profile, guard, preempted, log, evals, save],
+        )
         state, step = tick.state, tick.step
         if tick.stop:
           preempted.announce(step)
@@ -159,9 +175,13 @@ def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
     # good one), but kept: a passing storage error can look like damage.
     dests = checkpoint.set_aside(mngr, [s for s, _ in damaged], run_dir)
     if jax.process_index() == 0:
-      print(f"warning: {damaged[0][1]}; moved {len(damaged)} checkpoint(s) that did not restore "
-            f"(steps {', '.join(str(s) for s, _ in damaged)}) to {', '.join(dests)} (delete once looked at); "
-            f"resuming from step {step}", file=sys.stderr, flush=True)
+      print(
+        f"warning: {damaged[0][1]}; moved {len(damaged)} checkpoint(s) that did not restore "
+        f"(steps {', '.join(str(s) for s, _ in damaged)}) to {', '.join(dests)} (delete once looked at); "
+        f"resuming from step {step}",
+        file=sys.stderr,
+        flush=True,
+      )
   return state, carry, True
 
 
@@ -170,8 +190,10 @@ def _log_start(writer, run: Run, state, cad, forgotten: list, verbose: bool) -> 
   start, n_params = int(state.step), train_state.count_params(state.params)
   if verbose:
     writer.log(f"config:\n{run.config}")
-  writer.log(f"parameters: {n_params:,}; devices: {jax.device_count()}; steps {start} -> {cad.end}"
-             + ("" if writer.tensorboard else "; TensorBoard off (tensorboardX not installed)"))
+  writer.log(
+    f"parameters: {n_params:,}; devices: {jax.device_count()}; steps {start} -> {cad.end}"
+    + ("" if writer.tensorboard else "; TensorBoard off (tensorboardX not installed)")
+  )
   writer.log(cadence_lib.describe(cad))
   if forgotten:
     writer.log(f"resuming at step {start}: dropped the ARC votes of later evaluations ({', '.join(forgotten)})")

@@ -1,4 +1,5 @@
 """TrainState: everything an optimiser step reads and writes."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,11 +15,11 @@ from trm_jax.model import RecursiveModel, puzzle_emb_len
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
-  params: Any                 # trained core parameters (float32)
-  consts: Any                 # fixed H_init / L_init buffers, never trained
+  params: Any  # trained core parameters (float32)
+  consts: Any  # fixed H_init / L_init buffers, never trained
   opt_state: optax.OptState
-  ema: Any                    # EMA of params, or None when EMA is off
-  puzzle_table: jax.Array     # (N, puzzle_emb_ndim), sign-SGD only, no optimiser state
+  ema: Any  # EMA of params, or None when EMA is off
+  puzzle_table: jax.Array  # (N, puzzle_emb_ndim), sign-SGD only, no optimiser state
 
   def eval_params(self):
     """EMA weights when EMA is on, else the live parameters."""
@@ -38,8 +39,14 @@ def create_train_state(model: RecursiveModel, mcfg, tcfg, tx: optax.GradientTran
   params = variables["params"]
   table = jnp.zeros((mcfg.num_puzzle_identifiers, max(mcfg.puzzle_emb_ndim, 0)), jnp.float32)
   ema = jax.tree.map(jnp.copy, params) if tcfg.ema else None
-  return TrainState(step=jnp.zeros([], jnp.int32), params=params, consts=variables["consts"],
-                    opt_state=tx.init(params), ema=ema, puzzle_table=table)
+  return TrainState(
+    step=jnp.zeros([], jnp.int32),
+    params=params,
+    consts=variables["consts"],
+    opt_state=tx.init(params),
+    ema=ema,
+    puzzle_table=table,
+  )
 
 
 def count_params(params) -> int:

@@ -15,6 +15,7 @@ stale, and is taken over with a precondition on its generation, when its
 holder ran on this host and that process is gone, or when it has not been
 refreshed for `STALE_S` seconds (a run killed on another machine).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,7 +68,6 @@ def hold(workdir, enabled: bool = True):
 
 
 class _LocalLock:
-
   def __init__(self, path: str):
     self.path = path
     self.fd = None
@@ -85,6 +85,7 @@ class _LocalLock:
 
   def _open(self) -> int:
     import fcntl  # noqa: PLC0415 - POSIX only
+
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
       fd = os.open(self.path, flags, 0o644)
@@ -97,8 +98,9 @@ class _LocalLock:
     except OSError:
       info = _parse(os.pread(fd, 4096, 0).decode(errors="replace"))
       os.close(fd)
-      raise LockBusy(f"{os.path.dirname(self.path)}: in use by another run ({_describe(info)}; "
-                     f"lock file {self.path})") from None
+      raise LockBusy(
+        f"{os.path.dirname(self.path)}: in use by another run ({_describe(info)}; lock file {self.path})"
+      ) from None
     return fd
 
   def _same_file(self, fd: int) -> bool:
@@ -118,7 +120,6 @@ class _LocalLock:
 
 
 class _GcsLock:
-
   def __init__(self, uri: str):
     self.uri = uri
     bucket, _, self.name = self.uri.partition("://")[2].partition("/")
@@ -126,8 +127,9 @@ class _GcsLock:
       from google.api_core import exceptions  # noqa: PLC0415
       from google.cloud import storage  # noqa: PLC0415
     except ImportError as e:
-      raise fileio.FileIOError(f"{self.uri}: gs:// workdirs need google-cloud-storage "
-                               f"(pip install 'trm_jax[gcs]'; {e})") from None
+      raise fileio.FileIOError(
+        f"{self.uri}: gs:// workdirs need google-cloud-storage (pip install 'trm_jax[gcs]'; {e})"
+      ) from None
     self._exc = exceptions
     self.bucket = storage.Client().bucket(bucket)
     self.generation = None
@@ -148,9 +150,11 @@ class _GcsLock:
             continue  # released meanwhile: try again
           held = _parse(current.download_as_text())
           if not _stale(held, current.updated):
-            raise LockBusy(f"{self.uri.rpartition('/')[0]}: in use by another run ({_describe(held)}, "
-                           f"lock refreshed {current.updated:%Y-%m-%d %H:%M:%S} UTC; lock object "
-                           f"{self.uri})") from None
+            raise LockBusy(
+              f"{self.uri.rpartition('/')[0]}: in use by another run ({_describe(held)}, "
+              f"lock refreshed {current.updated:%Y-%m-%d %H:%M:%S} UTC; lock object "
+              f"{self.uri})"
+            ) from None
           try:
             blob.upload_from_string(info, if_generation_match=current.generation)  # take over
             break

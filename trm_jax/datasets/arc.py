@@ -25,22 +25,20 @@ DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
 
 # ---------------------------------------------------------------- loading --
 def _grid(value, where: str) -> np.ndarray:
-  if (not isinstance(value, list) or not value
-      or not all(isinstance(r, list) for r in value)):
-    raise DataError(f'{where}: grid must be a non-empty list of rows')
+  if not isinstance(value, list) or not value or not all(isinstance(r, list) for r in value):
+    raise DataError(f"{where}: grid must be a non-empty list of rows")
   widths = {len(r) for r in value}
   if len(widths) != 1:
-    raise DataError(f'{where}: grid is not rectangular (row lengths '
-                    f'{sorted(widths)})')
+    raise DataError(f"{where}: grid is not rectangular (row lengths {sorted(widths)})")
   h, w = len(value), widths.pop()
   if w == 0:
-    raise DataError(f'{where}: grid has empty rows')
+    raise DataError(f"{where}: grid has empty rows")
   if h > MAX_SIZE or w > MAX_SIZE:
-    raise DataError(f'{where}: grid is {h}x{w}, over {MAX_SIZE}x{MAX_SIZE}')
+    raise DataError(f"{where}: grid is {h}x{w}, over {MAX_SIZE}x{MAX_SIZE}")
   for r in value:
     for c in r:
       if type(c) is not int or not 0 <= c <= 9:
-        raise DataError(f'{where}: colour {c!r} outside 0-9')
+        raise DataError(f"{where}: colour {c!r} outside 0-9")
   return np.asarray(value, np.uint8)
 
 
@@ -50,10 +48,9 @@ def _load_json(path: Path):
     with open(path) as f:
       return json.load(f)
   except json.JSONDecodeError as e:
-    raise DataError(f'{path}: malformed JSON at line {e.lineno} column '
-                    f'{e.colno}: {e.msg}') from None
+    raise DataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
   except UnicodeDecodeError as e:
-    raise DataError(f'{path}: not UTF-8 text ({e.reason})') from None
+    raise DataError(f"{path}: not UTF-8 text ({e.reason})") from None
 
 
 def load_subset(manual_dir, subset: str) -> dict[str, dict]:
@@ -61,51 +58,58 @@ def load_subset(manual_dir, subset: str) -> dict[str, dict]:
 
   Returns {task_id: {'train': [(in, out)], 'test': [(in, out)]}}.
   """
-  cpath = Path(manual_dir) / f'arc-agi_{subset}_challenges.json'
-  spath = Path(manual_dir) / f'arc-agi_{subset}_solutions.json'
+  cpath = Path(manual_dir) / f"arc-agi_{subset}_challenges.json"
+  spath = Path(manual_dir) / f"arc-agi_{subset}_solutions.json"
   chal, sols = _load_json(cpath), _load_json(spath)
   for path, obj in ((cpath, chal), (spath, sols)):
     if not isinstance(obj, dict):
-      raise DataError(f'{path}: top level must be an object keyed by task id')
+      raise DataError(f"{path}: top level must be an object keyed by task id")
   tasks = {}
   for tid, task in chal.items():
-    where = f'{cpath}: task {tid}'
-    if (not isinstance(task, dict) or not isinstance(task.get('train'), list)
-        or not isinstance(task.get('test'), list)):
+    where = f"{cpath}: task {tid}"
+    if not isinstance(task, dict) or not isinstance(task.get("train"), list) or not isinstance(task.get("test"), list):
       raise DataError(f'{where}: needs "train" and "test" lists')
     if tid not in sols:
-      raise DataError(f'{spath}: task {tid}: no solutions')
+      raise DataError(f"{spath}: task {tid}: no solutions")
     sol = sols[tid]
-    if not isinstance(sol, list) or len(sol) != len(task['test']):
-      raise DataError(f'{spath}: task {tid}: expected '
-                      f'{len(task["test"])} solution grids')
+    if not isinstance(sol, list) or len(sol) != len(task["test"]):
+      raise DataError(f"{spath}: task {tid}: expected {len(task['test'])} solution grids")
     train = []
-    for i, pair in enumerate(task['train']):
-      if not isinstance(pair, dict) or 'input' not in pair or 'output' not in pair:
+    for i, pair in enumerate(task["train"]):
+      if not isinstance(pair, dict) or "input" not in pair or "output" not in pair:
         raise DataError(f'{where} train[{i}]: needs "input" and "output"')
-      train.append((_grid(pair['input'], f'{where} train[{i}].input'),
-                    _grid(pair['output'], f'{where} train[{i}].output')))
+      train.append(
+        (_grid(pair["input"], f"{where} train[{i}].input"), _grid(pair["output"], f"{where} train[{i}].output"))
+      )
     test = []
-    for i, pair in enumerate(task['test']):
-      if not isinstance(pair, dict) or 'input' not in pair:
+    for i, pair in enumerate(task["test"]):
+      if not isinstance(pair, dict) or "input" not in pair:
         raise DataError(f'{where} test[{i}]: needs "input"')
-      test.append((_grid(pair['input'], f'{where} test[{i}].input'),
-                   _grid(sol[i], f'{spath}: task {tid} solution[{i}]')))
+      test.append(
+        (_grid(pair["input"], f"{where} test[{i}].input"), _grid(sol[i], f"{spath}: task {tid} solution[{i}]"))
+      )
     if not train or not test:
-      raise DataError(f'{where}: needs at least one train and one test pair')
-    tasks[tid] = {'train': train, 'test': test}
+      raise DataError(f"{where}: needs at least one train and one test pair")
+    tasks[tid] = {"train": train, "test": test}
   extra = set(sols) - set(chal)
   if extra:
-    raise DataError(f'{spath}: task {sorted(extra)[0]}: not in {cpath.name}')
+    raise DataError(f"{spath}: task {sorted(extra)[0]}: not in {cpath.name}")
   return tasks
 
 
 # -------------------------------------------------------------- transforms --
 def dihedral(grid: np.ndarray, tid: int) -> np.ndarray:
   g = np.asarray(grid)
-  return [lambda: g, lambda: np.rot90(g, 1), lambda: np.rot90(g, 2),
-          lambda: np.rot90(g, 3), lambda: g[:, ::-1], lambda: g[::-1],
-          lambda: g.T, lambda: g[::-1, ::-1].T][int(tid)]()
+  return [
+    lambda: g,
+    lambda: np.rot90(g, 1),
+    lambda: np.rot90(g, 2),
+    lambda: np.rot90(g, 3),
+    lambda: g[:, ::-1],
+    lambda: g[::-1],
+    lambda: g.T,
+    lambda: g[::-1, ::-1].T,
+  ][int(tid)]()
 
 
 def transform(grid, tid: int, perm) -> np.ndarray:
@@ -116,8 +120,7 @@ def invert(grid, tid: int, perm) -> np.ndarray:
   """Undoes transform(grid, tid, perm)."""
   inv = np.zeros(10, np.uint8)
   inv[np.asarray(perm)] = np.arange(10)
-  return np.ascontiguousarray(
-      dihedral(inv[np.asarray(grid, np.uint8)], DIHEDRAL_INVERSE[int(tid)]))
+  return np.ascontiguousarray(dihedral(inv[np.asarray(grid, np.uint8)], DIHEDRAL_INVERSE[int(tid)]))
 
 
 # ----------------------------------------------------------------- canvas --
@@ -125,11 +128,11 @@ def to_canvas(grid: np.ndarray, r0: int = 0, c0: int = 0) -> np.ndarray:
   """Places a grid at (r0, c0) of a 30x30 canvas and draws EOS; (900,)."""
   h, w = grid.shape
   out = np.zeros((MAX_SIZE, MAX_SIZE), np.uint8)
-  out[r0:r0 + h, c0:c0 + w] = grid + COLOUR_OFFSET
+  out[r0 : r0 + h, c0 : c0 + w] = grid + COLOUR_OFFSET
   if r0 + h < MAX_SIZE:
-    out[r0 + h, c0:c0 + w] = EOS
+    out[r0 + h, c0 : c0 + w] = EOS
   if c0 + w < MAX_SIZE:
-    out[r0:r0 + h, c0 + w] = EOS
+    out[r0 : r0 + h, c0 + w] = EOS
   return out.reshape(-1)
 
 
@@ -140,7 +143,7 @@ def from_canvas(tokens) -> np.ndarray:
   cols = np.flatnonzero((t >= COLOUR_OFFSET).any(0))
   if len(rows) == 0:
     return np.zeros((0, 0), np.uint8)
-  sub = t[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+  sub = t[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
   return (sub.astype(np.int64) - COLOUR_OFFSET).astype(np.uint8)
 
 

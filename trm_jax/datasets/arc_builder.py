@@ -25,8 +25,7 @@ RETRY_FACTOR = 5
 def augment_copies(pairs, num_aug: int, rng) -> list[tuple[int, np.ndarray]]:
   """Identity plus up to num_aug distinct (dihedral, colour perm) copies."""
   grids = [g for p in pairs for g in p]
-  variants = [[np.ascontiguousarray(arc.dihedral(g, d)) for d in range(8)]
-              for g in grids]
+  variants = [[np.ascontiguousarray(arc.dihedral(g, d)) for d in range(8)] for g in grids]
   ident = np.arange(10, dtype=np.uint8)
 
   def key(d, perm):
@@ -35,7 +34,7 @@ def augment_copies(pairs, num_aug: int, rng) -> list[tuple[int, np.ndarray]]:
       g = perm[v[d]]
       parts.append(np.asarray(g.shape, np.uint8).tobytes())
       parts.append(g.tobytes())
-    return b''.join(parts)
+    return b"".join(parts)
 
   copies = [(0, ident)]
   seen = {key(0, ident)}
@@ -75,9 +74,10 @@ def render_pairs(pairs, d, perm, translate, rng):
 def build_plans(tasks, num_aug: int, seed: int, translate: bool = True):
   """tasks: list of (subset, task_id, role in {'train','eval'}, task)."""
   rng = np.random.default_rng(seed)
-  all_copies = [augment_copies(t['train'] + t['test'], num_aug, rng)
-                for _, _, _, t in tqdm(tasks, desc='arc augment',
-                                       disable=num_aug < 100)]
+  all_copies = [
+    augment_copies(t["train"] + t["test"], num_aug, rng)
+    for _, _, _, t in tqdm(tasks, desc="arc augment", disable=num_aug < 100)
+  ]
   first_id = np.cumsum([0] + [len(c) for c in all_copies]) + 1
   n_ids = int(first_id[-1])
   puzzle_task = np.full(n_ids, -1, np.int32)
@@ -89,14 +89,13 @@ def build_plans(tasks, num_aug: int, seed: int, translate: bool = True):
       puzzle_task[pid], puzzle_dihedral[pid], puzzle_colours[pid] = ti, d, perm
 
   def split_pairs(task, role, split):
-    if split == 'test':
-      return task['test'] if role == 'eval' else []
-    return task['train'] + (task['test'] if role == 'train' else [])
+    if split == "test":
+      return task["test"] if role == "eval" else []
+    return task["train"] + (task["test"] if role == "train" else [])
 
   plans = {}
-  for split in ('train', 'test'):
-    members = [ti for ti, (_, _, role, t) in enumerate(tasks)
-               if split_pairs(t, role, split)]
+  for split in ("train", "test"):
+    members = [ti for ti, (_, _, role, t) in enumerate(tasks) if split_pairs(t, role, split)]
     sizes, ids, gsizes = [], [], []
     for ti in members:
       _, _, role, t = tasks[ti]
@@ -111,27 +110,26 @@ def build_plans(tasks, num_aug: int, seed: int, translate: bool = True):
         pairs = split_pairs(t, role, split)
         for ci, (d, perm) in enumerate(all_copies[ti]):
           r = np.random.default_rng([seed, ti, ci])
-          yield render_pairs(pairs, d, perm, translate and split == 'train', r)
+          yield render_pairs(pairs, d, perm, translate and split == "train", r)
 
     plans[split] = common.SplitPlan(
-        np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-        np.concatenate([[0], np.cumsum(gsizes)]).astype(np.int64),
-        np.asarray(ids, np.int32), blocks)
-  arrays = {'puzzle_task': puzzle_task, 'puzzle_dihedral': puzzle_dihedral,
-            'puzzle_colours': puzzle_colours}
-  info = {'task': 'arc',
-          'tasks': [[s, tid, role] for s, tid, role, _ in tasks]}
+      np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+      np.concatenate([[0], np.cumsum(gsizes)]).astype(np.int64),
+      np.asarray(ids, np.int32),
+      blocks,
+    )
+  arrays = {"puzzle_task": puzzle_task, "puzzle_dihedral": puzzle_dihedral, "puzzle_colours": puzzle_colours}
+  info = {"task": "arc", "tasks": [[s, tid, role] for s, tid, role, _ in tasks]}
   return plans, n_ids, info, arrays
 
 
 def original_of(puzzle_id: int, info: dict, arrays: dict):
   """(subset, task id, dihedral, colour perm) of a stored puzzle id."""
-  ti = int(arrays['puzzle_task'][puzzle_id])
+  ti = int(arrays["puzzle_task"][puzzle_id])
   if ti < 0:
-    raise ValueError(f'puzzle id {puzzle_id} is the blank id')
-  subset, tid, _ = info['tasks'][ti]
-  return (subset, tid, int(arrays['puzzle_dihedral'][puzzle_id]),
-          arrays['puzzle_colours'][puzzle_id])
+    raise ValueError(f"puzzle id {puzzle_id} is the blank id")
+  subset, tid, _ = info["tasks"][ti]
+  return (subset, tid, int(arrays["puzzle_dihedral"][puzzle_id]), arrays["puzzle_colours"][puzzle_id])
 
 
 def invert_prediction(canvas, puzzle_id: int, info: dict, arrays: dict):
@@ -142,8 +140,8 @@ def invert_prediction(canvas, puzzle_id: int, info: dict, arrays: dict):
 
 @dataclasses.dataclass(eq=False)
 class ArcConfig(tfds.core.BuilderConfig):
-  train_subsets: tuple = ('training', 'concept')
-  eval_subsets: tuple = ('evaluation',)
+  train_subsets: tuple = ("training", "concept")
+  eval_subsets: tuple = ("evaluation",)
   num_aug: int = 1000
   max_tasks: int | None = None  # first N tasks of each subset (tests)
   translate: bool = True
@@ -153,50 +151,50 @@ class ArcConfig(tfds.core.BuilderConfig):
   needs_files: bool = True
 
 
-_A1 = dict(train_subsets=('training', 'concept'), eval_subsets=('evaluation',))
-_A2 = dict(train_subsets=('training2', 'concept'),
-           eval_subsets=('evaluation2',))
+_A1 = dict(train_subsets=("training", "concept"), eval_subsets=("evaluation",))
+_A2 = dict(train_subsets=("training2", "concept"), eval_subsets=("evaluation2",))
 
 
 class ArcAgi(common.TrmBuilder):
   """ARC-AGI from combined JSON files arc-agi_<subset>_{challenges,solutions}."""
+
   SOURCE = sources.ARC
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {
-      '1.1.0': 'The training example kept at the origin is drawn at random '
-               '(the reference\'s rule), not always the first.',
-      '1.0.0': 'Initial release.',
+    "1.1.0": "The training example kept at the origin is drawn at random (the reference's rule), not always the first.",
+    "1.0.0": "Initial release.",
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      'Put arc-agi_<subset>_challenges.json / _solutions.json (subsets '
-      'training, evaluation, training2, evaluation2, concept) in manual_dir. '
-      'Without manual_dir they are downloaded (sources.ARC).')
+    "Put arc-agi_<subset>_challenges.json / _solutions.json (subsets "
+    "training, evaluation, training2, evaluation2, concept) in manual_dir. "
+    "Without manual_dir they are downloaded (sources.ARC)."
+  )
   BUILDER_CONFIGS = [
-      ArcConfig(name='arc1_aug1000', **_A1,
-                description='ARC-AGI-1 + ConceptARC, 1000 augmentations.'),
-      ArcConfig(name='arc2_aug1000', **_A2,
-                description='ARC-AGI-2 + ConceptARC, 1000 augmentations.'),
-      ArcConfig(name='arc1_aug10', num_aug=10, **_A1,
-                description='ARC-AGI-1 + ConceptARC, 10 augmentations.'),
-      ArcConfig(name='arc1_small', num_aug=10, max_tasks=6, **_A1,
-                description='6 tasks per subset, 10 augmentations (tests).'),
-      ArcConfig(name='arc2_small', num_aug=10, max_tasks=6, **_A2,
-                description='6 tasks per subset, 10 augmentations (tests).'),
+    ArcConfig(name="arc1_aug1000", **_A1, description="ARC-AGI-1 + ConceptARC, 1000 augmentations."),
+    ArcConfig(name="arc2_aug1000", **_A2, description="ARC-AGI-2 + ConceptARC, 1000 augmentations."),
+    ArcConfig(name="arc1_aug10", num_aug=10, **_A1, description="ARC-AGI-1 + ConceptARC, 10 augmentations."),
+    ArcConfig(
+      name="arc1_small", num_aug=10, max_tasks=6, **_A1, description="6 tasks per subset, 10 augmentations (tests)."
+    ),
+    ArcConfig(
+      name="arc2_small", num_aug=10, max_tasks=6, **_A2, description="6 tasks per subset, 10 augmentations (tests)."
+    ),
   ]
 
   def raw_files(self):
     cfg = self.builder_config
-    return tuple(f'arc-agi_{s}_{kind}.json'
-                 for s in (*cfg.train_subsets, *cfg.eval_subsets)
-                 for kind in ('challenges', 'solutions'))
+    return tuple(
+      f"arc-agi_{s}_{kind}.json"
+      for s in (*cfg.train_subsets, *cfg.eval_subsets)
+      for kind in ("challenges", "solutions")
+    )
 
   def make_plans(self, manual_dir):
     cfg = self.builder_config
     tasks = []
-    for role, subsets in (('train', cfg.train_subsets),
-                          ('eval', cfg.eval_subsets)):
+    for role, subsets in (("train", cfg.train_subsets), ("eval", cfg.eval_subsets)):
       for subset in subsets:
         loaded = arc.load_subset(Path(manual_dir), subset)
-        for tid in list(loaded)[:cfg.max_tasks]:
+        for tid in list(loaded)[: cfg.max_tasks]:
           tasks.append((subset, tid, role, loaded[tid]))
     return build_plans(tasks, cfg.num_aug, cfg.seed, cfg.translate)

@@ -25,162 +25,164 @@ import numpy as np
 def _default_data_dir() -> str:
   """The directory trm-train reads by default (config.data.data_dir)."""
   from trm_jax import config_lib
+
   return os.path.expanduser(config_lib.data_config().data_dir)
 
 
 def _parser():
-  p = argparse.ArgumentParser(prog='trm-data', description=__doc__.split(
-      '\n')[0], epilog='`trm-data CMD --help` describes each command.')
-  sub = p.add_subparsers(dest='cmd', required=True, metavar='CMD')
-  name_help = 'NAME[/CONFIG], e.g. sudoku_small/4x4 (see `trm-data list`)'
-  data_help = ('where built sets live (default: %(default)s, the same as '
-               "trm-train's config.data.data_dir)")
+  p = argparse.ArgumentParser(
+    prog="trm-data", description=__doc__.split("\n")[0], epilog="`trm-data CMD --help` describes each command."
+  )
+  sub = p.add_subparsers(dest="cmd", required=True, metavar="CMD")
+  name_help = "NAME[/CONFIG], e.g. sudoku_small/4x4 (see `trm-data list`)"
+  data_help = "where built sets live (default: %(default)s, the same as trm-train's config.data.data_dir)"
 
   def add(cmd, summary, text, named=True):
     s = sub.add_parser(cmd, help=summary, description=text)
     if named:
-      s.add_argument('name', help=name_help + (
-          '' if cmd == 'build' else ', or a dataset directory'))
-      s.add_argument('--data_dir', default=_default_data_dir(), help=data_help)
+      s.add_argument("name", help=name_help + ("" if cmd == "build" else ", or a dataset directory"))
+      s.add_argument("--data_dir", default=_default_data_dir(), help=data_help)
     return s
 
-  b = add('build', 'build a dataset from raw files (or generate it)',
-          'Builds NAME/CONFIG into --data_dir. Raw files are checked before '
-          'anything is written; an existing set is kept (--overwrite '
-          'rebuilds it).')
-  b.add_argument('--manual_dir', default=None,
-                 help='raw files, offline (e.g. ../shared/data/arc from the '
-                      'repository root); without it they are downloaded '
-                      'and checked')
-  b.add_argument('--overwrite', action='store_true',
-                 help='rebuild even if the set is already built')
-  b.add_argument('--register_checksums', action='store_true',
-                 help='record size/sha256 of downloads in checksums.tsv '
-                      '(maintainers, online)')
-  st = add('stats', 'sizes, shapes and a token histogram of every split',
-           'Prints the metadata of every split (or --split) and how often '
-           'each token (named) occurs in inputs and labels.')
-  st.add_argument('--split', default=None,
-                  help='only this split (default: every split)')
-  st.add_argument('--sample', type=int, default=20000,
-                  help='records per split read for the token histogram '
-                       '(default: %(default)s)')
-  sh = add('show', 'print (and draw) one example',
-           'Prints one example (input and label) as text; --png also '
-           'draws it.')
-  sh.add_argument('--split', default='train',
-                  help='split to read (default: %(default)s)')
-  sh.add_argument('--index', type=int, default=0,
-                  help='example index in the split (default: %(default)s)')
-  sh.add_argument('--png', default=None,
-                  help="also draw the example here (needs matplotlib: pip "
-                       "install -e '.[plots]'; the directory is created)")
-  bn = add('bench', 'loader throughput (examples/s)',
-           "Times train_batch, the training input pipeline, on process 0's "
-           'rows of each global batch.')
-  bn.add_argument('--split', default='train',
-                  help='split to read (default: %(default)s)')
-  bn.add_argument('--batch', type=int, default=768,
-                  help='global batch size (default: %(default)s)')
-  bn.add_argument('--steps', type=int, default=20,
-                  help='batches timed (default: %(default)s)')
-  bn.add_argument('--process_count', type=int, default=1,
-                  help='processes sharing each batch (default: %(default)s)')
-  bn.add_argument('--epochs_per_iter', type=int, default=1,
-                  help='epochs sampled per plan (default: %(default)s)')
-  add('list', 'list builders and configs',
-      'Lists every builder/config, whether it needs raw files, and what it '
-      'holds.', named=False)
+  b = add(
+    "build",
+    "build a dataset from raw files (or generate it)",
+    "Builds NAME/CONFIG into --data_dir. Raw files are checked before "
+    "anything is written; an existing set is kept (--overwrite "
+    "rebuilds it).",
+  )
+  b.add_argument(
+    "--manual_dir",
+    default=None,
+    help="raw files, offline (e.g. ../shared/data/arc from the "
+    "repository root); without it they are downloaded "
+    "and checked",
+  )
+  b.add_argument("--overwrite", action="store_true", help="rebuild even if the set is already built")
+  b.add_argument(
+    "--register_checksums",
+    action="store_true",
+    help="record size/sha256 of downloads in checksums.tsv (maintainers, online)",
+  )
+  st = add(
+    "stats",
+    "sizes, shapes and a token histogram of every split",
+    "Prints the metadata of every split (or --split) and how often each token (named) occurs in inputs and labels.",
+  )
+  st.add_argument("--split", default=None, help="only this split (default: every split)")
+  st.add_argument(
+    "--sample", type=int, default=20000, help="records per split read for the token histogram (default: %(default)s)"
+  )
+  sh = add("show", "print (and draw) one example", "Prints one example (input and label) as text; --png also draws it.")
+  sh.add_argument("--split", default="train", help="split to read (default: %(default)s)")
+  sh.add_argument("--index", type=int, default=0, help="example index in the split (default: %(default)s)")
+  sh.add_argument(
+    "--png",
+    default=None,
+    help="also draw the example here (needs matplotlib: pip install -e '.[plots]'; the directory is created)",
+  )
+  bn = add(
+    "bench",
+    "loader throughput (examples/s)",
+    "Times train_batch, the training input pipeline, on process 0's rows of each global batch.",
+  )
+  bn.add_argument("--split", default="train", help="split to read (default: %(default)s)")
+  bn.add_argument("--batch", type=int, default=768, help="global batch size (default: %(default)s)")
+  bn.add_argument("--steps", type=int, default=20, help="batches timed (default: %(default)s)")
+  bn.add_argument("--process_count", type=int, default=1, help="processes sharing each batch (default: %(default)s)")
+  bn.add_argument("--epochs_per_iter", type=int, default=1, help="epochs sampled per plan (default: %(default)s)")
+  add(
+    "list",
+    "list builders and configs",
+    "Lists every builder/config, whether it needs raw files, and what it holds.",
+    named=False,
+  )
   return p
 
 
 def _size_mib(path) -> float:
-  return sum(f.stat().st_size for f in Path(path).rglob('*')
-             if f.is_file()) / 2**20
+  return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
 
 
 def _cmd_build(args):
   from trm_jax.datasets import common
+
   where = Path(common.get_builder(args.name, args.data_dir).data_dir)
   if where.exists() and not args.overwrite:
-    print(f'{args.name}: already built: {where} ({_size_mib(where):.1f} MiB; '
-          '--overwrite rebuilds it)')
+    print(f"{args.name}: already built: {where} ({_size_mib(where):.1f} MiB; --overwrite rebuilds it)")
     return
   t = time.time()
-  path = common.build(args.name, args.data_dir, args.manual_dir,
-                      overwrite=args.overwrite,
-                      register_checksums=args.register_checksums)
-  print(f'built {args.name} in {time.time() - t:.1f}s: {path} '
-        f'({_size_mib(path):.1f} MiB)')
+  path = common.build(
+    args.name, args.data_dir, args.manual_dir, overwrite=args.overwrite, register_checksums=args.register_checksums
+  )
+  print(f"built {args.name} in {time.time() - t:.1f}s: {path} ({_size_mib(path):.1f} MiB)")
 
 
 def _load(args, in_memory=False, split=None):
   from trm_jax import input_pipeline
-  return input_pipeline.load_split(args.name, split or args.split,
-                                   args.data_dir, in_memory=in_memory)
+
+  return input_pipeline.load_split(args.name, split or args.split, args.data_dir, in_memory=in_memory)
 
 
 def token_names(task: str, vocab: int) -> list[str]:
   """What each token id means (inputs; in labels 0 means 'ignore')."""
-  if task == 'sudoku':
-    named = ['PAD', 'blank'] + [f'digit {d}' for d in range(1, vocab - 1)]
-  elif task == 'maze':
-    named = ['PAD', "'#' wall", "' ' open", "'S' start", "'G' goal",
-             "'o' path"]
-  elif task == 'arc':
-    named = ['PAD', 'EOS'] + [f'colour {c}' for c in range(vocab - 2)]
+  if task == "sudoku":
+    named = ["PAD", "blank"] + [f"digit {d}" for d in range(1, vocab - 1)]
+  elif task == "maze":
+    named = ["PAD", "'#' wall", "' ' open", "'S' start", "'G' goal", "'o' path"]
+  elif task == "arc":
+    named = ["PAD", "EOS"] + [f"colour {c}" for c in range(vocab - 2)]
   else:
     named = []
-  return (named + [''] * vocab)[:vocab]
+  return (named + [""] * vocab)[:vocab]
 
 
 def _cmd_stats(args):
   from trm_jax import input_pipeline
   from trm_jax.datasets import common
+
   d = input_pipeline.dataset_dir(args.name, args.data_dir)
-  splits = sorted(common.read_metadata(d)['json']['splits'])
+  splits = sorted(common.read_metadata(d)["json"]["splits"])
   if args.split is not None:
     if args.split not in splits:
-      raise common.DataError(f'{d}: no split {args.split!r} (have {splits})')
+      raise common.DataError(f"{d}: no split {args.split!r} (have {splits})")
     splits = [args.split]
-  print(f'dataset   {d}  ({_size_mib(d):.1f} MiB on disk, all splits)')
-  hists, task, shape, vocab, notes, loaded = {}, 'grid', (), 0, [], {}
+  print(f"dataset   {d}  ({_size_mib(d):.1f} MiB on disk, all splits)")
+  hists, task, shape, vocab, notes, loaded = {}, "grid", (), 0, [], {}
   for split in splits:
     data = loaded[split] = _load(args, split=split)
     m = data.meta
     task, shape = _task(data)
     vocab = max(vocab, int(m.vocab_size))
-    print(f'split     {split}: {m.num_examples} examples, {m.num_puzzles} '
-          f'puzzles, {m.total_groups} groups; seq_len={m.seq_len} '
-          f'vocab={m.vocab_size} puzzle_ids={m.num_puzzle_identifiers} '
-          f'mean_puzzle_examples={m.mean_puzzle_examples:.3f}')
+    print(
+      f"split     {split}: {m.num_examples} examples, {m.num_puzzles} "
+      f"puzzles, {m.total_groups} groups; seq_len={m.seq_len} "
+      f"vocab={m.vocab_size} puzzle_ids={m.num_puzzle_identifiers} "
+      f"mean_puzzle_examples={m.mean_puzzle_examples:.3f}"
+    )
     n = data.num_examples
-    idx = np.unique(np.linspace(0, max(n - 1, 0), min(n, args.sample)).astype(
-        np.int64))
+    idx = np.unique(np.linspace(0, max(n - 1, 0), min(n, args.sample)).astype(np.int64))
     if len(idx):
       inputs, labels = data.reader.read(idx)
     else:
       inputs = labels = np.zeros((0,), np.int64)
     if len(idx) != n:
-      notes.append(f'{split}: {len(idx)} of {n} records')
-    hists[split] = (np.bincount(np.ravel(inputs), minlength=vocab),
-                    np.bincount(np.ravel(labels), minlength=vocab))
-  grid = f', {shape[0]}x{shape[1]} grid' if len(shape) == 2 else ''
-  print(f'task      {task}{grid}; in labels 0 means ignore')
-  print('tokens' + (f' (sample: {", ".join(notes)})' if notes else '') + ':')
+      notes.append(f"{split}: {len(idx)} of {n} records")
+    hists[split] = (np.bincount(np.ravel(inputs), minlength=vocab), np.bincount(np.ravel(labels), minlength=vocab))
+  grid = f", {shape[0]}x{shape[1]} grid" if len(shape) == 2 else ""
+  print(f"task      {task}{grid}; in labels 0 means ignore")
+  print("tokens" + (f" (sample: {', '.join(notes)})" if notes else "") + ":")
   names = token_names(task, vocab)
-  w = max([len('name')] + [len(x) for x in names])
-  cols = [f'{s} {k}' for s in hists for k in ('inputs', 'labels')]
+  w = max([len("name")] + [len(x) for x in names])
+  cols = [f"{s} {k}" for s in hists for k in ("inputs", "labels")]
   cw = [max(12, len(c)) for c in cols]
-  print(f'  {"id":>3}  {"name":<{w}}  ' + '  '.join(
-      f'{c:>{x}}' for c, x in zip(cols, cw)))
+  print(f"  {'id':>3}  {'name':<{w}}  " + "  ".join(f"{c:>{x}}" for c, x in zip(cols, cw)))
   for t in range(vocab):
-    vals = [int(h[t]) if t < len(h) else 0 for pair in hists.values()
-            for h in pair]
-    print(f'  {t:>3}  {names[t]:<{w}}  ' + '  '.join(
-        f'{v:>{x}d}' for v, x in zip(vals, cw)))
+    vals = [int(h[t]) if t < len(h) else 0 for pair in hists.values() for h in pair]
+    print(f"  {t:>3}  {names[t]:<{w}}  " + "  ".join(f"{v:>{x}d}" for v, x in zip(vals, cw)))
   from trm_jax.datasets import overlap
-  every = sorted(common.read_metadata(d)['json']['splits'])
+
+  every = sorted(common.read_metadata(d)["json"]["splits"])
   for split in splits:
     others = {o: loaded.get(o) or _load(args, split=o) for o in every if o != split}
     for line in overlap.warnings(args.name, split, loaded[split], others):
@@ -188,124 +190,130 @@ def _cmd_stats(args):
 
 
 def _task(data):
-  return data.info.get('task', 'grid'), tuple(data.info.get('grid', ()))
+  return data.info.get("task", "grid"), tuple(data.info.get("grid", ()))
 
 
 def _grids(data, index):
   from trm_jax.datasets import arc
+
   inputs, labels = data.reader.read(np.array([index]))
   task, shape = _task(data)
   x, y = inputs[0], labels[0]
-  if task == 'arc':
+  if task == "arc":
     return task, arc.from_canvas(x), arc.from_canvas(y)
-  if task == 'sudoku':
+  if task == "sudoku":
     return task, x.reshape(shape).astype(int) - 1, y.reshape(shape) - 1
-  if task == 'maze':
+  if task == "maze":
     return task, x.reshape(shape), y.reshape(shape)
   return task, x[None], y[None]
 
 
 def _text(task, g):
   from trm_jax.datasets import maze
-  if task == 'sudoku':
-    return [' '.join('.' if v == 0 else str(v) for v in r) for r in g]
-  if task == 'maze':
+
+  if task == "sudoku":
+    return [" ".join("." if v == 0 else str(v) for v in r) for r in g]
+  if task == "maze":
     return [maze.to_text(r) for r in g]
-  return [' '.join(str(int(v)) for v in r) for r in g]
+  return [" ".join(str(int(v)) for v in r) for r in g]
 
 
 def _cmd_show(args):
   from trm_jax import render
   from trm_jax.datasets.common import DataError
+
   if args.png:
     render.prepare_png(args.png)
   data = _load(args)
   if not 0 <= args.index < data.num_examples:
-    raise DataError(f'{args.name}: index {args.index} outside 0..'
-                    f'{data.num_examples - 1} of split {args.split}')
+    raise DataError(f"{args.name}: index {args.index} outside 0..{data.num_examples - 1} of split {args.split}")
   task, x, y = _grids(data, args.index)
   p = int(data.example_puzzle[args.index])
-  g = int(np.searchsorted(data.group_indices, p, 'right') - 1)
-  print(f'{args.name} {args.split}[{args.index}]: puzzle {p} '
-        f'(id {int(data.puzzle_identifiers[p])}), group {g}')
+  g = int(np.searchsorted(data.group_indices, p, "right") - 1)
+  print(f"{args.name} {args.split}[{args.index}]: puzzle {p} (id {int(data.puzzle_identifiers[p])}), group {g}")
   left, right = _text(task, x), _text(task, y)
   width = max(len(s) for s in left) if left else 0
-  print(f'{"input":<{width}}   label')
+  print(f"{'input':<{width}}   label")
   for i in range(max(len(left), len(right))):
-    a = left[i] if i < len(left) else ''
-    b = right[i] if i < len(right) else ''
-    print(f'{a:<{width}}   {b}')
+    a = left[i] if i < len(left) else ""
+    b = right[i] if i < len(right) else ""
+    print(f"{a:<{width}}   {b}")
   if args.png:
-    render.draw_pair(args.png, task, x, y, ('input', 'label'),
-                     f'{args.name} {args.split}[{args.index}]')
-    print(f'wrote {args.png}')
+    render.draw_pair(args.png, task, x, y, ("input", "label"), f"{args.name} {args.split}[{args.index}]")
+    print(f"wrote {args.png}")
 
 
 def _cmd_bench(args):
   from trm_jax import input_pipeline as ip
+
   data = _load(args)
   from trm_jax.datasets.common import DataError
+
   pc, b, e = args.process_count, args.batch, args.epochs_per_iter
   try:
     ip.train_batch(data, 0, 0, b, 0, pc, e)
   except ValueError as err:
-    raise DataError(f'{args.name}: {err}') from None
+    raise DataError(f"{args.name}: {err}") from None
   t = time.perf_counter()
   for step in range(1, args.steps + 1):
     ip.train_batch(data, 0, step, b, 0, pc, e)
   dt = time.perf_counter() - t
-  print(f'{args.name} {args.split}: {args.steps * b // pc / dt:,.0f} '
-        f'examples/s on process 0 of {pc} (global batch {b}, '
-        f'{args.steps} steps, seq_len {data.meta.seq_len})')
+  print(
+    f"{args.name} {args.split}: {args.steps * b // pc / dt:,.0f} "
+    f"examples/s on process 0 of {pc} (global batch {b}, "
+    f"{args.steps} steps, seq_len {data.meta.seq_len})"
+  )
 
 
 def _cmd_list(args):
   import tensorflow_datasets as tfds
 
   from trm_jax.datasets import arc_builder, generated, maze, sudoku
+
   rows = []
-  for cls in (sudoku.SudokuExtreme, maze.MazeHard, arc_builder.ArcAgi,
-              generated.SudokuSmall):
+  for cls in (sudoku.SudokuExtreme, maze.MazeHard, arc_builder.ArcAgi, generated.SudokuSmall):
     for cfg in cls.BUILDER_CONFIGS:
       name = tfds.core.naming.camelcase_to_snakecase(cls.__name__)
-      rows.append((f'{name}/{cfg.name}',
-                   'downloads' if cfg.needs_files else 'generated',
-                   cfg.description))
+      rows.append((f"{name}/{cfg.name}", "downloads" if cfg.needs_files else "generated", cfg.description))
   w0 = max(len(r[0]) for r in rows)
   w1 = max(len(r[1]) for r in rows)
   for a, b, c in rows:
-    print(f'{a:<{w0}}  {b:<{w1}}  {c}')
+    print(f"{a:<{w0}}  {b:<{w1}}  {c}")
 
 
 def _check_counts(args):
   """Counts that must be >= 1 (0 would read nothing or loop forever)."""
   from trm_jax.datasets.common import DataError
-  for flag in ('sample', 'batch', 'steps', 'process_count', 'epochs_per_iter'):
+
+  for flag in ("sample", "batch", "steps", "process_count", "epochs_per_iter"):
     v = getattr(args, flag, None)
     if v is not None and v < 1:
-      raise DataError(f'--{flag}={v}: must be >= 1')
+      raise DataError(f"--{flag}={v}: must be >= 1")
 
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
-  logging.getLogger('absl').setLevel(logging.WARNING)
+  logging.getLogger("absl").setLevel(logging.WARNING)
   from trm_jax.cli import UserError
   from trm_jax.datasets.common import DataError
+
   try:
     _check_counts(args)
-    {'build': _cmd_build, 'stats': _cmd_stats, 'show': _cmd_show,
-     'bench': _cmd_bench, 'list': _cmd_list}[args.cmd](args)
+    {"build": _cmd_build, "stats": _cmd_stats, "show": _cmd_show, "bench": _cmd_bench, "list": _cmd_list}[args.cmd](
+      args
+    )
   except (DataError, UserError) as e:
-    print(f'trm-data: error: {e}', file=sys.stderr)
+    print(f"trm-data: error: {e}", file=sys.stderr)
     return 1
   except OSError as e:  # read-only or full data_dir, missing permissions: one line
     from trm_jax import cli
-    if e.errno not in cli.USER_ERRNOS or os.environ.get('TRM_TRACEBACK'):
+
+    if e.errno not in cli.USER_ERRNOS or os.environ.get("TRM_TRACEBACK"):
       raise
-    print(f'trm-data: error: {cli.os_error_line(e)}', file=sys.stderr)
+    print(f"trm-data: error: {cli.os_error_line(e)}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
-    print('trm-data: interrupted', file=sys.stderr)
+    print("trm-data: interrupted", file=sys.stderr)
     return 130
   return 0
 
@@ -314,5 +322,5 @@ def run():
   sys.exit(main())
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   run()

@@ -22,29 +22,30 @@ from trm_jax import cli, faults
 from trm_jax.datasets import splits as splits_lib
 from trm_jax.datasets.errors import DataError  # noqa: F401  (re-exported: common.DataError)
 
-META_FILE = 'trm_meta.json'
-ARRAYS_FILE = 'trm_arrays.npz'
+META_FILE = "trm_meta.json"
+ARRAYS_FILE = "trm_arrays.npz"
 _UNSET = object()
 
 
 def require_local(path, what: str) -> None:
   """Datasets are built and read on local disk (a gs:// path would silently become ./gs:/...)."""
-  if path is not None and '://' in os.fspath(path):
-    scheme = os.fspath(path).partition('://')[0]
+  if path is not None and "://" in os.fspath(path):
+    scheme = os.fspath(path).partition("://")[0]
     raise DataError(
-        f'{what}={path}: datasets are read from local disk, not {scheme}://; build on each host '
-        f'(trm-data build NAME --data_dir DIR) or copy a built set down (gcloud storage cp -r '
-        f'{os.fspath(path).rstrip("/")}/NAME DIR/), then set {what}=DIR')
+      f"{what}={path}: datasets are read from local disk, not {scheme}://; build on each host "
+      f"(trm-data build NAME --data_dir DIR) or copy a built set down (gcloud storage cp -r "
+      f"{os.fspath(path).rstrip('/')}/NAME DIR/), then set {what}=DIR"
+    )
 
 
 def require_file(path: Path) -> Path:
   path = Path(path)
   if not path.is_file():
-    raise DataError(f'{path}: file not found')
+    raise DataError(f"{path}: file not found")
   return path
 
 
-CSV_FIELDS = ('source', 'question', 'answer', 'rating')
+CSV_FIELDS = ("source", "question", "answer", "rating")
 
 
 def iter_csv_rows(path: Path):
@@ -55,19 +56,17 @@ def iter_csv_rows(path: Path):
   """
   path = require_file(path)
   try:
-    with open(path, newline='') as f:
+    with open(path, newline="") as f:
       reader = csv.reader(f)
       header = next(reader, None)
       if header is None or [h.strip() for h in header[:3]] != list(CSV_FIELDS[:3]):
-        raise DataError(f'{path}:1: header must start with '
-                        f'{",".join(CSV_FIELDS)}, got {header!r}')
+        raise DataError(f"{path}:1: header must start with {','.join(CSV_FIELDS)}, got {header!r}")
       for row in reader:
         if len(row) < 3:
-          raise DataError(f'{path}:{reader.line_num}: expected '
-                          f'{len(CSV_FIELDS)} fields, got {len(row)}')
+          raise DataError(f"{path}:{reader.line_num}: expected {len(CSV_FIELDS)} fields, got {len(row)}")
         yield reader.line_num, row[1], row[2]
   except (csv.Error, UnicodeDecodeError) as e:
-    raise DataError(f'{path}: malformed CSV ({e})') from None
+    raise DataError(f"{path}: malformed CSV ({e})") from None
 
 
 @dataclasses.dataclass
@@ -77,6 +76,7 @@ class SplitPlan:
   `blocks()` yields (inputs, labels) uint8 arrays of shape (k, S) whose
   concatenation is the whole split in example order.
   """
+
   puzzle_indices: np.ndarray
   group_indices: np.ndarray
   puzzle_identifiers: np.ndarray
@@ -88,10 +88,10 @@ class TrmMetadata(tfds.core.Metadata):
 
   def save_metadata(self, data_dir):
     data_dir = Path(os.fspath(data_dir))
-    with open(data_dir / META_FILE, 'w') as f:
-      json.dump(self.get('json', {}), f, indent=1)
-    with open(data_dir / ARRAYS_FILE, 'wb') as f:
-      np.savez_compressed(f, **self.get('arrays', {}))
+    with open(data_dir / META_FILE, "w") as f:
+      json.dump(self.get("json", {}), f, indent=1)
+    with open(data_dir / ARRAYS_FILE, "wb") as f:
+      np.savez_compressed(f, **self.get("arrays", {}))
 
   def load_metadata(self, data_dir):
     self.update(read_metadata(data_dir))
@@ -105,13 +105,13 @@ def read_metadata(data_dir) -> dict:
       js = json.load(f)
     with np.load(data_dir / ARRAYS_FILE) as z:
       arrays = {k: z[k] for k in z.files}
-    if not isinstance(js, dict) or not isinstance(js.get('splits'), dict):
+    if not isinstance(js, dict) or not isinstance(js.get("splits"), dict):
       raise ValueError(f'{META_FILE} has no "splits" object')
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-    raise DataError(f'{data_dir}: damaged dataset ({cli.first_line(e, 200)}); rebuild it '
-                    'with trm-data build --overwrite') from None
-  return {'json': js, 'arrays': arrays}
-
+    raise DataError(
+      f"{data_dir}: damaged dataset ({cli.first_line(e, 200)}); rebuild it with trm-data build --overwrite"
+    ) from None
+  return {"json": js, "arrays": arrays}
 
 
 class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -120,31 +120,33 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   `make_plans` returns (plans: {split: SplitPlan}, num_puzzle_identifiers,
   extra_json, extra_arrays). Records are written in example-id order.
   """
-  VERSION = tfds.core.Version('1.0.0')
+
+  VERSION = tfds.core.Version("1.0.0")
+
   def needs_files(self) -> bool:
-    return getattr(self.builder_config, 'needs_files', True)
+    return getattr(self.builder_config, "needs_files", True)
 
   def _info(self):
     cfg = self.builder_config
     # Large, mostly-PAD grids are zlib-compressed per record (keeps the
     # writer's in-memory sort buffer small); small grids are raw bytes.
-    enc = (tfds.features.Encoding.ZLIB if cfg.seq_len > 256
-           else tfds.features.Encoding.BYTES)
-    feat = lambda: tfds.features.Tensor(
-        shape=(cfg.seq_len,), dtype=np.uint8, encoding=enc)
+    enc = tfds.features.Encoding.ZLIB if cfg.seq_len > 256 else tfds.features.Encoding.BYTES
+    feat = lambda: tfds.features.Tensor(shape=(cfg.seq_len,), dtype=np.uint8, encoding=enc)
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=self.__doc__,
-        features=tfds.features.FeaturesDict({
-            'inputs': feat(),
-            'labels': feat(),
-            'example_id': np.int64,
-            'puzzle_index': np.int64,
-            'puzzle_id': np.int64,
-            'group_id': np.int64,
-        }),
-        metadata=TrmMetadata(),
-        disable_shuffling=True,
+      builder=self,
+      description=self.__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          "inputs": feat(),
+          "labels": feat(),
+          "example_id": np.int64,
+          "puzzle_index": np.int64,
+          "puzzle_id": np.int64,
+          "group_id": np.int64,
+        }
+      ),
+      metadata=TrmMetadata(),
+      disable_shuffling=True,
     )
 
   # -- planning (validation happens here, before anything is written) --
@@ -152,37 +154,31 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def raw_files(self) -> tuple:
     """Names of the raw files this config reads (and downloads)."""
-    return ('train.csv', 'test.csv')
+    return ("train.csv", "test.csv")
 
   def prepare(self, raw_dir=None):
-    if getattr(self, '_plans', None) is None:
+    if getattr(self, "_plans", None) is None:
       if self.needs_files():
         if raw_dir is None:
-          raise DataError(f'{self.name}/{self.builder_config.name}: needs '
-                          '--manual_dir with the raw files')
-        require_local(raw_dir, 'manual_dir')
+          raise DataError(f"{self.name}/{self.builder_config.name}: needs --manual_dir with the raw files")
+        require_local(raw_dir, "manual_dir")
         raw_dir = Path(os.fspath(raw_dir))
         if not raw_dir.is_dir():
-          raise DataError(f'{raw_dir}: manual_dir not found')
+          raise DataError(f"{raw_dir}: manual_dir not found")
       plans, n_ids, extra_json, extra_arrays = self.make_plans(raw_dir)
       cfg = self.builder_config
-      js = {'dataset': f'{self.name}/{cfg.name}', 'splits': {}}
+      js = {"dataset": f"{self.name}/{cfg.name}", "splits": {}}
       js.update(extra_json)
       arrays = dict(extra_arrays)
       for split, plan in plans.items():
-        meta = splits_lib.split_meta(
-            cfg.seq_len, cfg.vocab_size, n_ids, plan.puzzle_indices,
-            plan.group_indices)
-        js['splits'][split] = meta.to_json()
-        arrays[f'{split}.puzzle_indices'] = np.asarray(
-            plan.puzzle_indices, np.int64)
-        arrays[f'{split}.group_indices'] = np.asarray(
-            plan.group_indices, np.int64)
-        arrays[f'{split}.puzzle_identifiers'] = np.asarray(
-            plan.puzzle_identifiers, np.int32)
+        meta = splits_lib.split_meta(cfg.seq_len, cfg.vocab_size, n_ids, plan.puzzle_indices, plan.group_indices)
+        js["splits"][split] = meta.to_json()
+        arrays[f"{split}.puzzle_indices"] = np.asarray(plan.puzzle_indices, np.int64)
+        arrays[f"{split}.group_indices"] = np.asarray(plan.group_indices, np.int64)
+        arrays[f"{split}.puzzle_identifiers"] = np.asarray(plan.puzzle_identifiers, np.int32)
       self._plans = plans
-      self.info.metadata['json'] = js
-      self.info.metadata['arrays'] = arrays
+      self.info.metadata["json"] = js
+      self.info.metadata["arrays"] = arrays
     return self._plans
 
   def make_plans(self, raw_dir):
@@ -190,19 +186,17 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _raw_dir(self, dl_manager):
     """manual_dir when given (it wins), else the downloaded, verified files."""
-    manual = getattr(self, '_trm_manual_dir', _UNSET)
+    manual = getattr(self, "_trm_manual_dir", _UNSET)
     if manual is _UNSET:  # plain tfds.builder(...) use: TFDS's manual_dir
-      tfds_manual = getattr(dl_manager, '_manual_dir', None)
-      have = tfds_manual is not None and all(
-          (Path(os.fspath(tfds_manual)) / f).is_file()
-          for f in self.raw_files())
+      tfds_manual = getattr(dl_manager, "_manual_dir", None)
+      have = tfds_manual is not None and all((Path(os.fspath(tfds_manual)) / f).is_file() for f in self.raw_files())
       manual = tfds_manual if have else None
     if manual is not None or self.SOURCE is None:
       return manual
     from trm_jax.datasets import sources
-    cache = getattr(self, '_trm_cache', None) or dl_manager.download_dir
-    return sources.fetch(self.SOURCE, self.raw_files(), dl_manager, cache,
-                         getattr(self, '_trm_mirror', None))
+
+    cache = getattr(self, "_trm_cache", None) or dl_manager.download_dir
+    return sources.fetch(self.SOURCE, self.raw_files(), dl_manager, cache, getattr(self, "_trm_mirror", None))
 
   def _split_generators(self, dl_manager):
     raw = self._raw_dir(dl_manager) if self.needs_files() else None
@@ -220,33 +214,40 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     for inputs, labels in plan.blocks():
       for k in range(len(inputs)):
         p = int(ex_puzzle[eid])
-        yield eid, {
-            'inputs': inputs[k], 'labels': labels[k], 'example_id': eid,
-            'puzzle_index': p, 'puzzle_id': int(ids[p]),
-            'group_id': int(puzzle_group[p])}
+        yield (
+          eid,
+          {
+            "inputs": inputs[k],
+            "labels": labels[k],
+            "example_id": eid,
+            "puzzle_index": p,
+            "puzzle_id": int(ids[p]),
+            "group_id": int(puzzle_group[p]),
+          },
+        )
         eid += 1
     if eid != int(pidx[-1]):
-      raise RuntimeError(f'{split}: generated {eid} examples, '
-                         f'expected {int(pidx[-1])}')
+      raise RuntimeError(f"{split}: generated {eid} examples, expected {int(pidx[-1])}")
 
 
 def split_name(name: str) -> tuple[str, str | None]:
-  name, _, config = name.partition('/')
+  name, _, config = name.partition("/")
   return name, (config or None)
 
 
 def get_builder(name: str, data_dir) -> TrmBuilder:
   import trm_jax.datasets  # noqa: F401  (registers builders)
-  require_local(data_dir, 'data_dir')
+
+  require_local(data_dir, "data_dir")
   try:
     return tfds.builder(name, data_dir=os.fspath(data_dir))
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise DataError(f'{name}: unknown dataset ({str(e).splitlines()[0]})') from None
+    raise DataError(f"{name}: unknown dataset ({str(e).splitlines()[0]})") from None
   except ValueError as e:
-    raise DataError(f'{name}: {str(e).splitlines()[0]}') from None
+    raise DataError(f"{name}: {str(e).splitlines()[0]}") from None
 
 
-STAGING_DIR = '.tmp-build'  # private build directories, inside data_dir
+STAGING_DIR = ".tmp-build"  # private build directories, inside data_dir
 
 
 def _alive(pid: int) -> bool:
@@ -265,9 +266,8 @@ def _remove_stale(staging_root: Path) -> None:
     return
   host = socket.gethostname()
   for d in staging_root.iterdir():
-    pid, _, rest = d.name.partition('@')
-    if (pid.isdigit() and rest.partition('@')[0] == host
-        and not _alive(int(pid))):
+    pid, _, rest = d.name.partition("@")
+    if pid.isdigit() and rest.partition("@")[0] == host and not _alive(int(pid)):
       shutil.rmtree(d, ignore_errors=True)
 
 
@@ -288,17 +288,16 @@ def _publish(built: Path, final: Path, staging: Path, overwrite: bool) -> None:
   """
   final.parent.mkdir(parents=True, exist_ok=True)
   if overwrite and final.exists():
-    os.rename(final, staging / 'replaced')
+    os.rename(final, staging / "replaced")
   try:
     os.rename(built, final)
   except OSError:
     if not (final / META_FILE).is_file():
       raise
-    logging.info('%s: published by another process; using it', final)
+    logging.info("%s: published by another process; using it", final)
 
 
-def build(name: str, data_dir, manual_dir=None, overwrite=False,
-          mirror=None, register_checksums=False) -> Path:
+def build(name: str, data_dir, manual_dir=None, overwrite=False, mirror=None, register_checksums=False) -> Path:
   """Builds NAME[/CONFIG] into data_dir; returns its directory.
 
   Raw files come from manual_dir when given, else they are downloaded and
@@ -314,13 +313,12 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False,
   final = Path(builder.data_dir)
   if final.exists() and not overwrite:
     return final
-  require_local(manual_dir, 'manual_dir')
+  require_local(manual_dir, "manual_dir")
   if manual_dir is not None and not Path(os.fspath(manual_dir)).is_dir():
-    raise DataError(f'{manual_dir}: manual_dir not found')
+    raise DataError(f"{manual_dir}: manual_dir not found")
   created = not data_dir.exists()
   root = data_dir / STAGING_DIR
-  prefix = (f'{os.getpid()}@{socket.gethostname()}@{builder.name}@'
-            f'{builder.builder_config.name}@')
+  prefix = f"{os.getpid()}@{socket.gethostname()}@{builder.name}@{builder.builder_config.name}@"
   for attempt in range(5):  # another build may rmdir an empty root meanwhile
     try:
       _remove_stale(root)
@@ -331,21 +329,21 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False,
       if attempt == 4:
         raise
     except OSError as e:
-      raise DataError(f'{data_dir}: cannot create a build directory '
-                      f'({e.strerror or e})') from None
+      raise DataError(f"{data_dir}: cannot create a build directory ({e.strerror or e})") from None
   ok = False
   try:
     sb = get_builder(name, staging)
     sb._trm_manual_dir = manual_dir  # pylint: disable=protected-access
-    sb._trm_cache = data_dir / 'downloads'  # pylint: disable=protected-access
+    sb._trm_cache = data_dir / "downloads"  # pylint: disable=protected-access
     sb._trm_mirror = mirror  # pylint: disable=protected-access
     sb.download_and_prepare(
-        download_dir=os.fspath(staging / 'downloads'),
-        file_format='array_record',
-        download_config=tfds.download.DownloadConfig(
-            manual_dir=os.fspath(manual_dir) if manual_dir else None,
-            register_checksums=register_checksums))
-    faults.point('data_build_before_publish')  # every record written, nothing published
+      download_dir=os.fspath(staging / "downloads"),
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(
+        manual_dir=os.fspath(manual_dir) if manual_dir else None, register_checksums=register_checksums
+      ),
+    )
+    faults.point("data_build_before_publish")  # every record written, nothing published
     _publish(Path(sb.data_dir), final, staging, overwrite)
     ok = True
   finally:
@@ -356,8 +354,7 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False,
   return final
 
 
-def wait_for(name: str, data_dir, timeout_s: float, poll_s: float = 2.0,
-             what: str = 'process 0') -> Path:
+def wait_for(name: str, data_dir, timeout_s: float, poll_s: float = 2.0, what: str = "process 0") -> Path:
   """Waits until NAME[/CONFIG] is published in data_dir (another process
   builds it); one-line DataError after timeout_s."""
   builder = get_builder(name, data_dir)
@@ -366,16 +363,19 @@ def wait_for(name: str, data_dir, timeout_s: float, poll_s: float = 2.0,
   while not (final / META_FILE).is_file():
     if time.monotonic() > deadline:
       raise DataError(
-          f'{name}: not built in {data_dir} after waiting {timeout_s:g}s for '
-          f'{what} to build it; data_dir must be shared by all processes '
-          f'(e.g. gs://...), or build it first with `trm-data build {name} '
-          f'--data_dir {data_dir}`')
+        f"{name}: not built in {data_dir} after waiting {timeout_s:g}s for "
+        f"{what} to build it; data_dir must be shared by all processes "
+        f"(e.g. gs://...), or build it first with `trm-data build {name} "
+        f"--data_dir {data_dir}`"
+      )
     time.sleep(poll_s)
   return final
 
 
 def concat_blocks(blocks):
   """Helper for plans that hold the whole split in memory."""
+
   def gen():
     yield from blocks
+
   return gen

@@ -20,8 +20,7 @@ MIN_GIVENS = {4: 4, 6: 8, 9: 17}
 
 def _units(n):
   br, bc = BOXES[n]
-  return [(i // n, i % n, (i // n // br) * (n // bc) + (i % n) // bc)
-          for i in range(n * n)]
+  return [(i // n, i % n, (i // n // br) * (n // bc) + (i % n) // bc) for i in range(n * n)]
 
 
 def count_solutions(grid, n: int, limit: int = 2) -> int:
@@ -48,7 +47,7 @@ def count_solutions(grid, n: int, limit: int = 2) -> int:
     best, best_free, best_n = 0, 0, n + 1
     for k, (r, c, b) in enumerate(todo):
       free = full & ~(rows[r] | cols[c] | boxes[b])
-      cnt = bin(free).count('1')
+      cnt = bin(free).count("1")
       if cnt < best_n:
         best, best_free, best_n = k, free, cnt
         if cnt <= 1:
@@ -56,7 +55,7 @@ def count_solutions(grid, n: int, limit: int = 2) -> int:
     if best_n == 0:
       return 0
     r, c, b = todo[best]
-    rest = todo[:best] + todo[best + 1:]
+    rest = todo[:best] + todo[best + 1 :]
     total = 0
     while best_free and total < limit:
       bit = best_free & -best_free
@@ -76,7 +75,7 @@ def count_solutions(grid, n: int, limit: int = 2) -> int:
 def random_solution(rng, n: int) -> np.ndarray:
   """A random valid n x n grid: a base pattern under random symmetries."""
   br, bc = BOXES[n]
-  r, c = np.meshgrid(np.arange(n), np.arange(n), indexing='ij')
+  r, c = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
   base = (bc * (r % br) + r // br + c) % n
   bands = np.argsort(rng.random(n // br))
   rows = np.concatenate([b * br + rng.permutation(br) for b in bands])
@@ -91,9 +90,11 @@ def is_valid_solution(grid, n: int) -> bool:
   br, bc = BOXES[n]
   want = list(range(1, n + 1))
   boxes = g.reshape(n // br, br, n // bc, bc).transpose(0, 2, 1, 3)
-  return (all(sorted(x) == want for x in g) and
-          all(sorted(x) == want for x in g.T) and
-          all(sorted(x.ravel()) == want for x in boxes.reshape(n, n)))
+  return (
+    all(sorted(x) == want for x in g)
+    and all(sorted(x) == want for x in g.T)
+    and all(sorted(x.ravel()) == want for x in boxes.reshape(n, n))
+  )
 
 
 def make_puzzle(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,25 +122,27 @@ def _puzzles(count, n, seed):
 
 def _one_group_each(q, a) -> common.SplitPlan:
   idx = np.arange(len(q) + 1, dtype=np.int64)
-  return common.SplitPlan(idx, idx, np.zeros(len(q), np.int32),
-                          common.concat_blocks([(q, a)]))
+  return common.SplitPlan(idx, idx, np.zeros(len(q), np.int32), common.concat_blocks([(q, a)]))
 
 
-def plan_to_split(plan: common.SplitPlan, seq_len, vocab_size,
-                  num_ids=1) -> splits.SplitData:
+def plan_to_split(plan: common.SplitPlan, seq_len, vocab_size, num_ids=1) -> splits.SplitData:
   blocks = list(plan.blocks())
   return splits.make_split(
-      np.concatenate([b[0] for b in blocks]),
-      np.concatenate([b[1] for b in blocks]), plan.puzzle_indices,
-      plan.group_indices, plan.puzzle_identifiers, vocab_size, num_ids)
+    np.concatenate([b[0] for b in blocks]),
+    np.concatenate([b[1] for b in blocks]),
+    plan.puzzle_indices,
+    plan.group_indices,
+    plan.puzzle_identifiers,
+    vocab_size,
+    num_ids,
+  )
 
 
 def sudoku_small_plans(n_train, n_test, size, seed):
   out = {}
-  for k, (split, count) in enumerate((('train', n_train), ('test', n_test))):
+  for k, (split, count) in enumerate((("train", n_train), ("test", n_test))):
     q, a = _puzzles(count, size, [seed, k])
-    out[split] = _one_group_each((q + 1).astype(np.uint8),
-                                 (a + 1).astype(np.uint8))
+    out[split] = _one_group_each((q + 1).astype(np.uint8), (a + 1).astype(np.uint8))
   return out
 
 
@@ -149,13 +152,12 @@ def sudoku_small(n_train=1000, n_test=200, size=4, seed=0):
   return {s: plan_to_split(p, size * size, size + 2) for s, p in plans.items()}
 
 
-def maze_small(n_train=200, n_test=100, size=10, min_path=12, seed=0,
-               aug8=False):
+def maze_small(n_train=200, n_test=100, size=10, min_path=12, seed=0, aug8=False):
   """In-memory small mazes (tokens as Maze-Hard, V = 6, S = size**2)."""
   out = {}
-  for k, (split, count) in enumerate((('train', n_train), ('test', n_test))):
+  for k, (split, count) in enumerate((("train", n_train), ("test", n_test))):
     q, a = maze.generate_set(count, [seed, k], size=size, min_path=min_path)
-    plan = maze.make_plan(q, a, aug8 and split == 'train')
+    plan = maze.make_plan(q, a, aug8 and split == "train")
     out[split] = plan_to_split(plan, size * size, maze.VOCAB_SIZE)
   return out
 
@@ -173,14 +175,13 @@ class SudokuSmallConfig(tfds.core.BuilderConfig):
 
 class SudokuSmall(common.TrmBuilder):
   """Generated 4x4 / 6x6 Sudoku with unique solutions (no files needed)."""
+
   BUILDER_CONFIGS = [
-      SudokuSmallConfig(name='4x4', size=4, seq_len=16, vocab_size=6,
-                        description='1000/200 generated 4x4 Sudoku.'),
-      SudokuSmallConfig(name='6x6', size=6, seq_len=36, vocab_size=8,
-                        description='1000/200 generated 6x6 Sudoku.'),
+    SudokuSmallConfig(name="4x4", size=4, seq_len=16, vocab_size=6, description="1000/200 generated 4x4 Sudoku."),
+    SudokuSmallConfig(name="6x6", size=6, seq_len=36, vocab_size=8, description="1000/200 generated 6x6 Sudoku."),
   ]
 
   def make_plans(self, manual_dir):
     cfg = self.builder_config
     plans = sudoku_small_plans(cfg.n_train, cfg.n_test, cfg.size, cfg.seed)
-    return plans, 1, {'task': 'sudoku', 'grid': [cfg.size, cfg.size]}, {}
+    return plans, 1, {"task": "sudoku", "grid": [cfg.size, cfg.size]}, {}

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from trm_jax.datasets import arc, common, sources
 from trm_jax.datasets.common import DataError
 
-CHARS = '# SGo'
+CHARS = "# SGo"
 WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
 VOCAB_SIZE = 6
 _LUT = np.zeros(256, np.uint8)
@@ -26,37 +26,31 @@ for _i, _c in enumerate(CHARS):
 
 
 def to_text(grid) -> str:
-  return ''.join(CHARS[t - 1] if t else '?' for t in np.asarray(grid).ravel())
+  return "".join(CHARS[t - 1] if t else "?" for t in np.asarray(grid).ravel())
 
 
 # ---------------------------------------------------------------- parsing --
 def _parse_row(path, line, q, a) -> tuple[np.ndarray, np.ndarray]:
-  where = f'{path}:{line}'
+  where = f"{path}:{line}"
   n = int(round(len(q) ** 0.5))
   if n * n != len(q) or n == 0:
-    raise DataError(f'{where}: question of {len(q)} characters is not a '
-                    'square grid')
+    raise DataError(f"{where}: question of {len(q)} characters is not a square grid")
   if len(a) != len(q):
-    raise DataError(f'{where}: answer has {len(a)} characters, question '
-                    f'{len(q)}')
-  for what, s in (('question', q), ('answer', a)):
+    raise DataError(f"{where}: answer has {len(a)} characters, question {len(q)}")
+  for what, s in (("question", q), ("answer", a)):
     bad = set(s) - set(CHARS)
     if bad:
-      raise DataError(f'{where}: {what} has characters {sorted(bad)!r} '
-                      f'outside "{CHARS}"')
-  if q.count('S') != 1 or q.count('G') != 1:
-    raise DataError(f'{where}: maze must have exactly one S and one G '
-                    f'(found {q.count("S")} S, {q.count("G")} G)')
+      raise DataError(f'{where}: {what} has characters {sorted(bad)!r} outside "{CHARS}"')
+  if q.count("S") != 1 or q.count("G") != 1:
+    raise DataError(f"{where}: maze must have exactly one S and one G (found {q.count('S')} S, {q.count('G')} G)")
   qt = _LUT[np.frombuffer(q.encode(), np.uint8)]
   at = _LUT[np.frombuffer(a.encode(), np.uint8)]
   changed = qt != at
   if (qt == PATH).any() or np.any(changed & ~((qt == OPEN) & (at == PATH))):
-    raise DataError(f'{where}: answer must equal the question with open '
-                    'cells marked o')
+    raise DataError(f"{where}: answer must equal the question with open cells marked o")
   stray = _path_stray(at.reshape(n, n))
   if stray is not None:
-    raise DataError(f'{where}: answer\'s o cells must form one connected '
-                    f'path from S to G; {stray}')
+    raise DataError(f"{where}: answer's o cells must form one connected path from S to G; {stray}")
   return qt.reshape(n, n), at.reshape(n, n)
 
 
@@ -70,29 +64,25 @@ def _path_stray(label) -> str | None:
     r, c = queue.popleft()
     for dr, dc in _MOVES:
       cell = (r + dr, c + dc)
-      if 0 <= cell[0] < n and 0 <= cell[1] < m and cell not in seen and \
-          label[cell] in (PATH, GOAL):
+      if 0 <= cell[0] < n and 0 <= cell[1] < m and cell not in seen and label[cell] in (PATH, GOAL):
         seen.add(cell)
         if label[cell] == PATH:
           queue.append(cell)
   goal = tuple(int(x) for x in np.argwhere(label == GOAL)[0])
   if goal not in seen:
-    return f'G at row {goal[0]}, column {goal[1]} is not reached from S'
-  left = [tuple(int(x) for x in rc) for rc in np.argwhere(label == PATH)
-          if tuple(int(x) for x in rc) not in seen]
+    return f"G at row {goal[0]}, column {goal[1]} is not reached from S"
+  left = [tuple(int(x) for x in rc) for rc in np.argwhere(label == PATH) if tuple(int(x) for x in rc) not in seen]
   if left:
-    return (f'{len(left)} o cell(s) off the path (first at row {left[0][0]}, '
-            f'column {left[0][1]})')
+    return f"{len(left)} o cell(s) off the path (first at row {left[0][0]}, column {left[0][1]})"
   # A path, not a tree: S and G touch one path cell, every o cell two.
   on = np.isin(label, (PATH, START, GOAL))
   padded = np.pad(on, 1)
-  degree = (padded[:-2, 1:-1].astype(int) + padded[2:, 1:-1] + padded[1:-1, :-2]
-            + padded[1:-1, 2:])
+  degree = padded[:-2, 1:-1].astype(int) + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
   want = np.where(label == PATH, 2, 1)
   wrong = np.argwhere(on & (degree != want))
   if len(wrong):
     r, c = (int(x) for x in wrong[0])
-    return (f'the path branches or touches itself at row {r}, column {c}')
+    return f"the path branches or touches itself at row {r}, column {c}"
   return None
 
 
@@ -103,12 +93,11 @@ def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
   for line, question, answer in common.iter_csv_rows(path):
     q, a = _parse_row(path, line, question, answer)
     if qs and q.shape != qs[0].shape:
-      raise DataError(f'{path}:{line}: grid size {q.shape} '
-                      f'differs from {qs[0].shape}')
+      raise DataError(f"{path}:{line}: grid size {q.shape} differs from {qs[0].shape}")
     qs.append(q)
     as_.append(a)
   if not qs:
-    raise DataError(f'{path}: no mazes')
+    raise DataError(f"{path}: no mazes")
   return np.stack(qs), np.stack(as_)
 
 
@@ -127,8 +116,7 @@ def bfs(grid, start):
     r, c = queue.popleft()
     for dr, dc in _MOVES:
       rr, cc = r + dr, c + dc
-      if 0 <= rr < n and 0 <= cc < m and dist[rr, cc] < 0 and \
-          grid[rr, cc] != WALL:
+      if 0 <= rr < n and 0 <= cc < m and dist[rr, cc] < 0 and grid[rr, cc] != WALL:
         dist[rr, cc] = dist[r, c] + 1
         parent[(rr, cc)] = (r, c)
         queue.append((rr, cc))
@@ -161,8 +149,7 @@ def _carve(rng, size: int, loop_frac: float) -> np.ndarray:
   grid[2 * stack[0][0], 2 * stack[0][1]] = OPEN
   while stack:
     r, c = stack[-1]
-    nbrs = [(r + dr, c + dc) for dr, dc in _MOVES
-            if 0 <= r + dr < k and 0 <= c + dc < k and not seen[r + dr, c + dc]]
+    nbrs = [(r + dr, c + dc) for dr, dc in _MOVES if 0 <= r + dr < k and 0 <= c + dc < k and not seen[r + dr, c + dc]]
     if not nbrs:
       stack.pop()
       continue
@@ -171,15 +158,13 @@ def _carve(rng, size: int, loop_frac: float) -> np.ndarray:
     grid[2 * nr, 2 * nc] = OPEN
     grid[r + nr, c + nc] = OPEN
     stack.append((nr, nc))
-  walls = [(r, c) for r in range(2 * k - 1) for c in range(2 * k - 1)
-           if (r + c) % 2 == 1 and grid[r, c] == WALL]
-  for i in rng.permutation(len(walls))[:int(loop_frac * len(walls))]:
+  walls = [(r, c) for r in range(2 * k - 1) for c in range(2 * k - 1) if (r + c) % 2 == 1 and grid[r, c] == WALL]
+  for i in rng.permutation(len(walls))[: int(loop_frac * len(walls))]:
     grid[walls[i]] = OPEN
   return grid
 
 
-def generate(rng, size: int = 30, min_path: int = 110,
-             loop_frac: float = 0.08, max_tries: int = 1000):
+def generate(rng, size: int = 30, min_path: int = 110, loop_frac: float = 0.08, max_tries: int = 1000):
   """One (question, label) maze whose shortest S->G path > min_path steps."""
   for _ in range(max_tries):
     grid = _carve(rng, size, loop_frac)
@@ -193,14 +178,12 @@ def generate(rng, size: int = 30, min_path: int = 110,
     q = grid.copy()
     q[start], q[goal] = START, GOAL
     return q, solve(q)
-  raise RuntimeError(f'no {size}x{size} maze with a path > {min_path} found')
+  raise RuntimeError(f"no {size}x{size} maze with a path > {min_path} found")
 
 
-def generate_set(n: int, seed, size=30, min_path=110, loop_frac=0.08,
-                 desc='mazes'):
+def generate_set(n: int, seed, size=30, min_path=110, loop_frac=0.08, desc="mazes"):
   rng = np.random.default_rng(seed)
-  out = [generate(rng, size, min_path, loop_frac)
-         for _ in tqdm(range(n), desc=desc, disable=n < 500)]
+  out = [generate(rng, size, min_path, loop_frac) for _ in tqdm(range(n), desc=desc, disable=n < 500)]
   return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
 
 
@@ -215,10 +198,11 @@ def make_plan(q, a, aug8: bool) -> common.SplitPlan:
     a = np.stack([arc.dihedral(x, d) for x in a for d in range(8)])
   idx = np.arange(m * per + 1, dtype=np.int64)
   return common.SplitPlan(
-      idx, np.arange(0, m * per + 1, per, dtype=np.int64),
-      np.zeros(m * per, np.int32),
-      common.concat_blocks([(flat(q).astype(np.uint8),
-                             flat(a).astype(np.uint8))]))
+    idx,
+    np.arange(0, m * per + 1, per, dtype=np.int64),
+    np.zeros(m * per, np.int32),
+    common.concat_blocks([(flat(q).astype(np.uint8), flat(a).astype(np.uint8))]),
+  )
 
 
 @dataclasses.dataclass(eq=False)
@@ -237,39 +221,50 @@ class MazeConfig(tfds.core.BuilderConfig):
 
 class MazeHard(common.TrmBuilder):
   """Maze-Hard 30x30 from train.csv/test.csv, or generated (seeded)."""
+
   SOURCE = sources.MAZE_HARD
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      'Put train.csv and test.csv of sapientinc/maze-30x30-hard-1k in '
-      'manual_dir (csv configs), or let them be downloaded.')
+    "Put train.csv and test.csv of sapientinc/maze-30x30-hard-1k in "
+    "manual_dir (csv configs), or let them be downloaded."
+  )
   BUILDER_CONFIGS = [
-      MazeConfig(name='csv', description='Maze-Hard CSV files.'),
-      MazeConfig(name='csv_aug8', aug8=True,
-                 description='Maze-Hard CSV, 8 dihedral augmentations.'),
-      MazeConfig(name='generated', generated=True, needs_files=False,
-                 description='1000/1000 generated 30x30 mazes, path > 110.'),
-      MazeConfig(name='generated_aug8', generated=True, aug8=True,
-                 needs_files=False,
-                 description='Generated mazes, 8 dihedral augmentations.'),
-      MazeConfig(name='small', generated=True, needs_files=False, size=10,
-                 n_train=200, n_test=100, min_path=12, seq_len=100,
-                 description='200/100 generated 10x10 mazes (demo/tests).'),
+    MazeConfig(name="csv", description="Maze-Hard CSV files."),
+    MazeConfig(name="csv_aug8", aug8=True, description="Maze-Hard CSV, 8 dihedral augmentations."),
+    MazeConfig(
+      name="generated", generated=True, needs_files=False, description="1000/1000 generated 30x30 mazes, path > 110."
+    ),
+    MazeConfig(
+      name="generated_aug8",
+      generated=True,
+      aug8=True,
+      needs_files=False,
+      description="Generated mazes, 8 dihedral augmentations.",
+    ),
+    MazeConfig(
+      name="small",
+      generated=True,
+      needs_files=False,
+      size=10,
+      n_train=200,
+      n_test=100,
+      min_path=12,
+      seq_len=100,
+      description="200/100 generated 10x10 mazes (demo/tests).",
+    ),
   ]
 
   def make_plans(self, manual_dir):
     cfg = self.builder_config
     if cfg.generated:
       kw = dict(size=cfg.size, min_path=cfg.min_path)
-      train = generate_set(cfg.n_train, [cfg.seed, 0], desc='train mazes',
-                           **kw)
-      test = generate_set(cfg.n_test, [cfg.seed, 1], desc='test mazes', **kw)
+      train = generate_set(cfg.n_train, [cfg.seed, 0], desc="train mazes", **kw)
+      test = generate_set(cfg.n_test, [cfg.seed, 1], desc="test mazes", **kw)
     else:
-      train = read_csv(Path(manual_dir) / 'train.csv')
-      test = read_csv(Path(manual_dir) / 'test.csv')
+      train = read_csv(Path(manual_dir) / "train.csv")
+      test = read_csv(Path(manual_dir) / "test.csv")
       n = cfg.size
-      for what, (q, _) in (('train.csv', train), ('test.csv', test)):
+      for what, (q, _) in (("train.csv", train), ("test.csv", test)):
         if q.shape[1:] != (n, n):
-          raise DataError(f'{Path(manual_dir) / what}: grids are '
-                          f'{q.shape[1]}x{q.shape[2]}, config expects {n}x{n}')
-    plans = {'train': make_plan(*train, cfg.aug8),
-             'test': make_plan(*test, False)}
-    return plans, 1, {'task': 'maze', 'grid': [cfg.size, cfg.size]}, {}
+          raise DataError(f"{Path(manual_dir) / what}: grids are {q.shape[1]}x{q.shape[2]}, config expects {n}x{n}")
+    plans = {"train": make_plan(*train, cfg.aug8), "test": make_plan(*test, False)}
+    return plans, 1, {"task": "maze", "grid": [cfg.size, cfg.size]}, {}

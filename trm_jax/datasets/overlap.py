@@ -4,6 +4,7 @@ Rows are compared by a 64-bit hash of their stored input tokens (a random
 linear form modulo 2**64, computed in chunks, so a 1M-example split needs
 8 MB of hashes, not a copy of its records).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,7 @@ def input_hashes(data) -> np.ndarray:
       rng = np.random.default_rng(0)
       weights = rng.integers(1, 2**63, rows.shape[1], dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     with np.errstate(over="ignore"):
-      out[s:s + len(rows)] = (rows * weights).sum(1, dtype=np.uint64) + np.uint64(rows.shape[1])
+      out[s : s + len(rows)] = (rows * weights).sum(1, dtype=np.uint64) + np.uint64(rows.shape[1])
   return out
 
 
@@ -44,11 +45,14 @@ def warnings(name: str, split: str, data, others: dict) -> list[str]:
   out = []
   extra, distinct = duplicates(h)
   if extra:
-    out.append(f"warning: {name} {split}: {extra} of {len(h)} examples repeat the input of an earlier one "
-               f"({distinct} distinct inputs occur more than once)")
+    out.append(
+      f"warning: {name} {split}: {extra} of {len(h)} examples repeat the input of an earlier one "
+      f"({distinct} distinct inputs occur more than once)"
+    )
   for other_split, other in others.items():
     n = shared(h, input_hashes(other))
     if n:
-      out.append(f"warning: {name} {split}: {n} of {len(h)} examples have an input that also occurs in "
-                 f"split {other_split!r}")
+      out.append(
+        f"warning: {name} {split}: {n} of {len(h)} examples have an input that also occurs in split {other_split!r}"
+      )
   return out

@@ -24,20 +24,21 @@ import tensorflow_datasets as tfds
 
 from trm_jax.datasets.errors import DataError
 
-MIRROR_ENV = 'TRM_DATA_MIRROR'
+MIRROR_ENV = "TRM_DATA_MIRROR"
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
   """Files of one pinned revision: {name: (sha256, size in bytes or None)}."""
+
   key: str
-  base_url: str        # ends with the pinned revision
+  base_url: str  # ends with the pinned revision
   revision: str
   licence: str
   files: dict
 
   def canonical_url(self, name: str) -> str:
-    return f'{self.base_url}/{name}'
+    return f"{self.base_url}/{name}"
 
   def url(self, name: str, mirror: str | None = None) -> str:
     """The URL fetched: canonical, or rewritten by mirror / $TRM_DATA_MIRROR."""
@@ -49,76 +50,61 @@ class Source:
 # docs/data.md); train.csv's size likewise. Sizes marked None are not known
 # here: only the sha256 is checked for them.
 SUDOKU_EXTREME = Source(
-    key='sudoku_extreme',
-    base_url=('https://huggingface.co/datasets/sapientinc/sudoku-extreme/'
-              'resolve/58942f96baeb572ca3127e2a9e9c70f330783d6b'),
-    revision='58942f96baeb572ca3127e2a9e9c70f330783d6b',
-    licence='none stated (puzzles from the tdoku benchmark sets, BSD-2-Clause)',
-    files={
-        'train.csv': ('64b46674db0148e0d73a16346dadeb2b1c00824d3fca3f85b2ae70'
-                      '37f6b4b38e', 718819925),
-        'test.csv': ('a2fd52aea23d331d5b4ee723c856236e838a9fb9a70e66f4e0e0cf'
-                     '26c338c6a8', None),
-    })
+  key="sudoku_extreme",
+  base_url=(
+    "https://huggingface.co/datasets/sapientinc/sudoku-extreme/resolve/58942f96baeb572ca3127e2a9e9c70f330783d6b"
+  ),
+  revision="58942f96baeb572ca3127e2a9e9c70f330783d6b",
+  licence="none stated (puzzles from the tdoku benchmark sets, BSD-2-Clause)",
+  files={
+    "train.csv": ("64b46674db0148e0d73a16346dadeb2b1c00824d3fca3f85b2ae7037f6b4b38e", 718819925),
+    "test.csv": ("a2fd52aea23d331d5b4ee723c856236e838a9fb9a70e66f4e0e0cf26c338c6a8", None),
+  },
+)
 
 MAZE_HARD = Source(
-    key='maze_hard',
-    base_url=('https://huggingface.co/datasets/sapientinc/maze-30x30-hard-1k/'
-              'resolve/549754de3d67eebe57b6b22c7d226b9412d55b07'),
-    revision='549754de3d67eebe57b6b22c7d226b9412d55b07',
-    licence='none stated',
-    files={
-        'train.csv': ('25f9e39b5aee16967da41ba63b2d1d75cf608c2360d8a1419d827f'
-                      '9859dbafa0', None),
-        'test.csv': ('5120d52088fb3f8036e62e90103808a79ba58847d8601f9451f409'
-                     '91b0903a62', None),
-    })
+  key="maze_hard",
+  base_url=(
+    "https://huggingface.co/datasets/sapientinc/maze-30x30-hard-1k/resolve/549754de3d67eebe57b6b22c7d226b9412d55b07"
+  ),
+  revision="549754de3d67eebe57b6b22c7d226b9412d55b07",
+  licence="none stated",
+  files={
+    "train.csv": ("25f9e39b5aee16967da41ba63b2d1d75cf608c2360d8a1419d827f9859dbafa0", None),
+    "test.csv": ("5120d52088fb3f8036e62e90103808a79ba58847d8601f9451f40991b0903a62", None),
+  },
+)
 
 # The reference's own combined ARC-AGI-1 / ARC-AGI-2 / ConceptARC files
 # (kaggle/combined/ of the TRM repository at this commit). sha256 and sizes
 # computed here from the git objects of that commit; they equal the copies in
 # shared/data/arc byte for byte.
 ARC = Source(
-    key='arc_agi',
-    base_url=('https://raw.githubusercontent.com/SamsungSAILMontreal/'
-              'TinyRecursiveModels/e7b68717f0a6c4cbb4ce6fbef787b14f42083bd9/'
-              'kaggle/combined'),
-    revision='e7b68717f0a6c4cbb4ce6fbef787b14f42083bd9',
-    licence=('ARC-AGI-1 Apache-2.0 (F. Chollet); ARC-AGI-2 Apache-2.0 (ARC '
-             'Prize Foundation); ConceptARC MIT (V. V. Odouard); combined '
-             'files MIT (Samsung, TinyRecursiveModels)'),
-    files={
-        'arc-agi_concept_challenges.json': (
-            '4e60bd1de956c2519c3236ba9f2c352c971d5971bfc568ceafa716dd9b1a91fd',
-            804217),
-        'arc-agi_concept_solutions.json': (
-            '3ec5e95e416e49c85dac28475fc5b73f6998d13b7e91ff0219eee48881c327ee',
-            209979),
-        'arc-agi_evaluation2_challenges.json': (
-            'e7c62a4bd211867c6b538f66b8013b81f299663c82ca062f49a52bf439d6e4e8',
-            984679),
-        'arc-agi_evaluation2_solutions.json': (
-            '84be4f4f39b79e82c36d565fc878830988b094917f052ee7069aef30b33ca8f1',
-            223838),
-        'arc-agi_evaluation_challenges.json': (
-            '2b05f8f7d33b73fdbefd69914c399e9409d1949c7f16aabc78e677443a64b208',
-            2062906),
-        'arc-agi_evaluation_solutions.json': (
-            '629622b0eecf42c6cb4da628955ef76ec43214f0d00081f8cf63082ade496c52',
-            312989),
-        'arc-agi_training2_challenges.json': (
-            '779eaba89790ebad9af02514a7efc0aefaf2cf8236f046a31bbf8b9ec48f20f5',
-            4010050),
-        'arc-agi_training2_solutions.json': (
-            '9f07a38bd25af5e83aa5bf85c5cb1a1fefdb30f6a755256fa65429e697ca97f9',
-            658743),
-        'arc-agi_training_challenges.json': (
-            '5b02a4753e9088134744d952b048a03f6f23abf4eb6c04e3f27822cf3d439634',
-            1269733),
-        'arc-agi_training_solutions.json': (
-            '47212ad04ef4211221ac6141cba8c8d425e20e90da90ace575ef286c5f992534',
-            184616),
-    })
+  key="arc_agi",
+  base_url=(
+    "https://raw.githubusercontent.com/SamsungSAILMontreal/"
+    "TinyRecursiveModels/e7b68717f0a6c4cbb4ce6fbef787b14f42083bd9/"
+    "kaggle/combined"
+  ),
+  revision="e7b68717f0a6c4cbb4ce6fbef787b14f42083bd9",
+  licence=(
+    "ARC-AGI-1 Apache-2.0 (F. Chollet); ARC-AGI-2 Apache-2.0 (ARC "
+    "Prize Foundation); ConceptARC MIT (V. V. Odouard); combined "
+    "files MIT (Samsung, TinyRecursiveModels)"
+  ),
+  files={
+    "arc-agi_concept_challenges.json": ("4e60bd1de956c2519c3236ba9f2c352c971d5971bfc568ceafa716dd9b1a91fd", 804217),
+    "arc-agi_concept_solutions.json": ("3ec5e95e416e49c85dac28475fc5b73f6998d13b7e91ff0219eee48881c327ee", 209979),
+    "arc-agi_evaluation2_challenges.json": ("e7c62a4bd211867c6b538f66b8013b81f299663c82ca062f49a52bf439d6e4e8", 984679),
+    "arc-agi_evaluation2_solutions.json": ("84be4f4f39b79e82c36d565fc878830988b094917f052ee7069aef30b33ca8f1", 223838),
+    "arc-agi_evaluation_challenges.json": ("2b05f8f7d33b73fdbefd69914c399e9409d1949c7f16aabc78e677443a64b208", 2062906),
+    "arc-agi_evaluation_solutions.json": ("629622b0eecf42c6cb4da628955ef76ec43214f0d00081f8cf63082ade496c52", 312989),
+    "arc-agi_training2_challenges.json": ("779eaba89790ebad9af02514a7efc0aefaf2cf8236f046a31bbf8b9ec48f20f5", 4010050),
+    "arc-agi_training2_solutions.json": ("9f07a38bd25af5e83aa5bf85c5cb1a1fefdb30f6a755256fa65429e697ca97f9", 658743),
+    "arc-agi_training_challenges.json": ("5b02a4753e9088134744d952b048a03f6f23abf4eb6c04e3f27822cf3d439634", 1269733),
+    "arc-agi_training_solutions.json": ("47212ad04ef4211221ac6141cba8c8d425e20e90da90ace575ef286c5f992534", 184616),
+  },
+)
 
 ALL = (SUDOKU_EXTREME, MAZE_HARD, ARC)
 
@@ -132,7 +118,7 @@ def with_mirror(url: str, mirror: str | None) -> str:
   mirror = mirror_from_env(mirror)
   if not mirror:
     return url
-  return f'{mirror.rstrip("/")}/{url.split("://", 1)[1]}'
+  return f"{mirror.rstrip('/')}/{url.split('://', 1)[1]}"
 
 
 def _url_info(path: Path):
@@ -142,24 +128,27 @@ def _url_info(path: Path):
 def _matches(path: Path, sha: str, size) -> tuple[bool, str]:
   info = _url_info(path)
   ok = info.checksum == sha and (size is None or int(info.size) == size)
-  return ok, f'got sha256 {info.checksum[:12]}... ({int(info.size)} bytes)'
+  return ok, f"got sha256 {info.checksum[:12]}... ({int(info.size)} bytes)"
 
 
 def _advice(names) -> str:
-  return ('retry, or put ' + ', '.join(names) + ' in a directory and pass '
-          '--manual_dir DIR (trm-train: --config.data.manual_dir=DIR)')
+  return (
+    "retry, or put " + ", ".join(names) + " in a directory and pass "
+    "--manual_dir DIR (trm-train: --config.data.manual_dir=DIR)"
+  )
 
 
 def _reason(e: BaseException) -> str:
   from tensorflow_datasets.core.download import download_manager
+
   if isinstance(e, download_manager.NonMatchingChecksumError):
-    return 'checksum mismatch: damaged download or not the pinned file'
+    return "checksum mismatch: damaged download or not the pinned file"
   text = str(e).strip().splitlines()
-  line = text[0] if text else ''
-  code = re.search(r'HTTP code: (\d+)', line)
+  line = text[0] if text else ""
+  code = re.search(r"HTTP code: (\d+)", line)
   if code:
-    return f'HTTP {code.group(1)}'
-  return f'{type(e).__name__}: {line}'[:200]
+    return f"HTTP {code.group(1)}"
+  return f"{type(e).__name__}: {line}"[:200]
 
 
 def fetch(source: Source, names, dl_manager, cache_root, mirror=None) -> Path:
@@ -181,18 +170,18 @@ def fetch(source: Source, names, dl_manager, cache_root, mirror=None) -> Path:
     try:
       got = Path(os.fspath(dl_manager.download(url)))
     except Exception as e:  # pylint: disable=broad-except
-      raise DataError(f'{url}: download failed ({_reason(e)}); '
-                      f'{_advice(names)}') from None
+      raise DataError(f"{url}: download failed ({_reason(e)}); {_advice(names)}") from None
     ok, what = _matches(got, sha, size)
     if not ok:
       got.unlink(missing_ok=True)
       raise DataError(
-          f'{url}: checksum mismatch, {what}, expected sha256 {sha[:12]}...'
-          f'{"" if size is None else f" ({size} bytes)"} (truncated or '
-          f'damaged download, an error page, or not the pinned file); '
-          f'{_advice(names)}')
+        f"{url}: checksum mismatch, {what}, expected sha256 {sha[:12]}..."
+        f"{'' if size is None else f' ({size} bytes)'} (truncated or "
+        f"damaged download, an error page, or not the pinned file); "
+        f"{_advice(names)}"
+      )
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f'.{name}.{uuid.uuid4().hex}.tmp'
+    tmp = cache / f".{name}.{uuid.uuid4().hex}.tmp"
     shutil.move(got, tmp)  # then an atomic rename on the cache's file system
     os.replace(tmp, final)
   return cache

@@ -20,12 +20,13 @@ BLANK_PUZZLE_ID = 0
 @dataclasses.dataclass(frozen=True)
 class DatasetMeta:
   """What the training loop needs to know about a split."""
+
   seq_len: int
   vocab_size: int
   num_puzzle_identifiers: int
   total_groups: int
   mean_puzzle_examples: float
-  sets: tuple[str, ...] = ('all',)
+  sets: tuple[str, ...] = ("all",)
   num_examples: int = 0
   num_puzzles: int = 0
   pad_id: int = PAD_ID
@@ -34,13 +35,13 @@ class DatasetMeta:
 
   def to_json(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
-    d['sets'] = list(self.sets)
+    d["sets"] = list(self.sets)
     return d
 
   @classmethod
   def from_json(cls, d: dict[str, Any]) -> DatasetMeta:
     d = dict(d)
-    d['sets'] = tuple(d.get('sets', ('all',)))
+    d["sets"] = tuple(d.get("sets", ("all",)))
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -62,6 +63,7 @@ class InMemoryReader:
 @dataclasses.dataclass
 class SplitData:
   """One split: index arrays + reader. Labels are stored with 0 = ignore."""
+
   meta: DatasetMeta
   puzzle_indices: np.ndarray
   group_indices: np.ndarray
@@ -73,8 +75,7 @@ class SplitData:
     self.group_indices = np.asarray(self.group_indices, np.int64)
     self.puzzle_identifiers = np.asarray(self.puzzle_identifiers, np.int32)
     sizes = np.diff(self.puzzle_indices)
-    self.example_puzzle = np.repeat(
-        np.arange(len(sizes), dtype=np.int64), sizes)
+    self.example_puzzle = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
 
   @property
   def num_examples(self) -> int:
@@ -95,86 +96,99 @@ class SplitData:
     labels = np.asarray(labels, np.int32)
     labels = np.where(labels == 0, IGNORE_LABEL_ID, labels)
     return {
-        'inputs': np.asarray(inputs, np.int32),
-        'labels': labels.astype(np.int32),
-        'puzzle_identifiers': self.puzzle_identifiers[
-            self.example_puzzle[indices]].astype(np.int32),
+      "inputs": np.asarray(inputs, np.int32),
+      "labels": labels.astype(np.int32),
+      "puzzle_identifiers": self.puzzle_identifiers[self.example_puzzle[indices]].astype(np.int32),
     }
 
   def all_arrays(self) -> dict[str, np.ndarray]:
     """Stored arrays of the whole split (reads everything)."""
     inputs, labels = self.reader.read(np.arange(self.num_examples))
-    return {'inputs': inputs, 'labels': labels,
-            'puzzle_indices': self.puzzle_indices,
-            'group_indices': self.group_indices,
-            'puzzle_identifiers': self.puzzle_identifiers}
+    return {
+      "inputs": inputs,
+      "labels": labels,
+      "puzzle_indices": self.puzzle_indices,
+      "group_indices": self.group_indices,
+      "puzzle_identifiers": self.puzzle_identifiers,
+    }
 
 
-def make_split(inputs, labels, puzzle_indices, group_indices,
-               puzzle_identifiers, vocab_size, num_puzzle_identifiers,
-               sets=('all',)) -> SplitData:
+def make_split(
+  inputs, labels, puzzle_indices, group_indices, puzzle_identifiers, vocab_size, num_puzzle_identifiers, sets=("all",)
+) -> SplitData:
   """Builds an in-memory SplitData and its DatasetMeta."""
   inputs = np.asarray(inputs, np.uint8)
   labels = np.asarray(labels, np.uint8)
   puzzle_indices = np.asarray(puzzle_indices, np.int64)
   group_indices = np.asarray(group_indices, np.int64)
-  meta = split_meta(inputs.shape[1], vocab_size, num_puzzle_identifiers,
-                    puzzle_indices, group_indices, sets)
-  return SplitData(meta, puzzle_indices, group_indices, puzzle_identifiers,
-                   InMemoryReader(inputs, labels))
+  meta = split_meta(inputs.shape[1], vocab_size, num_puzzle_identifiers, puzzle_indices, group_indices, sets)
+  return SplitData(meta, puzzle_indices, group_indices, puzzle_identifiers, InMemoryReader(inputs, labels))
 
 
-def split_meta(seq_len, vocab_size, num_puzzle_identifiers, puzzle_indices,
-               group_indices, sets=('all',)) -> DatasetMeta:
+def split_meta(
+  seq_len, vocab_size, num_puzzle_identifiers, puzzle_indices, group_indices, sets=("all",)
+) -> DatasetMeta:
   n_groups = len(group_indices) - 1
   n_puzzles = len(puzzle_indices) - 1
   n_examples = int(puzzle_indices[-1])
   return DatasetMeta(
-      seq_len=int(seq_len), vocab_size=int(vocab_size),
-      num_puzzle_identifiers=int(num_puzzle_identifiers),
-      total_groups=int(n_groups),
-      mean_puzzle_examples=float(n_examples / max(n_puzzles, 1)),
-      sets=tuple(sets), num_examples=n_examples, num_puzzles=int(n_puzzles))
+    seq_len=int(seq_len),
+    vocab_size=int(vocab_size),
+    num_puzzle_identifiers=int(num_puzzle_identifiers),
+    total_groups=int(n_groups),
+    mean_puzzle_examples=float(n_examples / max(n_puzzles, 1)),
+    sets=tuple(sets),
+    num_examples=n_examples,
+    num_puzzles=int(n_puzzles),
+  )
 
 
 # Sane bounds for stored metadata (inclusive): implausible values fail before any allocation.
-META_BOUNDS = {'seq_len': (1, 1 << 16), 'vocab_size': (1, 1 << 16),
-               'num_puzzle_identifiers': (1, 1 << 27), 'total_groups': (0, 1 << 40),
-               'num_examples': (0, 1 << 40), 'num_puzzles': (0, 1 << 40)}
+META_BOUNDS = {
+  "seq_len": (1, 1 << 16),
+  "vocab_size": (1, 1 << 16),
+  "num_puzzle_identifiers": (1, 1 << 27),
+  "total_groups": (0, 1 << 40),
+  "num_examples": (0, 1 << 40),
+  "num_puzzles": (0, 1 << 40),
+}
 
 
 class MetaError(ValueError):
   """Implausible or inconsistent stored metadata (one line, names file and field)."""
 
 
-def check_split(meta: DatasetMeta, puzzle_indices, group_indices,
-                puzzle_identifiers, where: str) -> None:
+def check_split(meta: DatasetMeta, puzzle_indices, group_indices, puzzle_identifiers, where: str) -> None:
   """Raises MetaError naming the first implausible or inconsistent field of a stored split.
 
   `where` names the split (e.g. 'DIR/trm_meta.json: splits.train').
   """
+
   def bad(field, msg):
-    raise MetaError(f'{where}.{field}: {msg}')
+    raise MetaError(f"{where}.{field}: {msg}")
+
   for field, (lo, hi) in META_BOUNDS.items():
     v = getattr(meta, field)
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-      bad(field, f'{v!r} is outside the plausible range [{lo}, {hi}]')
+      bad(field, f"{v!r} is outside the plausible range [{lo}, {hi}]")
   m = meta.mean_puzzle_examples
   if not isinstance(m, (int, float)) or not np.isfinite(m) or m < 0:
-    bad('mean_puzzle_examples', f'{m!r} is not a finite number >= 0')
+    bad("mean_puzzle_examples", f"{m!r} is not a finite number >= 0")
   p = np.asarray(puzzle_indices)
   g = np.asarray(group_indices)
   ids = np.asarray(puzzle_identifiers)
   if p.ndim != 1 or p.size < 1 or p[0] != 0 or np.any(np.diff(p) < 0):
-    bad('puzzle_indices', 'must start at 0 and never decrease')
+    bad("puzzle_indices", "must start at 0 and never decrease")
   if g.ndim != 1 or g.size < 1 or g[0] != 0 or np.any(np.diff(g) < 0) or g[-1] != p.size - 1:
-    bad('group_indices', f'must run from 0 to the number of puzzles ({p.size - 1}) without decreasing')
+    bad("group_indices", f"must run from 0 to the number of puzzles ({p.size - 1}) without decreasing")
   if ids.shape != (p.size - 1,):
-    bad('puzzle_identifiers', f'has {ids.size} entries for {p.size - 1} puzzles')
+    bad("puzzle_identifiers", f"has {ids.size} entries for {p.size - 1} puzzles")
   if ids.size and (ids.min() < 0 or ids.max() >= meta.num_puzzle_identifiers):
-    bad('puzzle_identifiers', f'values must lie in [0, {meta.num_puzzle_identifiers}), '
-        f'found {int(ids.min())}..{int(ids.max())}')
+    bad(
+      "puzzle_identifiers",
+      f"values must lie in [0, {meta.num_puzzle_identifiers}), found {int(ids.min())}..{int(ids.max())}",
+    )
   if meta.total_groups != g.size - 1:
-    bad('total_groups', f'{meta.total_groups} != {g.size - 1} groups in group_indices')
+    bad("total_groups", f"{meta.total_groups} != {g.size - 1} groups in group_indices")
   if meta.num_examples and meta.num_examples != int(p[-1]):
-    bad('num_examples', f'{meta.num_examples} != {int(p[-1])} examples in puzzle_indices')
+    bad("num_examples", f"{meta.num_examples} != {int(p[-1])} examples in puzzle_indices")

@@ -29,42 +29,35 @@ def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
     questions.append(question)
     answers.append(answer)
   lines = lambda i: i + 2  # header is line 1
-  for what, rows in (('question', questions), ('answer', answers)):
+  for what, rows in (("question", questions), ("answer", answers)):
     lens = np.fromiter((len(r) for r in rows), np.int64, len(rows))
     if np.any(lens != 81):
       i = _first_bad(lens != 81)
-      raise DataError(f'{path}:{lines(i)}: {what} must be 81 characters of '
-                      f'.1-9, got {len(rows[i])}')
+      raise DataError(f"{path}:{lines(i)}: {what} must be 81 characters of .1-9, got {len(rows[i])}")
   n = len(questions)
   if n == 0:
-    raise DataError(f'{path}: no puzzles')
-  q = np.frombuffer(''.join(questions).encode('latin-1', 'replace'),
-                    np.uint8).reshape(n, 81)
-  a = np.frombuffer(''.join(answers).encode('latin-1', 'replace'),
-                    np.uint8).reshape(n, 81)
-  bad_q = ~(((q >= ord('1')) & (q <= ord('9'))) | (q == ord('.')))
+    raise DataError(f"{path}: no puzzles")
+  q = np.frombuffer("".join(questions).encode("latin-1", "replace"), np.uint8).reshape(n, 81)
+  a = np.frombuffer("".join(answers).encode("latin-1", "replace"), np.uint8).reshape(n, 81)
+  bad_q = ~(((q >= ord("1")) & (q <= ord("9"))) | (q == ord(".")))
   if bad_q.any():
     i = _first_bad(bad_q.any(1))
-    raise DataError(f'{path}:{lines(i)}: question must be 81 characters of '
-                    f'.1-9, got {questions[i]!r}')
-  bad_a = ~((a >= ord('1')) & (a <= ord('9')))
+    raise DataError(f"{path}:{lines(i)}: question must be 81 characters of .1-9, got {questions[i]!r}")
+  bad_a = ~((a >= ord("1")) & (a <= ord("9")))
   if bad_a.any():
     i = _first_bad(bad_a.any(1))
-    raise DataError(f'{path}:{lines(i)}: answer must be 81 digits 1-9, '
-                    f'got {answers[i]!r}')
-  q = np.where(q == ord('.'), 0, q - ord('0')).astype(np.uint8)
-  a = (a - ord('0')).astype(np.uint8)
+    raise DataError(f"{path}:{lines(i)}: answer must be 81 digits 1-9, got {answers[i]!r}")
+  q = np.where(q == ord("."), 0, q - ord("0")).astype(np.uint8)
+  a = (a - ord("0")).astype(np.uint8)
   contra = ((q != 0) & (q != a)).any(1)
   if contra.any():
     i = _first_bad(contra)
     cell = int(np.flatnonzero((q[i] != 0) & (q[i] != a[i]))[0])
-    raise DataError(f'{path}:{lines(i)}: answer contradicts the givens at '
-                    f'row {cell // 9 + 1}, column {cell % 9 + 1}')
+    raise DataError(f"{path}:{lines(i)}: answer contradicts the givens at row {cell // 9 + 1}, column {cell % 9 + 1}")
   invalid = ~is_valid_solution(a)
   if invalid.any():
     i = _first_bad(invalid)
-    raise DataError(f'{path}:{lines(i)}: answer is not a valid Sudoku '
-                    'solution')
+    raise DataError(f"{path}:{lines(i)}: answer is not a valid Sudoku solution")
   return q, a
 
 
@@ -82,16 +75,17 @@ def is_valid_solution(grids) -> np.ndarray:
 # ----------------------------------------------------------- augmentation --
 def random_transforms(rng: np.random.Generator, n: int) -> dict:
   """n random symmetries: transpose, band/row and stack/col shuffles, digits."""
+
   def lines():
     outer = np.argsort(rng.random((n, 3)), axis=1)
     inner = np.argsort(rng.random((n, 3, 3)), axis=2)
     return (outer[:, :, None] * 3 + inner).reshape(n, 9)
+
   transpose = rng.random(n) < 0.5
   rows, cols = lines(), lines()
   digits = np.zeros((n, 10), np.uint8)
   digits[:, 1:] = np.argsort(rng.random((n, 9)), axis=1) + 1
-  return {'transpose': transpose, 'rows': rows, 'cols': cols,
-          'digits': digits}
+  return {"transpose": transpose, "rows": rows, "cols": cols, "digits": digits}
 
 
 def apply_transforms(grid, tr: dict) -> np.ndarray:
@@ -100,23 +94,22 @@ def apply_transforms(grid, tr: dict) -> np.ndarray:
   new = transpose?(grid); new[r, c] = new[rows[r], cols[c]]; d -> digits[d].
   """
   g = np.asarray(grid, np.uint8).reshape(9, 9)
-  n = len(tr['rows'])
-  base = np.where(np.asarray(tr['transpose'])[:, None, None], g.T[None],
-                  g[None])
+  n = len(tr["rows"])
+  base = np.where(np.asarray(tr["transpose"])[:, None, None], g.T[None], g[None])
   ar = np.arange(n)[:, None, None]
-  moved = base[ar, tr['rows'][:, :, None], tr['cols'][:, None, :]]
-  return np.take_along_axis(tr['digits'], moved.reshape(n, 81), axis=1)
+  moved = base[ar, tr["rows"][:, :, None], tr["cols"][:, None, :]]
+  return np.take_along_axis(tr["digits"], moved.reshape(n, 81), axis=1)
 
 
 def invert_transform(grid, tr_one: dict) -> np.ndarray:
   """Inverse of apply_transforms for a single transform (unbatched dict)."""
   g = np.asarray(grid, np.uint8).reshape(9, 9)
   inv_digits = np.zeros(10, np.uint8)
-  inv_digits[tr_one['digits']] = np.arange(10)
+  inv_digits[tr_one["digits"]] = np.arange(10)
   g = inv_digits[g]
   out = np.empty_like(g)
-  out[np.ix_(tr_one['rows'], tr_one['cols'])] = g
-  if tr_one['transpose']:
+  out[np.ix_(tr_one["rows"], tr_one["cols"])] = g
+  if tr_one["transpose"]:
     out = out.T
   return out.reshape(81)
 
@@ -141,21 +134,19 @@ def build_train_plan(q, a, subsample, num_aug, seed) -> common.SplitPlan:
   else:
     inputs = np.empty((n * per, 81), np.uint8)
     labels = np.empty((n * per, 81), np.uint8)
-    for i in tqdm(range(n), desc='sudoku augment', disable=n < 2000):
+    for i in tqdm(range(n), desc="sudoku augment", disable=n < 2000):
       tr = random_transforms(rng, num_aug)
       inputs[i * per] = q[i] + 1
       labels[i * per] = a[i] + 1
-      inputs[i * per + 1:(i + 1) * per] = apply_transforms(q[i], tr) + 1
-      labels[i * per + 1:(i + 1) * per] = apply_transforms(a[i], tr) + 1
-  return common.SplitPlan(puzzle_indices, group_indices, ids,
-                          common.concat_blocks([(inputs, labels)]))
+      inputs[i * per + 1 : (i + 1) * per] = apply_transforms(q[i], tr) + 1
+      labels[i * per + 1 : (i + 1) * per] = apply_transforms(a[i], tr) + 1
+  return common.SplitPlan(puzzle_indices, group_indices, ids, common.concat_blocks([(inputs, labels)]))
 
 
 def build_test_plan(q, a) -> common.SplitPlan:
   n = len(q)
   idx = np.arange(n + 1, dtype=np.int64)
-  return common.SplitPlan(idx, idx, np.zeros(n, np.int32),
-                          common.concat_blocks([(to_tokens(q), to_tokens(a))]))
+  return common.SplitPlan(idx, idx, np.zeros(n, np.int32), common.concat_blocks([(to_tokens(q), to_tokens(a))]))
 
 
 @dataclasses.dataclass(eq=False)
@@ -170,23 +161,23 @@ class SudokuConfig(tfds.core.BuilderConfig):
 
 class SudokuExtreme(common.TrmBuilder):
   """Sudoku-Extreme from train.csv / test.csv (source,question,answer,rating)."""
+
   SOURCE = sources.SUDOKU_EXTREME
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      'Put train.csv and test.csv of sapientinc/sudoku-extreme (or files in '
-      'the same format) in manual_dir, or let them be downloaded.')
+    "Put train.csv and test.csv of sapientinc/sudoku-extreme (or files in "
+    "the same format) in manual_dir, or let them be downloaded."
+  )
   BUILDER_CONFIGS = [
-      SudokuConfig(name='aug1000', subsample=1000, num_aug=1000,
-                   description='Paper set: 1k train puzzles x 1000 augs.'),
-      SudokuConfig(name='full', description='All train rows, no augmentation.'),
-      SudokuConfig(name='aug10_sub100', subsample=100, num_aug=10,
-                   description='Small set for tests: 100 puzzles x 10 augs.'),
+    SudokuConfig(name="aug1000", subsample=1000, num_aug=1000, description="Paper set: 1k train puzzles x 1000 augs."),
+    SudokuConfig(name="full", description="All train rows, no augmentation."),
+    SudokuConfig(
+      name="aug10_sub100", subsample=100, num_aug=10, description="Small set for tests: 100 puzzles x 10 augs."
+    ),
   ]
 
   def make_plans(self, manual_dir):
     cfg = self.builder_config
-    qt, at = read_csv(Path(manual_dir) / 'train.csv')
-    qe, ae = read_csv(Path(manual_dir) / 'test.csv')
-    plans = {'train': build_train_plan(qt, at, cfg.subsample, cfg.num_aug,
-                                       cfg.seed),
-             'test': build_test_plan(qe, ae)}
-    return plans, 1, {'task': 'sudoku', 'grid': [9, 9]}, {}
+    qt, at = read_csv(Path(manual_dir) / "train.csv")
+    qe, ae = read_csv(Path(manual_dir) / "test.csv")
+    plans = {"train": build_train_plan(qt, at, cfg.subsample, cfg.num_aug, cfg.seed), "test": build_test_plan(qe, ae)}
+    return plans, 1, {"task": "sudoku", "grid": [9, 9]}, {}
