@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trm_jax import cli, metrics, parity, render, report, rules
+from trm_jax import cli, errors, metrics, parity, render, report, rules
 from trm_jax.datasets import cli as data_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -314,5 +314,5 @@ def test_prepare_png_makes_the_directory(tmp_path):
   path = tmp_path / "a" / "b" / "x.png"
   assert render.prepare_png(str(path)) == str(path) and path.parent.is_dir()
   (tmp_path / "file").write_text("")
-  with pytest.raises(cli.UserError, match="cannot create directory"):
+  with pytest.raises(errors.UserError, match="cannot create directory"):
     render.prepare_png(str(tmp_path / "file" / "x.png"))

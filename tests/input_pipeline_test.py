@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from trm_jax import input_pipeline as ip
+from trm_jax import sharding
 from trm_jax.datasets import splits
 
 
@@ -113,9 +114,6 @@ def test_eval_order_and_padding(pc):
 
 
 def test_batch_dtypes_and_global_array():
-  import jax
-  from jax.sharding import NamedSharding
-  from jax.sharding import PartitionSpec as P
 
   data = _toy([[1]] * 32)
   local = ip.train_batch(data, 0, 0, 8)
@@ -124,8 +122,8 @@ def test_batch_dtypes_and_global_array():
     "labels": np.int32,
     "puzzle_identifiers": np.int32,
   }
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-  glob = ip.make_global_batch(local, NamedSharding(mesh, P("data")))
+  mesh = sharding.make_mesh(1)
+  glob = sharding.global_batch(local, mesh)
   assert glob["inputs"].shape == (8, 5)
   np.testing.assert_array_equal(np.asarray(glob["labels"]), local["labels"])
 

@@ -197,7 +197,7 @@ STEP_SCRIPT = textwrap.dedent("""
 
   # Four devices over two processes, table split in two; each process feeds its own rows.
   mesh = sharding.make_mesh(2)
-  s4 = sharding.create_sharded(create, mesh)
+  s4 = jax.jit(create, out_shardings=sharding.state_shardings(mesh, jax.eval_shape(create)))()
   carry_sh = sharding.carry_shardings(mesh, jax.eval_shape(carry_fn))
   c4 = jax.jit(carry_fn, out_shardings=carry_sh)()
   jitted = sharding.jit_train_step(step_fn, mesh, sharding.state_shardings(mesh, jax.eval_shape(create)), carry_sh)

@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent("""
   s1, c1, l1 = run(one, create(), recursion.initial_carry(cfg, 8), lambda b: b)
   # Four devices.
   mesh = sharding.make_mesh(table_parallel)
-  s4 = sharding.create_sharded(create, mesh)
+  s4 = jax.jit(create, out_shardings=sharding.state_shardings(mesh, jax.eval_shape(create)))()
   carry_sh = sharding.carry_shardings(mesh, jax.eval_shape(lambda: recursion.initial_carry(cfg, 8)))
   carry = jax.device_put(recursion.initial_carry(cfg, 8), carry_sh)
   jitted = sharding.jit_train_step(step_fn, mesh, sharding.state_shardings(mesh, jax.eval_shape(create)), carry_sh)

@@ -15,7 +15,7 @@ import time
 import jax
 import orbax.checkpoint as ocp
 
-from trm_jax import faults, fileio, integrity, rundir
+from trm_jax import errors, faults, fileio, integrity, rundir
 
 ITEMS = ("state", "carry", "meta")
 
@@ -37,7 +37,7 @@ def manager(workdir, keep: int = 3, read_only: bool = False) -> ocp.CheckpointMa
   try:
     return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
   except Exception as e:  # noqa: BLE001 - orbax raises many kinds
-    raise CheckpointError(f"{directory}: not a readable checkpoint directory ({_short(e)})") from None
+    raise CheckpointError(f"{directory}: not a readable checkpoint directory ({errors.first_line(e, 200)})") from None
 
 
 def _drop_empty(tree):
@@ -103,7 +103,7 @@ def latest_step(mngr: ocp.CheckpointManager):
   try:
     return mngr.latest_step()
   except Exception as e:  # noqa: BLE001
-    raise CheckpointError(f"{mngr.directory}: cannot list checkpoints ({_short(e)})") from None
+    raise CheckpointError(f"{mngr.directory}: cannot list checkpoints ({errors.first_line(e, 200)})") from None
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, abstract_carry=None):
@@ -120,7 +120,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, abstract_car
   try:
     got = mngr.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # noqa: BLE001
-    raise CheckpointError(f"{where}: cannot restore checkpoint ({_short(e)})") from None
+    raise CheckpointError(f"{where}: cannot restore checkpoint ({errors.first_line(e, 200)})") from None
   meta = got["meta"]
   recorded = meta.get("fingerprints") if isinstance(meta, dict) else None
   for name in ("state", "carry"):
@@ -175,15 +175,8 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   except Exception as e:  # noqa: BLE001
     raise CheckpointError(
-      f"{os.path.join(str(mngr.directory), str(step))}: cannot read checkpoint metadata ({_short(e)})"
+      f"{os.path.join(str(mngr.directory), str(step))}: cannot read checkpoint metadata ({errors.first_line(e, 200)})"
     ) from None
-
-
-def _short(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  msg = text[0] if text else type(e).__name__
-  msg = msg.split(". See full TensorStore details")[0]
-  return msg[:200]
 
 
 def barrier(key: str, timeout_s: int = 3600) -> None:

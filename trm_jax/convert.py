@@ -34,7 +34,7 @@ import tempfile
 
 import numpy as np
 
-from trm_jax import cli, interop
+from trm_jax import cli, errors, interop
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SUFFIXES = (".npz", ".safetensors") + TORCH_SUFFIXES
@@ -114,7 +114,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   except ConvertError:
     raise
   except Exception as e:  # noqa: BLE001 - zip / pickle / header errors of the readers
-    raise ConvertError(f"{path}: cannot read state dict ({cli.first_line(e)})") from None
+    raise ConvertError(f"{path}: cannot read state dict ({errors.first_line(e)})") from None
   return {str(k): _to_numpy(v, str(k), path) for k, v in raw.items()}
 
 
@@ -168,7 +168,7 @@ def resolve(config, resolve_data: bool = True, mesh=None):
       data = data_lib.load(config.data)
     except (data_lib.DataConfigError, ValueError) as e:
       raise ConvertError(
-        f"{cli.first_line(e)} (trm-convert reads the dataset's shapes like trm-train; "
+        f"{errors.first_line(e)} (trm-convert reads the dataset's shapes like trm-train; "
         "--noresolve_data takes them from the config's model fields)"
       ) from None
     config = train.resolve_config(config, data.train.meta)
@@ -267,7 +267,7 @@ def convert(
     sharding.check_batch(config.train.global_batch_size, mesh)
     run = runs.Run(config, mesh)
   except ValueError as e:
-    raise ConvertError(cli.first_line(e)) from None
+    raise ConvertError(errors.first_line(e)) from None
   state = build_state(run, state_dict, step, source)
   carry = run.new_carry()
 

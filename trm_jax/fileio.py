@@ -20,7 +20,7 @@ import posixpath
 import stat
 import tempfile
 
-from trm_jax import cli
+from trm_jax import errors
 
 
 class FileIOError(ValueError):
@@ -59,16 +59,12 @@ def _remote_errors(path):
     yield
   except ImportError as e:
     raise FileIOError(
-      f"{path}: remote paths need gcsfs and google-cloud-storage (pip install 'trm_jax[gcs]'; {first_line(e)})"
+      f"{path}: remote paths need gcsfs and google-cloud-storage (pip install 'trm_jax[gcs]'; {errors.first_line(e, 300)})"
     ) from None
   except (FileNotFoundError, FileIOError):
     raise
   except OSError as e:
-    raise FileIOError(f"{path}: {first_line(e)}") from None
-
-
-def first_line(e: BaseException) -> str:
-  return cli.first_line(e, 300)
+    raise FileIOError(f"{path}: {errors.first_line(e, 300)}") from None
 
 
 def exists(path) -> bool:

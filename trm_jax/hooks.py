@@ -23,7 +23,7 @@ import numpy as np
 
 from trm_jax import checkpoint, report
 from trm_jax import metrics as metrics_lib
-from trm_jax.cli import RunStopped
+from trm_jax.errors import RunStopped
 
 
 class NonFiniteLoss(RunStopped):

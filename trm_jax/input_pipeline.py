@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from trm_jax import cli
+from trm_jax import errors
 from trm_jax.datasets.splits import BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID, DatasetMeta, InMemoryReader, SplitData
 
 __all__ = [
@@ -34,10 +33,7 @@ __all__ = [
   "batch_position",
   "eval_batches",
   "prefetch_train_batches",
-  "make_global_batch",
-  "steps_per_epoch",
   "iteration_ends",
-  "measure_throughput",
 ]
 
 
@@ -82,7 +78,7 @@ class RecordReader:
       from trm_jax.datasets import common
 
       raise common.DataError(
-        f"{self._files[0]}: damaged records ({cli.first_line(e, 200)}); rebuild the "
+        f"{self._files[0]}: damaged records ({errors.first_line(e, 200)}); rebuild the "
         "dataset with trm-data build --overwrite"
       ) from None
     return out[0], out[1]
@@ -143,7 +139,7 @@ def load_split(name_or_path, split: str = "train", data_dir=None, in_memory: boo
     raise common.DataError(f"{e}; rebuild the dataset with trm-data build --overwrite") from None
   except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, zipfile.BadZipFile) as e:
     raise common.DataError(
-      f"{d}: damaged dataset ({cli.first_line(e, 200)}); rebuild it with trm-data build --overwrite"
+      f"{d}: damaged dataset ({errors.first_line(e, 200)}); rebuild it with trm-data build --overwrite"
     ) from None
   if len(reader) != data.num_examples:
     raise common.DataError(
@@ -296,12 +292,6 @@ def train_batch(
   return data.examples(idx[_local_rows(global_batch_size, process_index, process_count)])
 
 
-def steps_per_epoch(data: SplitData, global_batch_size: int) -> int:
-  """Reference formula: total_groups * mean_puzzle_examples / batch."""
-  m = data.meta
-  return max(1, int(m.total_groups * m.mean_puzzle_examples // global_batch_size))
-
-
 def eval_batches(
   data: SplitData, global_batch_size: int, process_index: int = 0, process_count: int = 1, with_index: bool = False
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -371,19 +361,3 @@ def prefetch_train_batches(
         q.get_nowait()
       except queue.Empty:
         thread.join(0.01)
-
-
-def make_global_batch(local_batch: dict, sharding) -> dict:
-  """Assembles per-process rows into global jax Arrays (batch axis 0)."""
-  import jax
-
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
-
-
-def measure_throughput(data: SplitData, global_batch_size: int, steps: int = 20, seed: int = 0) -> float:
-  """Training examples/s of train_batch on this host (one process)."""
-  train_batch(data, seed, 0, global_batch_size)
-  t = time.perf_counter()
-  for s in range(1, steps + 1):
-    train_batch(data, seed, s, global_batch_size)
-  return steps * global_batch_size / (time.perf_counter() - t)

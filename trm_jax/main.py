@@ -22,7 +22,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from trm_jax import cli
+from trm_jax import cli, errors
 
 FLAGS = flags.FLAGS
 
@@ -82,8 +82,8 @@ def _distributed():
   try:
     jax.distributed.initialize(**kwargs)
   except ValueError as e:  # nothing detected and nothing given
-    raise cli.UserError(
-      f"--distributed: {cli.first_line(e)}; no cluster detected: pass --coordinator_address, "
+    raise errors.UserError(
+      f"--distributed: {errors.first_line(e)}; no cluster detected: pass --coordinator_address, "
       "--num_processes and --process_id"
     ) from None
   print(

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from trm_jax import faults, fileio, losses, rundir
+from trm_jax import errors, faults, fileio, losses, rundir
 
 
 class MetricsError(ValueError):
@@ -180,7 +180,7 @@ def _parse(text: str, path: str) -> tuple[list[tuple[str, dict]], bool]:
     except ValueError as e:
       if i == last:  # a crash mid-write
         return out, True
-      raise MetricsError(f"{path}:{i + 1}: not a JSON record ({fileio.first_line(e)})") from None
+      raise MetricsError(f"{path}:{i + 1}: not a JSON record ({errors.first_line(e, 300)})") from None
     out.append((line, record))
   return out, False
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from trm_jax import cli
+from trm_jax import cli, errors
 
 # Per chip: HBM GiB, peak bf16 TFLOP/s, HBM GB/s (Cloud TPU system architecture pages, cloud.google.com/tpu/docs/<v>).
 CHIPS = {
@@ -71,7 +71,7 @@ _DTYPE_BYTES = {
 }
 
 
-class PlanError(cli.UserError):
+class PlanError(errors.UserError):
   """A bad topology, a missing libtpu or a config that does not fit: one line."""
 
 
@@ -138,7 +138,7 @@ def tpu_devices(topology: Topology) -> list:
   try:
     devices = topologies.get_topology_desc(topology_name=topology.name, platform="tpu", **kwargs).devices
   except Exception as e:  # noqa: BLE001 - libtpu's refusal of a topology, as one line
-    raise PlanError(f"--topology={topology.name}: libtpu refused it ({cli.first_line(e, 200)})") from None
+    raise PlanError(f"--topology={topology.name}: libtpu refused it ({errors.first_line(e, 200)})") from None
   if len(devices) != topology.chips:
     raise PlanError(f"--topology={topology.name}: libtpu made {len(devices)} devices for {topology.chips} chips")
   return list(devices)

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from trm_jax.cli import UserError
+from trm_jax.errors import UserError
 
 MAZE_CHARS = "# SGo"
 ARC_COLOURS = (

@@ -93,12 +93,6 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
   return {k: jax.make_array_from_process_local_data(s, np.asarray(v)) for k, v in local.items()}
 
 
-def create_sharded(create_fn, mesh: Mesh):
-  """Runs `create_fn()` (-> TrainState) under jit so arrays are born sharded."""
-  abstract = jax.eval_shape(create_fn)
-  return jax.jit(create_fn, out_shardings=state_shardings(mesh, abstract))()
-
-
 def jit_train_step(train_step, mesh: Mesh, state_sh, carry_sh):
   """jax.jit of `train_step(state, carry, batch, rng)` with the state's and carry's shardings.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 
 from trm_jax import hooks, rundir
-from trm_jax.cli import UserError
+from trm_jax.errors import UserError
 
 
 def parse_steps(spec: str) -> tuple[int, int] | None:

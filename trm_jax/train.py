@@ -34,7 +34,7 @@ from trm_jax import cadence as cadence_lib
 from trm_jax import data as data_lib
 from trm_jax import hooks as hooks_lib
 from trm_jax import metrics as metrics_lib
-from trm_jax.cli import UserError
+from trm_jax.errors import UserError
 from trm_jax.runs import Run, run_meta
 
 

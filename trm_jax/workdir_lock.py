@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 
-from trm_jax import fileio, rundir
+from trm_jax import errors, fileio, rundir
 
 HEARTBEAT_S = 60.0
 STALE_S = 600.0
@@ -163,7 +163,7 @@ class _GcsLock:
       else:
         raise LockBusy(f"{self.uri}: could not take the lock (another run keeps taking it)")
     except self._exc.GoogleAPIError as e:
-      raise fileio.FileIOError(f"{self.uri}: cannot write lock object ({fileio.first_line(e)})") from None
+      raise fileio.FileIOError(f"{self.uri}: cannot write lock object ({errors.first_line(e, 300)})") from None
     self.generation = blob.generation
     self._thread = threading.Thread(target=self._beat, name="workdir-lock", daemon=True)
     self._thread.start()

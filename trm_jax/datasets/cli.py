@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trm_jax import errors
+
 
 def _default_data_dir() -> str:
   """The directory trm-train reads by default (config.data.data_dir)."""
@@ -294,7 +296,6 @@ def _check_counts(args):
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   logging.getLogger("absl").setLevel(logging.WARNING)
-  from trm_jax.cli import UserError
   from trm_jax.datasets.common import DataError
 
   try:
@@ -302,15 +303,13 @@ def main(argv=None) -> int:
     {"build": _cmd_build, "stats": _cmd_stats, "show": _cmd_show, "bench": _cmd_bench, "list": _cmd_list}[args.cmd](
       args
     )
-  except (DataError, UserError) as e:
+  except (DataError, errors.UserError) as e:
     print(f"trm-data: error: {e}", file=sys.stderr)
     return 1
   except OSError as e:  # read-only or full data_dir, missing permissions: one line
-    from trm_jax import cli
-
-    if e.errno not in cli.USER_ERRNOS or os.environ.get("TRM_TRACEBACK"):
+    if e.errno not in errors.USER_ERRNOS or os.environ.get("TRM_TRACEBACK"):
       raise
-    print(f"trm-data: error: {cli.os_error_line(e)}", file=sys.stderr)
+    print(f"trm-data: error: {errors.os_error_line(e)}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     print("trm-data: interrupted", file=sys.stderr)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from trm_jax import cli, faults
+from trm_jax import errors, faults
 from trm_jax.datasets import splits as splits_lib
 from trm_jax.datasets.errors import DataError  # noqa: F401  (re-exported: common.DataError)
 
@@ -109,7 +109,7 @@ def read_metadata(data_dir) -> dict:
       raise ValueError(f'{META_FILE} has no "splits" object')
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
     raise DataError(
-      f"{data_dir}: damaged dataset ({cli.first_line(e, 200)}); rebuild it with trm-data build --overwrite"
+      f"{data_dir}: damaged dataset ({errors.first_line(e, 200)}); rebuild it with trm-data build --overwrite"
     ) from None
   return {"json": js, "arrays": arrays}
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
+from trm_jax import errors
 from trm_jax.datasets.errors import DataError
 
 MIRROR_ENV = "TRM_DATA_MIRROR"
@@ -143,8 +144,7 @@ def _reason(e: BaseException) -> str:
 
   if isinstance(e, download_manager.NonMatchingChecksumError):
     return "checksum mismatch: damaged download or not the pinned file"
-  text = str(e).strip().splitlines()
-  line = text[0] if text else ""
+  line = errors.first_line(e)
   code = re.search(r"HTTP code: (\d+)", line)
   if code:
     return f"HTTP {code.group(1)}"
