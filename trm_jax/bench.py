@@ -7,9 +7,9 @@ r"""Benchmark the real jitted train step (or eval rollout) on synthetic batches.
 
 Builds a fresh train state and a synthetic batch of the config's shapes
 (random tokens and labels, random puzzle ids) on a mesh over all local
-devices, compiles `steps.make_train_step` (jitted with shardings and donation
-of state and carry, as training does) or, with `--eval`, `steps.rollout` over
-all supervision steps (the eval step; batch `eval.batch_size`), runs
+devices, compiles the run's train step (`runs.Run.train_step`: shardings and
+donation of state and carry, as training does) or, with `--eval`, its eval
+step over all supervision steps (`runs.Run.eval_step`; batch `eval.batch_size`), runs
 `--warmup` untimed calls, then times `--steps` calls, waiting for each. Prints
 one JSON line:
 
@@ -88,7 +88,7 @@ def run(
   if evaluate:
     sup = config.eval.get("supervision_steps", -1)
     sup = sup if sup and sup > 0 else mcfg.halt_max_steps
-    c = profiling.compile_eval(s, sup)
+    c = profiling.compile_eval(s)
     flops = profiling.model_flops(mcfg, batch, "eval", sup)["total"]
   else:
     c = profiling.compile_train(s)

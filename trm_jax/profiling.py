@@ -1,9 +1,9 @@
 """Measuring helpers shared by `trm_jax.bench` and notebooks/scan_vs_loop.ipynb.
 
-Everything here runs the real library steps (`steps.make_train_step`,
-`steps.rollout`) on synthetic batches of a config's shapes:
+Everything here runs a run's own jitted steps (`runs.Run.train_step`,
+`runs.Run.eval_step`) on synthetic batches of a config's shapes:
 
-- `Setup` / `make_setup(config)`: model, optimiser, a fresh state, carry and
+- `Setup` / `make_setup(config)`: a `runs.Run` with a fresh state, carry and
   batch, placed on a (data, table) mesh over all local devices;
 - `compile_train` / `compile_eval`: the jitted steps, lowered and compiled,
   with the wall time that took and the compiled program's size;
@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from trm_jax import config_lib, optim, recursion, sharding, steps
+from trm_jax import config_lib, recursion, runs, sharding, steps
 from trm_jax.model import RecursiveModel, puzzle_emb_len, swiglu_inter
-from trm_jax.train_state import count_params, create_train_state
+from trm_jax.train_state import count_params, init_variables
 
 # ---------------------------------------------------------------------------
 # Set-up on synthetic data.
@@ -49,20 +49,17 @@ def synthetic_batch(mcfg, batch_size: int, seed: int = 0) -> dict:
 
 @dataclasses.dataclass
 class Setup:
-  config: Any  # the full run config (ConfigDict)
-  mcfg: Any  # frozen model config
-  model: RecursiveModel
-  tx: Any
-  mesh: Any
-  batch_size: int
+  """A `runs.Run` on a one-process mesh with a state, carry and synthetic batch to call its steps on."""
+
+  run: runs.Run
   state: Any
   carry: Any
   batch: dict
   rng: Any
 
-  @property
-  def n_params(self) -> int:
-    return count_params(self.state.params)
+  mcfg = property(lambda self: self.run.mcfg)
+  batch_size = property(lambda self: int(self.run.config.train.global_batch_size))
+  n_params = property(lambda self: count_params(self.state.params))
 
 
 def load_config(path: str, arg: str | None = None, **overrides):
@@ -93,38 +90,24 @@ def model_config(config, **fields):
 
 
 def make_setup(config, batch_size: int | None = None, seed: int = 0, abstract: bool = False, **model_fields) -> Setup:
-  """Fresh state, carry and a synthetic batch for `config` (train batch size by default).
+  """The run's own steps (`runs.Run`) with a fresh state, carry and a synthetic batch (train batch size by default).
 
   With `abstract`, state, carry and batch are shape/dtype/sharding structs
   only (enough to compile and analyse a step, nothing is allocated).
   """
-  mcfg = model_config(config, **model_fields)
-  tcfg = config.train
-  bs = int(batch_size or tcfg.global_batch_size)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.update(model_fields)
+  config.train.global_batch_size = int(batch_size or config.train.global_batch_size)
+  config.train.steps = config.train.steps if config.train.steps > 0 else 100_000
+  config.seed = seed
   mesh = sharding.make_mesh(1)
-  sharding.check_batch(bs, mesh)
-  model = RecursiveModel(mcfg)
-  total = tcfg.steps if tcfg.steps > 0 else 100_000
-  tx = optim.make_optimizer(tcfg, total)
-  abstract_state = jax.eval_shape(lambda k: create_train_state(model, mcfg, tcfg, tx, k), jax.random.key(seed))
-  state_sh = sharding.state_shardings(mesh, abstract_state)
-  carry0 = jax.eval_shape(lambda: recursion.initial_carry(mcfg, bs))
-  carry_sh = sharding.carry_shardings(mesh, carry0)
+  sharding.check_batch(config.train.global_batch_size, mesh)
+  run = runs.Run(config, mesh)
+  batch = synthetic_batch(run.mcfg, config.train.global_batch_size, seed)
   if abstract:
-    struct = lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh)
-    state = jax.tree.map(struct, abstract_state, state_sh)
-    carry = jax.tree.map(struct, carry0, carry_sh)
-    batch = {
-      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
-      for k, v in synthetic_batch(mcfg, bs, seed).items()
-    }
-  else:
-    state = jax.jit(lambda k: create_train_state(model, mcfg, tcfg, tx, k), out_shardings=state_sh)(
-      jax.random.key(seed)
-    )
-    carry = jax.jit(lambda: recursion.initial_carry(mcfg, bs), out_shardings=carry_sh)()
-    batch = sharding.global_batch(synthetic_batch(mcfg, bs, seed), mesh)
-  return Setup(config, mcfg, model, tx, mesh, bs, state, carry, batch, jax.random.key(seed + 1))
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_sh) for k, v in batch.items()}
+    return Setup(run, run.abstract_state, run.abstract_carry, batch, run.step_rng)
+  return Setup(run, run.new_state(), run.new_carry(), run.make_batch(batch), run.step_rng)
 
 
 # ---------------------------------------------------------------------------
@@ -152,26 +135,14 @@ def _compile(jitted, args) -> Compiled:
 
 
 def compile_train(s: Setup) -> Compiled:
-  """The real train step, jitted with shardings and donation of state and carry."""
-  tcfg = s.config.train
-  total = tcfg.steps if tcfg.steps > 0 else 100_000
-  step = steps.make_train_step(s.model, s.mcfg, tcfg, s.tx, total)
-  shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
-  jitted = sharding.jit_train_step(step, s.mesh, shardings(s.state), shardings(s.carry))
-  return _compile(jitted, (s.state, s.carry, s.batch, s.rng))
+  """The run's train step (shardings, donation of state and carry), lowered and compiled."""
+  return _compile(s.run.train_step, (s.state, s.carry, s.batch, s.rng))
 
 
-def compile_eval(s: Setup, n_steps: int | None = None) -> Compiled:
-  """The eval step: `steps.rollout` over all supervision steps on a fixed batch."""
-  n = n_steps or s.mcfg.halt_max_steps
-  params = s.state.eval_params()
-
-  def evaluate(params, consts, table, batch):
-    _, outputs, metrics, per_step = steps.rollout(s.model, s.mcfg, params, consts, table, batch, n)
-    return outputs["preds"], metrics, per_step
-
-  jitted = jax.jit(evaluate)
-  return _compile(jitted, (params, s.state.consts, s.state.puzzle_table, s.batch))
+def compile_eval(s: Setup) -> Compiled:
+  """The run's eval step: every supervision step (`config.eval.supervision_steps`) on a fixed batch."""
+  state = s.state
+  return _compile(s.run.eval_step, (state.eval_params(), state.consts, state.puzzle_table, s.batch))
 
 
 def memory_analysis(compiled) -> dict:
@@ -340,7 +311,6 @@ def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) 
   for mode in ("loop", "scan"):
     mcfg = model_config(config, recursion=mode, **fields)
     model = RecursiveModel(mcfg)
-    from trm_jax.train_state import init_variables
 
     variables = init_variables(model, mcfg, jax.random.key(seed))
     # Non-zero puzzle rows, so that their gradients flow through something real.
