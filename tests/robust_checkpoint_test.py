@@ -68,9 +68,9 @@ def test_restore_detects_flipped_bytes_and_falls_back(tmp_path):
   abstract = checkpoint.abstract(trees[1])
   with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/2: (damaged|cannot restore)"):
     checkpoint.restore(mngr, 2, abstract)
-  step, state, _, meta, damaged = checkpoint.restore_intact(mngr, abstract)
-  assert step == 1 and [s for s, _ in damaged] == [2] and meta["note"] == "x"
-  np.testing.assert_array_equal(state["w"], trees[1]["w"])
+  got = checkpoint.restore_intact(mngr, abstract)
+  assert got.step == 1 and [s for s, _ in got.damaged] == [2] and got.meta["note"] == "x"
+  np.testing.assert_array_equal(got.state["w"], trees[1]["w"])
   mngr.close()
 
 

@@ -59,10 +59,8 @@ def grads(cfg, v, table, b):
   """One train step's loss, gradients (params, table rows), new z and logits from a fresh carry."""
   model = RecursiveModel(cfg)
   carry = recursion.reset_carry(recursion.initial_carry(cfg, B), b, v["consts"], cfg)
-  loss, g, g_rows, new_carry, out, _ = steps.loss_and_grads(
-    model, cfg, v["params"], v["consts"], carry, table, jax.random.key(0)
-  )
-  return loss, g, g_rows, new_carry["z"], out["logits"]
+  out = steps.loss_and_grads(model, cfg, v["params"], v["consts"], carry, table, jax.random.key(0))
+  return out.loss, out.param_grads, out.row_grads, out.carry["z"], out.outputs["logits"]
 
 
 def assert_trees_close(a, c, tol):

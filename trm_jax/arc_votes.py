@@ -1,4 +1,4 @@
-"""ARC voting (REFERENCE.md section 8) and the run's store of votes.
+"""ARC voting (the reference's `evaluators/arc.py`) and the run's store of votes.
 
 A *tally* holds, per test input (task, hash of the un-augmented input), the
 candidate grids with their vote counts and sums of sigmoid(q_halt), plus the

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any, NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
@@ -133,12 +134,16 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, abstract_car
   return state, carry, meta
 
 
-def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=None, steps=None):
-  """The newest checkpoint that restores intact (of `steps`, default all).
+class Restored(NamedTuple):
+  step: int
+  state: Any
+  carry: Any  # None when no abstract carry was asked for
+  meta: dict
+  damaged: list  # [(step, reason)] of the newer checkpoints skipped on the way
 
-  -> (step, state, carry, meta, damaged) with `damaged` the [(step, reason)]
-  skipped on the way; a CheckpointError when none is intact.
-  """
+
+def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=None, steps=None) -> Restored:
+  """The newest checkpoint that restores intact (of `steps`, default all); a CheckpointError when none is."""
   steps = sorted(mngr.all_steps() if steps is None else steps, reverse=True)
   damaged = []
   for step in steps:
@@ -147,7 +152,7 @@ def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=N
     except CheckpointError as e:
       damaged.append((step, str(e)))
       continue
-    return step, state, carry, meta, damaged
+    return Restored(step, state, carry, meta, damaged)
   reason = damaged[0][1] if damaged else f"{mngr.directory}: no checkpoint"
   raise CheckpointError(f"no intact checkpoint ({len(damaged)} damaged); newest: {reason}")
 

@@ -3,7 +3,7 @@
 The eval step is `steps.rollout` (every row runs all supervision steps from a
 fresh carry); accuracies are computed on the host from the per-step
 predictions. On several processes each scores its own rows and the results
-are gathered. ARC voting (REFERENCE.md section 8) lives in `arc_votes`; this
+are gathered. ARC voting (the reference's `evaluators/arc.py`) lives in `arc_votes`; this
 module turns evaluated rows into its entries and scores them.
 """
 
@@ -219,7 +219,7 @@ def _local(x):
 
 
 # ---------------------------------------------------------------------------
-# ARC voting (REFERENCE.md section 8).
+# ARC voting (the reference's `evaluators/arc.py`).
 
 
 def arc_entries(split, index, local, final_preds, final_q_halt, info, arrays):

@@ -1,4 +1,4 @@
-"""Losses and metric sums of the ACT training step (REFERENCE.md §5)."""
+"""Losses and metric sums of the ACT training step (the reference's `models/losses.py`, ACTLossHead)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Optimisers (REFERENCE.md §6): AdamATan2, the LR schedule, sparse sign-SGD, EMA."""
+"""Optimisers (the reference's `pretrain.py`, `models/sparse_embedding.py`, `models/ema.py`): AdamATan2, the LR schedule, sparse sign-SGD, EMA."""
 
 from __future__ import annotations
 

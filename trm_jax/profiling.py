@@ -334,10 +334,9 @@ def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) 
 
 def _one_call(model, mcfg, seed, params, consts, table, batch):
   carry = recursion.reset_carry(recursion.initial_carry(mcfg, batch["inputs"].shape[0]), batch, consts, mcfg)
-  loss, g, g_rows, new_carry, outputs, _ = steps.loss_and_grads(
-    model, mcfg, params, consts, carry, table, jax.random.key(seed)
-  )
-  return {"loss": loss, "logits": outputs["logits"], "z": new_carry["z"], "grad": g, "grad_rows": g_rows}
+  out = steps.loss_and_grads(model, mcfg, params, consts, carry, table, jax.random.key(seed))
+  logits, z = out.outputs["logits"], out.carry["z"]
+  return {"loss": out.loss, "logits": logits, "z": z, "grad": out.param_grads, "grad_rows": out.row_grads}
 
 
 def gb(n_bytes: int | float) -> float:

@@ -1,7 +1,9 @@
 """The recursion, in plain JAX over one weight-tied network application.
 
-`deep_recursion` is one supervision step of the inner model (REFERENCE.md
-§3); `act_forward` wraps it with the ACT carry rules (§4). The config field
+`deep_recursion` is one supervision step of the inner model; `act_forward`
+wraps it with the ACT carry rules (both in the reference's
+`models/recursive_reasoning/trm.py`, the inner model's and the ACT wrapper's
+forward). The config field
 `recursion` statically picks `jax.lax.scan` or a Python loop; both build the
 same parameter tree and compute the same function.
 
@@ -149,7 +151,7 @@ def forward(model: RecursiveModel, variables, z: dict, data: dict, puzzle_rows, 
 
 
 def halting(steps, q, cfg, train: bool, rng):
-  """-> (halted, is_last_step) after this step (REFERENCE.md §4 step 3)."""
+  """-> (halted, is_last_step) after this step (the reference's `models/recursive_reasoning/trm.py`, the ACT wrapper's forward)."""
   is_last = steps >= cfg.halt_max_steps
   halted = is_last
   if train and cfg.halt_max_steps > 1:

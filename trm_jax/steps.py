@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -11,13 +13,22 @@ from trm_jax.model import RecursiveModel, puzzle_emb_len
 from trm_jax.train_state import TrainState
 
 
-def loss_and_grads(model: RecursiveModel, mcfg, params, consts, carry, puzzle_table, rng, scale: float = 1.0):
-  """One training-mode ACT call on a reset carry, with gradients.
+class LossAndGrads(NamedTuple):
+  """One training call: gradients are of `loss * scale`; `row_grads` are w.r.t. each row's gathered
+  puzzle embedding (None without puzzle embeddings)."""
 
-  Returns (loss, param_grads, row_grads, new_carry, outputs, metric_sums);
-  gradients are of `loss * scale`; row_grads are w.r.t. each row's gathered
-  puzzle embedding (None without puzzle embeddings).
-  """
+  loss: Any
+  param_grads: Any
+  row_grads: Any
+  carry: Any  # the new ACT carry
+  outputs: Any
+  metrics: Any  # metric sums
+
+
+def loss_and_grads(
+  model: RecursiveModel, mcfg, params, consts, carry, puzzle_table, rng, scale: float = 1.0
+) -> LossAndGrads:
+  """One training-mode ACT call on a reset carry, with gradients."""
   ids = carry["data"]["puzzle_identifiers"]
   rows = puzzle_table[ids] if puzzle_emb_len(mcfg) else None
 
@@ -26,7 +37,7 @@ def loss_and_grads(model: RecursiveModel, mcfg, params, consts, carry, puzzle_ta
     return loss * scale, (loss, aux)
 
   (_, (loss, (new_carry, outputs, metrics))), (g, g_rows) = jax.value_and_grad(fn, (0, 1), has_aux=True)(params, rows)
-  return loss, g, g_rows, new_carry, outputs, metrics
+  return LossAndGrads(loss, g, g_rows, new_carry, outputs, metrics)
 
 
 def make_train_step(model: RecursiveModel, mcfg, tcfg, tx: optax.GradientTransformation, total_steps: int):
@@ -37,17 +48,16 @@ def make_train_step(model: RecursiveModel, mcfg, tcfg, tx: optax.GradientTransfo
     rng = jax.random.fold_in(rng, state.step)
     carry = recursion.reset_carry(carry, batch, state.consts, mcfg)
     batch_size = batch["inputs"].shape[0]
-    loss, g, g_rows, carry, _, metrics = loss_and_grads(
-      model, mcfg, state.params, state.consts, carry, state.puzzle_table, rng, 1.0 / batch_size
-    )
-    updates, opt_state = tx.update(g, state.opt_state, state.params)
+    out = loss_and_grads(model, mcfg, state.params, state.consts, carry, state.puzzle_table, rng, 1.0 / batch_size)
+    carry, metrics = out.carry, out.metrics
+    updates, opt_state = tx.update(out.param_grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     table = state.puzzle_table
-    if g_rows is not None:
+    if out.row_grads is not None:
       ids = carry["data"]["puzzle_identifiers"]
-      table = optim.sign_sgd_rows(table, ids, g_rows, emb_lr(state.step), tcfg.puzzle_emb_weight_decay)
+      table = optim.sign_sgd_rows(table, ids, out.row_grads, emb_lr(state.step), tcfg.puzzle_emb_weight_decay)
     ema = None if state.ema is None else optim.ema_update(state.ema, params, tcfg.ema_rate)
-    metrics = dict(metrics, loss=loss)
+    metrics = dict(metrics, loss=out.loss)
     state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema, puzzle_table=table)
     return state, carry, metrics
 

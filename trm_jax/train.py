@@ -169,7 +169,8 @@ def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
   """
   if checkpoint.latest_step(mngr) is None:
     return run.new_state(), run.new_carry(), False
-  step, state, carry, _, damaged = checkpoint.restore_intact(mngr, run.abstract_state, run.abstract_carry)
+  got = checkpoint.restore_intact(mngr, run.abstract_state, run.abstract_carry)
+  damaged = got.damaged
   if damaged:
     # Out of the checkpoints directory (re-saving that step must work, and it would shadow the
     # good one), but kept: a passing storage error can look like damage.
@@ -178,11 +179,11 @@ def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
       print(
         f"warning: {damaged[0][1]}; moved {len(damaged)} checkpoint(s) that did not restore "
         f"(steps {', '.join(str(s) for s, _ in damaged)}) to {', '.join(dests)} (delete once looked at); "
-        f"resuming from step {step}",
+        f"resuming from step {got.step}",
         file=sys.stderr,
         flush=True,
       )
-  return state, carry, True
+  return got.state, got.carry, True
 
 
 def _log_start(writer, run: Run, state, cad, forgotten: list, verbose: bool) -> None:

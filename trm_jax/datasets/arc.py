@@ -148,7 +148,7 @@ def from_canvas(tokens) -> np.ndarray:
 
 
 def crop_prediction(tokens) -> np.ndarray:
-  """Largest top-left rectangle without PAD/EOS (REFERENCE.md section 8)."""
+  """Largest top-left rectangle without PAD/EOS (the reference's `evaluators/arc.py`)."""
   t = np.asarray(tokens).reshape(MAX_SIZE, MAX_SIZE)
   ok = t >= COLOUR_OFFSET
   widths = np.where(ok.all(1), MAX_SIZE, np.argmin(ok, axis=1))

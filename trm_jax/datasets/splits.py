@@ -1,7 +1,7 @@
 """In-memory view of one split: index arrays, metadata and an example reader.
 
-The layout follows REFERENCE.md section 7: examples are stored in puzzle order,
-`puzzle_indices[p]:puzzle_indices[p+1]` are the examples of puzzle `p` and
+The layout follows the reference's `dataset/common.py` and `puzzle_dataset.py`:
+examples are stored in puzzle order, `puzzle_indices[p]:puzzle_indices[p+1]` are the examples of puzzle `p` and
 `group_indices[g]:group_indices[g+1]` the puzzles of group `g`.
 """
 
