@@ -30,10 +30,8 @@ def cross_entropy(logits, labels, loss_type: str = "stablemax"):
   safe = jnp.where(mask, labels, 0)
   if loss_type.startswith("stablemax"):
     logp = log_stablemax(logits)
-  elif loss_type.startswith("softmax"):
+  else:  # "softmax" (the choices are checked by `config_lib`)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  else:
-    raise ValueError(f"model.loss_type: unknown loss {loss_type!r} (use 'stablemax' or 'softmax')")
   picked = jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
   return -jnp.where(mask, picked, 0.0)
 

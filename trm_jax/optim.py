@@ -60,13 +60,11 @@ def lr_schedule(base_lr: float, warmup_steps: int, total_steps: int, min_ratio: 
 
 
 def make_optimizer(tcfg, total_steps: int) -> optax.GradientTransformation:
-  """The core-parameter optimiser named by `train.optimizer`."""
+  """The core-parameter optimiser named by `train.optimizer` ("adam_atan2" or "adamw"; checked by `config_lib`)."""
   sched = lr_schedule(tcfg.lr, tcfg.lr_warmup_steps, total_steps, tcfg.lr_min_ratio)
   if tcfg.optimizer == "adam_atan2":
     return adam_atan2(sched, tcfg.beta1, tcfg.beta2, tcfg.weight_decay)
-  if tcfg.optimizer == "adamw":
-    return optax.adamw(sched, tcfg.beta1, tcfg.beta2, eps=1e-8, weight_decay=tcfg.weight_decay)
-  raise ValueError(f"train.optimizer must be 'adam_atan2' or 'adamw', got {tcfg.optimizer!r}")
+  return optax.adamw(sched, tcfg.beta1, tcfg.beta2, eps=1e-8, weight_decay=tcfg.weight_decay)
 
 
 def sign_sgd_rows(table: jax.Array, ids: jax.Array, row_grads: jax.Array, lr, weight_decay) -> jax.Array:

@@ -38,10 +38,6 @@ def repeat(fn: Callable[[Any, Any], Any], z, n: int, mode: str, remat: str = "no
   """
   if n <= 0:
     return z
-  if mode not in ("loop", "scan"):
-    raise ValueError(f"model.recursion must be 'scan' or 'loop', got {mode!r}")
-  if remat not in ("none", "dots", "full"):
-    raise ValueError(f"model.remat must be 'none', 'dots' or 'full', got {remat!r}")
   if remat != "none":
     # Each repeated application keeps only its input (and, with "dots", the
     # outputs of its weight matmuls) for the backward pass and recomputes the

@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from trm_jax import rules
+from trm_jax import cli, rules
 from trm_jax.render import MAZE_CHARS, draw_pair, plural, prepare_png, render
 
 INVALID_EXIT = 2
@@ -247,8 +247,6 @@ def _quiet(verbose: bool) -> None:
 
 def run():
   from absl import app, flags
-
-  from trm_jax import cli
 
   flags.DEFINE_string("workdir", None, "Required: run directory holding checkpoints/ (written by trm-train).")
   flags.DEFINE_string("sudoku", None, "Sudoku as n*n characters, row by row ('.' or 0 = blank).")
