@@ -67,7 +67,7 @@ def _run(model, aggregate=True, batch=8, max_examples=-1):
   cfg = ml_collections.ConfigDict(
     {"eval": {"batch_size": batch, "max_examples": max_examples, "arc_aggregate_voting": aggregate}}
   )
-  return types.SimpleNamespace(config=cfg, eval_step=model, eval_steps=1, make_batch=lambda b: b)
+  return types.SimpleNamespace(config=cfg, eval_step=model, eval_supervision_steps=1, make_batch=lambda b: b)
 
 
 def _state(step):

@@ -97,26 +97,26 @@ def test_steps_mode_and_bad_settings():
   assert (c.end, c.eval_steps) == (10, (7, 10))
 
 
-@pytest.mark.parametrize("epi", [1, 3, 8])
-def test_iteration_batches_match_the_reference_packing(epi):
+@pytest.mark.parametrize("epochs_per_iter", [1, 3, 8])
+def test_iteration_batches_match_the_reference_packing(epochs_per_iter):
   rng = np.random.default_rng(0)
   data = _toy([list(rng.integers(1, 6, size=rng.integers(1, 4))) for _ in range(23)])
   batch = 8
-  ends = ip.iteration_ends(data, 5, batch, epi, 3)
+  ends = ip.iteration_ends(data, 5, batch, epochs_per_iter, 3)
   for it in range(3):
-    puzzles, starts = ip._plan(*ip._key_bytes(data), 5, it, batch, epi)
+    puzzles, starts = ip._plan(*ip._key_bytes(data), 5, it, batch, epochs_per_iter)
     sizes = np.diff(data.puzzle_indices)[puzzles]
     ref = _reference_pack(sizes.tolist(), batch)
     assert [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])] == ref
     assert ends[it] - (ends[it - 1] if it else 0) == len(ref)
-    # Coverage: every group epi times in the iteration; all but the last partial batch's puzzles used.
+    # Coverage: every group epochs_per_iter times in the iteration; all but the last partial batch's puzzles used.
     groups = np.searchsorted(data.group_indices, puzzles, "right") - 1
-    assert np.array_equal(np.bincount(groups, minlength=23), np.full(23, epi))
+    assert np.array_equal(np.bincount(groups, minlength=23), np.full(23, epochs_per_iter))
     assert sizes[ref[-1][1] :].sum() < batch
   # The batches the sampler serves are those puzzles' examples, iteration by iteration.
   for step in (0, int(ends[0]) - 1, int(ends[0]), int(ends[1])):
-    it, b, nb = ip.batch_position(data, 5, step, batch, epi)
+    it, b, nb = ip.batch_position(data, 5, step, batch, epochs_per_iter)
     assert nb == ends[it] - (ends[it - 1] if it else 0) and b == step - (ends[it - 1] if it else 0)
-    idx = ip.train_batch_indices(data, 5, step, batch, epi)
-    puzzles, starts = ip._plan(*ip._key_bytes(data), 5, it, batch, epi)
+    idx = ip.train_batch_indices(data, 5, step, batch, epochs_per_iter)
+    puzzles, starts = ip._plan(*ip._key_bytes(data), 5, it, batch, epochs_per_iter)
     assert set(data.example_puzzle[idx].tolist()) <= set(puzzles[starts[b] : starts[b + 1]].tolist())

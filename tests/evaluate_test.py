@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from trm_jax import evaluate
+from trm_jax import arc_votes, evaluate
 
 
 def g(*rows):
@@ -37,7 +37,7 @@ def test_arc_vote_hand_computed():
     entry("t2", 0, IN3, C, 2.0, A),
     entry("t2", 0, IN3, A, 1.0, A),
   ]
-  scores, sub = evaluate.arc_vote(entries)
+  scores, sub = arc_votes.vote(entries)
   # pass@1: t1 -> 0/2, t2 -> 0 => 0.  pass@2: t1 -> 2/2, t2 -> 0 => 0.5.
   # pass@5 and up: everything => 1.
   assert scores["pass@1"] == 0.0
@@ -57,7 +57,7 @@ def test_arc_vote_hand_computed():
 def test_arc_vote_groups_by_input_and_single_candidate():
   # Two augmented copies of one test input agree; a single candidate fills both attempts.
   entries = [entry("t", 0, IN1, A, 0.5, A), entry("t", 0, IN1.copy(), A, -0.5, A)]
-  scores, sub = evaluate.arc_vote(entries)
+  scores, sub = arc_votes.vote(entries)
   assert scores["pass@1"] == 1.0
   assert sub == {"t": [{"attempt_1": A.tolist(), "attempt_2": A.tolist()}]}
 
@@ -69,7 +69,7 @@ def test_arc_vote_mean_over_tasks_of_fraction_of_tests():
     entry("a", 2, IN3, A, 0, A),
     entry("b", 0, IN1, C, 0, D),
   ]
-  scores, _ = evaluate.arc_vote(entries, ks=(1,))
+  scores, _ = arc_votes.vote(entries, ks=(1,))
   assert scores["pass@1"] == pytest.approx((2 / 3 + 0) / 2)
 
 
@@ -98,7 +98,6 @@ def test_set_accumulator_per_step_and_padding():
 # ---------------------------------------------------------------------------
 # Votes pooled over the evaluations of a run (the reference's aggregated voting).
 
-from trm_jax import arc_votes  # noqa: E402
 
 CLEAN, OTHER = g([7, 8], [9, 1]), g([3, 3])
 

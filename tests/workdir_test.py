@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from trm_jax import evaluate, fileio, metrics, train, workdir_lock
+from trm_jax import arc_votes, fileio, metrics, train, workdir_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,7 +68,7 @@ def test_whole_file_writes_replace_links_never_follow_them(tmp_path):
   work = tmp_path / "run"
   work.mkdir()
   plant(work, ["submission.json", "submission.json.tmp", "metrics.jsonl.tmp"], outside)
-  evaluate.write_submission(str(work / "submission.json"), {"task": [{"attempt_1": [[1]], "attempt_2": [[2]]}]})
+  arc_votes.write_submission(str(work / "submission.json"), {"task": [{"attempt_1": [[1]], "attempt_2": [[2]]}]})
   assert not os.path.islink(work / "submission.json")
   assert json.loads((work / "submission.json").read_text())["task"][0]["attempt_1"] == [[1]]
   # Resume rewrites metrics.jsonl (events past the checkpoint dropped): never through metrics.jsonl.tmp.

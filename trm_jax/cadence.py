@@ -54,20 +54,22 @@ def check(t) -> None:
     )
 
 
-def cadence(t, train_split, seed: int) -> Cadence:
+def cadence(tcfg, train_split, seed: int) -> Cadence:
   """The run's schedule from a resolved `config.train` (steps already derived)."""
-  check(t)
-  lr_steps = int(t.steps)
-  epi = sampler_epochs_per_iter(t)
-  if t.eval_every_epochs <= 0:
-    every = int(t.eval_every) if t.eval_every > 0 else 0
+  check(tcfg)
+  lr_steps = int(tcfg.steps)
+  epochs_per_iter = sampler_epochs_per_iter(tcfg)
+  if tcfg.eval_every_epochs <= 0:
+    every = int(tcfg.eval_every) if tcfg.eval_every > 0 else 0
     evals = list(range(every, lr_steps, every)) if every else []
-    return Cadence(lr_steps, lr_steps, tuple(evals) + (lr_steps,), epi, every)
-  n_iters = t.epochs // epi if t.epochs > 0 else 1 << 62
-  ends = input_pipeline.iteration_ends(train_split, seed, int(t.global_batch_size), epi, n_iters, stop_at=lr_steps)
+    return Cadence(lr_steps, lr_steps, tuple(evals) + (lr_steps,), epochs_per_iter, every)
+  n_iters = tcfg.epochs // epochs_per_iter if tcfg.epochs > 0 else 1 << 62
+  ends = input_pipeline.iteration_ends(
+    train_split, seed, int(tcfg.global_batch_size), epochs_per_iter, n_iters, stop_at=lr_steps
+  )
   end = min(lr_steps, int(ends[-1])) if len(ends) else lr_steps
   evals = sorted({min(int(e), end) for e in ends} | {end})
-  return Cadence(lr_steps, end, tuple(evals), epi, 0)
+  return Cadence(lr_steps, end, tuple(evals), epochs_per_iter, 0)
 
 
 def describe(c: Cadence) -> str:

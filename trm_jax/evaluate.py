@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from trm_jax import arc_votes, input_pipeline, rundir, steps
-from trm_jax.arc_votes import PASS_KS, write_submission  # noqa: F401  (API)
 from trm_jax.losses import IGNORE_LABEL
 
 
@@ -53,7 +52,7 @@ def evaluate_all(run, state, data, workdir=None) -> dict:
       state.puzzle_table,
       split,
       cfg.eval.batch_size,
-      run.eval_steps,
+      run.eval_supervision_steps,
       run.make_batch,
       cfg.eval.max_examples,
       name,
@@ -111,7 +110,7 @@ def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None
   batch["inputs"][0] = inputs
   batch["puzzle_identifiers"][0] = puzzle_id
   step_fn = run.eval_step
-  if n_steps is not None and n_steps != run.eval_steps:
+  if n_steps is not None and n_steps != run.eval_supervision_steps:
     step_fn = jax.jit(make_eval_step(run.model, run.mcfg, n_steps))
   out = step_fn(state.eval_params(), state.consts, state.puzzle_table, run.make_batch(batch))
   preds = np.asarray(jax.device_get(out["preds"]))[:, 0]

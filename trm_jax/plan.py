@@ -349,9 +349,9 @@ def plan_one(config, meta, topology: Topology, devices, recursion: str | None = 
     costs_from=costs_from,
   )
   evaluation = dict(
-    program_stats(eval_c, topology, run.eval_steps, costs[1], _kernel_costs(run, "eval", topology)),
+    program_stats(eval_c, topology, run.eval_supervision_steps, costs[1], _kernel_costs(run, "eval", topology)),
     compile_s=round(eval_s, 1),
-    costs_from=f"{costs_from} x {run.eval_steps} supervision steps (the rollout's scan)",
+    costs_from=f"{costs_from} x {run.eval_supervision_steps} supervision steps (the rollout's scan)",
   )
   steps = int(config.train.steps)
   return {

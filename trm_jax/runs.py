@@ -39,8 +39,10 @@ class Run:
     self.abstract_state = with_shardings(abstract_state, self.state_sh)
     self.batch_sh = sharding.batch_sharding(mesh)
     self.repl = sharding.replicated(mesh)
-    self.eval_steps = config.eval.supervision_steps if config.eval.supervision_steps > 0 else self.mcfg.halt_max_steps
-    eval_step = evaluate.make_eval_step(self.model, self.mcfg, self.eval_steps)
+    self.eval_supervision_steps = (
+      config.eval.supervision_steps if config.eval.supervision_steps > 0 else self.mcfg.halt_max_steps
+    )
+    eval_step = evaluate.make_eval_step(self.model, self.mcfg, self.eval_supervision_steps)
     self.eval_step = jax.jit(
       sharding.under_mesh(eval_step, mesh),
       in_shardings=(self.repl, self.repl, self.state_sh.puzzle_table, self.batch_sh),

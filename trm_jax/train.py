@@ -71,22 +71,22 @@ def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
 
 def _train_and_evaluate(config, run_dir: rundir.RunDir, verbose: bool) -> dict:
   """Trains the run through its hooks (or evaluates it once when it is already at its last step); reports."""
-  run, data, cad = _setup(config)
-  t, end, batch_size = run.config.train, cad.end, int(run.config.train.global_batch_size)
-  profile = trace.StepTrace(t.get("profile_steps", ""), run_dir)
+  run, data, cadence = _setup(config)
+  tcfg, end, batch_size = run.config.train, cadence.end, int(run.config.train.global_batch_size)
+  profile = trace.StepTrace(tcfg.get("profile_steps", ""), run_dir)
   with contextlib.ExitStack() as resources:
-    mngr = checkpoint.manager(run_dir, t.keep_checkpoints)
+    mngr = checkpoint.manager(run_dir, tcfg.keep_checkpoints)
     resources.callback(mngr.close)  # also on failure: no orbax threads left to print tracebacks at exit
     state, carry, resumed = _restore_or_init(run, mngr, run_dir)
     start = int(state.step)
     forgotten = arc_votes.forget_after(run_dir, start) if jax.process_index() == 0 else []
     writer = metrics_lib.Writer(run_dir, end, start)
     resources.callback(writer.close)  # (closed before the closing line)
-    _log_start(writer, run, state, cad, forgotten, verbose)
+    _log_start(writer, run, state, cadence, forgotten, verbose)
     guard = hooks_lib.NonFiniteGuard(mngr, pending=start if resumed else None)
-    evals = hooks_lib.EvaluateAt(cad.eval_steps, lambda s: evaluate.evaluate_all(run, s, data, run_dir), writer)
-    save = hooks_lib.SaveCheckpoint(mngr, run_meta(run.config, data), t.checkpoint_every, guard)
-    log = hooks_lib.LogEvery(writer, t.log_every, batch_size, guard.check, also=(evals.due, save.due))
+    evals = hooks_lib.EvaluateAt(cadence.eval_steps, lambda s: evaluate.evaluate_all(run, s, data, run_dir), writer)
+    save = hooks_lib.SaveCheckpoint(mngr, run_meta(run.config, data), tcfg.checkpoint_every, guard)
+    log = hooks_lib.LogEvery(writer, tcfg.log_every, batch_size, guard.check, also=(evals.due, save.due))
     feed = (
       data.train,
       run.config.seed,
@@ -94,7 +94,7 @@ def _train_and_evaluate(config, run_dir: rundir.RunDir, verbose: bool) -> dict:
       batch_size,
       jax.process_index(),
       jax.process_count(),
-      cad.epochs_per_iter,
+      cadence.epochs_per_iter,
     )
     batches = resources.enter_context(contextlib.closing(input_pipeline.prefetch_train_batches(*feed)))
     resources.callback(profile.close)
@@ -186,20 +186,20 @@ def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
   return got.state, got.carry, True
 
 
-def _log_start(writer, run: Run, state, cad, forgotten: list, verbose: bool) -> None:
+def _log_start(writer, run: Run, state, cadence, forgotten: list, verbose: bool) -> None:
   """The run's first lines (and, on a new run, its size as the first metrics event)."""
   start, n_params = int(state.step), train_state.count_params(state.params)
   if verbose:
     writer.log(f"config:\n{run.config}")
   writer.log(
-    f"parameters: {n_params:,}; devices: {jax.device_count()}; steps {start} -> {cad.end}"
+    f"parameters: {n_params:,}; devices: {jax.device_count()}; steps {start} -> {cadence.end}"
     + ("" if writer.tensorboard else "; TensorBoard off (tensorboardX not installed)")
   )
-  writer.log(cadence_lib.describe(cad))
+  writer.log(cadence_lib.describe(cadence))
   if forgotten:
     writer.log(f"resuming at step {start}: dropped the ARC votes of later evaluations ({', '.join(forgotten)})")
   if start == 0:
-    writer.write(0, {"params": n_params, "total_steps": cad.end})
+    writer.write(0, {"params": n_params, "total_steps": cadence.end})
 
 
 def _compile(run: Run, writer, state, carry, local_batch):
