@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trm_jax import cli, errors, metrics, parity, render, report, rules
-from trm_jax.datasets import cli as data_cli
+from trm_jax import cli, data_cli, errors, metrics, parity, render, report, rules
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY = ROOT.parent / "shared" / "parity"

@@ -214,7 +214,7 @@ def test_bad_json_fails_cleanly(tmp_path, case):
     [
       sys.executable,
       "-m",
-      "trm_jax.datasets.cli",
+      "trm_jax.data_cli",
       "build",
       "arc_agi/arc1_small",
       "--manual_dir",

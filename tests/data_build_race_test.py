@@ -26,7 +26,7 @@ SHARED = Path(__file__).parents[2] / "shared" / "data"
 
 def _build_proc(*args, **kw):
   kw = dict(dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE), **kw)
-  return subprocess.Popen([sys.executable, "-m", "trm_jax.datasets.cli", "build", *args], cwd=ROOT, text=True, **kw)
+  return subprocess.Popen([sys.executable, "-m", "trm_jax.data_cli", "build", *args], cwd=ROOT, text=True, **kw)
 
 
 def _arrays(name, data_dir):

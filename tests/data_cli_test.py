@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from trm_jax.datasets import cli, common
+from trm_jax import data_cli as cli
+from trm_jax.datasets import common
 
 
 def _cli(*args, env=None):
   return subprocess.run(
-    [sys.executable, "-m", "trm_jax.datasets.cli", *args],
+    [sys.executable, "-m", "trm_jax.data_cli", *args],
     capture_output=True,
     text=True,
     env=env,

@@ -100,7 +100,7 @@ def _assert_same(a, b):
 def _cli(env_extra, *args):
   env = dict(os.environ, **env_extra)
   return subprocess.run(
-    [sys.executable, "-m", "trm_jax.datasets.cli", *args], capture_output=True, text=True, cwd=ROOT, env=env
+    [sys.executable, "-m", "trm_jax.data_cli", *args], capture_output=True, text=True, cwd=ROOT, env=env
   )
 
 

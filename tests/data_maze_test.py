@@ -113,7 +113,7 @@ def test_bad_maze_rows(raw, tmp_path, edit, msg):
     [
       sys.executable,
       "-m",
-      "trm_jax.datasets.cli",
+      "trm_jax.data_cli",
       "build",
       "maze_hard/csv",
       "--manual_dir",

@@ -113,7 +113,7 @@ def test_sudoku_small_builder(tmp_path):
 # ------------------------------------------------------------- bad input --
 def _cli(*args):
   return subprocess.run(
-    [sys.executable, "-m", "trm_jax.datasets.cli", *args], capture_output=True, text=True, cwd=Path(__file__).parents[1]
+    [sys.executable, "-m", "trm_jax.data_cli", *args], capture_output=True, text=True, cwd=Path(__file__).parents[1]
   )
 
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trm_jax import config_lib, input_pipeline, interop
+from trm_jax import config_lib, data_cli, input_pipeline, interop
 from trm_jax import data as data_lib
-from trm_jax.datasets import cli as data_cli
 from trm_jax.datasets import common, maze
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +129,7 @@ def copy_of(built, tmp_path) -> Path:
 
 
 def data_cli_run(*args, env):
-  return run("trm_jax.datasets.cli", *args, env=env, timeout=120)
+  return run("trm_jax.data_cli", *args, env=env, timeout=120)
 
 
 @pytest.mark.parametrize("field, value", [("seq_len", 10**7), ("num_puzzle_identifiers", 10**11), ("total_groups", -1)])

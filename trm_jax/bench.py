@@ -97,16 +97,16 @@ def run(
   cpu0 = time.process_time()
   times = profiling.time_calls(c, n_steps, 0, donate=not evaluate)
   cpu_s = (time.process_time() - cpu0) / max(n_steps, 1)
-  peak, source = profiling.peak_memory_bytes(c)
-  t = profiling.summary(times)
   dev = jax.devices()[0]
-  out = {
-    "config": config_name,
-    "label": label,
-    "mode": "eval" if evaluate else "train",
-    "device": getattr(dev, "device_kind", dev.platform),
-    "n_devices": jax.device_count(),
-    "batch": batch,
+  out = {"config": config_name, "label": label, "mode": "eval" if evaluate else "train"}
+  out.update(device=getattr(dev, "device_kind", dev.platform), n_devices=jax.device_count(), batch=batch)
+  out.update(_model_fields(mcfg), params=s.n_params, compile_s=round(c.compile_s, 3))
+  out.update(_timings(c, batch, flops, profiling.summary(times)), steps_timed=n_steps, cpu_s_per_step=round(cpu_s, 3))
+  return out
+
+
+def _model_fields(mcfg) -> dict:
+  return {
     "recursion": mcfg.recursion,
     "remat": mcfg.remat,
     "attention_impl": mcfg.attention_impl,
@@ -116,20 +116,22 @@ def run(
     "H_cycles": mcfg.H_cycles,
     "L_cycles": mcfg.L_cycles,
     "seq": mcfg.seq_len + profiling.puzzle_emb_len(mcfg),
-    "params": s.n_params,
-    "compile_s": round(c.compile_s, 3),
+  }
+
+
+def _timings(c, batch: int, flops: float, t: dict) -> dict:
+  seconds = t["step_ms_median"] / 1e3
+  peak, source = profiling.peak_memory_bytes(c)
+  return {
     "step_ms_median": round(t["step_ms_median"], 3),
     "step_ms_min": round(t["step_ms_min"], 3),
-    "examples_per_s": round(batch / (t["step_ms_median"] / 1e3), 2),
+    "examples_per_s": round(batch / seconds, 2),
     "gflop_per_step": round(flops / 1e9, 3),
-    "tflops": round(flops / (t["step_ms_median"] / 1e3) / 1e12, 4),
+    "tflops": round(flops / seconds / 1e12, 4),
     "peak_mem_gb": round(profiling.gb(peak), 4),
     "peak_mem_source": source,
     "temp_mem_gb": round(profiling.gb(c.memory().get("temp", 0)), 4),
-    "steps_timed": n_steps,
-    "cpu_s_per_step": round(cpu_s, 3),
   }
-  return out
 
 
 def main(argv):

@@ -31,74 +31,71 @@ def _default_data_dir() -> str:
   return os.path.expanduser(config_lib.data_config().data_dir)
 
 
-def _parser():
-  p = argparse.ArgumentParser(
-    prog="trm-data", description=__doc__.split("\n")[0], epilog="`trm-data CMD --help` describes each command."
-  )
-  sub = p.add_subparsers(dest="cmd", required=True, metavar="CMD")
-  name_help = "NAME[/CONFIG], e.g. sudoku_small/4x4 (see `trm-data list`)"
-  data_help = "where built sets live (default: %(default)s, the same as trm-train's config.data.data_dir)"
+NAME_HELP = "NAME[/CONFIG], e.g. sudoku_small/4x4 (see `trm-data list`)"
+DATA_HELP = "where built sets live (default: %(default)s, the same as trm-train's config.data.data_dir)"
 
-  def add(cmd, summary, text, named=True):
-    s = sub.add_parser(cmd, help=summary, description=text)
-    if named:
-      s.add_argument("name", help=name_help + ("" if cmd == "build" else ", or a dataset directory"))
-      s.add_argument("--data_dir", default=_default_data_dir(), help=data_help)
-    return s
 
-  b = add(
+def _command(sub, cmd, summary, text, named=True):
+  s = sub.add_parser(cmd, help=summary, description=text)
+  if named:
+    s.add_argument("name", help=NAME_HELP + ("" if cmd == "build" else ", or a dataset directory"))
+    s.add_argument("--data_dir", default=_default_data_dir(), help=DATA_HELP)
+  return s
+
+
+def _build_parser(sub) -> None:
+  b = _command(
+    sub,
     "build",
     "build a dataset from raw files (or generate it)",
-    "Builds NAME/CONFIG into --data_dir. Raw files are checked before "
-    "anything is written; an existing set is kept (--overwrite "
-    "rebuilds it).",
+    "Builds NAME/CONFIG into --data_dir. Raw files are checked before anything is written; an existing set is "
+    "kept (--overwrite rebuilds it).",
   )
-  b.add_argument(
-    "--manual_dir",
-    default=None,
-    help="raw files, offline (e.g. ../shared/data/arc from the "
-    "repository root); without it they are downloaded "
-    "and checked",
-  )
+  raw = "raw files, offline (e.g. ../shared/data/arc from the repository root); without it they are downloaded"
+  b.add_argument("--manual_dir", default=None, help=raw + " and checked")
   b.add_argument("--overwrite", action="store_true", help="rebuild even if the set is already built")
-  b.add_argument(
-    "--register_checksums",
-    action="store_true",
-    help="record size/sha256 of downloads in checksums.tsv (maintainers, online)",
-  )
-  st = add(
+  checksums = "record size/sha256 of downloads in checksums.tsv (maintainers, online)"
+  b.add_argument("--register_checksums", action="store_true", help=checksums)
+
+
+def _inspect_parsers(sub) -> None:
+  st = _command(
+    sub,
     "stats",
     "sizes, shapes and a token histogram of every split",
     "Prints the metadata of every split (or --split) and how often each token (named) occurs in inputs and labels.",
   )
   st.add_argument("--split", default=None, help="only this split (default: every split)")
-  st.add_argument(
-    "--sample", type=int, default=20000, help="records per split read for the token histogram (default: %(default)s)"
+  sample = "records per split read for the token histogram (default: %(default)s)"
+  st.add_argument("--sample", type=int, default=20000, help=sample)
+  sh = _command(
+    sub, "show", "print (and draw) one example", "Prints one example (input and label) as text; --png also draws it."
   )
-  sh = add("show", "print (and draw) one example", "Prints one example (input and label) as text; --png also draws it.")
   sh.add_argument("--split", default="train", help="split to read (default: %(default)s)")
   sh.add_argument("--index", type=int, default=0, help="example index in the split (default: %(default)s)")
-  sh.add_argument(
-    "--png",
-    default=None,
-    help="also draw the example here (needs matplotlib: pip install -e '.[plots]'; the directory is created)",
-  )
-  bn = add(
-    "bench",
-    "loader throughput (examples/s)",
-    "Times train_batch, the training input pipeline, on process 0's rows of each global batch.",
-  )
+  png = "also draw the example here (needs matplotlib: pip install -e '.[plots]'; the directory is created)"
+  sh.add_argument("--png", default=None, help=png)
+
+
+def _bench_parser(sub) -> None:
+  what = "Times train_batch, the training input pipeline, on process 0's rows of each global batch."
+  bn = _command(sub, "bench", "loader throughput (examples/s)", what)
   bn.add_argument("--split", default="train", help="split to read (default: %(default)s)")
   bn.add_argument("--batch", type=int, default=768, help="global batch size (default: %(default)s)")
   bn.add_argument("--steps", type=int, default=20, help="batches timed (default: %(default)s)")
   bn.add_argument("--process_count", type=int, default=1, help="processes sharing each batch (default: %(default)s)")
   bn.add_argument("--epochs_per_iter", type=int, default=1, help="epochs sampled per plan (default: %(default)s)")
-  add(
-    "list",
-    "list builders and configs",
-    "Lists every builder/config, whether it needs raw files, and what it holds.",
-    named=False,
-  )
+
+
+def _parser():
+  epilog = "`trm-data CMD --help` describes each command."
+  p = argparse.ArgumentParser(prog="trm-data", description=__doc__.split("\n")[0], epilog=epilog)
+  sub = p.add_subparsers(dest="cmd", required=True, metavar="CMD")
+  _build_parser(sub)
+  _inspect_parsers(sub)
+  _bench_parser(sub)
+  listing = "Lists every builder/config, whether it needs raw files, and what it holds."
+  _command(sub, "list", "list builders and configs", listing, named=False)
   return p
 
 
