@@ -129,3 +129,6 @@ def test_partial_evaluation_divides_by_every_test_task(tmp_path):
   assert part["eval/test/count"] == 5 and part["eval/test/partial"] == 1.0
   assert part["eval/ARC/pass@1"] == pytest.approx(0.5)
   assert "PARTIAL" in report.summary(1, part)
+  # eval.max_examples <= 0 is every example (the config's default is -1), never none.
+  none = evaluate.evaluate_all(_run(model, batch=5, max_examples=0), _state(1), data, str(tmp_path / "zero"))
+  assert none["eval/ARC/pass@1"] == 1.0 and "eval/test/partial" not in none

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trm_jax import config_lib, data_cli, input_pipeline, interop
+from trm_jax import config_lib, data_cli, input_pipeline, interop, train
 from trm_jax import data as data_lib
 from trm_jax.datasets import common, maze
 
@@ -85,6 +85,15 @@ def test_other_fields_have_bounds(section, field, value):
   c[section][field] = value
   with pytest.raises(ValueError, match=rf"config\.{section}\.{field}: "):
     config_lib.validate(c)
+
+
+@pytest.mark.parametrize("seed", [-1, 1 << 32])
+def test_seed_is_checked_before_anything_is_created(seed, tmp_path):
+  c = smoke()
+  c.seed = seed
+  with pytest.raises(ValueError, match=r"config\.seed: must be an integer in \[0, 2\*\*32\)"):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
 
 
 def test_every_experiment_validates():

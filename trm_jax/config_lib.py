@@ -195,8 +195,8 @@ def validate(config) -> None:
   Raises ValueError naming the first bad field (`config.train.global_batch_size: ...`).
   """
   t = config.train
-  if not _is_int(config.seed):
-    raise ValueError(f"config.seed: must be an integer, got {config.seed!r}")
+  if not _is_int(config.seed) or not 0 <= config.seed < 1 << 32:
+    raise ValueError(f"config.seed: must be an integer in [0, 2**32), got {config.seed!r}")
   for field, lo, hi in TRAIN_INTS:
     _check_int(t, field, lo, hi, "train")
   for field, lo, hi, closed in TRAIN_FLOATS:

@@ -181,8 +181,8 @@ def evaluate_split(
 ):
   """Runs one split -> (metrics dict, ARC entries or None).
 
-  With `max_examples >= 0` only the first batches holding that many examples
-  run; the metrics then include `eval/<name>/partial` = 1.
+  With `max_examples > 0` only the first batches holding that many examples
+  run (<= 0: all of them, as `config.eval.max_examples` says); the metrics then include `eval/<name>/partial` = 1.
   """
   acc = SetAccumulator(n_steps)
   entries = [] if arc is not None else None
@@ -190,7 +190,7 @@ def evaluate_split(
   for local in input_pipeline.eval_batches(
     split, batch_size, jax.process_index(), jax.process_count(), with_index=True
   ):
-    if 0 <= max_examples <= seen:
+    if 0 < max_examples <= seen:
       partial = True
       break
     index = local.pop("example_index")
