@@ -72,6 +72,18 @@ def test_config_typo_is_one_plain_line(env, tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize(
+  "module,args,line",
+  [
+    ("trm_jax.solve", ["--steps=-1"], "error: flag --steps=-1: -1 is not a non-negative integer"),
+    ("trm_jax.convert", ["--export_torch=x.npz", "--step=-5"], "error: flag --step=-5: -5 is not integer >= -1"),
+  ],
+)
+def test_negative_step_counts_are_refused(env, tmp_path, module, args, line):
+  p = script(env, module, f"--workdir={tmp_path}/w", *args)
+  assert p.returncode == 1 and p.stderr.strip() == line
+
+
 def test_config_error_messages():
   argv = ["prog", "--config=x.py", "--config.trian.steps=3"]
   e = KeyError('\'trian\'\nDid you mean "train" instead of "trian"?')

@@ -339,7 +339,10 @@ def _define_flags():
     "export_torch", None, "Write the run's weights as a reference state dict (.npz, .safetensors, .pt)."
   )
   flags.DEFINE_integer(
-    "step", -1, "Conversion: the checkpoint's step (default 0). Export: which step (default the latest)."
+    "step",
+    -1,
+    "Conversion: the checkpoint's step (default 0). Export: which step (default the latest).",
+    lower_bound=-1,
   )
   flags.DEFINE_bool(
     "resolve_data",

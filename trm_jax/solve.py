@@ -258,7 +258,7 @@ def run():
   flags.DEFINE_string(
     "png", None, "Also draw the puzzle and the answer here (needs matplotlib; the directory is created)."
   )
-  flags.DEFINE_integer("steps", 0, "Supervision steps (default: the run's eval setting).")
+  flags.DEFINE_integer("steps", 0, "Supervision steps (default: the run's eval setting).", lower_bound=0)
   flags.DEFINE_bool("verbose", False, "Also show the libraries' logs (orbax, jax).")
   cli.own_help(__name__)
 
