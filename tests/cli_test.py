@@ -84,6 +84,15 @@ def test_negative_step_counts_are_refused(env, tmp_path, module, args, line):
   assert p.returncode == 1 and p.stderr.strip() == line
 
 
+def test_config_argument_error_keeps_its_cause(env, tmp_path):
+  p = script(env, "trm_jax.main", "--config=experiments/arc1.py:arch=xxx", f"--workdir={tmp_path}/w")
+  assert p.returncode == 1
+  want = (
+    "error: flag --config=experiments/arc1.py:arch=xxx: ValueError: config argument arch='xxx': expected 'trm' or 'hrm'"
+  )
+  assert p.stderr.strip() == want
+
+
 def test_config_error_messages():
   argv = ["prog", "--config=x.py", "--config.trian.steps=3"]
   e = KeyError('\'trian\'\nDid you mean "train" instead of "trian"?')

@@ -81,6 +81,14 @@ def config_error(e: BaseException, argv) -> str:
   return f"unknown field {path}; did you mean {fixed}?"
 
 
+def flag_error(e: BaseException) -> str:
+  """A flag's error as one line; a config file that raised while loading keeps its cause (the traceback's last line)."""
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  if len(lines) > 1 and lines[0].endswith("Error whilst parsing config file:"):
+    return f"{lines[0][: -len(' Error whilst parsing config file:')]} {lines[-1]}"
+  return first_line(e)
+
+
 def loaded_config(flag_values):
   """`--config`'s ConfigDict (None when not given), loaded now; a file that fails to load is one UserError.
 
@@ -107,7 +115,7 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"error: {first_line(e)}", file=sys.stderr, flush=True)
+    print(f"error: {flag_error(e)}", file=sys.stderr, flush=True)
     sys.exit(1)
   except Exception as e:  # noqa: BLE001 - errors raised while loading the config file
     if os.environ.get("TRM_TRACEBACK"):
