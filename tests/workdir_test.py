@@ -122,6 +122,12 @@ def test_torn_last_metrics_line_dropped_other_bad_line_named(tmp_path, capsys):
   (work / "metrics.jsonl").write_text(lines[0] + "{oops\n" + "".join(lines[1:]))
   with pytest.raises(metrics.MetricsError, match=r"metrics\.jsonl:2: not a JSON record"):
     metrics.Writer(str(work), 10, start_step=4, enabled=True, progress=False)
+  # Bytes that are not UTF-8: named by file and line too; in the last line they are a torn write.
+  (work / "metrics.jsonl").write_bytes(lines[0].encode() + b'{"step": 1, "x": "\xff"}\n' + "".join(lines[2:]).encode())
+  with pytest.raises(metrics.MetricsError, match=r"metrics\.jsonl:2: not a JSON record \('utf-8' codec"):
+    metrics.read(str(work))
+  (work / "metrics.jsonl").write_bytes(good.encode() + b'{"step": 4, "note": "\xe2\x82')  # torn inside a character
+  assert [e["step"] for e in metrics.read(str(work))] == [0, 1, 2, 3]
 
 
 def test_damaged_metrics_line_is_one_error_line(tmp_path, env):

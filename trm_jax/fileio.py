@@ -126,6 +126,14 @@ def read_text(path) -> str:
     return f.read()
 
 
+def read_bytes(path) -> bytes:
+  if is_remote(path):
+    with _remote_errors(path):
+      return epath(path).read_bytes()
+  with open(path, "rb") as f:
+    return f.read()
+
+
 def write_text(path, text: str) -> None:
   """Replaces `path` with `text` in one step (readers see the old or the new file, never a part)."""
   write_bytes(path, text.encode())

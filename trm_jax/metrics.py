@@ -156,24 +156,28 @@ def _drop_after(path: str, step: int) -> None:
   fileio.refuse_link(path)
   if not fileio.exists(path):
     return
-  text = fileio.read_text(path)
-  lines, torn = _parse(text, path)
+  data = fileio.read_bytes(path)
+  lines, torn = _parse(data, path)
   keep = [line for line, record in lines if record.get("step", 0) <= step]
   if torn:
     print(f"warning: {path}: dropped a torn last line (a crash mid-write)", file=sys.stderr, flush=True)
-  if torn or len(keep) != len(lines) or (text and not text.endswith("\n")):
+  if torn or len(keep) != len(lines) or (data and not data.endswith(b"\n")):
     fileio.write_text(path, "".join(line + "\n" for line in keep))
 
 
-def _parse(text: str, path: str) -> tuple[list[tuple[str, dict]], bool]:
-  """-> ([(line, record)], whether a torn last line was left out); a bad line elsewhere is a MetricsError."""
-  lines = text.split("\n")
+def _parse(data: bytes, path: str) -> tuple[list[tuple[str, dict]], bool]:
+  """-> ([(line, record)], whether a torn last line was left out); a bad line elsewhere is a MetricsError.
+
+  Lines are decoded one at a time, so bytes that are not UTF-8 are named by their line too.
+  """
+  lines = data.split(b"\n")
   last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
   out = []
-  for i, line in enumerate(lines):
-    if not line.strip():
+  for i, raw in enumerate(lines):
+    if not raw.strip():
       continue
     try:
+      line = raw.decode("utf-8")
       record = json.loads(line)
       if not isinstance(record, dict):
         raise ValueError("not a JSON object")
@@ -195,4 +199,4 @@ def _num(v):
 def read(workdir) -> list[dict]:
   """All events of a run's metrics.jsonl (local or gs://); a torn last line is left out."""
   path = rundir.RunDir(workdir).metrics
-  return [record for _, record in _parse(fileio.read_text(path), path)[0]]
+  return [record for _, record in _parse(fileio.read_bytes(path), path)[0]]
