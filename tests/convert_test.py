@@ -305,6 +305,14 @@ def test_table_is_padded_to_the_config_rows_and_step_flag(tmp_path):
     convert.export(str(wd), step=3)
 
 
+def test_export_to_a_directory_is_one_error_naming_it(tmp_path):
+  out = tmp_path / "w.npz"
+  out.mkdir()
+  with pytest.raises(convert.ConvertError, match=rf"--export_torch={out}: is a directory"):
+    convert.save_state_dict(str(out), {"a": np.zeros(2)})
+  assert [p.name for p in tmp_path.iterdir()] == ["w.npz"]  # nothing else written
+
+
 @pytest.mark.parametrize("ext", [".safetensors", ".pt"])
 def test_other_file_formats(tmp_path, ext, converted):
   pytest.importorskip("safetensors" if ext == ".safetensors" else "torch")

@@ -121,6 +121,8 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 def save_state_dict(path: str, arrays: dict[str, np.ndarray]) -> None:
   """Writes reference-keyed arrays to .npz / .safetensors / .pt, atomically."""
   ext = _suffix(path, "--export_torch")
+  if os.path.isdir(path):
+    raise ConvertError(f"--export_torch={path}: is a directory; give a file name ending in {ext}")
   parent = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(parent):
     raise ConvertError(f"--export_torch={path}: parent directory {parent} does not exist")
