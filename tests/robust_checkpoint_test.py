@@ -148,6 +148,24 @@ def test_damaged_latest_step_cli(tmp_path, env):
   assert "Traceback" not in p.stderr and "Event loop is closed" not in p.stderr, p.stderr[-3000:]
 
 
+def test_resume_with_another_model_is_one_line_and_sets_nothing_aside(tmp_path, env):
+  wd = str(tmp_path / "run")
+  p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.steps=4", env=env)
+  assert p.returncode == 0, p.stderr[-2000:]
+  p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.steps=8", "--config.model.hidden_size=48", env=env)
+  err = lines(p.stderr, "error:")
+  assert p.returncode == 1 and len(err) == 1, p.stderr[-3000:]
+  assert err[0] == (
+    f"error: {wd}/checkpoints/4: written with a different config (model.hidden_size: 32 there, 48 here): "
+    "use a new --workdir, or the config this run was started with"
+  )
+  assert "Traceback" not in p.stderr and "Exception ignored" not in p.stderr
+  assert steps_in(wd) == [4] and not list(Path(wd).glob("damaged_checkpoint_*"))
+  # A choice that keeps the state's shapes may change on resume.
+  p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.steps=8", "--config.model.recursion=scan", env=env)
+  assert p.returncode == 0 and steps_in(wd) == [4, 8], p.stderr[-2000:]
+
+
 def test_non_finite_guard_keeps_no_poisoned_step_and_resumes(tmp_path, env):
   wd = str(tmp_path / "run")
   # The scenario: lr 1e30 from step 1 makes the step-1 state produce a NaN loss at step 2.

@@ -274,6 +274,18 @@ def frozen_model(c, platform: str | None = None) -> ml_collections.FrozenConfigD
   return ml_collections.FrozenConfigDict(out)
 
 
+def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+  """Fields whose values differ between two plain-dict configs: ["model.hidden_size: 64 there, 128 here", ...]."""
+  out = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key, "(absent)"), current.get(key, "(absent)")
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += differences(a, b, f"{prefix}{key}.")
+    elif a != b:
+      out.append(f"{prefix}{key}: {a!r} there, {b!r} here")
+  return out
+
+
 def replace(frozen, **fields) -> ml_collections.FrozenConfigDict:
   """A copy of a frozen config with some fields changed."""
   c = frozen.as_configdict()

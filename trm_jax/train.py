@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import sys
 import time
 
@@ -167,8 +168,10 @@ def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
 
   Newer checkpoints that fail to restore are set aside, with one warning line.
   """
-  if checkpoint.latest_step(mngr) is None:
+  latest = checkpoint.latest_step(mngr)
+  if latest is None:
     return run.new_state(), run.new_carry(), False
+  _check_same_model(mngr, latest, run)
   got = checkpoint.restore_intact(mngr, run.abstract_state, run.abstract_carry)
   damaged = got.damaged
   if damaged:
@@ -184,6 +187,31 @@ def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
         flush=True,
       )
   return got.state, got.carry, True
+
+
+def _check_same_model(mngr, step: int, run: Run) -> None:
+  """A checkpoint whose state has other shapes (another model or data) is a UserError, never 'damaged'.
+
+  The saved config's state is built abstractly and compared with this run's; choices that keep the
+  shapes (recursion, dtype, attention, train.lr, ...) may change on resume. A checkpoint whose metadata
+  does not read is left to `restore_intact`, which tells damage apart.
+  """
+  try:
+    saved = json.loads(checkpoint.restore_meta(mngr, step)["config"])
+    theirs = Run(ml_collections.ConfigDict(saved), run.mesh).abstract_state
+  except (checkpoint.CheckpointError, AttributeError, KeyError, TypeError, ValueError):
+    return
+  shapes = lambda tree: jax.tree.map(lambda a: (a.shape, str(a.dtype)), tree)
+  if jax.tree.structure(theirs) == jax.tree.structure(run.abstract_state) and shapes(theirs) == shapes(
+    run.abstract_state
+  ):
+    return
+  diffs = config_lib.differences(saved, json.loads(run.config.to_json_best_effort()))
+  diffs = [d for d in diffs if d.startswith(("model.", "data."))] or diffs
+  raise UserError(
+    f"{mngr.directory}/{step}: written with a different config ({'; '.join(diffs[:4])}"
+    f"{'; ...' if len(diffs) > 4 else ''}): use a new --workdir, or the config this run was started with"
+  )
 
 
 def _log_start(writer, run: Run, state, cadence, forgotten: list, verbose: bool) -> None:
