@@ -110,3 +110,29 @@ def test_user_errors_are_one_line(data_dir):
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and msg in err[0] and "Traceback" not in r.stderr, r.stderr
   assert not (data_dir / "arc_agi").exists()
+
+
+def test_damaged_built_set_is_one_line_and_overwrite_repairs_it(tmp_path):
+  d = tmp_path / "data"
+  assert _cli("build", "sudoku_small/4x4", f"--data_dir={d}").returncode == 0
+  built = d / "sudoku_small" / "4x4" / "1.0.0"
+  (built / "dataset_info.json").write_text("garbage{")
+  for cmd in ("stats", "build"):
+    r = _cli(cmd, "sudoku_small/4x4", f"--data_dir={d}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip() == (
+      f"trm-data: error: sudoku_small/4x4 in {d}: damaged dataset_info.json (Expecting value: line 1 column 1 "
+      "(char 0)); rebuild it with trm-data build sudoku_small/4x4 --overwrite"
+    )
+  assert _cli("build", "sudoku_small/4x4", f"--data_dir={d}", "--overwrite").returncode == 0
+  assert _cli("stats", "sudoku_small/4x4", f"--data_dir={d}").returncode == 0
+  # Without its trm_meta.json (written last) a set is damaged, not "not built" nor "already built".
+  (built / common.META_FILE).unlink()
+  for cmd in ("stats", "build"):
+    r = _cli(cmd, "sudoku_small/4x4", f"--data_dir={d}")
+    assert r.returncode == 1 and r.stderr.strip() == (
+      f"trm-data: error: {built}: damaged dataset (no trm_meta.json); "
+      "rebuild it with trm-data build sudoku_small/4x4 --overwrite"
+    ), r.stderr[-2000:]
+  assert _cli("build", "sudoku_small/4x4", f"--data_dir={d}", "--overwrite").returncode == 0
+  assert (built / common.META_FILE).is_file()

@@ -106,8 +106,9 @@ def _size_mib(path) -> float:
 def _cmd_build(args):
   from trm_jax.datasets import common
 
-  where = Path(common.get_builder(args.name, args.data_dir).data_dir)
+  where = common.published_dir(args.name, Path(args.data_dir), args.overwrite)
   if where.exists() and not args.overwrite:
+    common.check_complete(args.name, where)
     print(f"{args.name}: already built: {where} ({_size_mib(where):.1f} MiB; --overwrite rebuilds it)")
     return
   t = time.time()

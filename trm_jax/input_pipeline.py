@@ -102,13 +102,12 @@ def dataset_dir(name_or_path, data_dir=None) -> Path:
     return p
   if data_dir is None:
     raise common.DataError(f"{name_or_path}: give data_dir or a dataset path")
-  builder = common.get_builder(str(name_or_path), data_dir)
-  d = Path(builder.data_dir)
-  if not (d / common.META_FILE).is_file():
+  d = Path(common.get_builder(str(name_or_path), data_dir).data_dir)
+  if not d.exists():
     raise common.DataError(
       f"{name_or_path}: not built in {data_dir}; run `trm-data build {name_or_path} --data_dir {data_dir}`"
     )
-  return d
+  return common.check_complete(str(name_or_path), d)
 
 
 def load_split(name_or_path, split: str = "train", data_dir=None, in_memory: bool = False) -> SplitData:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from google.protobuf import json_format
 
 from trm_jax import errors, faults
 from trm_jax.datasets import splits as splits_lib
@@ -245,6 +246,11 @@ def get_builder(name: str, data_dir) -> TrmBuilder:
     raise DataError(f"{name}: unknown dataset ({str(e).splitlines()[0]})") from None
   except ValueError as e:
     raise DataError(f"{name}: {str(e).splitlines()[0]}") from None
+  except json_format.ParseError as e:  # tfds reads the built set's dataset_info.json here
+    why = str(e).split("Failed to load JSON: ")[-1].rstrip(".")
+    raise DataError(
+      f"{name} in {data_dir}: damaged dataset_info.json ({why}); rebuild it with trm-data build {name} --overwrite"
+    ) from None
 
 
 STAGING_DIR = ".tmp-build"  # private build directories, inside data_dir
@@ -309,16 +315,15 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False, mirror=None, re
   TFDS records (size, sha256) of every downloaded URL in checksums.tsv.
   """
   data_dir = Path(os.fspath(data_dir))
-  builder = get_builder(name, data_dir)
-  final = Path(builder.data_dir)
+  final = published_dir(name, data_dir, overwrite)
   if final.exists() and not overwrite:
-    return final
+    return check_complete(name, final)
   require_local(manual_dir, "manual_dir")
   if manual_dir is not None and not Path(os.fspath(manual_dir)).is_dir():
     raise DataError(f"{manual_dir}: manual_dir not found")
   created = not data_dir.exists()
   root = data_dir / STAGING_DIR
-  prefix = f"{os.getpid()}@{socket.gethostname()}@{builder.name}@{builder.builder_config.name}@"
+  prefix = f"{os.getpid()}@{socket.gethostname()}@{name.replace('/', '@')}@"
   for attempt in range(5):  # another build may rmdir an empty root meanwhile
     try:
       _remove_stale(root)
@@ -351,6 +356,24 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False, mirror=None, re
     _prune_empty(root, data_dir)
     if not ok and created:
       _prune_empty(data_dir, data_dir.parent)  # only if still empty
+  return final
+
+
+def published_dir(name: str, data_dir: Path, overwrite: bool) -> Path:
+  """Where NAME[/CONFIG] is published in data_dir; with `overwrite`, also when the set there is damaged."""
+  try:
+    return Path(get_builder(name, data_dir).data_dir)
+  except DataError:
+    if not overwrite:
+      raise
+    with tempfile.TemporaryDirectory() as empty:  # the same layout, without reading the damaged set
+      return data_dir / Path(get_builder(name, empty).data_dir).relative_to(empty)
+
+
+def check_complete(name: str, final: Path) -> Path:
+  """A published set has its META_FILE (written last); without it the set is damaged, not built."""
+  if not (final / META_FILE).is_file():
+    raise DataError(f"{final}: damaged dataset (no {META_FILE}); rebuild it with trm-data build {name} --overwrite")
   return final
 
 
