@@ -183,6 +183,8 @@ def _bad_case(name):
   chal, sol = json.loads(json.dumps(GOOD)), json.loads(json.dumps(GOOD_SOL))
   if name == "json":
     return '{"t1": {"train": [', sol, "malformed JSON at line 1"
+  if name == "deep":
+    return "[" * 100_000 + "]" * 100_000, sol, "JSON nested too deeply"
   if name == "ragged":
     chal["t1"]["train"][0]["input"] = [[1, 2], [3]]
     return chal, sol, "task t1 train[0].input: grid is not rectangular"
@@ -201,7 +203,7 @@ def _bad_case(name):
   raise ValueError(name)
 
 
-@pytest.mark.parametrize("case", ["json", "ragged", "colour", "big", "nosol", "float"])
+@pytest.mark.parametrize("case", ["json", "deep", "ragged", "colour", "big", "nosol", "float"])
 def test_bad_json_fails_cleanly(tmp_path, case):
   raw = tmp_path / "raw"
   raw.mkdir()

@@ -81,6 +81,9 @@ def test_arc_inputs(tmp_path):
     solve.arc_inputs(str(f))
   with pytest.raises(solve.InputError, match="not found"):
     solve.arc_inputs(str(tmp_path / "missing.json"))
+  f.write_text("[" * 100_000 + "]" * 100_000)
+  with pytest.raises(solve.InputError, match="JSON nested too deeply"):
+    solve.arc_inputs(str(f))
 
 
 def test_solve_one_from_checkpoint(workdir):

@@ -100,6 +100,8 @@ def arc_inputs(path: str) -> list[np.ndarray]:
       task = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise InputError(f"--arc: {path}: not valid JSON ({str(e).splitlines()[0]})") from None
+  except RecursionError:
+    raise InputError(f"--arc: {path}: JSON nested too deeply to be an ARC task") from None
   tests = task.get("test") if isinstance(task, dict) else None
   if not isinstance(tests, list) or not tests:
     raise InputError(f'--arc: {path}: needs a non-empty "test" list')

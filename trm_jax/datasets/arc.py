@@ -51,6 +51,8 @@ def _load_json(path: Path):
     raise DataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
   except UnicodeDecodeError as e:
     raise DataError(f"{path}: not UTF-8 text ({e.reason})") from None
+  except RecursionError:
+    raise DataError(f"{path}: JSON nested too deeply to be an ARC file") from None
 
 
 def load_subset(manual_dir, subset: str) -> dict[str, dict]:
