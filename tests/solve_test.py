@@ -36,6 +36,9 @@ def test_sudoku_tokens():
     solve.sudoku_tokens("123", 16)
   with pytest.raises(solve.InputError, match="3 characters do not make a square grid"):
     solve.sudoku_tokens("123")
+  for odd in ("\u00b2", "\uff12"):  # superscript two, full-width two: only ASCII digits are digits
+    with pytest.raises(solve.InputError, match=f"character 1 is '{odd}'; use 1-4"):
+      solve.sudoku_tokens(odd + "." * 15)
   with pytest.raises(solve.InputError, match="character 2 is '7'"):
     solve.sudoku_tokens("17" + "." * 14, 16)
 

@@ -59,7 +59,7 @@ def sudoku_tokens(text: str, seq_len: int | None = None) -> np.ndarray:
   for i, ch in enumerate(s):
     if ch in ".0_":
       out.append(1)
-    elif ch.isdigit() and 1 <= int(ch) <= n:
+    elif ch in "123456789" and int(ch) <= n:  # ASCII digits only (not '²', not full-width '２')
       out.append(int(ch) + 1)
     else:
       raise InputError(f"--sudoku: character {i + 1} is {ch!r}; use 1-{n} or '.' for a blank")
