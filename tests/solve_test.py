@@ -141,10 +141,13 @@ def test_cli_verbose_shows_the_logs(workdir):
     (["--sudoku=12"], "do not make a square grid"),
     (["--sudoku=" + "." * 81], "expected 16 characters (4x4 grid), got 81"),
     (["--maze=#S G"], "trained on 'sudoku'"),
+    (["--arc=TASK"], "--arc: this run was trained on 'sudoku' puzzles"),
   ],
 )
-def test_cli_errors_are_one_line(workdir, args, needle):
-  p = cli(f"--workdir={workdir}", *args)
+def test_cli_errors_are_one_line(workdir, args, needle, tmp_path):
+  task = tmp_path / "task.json"
+  task.write_text(json.dumps({"train": [], "test": [{"input": [[1] * 30] * 30}]}))
+  p = cli(f"--workdir={workdir}", *(a.replace("TASK", str(task)) for a in args))
   assert p.returncode == 1 and "Traceback" not in p.stderr
   assert p.stderr.strip().splitlines() == [p.stderr.strip()], p.stderr[-2000:]
   assert p.stderr.startswith("error: ") and needle in p.stderr, p.stderr[-2000:]

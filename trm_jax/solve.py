@@ -165,10 +165,10 @@ def _read_puzzle(f):
 
 def _check_run(kind: str, puzzle, meta: dict) -> None:
   """The puzzle fits the run: same task, same size."""
-  if kind == "arc":
-    return
   if meta.get("task") != kind:
     raise InputError(f"--{kind}: this run was trained on {meta.get('task')!r} puzzles")
+  if kind == "arc":
+    return
   seq_len = int(json.loads(meta["config"])["model"]["seq_len"])
   _size(len(puzzle), seq_len, f"--{kind}", "characters" if kind == "sudoku" else "cells")
 
