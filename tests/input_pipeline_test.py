@@ -1,5 +1,7 @@
 """Sampler: pure in (seed, step), epoch coverage, per-process shards, eval."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -145,3 +147,13 @@ def test_prefetch_matches_direct_calls():
     for k in ref:
       np.testing.assert_array_equal(batch[k], ref[k])
   it.close()
+
+
+def test_tokens_past_the_vocab_size_are_a_data_error():
+  """Metadata whose vocab_size is below the records' tokens: one error naming the example, not NaN losses."""
+  data = _toy([[1]] * 32)  # tokens 0..31
+  data.meta = dataclasses.replace(data.meta, vocab_size=20)
+  data.where = "toy split train"
+  assert data.examples([3, 19])["inputs"].max() == 19  # rows whose tokens fit still read
+  with pytest.raises(splits.DataError, match=r"toy split train: example 25: inputs token 25 outside the vocab_size 20"):
+    data.examples([3, 25])

@@ -129,9 +129,8 @@ def load_split(name_or_path, split: str = "train", data_dir=None, in_memory: boo
       f"{d / common.META_FILE}: splits.{split}",
     )
     reader = RecordReader(*_record_files(d, split))
-    data = SplitData(
-      meta, arr[f"{split}.puzzle_indices"], arr[f"{split}.group_indices"], arr[f"{split}.puzzle_identifiers"], reader
-    )
+    index = [arr[f"{split}.{k}"] for k in ("puzzle_indices", "group_indices", "puzzle_identifiers")]
+    data = SplitData(meta, *index, reader, where=f"{d} split {split}")
   except common.DataError:
     raise
   except splits.MetaError as e:

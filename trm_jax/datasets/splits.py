@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from trm_jax.datasets.errors import DataError
+
 PAD_ID = 0
 IGNORE_LABEL_ID = -100
 BLANK_PUZZLE_ID = 0
@@ -69,6 +71,7 @@ class SplitData:
   group_indices: np.ndarray
   puzzle_identifiers: np.ndarray
   reader: Any
+  where: str = "dataset"  # named in errors: the split's directory and name
 
   def __post_init__(self):
     self.puzzle_indices = np.asarray(self.puzzle_indices, np.int64)
@@ -93,6 +96,7 @@ class SplitData:
     """Model-ready batch rows: int32, labels 0 mapped to -100."""
     indices = np.asarray(indices, np.int64)
     inputs, labels = self.reader.read(indices)
+    self._check_tokens(inputs, labels, indices)
     labels = np.asarray(labels, np.int32)
     labels = np.where(labels == 0, IGNORE_LABEL_ID, labels)
     return {
@@ -100,6 +104,19 @@ class SplitData:
       "labels": labels.astype(np.int32),
       "puzzle_identifiers": self.puzzle_identifiers[self.example_puzzle[indices]].astype(np.int32),
     }
+
+  def _check_tokens(self, inputs, labels, indices) -> None:
+    """Tokens past the metadata's vocab_size would index past the embedding (NaN losses later): one DataError."""
+    v = self.meta.vocab_size
+    for name, a in (("inputs", inputs), ("labels", labels)):
+      a = np.asarray(a)
+      if a.size and (a.max() >= v or a.min() < 0):
+        row = int(np.nonzero((a >= v) | (a < 0))[0][0])
+        bad = a[row][(a[row] >= v) | (a[row] < 0)][0]
+        raise DataError(
+          f"{self.where}: example {int(indices[row])}: {name} token {int(bad)} outside the vocab_size {v} of "
+          "its metadata; rebuild the dataset with trm-data build --overwrite"
+        )
 
   def all_arrays(self) -> dict[str, np.ndarray]:
     """Stored arrays of the whole split (reads everything)."""
