@@ -23,6 +23,13 @@ def _quiet_closed_loop(unraisable, default=sys.unraisablehook):
   default(unraisable)
 
 
+def _not_an_abandoned_read(record: logging.LogRecord) -> bool:
+  """Drops asyncio's 'Task exception was never retrieved' (with a traceback), logged when a read that a failed
+  orbax restore abandoned is collected: at any moment, also while the next checkpoint is being tried. The
+  restore's own error says what failed."""
+  return not record.getMessage().startswith("Task exception was never retrieved")
+
+
 @contextlib.contextmanager
 def user_errors():
   """Turns user errors into one `error: ...` line and exit status 1."""
@@ -30,6 +37,7 @@ def user_errors():
     yield
     return
   sys.unraisablehook = _quiet_closed_loop
+  logging.getLogger("asyncio").addFilter(_not_an_abandoned_read)
   try:
     yield
   except USER_ERRORS as e:
@@ -42,9 +50,6 @@ def user_errors():
 
 def _fail(line: str) -> None:
   print(f"error: {line}", file=sys.stderr, flush=True)
-  # Reads that a failed orbax restore abandoned log "Task exception was never retrieved" with a
-  # traceback when their asyncio task is collected; the line above already said what failed.
-  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
   sys.exit(1)
 
 
