@@ -336,3 +336,13 @@ def test_prepare_png_makes_the_directory(tmp_path):
   (tmp_path / "file").write_text("")
   with pytest.raises(errors.UserError, match="cannot create directory"):
     render.prepare_png(str(tmp_path / "file" / "x.png"))
+
+
+def test_config_file_that_raises_names_its_line(env, tmp_path):
+  """A mistake inside the experiment file is one line naming the file, the line and the error's type."""
+  bad = tmp_path / "exp.py"
+  bad.write_text("import ml_collections\n\n\ndef get_config(arg=None):\n  return undefined_name\n")
+  p = script(env, "trm_jax.main", f"--config={bad}", f"--workdir={tmp_path}/w")
+  assert p.returncode == 1 and "Traceback" not in p.stderr
+  assert p.stderr.strip() == f"error: --config: {bad}:5: NameError: name 'undefined_name' is not defined"
+  assert not (tmp_path / "w").exists()

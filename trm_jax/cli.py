@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 
 from trm_jax.errors import USER_ERRNOS, USER_ERRORS, UserError, first_line, os_error_line
 
@@ -113,6 +114,17 @@ def loaded_config(flag_values):
     raise UserError(f"--config: {text}") from None
 
 
+def _config_line(e: BaseException, argv) -> str:
+  """`FILE:LINE` of the deepest traceback frame inside the --config file ('' when it did not raise there)."""
+  path = next((a.split("=", 1)[1].split(":", 1)[0] for a in argv if a.startswith("--config=")), "")
+  lines = [
+    f.lineno
+    for f in traceback.extract_tb(e.__traceback__)
+    if path and os.path.abspath(f.filename) == os.path.abspath(path)
+  ]
+  return f"{path}:{lines[-1]}" if lines else ""
+
+
 def parse_flags(argv):
   """absl flag parsing with bad flags / config overrides reported as one line (absl `flags_parser`)."""
   from absl import flags  # noqa: PLC0415
@@ -125,6 +137,10 @@ def parse_flags(argv):
   except Exception as e:  # noqa: BLE001 - errors raised while loading the config file
     if os.environ.get("TRM_TRACEBACK"):
       raise
-    msg = config_error(e, argv) if isinstance(e, (KeyError, AttributeError)) else f"--config: {first_line(e)}"
+    where = _config_line(e, argv)
+    if where:
+      msg = f"--config: {where}: {type(e).__name__}: {first_line(e)}"
+    else:
+      msg = config_error(e, argv) if isinstance(e, (KeyError, AttributeError)) else f"--config: {first_line(e)}"
     print(f"error: {msg}", file=sys.stderr, flush=True)
     sys.exit(1)
