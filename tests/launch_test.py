@@ -834,6 +834,12 @@ def test_sbatch_directives():
   assert "--ntasks-per-node=1" in directives
 
 
+def test_sbatch_help_prints_its_usage():
+  p = subprocess.run(["bash", SBATCH, "--help"], capture_output=True, text=True, timeout=60, cwd=REPO)
+  assert p.returncode == 0 and p.stderr == "", p.stderr
+  assert p.stdout.startswith("Usage") and "--workdir=" in p.stdout and "#SBATCH" not in p.stdout
+
+
 @pytest.fixture
 def fake_slurm(tmp_path):
   """Fake srun (runs the task locally as SLURM_PROCID=0), scontrol (hostnames, records requeue), python."""
