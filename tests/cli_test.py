@@ -58,6 +58,13 @@ def test_help_exits_0_with_the_usage(env, module):
   assert importlib.import_module(module).__doc__.split()[0] in p.stdout and "Try --helpfull" in p.stdout
 
 
+def test_the_documented_workdir_parent_is_ignored_by_git():
+  if not (ROOT / ".git").exists():
+    pytest.skip("not a git checkout")
+  p = subprocess.run(["git", "check-ignore", "-q", "runs/demo/metrics.jsonl"], cwd=ROOT)
+  assert p.returncode == 0  # 1: not ignored
+
+
 def test_trm_data_commands_have_descriptions_and_argument_help():
   parser = data_cli._parser()
   sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
