@@ -93,6 +93,8 @@ def test_show_png_without_matplotlib(data_dir, tmp_path):
   r = _cli("show", "sudoku_small/4x4", "--data_dir", str(data_dir), "--png", str(tmp_path / "x.png"), env=env)
   assert r.returncode == 1 and r.stdout == ""  # checked before reading
   assert r.stderr.strip() == ("trm-data: error: --png needs matplotlib: pip install -e '.[plots]'")
+  readme = (Path(__file__).parents[1] / "README.md").read_text()
+  assert "pip install -e '.[plots]'" in readme  # the install --png needs is where trm-solve --png is shown
 
 
 def test_user_errors_are_one_line(data_dir):
