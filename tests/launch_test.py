@@ -728,9 +728,9 @@ def test_sweep_skips_finished_and_prints_summary(experiment, tmp_path):
   assert len(calls) == 1 and "--workdir=" + str(base / "lr=3e-05_seed=0") in calls[0]
   assert "skip lr=0.0001_seed=0: finished" in out.stderr
   rows = out.stdout.splitlines()
-  assert rows[0].split() == ["trial", "status", "step", "test/exact_accuracy", "test/accuracy"]
-  assert rows[1].split() == ["lr=0.0001_seed=0", "finished", "10/10", "(eval", "@10)", "0.8750", "0.5000"]
-  assert rows[2].split() == ["lr=3e-05_seed=0", "running/stopped", "4/10", "(eval", "@4)", "0.2500", "0.5000"]
+  assert rows[0].split() == ["lr", "seed", "status", "step", "test/exact"]
+  assert rows[1].split() == ["0.0001", "0", "finished", "10/10", "0.8750"]
+  assert rows[2].split() == ["3e-05", "0", "stopped", "4/10", "0.2500"]
   # --summary alone only reads; --rerun_finished launches both.
   assert _sweep_cli(f"--config={experiment}", f"--workdir_base={base}", "--summary").stdout == out.stdout
   out = _sweep_cli(f"--config={experiment}", f"--workdir_base={base}", f"--python={fake}", "--rerun_finished")
@@ -739,6 +739,24 @@ def test_sweep_skips_finished_and_prints_summary(experiment, tmp_path):
   fresh = tmp_path / "new" / "base"
   out = _sweep_cli(f"--config={experiment}", f"--workdir_base={fresh}", f"--python={fake}")
   assert out.returncode == 0 and fresh.is_dir(), out.stderr
+
+
+def test_sweep_summary_is_narrow(tmp_path):
+  """Swept values, status, step and the key eval metrics only (no per-step accuracies): fits 120 columns."""
+  metrics = {"step": 800, "eval_seconds": 3.0}
+  for name in ("test", "eval_hard"):
+    metrics.update({f"eval/{name}/{k}": 0.5 for k in ("exact_accuracy", "accuracy", "halted_exact_accuracy")})
+    metrics.update({f"eval/{name}/exact_accuracy@{i}": 0.5 for i in range(1, 17)})
+  metrics.update({f"eval/ARC/pass@{k}{s}": 0.25 for k in (1, 2, 5, 10, 100, 1000) for s in ("", "_this_eval")})
+  overrides = (("train.puzzle_emb_lr", 0.0001), ("model.H_cycles", 3), ("note", "a long free-text value " * 4))
+  w = tmp_path / "w"
+  w.mkdir()
+  (w / "metrics.jsonl").write_text(json.dumps({"step": 0, "total_steps": 800}) + "\n" + json.dumps(metrics) + "\n")
+  table = sweep.summary_table([sweep.Trial(sweep.trial_name(overrides), overrides, str(w), ())]).splitlines()
+  assert max(len(l) for l in table) <= 120, "\n".join(table)
+  head = ["puzzle_emb_lr", "H_cycles", "note", "status", "step", "test/exact", "eval_hard/exact", "ARC/pass@2"]
+  assert table[0].split() == head
+  assert table[1].split()[:2] == ["0.0001", "3"] and table[1].split()[-5:-3] == ["finished", "800/800"]
 
 
 def test_sweep_spreads_trials_over_slices_in_parallel(fake_pod, experiment, tmp_path):
