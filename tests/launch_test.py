@@ -110,6 +110,24 @@ def test_expand_sweep_overrides_parse_back(experiment):
   assert fv.config.seed == 1
 
 
+def test_the_documented_tiny_sweep(tmp_path):
+  """docs/pods.md's tiny sweep expands experiments/smoke.py's get_sweep() into runs whose overrides parse back."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  docs = open(os.path.join(REPO, "docs", "pods.md")).read()
+  cmd = next(l for l in docs.splitlines() if l.startswith("python launch/sweep.py --config=experiments/smoke.py"))
+  out = _sweep_cli(*shlex.split(cmd)[2:], "--dry_run", cwd=REPO)
+  assert out.returncode == 0, out.stderr
+  runs = [shlex.split(l) for l in out.stdout.splitlines()]
+  assert len(runs) == 2 and all("--workdir=runs/smoke_sweep/lr=" in " ".join(r) for r in runs), out.stdout
+  argv = ["prog", *[a for a in runs[1][3:] if not a.startswith("--workdir")]]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=fv, sys_argv=argv)
+  fv(argv)
+  assert fv.config.train.lr == 3e-3
+
+
 def test_trial_names_are_safe_and_unique(tmp_path):
   path = tmp_path / "odd.py"
   path.write_text(
