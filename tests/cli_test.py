@@ -274,6 +274,8 @@ def test_closing_line_names_everything(tmp_path):
   assert f"tensorboard --logdir {tmp_path}/tensorboard" in line
   assert line.endswith(f"trm-solve --workdir={tmp_path} --sudoku='1..4'")
   assert "--arc=" in report.closing_line(str(tmp_path), 3, "arc", None, tensorboard=False)
+  for task in ("sudoku", "arc"):  # no checkpoint (train.steps=0): no trm-solve to suggest, it would fail
+    assert "trm-solve" not in report.closing_line(str(tmp_path), None, task, np.array([2, 1, 1, 5]), False)
 
 
 def test_plural():
