@@ -2,6 +2,7 @@
 
     python -m trm_jax.main --config=experiments/smoke.py --workdir=/tmp/smoke
     python -m trm_jax.main --config=experiments/smoke.py:recursion=scan --workdir=/tmp/smoke_scan
+    python launch/sweep.py --config=experiments/smoke.py --workdir_base=runs/smoke_sweep   # get_sweep(): 2 runs
 
 Exercises every path of a run (puzzle-embedding table, EMA, ACT carry,
 evaluation with extra supervision steps, checkpoints) in a few seconds after
@@ -48,3 +49,9 @@ def get_config(arg=None):
   c.eval.update(batch_size=16, supervision_steps=4, max_examples=-1)
   c.lock()
   return c
+
+
+def get_sweep(arg=None):
+  """A tiny sweep (two learning rates) to try launch/sweep.py: 24 s on 2 CPU cores, the table included."""
+  del arg
+  return [{"train.lr": lr} for lr in (1e-3, 3e-3)]

@@ -237,31 +237,35 @@ def finished(workdir: str) -> bool:
   return last is not None and total is not None and last >= total
 
 
-_SUMMARY_KEYS = ("exact_accuracy", "accuracy", "pass@")
+# The final eval metrics shown (the last part of `eval/<set>/<metric>`) and their column names;
+# swept values and headers are cut at _CELL characters: a table of a few swept keys and eval sets fits 120 columns.
+_SUMMARY_KEYS = {"exact_accuracy": "exact", "pass@2": "pass@2"}
+_CELL = 22
 
 
 def summary_table(trials: Sequence[Trial]) -> str:
-  """One row per trial: status, step, and its final eval metrics (accuracies, ARC pass@k)."""
+  """One row per trial: its swept values, status, step, and its final exact accuracies (and ARC pass@2)."""
+  swept = list(dict.fromkeys(k for t in trials for k, _ in t.overrides))
   rows, keys = [], []
   for t in trials:
+    values = dict(t.overrides)
+    ids = [format_value(values[k]) if k in values else "-" for k in swept] if swept else [t.name]
     try:
       last, total, ev = progress(t.workdir)
     except Exception as e:  # noqa: BLE001 - an unreadable file is a row, not a crash
-      rows.append((t.name, f"unreadable: {str(e).splitlines()[0][:60]}", "", {}))
+      rows.append((ids, f"unreadable: {str(e).splitlines()[0][:60]}", "", {}))
       continue
-    status = "not started" if last is None else "finished" if total is not None and last >= total else "running/stopped"
+    status = "not started" if last is None else "finished" if total is not None and last >= total else "stopped"
     step = "" if last is None else f"{last}/{total}"
-    shown = {
-      k: v for k, v in ev.items() if k.startswith("eval/") and any(s in k.rsplit("/", 1)[-1] for s in _SUMMARY_KEYS)
-    }
-    for k in shown:
-      if k not in keys:
-        keys.append(k)
-    if ev:
+    if ev and ev.get("step") != last:
       step += f" (eval @{ev.get('step')})"
-    rows.append((t.name, status, step, shown))
-  header = ["trial", "status", "step"] + [k.removeprefix("eval/") for k in keys]
-  table = [header] + [[n, s, st] + [f"{m[k]:.4f}" if k in m else "-" for k in keys] for n, s, st, m in rows]
+    shown = {k: v for k, v in ev.items() if k.startswith("eval/") and k.rsplit("/", 1)[-1] in _SUMMARY_KEYS}
+    keys += [k for k in shown if k not in keys]
+    rows.append((ids, status, step, shown))
+  cut = lambda cells: [c if len(c) <= _CELL else c[: _CELL - 1] + "~" for c in cells]
+  head = lambda k: f"{k.split('/')[1]}/{_SUMMARY_KEYS[k.rsplit('/', 1)[-1]]}"
+  header = cut([k.rsplit(".", 1)[-1] for k in swept] or ["trial"]) + ["status", "step"] + cut([head(k) for k in keys])
+  table = [header] + [cut(ids) + [s, st] + [f"{m[k]:.4f}" if k in m else "-" for k in keys] for ids, s, st, m in rows]
   widths = [max(len(r[i]) for r in table) for i in range(len(header))]
   return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
 

@@ -193,13 +193,21 @@ except ImportError:
     print("libtpu is not installed: %pip install libtpu (compiles for a TPU without one)")"""),
     md("""## Takeaways
 
-* Both modes give the same outputs and gradients up to float32 rounding, and
-  share one parameter tree (checkpoints move between them).
-* `loop` compile time and program size grow linearly with the number of
-  applications; `scan`'s stay flat, which matters for large `H_cycles` /
-  `L_cycles` and for HRM-style deep recursions.
-* Step time and memory: see the table above, and `benchmarks/NOTES.md` for the
-  full-size numbers on CPU and GPU (`python -m trm_jax.bench`)."""),
+* Both modes give the same outputs and gradients up to float32 rounding
+  (section 1), and share one parameter tree (checkpoints move between them).
+* Compile time and program size: the cell below states how they grew in this
+  run, from the numbers of section 2 (a rerun states its own). Timings on a
+  small model and a loaded CPU are noisy; program sizes are exact.
+* Step time and memory: see the table in section 3, and `benchmarks/NOTES.md`
+  for the full-size numbers on CPU and GPU (`python -m trm_jax.bench`)."""),
+    code("""# Printed from section 2's numbers (as printed there), so the text follows from this run's outputs.
+for sweep, var, grid in (("H", "H_cycles", H_GRID), ("L", "L_cycles", L_GRID)):
+    for key, what, fmt in (("compile_s", "compile time (s)", ".2f"), ("hlo_instructions", "HLO instructions", ".0f")):
+        pts = {m: [round(r[key], 2) for r in rows if r["sweep"] == sweep and r["recursion"] == m] for m in ("loop", "scan")}
+        grew = {m: f"{v[0]:{fmt}} -> {v[-1]:{fmt}} (x{v[-1] / v[0]:.2f})" for m, v in pts.items()}
+        lower = sum(s < l for s, l in zip(pts["scan"], pts["loop"]))
+        print(f"{what}, {var} {grid[0]} -> {grid[-1]}: loop {grew['loop']}, scan {grew['scan']}; "
+              f"scan below loop at {lower} of {len(grid)} points")"""),
 ]
 nb = nbf.v4.new_notebook(cells=cells, metadata={
     "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},

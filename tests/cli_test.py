@@ -39,13 +39,30 @@ def script(env, module, *args, timeout=240):
 )
 def test_help_lists_the_scripts_own_flags(env, module, flags):
   p = script(env, module, "--help")
-  assert "Traceback" not in p.stderr, p.stderr
+  assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
   out = p.stdout
   assert importlib.import_module(module).__doc__.splitlines()[0] in out  # the script's own description, not "USAGE: -c"
   for name in flags:
     line = next((l for l in out.splitlines() if l.strip().startswith((f"--{name}:", f"--[no]{name}:"))), None)
     assert line is not None, f"--{name} missing from --help:\n{out}"
     assert len(line.split(":", 1)[1].strip()) > 10  # with its help text
+
+
+@pytest.mark.parametrize(
+  "module", ["trm_jax.main", "trm_jax.solve", "trm_jax.convert", "trm_jax.plan", "trm_jax.bench"]
+)
+def test_help_exits_0_with_the_usage(env, module):
+  """Asking for help is no error: absl's --help exits with status 1."""
+  p = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, env=env, capture_output=True, text=True)
+  assert p.returncode == 0 and p.stderr == "", p.stderr
+  assert importlib.import_module(module).__doc__.split()[0] in p.stdout and "Try --helpfull" in p.stdout
+
+
+def test_the_documented_workdir_parent_is_ignored_by_git():
+  if not (ROOT / ".git").exists():
+    pytest.skip("not a git checkout")
+  p = subprocess.run(["git", "check-ignore", "-q", "runs/demo/metrics.jsonl"], cwd=ROOT)
+  assert p.returncode == 0  # 1: not ignored
 
 
 def test_trm_data_commands_have_descriptions_and_argument_help():
@@ -257,6 +274,8 @@ def test_closing_line_names_everything(tmp_path):
   assert f"tensorboard --logdir {tmp_path}/tensorboard" in line
   assert line.endswith(f"trm-solve --workdir={tmp_path} --sudoku='1..4'")
   assert "--arc=" in report.closing_line(str(tmp_path), 3, "arc", None, tensorboard=False)
+  for task in ("sudoku", "arc"):  # no checkpoint (train.steps=0): no trm-solve to suggest, it would fail
+    assert "trm-solve" not in report.closing_line(str(tmp_path), None, task, np.array([2, 1, 1, 5]), False)
 
 
 def test_plural():

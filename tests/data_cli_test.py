@@ -41,6 +41,17 @@ def data_dir(home):
   return d
 
 
+def test_build_prints_our_lines_naming_the_final_path(tmp_path):
+  """No TFDS lines naming the staging directory, no progress bars (cursor escapes off a terminal)."""
+  r = _cli("build", "sudoku_small/4x4", "--data_dir", str(tmp_path))
+  assert r.returncode == 0 and r.stderr == "", r.stderr
+  final = tmp_path / "sudoku_small" / "4x4" / "1.0.0"
+  lines = r.stdout.splitlines()
+  assert lines[0] == f"building sudoku_small/4x4 into {final}", r.stdout
+  assert len(lines) == 2 and lines[1].startswith("built sudoku_small/4x4 in ") and str(final) in lines[1], r.stdout
+  assert common.STAGING_DIR not in r.stdout
+
+
 def test_rebuild_says_already_built(data_dir, home):
   r = _cli("build", "sudoku_small/4x4", env=home[1])
   assert r.returncode == 0 and r.stdout.startswith("sudoku_small/4x4: already built: ")
@@ -93,6 +104,8 @@ def test_show_png_without_matplotlib(data_dir, tmp_path):
   r = _cli("show", "sudoku_small/4x4", "--data_dir", str(data_dir), "--png", str(tmp_path / "x.png"), env=env)
   assert r.returncode == 1 and r.stdout == ""  # checked before reading
   assert r.stderr.strip() == ("trm-data: error: --png needs matplotlib: pip install -e '.[plots]'")
+  readme = (Path(__file__).parents[1] / "README.md").read_text()
+  assert "pip install -e '.[plots]'" in readme  # the install --png needs is where trm-solve --png is shown
 
 
 def test_user_errors_are_one_line(data_dir):

@@ -110,6 +110,24 @@ def test_expand_sweep_overrides_parse_back(experiment):
   assert fv.config.seed == 1
 
 
+def test_the_documented_tiny_sweep(tmp_path):
+  """docs/pods.md's tiny sweep expands experiments/smoke.py's get_sweep() into runs whose overrides parse back."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  docs = open(os.path.join(REPO, "docs", "pods.md")).read()
+  cmd = next(l for l in docs.splitlines() if l.startswith("python launch/sweep.py --config=experiments/smoke.py"))
+  out = _sweep_cli(*shlex.split(cmd)[2:], "--dry_run", cwd=REPO)
+  assert out.returncode == 0, out.stderr
+  runs = [shlex.split(l) for l in out.stdout.splitlines()]
+  assert len(runs) == 2 and all("--workdir=runs/smoke_sweep/lr=" in " ".join(r) for r in runs), out.stdout
+  argv = ["prog", *[a for a in runs[1][3:] if not a.startswith("--workdir")]]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=fv, sys_argv=argv)
+  fv(argv)
+  assert fv.config.train.lr == 3e-3
+
+
 def test_trial_names_are_safe_and_unique(tmp_path):
   path = tmp_path / "odd.py"
   path.write_text(
@@ -728,9 +746,9 @@ def test_sweep_skips_finished_and_prints_summary(experiment, tmp_path):
   assert len(calls) == 1 and "--workdir=" + str(base / "lr=3e-05_seed=0") in calls[0]
   assert "skip lr=0.0001_seed=0: finished" in out.stderr
   rows = out.stdout.splitlines()
-  assert rows[0].split() == ["trial", "status", "step", "test/exact_accuracy", "test/accuracy"]
-  assert rows[1].split() == ["lr=0.0001_seed=0", "finished", "10/10", "(eval", "@10)", "0.8750", "0.5000"]
-  assert rows[2].split() == ["lr=3e-05_seed=0", "running/stopped", "4/10", "(eval", "@4)", "0.2500", "0.5000"]
+  assert rows[0].split() == ["lr", "seed", "status", "step", "test/exact"]
+  assert rows[1].split() == ["0.0001", "0", "finished", "10/10", "0.8750"]
+  assert rows[2].split() == ["3e-05", "0", "stopped", "4/10", "0.2500"]
   # --summary alone only reads; --rerun_finished launches both.
   assert _sweep_cli(f"--config={experiment}", f"--workdir_base={base}", "--summary").stdout == out.stdout
   out = _sweep_cli(f"--config={experiment}", f"--workdir_base={base}", f"--python={fake}", "--rerun_finished")
@@ -739,6 +757,24 @@ def test_sweep_skips_finished_and_prints_summary(experiment, tmp_path):
   fresh = tmp_path / "new" / "base"
   out = _sweep_cli(f"--config={experiment}", f"--workdir_base={fresh}", f"--python={fake}")
   assert out.returncode == 0 and fresh.is_dir(), out.stderr
+
+
+def test_sweep_summary_is_narrow(tmp_path):
+  """Swept values, status, step and the key eval metrics only (no per-step accuracies): fits 120 columns."""
+  metrics = {"step": 800, "eval_seconds": 3.0}
+  for name in ("test", "eval_hard"):
+    metrics.update({f"eval/{name}/{k}": 0.5 for k in ("exact_accuracy", "accuracy", "halted_exact_accuracy")})
+    metrics.update({f"eval/{name}/exact_accuracy@{i}": 0.5 for i in range(1, 17)})
+  metrics.update({f"eval/ARC/pass@{k}{s}": 0.25 for k in (1, 2, 5, 10, 100, 1000) for s in ("", "_this_eval")})
+  overrides = (("train.puzzle_emb_lr", 0.0001), ("model.H_cycles", 3), ("note", "a long free-text value " * 4))
+  w = tmp_path / "w"
+  w.mkdir()
+  (w / "metrics.jsonl").write_text(json.dumps({"step": 0, "total_steps": 800}) + "\n" + json.dumps(metrics) + "\n")
+  table = sweep.summary_table([sweep.Trial(sweep.trial_name(overrides), overrides, str(w), ())]).splitlines()
+  assert max(len(l) for l in table) <= 120, "\n".join(table)
+  head = ["puzzle_emb_lr", "H_cycles", "note", "status", "step", "test/exact", "eval_hard/exact", "ARC/pass@2"]
+  assert table[0].split() == head
+  assert table[1].split()[:2] == ["0.0001", "3"] and table[1].split()[-5:-3] == ["finished", "800/800"]
 
 
 def test_sweep_spreads_trials_over_slices_in_parallel(fake_pod, experiment, tmp_path):
@@ -832,6 +868,12 @@ def test_sbatch_directives():
   assert "--requeue" in directives
   assert any(d.startswith("--signal=TERM@") and int(d.split("@")[1]) >= 60 for d in directives)
   assert "--ntasks-per-node=1" in directives
+
+
+def test_sbatch_help_prints_its_usage():
+  p = subprocess.run(["bash", SBATCH, "--help"], capture_output=True, text=True, timeout=60, cwd=REPO)
+  assert p.returncode == 0 and p.stderr == "", p.stderr
+  assert p.stdout.startswith("Usage") and "--workdir=" in p.stdout and "#SBATCH" not in p.stdout
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """notebooks/scan_vs_loop.ipynb runs top to bottom on CPU (tiny config) and stays small on disk."""
 
+import contextlib
+import io
 import os
 import re
 from pathlib import Path
@@ -68,3 +70,24 @@ def test_notebook_executes(tmp_path):
     "image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
   )
   assert images >= 3
+
+
+def test_takeaways_follow_from_the_committed_numbers():
+  """The takeaway lines are printed by a cell from section 2's numbers: run on the committed numbers, it prints the
+  committed lines (text in the notebook never claims what its outputs contradict)."""
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  text = lambda c: "".join(o.get("text", "") for o in c.get("outputs", []))
+  sweep = next(c for c in code if "rows = []" in c.source)
+  pattern = r"^(\w) (\w+) H=(\d+) L=(\d+): compile +([\d.]+) s, +(\d+) HLO"
+  rows = [
+    dict(sweep=s, recursion=m, H_cycles=int(h), L_cycles=int(l), compile_s=float(t), hlo_instructions=int(n))
+    for s, m, h, l, t, n in re.findall(pattern, text(sweep), re.M)
+  ]
+  grid = lambda var: sorted({r[var] for r in rows if r["sweep"] == var[0]})
+  takeaways = next(c for c in code if "scan below loop" in c.source)
+  assert code.index(takeaways) > code.index(sweep) and len(rows) >= 8
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    exec(takeaways.source, {"rows": rows, "H_GRID": grid("H_cycles"), "L_GRID": grid("L_cycles")})
+  assert printed.getvalue() == text(takeaways) and "compile time" in text(takeaways)

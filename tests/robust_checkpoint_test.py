@@ -1,6 +1,7 @@
 """Issue 14, checkpoints: damaged steps are detected (fingerprints, finiteness) and skipped or named;
 a step is "last good" only once a finite loss came from it."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trm_jax import checkpoint, integrity, metrics
+from trm_jax import checkpoint, faults, integrity, metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -245,3 +246,19 @@ def test_fingerprint_is_the_same_on_every_process_and_sharding(env):
   single = integrity.fingerprints({"x": jnp.asarray(data)})["['x']"]
   for out, _ in outs:
     assert f"FP {single} {single}" in out, out
+
+
+@pytest.mark.parametrize("point,where", [("checkpoint_write", "checkpoints/4"), ("metrics_write", "metrics.jsonl")])
+def test_disk_full_is_one_line_naming_the_path(tmp_path, env, point, where):
+  """ENOSPC while a checkpoint or metrics.jsonl is written (faults.disk_full): one line naming the path, status 1,
+  no traceback; the previous checkpoint is intact and the run resumes from it."""
+  wd = str(tmp_path / "run")
+  p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.steps=2", env=env)
+  assert p.returncode == 0 and steps_in(wd) == [2], p.stderr[-2000:]
+  p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.steps=4", env=dict(env, **{faults.ENV: point}))
+  err = lines(p.stderr, "error:")
+  assert p.returncode == 1 and len(err) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+  assert err[0] == f"error: {os.path.join(wd, where)}: No space left on device"
+  assert steps_in(wd) == [2]
+  p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.steps=4", env=env)
+  assert p.returncode == 0 and "resuming from step 2" in p.stdout and steps_in(wd) == [2, 4], p.stderr[-2000:]

@@ -36,6 +36,7 @@ def test_profile_steps_writes_a_trace(env, tmp_path):
     timeout=300,
   )
   assert p.returncode == 0, p.stderr[-3000:]
+  assert f"profile trace written to {w / 'profile'} " in p.stdout  # the run says where
   runs = glob.glob(str(w / "profile" / "plugins" / "profile" / "*"))
   assert len(runs) == 1, runs
   assert glob.glob(os.path.join(runs[0], "*.xplane.pb"))

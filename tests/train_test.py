@@ -63,6 +63,20 @@ def test_smoke_trains_evaluates_restores(tmp_path, recursion):
   assert type(state.opt_state) is type(fresh.opt_state)
 
 
+def test_resume_says_so_and_a_finished_run_started_again_adds_no_record(tmp_path, capsys):
+  c = smoke()
+  c.train.update(steps=2, eval_every=0, checkpoint_every=0)
+  c.model.update(H_cycles=1, L_cycles=1)
+  w = str(tmp_path / "run")
+  train.train_and_evaluate(c, w)
+  assert "resuming" not in capsys.readouterr().out
+  train.train_and_evaluate(c, w)
+  out = capsys.readouterr().out
+  assert f"resuming from step 2 in {os.path.join(w, 'checkpoints')}\n" in out
+  assert f"already complete: step 2 of 2 is evaluated in {os.path.join(w, 'metrics.jsonl')}" in out
+  assert [e["step"] for e in metrics.read(w) if "eval/test/exact_accuracy" in e] == [2]  # not a second one
+
+
 # ---------------------------------------------------------------------------
 # Subprocess runs: kill -9 and SIGTERM, then resume; parameters equal an uninterrupted run's.
 

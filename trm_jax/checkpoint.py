@@ -82,13 +82,17 @@ def save(mngr: ocp.CheckpointManager, step: int, state, carry, meta: dict, force
       )
     prints[name] = {k: fp for k, (fp, _) in summary.items()}
   meta = dict(meta, fingerprints=prints)
-  saved = mngr.save(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), carry=ocp.args.StandardSave(carry), meta=ocp.args.JsonSave(meta)
-    ),
-    force=force,
-  )
+  try:
+    faults.disk_full("checkpoint_write", f"{mngr.directory}/{step}")
+    saved = mngr.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), carry=ocp.args.StandardSave(carry), meta=ocp.args.JsonSave(meta)
+      ),
+      force=force,
+    )
+  except OSError as e:  # a full disk or quota (here or in the previous, asynchronous, save): name where
+    raise OSError(e.errno, e.strerror, e.filename or str(mngr.directory)) from None
   if saved and faults.armed("checkpoint_saved"):
     mngr.wait_until_finished()  # committed: what a test that stops (or kills) the run here finds
     faults.point("checkpoint_saved")

@@ -131,6 +131,8 @@ def parse_flags(argv):
 
   try:
     return flags.FLAGS(argv)
+  except SystemExit as e:  # absl's --help/--helpfull print the usage, then exit 1: asking for help is no error
+    sys.exit(0 if e.code == 1 else e.code)
   except flags.Error as e:
     print(f"error: {flag_error(e)}", file=sys.stderr, flush=True)
     sys.exit(1)

@@ -15,10 +15,15 @@ The points, each named for what is true when a process stops there:
 - `progress_logged` (metrics.py `Writer.progress`): process 0 has printed the
   training progress of a step (every `train.log_every` steps); on several
   processes the others run on until a collective needs process 0.
+
+`disk_full(<name>, path)` instead raises OSError(ENOSPC) for `path`, as a full
+disk would: `checkpoint_write` (checkpoint.py `save`, before the step's
+checkpoint is written) and `metrics_write` (metrics.py `Writer.write`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -35,3 +40,8 @@ def point(name: str) -> None:
     return
   print(f"fault point: {name}", flush=True)
   sys.stdin.read()
+
+
+def disk_full(name: str, path) -> None:
+  if armed(name):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))

@@ -49,10 +49,10 @@ def closing_line(workdir, saved, task: str, example, tensorboard: bool) -> str:
   if tensorboard:
     parts.append(f"; tensorboard --logdir {run_dir.tensorboard}")
   parts.append(")")
-  puzzle = {"sudoku": "--sudoku=", "maze": "--maze="}.get(task)
+  puzzle = {"sudoku": "--sudoku=", "maze": "--maze="}.get(task) if saved is not None else None  # trm-solve needs one
   if puzzle and example is not None:
     text = render.puzzle_text(task, example)
     parts.append(f"; try: trm-solve --workdir={run_dir} {puzzle}'{text}'")
-  elif task == "arc":
+  elif task == "arc" and saved is not None:
     parts.append(f"; try: trm-solve --workdir={run_dir} --arc=TASK.json")
   return "".join(parts)

@@ -58,3 +58,4 @@ class StepTrace(hooks.Hook):
       jax.profiler.stop_trace()
       self.active = False
       self.done = True
+      print(f"profile trace written to {self.dir} (tensorboard --logdir={self.dir}: Profile tab)", flush=True)

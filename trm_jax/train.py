@@ -23,6 +23,7 @@ from trm_jax import (
   checkpoint,
   config_lib,
   evaluate,
+  fileio,
   input_pipeline,
   report,
   rundir,
@@ -83,6 +84,8 @@ def _train_and_evaluate(config, run_dir: rundir.RunDir, verbose: bool) -> dict:
     forgotten = arc_votes.forget_after(run_dir, start) if jax.process_index() == 0 else []
     writer = metrics_lib.Writer(run_dir, end, start)
     resources.callback(writer.close)  # (closed before the closing line)
+    if resumed:
+      writer.log(f"resuming from step {start} in {run_dir.checkpoints()}")
     _log_start(writer, run, state, cadence, forgotten, verbose)
     guard = hooks_lib.NonFiniteGuard(mngr, pending=start if resumed else None)
     evals = hooks_lib.EvaluateAt(cadence.eval_steps, lambda s: evaluate.evaluate_all(run, s, data, run_dir), writer)
@@ -116,7 +119,9 @@ def _train_and_evaluate(config, run_dir: rundir.RunDir, verbose: bool) -> dict:
         state, step = tick.state, tick.step
         if tick.stop:
           preempted.announce(step)
-      else:
+      elif _evaluated(run_dir, start):  # a finished run started again
+        writer.log(f"already complete: step {start} of {end} is evaluated in {run_dir.metrics}")
+      else:  # e.g. a checkpoint trm-convert wrote at the last step
         evals.run(start, state)
     mngr.wait_until_finished()
     saved, tensorboard = mngr.latest_step(), writer.tensorboard
@@ -126,6 +131,12 @@ def _train_and_evaluate(config, run_dir: rundir.RunDir, verbose: bool) -> dict:
   if jax.process_index() == 0:
     print(report.closing_line(run_dir, saved, data.task, example, tensorboard), flush=True)
   return dict(evals.latest, step=step)
+
+
+def _evaluated(run_dir: rundir.RunDir, step: int) -> bool:
+  """Whether the run's metrics.jsonl holds an evaluation of `step`."""
+  records = metrics_lib.read(run_dir) if fileio.exists(run_dir.metrics) else []
+  return any(r.get("step") == step and any(k.startswith("eval/") for k in r) for r in records)
 
 
 def train_loop(train_step, state, carry, start: int, end: int, batches, hooks: list) -> hooks_lib.Tick:

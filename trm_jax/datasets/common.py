@@ -124,6 +124,11 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   VERSION = tfds.core.Version("1.0.0")
 
+  def _log_download_bytes(self):
+    """TFDS prints where it builds: our private staging directory; `build` names the final one instead."""
+
+  _log_download_done = _log_download_bytes
+
   def needs_files(self) -> bool:
     return getattr(self.builder_config, "needs_files", True)
 
@@ -336,6 +341,8 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False, mirror=None, re
     except OSError as e:
       raise DataError(f"{data_dir}: cannot create a build directory ({e.strerror or e})") from None
   ok = False
+  print(f"building {name} into {final}", flush=True)  # (trm-train's too; TFDS's own lines are off)
+  tfds.disable_progress_bar()  # bars of each split and of its shuffling (cursor escapes off a terminal)
   try:
     sb = get_builder(name, staging)
     sb._trm_manual_dir = manual_dir  # pylint: disable=protected-access
