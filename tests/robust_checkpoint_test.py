@@ -1,6 +1,7 @@
 """Issue 14, checkpoints: damaged steps are detected (fingerprints, finiteness) and skipped or named;
 a step is "last good" only once a finite loss came from it."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from procs import read_to_point
 
 from trm_jax import checkpoint, faults, integrity, metrics
 
@@ -262,3 +264,50 @@ def test_disk_full_is_one_line_naming_the_path(tmp_path, env, point, where):
   assert steps_in(wd) == [2]
   p = run("trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.steps=4", env=env)
   assert p.returncode == 0 and "resuming from step 2" in p.stdout and steps_in(wd) == [2, 4], p.stderr[-2000:]
+
+
+def _fill(path: str) -> None:
+  """Writes zeros to `path` until its file system is full."""
+  fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+  try:
+    while True:
+      os.write(fd, b"\0" * (1 << 20))
+  except OSError as e:
+    assert e.errno == errno.ENOSPC, e
+  finally:
+    os.close(fd)
+
+
+def test_a_really_full_disk_is_one_line(tmp_path, env):
+  """A real full file system (a tmpfs in a private mount namespace, filled while the run waits where step 2 is
+  committed): one line naming the checkpoints directory, none of orbax's background tracebacks, step 2 intact;
+  with the space freed the same command resumes from step 2 and finishes."""
+  disk, out = tmp_path / "disk", tmp_path / "out"
+  disk.mkdir(), out.mkdir()
+  probe = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", str(disk)], capture_output=True)
+  if probe.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs in a user namespace here ({probe.stderr.decode().strip()[:200]})")
+  wd = disk / "run"
+  train = [sys.executable, "-m", "trm_jax.main", *SMOKE, f"--workdir={wd}", "--config.train.steps=6"]
+  train += ["--config.train.checkpoint_every=2", "--config.train.log_every=1"]
+  script = (
+    f'mount -t tmpfs -o size=64m tmpfs {disk} && "$@" 2> {out}/err1; echo $? > {out}/rc1; ls {wd}/checkpoints > {out}/ls1;'
+    f' rm {disk}/fill; "$@" < /dev/null > {out}/out2 2> {out}/err2; echo $? > {out}/rc2'
+  )
+  e = dict(env, **{faults.ENV: "checkpoint_saved"})
+  cmd = ["unshare", "-rm", "sh", "-c", script, "sh", *train]
+  p = subprocess.Popen(cmd, cwd=ROOT, env=e, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    read_to_point(p, "checkpoint_saved", out / "err1")
+    _fill(f"/proc/{p.pid}/root{disk}/fill")  # the namespace's tmpfs, seen through the shell's root
+    p.communicate(timeout=300)  # releases the point; both runs go on
+  finally:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+  err1 = (out / "err1").read_text()
+  assert (out / "rc1").read_text().strip() == "1", err1[-3000:]
+  assert "Traceback" not in err1 and lines(err1, "error:") == [f"error: {wd}/checkpoints: No space left on device"]
+  assert [n for n in (out / "ls1").read_text().split() if n.isdigit()] == ["2"]
+  assert (out / "rc2").read_text().strip() == "0", (out / "err2").read_text()[-3000:]
+  assert f"resuming from step 2 in {wd}/checkpoints" in (out / "out2").read_text()

@@ -82,7 +82,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, carry, meta: dict, force
       )
     prints[name] = {k: fp for k, (fp, _) in summary.items()}
   meta = dict(meta, fingerprints=prints)
-  try:
+  with errors.disk_full_names(mngr.directory):  # here or in the previous, asynchronous, save
     faults.disk_full("checkpoint_write", f"{mngr.directory}/{step}")
     saved = mngr.save(
       step,
@@ -91,8 +91,6 @@ def save(mngr: ocp.CheckpointManager, step: int, state, carry, meta: dict, force
       ),
       force=force,
     )
-  except OSError as e:  # a full disk or quota (here or in the previous, asynchronous, save): name where
-    raise OSError(e.errno, e.strerror, e.filename or str(mngr.directory)) from None
   if saved and faults.armed("checkpoint_saved"):
     mngr.wait_until_finished()  # committed: what a test that stops (or kills) the run here finds
     faults.point("checkpoint_saved")

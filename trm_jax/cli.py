@@ -14,6 +14,7 @@ import re
 import sys
 import traceback
 
+from trm_jax import errors
 from trm_jax.errors import USER_ERRNOS, USER_ERRORS, UserError, first_line, os_error_line
 
 
@@ -31,6 +32,12 @@ def _not_an_abandoned_read(record: logging.LogRecord) -> bool:
   return not record.getMessage().startswith("Task exception was never retrieved")
 
 
+def _not_a_disk_full_echo(record: logging.LogRecord) -> bool:
+  """Drops the tracebacks orbax's background threads log for a full disk: the run's error line names it."""
+  exc = record.exc_info[1] if record.exc_info else None
+  return errors.disk_full(record.getMessage()) is None and errors.disk_full(exc) is None
+
+
 @contextlib.contextmanager
 def user_errors():
   """Turns user errors into one `error: ...` line and exit status 1."""
@@ -39,6 +46,7 @@ def user_errors():
     return
   sys.unraisablehook = _quiet_closed_loop
   logging.getLogger("asyncio").addFilter(_not_an_abandoned_read)
+  logging.getLogger("absl").addFilter(_not_a_disk_full_echo)
   try:
     yield
   except USER_ERRORS as e:

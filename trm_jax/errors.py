@@ -7,7 +7,9 @@ Library modules import this module, never a CLI module.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 
 
 class UserError(ValueError):
@@ -53,3 +55,26 @@ USER_ERRNOS = frozenset(
 def os_error_line(e: OSError) -> str:
   where = e.filename if e.filename is not None else ""
   return f"{where}: {e.strerror or first_line(e)}" if where else (e.strerror or first_line(e))
+
+
+def disk_full(e) -> int | None:
+  """ENOSPC or EDQUOT when `e` (an exception or a log message) is a full disk or quota, else None.
+
+  Orbax and TensorStore report them as a ValueError whose text holds the OS's message.
+  """
+  for code in (errno.ENOSPC, errno.EDQUOT):
+    if getattr(e, "errno", None) == code or os.strerror(code) in str(e):
+      return code
+  return None
+
+
+@contextlib.contextmanager
+def disk_full_names(path):
+  """A full disk or quota inside the block becomes one OSError naming the file it names, else `path`."""
+  try:
+    yield
+  except Exception as e:
+    code = disk_full(e)
+    if code is None:
+      raise
+    raise OSError(code, os.strerror(code), getattr(e, "filename", None) or os.fspath(path)) from None

@@ -88,11 +88,9 @@ class Writer:
     record = {"step": int(step), "time": round(time.time(), 3)}
     for k, v in values.items():
       record[k] = v if isinstance(v, (str, bool)) or v is None else _num(v)
-    try:
+    with errors.disk_full_names(self.path):
       faults.disk_full("metrics_write", self.path)
       self._file.write(json.dumps(record) + "\n")
-    except OSError as e:  # a full disk or quota: name the file
-      raise OSError(e.errno, e.strerror, e.filename or self.path) from None
     if self._tb is not None:
       for k, v in record.items():
         if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):

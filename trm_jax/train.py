@@ -22,6 +22,7 @@ from trm_jax import (
   arc_votes,
   checkpoint,
   config_lib,
+  errors,
   evaluate,
   fileio,
   input_pipeline,
@@ -76,7 +77,7 @@ def _train_and_evaluate(config, run_dir: rundir.RunDir, verbose: bool) -> dict:
   run, data, cadence = _setup(config)
   tcfg, end, batch_size = run.config.train, cadence.end, int(run.config.train.global_batch_size)
   profile = trace.StepTrace(tcfg.get("profile_steps", ""), run_dir)
-  with contextlib.ExitStack() as resources:
+  with errors.disk_full_names(run_dir.checkpoints()), contextlib.ExitStack() as resources:
     mngr = checkpoint.manager(run_dir, tcfg.keep_checkpoints)
     resources.callback(mngr.close)  # also on failure: no orbax threads left to print tracebacks at exit
     state, carry, resumed = _restore_or_init(run, mngr, run_dir)
