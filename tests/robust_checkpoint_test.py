@@ -307,7 +307,9 @@ def test_a_really_full_disk_is_one_line(tmp_path, env):
       p.wait()
   err1 = (out / "err1").read_text()
   assert (out / "rc1").read_text().strip() == "1", err1[-3000:]
-  assert "Traceback" not in err1 and lines(err1, "error:") == [f"error: {wd}/checkpoints: No space left on device"]
+  assert "Traceback" not in err1 and lines(err1, "error:") == [f"error: {wd}/checkpoints: No space left on device"], (
+    err1
+  )
   assert [n for n in (out / "ls1").read_text().split() if n.isdigit()] == ["2"]
   assert (out / "rc2").read_text().strip() == "0", (out / "err2").read_text()[-3000:]
   assert f"resuming from step 2 in {wd}/checkpoints" in (out / "out2").read_text()

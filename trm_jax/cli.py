@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import traceback
 
 from trm_jax import errors
@@ -32,10 +33,17 @@ def _not_an_abandoned_read(record: logging.LogRecord) -> bool:
   return not record.getMessage().startswith("Task exception was never retrieved")
 
 
-def _not_a_disk_full_echo(record: logging.LogRecord) -> bool:
-  """Drops the tracebacks orbax's background threads log for a full disk: the run's error line names it."""
+_ERROR_LINE_PRINTED = threading.Event()
+
+
+def _quiet_orbax(record: logging.LogRecord) -> bool:
+  """Drops the tracebacks orbax's background threads log for a full disk (the run's error line names it), and any
+  they log once the error line is printed (threads of an abandoned save, still finishing while the process exits)."""
+  if "orbax" not in record.pathname:
+    return True
   exc = record.exc_info[1] if record.exc_info else None
-  return errors.disk_full(record.getMessage()) is None and errors.disk_full(exc) is None
+  full = errors.disk_full(record.getMessage()) or errors.disk_full(exc)
+  return not (full or _ERROR_LINE_PRINTED.is_set())
 
 
 @contextlib.contextmanager
@@ -46,7 +54,7 @@ def user_errors():
     return
   sys.unraisablehook = _quiet_closed_loop
   logging.getLogger("asyncio").addFilter(_not_an_abandoned_read)
-  logging.getLogger("absl").addFilter(_not_a_disk_full_echo)
+  logging.getLogger("absl").addFilter(_quiet_orbax)
   try:
     yield
   except USER_ERRORS as e:
@@ -59,6 +67,7 @@ def user_errors():
 
 def _fail(line: str) -> None:
   print(f"error: {line}", file=sys.stderr, flush=True)
+  _ERROR_LINE_PRINTED.set()
   sys.exit(1)
 
 
