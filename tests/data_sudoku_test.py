@@ -3,6 +3,7 @@
 import shutil
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,21 @@ def test_bad_rows_fail_cleanly(tmp_path, row, line, msg):
   assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr
   assert f"train.csv:{line}:" in err[0] and msg in err[0]
   assert not out.exists()
+
+
+@pytest.mark.parametrize("line", ["1," * 2_500_000, "s," + "1" * 5_000_000 + ",x,1"])  # short fields; one long one
+def test_an_overlong_line_is_refused_after_reading_at_most_the_cap(tmp_path, line):
+  """A 2 GB one-line CSV was read whole (4.3 GB resident, or a MemoryError): now one line, after 64 K characters."""
+  f = tmp_path / "train.csv"
+  f.write_text(HEADER + line)
+  tracemalloc.start()
+  try:
+    with pytest.raises(common.DataError, match=rf"^{f}:2: line longer than 65536 characters"):
+      sudoku.read_csv(f)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 1_000_000, peak
 
 
 def test_missing_file_and_bad_header(tmp_path):

@@ -87,6 +87,13 @@ def test_arc_inputs(tmp_path):
   f.write_text("[" * 100_000 + "]" * 100_000)
   with pytest.raises(solve.InputError, match="JSON nested too deeply"):
     solve.arc_inputs(str(f))
+  f.write_text(json.dumps({"test": [{"input": [[1]]}] * 100_000}))  # used to be solved one by one, for hours
+  with pytest.raises(solve.InputError, match=rf"{f}: 100000 test inputs; at most 16 are solved per task"):
+    solve.arc_inputs(str(f))
+  with open(f, "wb") as big:  # sparse: nothing is written, nothing is read
+    big.truncate((1 << 24) + 1)
+  with pytest.raises(solve.InputError, match=rf"{f}: 16,777,217 bytes; an ARC task is at most 16 MB"):
+    solve.arc_inputs(str(f))
 
 
 def test_solve_one_from_checkpoint(workdir):
@@ -142,6 +149,10 @@ def test_cli_verbose_shows_the_logs(workdir):
     (["--sudoku=" + "." * 81], "expected 16 characters (4x4 grid), got 81"),
     (["--maze=#S G"], "trained on 'sudoku'"),
     (["--arc=TASK"], "--arc: this run was trained on 'sudoku' puzzles"),
+    (
+      [f"--sudoku={PUZZLE}", "--steps=100000000"],
+      "--steps=100000000: at most 48 (16 x the run's model.halt_max_steps)",
+    ),
   ],
 )
 def test_cli_errors_are_one_line(workdir, args, needle, tmp_path):

@@ -32,13 +32,14 @@ def make_eval_step(model, mcfg, n_steps: int):
   return eval_step
 
 
-def evaluate_all(run, state, data, workdir=None) -> dict:
+def evaluate_all(run, state, data, workdir=None, eval_step=None) -> dict:
   """Every eval set of `data` with the EMA weights when EMA is on; ARC adds voting and a submission.
 
   ARC's `eval/ARC/pass@K` and `submission.json` vote over every evaluation of
   the run so far when `eval.arc_aggregate_voting` (the reference's default;
   the votes are stored in the run directory `workdir`, see `arc_votes`), else
   over this one; `eval/ARC/pass@K_this_eval` is always this evaluation's own score.
+  `eval_step`: `run.eval_step` compiled for eval batches (the default: `run.eval_step`).
   """
   cfg, out = run.config, {}
   params, step = state.eval_params(), int(jax.device_get(state.step))
@@ -46,7 +47,7 @@ def evaluate_all(run, state, data, workdir=None) -> dict:
   for name, split in data.evals.items():
     arc = (data.info, data.arrays) if data.task == "arc" else None
     m, entries = evaluate_split(
-      run.eval_step,
+      eval_step or run.eval_step,
       params,
       state.consts,
       state.puzzle_table,

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 from absl import app, flags, logging
@@ -199,37 +198,6 @@ def dataset_meta(dcfg):
 # Compiling and reading the programs.
 
 
-def _abstract_batch(run, batch_size: int):
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-
-  from trm_jax import sharding  # noqa: PLC0415
-
-  s, t = sharding.batch_sharding(run.mesh), run.mcfg.seq_len
-  shapes = {"inputs": (batch_size, t), "labels": (batch_size, t), "puzzle_identifiers": (batch_size,)}
-  return {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=s) for k, v in shapes.items()}
-
-
-def compile_train(run):
-  """The run's train step, lowered for its mesh's devices and compiled -> (compiled, seconds)."""
-  import jax  # noqa: PLC0415
-
-  from trm_jax import sharding  # noqa: PLC0415
-
-  t0 = time.perf_counter()
-  rng = jax.ShapeDtypeStruct(run.step_rng.shape, run.step_rng.dtype, sharding=sharding.replicated(run.mesh))
-  batch = _abstract_batch(run, int(run.config.train.global_batch_size))
-  return run.train_step.lower(run.abstract_state, run.abstract_carry, batch, rng).compile(), time.perf_counter() - t0
-
-
-def compile_eval(run):
-  """The run's eval step (all supervision steps on one eval batch), compiled -> (compiled, seconds)."""
-  t0 = time.perf_counter()
-  s = run.abstract_state
-  args = (s.eval_params(), s.consts, s.puzzle_table, _abstract_batch(run, int(run.config.eval.batch_size)))
-  return run.eval_step.lower(*args).compile(), time.perf_counter() - t0
-
-
 def collectives(hlo_text: str) -> list[dict]:
   """Collective ops of a compiled program: kind, element types, count and bytes of their results."""
   pat = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
@@ -268,6 +236,8 @@ def program_stats(compiled, topology: Topology, trip_count: int = 1, costs=None,
   XLA's cost analysis does not see (`model.splash_rereads`, `model.splash_flops`), added for
   every call in the program.
   """
+  from trm_jax import runs  # noqa: PLC0415
+
   hbm, tflops, gbps, _ = CHIPS[topology.generation]
   mem = compiled.memory_analysis()
   costs = costs or compiled
@@ -277,8 +247,7 @@ def program_stats(compiled, topology: Topology, trip_count: int = 1, costs=None,
   kernel_bytes = calls["fwd"] * kernel[0][0] + calls["bwd"] * kernel[1][0]
   flops = (float(ca.get("flops", 0)) + calls["fwd"] * kernel[0][1] + calls["bwd"] * kernel[1][1]) * trip_count
   nbytes = (float(ca.get("bytes accessed", 0)) + kernel_bytes) * trip_count
-  gib = 1 << 30
-  total = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+  gib, total = 1 << 30, runs.program_bytes(compiled)
   compute_ms, memory_ms = flops / (tflops * 1e12) * 1e3, nbytes / (gbps * 1e9) * 1e3
   return {
     "argument_gib": round(mem.argument_size_in_bytes / gib, 3),
@@ -335,13 +304,16 @@ def plan_one(config, meta, topology: Topology, devices, recursion: str | None = 
     except ValueError as e:
       raise PlanError(str(e)) from None
   run = runs.Run(config, mesh)
-  (train_c, train_s), (eval_c, eval_s) = _fitting(compile_train, run, topology), _fitting(compile_eval, run, topology)
+  (train_c, train_s), (eval_c, eval_s) = (
+    _fitting(runs.compile_train, run, topology),
+    _fitting(runs.compile_eval, run, topology),
+  )
   costs, costs_from = (None, None), "this program"
   if run.mcfg.recursion == "scan":  # XLA costs a while body once: take the costs of the unrolled loops
     loop = config.copy_and_resolve_references()
     loop.model.recursion = "loop"
     loop_run = runs.Run(loop, mesh)
-    costs = (compile_train(loop_run)[0], compile_eval(loop_run)[0])
+    costs = (runs.compile_train(loop_run)[0], runs.compile_eval(loop_run)[0])
     costs_from = "the loop program of the same step"
   train = dict(
     program_stats(train_c, topology, costs=costs[0], kernel=_kernel_costs(run, "train", topology)),
@@ -389,7 +361,7 @@ def _fitting(compile_fn, run, topology: Topology):
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     need = re.search(r"required for HLO temporaries \(([0-9.]+[KMGT]?)\)", str(e))
-    kind = "train" if compile_fn is compile_train else "eval"
+    kind = "eval" if compile_fn.__name__ == "compile_eval" else "train"
     raise PlanError(
       f"{kind} step does not fit on {topology.name}: "
       f"{need.group(1) + ' of temporaries' if need else 'out of HBM'} per chip, "

@@ -7,15 +7,22 @@ without the data.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import math
+import re
 import sys
+import time
+from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from trm_jax import checkpoint, config_lib, evaluate, fileio, optim, recursion, rundir, sharding, steps, train_state
 from trm_jax import data as data_lib
+from trm_jax.errors import UserError
 from trm_jax.model import RecursiveModel
 
 
@@ -70,6 +77,109 @@ class Run:
 
 def with_shardings(abstract, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def abstract_batch(run: Run, batch_size: int) -> dict:
+  shapes = {
+    "inputs": (batch_size, run.mcfg.seq_len),
+    "labels": (batch_size, run.mcfg.seq_len),
+    "puzzle_identifiers": (batch_size,),
+  }
+  return {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=run.batch_sh) for k, v in shapes.items()}
+
+
+def compile_train(run: Run):
+  """The run's train step, lowered for its mesh's devices and compiled (nothing allocated) -> (compiled, seconds)."""
+  t0 = time.perf_counter()
+  rng = jax.ShapeDtypeStruct(run.step_rng.shape, run.step_rng.dtype, sharding=run.repl)
+  batch = abstract_batch(run, int(run.config.train.global_batch_size))
+  return run.train_step.lower(run.abstract_state, run.abstract_carry, batch, rng).compile(), time.perf_counter() - t0
+
+
+def compile_eval(run: Run):
+  """The run's eval step (all supervision steps on one eval batch), compiled -> (compiled, seconds)."""
+  t0 = time.perf_counter()
+  s = run.abstract_state
+  args = (s.eval_params(), s.consts, s.puzzle_table, abstract_batch(run, int(run.config.eval.batch_size)))
+  return run.eval_step.lower(*args).compile(), time.perf_counter() - t0
+
+
+def program_bytes(compiled) -> int:
+  """Arguments + temporaries + outputs (less the outputs that reuse arguments) of a compiled program, per device."""
+  m = compiled.memory_analysis()
+  return m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+
+
+def device_bytes(tree) -> int:
+  """Bytes of an abstract tree's arrays on one device (its shard of each)."""
+  return sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(tree))
+
+
+def available_ram() -> int | None:
+  """Bytes this host can still give: MemAvailable, less under a cgroup (v2 or v1) memory limit; None if unknown."""
+  found = []
+  with contextlib.suppress(OSError, TypeError):
+    found.append(int(re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)[1]) << 10)
+  for d, limit, usage, cache in (
+    ("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+    ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+  ):
+    with contextlib.suppress(OSError, TypeError, ValueError):  # "max", or no such cgroup
+      stat = re.search(rf"^{cache} (\d+)$", Path(d, "memory.stat").read_text(), re.M)
+      used = int(Path(d, usage).read_text()) - (int(stat[1]) if stat else 0)
+      found.append(int(Path(d, limit).read_text()) - used)
+  return min(found, default=None)
+
+
+def check_fits(run: Run, train_c, eval_c, table_field: str) -> None:
+  """A run that needs more memory than the devices or the host have is one UserError, before anything is allocated.
+
+  Needs: the compiled train step (state, carry, batch, temporaries), the state and carry held while the
+  eval step runs, and a host copy of the state (checkpoints are written from one); on CPU every device's
+  memory is host RAM. The error names the field whose part of the need is largest and about the largest
+  value that fits (memory grows about linearly with it: an estimate).
+  """
+  s, devices = run.abstract_state, run.mesh.local_devices
+  state, table, carry = device_bytes(s), device_bytes(s.puzzle_table), device_bytes(run.abstract_carry)
+  train = program_bytes(train_c) - state  # grows with the batch
+  evals = program_bytes(eval_c) - device_bytes((s.eval_params(), s.consts, s.puzzle_table))
+  host_table, host_state = (
+    sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(t)) // jax.process_count()
+    for t in (s.puzzle_table, s)
+  )
+  limits = [m["bytes_limit"] for d in devices if (m := d.memory_stats()) and "bytes_limit" in m]
+  ram, n = available_ram(), len(devices)
+  fields = {
+    "table": (table_field, int(run.config.model.num_puzzle_identifiers), 1),
+    "train": ("config.train.global_batch_size", int(run.config.train.global_batch_size), run.mesh.size),
+    "eval": ("config.eval.batch_size", int(run.config.eval.batch_size), run.mesh.size),
+  }
+  if limits:  # each device's memory, and the host's RAM for the state's copy
+    checks = [
+      ({"table": table, "train": train, "": state - table}, min(limits), f"memory of a {devices[0].device_kind}")
+    ]
+    checks += [({"table": table, "eval": evals, "": state - table + carry}, min(limits), checks[0][2])]
+    checks += [({"table": host_table, "": host_state - host_table}, ram, "available host RAM")]
+  else:  # CPU devices: all of it is host RAM
+    copy = {"table": n * table + host_table, "": n * (state - table) + host_state - host_table}
+    checks = [({**copy, "train": n * train}, ram, "available host RAM")]
+    checks += [({**copy, "eval": n * evals, "": copy[""] + n * carry}, ram, "available host RAM")]
+  for parts, budget, where in checks:
+    need = sum(parts.values())
+    if budget is None or need <= budget:
+      continue
+    name = max((k for k in parts if k), key=parts.get)
+    field, value, step = fields[name]
+    fits = int(value * (budget - need + parts[name]) / max(parts[name], 1)) // step * step
+    raise UserError(
+      f"{field}={value} does not fit this machine: the run needs about {need / 1e9:,.1f} GB of the "
+      f"{budget / 1e9:,.1f} GB {where}; "
+      + (
+        f"about {fits} fits"
+        if fits >= step
+        else f"the rest of the run alone needs {(need - parts[name]) / 1e9:,.1f} GB"
+      )
+    )
 
 
 def run_meta(config, data: data_lib.Data) -> dict:

@@ -27,6 +27,8 @@ from trm_jax import cli, rules
 from trm_jax.render import MAZE_CHARS, draw_pair, plural, prepare_png, render
 
 INVALID_EXIT = 2
+ARC_TESTS_MAX = 16  # test inputs solved per ARC task (ARC-AGI tasks have 1-4); a task file is at most 16 MB
+STEPS_PER_HALT_MAX = 16  # --steps: at most 16 x the run's halt_max_steps
 
 
 class InputError(ValueError):
@@ -95,6 +97,8 @@ def arc_inputs(path: str) -> list[np.ndarray]:
 
   if not os.path.isfile(path):
     raise InputError(f"--arc: {path}: file not found")
+  if os.path.getsize(path) > 1 << 24:
+    raise InputError(f"--arc: {path}: {os.path.getsize(path):,} bytes; an ARC task is at most 16 MB")
   try:
     with open(path) as f:
       task = json.load(f)
@@ -105,6 +109,8 @@ def arc_inputs(path: str) -> list[np.ndarray]:
   tests = task.get("test") if isinstance(task, dict) else None
   if not isinstance(tests, list) or not tests:
     raise InputError(f'--arc: {path}: needs a non-empty "test" list')
+  if len(tests) > ARC_TESTS_MAX:
+    raise InputError(f"--arc: {path}: {len(tests)} test inputs; at most {ARC_TESTS_MAX} are solved per task")
   try:
     return [
       arc._grid(t.get("input") if isinstance(t, dict) else None, f"{path} test[{i}].input") for i, t in enumerate(tests)
@@ -173,6 +179,12 @@ def _check_run(kind: str, puzzle, meta: dict) -> None:
   _size(len(puzzle), seq_len, f"--{kind}", "characters" if kind == "sudoku" else "cells")
 
 
+def _check_steps(steps: int, meta: dict) -> None:
+  most = STEPS_PER_HALT_MAX * int(json.loads(meta["config"])["model"]["halt_max_steps"])
+  if steps > most:
+    raise InputError(f"--steps={steps}: at most {most} ({STEPS_PER_HALT_MAX} x the run's model.halt_max_steps)")
+
+
 def _invalid(why: str, confidence: float) -> str:
   return f"INVALID: {why} (halting confidence {confidence:.3f})"
 
@@ -189,6 +201,7 @@ def main(argv) -> int:
   kind, puzzle = _read_puzzle(f)
   meta, _ = runs.read_meta(f.workdir)
   _check_run(kind, puzzle, meta)
+  _check_steps(f.steps, meta)
   run, state, meta = load_run(f.workdir)
   grid = tuple(meta.get("grid", (0, 0)))
   steps = f.steps if f.steps > 0 else None
@@ -260,7 +273,9 @@ def run():
   flags.DEFINE_string(
     "png", None, "Also draw the puzzle and the answer here (needs matplotlib; the directory is created)."
   )
-  flags.DEFINE_integer("steps", 0, "Supervision steps (default: the run's eval setting).", lower_bound=0)
+  flags.DEFINE_integer(
+    "steps", 0, "Supervision steps (default: the run's eval setting; at most 16 x its halt_max_steps).", lower_bound=0
+  )
   flags.DEFINE_bool("verbose", False, "Also show the libraries' logs (orbax, jax).")
   cli.own_help(__name__)
 

@@ -13,7 +13,6 @@ import contextlib
 import copy
 import json
 import sys
-import time
 
 import jax
 import ml_collections
@@ -28,6 +27,7 @@ from trm_jax import (
   input_pipeline,
   report,
   rundir,
+  runs,
   sharding,
   trace,
   train_state,
@@ -67,14 +67,15 @@ def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
   also prints the resolved config (it is saved in every checkpoint's metadata anyway).
   """
   config_lib.validate(config)  # before anything is allocated, built or created
+  run, data, cadence = _setup(config)
+  steps = _compile(run, data)  # refuses a run that does not fit, before anything is allocated or created
   run_dir = rundir.RunDir(workdir).prepare()
   with workdir_lock.hold(run_dir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(config, run_dir, verbose)
+    return _train_and_evaluate(run, data, cadence, steps, run_dir, verbose)
 
 
-def _train_and_evaluate(config, run_dir: rundir.RunDir, verbose: bool) -> dict:
+def _train_and_evaluate(run: Run, data, cadence, steps, run_dir: rundir.RunDir, verbose: bool) -> dict:
   """Trains the run through its hooks (or evaluates it once when it is already at its last step); reports."""
-  run, data, cadence = _setup(config)
   tcfg, end, batch_size = run.config.train, cadence.end, int(run.config.train.global_batch_size)
   profile = trace.StepTrace(tcfg.get("profile_steps", ""), run_dir)
   with errors.disk_full_names(run_dir.checkpoints()), contextlib.ExitStack() as resources:
@@ -89,7 +90,9 @@ def _train_and_evaluate(config, run_dir: rundir.RunDir, verbose: bool) -> dict:
       writer.log(f"resuming from step {start} in {run_dir.checkpoints()}")
     _log_start(writer, run, state, cadence, forgotten, verbose)
     guard = hooks_lib.NonFiniteGuard(mngr, pending=start if resumed else None)
-    evals = hooks_lib.EvaluateAt(cadence.eval_steps, lambda s: evaluate.evaluate_all(run, s, data, run_dir), writer)
+    evals = hooks_lib.EvaluateAt(
+      cadence.eval_steps, lambda s: evaluate.evaluate_all(run, s, data, run_dir, steps[2]), writer
+    )
     save = hooks_lib.SaveCheckpoint(mngr, run_meta(run.config, data), tcfg.checkpoint_every, guard)
     log = hooks_lib.LogEvery(writer, tcfg.log_every, batch_size, guard.check, also=(evals.due, save.due))
     feed = (
@@ -107,9 +110,10 @@ def _train_and_evaluate(config, run_dir: rundir.RunDir, verbose: bool) -> dict:
       preempted = hooks_lib.Preempted(preemption, mngr, writer)
       step = start
       if start < end:
-        step_fn = _compile(run, writer, state, carry, lambda: input_pipeline.train_batch(*feed))
+        writer.log(f"train step compiled in {steps[1]:.1f}s")
+        writer.write(start, {"compile_seconds": steps[1]})
         tick = train_loop(
-          lambda s, c, b: step_fn(s, c, run.make_batch(b), run.step_rng),
+          lambda s, c, b: steps[0](s, c, run.make_batch(b), run.step_rng),
           state,
           carry,
           start,
@@ -242,12 +246,10 @@ def _log_start(writer, run: Run, state, cadence, forgotten: list, verbose: bool)
     writer.write(0, {"params": n_params, "total_steps": cadence.end})
 
 
-def _compile(run: Run, writer, state, carry, local_batch):
-  """The run's train step compiled for these arguments (timed and logged); all processes meet afterwards."""
-  t0 = time.time()
-  compiled = run.train_step.lower(state, carry, run.make_batch(local_batch()), run.step_rng).compile()
-  compile_s = time.time() - t0
-  writer.log(f"train step compiled in {compile_s:.1f}s")
-  writer.write(int(state.step), {"compile_seconds": compile_s})
+def _compile(run: Run, data) -> tuple:
+  """-> (train step, its compile seconds, eval step), compiled for the run's batches; a run whose steps, state
+  and puzzle table do not fit the devices and the host is one UserError. All processes meet here."""
+  (train_step, seconds), (eval_step, _) = runs.compile_train(run), runs.compile_eval(run)
+  runs.check_fits(run, train_step, eval_step, f"{data.train.where}: num_puzzle_identifiers")
   checkpoint.barrier("trm_train_step_compiled")
-  return compiled
+  return train_step, seconds, eval_step

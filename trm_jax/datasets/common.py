@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -47,18 +48,30 @@ def require_file(path: Path) -> Path:
 
 
 CSV_FIELDS = ("source", "question", "answer", "rating")
+CSV_LINE_MAX = 1 << 16  # characters of one CSV line: a record is a few thousand (a 30x30 maze row is ~1.9 KB)
+
+
+def _capped_lines(f, path: Path):
+  """The lines of `f`, never reading more than CSV_LINE_MAX + 1 characters of one (whatever the file's size)."""
+  for number in itertools.count(1):
+    line = f.readline(CSV_LINE_MAX + 1)
+    if len(line) > CSV_LINE_MAX:
+      raise DataError(f"{path}:{number}: line longer than {CSV_LINE_MAX} characters; a record is a few thousand")
+    if not line:
+      return
+    yield line
 
 
 def iter_csv_rows(path: Path):
-  """Yields (line number, question, answer) of a `source,question,answer,rating` CSV.
+  """Yields (line number, question, answer) of a `source,question,answer,rating` CSV, one line read at a time.
 
-  A missing file, a wrong header, a short row or malformed CSV is a one-line
+  A missing file, a wrong header, a short or overlong row or malformed CSV is a one-line
   DataError naming the file (and line).
   """
   path = require_file(path)
   try:
     with open(path, newline="") as f:
-      reader = csv.reader(f)
+      reader = csv.reader(_capped_lines(f, path))
       header = next(reader, None)
       if header is None or [h.strip() for h in header[:3]] != list(CSV_FIELDS[:3]):
         raise DataError(f"{path}:1: header must start with {','.join(CSV_FIELDS)}, got {header!r}")
