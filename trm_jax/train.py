@@ -13,6 +13,7 @@ import contextlib
 import copy
 import json
 import sys
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -74,7 +75,7 @@ def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
     return _train_and_evaluate(run, data, cadence, steps, run_dir, verbose)
 
 
-def _train_and_evaluate(run: Run, data, cadence, steps, run_dir: rundir.RunDir, verbose: bool) -> dict:
+def _train_and_evaluate(run: Run, data, cadence, steps: Steps, run_dir: rundir.RunDir, verbose: bool) -> dict:
   """Trains the run through its hooks (or evaluates it once when it is already at its last step); reports."""
   tcfg, end, batch_size = run.config.train, cadence.end, int(run.config.train.global_batch_size)
   profile = trace.StepTrace(tcfg.get("profile_steps", ""), run_dir)
@@ -91,29 +92,21 @@ def _train_and_evaluate(run: Run, data, cadence, steps, run_dir: rundir.RunDir, 
     _log_start(writer, run, state, cadence, forgotten, verbose)
     guard = hooks_lib.NonFiniteGuard(mngr, pending=start if resumed else None)
     evals = hooks_lib.EvaluateAt(
-      cadence.eval_steps, lambda s: evaluate.evaluate_all(run, s, data, run_dir, steps[2]), writer
+      cadence.eval_steps, lambda s: evaluate.evaluate_all(run, s, data, run_dir, steps.eval), writer
     )
     save = hooks_lib.SaveCheckpoint(mngr, run_meta(run.config, data), tcfg.checkpoint_every, guard)
     log = hooks_lib.LogEvery(writer, tcfg.log_every, batch_size, guard.check, also=(evals.due, save.due))
-    feed = (
-      data.train,
-      run.config.seed,
-      start,
-      batch_size,
-      jax.process_index(),
-      jax.process_count(),
-      cadence.epochs_per_iter,
-    )
+    feed = _feed(run, data, cadence, start)
     batches = resources.enter_context(contextlib.closing(input_pipeline.prefetch_train_batches(*feed)))
     resources.callback(profile.close)
     with checkpoint.Preemption() as preemption:
       preempted = hooks_lib.Preempted(preemption, mngr, writer)
       step = start
       if start < end:
-        writer.log(f"train step compiled in {steps[1]:.1f}s")
-        writer.write(start, {"compile_seconds": steps[1]})
+        writer.log(f"train step compiled in {steps.compile_seconds:.1f}s")
+        writer.write(start, {"compile_seconds": steps.compile_seconds})
         tick = train_loop(
-          lambda s, c, b: steps[0](s, c, run.make_batch(b), run.step_rng),
+          lambda s, c, b: steps.train(s, c, run.make_batch(b), run.step_rng),
           state,
           carry,
           start,
@@ -124,7 +117,8 @@ def _train_and_evaluate(run: Run, data, cadence, steps, run_dir: rundir.RunDir, 
         state, step = tick.state, tick.step
         if tick.stop:
           preempted.announce(step)
-      elif _evaluated(run_dir, start):  # a finished run started again
+      elif (recorded := _recorded_eval(run_dir, start)) is not None:  # a finished run started again
+        evals.latest = recorded
         writer.log(f"already complete: step {start} of {end} is evaluated in {run_dir.metrics}")
       else:  # e.g. a checkpoint trm-convert wrote at the last step
         evals.run(start, state)
@@ -138,10 +132,11 @@ def _train_and_evaluate(run: Run, data, cadence, steps, run_dir: rundir.RunDir, 
   return dict(evals.latest, step=step)
 
 
-def _evaluated(run_dir: rundir.RunDir, step: int) -> bool:
-  """Whether the run's metrics.jsonl holds an evaluation of `step`."""
+def _recorded_eval(run_dir: rundir.RunDir, step: int) -> dict | None:
+  """The evaluation of `step` that the run's metrics.jsonl holds (its eval/ metrics), or None."""
   records = metrics_lib.read(run_dir) if fileio.exists(run_dir.metrics) else []
-  return any(r.get("step") == step and any(k.startswith("eval/") for k in r) for r in records)
+  found = [{k: v for k, v in r.items() if k.startswith("eval/")} for r in records if r.get("step") == step]
+  return next((r for r in reversed(found) if r), None)
 
 
 def train_loop(train_step, state, carry, start: int, end: int, batches, hooks: list) -> hooks_lib.Tick:
@@ -246,10 +241,22 @@ def _log_start(writer, run: Run, state, cadence, forgotten: list, verbose: bool)
     writer.write(0, {"params": n_params, "total_steps": cadence.end})
 
 
-def _compile(run: Run, data) -> tuple:
-  """-> (train step, its compile seconds, eval step), compiled for the run's batches; a run whose steps, state
-  and puzzle table do not fit the devices and the host is one UserError. All processes meet here."""
+class Steps(NamedTuple):
+  train: Any  # the compiled train step
+  compile_seconds: float
+  eval: Any  # the compiled eval step
+
+
+def _feed(run: Run, data, cadence, start: int) -> tuple:
+  """The arguments of this process's train batches from step `start` (`input_pipeline.train_batch`)."""
+  batch_size, process = int(run.config.train.global_batch_size), (jax.process_index(), jax.process_count())
+  return (data.train, run.config.seed, start, batch_size, *process, cadence.epochs_per_iter)
+
+
+def _compile(run: Run, data) -> Steps:
+  """The train and eval steps, compiled for the run's batches; a run whose steps, state and puzzle table do not
+  fit the devices and the host is one UserError. All processes meet here."""
   (train_step, seconds), (eval_step, _) = runs.compile_train(run), runs.compile_eval(run)
   runs.check_fits(run, train_step, eval_step, f"{data.train.where}: num_puzzle_identifiers")
   checkpoint.barrier("trm_train_step_compiled")
-  return train_step, seconds, eval_step
+  return Steps(train_step, seconds, eval_step)
