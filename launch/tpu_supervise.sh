@@ -27,7 +27,8 @@ is deleted and the next attempt starts after a back-off. Another status is
 the run's own failure: the slice is deleted and the supervisor exits with it.
 
 Only the queued resource this supervisor created is ever deleted: if NAME
-already exists it refuses to start.
+already exists it refuses to start. Interrupted (Ctrl-C, SIGTERM), it stops
+the run (tpu_stop.sh: the run saves) and deletes the slice it created.
 
 Exit status: 0 done; 2 bad usage, NAME exists, or the workdir is unreadable;
 93 --max_attempts attempts without reaching the last step; else the run's.
@@ -153,7 +154,17 @@ delete_slice() {
     CREATED=0
   fi
 }
-trap 'log "interrupted: deleting ${NAME}"; delete_slice; exit 130' INT TERM
+# Interrupted (Ctrl-C, kill): the run saves and stops (tpu_stop.sh), then the slice it created goes.
+on_signal() {
+  trap - INT TERM
+  if [[ "$CREATED" == 1 ]]; then
+    log "interrupted: stopping ${RUN_NAME} and deleting ${NAME}"
+    "${LAUNCH_DIR}/tpu_stop.sh" "${COMMON[@]}" "--run=${RUN_NAME}" || true
+    delete_slice
+  fi
+  exit 130
+}
+trap on_signal INT TERM
 
 state="$(qr_state)"
 [[ -z "$state" ]] || die "queued resource ${NAME} already exists (${state}); it is left alone: delete it (launch/tpu_stop.sh --no_stop --delete) or choose another --name"

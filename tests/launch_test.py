@@ -23,6 +23,7 @@ SCRIPTS = [
   "tpu_stop.sh",
   "tpu_free.sh",
   "gpu_multinode.sh",
+  "tpu_supervise.sh",
 ]
 
 
@@ -954,6 +955,26 @@ def test_supervise_leaves_an_existing_slice_alone(spot):
   (state / "create_fail").write_text("ERROR: pod already exists\n")
   rc, own, calls, err = _supervise(env, *args, "--max_attempts=1")
   assert rc == 93 and _count(calls, "create") == 1 and _count(calls, "delete") == 0, err
+
+
+def test_supervise_interrupted_stops_the_run_and_deletes_its_slice(spot, tmp_path):
+  env, args, state = spot
+  p = subprocess.Popen(
+    ["bash", os.path.join(LAUNCH, "tpu_supervise.sh"), *args],
+    env=dict(os.environ, **env),
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
+  _wait_for([state / "up-1-0"])  # the run is up
+  os.killpg(p.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
+  _, err = p.communicate(timeout=60)
+  assert p.returncode == 130, err
+  assert "interrupted: stopping sup and deleting pod" in err
+  log = (tmp_path / "home" / "logs" / "sup" / "worker-0.log").read_text()
+  assert "# signal received" in log and "# exit status 0" in log  # SIGTERM: saved and exited
+  calls = open(env["FAKE_LOG"]).read().splitlines()
+  assert _count(calls, "delete") == 1 and (state / "qr_state").read_text().strip() == "NONE"
 
 
 @pytest.mark.parametrize(
