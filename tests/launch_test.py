@@ -842,7 +842,7 @@ if [ "$TRM_WORKER" = 0 ]; then
 fi
 touch "$FAKE_STATE_DIR/up-$g-$TRM_WORKER"
 if [ "$step" = 30 ] && [ -z "${FAKE_LINGER:-}" ]; then exit 0; fi
-trap "exit 0" TERM; sleep 60 & wait
+trap "exit 0" TERM; sleep 3600 & wait
 """
 
 
@@ -955,6 +955,25 @@ def test_supervise_leaves_an_existing_slice_alone(spot):
   (state / "create_fail").write_text("ERROR: pod already exists\n")
   rc, own, calls, err = _supervise(env, *args, "--max_attempts=1")
   assert rc == 93 and _count(calls, "create") == 1 and _count(calls, "delete") == 0, err
+
+
+def test_supervise_run_failure_is_not_retried(spot, tmp_path):
+  """A run that fails by itself (not a preemption) ends the supervisor with its status; its logs are fetched."""
+  env, args, state = spot
+  py = _fake_python(tmp_path / "bad", 'echo "Traceback: boom"; exit 3\n')
+  p = subprocess.run(
+    ["bash", os.path.join(LAUNCH, "tpu_supervise.sh"), *args, f"--python={py}"],
+    env=dict(os.environ, **env),
+    capture_output=True,
+    text=True,
+    timeout=60,
+    cwd=tmp_path,
+  )
+  assert p.returncode == 3, p.stderr
+  assert "the run failed with status 3 (not a preemption)" in p.stderr
+  assert "Traceback: boom" in (tmp_path / "logs" / "sup" / "worker-0.log").read_text()
+  calls = open(env["FAKE_LOG"]).read().splitlines()
+  assert _count(calls, "create") == 1 and _count(calls, "delete") == 1
 
 
 def test_supervise_interrupted_stops_the_run_and_deletes_its_slice(spot, tmp_path):
