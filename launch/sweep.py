@@ -22,7 +22,9 @@ sweep list, so a rerun of the sweep resumes each trial from its own workdir.
                     at a time, the slices (--tpu_names, or --name in
                     --tpu_args) working in parallel; the experiment path must be
                     relative to the repository root, the workdir base a gs://
-                    path;
+                    path; with --until_done each slice is created per trial by
+                    `launch/tpu_supervise.sh` (spot), recreated after every
+                    preemption until the trial's last step, then deleted;
   --launcher=slurm  one Slurm job array (`sbatch --array`) of
                     launch/slurm_train.sbatch, one array task per trial.
 
@@ -196,18 +198,22 @@ def expand_sweep(
   return trials
 
 
-def tpu_command(trial: Trial, tpu_args: Sequence[str], sweep_name: str, tpu_name: str | None = None) -> list[str]:
-  """launch/tpu_run.sh invocation for one trial (blocks until it ends)."""
+def tpu_command(
+  trial: Trial, tpu_args: Sequence[str], sweep_name: str, tpu_name: str | None = None, until_done: bool = False
+) -> list[str]:
+  """launch/tpu_run.sh --wait invocation for one trial on an existing slice (blocks until it ends), or with
+  until_done launch/tpu_supervise.sh (creates the slice, recreates it after preemptions, deletes it when done)."""
   config, workdir, *rest = trial.args
   name = [f"--name={tpu_name}"] if tpu_name else []
+  script, wait = ("tpu_supervise.sh", []) if until_done else ("tpu_run.sh", ["--wait"])
   return [
-    os.path.join("launch", "tpu_run.sh"),
+    os.path.join("launch", script),
     *tpu_args,
     *name,
     config,
     workdir,
     f"--run_name={sweep_name}-{trial.name}",
-    "--wait",
+    *wait,
     "--",
     *rest,
   ]
@@ -235,6 +241,24 @@ def progress(workdir: str) -> tuple[int | None, int | None, dict]:
 def finished(workdir: str) -> bool:
   last, total, _ = progress(workdir)
   return last is not None and total is not None and last >= total
+
+
+def checkpoint_step(workdir: str) -> int | None:
+  """The newest step folder under workdir/checkpoints/ (local or gs://); None if there is none."""
+  from trm_jax import fileio, rundir  # pylint: disable=g-import-not-at-top
+
+  try:
+    names = fileio.listdir(rundir.RunDir(workdir).checkpoints())
+  except (FileNotFoundError, NotADirectoryError):
+    return None
+  return max((int(n) for n in names if n.isdigit()), default=None)
+
+
+def progress_line(workdir: str) -> str:
+  """'step=S total=T checkpoint=C' ('-' for unknown): what `--finished` prints (read by launch/tpu_supervise.sh)."""
+  last, total, _ = progress(workdir)
+  ckpt = checkpoint_step(workdir)
+  return " ".join(f"{k}={'-' if v is None else v}" for k, v in (("step", last), ("total", total), ("checkpoint", ckpt)))
 
 
 # The final eval metrics shown (the last part of `eval/<set>/<metric>`) and their column names;
@@ -286,7 +310,9 @@ def run_local(trials, commands, keep_going: bool) -> list[str]:
   return failed
 
 
-def run_on_slices(trials, tpu_names: Sequence[str], tpu_args, sweep_name, keep_going: bool) -> list[str]:
+def run_on_slices(
+  trials, tpu_names: Sequence[str], tpu_args, sweep_name, keep_going: bool, until_done: bool = False
+) -> list[str]:
   """One worker thread per slice takes the next trial until none is left; -> names of failed trials."""
   queue = list(trials)
   lock = threading.Lock()
@@ -298,7 +324,7 @@ def run_on_slices(trials, tpu_names: Sequence[str], tpu_args, sweep_name, keep_g
         if not queue or (failed and not keep_going):
           return
         trial = queue.pop(0)
-      cmd = tpu_command(trial, tpu_args, sweep_name, tpu)
+      cmd = tpu_command(trial, tpu_args, sweep_name, tpu, until_done)
       print(f"[sweep {tpu or 'tpu'}] {trial.name}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
       rc = subprocess.call(cmd, cwd=REPO_ROOT)
       if rc != 0:
@@ -358,6 +384,13 @@ def define_flags():
     "--launcher=tpu: slices to spread the trials over (one trial per slice at a time, "
     "in parallel); default: the one named in --tpu_args or $TPU_NAME.",
   )
+  flags.DEFINE_bool(
+    "until_done",
+    False,
+    "--launcher=tpu: each slice name is a spot slice that launch/tpu_supervise.sh creates per trial, recreates "
+    "after preemptions until the trial's last step, then deletes (--tpu_args then also takes its flags, "
+    "e.g. --accelerator_type, --max_attempts).",
+  )
   flags.DEFINE_string(
     "sbatch_args",
     "",
@@ -374,7 +407,8 @@ def define_flags():
   flags.DEFINE_string(
     "finished",
     None,
-    "Only check: exit 0 if this workdir reached its last step, else 1 (used by launch/slurm_train.sbatch to requeue).",
+    "Only check: print 'step=S total=T checkpoint=C' and exit 0 if this workdir reached its last step, else 1 "
+    "(used by launch/slurm_train.sbatch to requeue, launch/tpu_supervise.sh to recreate a slice).",
   )
   flags.DEFINE_bool("summary", False, "Only print the table of every trial's progress and final eval metrics.")
 
@@ -394,9 +428,12 @@ def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS.finished:
+    print(progress_line(FLAGS.finished), flush=True)
     return 0 if finished(FLAGS.finished) else 1
   if not FLAGS.config or FLAGS.workdir_base is None:
     raise ValueError("--config and --workdir_base are required (see --help)")
+  if FLAGS.until_done and FLAGS.launcher != "tpu":
+    raise ValueError(f"--until_done needs --launcher=tpu, got --launcher={FLAGS.launcher}")
   path, arg = split_config_spec(FLAGS.config)
   config_name = path
   if FLAGS.launcher == "tpu":
@@ -435,7 +472,9 @@ def main(argv: Sequence[str]) -> int:
   elif FLAGS.launcher == "tpu":
     tpu_args = shlex.split(FLAGS.tpu_args)
     names = FLAGS.tpu_names or [None]
-    commands = [tpu_command(t, tpu_args, sweep_name, names[i % len(names)]) for i, t in enumerate(todo)]
+    commands = [
+      tpu_command(t, tpu_args, sweep_name, names[i % len(names)], FLAGS.until_done) for i, t in enumerate(todo)
+    ]
   else:
     commands = [t.command(FLAGS.python) for t in todo]
 
@@ -458,7 +497,9 @@ def main(argv: Sequence[str]) -> int:
     )
     return 1 if failed else 0
   if FLAGS.launcher == "tpu":
-    failed = run_on_slices(todo, FLAGS.tpu_names or [None], shlex.split(FLAGS.tpu_args), sweep_name, FLAGS.keep_going)
+    failed = run_on_slices(
+      todo, FLAGS.tpu_names or [None], shlex.split(FLAGS.tpu_args), sweep_name, FLAGS.keep_going, FLAGS.until_done
+    )
   else:
     failed = run_local(todo, commands, FLAGS.keep_going)
   print(summary_table(trials))

@@ -23,6 +23,7 @@ SCRIPTS = [
   "tpu_stop.sh",
   "tpu_free.sh",
   "gpu_multinode.sh",
+  "tpu_supervise.sh",
 ]
 
 
@@ -366,18 +367,70 @@ FAKE_GCLOUD = """\
 #!/usr/bin/env bash
 # Runs `tpu-vm ssh --command=...` locally once per fake worker; logs the rest.
 # Files in $FAKE_STATE_DIR simulate the slice: ssh_fail (ssh exits 255, after
-# touching ssh_failed), qr_state (the queued resource's state, default ACTIVE),
-# external_ips.
+# touching ssh_failed), qr_state (the queued resource's state, default ACTIVE;
+# NONE: it does not exist), external_ips. Its life cycle: `queued-resources
+# create` (fails with the text of create_fail if that exists) starts
+# generation gen+1, PROVISIONING for $FAKE_PROVISION_POLLS describes (and
+# $FAKE_PROVISION_S seconds: simulated timings), then ACTIVE; `delete` kills
+# every run's process group, removes the pid files (the VMs are gone) and
+# makes it NONE. Line "G N" in preempt_at
+# preempts generation G at its N-th ssh: once the runs have touched
+# up-G-<worker>, it touches preempted-G, SIGTERMs them, SUSPENDED, and that
+# ssh fails. scp copies
+# NAME:path to or from $HOME/path, after $FAKE_SCP_S seconds.
 set -u
 echo "$*" >> "$FAKE_LOG"
 S="${FAKE_STATE_DIR:-/nonexistent}"
-if [[ "$1 $2 $3" == "compute tpus queued-resources" && "$4" == describe ]]; then
-  cat "$S/qr_state" 2>/dev/null || echo ACTIVE; exit 0
+state() { cat "$S/qr_state" 2>/dev/null || echo ACTIVE; }
+kill_runs() {  # $1: signal
+  for f in "$HOME"/logs/*/worker-*.pid; do [ -f "$f" ] && kill "-$1" -- "-$(cat "$f")" 2>/dev/null; done; true
+}
+if [[ "$1 $2 $3" == "compute tpus queued-resources" ]]; then
+  case "$4" in
+    describe)
+      st="$(state)"
+      if [[ "$st" == NONE ]]; then echo "ERROR: NOT_FOUND: $5" >&2; exit 1; fi
+      if [[ "$st" == PROVISIONING ]]; then
+        left="$(cat "$S/provision_left")"
+        if [[ "$left" -gt 0 || "$(date +%s%N)" -lt "$(cat "$S/ready_ns")" ]]; then
+          echo "$((left > 0 ? left - 1 : 0))" > "$S/provision_left"
+        else
+          st=ACTIVE; echo ACTIVE > "$S/qr_state"
+        fi
+      fi
+      echo "$st"; exit 0 ;;
+    create)
+      if [[ -e "$S/create_fail" ]]; then cat "$S/create_fail" >&2; exit 1; fi
+      if [[ "$(state)" != NONE ]]; then echo "ERROR: $5 already exists" >&2; exit 1; fi
+      echo $(( $(cat "$S/gen" 2>/dev/null || echo 0) + 1 )) > "$S/gen"
+      echo 0 > "$S/ssh_calls"; echo PROVISIONING > "$S/qr_state"
+      echo "${FAKE_PROVISION_POLLS:-0}" > "$S/provision_left"
+      echo $(( $(date +%s%N) + ${FAKE_PROVISION_S:-0} * 1000000000 )) > "$S/ready_ns"
+      exit 0 ;;
+    delete) kill_runs KILL; rm -f "$HOME"/logs/*/worker-*.pid; echo NONE > "$S/qr_state"; exit 0 ;;
+  esac
 fi
 if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm describe" ]]; then
   cat "$S/external_ips" 2>/dev/null || echo True; exit 0
 fi
-if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm ssh" && -e "$S/ssh_fail" ]]; then
+if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm scp" ]]; then
+  [[ "$(state)" == ACTIVE ]] || exit 255
+  sleep "${FAKE_SCP_S:-0}"
+  src="$5"; dst="$6"
+  if [[ "$src" == *:* ]]; then src="$HOME/${src#*:}"; else dst="$HOME/${dst#*:}"; fi
+  # shellcheck disable=SC2086
+  cp $src "$dst"; exit
+fi
+if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm ssh" && -e "$S/preempt_at" ]]; then
+  g="$(cat "$S/gen")"; n=$(( $(cat "$S/ssh_calls") + 1 )); echo "$n" > "$S/ssh_calls"
+  if grep -qx "$g $n" "$S/preempt_at"; then
+    for i in $(seq 300); do
+      [[ "$(ls "$S" | grep -c "^up-$g-")" -ge "$FAKE_WORKERS" ]] && break; sleep 0.1
+    done
+    touch "$S/preempted-$g"; kill_runs TERM; echo SUSPENDED > "$S/qr_state"
+  fi
+fi
+if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm ssh" && ( -e "$S/ssh_fail" || "$(state)" != ACTIVE ) ]]; then
   touch "$S/ssh_failed"; echo "ssh: connect to host: Connection timed out" >&2; exit 255
 fi
 if [[ "$1 $2 $3 $4" == "compute tpus tpu-vm ssh" ]]; then
@@ -807,6 +860,234 @@ def test_sweep_spreads_trials_over_slices_in_parallel(fake_pod, experiment, tmp_
   calls = (tmp_path / "gcloud.log").read_text()
   assert "tpu-vm ssh s0" in calls and "tpu-vm ssh s1" in calls
   assert "not started" in out.stdout  # the summary (the fake runs wrote no metrics)
+
+
+# ------------------------------------------ tpu_supervise.sh: spot until done
+
+# The run's stand-in on a supervised slice: worker 0 records a checkpoint at step 10 x (the slice's
+# generation), or the last step (30) from generation $FAKE_FINISH_GEN on, in metrics.jsonl and
+# checkpoints/; then it touches up-<gen>-<worker> (the fake gcloud preempts only after that) and
+# exits 0 if it reached the last step (unless $FAKE_LINGER), else runs until SIGTERM (then exits 0).
+SUPERVISED_RUN = """\
+for a; do case "$a" in --workdir=*) w="${a#--workdir=}" ;; esac; done
+g="$(cat "$FAKE_STATE_DIR/gen")"
+step=$((g * 10)); if [ "$g" -ge "$FAKE_FINISH_GEN" ]; then step=30; fi
+if [ "$TRM_WORKER" = 0 ]; then
+  mkdir -p "$w/checkpoints/$step"
+  printf '{"step": 0, "total_steps": 30}\\n{"step": %d}\\n' "$step" >> "$w/metrics.jsonl"
+fi
+touch "$FAKE_STATE_DIR/up-$g-$TRM_WORKER"
+if [ "$step" = 30 ] && [ -z "${FAKE_LINGER:-}" ]; then exit 0; fi
+trap "exit 0" TERM; sleep 3600 & wait
+"""
+
+
+@pytest.fixture
+def spot(fake_pod, tmp_path):
+  """fake_pod with no slice yet (the supervisor creates it), one worker, the stand-in run; -> (env, args, state dir)."""
+  home, env, started = fake_pod
+  state = tmp_path / "state"
+  (state / "qr_state").write_text("NONE\n")
+  started.append(str(home / "logs" / "sup" / "worker-0.pid"))
+  env = dict(env, FAKE_WORKERS="1", TMPDIR=str(tmp_path), TRM_PYTHON=sys.executable, FAKE_FINISH_GEN="9")
+  py = _fake_python(tmp_path / "py", SUPERVISED_RUN)
+  args = ["--remote_dir=code", f"--python={py}", "--run_name=sup", "--config=c.py", f"--workdir={tmp_path}/w"]
+  args += ["--skip_install", "--poll_s=0", "--backoff_s=0", "--max_attempts=5"]
+  return env, args, state
+
+
+def _supervise(env, *args):
+  """-> (exit status, supervisor's own log lines, gcloud calls)."""
+  p = _sh("tpu_supervise.sh", *args, env=env, check=False)
+  own = [l for l in p.stderr.splitlines() if l.startswith("[tpu_supervise.sh]") and "] + " not in l]
+  calls = open(env["FAKE_LOG"]).read().splitlines() if os.path.exists(env["FAKE_LOG"]) else []
+  return p.returncode, own, calls, p.stderr
+
+
+def _count(calls, what):
+  return sum(c.startswith(f"compute tpus queued-resources {what} pod") for c in calls)
+
+
+def test_supervise_recreates_a_preempted_slice_until_done(spot):
+  env, args, state = spot
+  # Generations 1 and 2 are preempted at their 4th ssh (setup, start, poll 1, poll 2); the third finishes.
+  (state / "preempt_at").write_text("1 4\n2 4\n")
+  rc, own, calls, err = _supervise(dict(env, FAKE_FINISH_GEN="3", FAKE_PROVISION_POLLS="2"), *args)
+  assert rc == 0, err
+  assert _count(calls, "create") == 3 and _count(calls, "delete") == 3, calls
+  assert (state / "qr_state").read_text().strip() == "NONE"  # the last slice is deleted too
+  ends = [l for l in own if "(started " in l]
+  assert len(ends) == 3, own
+  for line, frm, outcome, now in zip(
+    ends,
+    ("-", "10", "20"),
+    ("run exit 91 (queued resource SUSPENDED)", "run exit 91 (queued resource SUSPENDED)", "run exit 0"),
+    ("10", "20", "30"),
+  ):
+    assert f"resumed from checkpoint {frm}): {outcome}" in line and line.endswith(f"checkpoint now {now}"), line
+  assert own[-1].endswith("reached its last step (checkpoint 30) after 3 attempt(s); pod deleted")
+  # It waited for ACTIVE: two PROVISIONING polls per slice before the setup.
+  describes = [c for c in calls if c.startswith("compute tpus queued-resources describe")]
+  assert len(describes) >= 3 * 3
+  # Every attempt deployed the same pinned commit.
+  sha = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+  assert sum(f"trm_jax-{sha[:12]}.tar.gz" in c for c in calls if "tpu-vm scp" in c) == 3
+
+
+def test_supervise_does_not_restart_a_finished_run(spot):
+  """Preempted after it reached its last step (e.g. during the final eval): not created again."""
+  env, args, state = spot
+  (state / "preempt_at").write_text("1 4\n")
+  rc, own, calls, err = _supervise(dict(env, FAKE_FINISH_GEN="1", FAKE_LINGER="1"), *args)
+  assert rc == 0, err
+  assert "run exit 91 (queued resource SUSPENDED); checkpoint now 30" in own[-2]
+  assert _count(calls, "create") == 1 and _count(calls, "delete") == 1
+  # A workdir that is done already creates nothing at all.
+  open(env["FAKE_LOG"], "w").close()
+  rc, own, calls, err = _supervise(env, *args)
+  assert rc == 0 and calls == [c for c in calls if "describe" in c] and "after 0 attempt(s)" in own[-1], err
+
+
+def test_supervise_max_attempts(spot):
+  env, args, state = spot
+  (state / "preempt_at").write_text("1 4\n2 4\n3 4\n")
+  rc, own, calls, err = _supervise(env, *args, "--max_attempts=2")
+  assert rc == 93, err
+  (line,) = [l for l in own if "giving up" in l]
+  assert line.endswith(
+    "giving up after 2 attempt(s) (last: run exit 91 (queued resource SUSPENDED)); "
+    f"{env['TMPDIR']}/w at checkpoint 20 (exit 93)"
+  )
+  assert line == own[-1]
+  assert _count(calls, "create") == 2 and _count(calls, "delete") == 2
+  assert (state / "qr_state").read_text().strip() == "NONE"
+
+
+def test_supervise_create_failure_backs_off_and_gives_up(spot):
+  env, args, state = spot
+  (state / "create_fail").write_text("ERROR: (gcloud.compute.tpus.queued-resources.create) Quota limit exceeded\n")
+  rc, own, calls, err = _supervise(env, *args, "--max_attempts=3", "--backoff_s=0.01", "--max_backoff_s=0.03")
+  assert rc == 93, err
+  assert [l.rsplit(" ", 2)[-2] for l in own if "next attempt in" in l] == ["0.01", "0.02"]
+  assert [l for l in own if "giving up" in l] == [own[-1]]
+  assert "giving up after 3 attempt(s) (last: create failed)" in own[-1]
+  assert _count(calls, "create") == 3 and _count(calls, "delete") == 0  # nothing was created
+  assert err.count("Quota limit exceeded") == 3
+
+
+def test_supervise_leaves_an_existing_slice_alone(spot):
+  """A queued resource of the same name that the supervisor did not create is neither used nor deleted."""
+  env, args, state = spot
+  (state / "qr_state").write_text("ACTIVE\n")
+  rc, own, calls, err = _supervise(env, *args)
+  assert rc == 2
+  assert err.strip().splitlines() == [
+    "[tpu_supervise.sh] error: queued resource pod already exists (ACTIVE); it is left alone: delete it "
+    "(launch/tpu_stop.sh --no_stop --delete) or choose another --name"
+  ]
+  assert [c.split()[3] for c in calls] == ["describe"]
+  # Taken between the check and the create (create says it exists): nothing is deleted either.
+  (state / "qr_state").write_text("NONE\n")
+  (state / "create_fail").write_text("ERROR: pod already exists\n")
+  rc, own, calls, err = _supervise(env, *args, "--max_attempts=1")
+  assert rc == 93 and _count(calls, "create") == 1 and _count(calls, "delete") == 0, err
+
+
+def test_supervise_run_failure_is_not_retried(spot, tmp_path):
+  """A run that fails by itself (not a preemption) ends the supervisor with its status; its logs are fetched."""
+  env, args, state = spot
+  py = _fake_python(tmp_path / "bad", 'echo "Traceback: boom"; exit 3\n')
+  p = subprocess.run(
+    ["bash", os.path.join(LAUNCH, "tpu_supervise.sh"), *args, f"--python={py}"],
+    env=dict(os.environ, **env),
+    capture_output=True,
+    text=True,
+    timeout=60,
+    cwd=tmp_path,
+  )
+  assert p.returncode == 3, p.stderr
+  assert "the run failed with status 3 (not a preemption)" in p.stderr
+  assert "Traceback: boom" in (tmp_path / "logs" / "sup" / "worker-0.log").read_text()
+  calls = open(env["FAKE_LOG"]).read().splitlines()
+  assert _count(calls, "create") == 1 and _count(calls, "delete") == 1
+
+
+def test_supervise_interrupted_stops_the_run_and_deletes_its_slice(spot, tmp_path):
+  env, args, state = spot
+  p = subprocess.Popen(
+    ["bash", os.path.join(LAUNCH, "tpu_supervise.sh"), *args],
+    env=dict(os.environ, **env),
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
+  _wait_for([state / "up-1-0"])  # the run is up
+  os.killpg(p.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
+  _, err = p.communicate(timeout=60)
+  assert p.returncode == 130, err
+  assert "interrupted: stopping sup and deleting pod" in err
+  log = (tmp_path / "home" / "logs" / "sup" / "worker-0.log").read_text()
+  assert "# signal received" in log and "# exit status 0" in log  # SIGTERM: saved and exited
+  calls = open(env["FAKE_LOG"]).read().splitlines()
+  assert _count(calls, "delete") == 1 and (state / "qr_state").read_text().strip() == "NONE"
+
+
+@pytest.mark.parametrize(
+  "flag,msg",
+  [
+    ("--max_attempts=0", "--max_attempts must be a positive number, got 0"),
+    ("--backoff_s=soon", "--backoff_s must be a number of seconds, got soon"),
+    ("--poll_s=-1", "--poll_s must be a number of seconds, got -1"),
+    ("--commit=no-such-rev", "--commit: unknown revision no-such-rev"),
+  ],
+)
+def test_supervise_bad_flags_are_one_line(spot, flag, msg):
+  env, args, state = spot
+  rc, own, calls, err = _supervise(env, *args, flag)
+  assert rc == 2 and err.strip().splitlines() == [f"[tpu_supervise.sh] error: {msg}"] and calls == []
+
+
+def test_supervise_dry_run():
+  out = _sh(
+    "tpu_supervise.sh",
+    "--name=trm",
+    "--zone=z",
+    "--config=experiments/arc1.py",
+    "--workdir=gs://b/w",
+    "--accelerator_type=v4-32",
+    "--run_name=r",
+    "--dry_run",
+    "--",
+    "--config.seed=1",
+  )
+  lines = out.stdout.splitlines()
+  assert lines[0].startswith("gcloud compute tpus queued-resources create trm ") and lines[0].endswith("--spot")
+  assert "--accelerator-type=v4-32" in lines[0]
+  assert lines[1].startswith("gcloud compute tpus queued-resources describe trm")
+  assert lines[2].startswith("git -C ") and lines[3].startswith("gcloud compute tpus tpu-vm scp")
+  assert "--workdir=gs://b/w --config.seed=1" in lines[5] and "logs/r/worker-" in lines[5]
+  assert lines[-1] == "gcloud compute tpus queued-resources delete trm --zone=z --force --quiet"
+
+
+def test_sweep_until_done_supervises_each_trial(spot, experiment, tmp_path):
+  env, args, state = spot
+  py = args[1]
+  base = tmp_path / "sw"
+  common = [f"--config={experiment}", f"--workdir_base={base}", "--launcher=tpu", "--until_done", "--only=0"]
+  tpu_args = f"--remote_dir=code {py} --skip_install --poll_s=0 --backoff_s=0"
+  dry = _sweep_cli(*common, "--dry_run", f"--tpu_args={tpu_args}", env=env)
+  assert dry.stdout.splitlines() == [
+    f"launch/tpu_supervise.sh --remote_dir=code {py} --skip_install --poll_s=0 --backoff_s=0 --config={experiment} "
+    f"--workdir={base}/lr=0.0001_seed=0 --run_name=exp-lr=0.0001_seed=0 -- --config.train.lr=0.0001 --config.seed=0"
+  ]
+  (state / "preempt_at").write_text("1 4\n")
+  out = _sweep_cli(*common, f"--tpu_args={tpu_args}", env=dict(env, FAKE_FINISH_GEN="2"))
+  assert out.returncode == 0, out.stderr
+  calls = open(env["FAKE_LOG"]).read().splitlines()
+  assert _count(calls, "create") == 2 and _count(calls, "delete") == 2
+  assert "0.0001  0     finished  30/30" in out.stdout
+  bad = _sweep_cli(*common[:2], "--until_done")
+  assert _one_error_line(bad) == "error: --until_done needs --launcher=tpu, got --launcher=local"
 
 
 SBATCH = os.path.join(LAUNCH, "slurm_train.sbatch")
