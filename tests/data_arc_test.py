@@ -239,3 +239,15 @@ def test_missing_subset_file(tmp_path):
   with pytest.raises(common.DataError, match="arc-agi_concept_challenges.json: file not found"):
     common.build("arc_agi/arc1_small", tmp_path / "out", tmp_path)
   assert not (tmp_path / "out").exists()
+
+
+def test_oversized_or_irregular_json_is_refused_unread(tmp_path):
+  """An ARC JSON file is parsed whole, so one over JSON_MAX (16x the largest real one) is refused before it is read;
+  a directory or device where a file belongs is named as such, not as missing."""
+  big = tmp_path / "arc-agi_training_challenges.json"
+  with open(big, "wb") as f:
+    f.truncate(arc.JSON_MAX + 1)  # sparse: nothing is written, and nothing may be read
+  with pytest.raises(common.DataError, match=rf"{big}: 67,108,865 bytes; an ARC JSON file is at most 67,108,864"):
+    arc._load_json(big)
+  with pytest.raises(common.DataError, match=rf"{tmp_path}: not a regular file"):
+    arc._load_json(tmp_path)

@@ -84,6 +84,8 @@ def test_arc_inputs(tmp_path):
     solve.arc_inputs(str(f))
   with pytest.raises(solve.InputError, match="not found"):
     solve.arc_inputs(str(tmp_path / "missing.json"))
+  with pytest.raises(solve.InputError, match=rf"--arc: {tmp_path}: not a regular file"):
+    solve.arc_inputs(str(tmp_path))  # was "file not found"
   f.write_text("[" * 100_000 + "]" * 100_000)
   with pytest.raises(solve.InputError, match="JSON nested too deeply"):
     solve.arc_inputs(str(f))

@@ -96,7 +96,7 @@ def arc_inputs(path: str) -> list[np.ndarray]:
   from trm_jax.datasets import arc
 
   if not os.path.isfile(path):
-    raise InputError(f"--arc: {path}: file not found")
+    raise InputError(f"--arc: {path}: {'not a regular file' if os.path.exists(path) else 'file not found'}")
   if os.path.getsize(path) > 1 << 24:
     raise InputError(f"--arc: {path}: {os.path.getsize(path):,} bytes; an ARC task is at most 16 MB")
   try:

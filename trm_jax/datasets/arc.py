@@ -42,8 +42,12 @@ def _grid(value, where: str) -> np.ndarray:
   return np.asarray(value, np.uint8)
 
 
+JSON_MAX = 1 << 26  # bytes of one ARC JSON file, parsed whole: 16x the largest real one (4 MB, ARC-AGI-2 training)
+
+
 def _load_json(path: Path):
-  common.require_file(path)
+  if common.require_file(path).stat().st_size > JSON_MAX:
+    raise DataError(f"{path}: {path.stat().st_size:,} bytes; an ARC JSON file is at most {JSON_MAX:,}")
   try:
     with open(path) as f:
       return json.load(f)

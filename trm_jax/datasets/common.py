@@ -43,7 +43,7 @@ def require_local(path, what: str) -> None:
 def require_file(path: Path) -> Path:
   path = Path(path)
   if not path.is_file():
-    raise DataError(f"{path}: file not found")
+    raise DataError(f"{path}: {'not a regular file' if path.exists() else 'file not found'}")
   return path
 
 
