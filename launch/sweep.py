@@ -89,7 +89,8 @@ def format_value(value: Any) -> str:
 
 
 def _name_token(text: str) -> str:
-  return _SAFE.sub("-", text).strip("-") or "x"
+  token = _SAFE.sub("-", text).strip("-")
+  return ("-" + token if text.startswith("-") else token) or "x"  # a minus sign is kept: lr=-1.0 is not lr=1.0
 
 
 def trial_name(overrides: Sequence[tuple[str, Any]]) -> str:
@@ -195,7 +196,30 @@ def expand_sweep(
     args += [f"--config.{k}={format_value(v)}" for k, v in overrides]
     args += list(extra)
     trials.append(Trial(name=name, overrides=tuple(overrides), workdir=workdir, args=tuple(args)))
+  for i, t in enumerate(trials):
+    _check_overrides(module, arg, t.overrides, f"{config_path}: sweep entry {i} ({t.name})")
   return trials
+
+
+def _check_overrides(module, arg: str | None, overrides, where: str) -> None:
+  """The trial's config (get_config with its overrides) has every field it sets and passes trm-train's own
+  checks: a typo or a bad value is one error before any trial (or slice) starts, not a failure in each."""
+  from trm_jax import config_lib  # pylint: disable=g-import-not-at-top
+
+  try:
+    config = module.get_config(arg) if arg is not None else module.get_config()
+    for key, value in overrides:
+      *parents, leaf = key.split(".")
+      node = config
+      for p in parents:
+        node = node[p]
+      if leaf not in node:
+        raise KeyError(f"unknown field {key}")
+      node[leaf] = value
+    if all(k in config for k in ("train", "model", "eval", "data")):  # a run config: trm-train's own checks
+      config_lib.validate(config)
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    raise ValueError(f"{where}: {str(e).strip(chr(39)).splitlines()[0]}") from None
 
 
 def tpu_command(

@@ -133,6 +133,13 @@ def test_trial_names_are_safe_and_unique(tmp_path):
   path = tmp_path / "odd.py"
   path.write_text(
     textwrap.dedent("""\
+      import ml_collections
+
+      def get_config(arg=None):
+        return ml_collections.ConfigDict(
+            {"model": {"name": "", "lr": 0.0}, "train": {"lr": 0.0}, "flag": False, "dims": (0, 0),
+             "very_long_field_name": "", "seed": 0})
+
       def get_sweep(arg=None):
         return [{"model.name": "a b/c"}, {"model.name": "a?b/c"}, {},
                 {"model.lr": 1.0, "train.lr": 2.0}, {"flag": True},
@@ -149,6 +156,22 @@ def test_trial_names_are_safe_and_unique(tmp_path):
   assert trials[0].args[-1] == "--config.model.name=a b/c"
   assert trials[4].args[-1] == "--config.flag=true"
   assert trials[5].args[-1] == "--config.dims=(1,2)"
+  assert sweep.trial_name([("lr", -1.0)]) == "lr=-1.0" != sweep.trial_name([("lr", 1.0)])
+
+
+def test_sweep_checks_every_trial_before_starting_any(tmp_path):
+  """A misspelt field or a value trm-train refuses, in any trial, is one error naming the entry; nothing runs."""
+  smoke = os.path.join(REPO, "experiments", "smoke.py")
+  for entry, line in [
+    ('{"train.lr": 1e-3}, {"train.nope": 1}', "sweep entry 1 (nope=1): unknown field train.nope"),
+    ('{"train.lr": -1.0}', "sweep entry 0 (lr=-1.0): config.train.lr: must be a number in [0, inf], got -1.0"),
+  ]:
+    exp = tmp_path / "exp.py"
+    exp.write_text(f"from experiments.smoke import get_config\n\ndef get_sweep(arg=None):\n  return [{entry}]\n")
+    p = _sweep_cli(f"--config={exp}", f"--workdir_base={tmp_path}/w", cwd=REPO)
+    assert p.returncode == 1 and p.stderr.strip() == f"error: {exp}: {line}", p.stderr
+    assert not (tmp_path / "w").exists()
+  assert sweep.expand_sweep(smoke, None, "w")  # the real experiments' sweeps pass
 
 
 def test_expand_sweep_errors(tmp_path):
