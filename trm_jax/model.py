@@ -337,7 +337,7 @@ def rotated_qk(kernel):
   return jnp.concatenate([kernel, jnp.roll(qk, qk.shape[-1] // 2, axis=-1)], axis=1)
 
 
-def _splash_local(q, k, v, rope, interpret: bool):
+def _splash_local(q, k, v, rope, interpret: bool, length=None):
   """Splash attention on (B, N, T, H) arrays (the kernel's layout) on one device, vmapped over B.
 
   The kernel does not scale the scores. Each operand is made ready in one
@@ -345,12 +345,13 @@ def _splash_local(q, k, v, rope, interpret: bool):
   cos, sin), when given: `apply_rope`'s float32 operations, elementwise), q
   scaled by 1/sqrt(H) (in float32 and rounded once: exact, so equal to the
   XLA path's scaling of float32 scores when H is a power of 4 such as 64 or
-  16), T padded to a multiple of 128. Padded keys get segment id 0 and real
-  tokens 1, so no real query sees a padded key, and the padded query rows
-  (which see only padded keys) are sliced off.
+  16), T padded to a multiple of 128 (unless `length` says the arrays come
+  padded: then T = length). Padded keys get segment id 0 and real tokens 1,
+  so no real query sees a padded key, and the padded query rows (which see
+  only padded keys) are sliced off.
   """
-  _, n, t, h = q.shape
-  tp = -(-t // 128) * 128
+  _, n, t0, h = q.shape
+  t, tp = length or t0, -(-t0 // 128) * 128
 
   def ready(a, swapped, scale: float):
     if swapped is not None:  # x c + (x2, x1) (-s, s) = (x1 c - x2 s, x2 c + x1 s)
@@ -358,7 +359,7 @@ def _splash_local(q, k, v, rope, interpret: bool):
       a = (a.astype(jnp.float32) * rope[2] + swapped.astype(jnp.float32) * sin).astype(q.dtype)
     if scale != 1.0:
       a = (a.astype(jnp.float32) * scale).astype(q.dtype)
-    return jnp.pad(a, ((0, 0), (0, 0), (0, tp - t), (0, 0)))
+    return jnp.pad(a, ((0, 0), (0, 0), (0, tp - t0), (0, 0)))
 
   mask = splash_mask.MultiHeadMask([splash_mask.FullMask((tp, tp))] * n)
   kernel = splash.make_splash_mha(
@@ -370,7 +371,7 @@ def _splash_local(q, k, v, rope, interpret: bool):
   return jax.vmap(kernel, in_axes=(0, 0, 0, None))(*operands, segments)[:, :, :t]
 
 
-def splash_heads(q, k, v, interpret: bool = False, rope=None):
+def splash_heads(q, k, v, interpret: bool = False, rope=None, length=None):
   """Pallas splash (flash) attention on (B, N, T, H) arrays: no (T, T) scores in HBM.
 
   `rope` (optional: q and k with their halves swapped, cos, sin) applies RoPE
@@ -379,7 +380,7 @@ def splash_heads(q, k, v, interpret: bool = False, rope=None):
   mesh axis (`sharding.BATCH`). interpret=True runs the same kernel through
   the Pallas interpreter (any backend: CPU tests).
   """
-  fn = functools.partial(_splash_local, interpret=interpret)
+  fn = functools.partial(_splash_local, interpret=interpret, length=length)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.are_all_axes_manual:
     return fn(q, k, v, rope)
@@ -433,9 +434,12 @@ class Attention(nn.Module):
     hd = d // self.num_heads
     n = self.num_heads
     linear = functools.partial(Linear, dtype=self.dtype, platform=self.platform)
-    if self.impl == "splash":  # projections straight to and from the kernel's (B, N, T, H) layout
-      qkv = linear(3 * d, name="qkv_proj", spec="btd,dsnh->sbnth", view=(d, 3, n, hd), extend=cos_sin and rotated_qk)(x)
-      out = splash_heads(*qkv[:3], self.platform != "tpu", cos_sin and (*qkv[3:], *cos_sin))
+    if self.impl == "splash":  # projections to and from the kernel's (B, N, T, H) layout; T padded before (lane-dense)
+      pad = ((0, 0), (0, -t % 128), (0, 0))
+      spec, view = "btd,dsnh->sbnth", (d, 3, n, hd)
+      qkv = linear(3 * d, name="qkv_proj", spec=spec, view=view, extend=cos_sin and rotated_qk)(jnp.pad(x, pad))
+      rope = cos_sin and (*qkv[3:], *(jnp.pad(a, pad[1:]) for a in cos_sin))
+      out = splash_heads(*qkv[:3], self.platform != "tpu", rope, t)
       return linear(d, name="o_proj", spec="bnth,nhd->btd", view=(n, hd, d))(out)
     qkv = linear(3 * d, name="qkv_proj")(x).reshape(b, t, 3 * n, hd)
     q, k, v = jnp.split(qkv, 3, axis=2)
