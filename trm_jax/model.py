@@ -216,7 +216,8 @@ class Linear(nn.Module):
     fan_in = math.prod(self.view) // self.features if self.view else x.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (fan_in, self.features), jnp.float32)
     kernel = kernel.reshape(self.view or kernel.shape)
-    y = matmul(x.astype(self.dtype), self.extend(kernel) if self.extend else kernel, self.platform, self.spec)
+    kernel, x = self.extend(kernel) if self.extend else kernel, x.astype(self.dtype)
+    y = jax.tree.map(lambda w: matmul(x, w, self.platform, self.spec), kernel)
     if self.use_bias:
       y = add_master(y, self.param("bias", self.bias_init, (self.features,), jnp.float32))
     return y
@@ -327,14 +328,15 @@ def splash_flops(b: int, t: int, n: int, head_dim: int) -> tuple[int, int]:
 
 
 def rotated_qk(kernel):
-  """A (d, 3, N, H) q/k/v kernel -> (d, 5, N, H): q, k, v, then q and k with each head's halves swapped.
+  """A (d, 3, N, H) q/k/v kernel -> (q, k, then both with each head's halves swapped (d, 4, N, H); v (d, 1, N, H)).
 
   x @ the swapped columns is (x2, x1) for (x1, x2) = x @ W (the same products
   and sums): RoPE is then elementwise (`_splash_local`), for 2/3 more FLOPs in
-  this projection. The gradient all-reduce carries the (d, 5, N, H) sums.
+  this projection. v has its own dot, so it is not copied out of a stacked
+  result. The gradient all-reduce carries the per-application sums.
   """
   qk = kernel[:, :2]
-  return jnp.concatenate([kernel, jnp.roll(qk, qk.shape[-1] // 2, axis=-1)], axis=1)
+  return jnp.concatenate([qk, jnp.roll(qk, qk.shape[-1] // 2, axis=-1)], axis=1), kernel[:, 2:]
 
 
 def _splash_local(q, k, v, rope, interpret: bool, length=None):
@@ -438,8 +440,9 @@ class Attention(nn.Module):
       pad = ((0, 0), (0, -t % 128), (0, 0))
       spec, view = "btd,dsnh->sbnth", (d, 3, n, hd)
       qkv = linear(3 * d, name="qkv_proj", spec=spec, view=view, extend=cos_sin and rotated_qk)(jnp.pad(x, pad))
-      rope = cos_sin and (*qkv[3:], *(jnp.pad(a, pad[1:]) for a in cos_sin))
-      out = splash_heads(*qkv[:3], self.platform != "tpu", rope, t)
+      q, k, *swapped, v = (*qkv[0], qkv[1][0]) if cos_sin else qkv
+      rope = cos_sin and (*swapped, *(jnp.pad(a, pad[1:]) for a in cos_sin))
+      out = splash_heads(q, k, v, self.platform != "tpu", rope, t)
       return linear(d, name="o_proj", spec="bnth,nhd->btd", view=(n, hd, d))(out)
     qkv = linear(3 * d, name="qkv_proj")(x).reshape(b, t, 3 * n, hd)
     q, k, v = jnp.split(qkv, 3, axis=2)
