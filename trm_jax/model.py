@@ -336,7 +336,7 @@ def rotated_qk(kernel):
   result. The gradient all-reduce carries the per-application sums.
   """
   qk = kernel[:, :2]
-  return jnp.concatenate([qk, jnp.roll(qk, qk.shape[-1] // 2, axis=-1)], axis=1), kernel[:, 2:]
+  return (*jnp.split(jnp.concatenate([qk, jnp.roll(qk, qk.shape[-1] // 2, axis=-1)], axis=1), 4, axis=1), kernel[:, 2:])
 
 
 def _splash_local(q, k, v, rope, interpret: bool, length=None):
@@ -440,7 +440,7 @@ class Attention(nn.Module):
       pad = ((0, 0), (0, -t % 128), (0, 0))
       spec, view = "btd,dsnh->sbnth", (d, 3, n, hd)
       qkv = linear(3 * d, name="qkv_proj", spec=spec, view=view, extend=cos_sin and rotated_qk)(jnp.pad(x, pad))
-      q, k, *swapped, v = (*qkv[0], qkv[1][0]) if cos_sin else qkv
+      q, k, *swapped, v = (a[0] for a in qkv) if cos_sin else qkv
       rope = cos_sin and (*swapped, *(jnp.pad(a, pad[1:]) for a in cos_sin))
       out = splash_heads(q, k, v, self.platform != "tpu", rope, t)
       return linear(d, name="o_proj", spec="bnth,nhd->btd", view=(n, hd, d))(out)
