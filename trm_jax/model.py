@@ -257,7 +257,8 @@ def apply_rope(x, cos, sin):
   the same float32 operations without the negated copy.
   """
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-  c, s = cos[:, None, : x.shape[-1] // 2], sin[:, None, : x.shape[-1] // 2]
+  half = x.shape[-1] // 2
+  c, s = cos[:, :half][:, None, :], sin[:, :half][:, None, :]
   return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
@@ -328,12 +329,10 @@ def splash_flops(b: int, t: int, n: int, head_dim: int) -> tuple[int, int]:
 
 
 def rotated_qk(kernel):
-  """A (d, 3, N, H) q/k/v kernel -> (q, k, then both with each head's halves swapped (d, 4, N, H); v (d, 1, N, H)).
+  """A (d, 3, N, H) q/k/v kernel -> q, k, q and k with each head's halves swapped, v: (d, 1, N, H) each, one dot each.
 
-  x @ the swapped columns is (x2, x1) for (x1, x2) = x @ W (the same products
-  and sums): RoPE is then elementwise (`_splash_local`), for 2/3 more FLOPs in
-  this projection. v has its own dot, so it is not copied out of a stacked
-  result. The gradient all-reduce carries the per-application sums.
+  x @ the swapped columns is (x2, x1) for (x1, x2) = x @ W (the same products and sums), so RoPE is
+  elementwise (`_splash_local`), at 2/3 more FLOPs in this projection (benchmarks/NOTES.md, issue 19).
   """
   qk = kernel[:, :2]
   return (*jnp.split(jnp.concatenate([qk, jnp.roll(qk, qk.shape[-1] // 2, axis=-1)], axis=1), 4, axis=1), kernel[:, 2:])
@@ -342,15 +341,12 @@ def rotated_qk(kernel):
 def _splash_local(q, k, v, rope, interpret: bool, length=None):
   """Splash attention on (B, N, T, H) arrays (the kernel's layout) on one device, vmapped over B.
 
-  The kernel does not scale the scores. Each operand is made ready in one
-  pass: RoPE applied to q and k (`rope` = (q and k with their halves swapped,
-  cos, sin), when given: `apply_rope`'s float32 operations, elementwise), q
-  scaled by 1/sqrt(H) (in float32 and rounded once: exact, so equal to the
-  XLA path's scaling of float32 scores when H is a power of 4 such as 64 or
-  16), T padded to a multiple of 128 (unless `length` says the arrays come
-  padded: then T = length). Padded keys get segment id 0 and real tokens 1,
-  so no real query sees a padded key, and the padded query rows (which see
-  only padded keys) are sliced off.
+  The kernel does not scale the scores. Each operand is made ready in one pass: RoPE on q and k
+  (`rope` = (q and k with their halves swapped, cos, sin): `apply_rope`'s float32 operations), q
+  scaled by 1/sqrt(H) (in float32 and rounded once: exact, so equal to the XLA path's scaling of
+  float32 scores when H is a power of 4 such as 64 or 16), T padded to a multiple of 128 (`length`:
+  the real T of arrays that come padded). Padded keys get segment id 0 and real tokens 1, so no
+  real query sees a padded key; the padded query rows (which see only padded keys) are sliced off.
   """
   _, n, t0, h = q.shape
   t, tp = length or t0, -(-t0 // 128) * 128
@@ -376,11 +372,10 @@ def _splash_local(q, k, v, rope, interpret: bool, length=None):
 def splash_heads(q, k, v, interpret: bool = False, rope=None, length=None):
   """Pallas splash (flash) attention on (B, N, T, H) arrays: no (T, T) scores in HBM.
 
-  `rope` (optional: q and k with their halves swapped, cos, sin) applies RoPE
-  to q and k inside. Mosaic kernels are not partitioned by XLA, so under a context mesh (`jax.set_mesh`) the
-  kernel runs in a shard_map over the batch axis, which is split over every
-  mesh axis (`sharding.BATCH`). interpret=True runs the same kernel through
-  the Pallas interpreter (any backend: CPU tests).
+  `rope` (optional, see `_splash_local`) applies RoPE to q and k inside. Mosaic kernels are not
+  partitioned by XLA, so under a context mesh (`jax.set_mesh`) the kernel runs in a shard_map over
+  the batch axis, which is split over every mesh axis (`sharding.BATCH`). interpret=True runs the
+  same kernel through the Pallas interpreter (any backend: CPU tests).
   """
   fn = functools.partial(_splash_local, interpret=interpret, length=length)
   mesh = jax.sharding.get_abstract_mesh()
