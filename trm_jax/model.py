@@ -209,12 +209,15 @@ class Linear(nn.Module):
   spec: str = LAST
   view: tuple = ()  # the kernel's shape in `spec`; () for (in, features)
   platform: str = "cpu"  # the devices the program is compiled for (`config_lib.resolve`)
+  extend: Any = None  # kernel (as `view`) -> the float32 kernel used in `spec` (e.g. with rotated copies)
 
   @nn.compact
   def __call__(self, x):
     fan_in = math.prod(self.view) // self.features if self.view else x.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (fan_in, self.features), jnp.float32)
-    y = matmul(x.astype(self.dtype), kernel.reshape(self.view or kernel.shape), self.platform, self.spec)
+    kernel = kernel.reshape(self.view or kernel.shape)
+    kernel, x = self.extend(kernel) if self.extend else kernel, x.astype(self.dtype)
+    y = jax.tree.map(lambda w: matmul(x, w, self.platform, self.spec), kernel)
     if self.use_bias:
       y = add_master(y, self.param("bias", self.bias_init, (self.features,), jnp.float32))
     return y
@@ -246,21 +249,16 @@ def rope_cos_sin(seq: int, head_dim: int, theta: float):
   return jnp.cos(emb), jnp.sin(emb)
 
 
-def apply_rope(x, cos, sin, seq_axis: int = 1):
-  """Rotary embedding of x (B, T, N, H) (seq_axis=1) or (B, N, T, H) (seq_axis=2), in float32.
+def apply_rope(x, cos, sin):
+  """Rotary embedding of x (B, T, N, H), in float32.
 
   The reference computes x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1);
   as cos and sin repeat over the two halves this is (x1 c - x2 s, x2 c + x1 s),
-  the same float32 operations without the negated copy (on TPU the form that
-  XLA fuses with the move to the splash kernel's layout: 7% fewer HBM bytes
-  in the arc1 train step, by the compiler's estimate).
+  the same float32 operations without the negated copy.
   """
-  xf = x.astype(jnp.float32)
-  x1, x2 = jnp.split(xf, 2, axis=-1)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   half = x.shape[-1] // 2
-  c, s = cos[:, :half], sin[:, :half]
-  if seq_axis == 1:
-    c, s = c[:, None, :], s[:, None, :]
+  c, s = cos[:, :half][:, None, :], sin[:, :half][:, None, :]
   return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
@@ -330,26 +328,36 @@ def splash_flops(b: int, t: int, n: int, head_dim: int) -> tuple[int, int]:
   return 2 * one, 5 * one
 
 
-def _splash_local(q, k, v, cos_sin, interpret: bool):
+def rotated_qk(kernel):
+  """A (d, 3, N, H) q/k/v kernel -> q, k, q and k with each head's halves swapped, v: (d, 1, N, H) each, one dot each.
+
+  x @ the swapped columns is (x2, x1) for (x1, x2) = x @ W (the same products and sums), so RoPE is
+  elementwise (`_splash_local`), at 2/3 more FLOPs in this projection (benchmarks/NOTES.md, issue 19).
+  """
+  qk = kernel[:, :2]
+  return (*jnp.split(jnp.concatenate([qk, jnp.roll(qk, qk.shape[-1] // 2, axis=-1)], axis=1), 4, axis=1), kernel[:, 2:])
+
+
+def _splash_local(q, k, v, rope, interpret: bool, length=None):
   """Splash attention on (B, N, T, H) arrays (the kernel's layout) on one device, vmapped over B.
 
-  The kernel does not scale the scores. Each operand is made ready in one
-  pass: RoPE applied to q and k (`cos_sin`, when given), q scaled by
-  1/sqrt(H) (in float32 and rounded once: exact, so equal to the XLA path's
-  scaling of float32 scores when H is a power of 4 such as 64 or 16), T
-  padded to a multiple of 128. Padded keys get segment id 0 and real tokens
-  1, so no real query sees a padded key, and the padded query rows (which
-  see only padded keys) are sliced off.
+  The kernel does not scale the scores. Each operand is made ready in one pass: RoPE on q and k
+  (`rope` = (q and k with their halves swapped, cos, sin): `apply_rope`'s float32 operations), q
+  scaled by 1/sqrt(H) (in float32 and rounded once: exact, so equal to the XLA path's scaling of
+  float32 scores when H is a power of 4 such as 64 or 16), T padded to a multiple of 128 (`length`:
+  the real T of arrays that come padded). Padded keys get segment id 0 and real tokens 1, so no
+  real query sees a padded key; the padded query rows (which see only padded keys) are sliced off.
   """
-  _, n, t, h = q.shape
-  tp = -(-t // 128) * 128
+  _, n, t0, h = q.shape
+  t, tp = length or t0, -(-t0 // 128) * 128
 
-  def ready(a, rope: bool, scale: float):
-    if rope and cos_sin is not None:
-      a = apply_rope(a, *cos_sin, seq_axis=2)
+  def ready(a, swapped, scale: float):
+    if swapped is not None:  # x c + (x2, x1) (-s, s) = (x1 c - x2 s, x2 c + x1 s)
+      sin = rope[3] * jnp.where(jnp.arange(h) < h // 2, -1.0, 1.0)
+      a = (a.astype(jnp.float32) * rope[2] + swapped.astype(jnp.float32) * sin).astype(q.dtype)
     if scale != 1.0:
       a = (a.astype(jnp.float32) * scale).astype(q.dtype)
-    return jnp.pad(a, ((0, 0), (0, 0), (0, tp - t), (0, 0)))
+    return jnp.pad(a, ((0, 0), (0, 0), (0, tp - t0), (0, 0)))
 
   mask = splash_mask.MultiHeadMask([splash_mask.FullMask((tp, tp))] * n)
   kernel = splash.make_splash_mha(
@@ -357,27 +365,26 @@ def _splash_local(q, k, v, cos_sin, interpret: bool):
   )
   ids = (jnp.arange(tp) < t).astype(jnp.int32)
   segments = splash.SegmentIds(q=ids, kv=ids) if tp > t else None
-  operands = ready(q, True, 1.0 / math.sqrt(h)), ready(k, True, 1.0), ready(v, False, 1.0)
+  operands = ready(q, rope and rope[0], 1.0 / math.sqrt(h)), ready(k, rope and rope[1], 1.0), ready(v, None, 1.0)
   return jax.vmap(kernel, in_axes=(0, 0, 0, None))(*operands, segments)[:, :, :t]
 
 
-def splash_heads(q, k, v, interpret: bool = False, cos_sin=None):
+def splash_heads(q, k, v, interpret: bool = False, rope=None, length=None):
   """Pallas splash (flash) attention on (B, N, T, H) arrays: no (T, T) scores in HBM.
 
-  `cos_sin` (optional) applies RoPE to q and k inside. Mosaic kernels are
-  not partitioned by XLA, so under a context mesh (`jax.set_mesh`) the
-  kernel runs in a shard_map over the batch axis, which is split over every
-  mesh axis (`sharding.BATCH`). interpret=True runs the same kernel through
-  the Pallas interpreter (any backend: CPU tests).
+  `rope` (optional, see `_splash_local`) applies RoPE to q and k inside. Mosaic kernels are not
+  partitioned by XLA, so under a context mesh (`jax.set_mesh`) the kernel runs in a shard_map over
+  the batch axis, which is split over every mesh axis (`sharding.BATCH`). interpret=True runs the
+  same kernel through the Pallas interpreter (any backend: CPU tests).
   """
-  fn = functools.partial(_splash_local, interpret=interpret)
+  fn = functools.partial(_splash_local, interpret=interpret, length=length)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.are_all_axes_manual:
-    return fn(q, k, v, cos_sin)
+    return fn(q, k, v, rope)
   spec = P(BATCH)
-  rope_spec = None if cos_sin is None else (P(), P())
+  rope_spec = None if rope is None else (spec, spec, P(), P())
   return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec, rope_spec), out_specs=spec, check_vma=False)(
-    q, k, v, cos_sin
+    q, k, v, rope
   )
 
 
@@ -424,9 +431,13 @@ class Attention(nn.Module):
     hd = d // self.num_heads
     n = self.num_heads
     linear = functools.partial(Linear, dtype=self.dtype, platform=self.platform)
-    if self.impl == "splash":  # projections straight to and from the kernel's (B, N, T, H) layout
-      qkv = linear(3 * d, name="qkv_proj", spec="btd,dsnh->sbnth", view=(d, 3, n, hd))(x)
-      out = splash_heads(qkv[0], qkv[1], qkv[2], self.platform != "tpu", cos_sin)
+    if self.impl == "splash":  # projections to and from the kernel's (B, N, T, H) layout; T padded before (lane-dense)
+      pad = ((0, 0), (0, -t % 128), (0, 0))
+      spec, view = "btd,dsnh->sbnth", (d, 3, n, hd)
+      qkv = linear(3 * d, name="qkv_proj", spec=spec, view=view, extend=cos_sin and rotated_qk)(jnp.pad(x, pad))
+      q, k, *swapped, v = (a[0] for a in qkv) if cos_sin else qkv
+      rope = cos_sin and (*swapped, *(jnp.pad(a, pad[1:]) for a in cos_sin))
+      out = splash_heads(q, k, v, self.platform != "tpu", rope, t)
       return linear(d, name="o_proj", spec="bnth,nhd->btd", view=(n, hd, d))(out)
     qkv = linear(3 * d, name="qkv_proj")(x).reshape(b, t, 3 * n, hd)
     q, k, v = jnp.split(qkv, 3, axis=2)
