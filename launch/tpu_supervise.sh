@@ -155,8 +155,10 @@ delete_slice() {
   fi
 }
 # Interrupted (Ctrl-C, kill): the run saves and stops (tpu_stop.sh), then the slice it created goes.
+RUN_PID=
 on_signal() {
   trap - INT TERM
+  if [[ -n "$RUN_PID" ]]; then kill "$RUN_PID" 2>/dev/null || true; fi  # its wait loop (it ignores SIGINT)
   if [[ "$CREATED" == 1 ]]; then
     log "interrupted: stopping ${RUN_NAME} and deleting ${NAME}"
     "${LAUNCH_DIR}/tpu_stop.sh" "${COMMON[@]}" "--run=${RUN_NAME}" || true
@@ -197,7 +199,12 @@ while [[ "$DONE" == 0 ]]; do
          || { [[ -n "$PREPARE" ]] && ! tpu_ssh all "$PREPARE"; }; then
       outcome="setup failed (queued resource $(qr_state))"
     else
-      "${LAUNCH_DIR}/tpu_run.sh" "${COMMON[@]}" "${RUN[@]}" || rc=$?
+      # In the background, so that a signal runs on_signal at once: a foreground child that outlives a
+      # Ctrl-C (it arrived while tpu_run.sh was starting the run) would keep this shell waiting.
+      "${LAUNCH_DIR}/tpu_run.sh" "${COMMON[@]}" "${RUN[@]}" &
+      RUN_PID=$!
+      wait "$RUN_PID" || rc=$?
+      RUN_PID=
       outcome="run exit ${rc} (queued resource $(qr_state))"
     fi
   fi
