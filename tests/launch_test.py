@@ -1043,10 +1043,18 @@ def test_supervise_interrupted_stops_the_run_and_deletes_its_slice(spot, tmp_pat
     stderr=subprocess.PIPE,
     text=True,
     start_new_session=True,
+    # As in a terminal: SIGINT not ignored (a suite started in the background, `cmd &`, passes it on ignored,
+    # and bash cannot trap a signal ignored at its start).
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
-  _wait_for([state / "up-1-0"])  # the run is up
-  os.killpg(p.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
-  _, err = p.communicate(timeout=60)
+  try:
+    _wait_for([state / "up-1-0"])  # the run is up
+    os.killpg(p.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
+    _, err = p.communicate(timeout=60)
+  finally:
+    if p.poll() is None:  # no supervisor left polling after a failure
+      os.killpg(p.pid, signal.SIGKILL)
+      p.wait()
   assert p.returncode == 130, err
   assert "interrupted: stopping sup and deleting pod" in err
   log = (tmp_path / "home" / "logs" / "sup" / "worker-0.log").read_text()
