@@ -1037,15 +1037,15 @@ def test_supervise_run_failure_is_not_retried(spot, tmp_path):
 
 def test_supervise_interrupted_stops_the_run_and_deletes_its_slice(spot, tmp_path):
   env, args, state = spot
+  # As in a terminal, SIGINT is not ignored: a suite started in the background (`cmd &`) passes it on ignored, and
+  # bash cannot trap a signal ignored at its start. (A Python exec, not preexec_fn: no fork hook in a JAX process.)
+  default_int = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp('bash', sys.argv[1:])"
   p = subprocess.Popen(
-    ["bash", os.path.join(LAUNCH, "tpu_supervise.sh"), *args],
+    [sys.executable, "-c", default_int, "bash", os.path.join(LAUNCH, "tpu_supervise.sh"), *args],
     env=dict(os.environ, **env),
     stderr=subprocess.PIPE,
     text=True,
     start_new_session=True,
-    # As in a terminal: SIGINT not ignored (a suite started in the background, `cmd &`, passes it on ignored,
-    # and bash cannot trap a signal ignored at its start).
-    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
   try:
     _wait_for([state / "up-1-0"])  # the run is up
