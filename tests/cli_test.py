@@ -3,6 +3,7 @@ module layout (no import circle), progress lines, puzzle rules and pictures."""
 
 import ast
 import importlib
+import logging
 import subprocess
 import sys
 import textwrap
@@ -365,3 +366,16 @@ def test_config_file_that_raises_names_its_line(env, tmp_path):
   assert p.returncode == 1 and "Traceback" not in p.stderr
   assert p.stderr.strip() == f"error: --config: {bad}:5: NameError: name 'undefined_name' is not defined"
   assert not (tmp_path / "w").exists()
+
+
+def test_background_disk_full_echoes_are_dropped():
+  """What orbax's threads and asyncio log about a full disk (with tracebacks) is dropped: the run's one error line
+  names the path. Other records stay."""
+  full = (
+    "Future exception was never retrieved\nfuture: <Future finished exception=OSError(28, 'No space left on device')>"
+  )
+  record = lambda name, path, msg: logging.LogRecord(name, logging.ERROR, path, 1, msg, None, None)
+  assert not cli._quiet_orbax(record("asyncio", "/lib/asyncio/base_events.py", full))
+  assert not cli._quiet_orbax(record("absl", "/site/orbax/checkpoint/future.py", "commit failed: " + full))
+  assert cli._quiet_orbax(record("asyncio", "/lib/asyncio/base_events.py", "Future exception was never retrieved"))
+  assert cli._quiet_orbax(record("absl", "/work/trm_jax/train.py", full))  # not orbax's nor asyncio's

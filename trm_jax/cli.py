@@ -37,9 +37,9 @@ _ERROR_LINE_PRINTED = threading.Event()
 
 
 def _quiet_orbax(record: logging.LogRecord) -> bool:
-  """Drops the tracebacks orbax's background threads log for a full disk (the run's error line names it), and any
-  they log once the error line is printed (threads of an abandoned save, still finishing while the process exits)."""
-  if "orbax" not in record.pathname:
+  """Drops the tracebacks orbax's background threads (and asyncio, for their futures) log for a full disk (the run's
+  error line names it), and any they log once the error line is printed (an abandoned save still finishing)."""
+  if "orbax" not in record.pathname and record.name != "asyncio":
     return True
   exc = record.exc_info[1] if record.exc_info else None
   full = errors.disk_full(record.getMessage()) or errors.disk_full(exc)
@@ -54,6 +54,7 @@ def user_errors():
     return
   sys.unraisablehook = _quiet_closed_loop
   logging.getLogger("asyncio").addFilter(_not_an_abandoned_read)
+  logging.getLogger("asyncio").addFilter(_quiet_orbax)
   logging.getLogger("absl").addFilter(_quiet_orbax)
   try:
     yield
