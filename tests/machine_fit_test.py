@@ -2,6 +2,7 @@
 the field and about the largest value that fits, from the compiled steps' memory, before anything is allocated
 or created (no workdir, no checkpoints/, no run.lock)."""
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trm_jax import input_pipeline
+from trm_jax import errors, input_pipeline
 from trm_jax.datasets import common
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +67,48 @@ def test_a_puzzle_table_that_does_not_fit_is_refused_before_anything_is_created(
   line = refused(p, f"{d} split train: num_puzzle_identifiers=134217728")
   assert 0 < int(re.search(r"about (\d+) fits$", line)[1]) < 1 << 27, line
   assert not (tmp_path / "run").exists()
+
+
+def _tpu_run(batch: int = 8, eval_batch: int = 8):
+  """The smoke run's `Run` on the compile-only devices of a v5e:2x2 (libtpu; no TPU needed)."""
+  pytest.importorskip("libtpu", reason="libtpu (the tpu/test extra) compiles for TPUs without one")
+  from trm_jax import plan, runs, sharding
+
+  spec = importlib.util.spec_from_file_location("smoke", ROOT / "experiments" / "smoke.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.model.dtype = "bfloat16"
+  config.train.global_batch_size, config.eval.batch_size = batch, eval_batch
+  config = plan.resolved_config(config, plan.dataset_meta(config.data)[0], "loop")
+  return runs, runs.Run(config, sharding.make_mesh(1, plan.tpu_devices(plan.parse_topology("v5e:2x2"))))
+
+
+def test_a_tpu_compilers_refusal_for_memory_is_one_line_naming_the_field():
+  """A TPU compiler refuses a program that cannot fit its HBM: the run stops there, before anything is created."""
+  runs, run = _tpu_run(eval_batch=4194304)
+  with pytest.raises(errors.UserError) as e:
+    runs.compile_eval(run)
+  assert re.fullmatch(
+    r"config\.eval\.batch_size=4194304 does not fit a TPU v5 lite: Ran out of memory on HBM, .* exceeds available HBM "
+    r"\([0-9.]+G\); try a smaller config\.eval\.batch_size",
+    str(e.value),
+  ), e.value
+
+
+def test_on_an_accelerator_each_devices_memory_is_checked():
+  """The accelerator branch of the fit check, on programs compiled for a TPU: each device's memory bounds the
+  state, the train (or eval) step's temporaries and the carry; the field named is the largest part."""
+  runs, run = _tpu_run(batch=2048)
+  train_c, eval_c = runs.compile_train(run)[0], runs.compile_eval(run)[0]
+  assert runs.memory_limit(run.mesh.local_devices) is None  # compile-only devices have no memory stats
+  need = runs.program_bytes(train_c)
+  runs.check_fits(run, train_c, eval_c, "table", device_limit=16 << 30)  # a v5e chip's HBM: fits
+  with pytest.raises(errors.UserError) as e:
+    runs.check_fits(run, train_c, eval_c, "table", device_limit=need // 2)
+  line = str(e.value)
+  assert (
+    line.startswith("config.train.global_batch_size=2048 does not fit this machine")
+    and "memory of a TPU v5 lite" in line
+  )
+  assert 0 < int(re.search(r"about (\d+) fits$", line)[1]) < 2048, line

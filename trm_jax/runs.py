@@ -20,7 +20,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from trm_jax import checkpoint, config_lib, evaluate, fileio, optim, recursion, rundir, sharding, steps, train_state
+from trm_jax import (
+  checkpoint,
+  config_lib,
+  errors,
+  evaluate,
+  fileio,
+  optim,
+  recursion,
+  rundir,
+  sharding,
+  steps,
+  train_state,
+)
 from trm_jax import data as data_lib
 from trm_jax.errors import UserError
 from trm_jax.model import RecursiveModel
@@ -93,7 +105,8 @@ def compile_train(run: Run):
   t0 = time.perf_counter()
   rng = jax.ShapeDtypeStruct(run.step_rng.shape, run.step_rng.dtype, sharding=run.repl)
   batch = abstract_batch(run, int(run.config.train.global_batch_size))
-  return run.train_step.lower(run.abstract_state, run.abstract_carry, batch, rng).compile(), time.perf_counter() - t0
+  lowered = run.train_step.lower(run.abstract_state, run.abstract_carry, batch, rng)
+  return _compile(lowered, run, "train.global_batch_size"), time.perf_counter() - t0
 
 
 def compile_eval(run: Run):
@@ -101,7 +114,22 @@ def compile_eval(run: Run):
   t0 = time.perf_counter()
   s = run.abstract_state
   args = (s.eval_params(), s.consts, s.puzzle_table, abstract_batch(run, int(run.config.eval.batch_size)))
-  return run.eval_step.lower(*args).compile(), time.perf_counter() - t0
+  return _compile(run.eval_step.lower(*args), run, "eval.batch_size"), time.perf_counter() - t0
+
+
+def _compile(lowered, run: Run, field: str):
+  """lowered.compile(); a compiler's refusal for memory (a TPU's, before anything runs) is one UserError."""
+  try:
+    return lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    section, name = field.split(".")
+    table = " or --config.mesh.table_parallel=K" if run.config.model.num_puzzle_identifiers > 1 else ""
+    raise UserError(
+      f"config.{field}={run.config[section][name]} does not fit a {run.mesh.devices.flat[0].device_kind}: "
+      f"{errors.first_line(e, 300).removeprefix('RESOURCE_EXHAUSTED: ').rstrip('.')}; try a smaller config.{field}{table}"
+    ) from None
 
 
 def program_bytes(compiled) -> int:
@@ -131,13 +159,24 @@ def available_ram() -> int | None:
   return min(found, default=None)
 
 
-def check_fits(run: Run, train_c, eval_c, table_field: str) -> None:
+def memory_limit(devices) -> int | None:
+  """The smallest `bytes_limit` of the devices' memory; None on CPU and for compile-only devices."""
+  limits = []
+  for d in devices:
+    with contextlib.suppress(jax.errors.JaxRuntimeError):  # compile-only devices have no memory stats
+      if (m := d.memory_stats()) and "bytes_limit" in m:
+        limits.append(m["bytes_limit"])
+  return min(limits, default=None)
+
+
+def check_fits(run: Run, train_c, eval_c, table_field: str, device_limit: int | None = None) -> None:
   """A run that needs more memory than the devices or the host have is one UserError, before anything is allocated.
 
   Needs: the compiled train step (state, carry, batch, temporaries), the state and carry held while the
   eval step runs, and a host copy of the state (checkpoints are written from one); on CPU every device's
   memory is host RAM. The error names the field whose part of the need is largest and about the largest
-  value that fits (memory grows about linearly with it: an estimate).
+  value that fits (memory grows about linearly with it: an estimate). `device_limit`: bytes per device,
+  instead of the devices' own `memory_limit` (which compile-only devices do not have).
   """
   s, devices = run.abstract_state, run.mesh.local_devices
   state, table, carry = device_bytes(s), device_bytes(s.puzzle_table), device_bytes(run.abstract_carry)
@@ -147,18 +186,15 @@ def check_fits(run: Run, train_c, eval_c, table_field: str) -> None:
     sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(t)) // jax.process_count()
     for t in (s.puzzle_table, s)
   )
-  limits = [m["bytes_limit"] for d in devices if (m := d.memory_stats()) and "bytes_limit" in m]
-  ram, n = available_ram(), len(devices)
+  limit, ram, n = device_limit or memory_limit(devices), available_ram(), len(devices)
   fields = {
     "table": (table_field, int(run.config.model.num_puzzle_identifiers), 1),
     "train": ("config.train.global_batch_size", int(run.config.train.global_batch_size), run.mesh.size),
     "eval": ("config.eval.batch_size", int(run.config.eval.batch_size), run.mesh.size),
   }
-  if limits:  # each device's memory, and the host's RAM for the state's copy
-    checks = [
-      ({"table": table, "train": train, "": state - table}, min(limits), f"memory of a {devices[0].device_kind}")
-    ]
-    checks += [({"table": table, "eval": evals, "": state - table + carry}, min(limits), checks[0][2])]
+  if limit:  # each device's memory, and the host's RAM for the state's copy
+    checks = [({"table": table, "train": train, "": state - table}, limit, f"memory of a {devices[0].device_kind}")]
+    checks += [({"table": table, "eval": evals, "": state - table + carry}, limit, checks[0][2])]
     checks += [({"table": host_table, "": host_state - host_table}, ram, "available host RAM")]
   else:  # CPU devices: all of it is host RAM
     copy = {"table": n * table + host_table, "": n * (state - table) + host_state - host_table}
