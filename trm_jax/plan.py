@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -40,34 +41,11 @@ CHIPS = {
 }
 MEGACORE = ("v4", "v5p")  # two TensorCores per chip, one JAX device (gcloud names count cores)
 _2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-_3D = {
-  4: "2x2x1",
-  8: "2x2x2",
-  16: "2x2x4",
-  32: "2x4x4",
-  64: "4x4x4",
-  128: "4x4x8",
-  256: "4x8x8",
-  512: "8x8x8",
-  1024: "8x8x16",
-  2048: "8x16x16",
-  4096: "16x16x16",
-}
+_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8", 512: "8x8x8"}
+_3D.update({1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"})
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-_DTYPE_BYTES = {
-  "pred": 1,
-  "s8": 1,
-  "u8": 1,
-  "bf16": 2,
-  "f16": 2,
-  "s16": 2,
-  "f32": 4,
-  "s32": 4,
-  "u32": 4,
-  "f64": 8,
-  "s64": 8,
-  "u64": 8,
-}
+# HLO element types and their bytes: pred is 1, the others carry their width in bits (bf16, f32, s8, u64, ...)
+_TYPE = re.compile(r"\b(pred|bf16|[fsu]\d+)\[([0-9,]*)\]")
 
 
 class PlanError(errors.UserError):
@@ -198,6 +176,10 @@ def dataset_meta(dcfg):
 # Compiling and reading the programs.
 
 
+def _itemsize(hlo_type: str) -> int:
+  return 1 if hlo_type == "pred" else int(hlo_type.lstrip("bfsu")) // 8
+
+
 def collectives(hlo_text: str) -> list[dict]:
   """Collective ops of a compiled program: kind, element types, count and bytes of their results."""
   pat = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
@@ -206,14 +188,8 @@ def collectives(hlo_text: str) -> list[dict]:
     m = pat.search(line)
     if not m:
       continue
-    shapes = re.findall(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]", m.group(1))
-    shapes = [(t, dims) for t, dims in shapes if t in _DTYPE_BYTES]
-    size = 0
-    for t, dims in shapes:
-      n = 1
-      for d in filter(None, dims.split(",")):
-        n *= int(d)
-      size += n * _DTYPE_BYTES[t]
+    shapes = _TYPE.findall(m.group(1))
+    size = sum(math.prod(int(d) for d in dims.split(",") if d) * _itemsize(t) for t, dims in shapes)
     key = (m.group(2), ",".join(sorted({t for t, _ in shapes})))
     entry = found.setdefault(key, {"kind": key[0], "dtypes": key[1], "count": 0, "bytes": 0})
     entry["count"] += 1
