@@ -12,9 +12,8 @@ IGNORE_LABEL = -100
 def log_stablemax(logits: jax.Array) -> jax.Array:
   """log of stablemax over the last axis, in float32.
 
-  s(x) = 1/(1-x) for x < 0, else x + 1. Each branch gets a clamped argument
-  so that the branch `where` does not take can never overflow (an infinite
-  untaken branch turns the gradient into NaN).
+  s(x) = 1/(1-x) for x < 0, else x + 1. Each branch gets a clamped argument so that the branch `where` does not take can
+  never overflow (an infinite untaken branch turns the gradient into NaN).
   """
   x = logits.astype(jnp.float32)
   neg, pos = jnp.minimum(x, 0.0), jnp.maximum(x, 0.0)
@@ -39,9 +38,8 @@ def cross_entropy(logits, labels, loss_type: str = "stablemax"):
 def act_loss(logits, labels, q_halt, q_continue, halted, steps, target_q_continue=None, loss_type: str = "stablemax"):
   """Loss of one supervision step (unscaled sum over the batch) and metric sums.
 
-  Returns (loss, metrics) where metrics hold raw sums: count, accuracy,
-  exact_accuracy, q_halt_accuracy, steps, lm_loss, q_halt_loss
-  (+ q_continue_loss when a target is given).
+  Returns (loss, metrics) where metrics hold raw sums: count, accuracy, exact_accuracy, q_halt_accuracy, steps, lm_loss,
+  q_halt_loss (+ q_continue_loss when a target is given).
   """
   mask = labels != IGNORE_LABEL
   n_valid = mask.sum(-1)

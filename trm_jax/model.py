@@ -1,10 +1,8 @@
 """Flax linen modules of TRM and HRM: one network application, no loops.
 
-The recursion lives in `recursion.py`; here a module only knows how to embed
-inputs, apply the weight-tied reasoning network once, and read the heads.
-Parameters are float32; activations use `config.dtype` (bfloat16 by default).
-Linear kernels are stored Flax-style as (in, out); the reference stores
-(out, in) and `convert.py` transposes.
+The recursion lives in `recursion.py`; here a module only knows how to embed inputs, apply the weight-tied reasoning
+network once, and read the heads. Parameters are float32; activations use `config.dtype` (bfloat16 by default). Linear
+kernels are stored Flax-style as (in, out); the reference stores (out, in) and `convert.py` transposes.
 """
 
 from __future__ import annotations
@@ -102,9 +100,8 @@ LAST = "...i,io->...o"  # x (..., in) @ kernel (in, out): the usual linear layer
 def _dot(x, w, spec: str, cpu: bool):
   """einsum(spec, x, w) in x's dtype.
 
-  On CPU a last-axis low-precision dot is a float32-result dot rounded once to
-  x's dtype: the same arithmetic (products accumulated in float32, one
-  rounding), which XLA:CPU runs ~2x faster than its bfloat16-result dot.
+  On CPU a last-axis low-precision dot is a float32-result dot rounded once to x's dtype: the same arithmetic (products
+  accumulated in float32, one rounding), which XLA:CPU runs ~2x faster than its bfloat16-result dot.
   """
   if spec != LAST:
     return jnp.einsum(spec, x, w)
@@ -128,14 +125,11 @@ def _grad_dot(spec: str, a, b, cpu: bool):
 def _dot_master(x, kernel, spec, cpu):
   """einsum(spec, x, kernel.astype(x.dtype)) for a float32 master kernel and low-precision x.
 
-  The forward and the input gradient are the plain low-precision dot. The
-  kernel gradient comes from a float32-result dot and stays float32: on a
-  mesh its partial sums over the batch are added across devices in float32,
-  as DDP adds the ranks' gradients (a bfloat16-result dot is all-reduced in
-  bfloat16). The reference (`models/layers.py`, CastedLinear) rounds each
-  GPU's weight gradient to bfloat16 first; rounding here would let XLA move
-  the all-reduce after the rounding, and the unrounded sum is the more exact
-  one, the same on any number of devices.
+  The forward and the input gradient are the plain low-precision dot. The kernel gradient comes from a float32-result
+  dot and stays float32: on a mesh its partial sums over the batch are added across devices in float32, as DDP adds the
+  ranks' gradients (a bfloat16-result dot is all-reduced in bfloat16). The reference (`models/layers.py`, CastedLinear)
+  rounds each GPU's weight gradient to bfloat16 first; rounding here would let XLA move the all-reduce after the
+  rounding, and the unrounded sum is the more exact one, the same on any number of devices.
   """
   return _dot(x, kernel.astype(x.dtype), spec, cpu)
 
@@ -173,8 +167,7 @@ def matmul(x, kernel, platform: str, spec: str = LAST):
 def add_master(y, p):
   """y + p.astype(y.dtype), p (float32) broadcast over y's leading axes.
 
-  p's gradient is summed over the broadcast axes in float32 (across devices
-  too), as `_dot_master` does for kernels.
+  p's gradient is summed over the broadcast axes in float32 (across devices too), as `_dot_master` does for kernels.
   """
   return y + p.astype(y.dtype)
 
@@ -194,11 +187,10 @@ add_master.defvjp(_add_master_fwd, _add_master_bwd)
 class Linear(nn.Module):
   """x @ W (+ b) with a float32 kernel cast to the activation dtype at use.
 
-  The kernel is stored (in, features), as the reference's weight transposed.
-  `spec` and `view` contract x with the kernel viewed as `view` in another
-  layout, e.g. "btd,tk->bkd" (the MLP-mixer's token mixing over the
-  sequence axis) or "btd,dnh->bnth" (heads in the splash kernel's layout):
-  the layout change is then the dot's own, not a transpose in memory.
+  The kernel is stored (in, features), as the reference's weight transposed. `spec` and `view` contract x with the
+  kernel viewed as `view` in another layout, e.g. "btd,tk->bkd" (the MLP-mixer's token mixing over the sequence axis) or
+  "btd,dnh->bnth" (heads in the splash kernel's layout): the layout change is then the dot's own, not a transpose in
+  memory.
   """
 
   features: int
@@ -252,9 +244,8 @@ def rope_cos_sin(seq: int, head_dim: int, theta: float):
 def apply_rope(x, cos, sin):
   """Rotary embedding of x (B, T, N, H), in float32.
 
-  The reference computes x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1);
-  as cos and sin repeat over the two halves this is (x1 c - x2 s, x2 c + x1 s),
-  the same float32 operations without the negated copy.
+  The reference computes x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1); as cos and sin repeat over the two
+  halves this is (x1 c - x2 s, x2 c + x1 s), the same float32 operations without the negated copy.
   """
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   half = x.shape[-1] // 2
@@ -265,17 +256,13 @@ def apply_rope(x, cos, sin):
 def _splash_block_sizes(tp: int) -> splash.BlockSizes:
   """Splash tiles for a padded length tp (a multiple of 128).
 
-  Kernel limits: kv tiles are multiples of 128 lanes, and with segment ids
-  the backward's q tiles too; every tile divides tp. Sudoku (T=97 -> 128):
-  one 128 tile each way, the smallest legal. ARC (T=916 -> 1024): q tiles of
-  512 (MaxText's splash default), and one kv tile of all 1024 keys, computed
-  512 at a time (a 512 x 512 float32 score tile, 1 MiB of VMEM). With a
-  single kv tile the k/v block index does not change across a head's q
-  tiles, so Pallas copies k and v into VMEM once per (example, head) (with
-  128-tiles: 8 times, over 64 grid steps instead of 2, ~0.35 us each). The
-  fused backward then also has one kv tile: its dq comes out whole (no
-  per-kv-tile partial sums) and the scores are recomputed once, not twice
-  (separate dq and dk/dv kernels).
+  Kernel limits: kv tiles are multiples of 128 lanes, and with segment ids the backward's q tiles too; every tile
+  divides tp. Sudoku (T=97 -> 128): one 128 tile each way, the smallest legal. ARC (T=916 -> 1024): q tiles of 512
+  (MaxText's splash default), and one kv tile of all 1024 keys, computed 512 at a time (a 512 x 512 float32 score tile,
+  1 MiB of VMEM). With a single kv tile the k/v block index does not change across a head's q tiles, so Pallas copies k
+  and v into VMEM once per (example, head) (with 128-tiles: 8 times, over 64 grid steps instead of 2, ~0.35 us each).
+  The fused backward then also has one kv tile: its dq comes out whole (no per-kv-tile partial sums) and the scores are
+  recomputed once, not twice (separate dq and dk/dv kernels).
   """
 
   def fit(cap):
@@ -296,14 +283,11 @@ def _splash_block_sizes(tp: int) -> splash.BlockSizes:
 def splash_rereads(b: int, t: int, n: int, head_dim: int) -> tuple[int, int]:
   """HBM bytes one forward / one backward splash call reads beyond one read per operand (b examples).
 
-  XLA's cost analysis counts a Mosaic call like any op (each operand read
-  once, each result written once, at padded size); `trm-plan` adds these.
-  Pallas copies a block only when its block index changes between grid
-  steps. Forward grid (example, head, q tile, kv tile): with one kv tile k, v
-  keep their block across a head's q tiles (else they are re-read per q
-  tile); the (tp, 128) int32 q segment ids are re-read per (example, head).
-  Fused backward grid (example, kv tile, head, q tile): q and dout are re-read
-  per extra kv tile; the (8, tp) int32 q segment ids per (example, head).
+  XLA's cost analysis counts a Mosaic call like any op (each operand read once, each result written once, at its
+  logical, unpadded size); `trm-plan` adds these. Pallas copies a block only when its block index changes between grid steps. Forward grid
+  (example, head, q tile, kv tile): with one kv tile k, v keep their block across a head's q tiles (else they are
+  re-read per q tile); the (tp, 128) int32 q segment ids are re-read per (example, head). Fused backward grid (example,
+  kv tile, head, q tile): q and dout are re-read per extra kv tile; the (8, tp) int32 q segment ids per (example, head).
   """
   tp = -(-t // 128) * 128
   bs = _splash_block_sizes(tp)
@@ -341,12 +325,11 @@ def rotated_qk(kernel):
 def _splash_local(q, k, v, rope, interpret: bool, length=None):
   """Splash attention on (B, N, T, H) arrays (the kernel's layout) on one device, vmapped over B.
 
-  The kernel does not scale the scores. Each operand is made ready in one pass: RoPE on q and k
-  (`rope` = (q and k with their halves swapped, cos, sin): `apply_rope`'s float32 operations), q
-  scaled by 1/sqrt(H) (in float32 and rounded once: exact, so equal to the XLA path's scaling of
-  float32 scores when H is a power of 4 such as 64 or 16), T padded to a multiple of 128 (`length`:
-  the real T of arrays that come padded). Padded keys get segment id 0 and real tokens 1, so no
-  real query sees a padded key; the padded query rows (which see only padded keys) are sliced off.
+  The kernel does not scale the scores. Each operand is made ready in one pass: RoPE on q and k (`rope` = (q and k with
+  their halves swapped, cos, sin): `apply_rope`'s float32 operations), q scaled by 1/sqrt(H) (in float32 and rounded
+  once: exact, so equal to the XLA path's scaling of float32 scores when H is a power of 4 such as 64 or 16), T padded
+  to a multiple of 128 (`length`: the real T of arrays that come padded). Padded keys get segment id 0 and real tokens
+  1, so no real query sees a padded key; the padded query rows (which see only padded keys) are sliced off.
   """
   _, n, t0, h = q.shape
   t, tp = length or t0, -(-t0 // 128) * 128
@@ -397,9 +380,8 @@ def splash_attention(q, k, v, interpret: bool = False):
 def attention(q, k, v, impl: str, interpret: bool = False):
   """Non-causal scaled dot-product attention on (B, T, N, H) arrays.
 
-  impl: "xla" (portable), "cudnn" (flash attention; the sequence is padded
-  to a multiple of 64 with a key mask when needed) or "splash" (TPU Pallas
-  kernel, see `splash_attention`; `interpret` runs it off TPU);
+  impl: "xla" (portable), "cudnn" (flash attention; the sequence is padded to a multiple of 64 with a key mask when
+  needed) or "splash" (TPU Pallas kernel, see `splash_attention`; `interpret` runs it off TPU);
   `config_lib.resolve_auto` turns "auto" into one of them.
   """
   if impl == "splash":
@@ -486,9 +468,8 @@ class ReasoningNet(nn.Module):
 class RecursiveModel(nn.Module):
   """TRM / HRM: embeddings, the reasoning network(s), and the heads.
 
-  Methods are applied one at a time from `recursion.py` with
-  `model.apply(variables, ..., method=...)`.
-  Variables: `params` (trained) and `consts` (fixed H_init / L_init buffers).
+  Methods are applied one at a time from `recursion.py` with `model.apply(variables, ..., method=...)`. Variables:
+  `params` (trained) and `consts` (fixed H_init / L_init buffers).
   """
 
   cfg: Any

@@ -70,14 +70,12 @@ def make_optimizer(tcfg, total_steps: int) -> optax.GradientTransformation:
 def sign_sgd_rows(table: jax.Array, ids: jax.Array, row_grads: jax.Array, lr, weight_decay) -> jax.Array:
   """Sparse sign-SGD of the puzzle-embedding table on the batch's rows only.
 
-  Gradients of rows sharing an id are summed (over the global batch, so
-  across devices too) before the sign; only those rows decay and move.
-  The table gets no optimiser state.
+  Gradients of rows sharing an id are summed (over the global batch, so across devices too) before the sign; only those
+  rows decay and move. The table gets no optimiser state.
   """
-  # Sorted, equal ids are neighbours: one float32 segment sum per run of them,
-  # read back by each of its rows (duplicates then write equal rows). The row
-  # gradients cross devices once, where an ids x ids float32 dot had XLA
-  # gather them dozens of times per train step on a TPU pod.
+  # Sorted, equal ids are neighbours: one float32 segment sum per run of them, read back by each of its rows (duplicates
+  # then write equal rows). The row gradients cross devices once, where an ids x ids float32 dot had XLA gather them
+  # dozens of times per train step on a TPU pod.
   order = jnp.argsort(ids, stable=True)
   ids = ids[order]
   seg = jnp.cumsum(jnp.concatenate([jnp.zeros(1, jnp.int32), (ids[1:] != ids[:-1]).astype(jnp.int32)]))

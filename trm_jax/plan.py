@@ -2,20 +2,15 @@
 
     trm-plan --config=experiments/arc1.py --topology=v5e-64 [--config.a.b=v ...] [--recursion=both] [--json]
 
-With `libtpu` installed (`pip install -e '.[tpu]'`), JAX gives compile-only
-devices of a whole pod; the steps are compiled for them with the run's own
-mesh and shardings (`runs.Run`), exactly as `trm-train` would on the pod. From
-the compiled programs it prints, per chip: arguments / temporaries against
-the chip's HBM, FLOPs and HBM bytes per step, the collectives, and an
-**estimated** step time = max(FLOPs / peak, bytes / HBM bandwidth) from the
-public peak figures in `CHIPS`, then the schedule's steps and time. These are
-compiler estimates, not TPU measurements. XLA costs a `while` body once: the
-eval rollout (a scan over supervision steps) is scaled by its trip count, and a
-scan-recursion train step takes its FLOPs and bytes from the loop program of
-the same function (the trip counts applied); `costs_from` says which.
-Topologies: gcloud accelerator names (`v4-32`, `v5litepod-64` / `v5e-64`,
-`v5p-128`, `v6e-256`; v4 and v5p count TensorCores, two per chip) or topology
-strings (`v5e:8x8`, `v4:2x2x4`).
+With `libtpu` installed (`pip install -e '.[tpu]'`), JAX gives compile-only devices of a whole pod; the steps are
+compiled for them with the run's own mesh and shardings (`runs.Run`), exactly as `trm-train` would on the pod. From the
+compiled programs it prints, per chip: arguments / temporaries against the chip's HBM, FLOPs and HBM bytes per step, the
+collectives, and an **estimated** step time = max(FLOPs / peak, bytes / HBM bandwidth) from the public peak figures in
+`CHIPS`, then the schedule's steps and time. These are compiler estimates, not TPU measurements. XLA costs a `while`
+body once: the eval rollout (a scan over supervision steps) is scaled by its trip count, and a scan-recursion train step
+takes its FLOPs and bytes from the loop program of the same function (the trip counts applied); `costs_from` says which.
+Topologies: gcloud accelerator names (`v4-32`, `v5litepod-64` / `v5e-64`, `v5p-128`, `v6e-256`; v4 and v5p count
+TensorCores, two per chip) or topology strings (`v5e:8x8`, `v4:2x2x4`).
 """
 
 from __future__ import annotations
@@ -208,9 +203,8 @@ def kernel_calls(hlo_text: str) -> dict:
 def program_stats(compiled, topology: Topology, trip_count: int = 1, costs=None, kernel=((0, 0), (0, 0))) -> dict:
   """Per-chip memory, costs (x trip_count), collectives and the estimated time of one compiled program.
 
-  `kernel`: ((bytes, flops) of one forward, (bytes, flops) of one backward splash call) that
-  XLA's cost analysis does not see (`model.splash_rereads`, `model.splash_flops`), added for
-  every call in the program.
+  `kernel`: ((bytes, flops) of one forward, (bytes, flops) of one backward splash call) that XLA's cost analysis does
+  not see (`model.splash_rereads`, `model.splash_flops`), added for every call in the program.
   """
   from trm_jax import runs  # noqa: PLC0415
 

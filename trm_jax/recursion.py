@@ -1,11 +1,9 @@
 """The recursion, in plain JAX over one weight-tied network application.
 
-`deep_recursion` is one supervision step of the inner model; `act_forward`
-wraps it with the ACT carry rules (both in the reference's
-`models/recursive_reasoning/trm.py`, the inner model's and the ACT wrapper's
-forward). The config field
-`recursion` statically picks `jax.lax.scan` or a Python loop; both build the
-same parameter tree and compute the same function.
+`deep_recursion` is one supervision step of the inner model; `act_forward` wraps it with the ACT carry rules (both in
+the reference's `models/recursive_reasoning/trm.py`, the inner model's and the ACT wrapper's forward). The config field
+`recursion` statically picks `jax.lax.scan` or a Python loop; both build the same parameter tree and compute the same
+function.
 
 No-grad cycles run on `stop_gradient`-ed parameters and inputs, so they
 depend on nothing that is differentiated and keep no residuals.
@@ -32,16 +30,14 @@ def uses_q_continue(cfg) -> bool:
 def repeat(fn: Callable[[Any, Any], Any], z, n: int, mode: str, remat: str = "none", unroll: int = 1):
   """z <- fn(z, i) for i in range(n), unrolled ("loop") or with lax.scan.
 
-  `remat` ("none" | "dots" | "full") checkpoints each application, in both
-  modes; it only matters where gradients flow (the last cycle). `unroll` is
-  lax.scan's unroll factor (scan mode only; the same function).
+  `remat` ("none" | "dots" | "full") checkpoints each application, in both modes; it only matters where gradients flow
+  (the last cycle). `unroll` is lax.scan's unroll factor (scan mode only; the same function).
   """
   if n <= 0:
     return z
   if remat != "none":
-    # Each repeated application keeps only its input (and, with "dots", the
-    # outputs of its weight matmuls) for the backward pass and recomputes the
-    # rest: the same function, less memory.
+    # Each repeated application keeps only its input (and, with "dots", the outputs of its weight matmuls) for the
+    # backward pass and recomputes the rest: the same function, less memory.
     policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if remat == "dots" else None
     fn = jax.checkpoint(fn, policy=policy, static_argnums=(1,) if mode == "loop" else ())
   if mode == "loop":

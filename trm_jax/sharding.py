@@ -1,9 +1,8 @@
 """Device mesh and shardings from config; knows nothing about the model.
 
-Axes: `data` (batch; data parallel) and `table` (rows of the puzzle-embedding
-table, the one tensor worth sharding: ~1M x 512 on ARC). The batch and the
-ACT carry are split over both axes, so every device holds distinct rows;
-parameters, optimiser state and EMA are replicated.
+Axes: `data` (batch; data parallel) and `table` (rows of the puzzle-embedding table, the one tensor worth sharding: ~1M
+x 512 on ARC). The batch and the ACT carry are split over both axes, so every device holds distinct rows; parameters,
+optimiser state and EMA are replicated.
 """
 
 from __future__ import annotations
@@ -62,8 +61,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def table_rows(num_ids: int, table_parallel: int) -> int:
   """Table rows rounded up so that they split evenly over `table_parallel` devices.
 
-  Depends on the config only (not on the devices at hand), so a checkpoint
-  written on a pod restores on one device.
+  Depends on the config only (not on the devices at hand), so a checkpoint written on a pod restores on one device.
   """
   return -(-num_ids // table_parallel) * table_parallel
 

@@ -69,9 +69,8 @@ def rollout(
 ):
   """Evaluation: `n_steps` supervision steps (default halt_max_steps) on a fixed batch.
 
-  Every row runs all steps (no early halt). Returns (final carry, final
-  outputs, final metric sums, per-step stack of the `collect` keys, taken
-  from the outputs plus "loss", "halted" and "metrics").
+  Every row runs all steps (no early halt). Returns (final carry, final outputs, final metric sums, per-step stack of
+  the `collect` keys, taken from the outputs plus "loss", "halted" and "metrics").
   """
   if n_steps is not None and n_steps != mcfg.halt_max_steps:
     mcfg = config_lib.replace(mcfg, halt_max_steps=n_steps)
