@@ -284,10 +284,11 @@ def splash_rereads(b: int, t: int, n: int, head_dim: int) -> tuple[int, int]:
   """HBM bytes one forward / one backward splash call reads beyond one read per operand (b examples).
 
   XLA's cost analysis counts a Mosaic call like any op (each operand read once, each result written once, at its
-  logical, unpadded size); `trm-plan` adds these. Pallas copies a block only when its block index changes between grid steps. Forward grid
-  (example, head, q tile, kv tile): with one kv tile k, v keep their block across a head's q tiles (else they are
-  re-read per q tile); the (tp, 128) int32 q segment ids are re-read per (example, head). Fused backward grid (example,
-  kv tile, head, q tile): q and dout are re-read per extra kv tile; the (8, tp) int32 q segment ids per (example, head).
+  logical, unpadded size); `trm-plan` adds these. Pallas copies a block only when its block index changes between grid
+  steps. Forward grid (example, head, q tile, kv tile): with one kv tile k, v keep their block across a head's q tiles
+  (else they are re-read per q tile); the (tp, 128) int32 q segment ids are re-read per (example, head). Fused backward
+  grid (example, kv tile, head, q tile): q and dout are re-read per extra kv tile; the (8, tp) int32 q segment ids per
+  (example, head).
   """
   tp = -(-t // 128) * 128
   bs = _splash_block_sizes(tp)

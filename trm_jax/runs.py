@@ -128,7 +128,8 @@ def _compile(lowered, run: Run, field: str):
     table = " or --config.mesh.table_parallel=K" if run.config.model.num_puzzle_identifiers > 1 else ""
     raise UserError(
       f"config.{field}={run.config[section][name]} does not fit a {run.mesh.devices.flat[0].device_kind}: "
-      f"{errors.first_line(e, 300).removeprefix('RESOURCE_EXHAUSTED: ').rstrip('.')}; try a smaller config.{field}{table}"
+      f"{errors.first_line(e, 300).removeprefix('RESOURCE_EXHAUSTED: ').rstrip('.')}; "
+      f"try a smaller config.{field}{table}"
     ) from None
 
 
