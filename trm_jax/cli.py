@@ -26,19 +26,17 @@ def _quiet_closed_loop(unraisable, default=sys.unraisablehook):
   default(unraisable)
 
 
-def _not_an_abandoned_read(record: logging.LogRecord) -> bool:
-  """Drops asyncio's 'Task exception was never retrieved' (with a traceback), logged when a read that a failed
-  orbax restore abandoned is collected: at any moment, also while the next checkpoint is being tried. The
-  restore's own error says what failed."""
-  return not record.getMessage().startswith("Task exception was never retrieved")
-
-
 _ERROR_LINE_PRINTED = threading.Event()
 
 
 def _quiet_orbax(record: logging.LogRecord) -> bool:
   """Drops the tracebacks orbax's background threads (and asyncio, for their futures) log for a full disk (the run's
-  error line names it), and any they log once the error line is printed (an abandoned save still finishing)."""
+  error line names it), and any they log once the error line is printed (an abandoned save still finishing).
+
+  Also drops asyncio's 'Task exception was never retrieved', logged whenever a read that a failed orbax restore
+  abandoned is collected (also while the next checkpoint is tried): the restore's own error says what failed."""
+  if record.getMessage().startswith("Task exception was never retrieved"):
+    return False
   if "orbax" not in record.pathname and record.name != "asyncio":
     return True
   exc = record.exc_info[1] if record.exc_info else None
@@ -53,7 +51,6 @@ def user_errors():
     yield
     return
   sys.unraisablehook = _quiet_closed_loop
-  logging.getLogger("asyncio").addFilter(_not_an_abandoned_read)
   logging.getLogger("asyncio").addFilter(_quiet_orbax)
   logging.getLogger("absl").addFilter(_quiet_orbax)
   try:

@@ -27,6 +27,7 @@ left half-written.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
@@ -55,14 +56,16 @@ def _suffix(path: str, flag: str) -> str:
   return ext
 
 
-def _import_torch(path: str):
+def _optional(module: str, needs: str, tail: str = ""):
+  """An optional dependency (`pip install 'trm_jax[interop]'`), or one ConvertError: `needs` it."""
   try:
-    import torch  # noqa: PLC0415 - optional dependency
+    return importlib.import_module(module)
   except ImportError:
-    raise ConvertError(
-      f"{path}: reading/writing PyTorch files needs PyTorch (pip install 'trm_jax[interop]'), or use .npz"
-    ) from None
-  return torch
+    raise ConvertError(f"{needs} (pip install 'trm_jax[interop]'){tail}") from None
+
+
+def _import_torch(path: str):
+  return _optional("torch", f"{path}: reading/writing PyTorch files needs PyTorch", ", or use .npz")
 
 
 def _from_torch_obj(obj, path: str) -> dict:
@@ -101,13 +104,8 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
       if any(k.startswith("w/") for k in raw):  # parity vectors: the state dict is under w/
         raw = {k[2:]: v for k, v in raw.items() if k.startswith("w/")}
     elif ext == ".safetensors":
-      try:
-        from safetensors.numpy import load_file  # noqa: PLC0415 - optional dependency
-      except ImportError:
-        raise ConvertError(
-          f"{path}: reading .safetensors needs the safetensors package (pip install 'trm_jax[interop]')"
-        ) from None
-      raw = load_file(path)
+      st = _optional("safetensors.numpy", f"{path}: reading .safetensors needs the safetensors package")
+      raw = st.load_file(path)
     else:
       torch = _import_torch(path)
       raw = _from_torch_obj(torch.load(path, map_location="cpu", weights_only=True), path)
@@ -128,12 +126,7 @@ def save_state_dict(path: str, arrays: dict[str, np.ndarray]) -> None:
     raise ConvertError(f"--export_torch={path}: parent directory {parent} does not exist")
   arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
   if ext == ".safetensors":
-    try:
-      from safetensors.numpy import save_file  # noqa: PLC0415
-    except ImportError:
-      raise ConvertError(
-        f"--export_torch={path}: writing .safetensors needs the safetensors package (pip install 'trm_jax[interop]')"
-      ) from None
+    st = _optional("safetensors.numpy", f"--export_torch={path}: writing .safetensors needs the safetensors package")
   torch = _import_torch(path) if ext in TORCH_SUFFIXES else None
   fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=ext, dir=parent)
   os.close(fd)
@@ -142,7 +135,7 @@ def save_state_dict(path: str, arrays: dict[str, np.ndarray]) -> None:
       with open(tmp, "wb") as f:
         np.savez(f, **arrays)
     elif ext == ".safetensors":
-      save_file(arrays, tmp)
+      st.save_file(arrays, tmp)
     else:
       torch.save({k: torch.from_numpy(v.copy()) for k, v in arrays.items()}, tmp)
     os.replace(tmp, path)
@@ -231,17 +224,6 @@ def build_state(run, state_dict: dict, step: int = 0, source: str = "state dict"
   return state
 
 
-def _check_workdir(workdir: str):
-  """-> the RunDir of a workdir that holds no checkpoint yet."""
-  from trm_jax import fileio, rundir  # noqa: PLC0415
-
-  run_dir = rundir.RunDir(workdir).prepare()
-  ckpts = run_dir.checkpoints()
-  if fileio.exists(ckpts) and (not fileio.isdir(ckpts) or fileio.listdir(ckpts)):
-    raise ConvertError(f"--workdir={run_dir}: already holds checkpoints; convert into a fresh directory")
-  return run_dir
-
-
 def convert(
   state_dict: dict,
   config,
@@ -261,7 +243,10 @@ def convert(
 
   if step < 0:
     raise ConvertError(f"--step={step}: must be >= 0")
-  run_dir = _check_workdir(workdir)
+  run_dir = rundir.RunDir(workdir).prepare()
+  ckpts = run_dir.checkpoints()
+  if fileio.exists(ckpts) and (not fileio.isdir(ckpts) or fileio.listdir(ckpts)):
+    raise ConvertError(f"--workdir={run_dir}: already holds checkpoints; convert into a fresh directory")
   workdir = run_dir.root
   config, meta, mesh = resolve(config, resolve_data, mesh)
   meta["converted_from"] = source
@@ -283,9 +268,9 @@ def convert(
     if not os.path.exists(workdir):
       os.rename(tmp, workdir)
     else:
-      if os.path.isdir(run_dir.checkpoints()):
-        os.rmdir(run_dir.checkpoints())  # empty (checked above)
-      os.rename(rundir.RunDir(tmp).checkpoints(), run_dir.checkpoints())
+      if os.path.isdir(ckpts):
+        os.rmdir(ckpts)  # empty (checked above)
+      os.rename(rundir.RunDir(tmp).checkpoints(), ckpts)
       shutil.rmtree(tmp)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -302,16 +287,11 @@ def _save(checkpoint, workdir, config, step: int, state, carry, meta: dict) -> N
     mngr.close()
 
 
-def load_checkpoint(workdir: str, step: int | None = None):
-  """-> (Run, state, meta, step) of a run checkpoint (the latest, or `step`)."""
-  from trm_jax import runs  # noqa: PLC0415
-
-  return runs.load_run(workdir, step)
-
-
 def export(workdir: str, step: int | None = None, live: bool = False, prefix: str = "") -> dict[str, np.ndarray]:
   """A run checkpoint -> reference-keyed float32 arrays (EMA weights when EMA is on, unless `live`)."""
-  _, state, _, _ = load_checkpoint(workdir, step)
+  from trm_jax import runs  # noqa: PLC0415
+
+  _, state, _, _ = runs.load_run(workdir, step)
   params = state.params if live else state.eval_params()
   out = interop.to_reference({"params": params, "consts": state.consts}, state.puzzle_table)
   return {prefix + k: v for k, v in out.items()}
@@ -325,15 +305,10 @@ def _define_flags():
   from absl import flags  # noqa: PLC0415
   from ml_collections import config_flags  # noqa: PLC0415
 
-  f = flags.FLAGS
-  if "torch_checkpoint" in f:
-    return
-  if "config" not in f:
-    config_flags.DEFINE_config_file(
-      "config", None, "Experiment file, e.g. experiments/sudoku_mlp.py[:arch=hrm].", lock_config=True
-    )
-  if "workdir" not in f:
-    flags.DEFINE_string("workdir", None, "Run directory (written by conversion, read by --export_torch).")
+  config_flags.DEFINE_config_file(
+    "config", None, "Experiment file, e.g. experiments/sudoku_mlp.py[:arch=hrm].", lock_config=True
+  )
+  flags.DEFINE_string("workdir", None, "Run directory (written by conversion, read by --export_torch).")
   flags.DEFINE_string(
     "torch_checkpoint", None, "Reference state dict to convert (.pt/.pth/.bin/.ckpt, .npz, .safetensors)."
   )

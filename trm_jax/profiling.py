@@ -1,26 +1,18 @@
-"""Measuring helpers shared by `trm_jax.bench` and notebooks/scan_vs_loop.ipynb.
+"""Measuring helpers shared by `trm_jax.bench`, benchmarks/ and notebooks/scan_vs_loop.ipynb.
 
-Everything here runs a run's own jitted steps (`runs.Run.train_step`,
-`runs.Run.eval_step`) on synthetic batches of a config's shapes:
-
-- `Setup` / `make_setup(config)`: a `runs.Run` with a fresh state, carry and
-  batch, placed on a (data, table) mesh over all local devices;
-- `compile_train` / `compile_eval`: the jitted steps, lowered and compiled,
-  with the wall time that took and the compiled program's size;
-- `time_calls`: steady-state step times (each call waited for);
-- `peak_memory_bytes`: the device allocator's peak where it reports one
-  (GPU, TPU), else the compiled program's memory analysis;
-- `model_flops`: the analytic FLOP count documented in `trm_jax.bench`;
-- `mode_difference`: loop vs scan outputs and gradients on one call.
+They run a run's own jitted steps (`runs.Run.train_step`, `runs.Run.eval_step`) on synthetic batches of a
+config's shapes: set-up (`make_setup`), compiling (`compile_train`, `compile_eval`), timing (`time_calls`),
+memory (`peak_memory_bytes`), the analytic FLOP count documented in `trm_jax.bench` (`model_flops`) and loop
+vs scan outputs and gradients (`mode_difference`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -116,10 +108,9 @@ def make_setup(config, batch_size: int | None = None, seed: int = 0, abstract: b
 
 @dataclasses.dataclass
 class Compiled:
-  fn: Callable  # the compiled executable
+  compiled: Any  # jax.stages.Compiled
   args: tuple  # arguments of one call (the train step donates state and carry)
   compile_s: float  # trace + lower + compile wall time
-  compiled: Any  # jax.stages.Compiled
 
   def memory(self) -> dict:
     return memory_analysis(self.compiled)
@@ -130,8 +121,7 @@ class Compiled:
 
 def _compile(jitted, args) -> Compiled:
   t0 = time.perf_counter()
-  compiled = jitted.lower(*args).compile()
-  return Compiled(compiled, args, time.perf_counter() - t0, compiled)
+  return Compiled(jitted.lower(*args).compile(), args, time.perf_counter() - t0)
 
 
 def compile_train(s: Setup) -> Compiled:
@@ -141,8 +131,7 @@ def compile_train(s: Setup) -> Compiled:
 
 def compile_eval(s: Setup) -> Compiled:
   """The run's eval step: every supervision step (`config.eval.supervision_steps`) on a fixed batch."""
-  state = s.state
-  return _compile(s.run.eval_step, (state.eval_params(), state.consts, state.puzzle_table, s.batch))
+  return _compile(s.run.eval_step, (s.state.eval_params(), s.state.consts, s.state.puzzle_table, s.batch))
 
 
 def memory_analysis(compiled) -> dict:
@@ -150,17 +139,11 @@ def memory_analysis(compiled) -> dict:
   try:
     m = compiled.memory_analysis()
   except Exception:  # noqa: BLE001 - some backends do not implement it
-    return {}
+    m = None
   if m is None:
     return {}
-  names = (
-    "argument_size_in_bytes",
-    "output_size_in_bytes",
-    "alias_size_in_bytes",
-    "temp_size_in_bytes",
-    "generated_code_size_in_bytes",
-  )
-  out = {n.replace("_size_in_bytes", ""): int(getattr(m, n, 0) or 0) for n in names}
+  names = ("argument", "output", "alias", "temp", "generated_code")
+  out = {n: int(getattr(m, f"{n}_size_in_bytes", 0) or 0) for n in names}
   # What the program needs at its peak: live arguments, outputs not aliased to them, temporaries.
   out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
   return out
@@ -188,7 +171,7 @@ def time_calls(c: Compiled, n: int, warmup: int = 1, donate: bool = True) -> lis
   times = []
   for i in range(warmup + n):
     t0 = time.perf_counter()
-    out = c.fn(*args)
+    out = c.compiled(*args)
     jax.block_until_ready(out)
     dt = time.perf_counter() - t0
     if i >= warmup:
@@ -204,13 +187,9 @@ def device_peak_bytes() -> int | None:
   """Allocator peak over all local devices, where the backend reports it."""
   peaks = []
   for d in jax.local_devices():
-    try:
-      stats = d.memory_stats()
-    except Exception:  # noqa: BLE001
-      stats = None
-    if stats and "peak_bytes_in_use" in stats:
-      peaks.append(int(stats["peak_bytes_in_use"]))
-  return max(peaks) if peaks else None
+    with contextlib.suppress(Exception):  # backends without allocator statistics
+      peaks.append(int(d.memory_stats()["peak_bytes_in_use"]))
+  return max(peaks, default=None)
 
 
 def peak_memory_bytes(c: Compiled) -> tuple[int, str]:
@@ -218,7 +197,7 @@ def peak_memory_bytes(c: Compiled) -> tuple[int, str]:
   peak = device_peak_bytes()
   if peak is not None:
     return peak, "memory_stats"
-  return memory_analysis(c.compiled).get("total", 0), "memory_analysis"
+  return c.memory().get("total", 0), "memory_analysis"
 
 
 def summary(times: list[float]) -> dict:
@@ -230,10 +209,7 @@ def summary(times: list[float]) -> dict:
 
 
 def application_flops(mcfg, batch_size: int, net: str = "L") -> dict:
-  """Forward FLOPs of one application of the L (or H) network on a batch.
-
-  Returns {"matmul": ..., "attention": ...}.
-  """
+  """Forward FLOPs {"matmul": ..., "attention": ...} of one application of the L (or H) network on a batch."""
   c = mcfg
   d = c.hidden_size
   t = c.seq_len + puzzle_emb_len(c)
@@ -253,9 +229,7 @@ def application_flops(mcfg, batch_size: int, net: str = "L") -> dict:
 def _apps(mcfg) -> tuple[dict, dict]:
   """(# no-grad applications, # applications with gradient) per supervision step, by net."""
   c = mcfg
-  per_cycle_L = c.L_cycles
-  total_L = c.H_cycles * per_cycle_L
-  total_H = c.H_cycles
+  total_L, total_H = c.H_cycles * c.L_cycles, c.H_cycles
   if c.variant == "single_latent":
     # Each cycle: L_cycles + 1 applications, all of the L network.
     total_L, total_H = c.H_cycles * (c.L_cycles + 1), 0
@@ -321,15 +295,15 @@ def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) 
     call = jax.jit(functools.partial(_one_call, model, mcfg, seed))
     results[mode] = call(variables["params"], variables["consts"], table, batch)
   flat_a = jax.tree_util.tree_flatten_with_path(results["loop"])[0]
-  flat_b = jax.tree.leaves(results["scan"])
-  out = {}
-  for (path, a), b in zip(flat_a, flat_b):
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    scale = np.abs(a).max() if a.size else 0.0
-    err = np.abs(a - b).max() if a.size else 0.0
-    out[jax.tree_util.keystr(path)] = float(err / scale) if scale > 0 else float(err)
-  return out
+  return {jax.tree_util.keystr(p): rel_err(a, b) for (p, a), b in zip(flat_a, jax.tree.leaves(results["scan"]))}
+
+
+def rel_err(a, b) -> float:
+  """max|a - b| / max|a| (the absolute error where a is all zero)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  scale = np.abs(a).max() if a.size else 0.0
+  err = np.abs(a - b).max() if a.size else 0.0
+  return float(err / scale) if scale > 0 else float(err)
 
 
 def _one_call(model, mcfg, seed, params, consts, table, batch):
@@ -337,10 +311,6 @@ def _one_call(model, mcfg, seed, params, consts, table, batch):
   out = steps.loss_and_grads(model, mcfg, params, consts, carry, table, jax.random.key(seed))
   logits, z = out.outputs["logits"], out.carry["z"]
   return {"loss": out.loss, "logits": logits, "z": z, "grad": out.param_grads, "grad_rows": out.row_grads}
-
-
-def gb(n_bytes: int | float) -> float:
-  return float(n_bytes) / 2**30
 
 
 # ---------------------------------------------------------------------------

@@ -15,30 +15,11 @@ import numpy as np
 from trm_jax.errors import UserError
 
 MAZE_CHARS = "# SGo"
-ARC_COLOURS = (
-  "#000000",
-  "#0074D9",
-  "#FF4136",
-  "#2ECC40",
-  "#FFDC00",
-  "#AAAAAA",
-  "#F012BE",
-  "#FF851B",
-  "#7FDBFF",
-  "#870C25",
-)
+ARC_COLOURS = tuple("#000000 #0074D9 #FF4136 #2ECC40 #FFDC00 #AAAAAA #F012BE #FF851B #7FDBFF #870C25".split())
 MAZE_COLOURS = ("#000000", "#FFFFFF", "#2ECC40", "#FF4136", "#FFDC00")  # '#', ' ', S, G, o
-DIGIT_COLOURS = (
-  "#1F77B4",
-  "#D62728",
-  "#2CA02C",
-  "#9467BD",
-  "#FF7F0E",
-  "#8C564B",
-  "#E377C2",
-  "#17BECF",
-  "#7F7F7F",
-)  # digit d -> DIGIT_COLOURS[d - 1]
+DIGIT_COLOURS = tuple(
+  "#1F77B4 #D62728 #2CA02C #9467BD #FF7F0E #8C564B #E377C2 #17BECF #7F7F7F".split()
+)  # digit d: [d - 1]
 PLOTS_HINT = "pip install -e '.[plots]'"
 
 
@@ -56,23 +37,24 @@ def sudoku_box(n: int) -> tuple[int, int]:
 # Text.
 
 
+def token_char(task: str, v: int) -> str:
+  """A maze token as its character ('?' if none), a Sudoku token as its digit ('.' blank)."""
+  if task == "maze":
+    return MAZE_CHARS[v - 1] if 1 <= v <= 5 else "?"
+  return "." if v <= 1 else str(v - 1)
+
+
 def render(task: str, grid: tuple, tokens) -> str:
   t = np.asarray(tokens)
   if task == "arc":
     return "\n".join("".join(str(int(v)) for v in row) for row in np.atleast_2d(t))
-  rows, cols = grid
-  t = t.reshape(rows, cols)
-  if task == "maze":
-    return "\n".join("".join(MAZE_CHARS[v - 1] if 1 <= v <= 5 else "?" for v in row) for row in t)
-  return "\n".join(" ".join("." if v <= 1 else str(v - 1) for v in row) for row in t)
+  sep = "" if task == "maze" else " "
+  return "\n".join(sep.join(token_char(task, v) for v in row) for row in t.reshape(grid))
 
 
 def puzzle_text(task: str, tokens) -> str:
   """A puzzle as the one-line text `trm-solve --sudoku=` / `--maze=` reads."""
-  t = np.asarray(tokens).ravel()
-  if task == "maze":
-    return "".join(MAZE_CHARS[v - 1] if 1 <= v <= 5 else "?" for v in t)
-  return "".join("." if v <= 1 else str(v - 1) for v in t)
+  return "".join(token_char(task, v) for v in np.asarray(tokens).ravel())
 
 
 def side_by_side(task: str, grid: tuple, inputs, answer) -> str:
@@ -150,18 +132,11 @@ def _draw_sudoku(ax, g, givens):
   shade[given] = (0.9, 0.9, 0.9)
   shade[given & (g != givens)] = (1.0, 0.6, 0.6)
   ax.imshow(shade)
+  size = max(6, 80 // n)
   for (r, c), v in np.ndenumerate(g):
     if 1 <= v <= len(DIGIT_COLOURS):
-      ax.text(
-        c,
-        r,
-        str(int(v)),
-        ha="center",
-        va="center",
-        fontsize=max(6, 80 // n),
-        color=DIGIT_COLOURS[int(v) - 1],
-        fontweight="bold" if given[r, c] else "normal",
-      )
+      colour, weight = DIGIT_COLOURS[int(v) - 1], "bold" if given[r, c] else "normal"
+      ax.text(c, r, str(int(v)), ha="center", va="center", fontsize=size, color=colour, fontweight=weight)
   br, bc = sudoku_box(n)
   for k in range(n + 1):
     ax.axvline(k - 0.5, color="black", lw=2 if k % bc == 0 else 0.5)

@@ -131,13 +131,6 @@ def load_run(workdir: str):
   return run, state, meta
 
 
-def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None) -> dict:
-  """Runs one example (`evaluate.solve_one`) -> answer tokens, steps used, halting confidence, per-step answers."""
-  from trm_jax import evaluate
-
-  return evaluate.solve_one(run, state, inputs, puzzle_id, n_steps)
-
-
 def display(task: str, grid: tuple, tokens) -> np.ndarray:
   """Sudoku/maze tokens -> the display grid of `trm_jax.render` (Sudoku digits, 0 blank; maze tokens)."""
   g = np.asarray(tokens).reshape(grid).astype(np.int64)
@@ -185,14 +178,15 @@ def _check_steps(steps: int, meta: dict) -> None:
     raise InputError(f"--steps={steps}: at most {most} ({STEPS_PER_HALT_MAX} x the run's model.halt_max_steps)")
 
 
-def _invalid(why: str, confidence: float) -> str:
-  return f"INVALID: {why} (halting confidence {confidence:.3f})"
+def _verdict(why: str | None, confidence: float) -> str:
+  """The `INVALID: <why>` line of a broken answer, else the halting confidence (a picture's title)."""
+  return f"INVALID: {why} (halting confidence {confidence:.3f})" if why else f"halting confidence {confidence:.3f}"
 
 
 def main(argv) -> int:
   from absl import flags
 
-  from trm_jax import runs
+  from trm_jax import evaluate, runs
 
   del argv
   f = flags.FLAGS
@@ -207,14 +201,14 @@ def main(argv) -> int:
   steps = f.steps if f.steps > 0 else None
   if kind == "arc":
     return _solve_arc(f, run, state, meta, puzzle, grid, steps)
-  res = solve_one(run, state, puzzle, 0, steps)
+  res = evaluate.solve_one(run, state, puzzle, 0, steps)
   print(render(kind, grid, res["answer"]))
   print(f"supervision steps: {res['steps']}; halting confidence: {res['confidence']:.3f}")
   why = check_answer(kind, grid, puzzle, res["answer"])
   if why:
-    print(_invalid(why, res["confidence"]))
+    print(_verdict(why, res["confidence"]))
   if f.png:
-    title = _invalid(why, res["confidence"]) if why else f"halting confidence {res['confidence']:.3f}"
+    title = _verdict(why, res["confidence"])
     draw_pair(f.png, kind, display(kind, grid, puzzle), display(kind, grid, res["answer"]), ("puzzle", "answer"), title)
     print(f"wrote {f.png}")
   sys.stdout.flush()
@@ -222,13 +216,14 @@ def main(argv) -> int:
 
 
 def _solve_arc(f, run, state, meta, grids, grid, steps) -> int:
+  from trm_jax import evaluate
   from trm_jax.datasets import arc
 
   tid = f.task_id or os.path.splitext(os.path.basename(f.arc))[0]
   pid = int(meta.get("arc_ids", {}).get(tid, 0))
   invalid = False
   for i, g in enumerate(grids):
-    res = solve_one(run, state, arc.to_canvas(g), pid, steps)
+    res = evaluate.solve_one(run, state, arc.to_canvas(g), pid, steps)
     answer = arc.crop_prediction(res["answer"])
     why = rules.check_arc(res["answer"], arc.MAX_SIZE, arc.COLOUR_OFFSET)
     invalid |= bool(why)
@@ -238,12 +233,11 @@ def _solve_arc(f, run, state, meta, grids, grid, steps) -> int:
     )
     print(render("arc", grid, answer))
     if why:
-      print(_invalid(why, res["confidence"]))
+      print(_verdict(why, res["confidence"]))
     if f.png:
       root, ext = os.path.splitext(f.png)
       path = f.png if i == 0 else f"{root}_{i}{ext}"
-      title = _invalid(why, res["confidence"]) if why else f"halting confidence {res['confidence']:.3f}"
-      draw_pair(path, "arc", g, answer, ("input", "answer"), f"{tid} test[{i}]: {title}")
+      draw_pair(path, "arc", g, answer, ("input", "answer"), f"{tid} test[{i}]: {_verdict(why, res['confidence'])}")
       print(f"wrote {path}")
   sys.stdout.flush()
   return INVALID_EXIT if invalid else 0
