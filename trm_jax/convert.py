@@ -45,10 +45,6 @@ class ConvertError(ValueError):
   """A user error of trm-convert (one line, names the file, flag or key)."""
 
 
-# ---------------------------------------------------------------------------
-# State-dict files.
-
-
 def _suffix(path: str, flag: str) -> str:
   ext = os.path.splitext(path)[1].lower()
   if ext not in SUFFIXES:
@@ -143,10 +139,6 @@ def save_state_dict(path: str, arrays: dict[str, np.ndarray]) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
-
-
-# ---------------------------------------------------------------------------
-# Config and run state.
 
 
 def resolve(config, resolve_data: bool = True, mesh=None):
@@ -295,10 +287,6 @@ def export(workdir: str, step: int | None = None, live: bool = False, prefix: st
   params = state.params if live else state.eval_params()
   out = interop.to_reference({"params": params, "consts": state.consts}, state.puzzle_table)
   return {prefix + k: v for k, v in out.items()}
-
-
-# ---------------------------------------------------------------------------
-# CLI.
 
 
 def _define_flags():

@@ -24,9 +24,6 @@ from trm_jax import config_lib, recursion, runs, sharding, steps
 from trm_jax.model import RecursiveModel, puzzle_emb_len, swiglu_inter
 from trm_jax.train_state import count_params, init_variables
 
-# ---------------------------------------------------------------------------
-# Set-up on synthetic data.
-
 
 def synthetic_batch(mcfg, batch_size: int, seed: int = 0) -> dict:
   """Random tokens and labels in [1, vocab), random puzzle ids (numpy)."""
@@ -65,12 +62,7 @@ def load_config(path: str, arg: str | None = None, **overrides):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(arg)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 
@@ -100,10 +92,6 @@ def make_setup(config, batch_size: int | None = None, seed: int = 0, abstract: b
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_sh) for k, v in batch.items()}
     return Setup(run, run.abstract_state, run.abstract_carry, batch, run.step_rng)
   return Setup(run, run.new_state(), run.new_carry(), run.make_batch(batch), run.step_rng)
-
-
-# ---------------------------------------------------------------------------
-# Compiling.
 
 
 @dataclasses.dataclass
@@ -157,10 +145,6 @@ def program_size(compiled) -> dict:
   return {"hlo_chars": len(text), "hlo_instructions": n_instr, "code_bytes": mem.get("generated_code", 0)}
 
 
-# ---------------------------------------------------------------------------
-# Running.
-
-
 def time_calls(c: Compiled, n: int, warmup: int = 1, donate: bool = True) -> list[float]:
   """Seconds per call for `n` calls after `warmup` calls.
 
@@ -202,10 +186,6 @@ def peak_memory_bytes(c: Compiled) -> tuple[int, str]:
 
 def summary(times: list[float]) -> dict:
   return {"step_ms_median": 1e3 * statistics.median(times), "step_ms_min": 1e3 * min(times)}
-
-
-# ---------------------------------------------------------------------------
-# Analytic FLOPs (documented in trm_jax/bench.py).
 
 
 def application_flops(mcfg, batch_size: int, net: str = "L") -> dict:
@@ -268,10 +248,6 @@ def model_flops(mcfg, batch_size: int, mode: str = "train", n_steps: int | None 
   return {"total": total, "no_grad_apps": nograd, "grad_apps": grad, "heads": heads}
 
 
-# ---------------------------------------------------------------------------
-# Loop vs scan.
-
-
 def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) -> dict:
   """Max relative differences of loop vs scan on one training call (float32).
 
@@ -311,10 +287,6 @@ def _one_call(model, mcfg, seed, params, consts, table, batch):
   out = steps.loss_and_grads(model, mcfg, params, consts, carry, table, jax.random.key(seed))
   logits, z = out.outputs["logits"], out.carry["z"]
   return {"loss": out.loss, "logits": logits, "z": z, "grad": out.param_grads, "grad_rows": out.row_grads}
-
-
-# ---------------------------------------------------------------------------
-# One-call measurements for sweeps (notebooks/scan_vs_loop.ipynb).
 
 
 def compile_stats(config, batch_size: int | None = None, **model_fields) -> dict:

@@ -33,10 +33,6 @@ def sudoku_box(n: int) -> tuple[int, int]:
   return rows, n // rows
 
 
-# ---------------------------------------------------------------------------
-# Text.
-
-
 def token_char(task: str, v: int) -> str:
   """A maze token as its character ('?' if none), a Sudoku token as its digit ('.' blank)."""
   if task == "maze":
@@ -63,10 +59,6 @@ def side_by_side(task: str, grid: tuple, inputs, answer) -> str:
   n = max(len(a), len(b))
   a, b = a + [""] * (n - len(a)), b + [""] * (n - len(b))
   return "\n".join(f"{x:<{w}}   {'->' if i == n // 2 else '  '}   {y}" for i, (x, y) in enumerate(zip(a, b)))
-
-
-# ---------------------------------------------------------------------------
-# Pictures.
 
 
 def prepare_png(path: str, flag: str = "--png") -> str:

@@ -35,10 +35,6 @@ class InputError(ValueError):
   """A bad puzzle given on the command line (one line, names the input)."""
 
 
-# ---------------------------------------------------------------------------
-# Text <-> tokens (checked without the run: the run only fixes the size).
-
-
 def _square(n_cells: int, flag: str, what: str) -> int:
   n = math.isqrt(n_cells)
   if n * n != n_cells or n == 0:
@@ -119,10 +115,6 @@ def arc_inputs(path: str) -> list[np.ndarray]:
     raise InputError(f"--arc: {e}") from None
 
 
-# ---------------------------------------------------------------------------
-# Model.
-
-
 def load_run(workdir: str):
   """-> (Run, state, meta) from the workdir's latest checkpoint (EMA weights used for solving)."""
   from trm_jax import runs
@@ -141,10 +133,6 @@ def check_answer(task: str, grid: tuple, inputs, answer) -> str | None:
   """Why a Sudoku/maze answer breaks the puzzle's rules, else None."""
   x, y = display(task, grid, inputs), display(task, grid, answer)
   return rules.check_sudoku(x, y) if task == "sudoku" else rules.check_maze(x, y)
-
-
-# ---------------------------------------------------------------------------
-# CLI.
 
 
 def _read_puzzle(f):
