@@ -6,22 +6,20 @@ r"""Benchmark the real jitted train step (or eval rollout) on synthetic batches.
     python -m trm_jax.bench --config=experiments/sudoku_mlp.py --eval --steps=3
 
 Builds a fresh train state and a synthetic batch of the config's shapes
-(random tokens and labels, random puzzle ids) on a mesh over all local
-devices, compiles the run's train step (`runs.Run.train_step`: shardings and
+(random tokens, labels and puzzle ids) on a mesh over all local devices,
+compiles the run's train step (`runs.Run.train_step`: its shardings and
 donation of state and carry, as training does) or, with `--eval`, its eval
-step over all supervision steps (`runs.Run.eval_step`; batch `eval.batch_size`), runs
-`--warmup` untimed calls, then times `--steps` calls, waiting for each. Prints
-one JSON line:
-
-  config, arg, mode ("train"|"eval"), device, n_devices, batch, recursion,
-  remat (the level in force, "auto" resolved for this backend), attention_impl,
-  mixer_impl (the MLP-mixer token mixing in force; "" without mlp_t),
-  scan_unroll, dtype, params, compile_s (trace + lower + compile),
-  step_ms_median, step_ms_min, examples_per_s (batch / median),
-  gflop_per_step, tflops (analytic FLOPs / median step time), peak_mem_gb,
-  peak_mem_source ("memory_stats": the device allocator's peak, GPU/TPU;
-  "memory_analysis": arguments + outputs - aliased + temporaries of the
-  compiled program, CPU), temp_mem_gb (the compiled program's temporaries).
+step over all supervision steps (`runs.Run.eval_step`; batch
+`eval.batch_size`), runs `--warmup` untimed calls, then times `--steps`
+calls, waiting for each. Prints one JSON line: config, label, mode
+("train"|"eval"), device, n_devices, batch, the model settings in force
+("auto" resolved for this backend; mixer_impl "" without mlp_t), params,
+compile_s (trace + lower + compile), step_ms_median, step_ms_min,
+examples_per_s (batch / median), gflop_per_step, tflops (analytic FLOPs /
+median step time), peak_mem_gb and peak_mem_source ("memory_stats": the
+device allocator's peak, GPU/TPU; "memory_analysis": arguments + outputs -
+aliased + temporaries of the compiled program, CPU), temp_mem_gb (the
+compiled program's temporaries).
 
 Analytic FLOP count (`profiling.model_flops`): model FLOPs, a multiply-add
 counted as 2, recomputation by remat not counted. With B the batch and

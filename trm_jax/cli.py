@@ -95,10 +95,9 @@ def config_error(e: BaseException, argv) -> str:
   bad = key.group(1)
   paths = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
   path = next((p.split(".", 1)[1] for p in paths if bad in p.split(".")[1:]), bad)
-  parts = path.split(".")
   if guess is None:
     return f"unknown field {path}"
-  fixed = ".".join(guess.group(1) if p == bad else p for p in parts)
+  fixed = ".".join(guess.group(1) if p == bad else p for p in path.split("."))
   return f"unknown field {path}; did you mean {fixed}?"
 
 
@@ -149,8 +148,7 @@ def parse_flags(argv):
   except SystemExit as e:  # absl's --help/--helpfull print the usage, then exit 1: asking for help is no error
     sys.exit(0 if e.code == 1 else e.code)
   except flags.Error as e:
-    print(f"error: {flag_error(e)}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    _fail(flag_error(e))
   except Exception as e:  # noqa: BLE001 - errors raised while loading the config file
     if os.environ.get("TRM_TRACEBACK"):
       raise
@@ -159,5 +157,4 @@ def parse_flags(argv):
       msg = f"--config: {where}: {type(e).__name__}: {first_line(e)}"
     else:
       msg = config_error(e, argv) if isinstance(e, (KeyError, AttributeError)) else f"--config: {first_line(e)}"
-    print(f"error: {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    _fail(msg)

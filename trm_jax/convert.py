@@ -184,16 +184,13 @@ def build_state(run, state_dict: dict, step: int = 0, source: str = "state dict"
   variables, table = interop.from_reference(state_dict, like, None, mcfg.puzzle_emb_ndim, source)
   rows, ndim = int(mcfg.num_puzzle_identifiers), max(int(mcfg.puzzle_emb_ndim), 0)
   if table is None:
-    table = np.zeros((rows, ndim), np.float32)
-  else:
-    key = interop.PREFIX + "puzzle_emb.weights"
-    if table.ndim != 2 or table.shape[1] != ndim or table.shape[0] > rows:
-      raise ConvertError(
-        f"{source}: {key} has shape {table.shape}, the config expects ({rows}, {ndim})"
-        " (rows: config.model.num_puzzle_identifiers)"
-      )
-    if table.shape[0] < rows:
-      table = np.concatenate([table, np.zeros((rows - table.shape[0], ndim), np.float32)])
+    table = np.zeros((0, ndim), np.float32)
+  elif table.ndim != 2 or table.shape[1] != ndim or table.shape[0] > rows:
+    raise ConvertError(
+      f"{source}: {interop.PREFIX}puzzle_emb.weights has shape {table.shape}, the config expects ({rows}, {ndim})"
+      " (rows: config.model.num_puzzle_identifiers)"
+    )
+  table = np.pad(table, ((0, rows - table.shape[0]), (0, 0)))  # zero rows for the ids the file does not have
   sh = run.state_sh
   params = jax.device_put(variables["params"], sh.params)
   consts = jax.device_put(variables["consts"], sh.consts)

@@ -101,10 +101,25 @@ class Compiled:
   compile_s: float  # trace + lower + compile wall time
 
   def memory(self) -> dict:
-    return memory_analysis(self.compiled)
+    """Bytes from XLA's memory analysis of the program ({} if unavailable)."""
+    try:
+      m = self.compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+      m = None
+    if m is None:
+      return {}
+    names = ("argument", "output", "alias", "temp", "generated_code")
+    out = {n: int(getattr(m, f"{n}_size_in_bytes", 0) or 0) for n in names}
+    # What the program needs at its peak: live arguments, outputs not aliased to them, temporaries.
+    out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+    return out
 
   def program_size(self) -> dict:
-    return program_size(self.compiled)
+    """Size of the optimised HLO: text length, instruction count, and generated code bytes."""
+    text = self.compiled.as_text() or ""
+    lines = text.splitlines()
+    n_instr = sum(1 for line in lines if " = " in line and not line.lstrip().startswith(("//", "HloModule")))
+    return {"hlo_chars": len(text), "hlo_instructions": n_instr, "code_bytes": self.memory().get("generated_code", 0)}
 
 
 def _compile(jitted, args) -> Compiled:
@@ -120,29 +135,6 @@ def compile_train(s: Setup) -> Compiled:
 def compile_eval(s: Setup) -> Compiled:
   """The run's eval step: every supervision step (`config.eval.supervision_steps`) on a fixed batch."""
   return _compile(s.run.eval_step, (s.state.eval_params(), s.state.consts, s.state.puzzle_table, s.batch))
-
-
-def memory_analysis(compiled) -> dict:
-  """Bytes from XLA's memory analysis of a compiled program ({} if unavailable)."""
-  try:
-    m = compiled.memory_analysis()
-  except Exception:  # noqa: BLE001 - some backends do not implement it
-    m = None
-  if m is None:
-    return {}
-  names = ("argument", "output", "alias", "temp", "generated_code")
-  out = {n: int(getattr(m, f"{n}_size_in_bytes", 0) or 0) for n in names}
-  # What the program needs at its peak: live arguments, outputs not aliased to them, temporaries.
-  out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
-  return out
-
-
-def program_size(compiled) -> dict:
-  """Size of the optimised HLO: text length, instruction count, and generated code bytes."""
-  text = compiled.as_text() or ""
-  n_instr = sum(1 for line in text.splitlines() if " = " in line and not line.lstrip().startswith(("//", "HloModule")))
-  mem = memory_analysis(compiled)
-  return {"hlo_chars": len(text), "hlo_instructions": n_instr, "code_bytes": mem.get("generated_code", 0)}
 
 
 def time_calls(c: Compiled, n: int, warmup: int = 1, donate: bool = True) -> list[float]:
@@ -231,15 +223,12 @@ def model_flops(mcfg, batch_size: int, mode: str = "train", n_steps: int | None 
   c = mcfg
   d = c.hidden_size
   t = c.seq_len + puzzle_emb_len(c)
-  app = {n: application_flops(c, batch_size, n) for n in ("L", "H")}
-  per_app = {n: app[n]["matmul"] + app[n]["attention"] for n in app}
+  per_app = {n: sum(application_flops(c, batch_size, n).values()) for n in ("L", "H")}
   heads = 2 * batch_size * t * d * c.vocab_size + 2 * batch_size * d * 2
   nograd, grad = _apps(c)
   forward_all = sum((nograd[n] + grad[n]) * per_app[n] for n in per_app) + heads
   if mode == "eval":
-    steps_ = n_steps or c.halt_max_steps
-    total = steps_ * forward_all
-    return {"total": total, "per_supervision_step": forward_all, "heads": heads}
+    return {"total": (n_steps or c.halt_max_steps) * forward_all, "per_supervision_step": forward_all, "heads": heads}
   if mode != "train":
     raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
   total = sum(nograd[n] * per_app[n] for n in per_app) + 3 * (sum(grad[n] * per_app[n] for n in per_app) + heads)
@@ -255,13 +244,11 @@ def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) 
   (parameters and puzzle rows). Returns {name: rel_err} with rel_err =
   max|a - b| / max|a|.
   """
-  fields = dict(model_fields)
-  fields.setdefault("dtype", "float32")
+  fields = {"dtype": "float32", **model_fields}
   results = {}
   for mode in ("loop", "scan"):
     mcfg = model_config(config, recursion=mode, **fields)
     model = RecursiveModel(mcfg)
-
     variables = init_variables(model, mcfg, jax.random.key(seed))
     # Non-zero puzzle rows, so that their gradients flow through something real.
     table = jax.random.normal(
@@ -317,13 +304,12 @@ def measure_train(config, n_steps: int = 5, warmup: int = 1, batch_size: int | N
   device_peak = device_peak_bytes()
   # program_mb: the compiled program's own need (comparable across runs in one process);
   # device_peak_mb: the allocator's peak so far in this process (GPU/TPU only).
-  out = {
+  return {
     "recursion": s.mcfg.recursion,
     "remat": s.mcfg.remat,
     "compile_s": c.compile_s,
     "program_mb": mem.get("total", 0) / 2**20,
     "temp_mb": mem.get("temp", 0) / 2**20,
     "device_peak_mb": None if device_peak is None else device_peak / 2**20,
+    **summary(times),
   }
-  out.update(summary(times))
-  return out

@@ -35,24 +35,21 @@ class InputError(ValueError):
   """A bad puzzle given on the command line (one line, names the input)."""
 
 
-def _square(n_cells: int, flag: str, what: str) -> int:
+def _side(n_cells: int, seq_len: int | None, flag: str, what: str) -> int:
+  """The side of a square grid of `n_cells` cells (`seq_len` of them, when given)."""
+  if seq_len is not None and n_cells != seq_len:
+    n = math.isqrt(seq_len)
+    raise InputError(f"{flag}: expected {seq_len} {what} ({n}x{n} grid), got {n_cells}")
   n = math.isqrt(n_cells)
   if n * n != n_cells or n == 0:
     raise InputError(f"{flag}: {n_cells} {what} do not make a square grid (n*n: 16 for 4x4, 81 for 9x9)")
   return n
 
 
-def _size(n_cells: int, seq_len: int | None, flag: str, what: str) -> None:
-  if seq_len is not None and n_cells != seq_len:
-    n = math.isqrt(seq_len)
-    raise InputError(f"{flag}: expected {seq_len} {what} ({n}x{n} grid), got {n_cells}")
-
-
 def sudoku_tokens(text: str, seq_len: int | None = None) -> np.ndarray:
   """n*n characters ('.', '0' or '_' blank) -> tokens (blank 1, digit + 1); conflicting givens are an error."""
   s = "".join(text.split())
-  _size(len(s), seq_len, "--sudoku", "characters")
-  n = _square(len(s), "--sudoku", "characters")
+  n = _side(len(s), seq_len, "--sudoku", "characters")
   out = []
   for i, ch in enumerate(s):
     if ch in ".0_":
@@ -75,8 +72,7 @@ def maze_tokens(text: str, seq_len: int | None = None) -> np.ndarray:
       text = f.read()
   rows = [r for r in text.splitlines() if r.strip()] if "\n" in text else [text]
   s = "".join(rows)
-  _size(len(s), seq_len, "--maze", "cells")
-  n = _square(len(s), "--maze", "cells")
+  n = _side(len(s), seq_len, "--maze", "cells")
   bad = [c for c in s if c not in MAZE_CHARS[:4]]
   if bad:
     raise InputError(f"--maze: character {bad[0]!r} is not one of '#', ' ', 'S', 'G'")
@@ -150,18 +146,14 @@ def _read_puzzle(f):
   return kind, arc_inputs(f.arc)
 
 
-def _check_run(kind: str, puzzle, meta: dict) -> None:
-  """The puzzle fits the run: same task, same size."""
+def _check_run(kind: str, puzzle, steps: int, meta: dict) -> None:
+  """The puzzle and --steps fit the run: same task, same size, at most 16 x its halt_max_steps."""
   if meta.get("task") != kind:
     raise InputError(f"--{kind}: this run was trained on {meta.get('task')!r} puzzles")
-  if kind == "arc":
-    return
-  seq_len = int(json.loads(meta["config"])["model"]["seq_len"])
-  _size(len(puzzle), seq_len, f"--{kind}", "characters" if kind == "sudoku" else "cells")
-
-
-def _check_steps(steps: int, meta: dict) -> None:
-  most = STEPS_PER_HALT_MAX * int(json.loads(meta["config"])["model"]["halt_max_steps"])
+  model = json.loads(meta["config"])["model"]
+  if kind != "arc":
+    _side(len(puzzle), int(model["seq_len"]), f"--{kind}", "characters" if kind == "sudoku" else "cells")
+  most = STEPS_PER_HALT_MAX * int(model["halt_max_steps"])
   if steps > most:
     raise InputError(f"--steps={steps}: at most {most} ({STEPS_PER_HALT_MAX} x the run's model.halt_max_steps)")
 
@@ -182,8 +174,7 @@ def main(argv) -> int:
     raise InputError("--workdir is required (a run directory written by trm-train)")
   kind, puzzle = _read_puzzle(f)
   meta, _ = runs.read_meta(f.workdir)
-  _check_run(kind, puzzle, meta)
-  _check_steps(f.steps, meta)
+  _check_run(kind, puzzle, f.steps, meta)
   run, state, meta = load_run(f.workdir)
   grid = tuple(meta.get("grid", (0, 0)))
   steps = f.steps if f.steps > 0 else None
@@ -237,8 +228,7 @@ def _quiet(verbose: bool) -> None:
 
   from absl import logging
 
-  level = logging.INFO if verbose else logging.ERROR
-  logging.set_verbosity(level)
+  logging.set_verbosity(logging.INFO if verbose else logging.ERROR)
   std_logging.getLogger().setLevel(std_logging.INFO if verbose else std_logging.ERROR)
 
 
