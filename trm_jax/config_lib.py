@@ -184,8 +184,7 @@ def _check_float(c, field, lo, hi, ends, section):
 def validate(config) -> None:
   """Every field of a run config checked against sane bounds (call before any allocation).
 
-  Raises ValueError naming the first bad field (`config.train.global_batch_size: ...`).
-  """
+  Raises ValueError naming the first bad field (`config.train.global_batch_size: ...`)."""
   t = config.train
   if not _is_int(config.seed) or not 0 <= config.seed < 1 << 32:
     raise ValueError(f"config.seed: must be an integer in [0, 2**32), got {config.seed!r}")
@@ -286,10 +285,7 @@ def replace(frozen, **fields) -> ml_collections.FrozenConfigDict:
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:
-  """'arch=hrm,variant=att' -> {'arch': 'hrm', 'variant': 'att'} over defaults.
-
-  Unknown keys fail with a message naming them and the known ones.
-  """
+  """'arch=hrm,variant=att' -> {'arch': 'hrm', 'variant': 'att'} over defaults; an unknown key fails, naming it."""
   out = dict(defaults)
   for part in filter(None, (arg or "").split(",")):
     key, sep, value = part.partition("=")
@@ -316,8 +312,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
 def base_config(arch: str = "trm") -> ml_collections.ConfigDict:
   """Every field of a run with the reference defaults; experiments override.
 
-  arch="hrm" gives HRM's published shape (2x2 cycles, 4+4 layers, no EMA).
-  """
+  arch="hrm" gives HRM's published shape (2x2 cycles, 4+4 layers, no EMA)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = data_config()

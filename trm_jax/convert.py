@@ -80,8 +80,7 @@ def _from_torch_obj(obj, path: str) -> dict:
 def _to_numpy(v, key: str, path: str) -> np.ndarray:
   if hasattr(v, "detach"):  # a torch tensor (possibly bfloat16)
     v = v.detach().cpu()
-    v = v.float() if v.is_floating_point() else v
-    return v.numpy()
+    return (v.float() if v.is_floating_point() else v).numpy()
   try:
     return np.asarray(v)
   except Exception as e:  # noqa: BLE001

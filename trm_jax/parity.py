@@ -80,9 +80,8 @@ def _batch(f, name):
 def run_parity(f, recursion_mode: str = "loop", dtype: str | None = None) -> dict[str, np.ndarray]:
   """Computes every eval/ and train/ array of the vectors `f` (a mapping).
 
-  `dtype` overrides the activation dtype (e.g. "float64" under
-  `jax_enable_x64`, to see how far the reference's own float32 rounding is
-  from the exact result).
+  `dtype` overrides the activation dtype (e.g. "float64" under `jax_enable_x64`, to see how far the
+  reference's own float32 rounding is from the exact result).
   """
   rc = json.loads(str(f["config"]))
   if dtype:
@@ -106,8 +105,7 @@ def run_parity(f, recursion_mode: str = "loop", dtype: str | None = None) -> dic
     for k in collect:
       for name, a in _flat(k, jax.tree.map(lambda x, i=i: x[i], per[k])).items():
         out[f"eval/step{i + 1}/{name}"] = a
-  for k, v in carry["z"].items():
-    out[f"eval/final/{k}"] = np.asarray(v, np.float32)
+  out.update({f"eval/final/{k}": np.asarray(v, np.float32) for k, v in carry["z"].items()})
 
   # Training step 1 (fresh carry, batch1), then step 2 (carry continues, batch2).
   @jax.jit
@@ -124,12 +122,10 @@ def run_parity(f, recursion_mode: str = "loop", dtype: str | None = None) -> dic
       out[pre + k] = np.asarray(outputs[k])
     out[pre + "halted"] = np.asarray(carry["halted"])
     out[pre + "steps"] = np.asarray(carry["steps"])
-    for k, v in carry["data"].items():
-      out[pre + f"current_data/{k}"] = np.asarray(v)
+    out.update({f"{pre}current_data/{k}": np.asarray(v) for k, v in carry["data"].items()})
     out.update(_flat(pre + "metrics", metrics))
     if step == 1:
-      for k, v in interop.to_reference({"params": g, "consts": {}}).items():
-        out[pre + "grad/" + k] = v
+      out.update({f"{pre}grad/{k}": v for k, v in interop.to_reference({"params": g, "consts": {}}).items()})
       if g_rows is not None:
         out[pre + "grad/puzzle_emb_rows"] = np.asarray(g_rows, np.float32)
         ids = carry["data"]["puzzle_identifiers"]

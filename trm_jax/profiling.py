@@ -52,10 +52,7 @@ class Setup:
 
 
 def load_config(path: str, arg: str | None = None, **overrides):
-  """`get_config(arg)` of an experiment file, with dotted-field overrides.
-
-  load_config("experiments/sudoku_mlp.py", **{"model.hidden_size": 64}).
-  """
+  """`get_config(arg)` of an experiment file with dotted-field overrides, e.g. **{"model.hidden_size": 64}."""
   import importlib.util
 
   spec = importlib.util.spec_from_file_location("_trm_experiment", path)
@@ -76,8 +73,7 @@ def model_config(config, **fields):
 def make_setup(config, batch_size: int | None = None, seed: int = 0, abstract: bool = False, **model_fields) -> Setup:
   """The run's own steps (`runs.Run`) with a fresh state, carry and a synthetic batch (train batch size by default).
 
-  With `abstract`, state, carry and batch are shape/dtype/sharding structs
-  only (enough to compile and analyse a step, nothing is allocated).
+  With `abstract`, state, carry and batch are shape/dtype/sharding structs (enough to compile; nothing allocated).
   """
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.update(model_fields)
@@ -140,8 +136,7 @@ def compile_eval(s: Setup) -> Compiled:
 def time_calls(c: Compiled, n: int, warmup: int = 1, donate: bool = True) -> list[float]:
   """Seconds per call for `n` calls after `warmup` calls.
 
-  With `donate`, the first two outputs are fed back as the first two
-  arguments (the train step's state and carry), as a training loop does.
+  With `donate`, the first two outputs (the train step's state and carry) are fed back, as a training loop does.
   """
   args = c.args
   times = []
@@ -238,12 +233,8 @@ def model_flops(mcfg, batch_size: int, mode: str = "train", n_steps: int | None 
 
 
 def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) -> dict:
-  """Max relative differences of loop vs scan on one training call (float32).
-
-  Compares the loss, the logits, the new carry's latents and every gradient
-  (parameters and puzzle rows). Returns {name: rel_err} with rel_err =
-  max|a - b| / max|a|.
-  """
+  """{name: `rel_err`} of loop vs scan on one training call (float32): the loss, the logits, the new carry's
+  latents and every gradient (parameters and puzzle rows)."""
   fields = {"dtype": "float32", **model_fields}
   results = {}
   for mode in ("loop", "scan"):

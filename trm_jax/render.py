@@ -7,6 +7,7 @@ Text works on token sequences. Pictures (`draw_pair`, matplotlib: `pip install
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 
@@ -55,10 +56,9 @@ def puzzle_text(task: str, tokens) -> str:
 
 def side_by_side(task: str, grid: tuple, inputs, answer) -> str:
   a, b = render(task, grid, inputs).splitlines(), render(task, grid, answer).splitlines()
-  w = max(len(x) for x in a)
-  n = max(len(a), len(b))
-  a, b = a + [""] * (n - len(a)), b + [""] * (n - len(b))
-  return "\n".join(f"{x:<{w}}   {'->' if i == n // 2 else '  '}   {y}" for i, (x, y) in enumerate(zip(a, b)))
+  w, n = max(len(x) for x in a), max(len(a), len(b))
+  rows = enumerate(itertools.zip_longest(a, b, fillvalue=""))
+  return "\n".join(f"{x:<{w}}   {'->' if i == n // 2 else '  '}   {y}" for i, (x, y) in rows)
 
 
 def prepare_png(path: str, flag: str = "--png") -> str:
@@ -105,10 +105,8 @@ def draw_pair(path: str, task: str, x, y, names=("input", "label"), title: str |
 def _draw_cells(ax, g, task):
   from matplotlib.colors import ListedColormap  # noqa: PLC0415
 
-  if task == "arc":
-    ax.imshow(g, cmap=ListedColormap(ARC_COLOURS), vmin=0, vmax=9)
-  else:
-    ax.imshow(g, cmap=ListedColormap(MAZE_COLOURS), vmin=1, vmax=5)
+  colours, lo = (ARC_COLOURS, 0) if task == "arc" else (MAZE_COLOURS, 1)  # ARC colours 0-9, maze tokens 1-5
+  ax.imshow(g, cmap=ListedColormap(colours), vmin=lo, vmax=lo + len(colours) - 1)
   if max(g.shape) <= 30:  # thin cell lines, as ARC viewers draw them
     for k in range(g.shape[1] + 1):
       ax.axvline(k - 0.5, color="#555555", lw=0.3)
