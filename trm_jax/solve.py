@@ -139,11 +139,8 @@ def _read_puzzle(f):
   if f.png:
     prepare_png(f.png)
   kind = given[0]
-  if kind == "sudoku":
-    return kind, sudoku_tokens(f.sudoku)
-  if kind == "maze":
-    return kind, maze_tokens(f.maze)
-  return kind, arc_inputs(f.arc)
+  read = {"sudoku": sudoku_tokens, "maze": maze_tokens, "arc": arc_inputs}[kind]
+  return kind, read(getattr(f, kind))
 
 
 def _check_run(kind: str, puzzle, steps: int, meta: dict) -> None:
