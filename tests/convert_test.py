@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from trm_jax import checkpoint, convert, interop, parity, solve, steps, train
+from trm_jax import checkpoint, convert, interop, parity, runs, solve, steps, train
 from trm_jax.train_state import init_variables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def test_round_trip_is_exact(name, converted):
 @pytest.mark.parametrize("name", NAMES)
 def test_checkpoint_is_a_fresh_run(name, converted):
   """Step 0, EMA = params when on, zero optimiser moments, every carry row halted (fresh)."""
-  run, state, meta, step = convert.load_checkpoint(str(converted[name]))
+  run, state, meta, step = runs.load_run(str(converted[name]))
   assert step == 0 and int(state.step) == 0
   assert meta["converted_from"] == f"{name}.npz" and meta["task"] == "sudoku" and meta["grid"] == [4, 4]
   if run.config.train.ema:
@@ -184,7 +184,7 @@ def test_trm_train_fine_tunes_from_converted_checkpoint(tmp_path):
   assert out["step"] == 2 and "eval/test/exact_accuracy" in out
   logged = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in logged if "train/loss" in r] == [1, 2]
-  _, state, _, step = convert.load_checkpoint(str(wd))
+  _, state, _, step = runs.load_run(str(wd))
   assert step == 2 and int(state.step) == 2
   got = convert.export(str(wd), live=True)
   moved = [float(np.max(np.abs(got[k] - v))) for k, v in sd.items() if k != TABLE and "_init" not in k]

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from trm_jax import solve, train
+from trm_jax import evaluate, solve, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUZZLE = "1.........3..2.."  # a 4x4 Sudoku
@@ -101,11 +101,11 @@ def test_arc_inputs(tmp_path):
 def test_solve_one_from_checkpoint(workdir):
   run, state, meta = solve.load_run(workdir)
   assert meta["task"] == "sudoku" and meta["grid"] == [4, 4]
-  res = solve.solve_one(run, state, solve.sudoku_tokens(PUZZLE, 16))
+  res = evaluate.solve_one(run, state, solve.sudoku_tokens(PUZZLE, 16))
   assert res["per_step"].shape == (4, 16)  # eval.supervision_steps=4
   assert 1 <= res["steps"] <= 4 and 0.0 < res["confidence"] < 1.0
   np.testing.assert_array_equal(res["answer"], res["per_step"][res["steps"] - 1])
-  more = solve.solve_one(run, state, solve.sudoku_tokens(PUZZLE, 16), n_steps=6)
+  more = evaluate.solve_one(run, state, solve.sudoku_tokens(PUZZLE, 16), n_steps=6)
   assert more["per_step"].shape == (6, 16)
   np.testing.assert_array_equal(more["per_step"][:4], res["per_step"])
 

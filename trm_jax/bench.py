@@ -6,22 +6,20 @@ r"""Benchmark the real jitted train step (or eval rollout) on synthetic batches.
     python -m trm_jax.bench --config=experiments/sudoku_mlp.py --eval --steps=3
 
 Builds a fresh train state and a synthetic batch of the config's shapes
-(random tokens and labels, random puzzle ids) on a mesh over all local
-devices, compiles the run's train step (`runs.Run.train_step`: shardings and
+(random tokens, labels and puzzle ids) on a mesh over all local devices,
+compiles the run's train step (`runs.Run.train_step`: its shardings and
 donation of state and carry, as training does) or, with `--eval`, its eval
-step over all supervision steps (`runs.Run.eval_step`; batch `eval.batch_size`), runs
-`--warmup` untimed calls, then times `--steps` calls, waiting for each. Prints
-one JSON line:
-
-  config, arg, mode ("train"|"eval"), device, n_devices, batch, recursion,
-  remat (the level in force, "auto" resolved for this backend), attention_impl,
-  mixer_impl (the MLP-mixer token mixing in force; "" without mlp_t),
-  scan_unroll, dtype, params, compile_s (trace + lower + compile),
-  step_ms_median, step_ms_min, examples_per_s (batch / median),
-  gflop_per_step, tflops (analytic FLOPs / median step time), peak_mem_gb,
-  peak_mem_source ("memory_stats": the device allocator's peak, GPU/TPU;
-  "memory_analysis": arguments + outputs - aliased + temporaries of the
-  compiled program, CPU), temp_mem_gb (the compiled program's temporaries).
+step over all supervision steps (`runs.Run.eval_step`; batch
+`eval.batch_size`), runs `--warmup` untimed calls, then times `--steps`
+calls, waiting for each. Prints one JSON line: config, label, mode
+("train"|"eval"), device, n_devices, batch, the model settings in force
+("auto" resolved for this backend; mixer_impl "" without mlp_t), params,
+compile_s (trace + lower + compile), step_ms_median, step_ms_min,
+examples_per_s (batch / median), gflop_per_step, tflops (analytic FLOPs /
+median step time), peak_mem_gb and peak_mem_source ("memory_stats": the
+device allocator's peak, GPU/TPU; "memory_analysis": arguments + outputs -
+aliased + temporaries of the compiled program, CPU), temp_mem_gb (the
+compiled program's temporaries).
 
 Analytic FLOP count (`profiling.model_flops`): model FLOPs, a multiply-add
 counted as 2, recomputation by remat not counted. With B the batch and
@@ -67,46 +65,36 @@ _BATCH = flags.DEFINE_integer("batch", 0, "Batch size; 0: train.global_batch_siz
 _LABEL = flags.DEFINE_string("label", "", "Free text copied into the JSON line.")
 
 
-def run(
-  config,
-  n_steps: int = 10,
-  warmup: int = 2,
-  evaluate: bool = False,
-  batch: int = 0,
-  config_name: str = "",
-  label: str = "",
-) -> dict:
+def run(config, n_steps=10, warmup=2, evaluate=False, batch=0, config_name="", label="") -> dict:
   """Benchmarks one config; returns the JSON-able result dict."""
   config_lib.validate(config)
   for flag, value, lo in (("batch", batch, 0), ("steps", n_steps, 1), ("warmup", warmup, 0)):
     if value < lo:
       raise ValueError(f"--{flag}={value}: must be >= {lo}")
-  if not batch:
-    batch = int(config.eval.batch_size if evaluate else config.train.global_batch_size)
+  batch = batch or int(config.eval.batch_size if evaluate else config.train.global_batch_size)
   s = profiling.make_setup(config, batch)
   mcfg = s.mcfg
   if evaluate:
     sup = config.eval.get("supervision_steps", -1)
-    sup = sup if sup and sup > 0 else mcfg.halt_max_steps
     c = profiling.compile_eval(s)
-    flops = profiling.model_flops(mcfg, batch, "eval", sup)["total"]
+    flops = profiling.model_flops(mcfg, batch, "eval", sup if sup and sup > 0 else mcfg.halt_max_steps)["total"]
   else:
     c = profiling.compile_train(s)
     flops = profiling.model_flops(mcfg, batch, "train")["total"]
   profiling.time_calls(c, 0, warmup, donate=not evaluate)
   cpu0 = time.process_time()
-  times = profiling.time_calls(c, n_steps, 0, donate=not evaluate)
-  cpu_s = (time.process_time() - cpu0) / max(n_steps, 1)
+  t = profiling.summary(profiling.time_calls(c, n_steps, 0, donate=not evaluate))
+  cpu_s = (time.process_time() - cpu0) / n_steps
+  seconds = t["step_ms_median"] / 1e3
+  peak, source = profiling.peak_memory_bytes(c)
   dev = jax.devices()[0]
-  out = {"config": config_name, "label": label, "mode": "eval" if evaluate else "train"}
-  out.update(device=getattr(dev, "device_kind", dev.platform), n_devices=jax.device_count(), batch=batch)
-  out.update(_model_fields(mcfg), params=s.n_params, compile_s=round(c.compile_s, 3))
-  out.update(_timings(c, batch, flops, profiling.summary(times)), steps_timed=n_steps, cpu_s_per_step=round(cpu_s, 3))
-  return out
-
-
-def _model_fields(mcfg) -> dict:
   return {
+    "config": config_name,
+    "label": label,
+    "mode": "eval" if evaluate else "train",
+    "device": getattr(dev, "device_kind", dev.platform),
+    "n_devices": jax.device_count(),
+    "batch": batch,
     "recursion": mcfg.recursion,
     "remat": mcfg.remat,
     "attention_impl": mcfg.attention_impl,
@@ -116,21 +104,18 @@ def _model_fields(mcfg) -> dict:
     "H_cycles": mcfg.H_cycles,
     "L_cycles": mcfg.L_cycles,
     "seq": mcfg.seq_len + profiling.puzzle_emb_len(mcfg),
-  }
-
-
-def _timings(c, batch: int, flops: float, t: dict) -> dict:
-  seconds = t["step_ms_median"] / 1e3
-  peak, source = profiling.peak_memory_bytes(c)
-  return {
+    "params": s.n_params,
+    "compile_s": round(c.compile_s, 3),
     "step_ms_median": round(t["step_ms_median"], 3),
     "step_ms_min": round(t["step_ms_min"], 3),
     "examples_per_s": round(batch / seconds, 2),
     "gflop_per_step": round(flops / 1e9, 3),
     "tflops": round(flops / seconds / 1e12, 4),
-    "peak_mem_gb": round(profiling.gb(peak), 4),
+    "peak_mem_gb": round(peak / 2**30, 4),
     "peak_mem_source": source,
-    "temp_mem_gb": round(profiling.gb(c.memory().get("temp", 0)), 4),
+    "temp_mem_gb": round(c.memory().get("temp", 0) / 2**30, 4),
+    "steps_timed": n_steps,
+    "cpu_s_per_step": round(cpu_s, 3),
   }
 
 

@@ -26,19 +26,17 @@ def _quiet_closed_loop(unraisable, default=sys.unraisablehook):
   default(unraisable)
 
 
-def _not_an_abandoned_read(record: logging.LogRecord) -> bool:
-  """Drops asyncio's 'Task exception was never retrieved' (with a traceback), logged when a read that a failed
-  orbax restore abandoned is collected: at any moment, also while the next checkpoint is being tried. The
-  restore's own error says what failed."""
-  return not record.getMessage().startswith("Task exception was never retrieved")
-
-
 _ERROR_LINE_PRINTED = threading.Event()
 
 
 def _quiet_orbax(record: logging.LogRecord) -> bool:
   """Drops the tracebacks orbax's background threads (and asyncio, for their futures) log for a full disk (the run's
-  error line names it), and any they log once the error line is printed (an abandoned save still finishing)."""
+  error line names it), and any they log once the error line is printed (an abandoned save still finishing).
+
+  Also drops asyncio's 'Task exception was never retrieved', logged whenever a read that a failed orbax restore
+  abandoned is collected (also while the next checkpoint is tried): the restore's own error says what failed."""
+  if record.getMessage().startswith("Task exception was never retrieved"):
+    return False
   if "orbax" not in record.pathname and record.name != "asyncio":
     return True
   exc = record.exc_info[1] if record.exc_info else None
@@ -53,7 +51,6 @@ def user_errors():
     yield
     return
   sys.unraisablehook = _quiet_closed_loop
-  logging.getLogger("asyncio").addFilter(_not_an_abandoned_read)
   logging.getLogger("asyncio").addFilter(_quiet_orbax)
   logging.getLogger("absl").addFilter(_quiet_orbax)
   try:
@@ -98,10 +95,9 @@ def config_error(e: BaseException, argv) -> str:
   bad = key.group(1)
   paths = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
   path = next((p.split(".", 1)[1] for p in paths if bad in p.split(".")[1:]), bad)
-  parts = path.split(".")
   if guess is None:
     return f"unknown field {path}"
-  fixed = ".".join(guess.group(1) if p == bad else p for p in parts)
+  fixed = ".".join(guess.group(1) if p == bad else p for p in path.split("."))
   return f"unknown field {path}; did you mean {fixed}?"
 
 
@@ -152,8 +148,7 @@ def parse_flags(argv):
   except SystemExit as e:  # absl's --help/--helpfull print the usage, then exit 1: asking for help is no error
     sys.exit(0 if e.code == 1 else e.code)
   except flags.Error as e:
-    print(f"error: {flag_error(e)}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    _fail(flag_error(e))
   except Exception as e:  # noqa: BLE001 - errors raised while loading the config file
     if os.environ.get("TRM_TRACEBACK"):
       raise
@@ -162,5 +157,4 @@ def parse_flags(argv):
       msg = f"--config: {where}: {type(e).__name__}: {first_line(e)}"
     else:
       msg = config_error(e, argv) if isinstance(e, (KeyError, AttributeError)) else f"--config: {first_line(e)}"
-    print(f"error: {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    _fail(msg)

@@ -102,8 +102,8 @@ def validate_model(c) -> None:
     bad("pos_encodings", f"must be 'rope', 'learned' or 'none', got {c.pos_encodings!r}")
   for field, lo, hi in MODEL_INTS:
     _check_int(c, field, lo, hi, "model")
-  for field, lo, hi, closed in MODEL_FLOATS:
-    _check_float(c, field, lo, hi, closed, "model")
+  for field, lo, hi, ends in MODEL_FLOATS:
+    _check_float(c, field, lo, hi, ends, "model")
   for field in ("mlp_t", "no_ACT_continue"):
     if not isinstance(c[field], bool):
       bad(field, f"must be True or False, got {c[field]!r}")
@@ -133,11 +133,11 @@ MODEL_INTS = (
   ("puzzle_emb_len", 0, 1 << 12),
   ("halt_max_steps", 1, 1 << 12),
 )
-MODEL_FLOATS = (
-  ("expansion", 0.0, 1024.0, False),
-  ("rms_norm_eps", 0.0, 1.0, False),
-  ("rope_theta", 0.0, 1e12, False),
-  ("halt_exploration_prob", 0.0, 1.0, True),
+MODEL_FLOATS = (  # (field, lo, hi, the interval's brackets)
+  ("expansion", 0.0, 1024.0, "(]"),
+  ("rms_norm_eps", 0.0, 1.0, "(]"),
+  ("rope_theta", 0.0, 1e12, "(]"),
+  ("halt_exploration_prob", 0.0, 1.0, "[]"),
 )
 TRAIN_INTS = (
   ("global_batch_size", 1, BIG),
@@ -151,14 +151,14 @@ TRAIN_INTS = (
 )
 INF = float("inf")  # finite is always required; rates may be absurd on purpose (the non-finite guard's test)
 TRAIN_FLOATS = (
-  ("lr", 0.0, INF, True),
-  ("lr_min_ratio", 0.0, 1.0, True),
-  ("beta1", 0.0, 1.0, "lo"),
-  ("beta2", 0.0, 1.0, "lo"),
-  ("weight_decay", 0.0, INF, True),
-  ("puzzle_emb_lr", 0.0, INF, True),
-  ("puzzle_emb_weight_decay", 0.0, INF, True),
-  ("ema_rate", 0.0, 1.0, True),
+  ("lr", 0.0, INF, "[]"),
+  ("lr_min_ratio", 0.0, 1.0, "[]"),
+  ("beta1", 0.0, 1.0, "[)"),
+  ("beta2", 0.0, 1.0, "[)"),
+  ("weight_decay", 0.0, INF, "[]"),
+  ("puzzle_emb_lr", 0.0, INF, "[]"),
+  ("puzzle_emb_weight_decay", 0.0, INF, "[]"),
+  ("ema_rate", 0.0, 1.0, "[]"),
 )
 DTYPES = ("bfloat16", "float32", "float16", "float64")  # float64: parity --x64 (needs jax_enable_x64)
 
@@ -173,38 +173,29 @@ def _check_int(c, field, lo, hi, section):
     raise ValueError(f"config.{section}.{field}: must be an integer in [{lo}, {hi}], got {v!r}")
 
 
-def _check_float(c, field, lo, hi, closed, section):
-  """closed: True -> [lo, hi]; False -> (lo, hi]; "lo" -> [lo, hi)."""
+def _check_float(c, field, lo, hi, ends, section):
+  """`ends`: the interval's brackets, "[]", "(]" or "[)"."""
   v = c[field]
-  ok = (
-    isinstance(v, (int, float))
-    and not isinstance(v, bool)
-    and math.isfinite(v)
-    and (lo <= v if closed in (True, "lo") else lo < v)
-    and (v < hi if closed == "lo" else v <= hi)
-  )
-  if not ok:
-    left = "[" if closed in (True, "lo") else "("
-    right = ")" if closed == "lo" else "]"
-    raise ValueError(f"config.{section}.{field}: must be a number in {left}{lo:g}, {hi:g}{right}, got {v!r}")
+  ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+  if not (ok and (lo <= v if ends[0] == "[" else lo < v) and (v <= hi if ends[1] == "]" else v < hi)):
+    raise ValueError(f"config.{section}.{field}: must be a number in {ends[0]}{lo:g}, {hi:g}{ends[1]}, got {v!r}")
 
 
 def validate(config) -> None:
   """Every field of a run config checked against sane bounds (call before any allocation).
 
-  Raises ValueError naming the first bad field (`config.train.global_batch_size: ...`).
-  """
+  Raises ValueError naming the first bad field (`config.train.global_batch_size: ...`)."""
   t = config.train
   if not _is_int(config.seed) or not 0 <= config.seed < 1 << 32:
     raise ValueError(f"config.seed: must be an integer in [0, 2**32), got {config.seed!r}")
   for field, lo, hi in TRAIN_INTS:
     _check_int(t, field, lo, hi, "train")
-  for field, lo, hi, closed in TRAIN_FLOATS:
-    _check_float(t, field, lo, hi, closed, "train")
+  for field, lo, hi, ends in TRAIN_FLOATS:
+    _check_float(t, field, lo, hi, ends, "train")
   if t.steps is not None and (not _is_int(t.steps) or t.steps > 1 << 40):
     raise ValueError(f"config.train.steps: must be an integer (-1: derived from epochs), got {t.steps!r}")
   if t.steps is None or t.steps < 0:
-    _check_float(t, "epochs", 0.0, 1e9, False, "train")
+    _check_float(t, "epochs", 0.0, 1e9, "(]", "train")
   if not isinstance(t.ema, bool):
     raise ValueError(f"config.train.ema: must be True or False, got {t.ema!r}")
   if t.optimizer not in ("adam_atan2", "adamw"):
@@ -294,10 +285,7 @@ def replace(frozen, **fields) -> ml_collections.FrozenConfigDict:
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:
-  """'arch=hrm,variant=att' -> {'arch': 'hrm', 'variant': 'att'} over defaults.
-
-  Unknown keys fail with a message naming them and the known ones.
-  """
+  """'arch=hrm,variant=att' -> {'arch': 'hrm', 'variant': 'att'} over defaults; an unknown key fails, naming it."""
   out = dict(defaults)
   for part in filter(None, (arg or "").split(",")):
     key, sep, value = part.partition("=")
@@ -324,8 +312,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
 def base_config(arch: str = "trm") -> ml_collections.ConfigDict:
   """Every field of a run with the reference defaults; experiments override.
 
-  arch="hrm" gives HRM's published shape (2x2 cycles, 4+4 layers, no EMA).
-  """
+  arch="hrm" gives HRM's published shape (2x2 cycles, 4+4 layers, no EMA)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = data_config()
@@ -339,17 +326,7 @@ def base_config(arch: str = "trm") -> ml_collections.ConfigDict:
   # Devices that split the puzzle-embedding table by rows (the rest is data parallel).
   c.mesh = ml_collections.ConfigDict(dict(table_parallel=1))
   if arch == "hrm":
-    c.model.update(
-      arch="hrm",
-      H_cycles=2,
-      L_cycles=2,
-      H_layers=4,
-      L_layers=4,
-      puzzle_emb_len=0,
-      no_ACT_continue=False,
-      pos_encodings="rope",
-      mlp_t=False,
-    )
+    c.model.update(arch="hrm", H_cycles=2, L_cycles=2, H_layers=4, L_layers=4, puzzle_emb_len=0, no_ACT_continue=False)
     c.train.ema = False
   elif arch != "trm":
     raise ValueError(f"config argument arch={arch!r}: expected 'trm' or 'hrm'")
@@ -364,7 +341,7 @@ def arc_config(arch: str, data_config_name: str) -> ml_collections.ConfigDict:
   c.model.update(seq_len=900, vocab_size=12, num_puzzle_identifiers=1, pos_encodings="rope")
   if arch == "trm":
     c.model.update(H_cycles=3, L_cycles=4, puzzle_emb_len=16)
-  c.train.update(epochs=100000, lr=1e-4, puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.1)
+  c.train.update(lr=1e-4, puzzle_emb_lr=1e-2, weight_decay=0.1, puzzle_emb_weight_decay=0.1)
   # TRM's and HRM's ARC runs: 100k epochs, an evaluation every 10k (10 in all), votes pooled over them.
   reference_schedule(c, epochs=100000, eval_every_epochs=10000)
   return c

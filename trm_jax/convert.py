@@ -27,6 +27,7 @@ left half-written.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
@@ -44,10 +45,6 @@ class ConvertError(ValueError):
   """A user error of trm-convert (one line, names the file, flag or key)."""
 
 
-# ---------------------------------------------------------------------------
-# State-dict files.
-
-
 def _suffix(path: str, flag: str) -> str:
   ext = os.path.splitext(path)[1].lower()
   if ext not in SUFFIXES:
@@ -55,14 +52,16 @@ def _suffix(path: str, flag: str) -> str:
   return ext
 
 
-def _import_torch(path: str):
+def _optional(module: str, needs: str, tail: str = ""):
+  """An optional dependency (`pip install 'trm_jax[interop]'`), or one ConvertError: `needs` it."""
   try:
-    import torch  # noqa: PLC0415 - optional dependency
+    return importlib.import_module(module)
   except ImportError:
-    raise ConvertError(
-      f"{path}: reading/writing PyTorch files needs PyTorch (pip install 'trm_jax[interop]'), or use .npz"
-    ) from None
-  return torch
+    raise ConvertError(f"{needs} (pip install 'trm_jax[interop]'){tail}") from None
+
+
+def _import_torch(path: str):
+  return _optional("torch", f"{path}: reading/writing PyTorch files needs PyTorch", ", or use .npz")
 
 
 def _from_torch_obj(obj, path: str) -> dict:
@@ -81,8 +80,7 @@ def _from_torch_obj(obj, path: str) -> dict:
 def _to_numpy(v, key: str, path: str) -> np.ndarray:
   if hasattr(v, "detach"):  # a torch tensor (possibly bfloat16)
     v = v.detach().cpu()
-    v = v.float() if v.is_floating_point() else v
-    return v.numpy()
+    return (v.float() if v.is_floating_point() else v).numpy()
   try:
     return np.asarray(v)
   except Exception as e:  # noqa: BLE001
@@ -101,13 +99,8 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
       if any(k.startswith("w/") for k in raw):  # parity vectors: the state dict is under w/
         raw = {k[2:]: v for k, v in raw.items() if k.startswith("w/")}
     elif ext == ".safetensors":
-      try:
-        from safetensors.numpy import load_file  # noqa: PLC0415 - optional dependency
-      except ImportError:
-        raise ConvertError(
-          f"{path}: reading .safetensors needs the safetensors package (pip install 'trm_jax[interop]')"
-        ) from None
-      raw = load_file(path)
+      st = _optional("safetensors.numpy", f"{path}: reading .safetensors needs the safetensors package")
+      raw = st.load_file(path)
     else:
       torch = _import_torch(path)
       raw = _from_torch_obj(torch.load(path, map_location="cpu", weights_only=True), path)
@@ -128,12 +121,7 @@ def save_state_dict(path: str, arrays: dict[str, np.ndarray]) -> None:
     raise ConvertError(f"--export_torch={path}: parent directory {parent} does not exist")
   arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
   if ext == ".safetensors":
-    try:
-      from safetensors.numpy import save_file  # noqa: PLC0415
-    except ImportError:
-      raise ConvertError(
-        f"--export_torch={path}: writing .safetensors needs the safetensors package (pip install 'trm_jax[interop]')"
-      ) from None
+    st = _optional("safetensors.numpy", f"--export_torch={path}: writing .safetensors needs the safetensors package")
   torch = _import_torch(path) if ext in TORCH_SUFFIXES else None
   fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=ext, dir=parent)
   os.close(fd)
@@ -142,7 +130,7 @@ def save_state_dict(path: str, arrays: dict[str, np.ndarray]) -> None:
       with open(tmp, "wb") as f:
         np.savez(f, **arrays)
     elif ext == ".safetensors":
-      save_file(arrays, tmp)
+      st.save_file(arrays, tmp)
     else:
       torch.save({k: torch.from_numpy(v.copy()) for k, v in arrays.items()}, tmp)
     os.replace(tmp, path)
@@ -150,10 +138,6 @@ def save_state_dict(path: str, arrays: dict[str, np.ndarray]) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
-
-
-# ---------------------------------------------------------------------------
-# Config and run state.
 
 
 def resolve(config, resolve_data: bool = True, mesh=None):
@@ -199,16 +183,13 @@ def build_state(run, state_dict: dict, step: int = 0, source: str = "state dict"
   variables, table = interop.from_reference(state_dict, like, None, mcfg.puzzle_emb_ndim, source)
   rows, ndim = int(mcfg.num_puzzle_identifiers), max(int(mcfg.puzzle_emb_ndim), 0)
   if table is None:
-    table = np.zeros((rows, ndim), np.float32)
-  else:
-    key = interop.PREFIX + "puzzle_emb.weights"
-    if table.ndim != 2 or table.shape[1] != ndim or table.shape[0] > rows:
-      raise ConvertError(
-        f"{source}: {key} has shape {table.shape}, the config expects ({rows}, {ndim})"
-        " (rows: config.model.num_puzzle_identifiers)"
-      )
-    if table.shape[0] < rows:
-      table = np.concatenate([table, np.zeros((rows - table.shape[0], ndim), np.float32)])
+    table = np.zeros((0, ndim), np.float32)
+  elif table.ndim != 2 or table.shape[1] != ndim or table.shape[0] > rows:
+    raise ConvertError(
+      f"{source}: {interop.PREFIX}puzzle_emb.weights has shape {table.shape}, the config expects ({rows}, {ndim})"
+      " (rows: config.model.num_puzzle_identifiers)"
+    )
+  table = np.pad(table, ((0, rows - table.shape[0]), (0, 0)))  # zero rows for the ids the file does not have
   sh = run.state_sh
   params = jax.device_put(variables["params"], sh.params)
   consts = jax.device_put(variables["consts"], sh.consts)
@@ -231,17 +212,6 @@ def build_state(run, state_dict: dict, step: int = 0, source: str = "state dict"
   return state
 
 
-def _check_workdir(workdir: str):
-  """-> the RunDir of a workdir that holds no checkpoint yet."""
-  from trm_jax import fileio, rundir  # noqa: PLC0415
-
-  run_dir = rundir.RunDir(workdir).prepare()
-  ckpts = run_dir.checkpoints()
-  if fileio.exists(ckpts) and (not fileio.isdir(ckpts) or fileio.listdir(ckpts)):
-    raise ConvertError(f"--workdir={run_dir}: already holds checkpoints; convert into a fresh directory")
-  return run_dir
-
-
 def convert(
   state_dict: dict,
   config,
@@ -261,7 +231,10 @@ def convert(
 
   if step < 0:
     raise ConvertError(f"--step={step}: must be >= 0")
-  run_dir = _check_workdir(workdir)
+  run_dir = rundir.RunDir(workdir).prepare()
+  ckpts = run_dir.checkpoints()
+  if fileio.exists(ckpts) and (not fileio.isdir(ckpts) or fileio.listdir(ckpts)):
+    raise ConvertError(f"--workdir={run_dir}: already holds checkpoints; convert into a fresh directory")
   workdir = run_dir.root
   config, meta, mesh = resolve(config, resolve_data, mesh)
   meta["converted_from"] = source
@@ -283,9 +256,9 @@ def convert(
     if not os.path.exists(workdir):
       os.rename(tmp, workdir)
     else:
-      if os.path.isdir(run_dir.checkpoints()):
-        os.rmdir(run_dir.checkpoints())  # empty (checked above)
-      os.rename(rundir.RunDir(tmp).checkpoints(), run_dir.checkpoints())
+      if os.path.isdir(ckpts):
+        os.rmdir(ckpts)  # empty (checked above)
+      os.rename(rundir.RunDir(tmp).checkpoints(), ckpts)
       shutil.rmtree(tmp)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -302,38 +275,24 @@ def _save(checkpoint, workdir, config, step: int, state, carry, meta: dict) -> N
     mngr.close()
 
 
-def load_checkpoint(workdir: str, step: int | None = None):
-  """-> (Run, state, meta, step) of a run checkpoint (the latest, or `step`)."""
-  from trm_jax import runs  # noqa: PLC0415
-
-  return runs.load_run(workdir, step)
-
-
 def export(workdir: str, step: int | None = None, live: bool = False, prefix: str = "") -> dict[str, np.ndarray]:
   """A run checkpoint -> reference-keyed float32 arrays (EMA weights when EMA is on, unless `live`)."""
-  _, state, _, _ = load_checkpoint(workdir, step)
+  from trm_jax import runs  # noqa: PLC0415
+
+  _, state, _, _ = runs.load_run(workdir, step)
   params = state.params if live else state.eval_params()
   out = interop.to_reference({"params": params, "consts": state.consts}, state.puzzle_table)
   return {prefix + k: v for k, v in out.items()}
-
-
-# ---------------------------------------------------------------------------
-# CLI.
 
 
 def _define_flags():
   from absl import flags  # noqa: PLC0415
   from ml_collections import config_flags  # noqa: PLC0415
 
-  f = flags.FLAGS
-  if "torch_checkpoint" in f:
-    return
-  if "config" not in f:
-    config_flags.DEFINE_config_file(
-      "config", None, "Experiment file, e.g. experiments/sudoku_mlp.py[:arch=hrm].", lock_config=True
-    )
-  if "workdir" not in f:
-    flags.DEFINE_string("workdir", None, "Run directory (written by conversion, read by --export_torch).")
+  config_flags.DEFINE_config_file(
+    "config", None, "Experiment file, e.g. experiments/sudoku_mlp.py[:arch=hrm].", lock_config=True
+  )
+  flags.DEFINE_string("workdir", None, "Run directory (written by conversion, read by --export_torch).")
   flags.DEFINE_string(
     "torch_checkpoint", None, "Reference state dict to convert (.pt/.pth/.bin/.ckpt, .npz, .safetensors)."
   )

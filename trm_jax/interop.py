@@ -29,11 +29,15 @@ def _ref_name(path: tuple) -> tuple[str, bool]:
   return PREFIX + ".".join(parts), False
 
 
+def _flat(tree) -> dict:
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree))
+
+
 def reference_keys(variables) -> dict[str, tuple]:
   """{reference key: (collection, path, transpose)} for every model variable."""
   out = {}
   for col in ("params", "consts"):
-    for path, _ in flax.traverse_util.flatten_dict(flax.core.unfreeze(variables[col])).items():
+    for path in _flat(variables[col]):
       key, tr = _ref_name(path)
       out[key] = (col, path, tr)
   return out
@@ -85,15 +89,11 @@ def from_reference(
   expected = set(keys) | ({table_key} if puzzle_emb_ndim > 0 else set())
   missing = sorted(expected - set(sd))
   unexpected = sorted(set(sd) - expected - {PREFIX + "puzzle_emb.local_weights", PREFIX + "puzzle_emb.local_ids"})
-  if missing or unexpected:
-    msg = []
-    if missing:
-      msg.append("missing keys: " + ", ".join(missing))
-    if unexpected:
-      msg.append("unexpected keys: " + ", ".join(unexpected))
-    raise KeyMismatch(f"{source}: " + "; ".join(msg))
+  problems = [f"{what} keys: {', '.join(ks)}" for what, ks in (("missing", missing), ("unexpected", unexpected)) if ks]
+  if problems:
+    raise KeyMismatch(f"{source}: " + "; ".join(problems))
   flat = {"params": {}, "consts": {}}
-  like_flat = {c: flax.traverse_util.flatten_dict(flax.core.unfreeze(like_variables[c])) for c in flat}
+  like_flat = {c: _flat(like_variables[c]) for c in flat}
   for key, (col, path, tr) in keys.items():
     a = _weights(sd[key], key, source)
     a = a.T if tr else a
@@ -117,13 +117,10 @@ def from_reference(
 def to_reference(variables, puzzle_table=None) -> dict[str, np.ndarray]:
   """trm_jax variables (+ table) -> reference-keyed float32 arrays."""
   out = {}
+  flat = {c: _flat(variables[c]) for c in ("params", "consts")}
   for key, (col, path, tr) in reference_keys(variables).items():
-    a = np.asarray(jax.device_get(flax.traverse_util.flatten_dict(flax.core.unfreeze(variables[col]))[path]))
+    a = np.asarray(jax.device_get(flat[col][path]))
     out[key] = np.ascontiguousarray(a.T if tr else a).astype(np.float32)
   if puzzle_table is not None and np.size(puzzle_table):
     out[PREFIX + "puzzle_emb.weights"] = np.asarray(jax.device_get(puzzle_table), np.float32)
   return out
-
-
-def grads_to_reference(param_grads) -> dict[str, np.ndarray]:
-  return {k: v for k, v in to_reference({"params": param_grads, "consts": {}}).items()}

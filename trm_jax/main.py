@@ -28,8 +28,6 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-  if "workdir" in FLAGS:
-    return
   config_flags.DEFINE_config_file(
     "config", None, "Experiment file, e.g. experiments/demo.py[:arch=hrm].", lock_config=True
   )

@@ -24,6 +24,7 @@ import numpy as np
 
 from trm_jax import config_lib, interop, optim, recursion, steps
 from trm_jax.model import RecursiveModel
+from trm_jax.profiling import rel_err
 from trm_jax.train_state import init_variables
 
 SIGNSGD_LR, SIGNSGD_WD = 0.01, 0.1
@@ -79,9 +80,8 @@ def _batch(f, name):
 def run_parity(f, recursion_mode: str = "loop", dtype: str | None = None) -> dict[str, np.ndarray]:
   """Computes every eval/ and train/ array of the vectors `f` (a mapping).
 
-  `dtype` overrides the activation dtype (e.g. "float64" under
-  `jax_enable_x64`, to see how far the reference's own float32 rounding is
-  from the exact result).
+  `dtype` overrides the activation dtype (e.g. "float64" under `jax_enable_x64`, to see how far the
+  reference's own float32 rounding is from the exact result).
   """
   rc = json.loads(str(f["config"]))
   if dtype:
@@ -105,8 +105,7 @@ def run_parity(f, recursion_mode: str = "loop", dtype: str | None = None) -> dic
     for k in collect:
       for name, a in _flat(k, jax.tree.map(lambda x, i=i: x[i], per[k])).items():
         out[f"eval/step{i + 1}/{name}"] = a
-  for k, v in carry["z"].items():
-    out[f"eval/final/{k}"] = np.asarray(v, np.float32)
+  out.update({f"eval/final/{k}": np.asarray(v, np.float32) for k, v in carry["z"].items()})
 
   # Training step 1 (fresh carry, batch1), then step 2 (carry continues, batch2).
   @jax.jit
@@ -123,12 +122,10 @@ def run_parity(f, recursion_mode: str = "loop", dtype: str | None = None) -> dic
       out[pre + k] = np.asarray(outputs[k])
     out[pre + "halted"] = np.asarray(carry["halted"])
     out[pre + "steps"] = np.asarray(carry["steps"])
-    for k, v in carry["data"].items():
-      out[pre + f"current_data/{k}"] = np.asarray(v)
+    out.update({f"{pre}current_data/{k}": np.asarray(v) for k, v in carry["data"].items()})
     out.update(_flat(pre + "metrics", metrics))
     if step == 1:
-      for k, v in interop.grads_to_reference(g).items():
-        out[pre + "grad/" + k] = v
+      out.update({f"{pre}grad/{k}": v for k, v in interop.to_reference({"params": g, "consts": {}}).items()})
       if g_rows is not None:
         out[pre + "grad/puzzle_emb_rows"] = np.asarray(g_rows, np.float32)
         ids = carry["data"]["puzzle_identifiers"]
@@ -148,17 +145,14 @@ def compare(ref, ours: dict[str, np.ndarray]) -> dict[str, float]:
   """Relative error (max-abs err / max-abs ref) of every eval/ and train/ key."""
   errs = {}
   for k in ref:
-    if not (k.startswith("eval/") or k.startswith("train/")):
+    if not k.startswith(("eval/", "train/")):
       continue
     if k not in ours:
       raise KeyError(f"trm_jax produced no {k}")
-    r = np.asarray(ref[k]).astype(np.float64)
-    o = np.asarray(ours[k]).astype(np.float64)
+    r, o = np.asarray(ref[k]), np.asarray(ours[k])
     if r.shape != o.shape:
       raise ValueError(f"{k}: shape {o.shape}, reference {r.shape}")
-    scale = np.max(np.abs(r)) if r.size else 0.0
-    err = np.max(np.abs(r - o)) if r.size else 0.0
-    errs[k] = float(err / scale) if scale > 0 else float(err)
+    errs[k] = rel_err(r, o)
   return errs
 
 
@@ -190,6 +184,11 @@ def report(errs: dict[str, float]) -> tuple[str, bool]:
   return "\n".join([line(head)] + [line(r) for r in rows]), ok_all
 
 
+def _error(line: str) -> int:
+  print(f"error: {line}", file=sys.stderr)
+  return 2
+
+
 def main(argv=None) -> int:
   import argparse
 
@@ -206,24 +205,20 @@ def main(argv=None) -> int:
   a = ap.parse_args(argv)
   out_dir = os.path.dirname(os.path.abspath(a.out))
   if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
-    print(f"error: --out={a.out}: directory {out_dir} does not exist or is not writable", file=sys.stderr)
-    return 2
+    return _error(f"--out={a.out}: directory {out_dir} does not exist or is not writable")
   if os.path.isdir(a.out):
-    print(f"error: --out={a.out}: is a directory", file=sys.stderr)
-    return 2
+    return _error(f"--out={a.out}: is a directory")
   if a.x64:
     jax.config.update("jax_enable_x64", True)
   try:
     f = dict(np.load(a.vectors))
   except (OSError, ValueError) as e:
-    print(f"error: {a.vectors}: cannot read vectors ({e})", file=sys.stderr)
-    return 2
+    return _error(f"{a.vectors}: cannot read vectors ({e})")
   try:
     with jax.default_matmul_precision("highest"):  # this call only (tests call main in-process)
       out = run_parity(f, a.recursion, "float64" if a.x64 else None)
   except (KeyError, ValueError) as e:
-    print(f"error: {a.vectors}: {e}", file=sys.stderr)
-    return 2
+    return _error(f"{a.vectors}: {e}")
   tmp = a.out + ".tmp.npz"
   np.savez(tmp, **out)
   os.replace(tmp, a.out)

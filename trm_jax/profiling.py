@@ -1,26 +1,18 @@
-"""Measuring helpers shared by `trm_jax.bench` and notebooks/scan_vs_loop.ipynb.
+"""Measuring helpers shared by `trm_jax.bench`, benchmarks/ and notebooks/scan_vs_loop.ipynb.
 
-Everything here runs a run's own jitted steps (`runs.Run.train_step`,
-`runs.Run.eval_step`) on synthetic batches of a config's shapes:
-
-- `Setup` / `make_setup(config)`: a `runs.Run` with a fresh state, carry and
-  batch, placed on a (data, table) mesh over all local devices;
-- `compile_train` / `compile_eval`: the jitted steps, lowered and compiled,
-  with the wall time that took and the compiled program's size;
-- `time_calls`: steady-state step times (each call waited for);
-- `peak_memory_bytes`: the device allocator's peak where it reports one
-  (GPU, TPU), else the compiled program's memory analysis;
-- `model_flops`: the analytic FLOP count documented in `trm_jax.bench`;
-- `mode_difference`: loop vs scan outputs and gradients on one call.
+They run a run's own jitted steps (`runs.Run.train_step`, `runs.Run.eval_step`) on synthetic batches of a
+config's shapes: set-up (`make_setup`), compiling (`compile_train`, `compile_eval`), timing (`time_calls`),
+memory (`peak_memory_bytes`), the analytic FLOP count documented in `trm_jax.bench` (`model_flops`) and loop
+vs scan outputs and gradients (`mode_difference`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -31,9 +23,6 @@ import numpy as np
 from trm_jax import config_lib, recursion, runs, sharding, steps
 from trm_jax.model import RecursiveModel, puzzle_emb_len, swiglu_inter
 from trm_jax.train_state import count_params, init_variables
-
-# ---------------------------------------------------------------------------
-# Set-up on synthetic data.
 
 
 def synthetic_batch(mcfg, batch_size: int, seed: int = 0) -> dict:
@@ -63,22 +52,14 @@ class Setup:
 
 
 def load_config(path: str, arg: str | None = None, **overrides):
-  """`get_config(arg)` of an experiment file, with dotted-field overrides.
-
-  load_config("experiments/sudoku_mlp.py", **{"model.hidden_size": 64}).
-  """
+  """`get_config(arg)` of an experiment file with dotted-field overrides, e.g. **{"model.hidden_size": 64}."""
   import importlib.util
 
   spec = importlib.util.spec_from_file_location("_trm_experiment", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(arg)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 
@@ -92,8 +73,7 @@ def model_config(config, **fields):
 def make_setup(config, batch_size: int | None = None, seed: int = 0, abstract: bool = False, **model_fields) -> Setup:
   """The run's own steps (`runs.Run`) with a fresh state, carry and a synthetic batch (train batch size by default).
 
-  With `abstract`, state, carry and batch are shape/dtype/sharding structs
-  only (enough to compile and analyse a step, nothing is allocated).
+  With `abstract`, state, carry and batch are shape/dtype/sharding structs (enough to compile; nothing allocated).
   """
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.update(model_fields)
@@ -110,28 +90,37 @@ def make_setup(config, batch_size: int | None = None, seed: int = 0, abstract: b
   return Setup(run, run.new_state(), run.new_carry(), run.make_batch(batch), run.step_rng)
 
 
-# ---------------------------------------------------------------------------
-# Compiling.
-
-
 @dataclasses.dataclass
 class Compiled:
-  fn: Callable  # the compiled executable
+  compiled: Any  # jax.stages.Compiled
   args: tuple  # arguments of one call (the train step donates state and carry)
   compile_s: float  # trace + lower + compile wall time
-  compiled: Any  # jax.stages.Compiled
 
   def memory(self) -> dict:
-    return memory_analysis(self.compiled)
+    """Bytes from XLA's memory analysis of the program ({} if unavailable)."""
+    try:
+      m = self.compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+      m = None
+    if m is None:
+      return {}
+    names = ("argument", "output", "alias", "temp", "generated_code")
+    out = {n: int(getattr(m, f"{n}_size_in_bytes", 0) or 0) for n in names}
+    # What the program needs at its peak: live arguments, outputs not aliased to them, temporaries.
+    out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+    return out
 
   def program_size(self) -> dict:
-    return program_size(self.compiled)
+    """Size of the optimised HLO: text length, instruction count, and generated code bytes."""
+    text = self.compiled.as_text() or ""
+    lines = text.splitlines()
+    n_instr = sum(1 for line in lines if " = " in line and not line.lstrip().startswith(("//", "HloModule")))
+    return {"hlo_chars": len(text), "hlo_instructions": n_instr, "code_bytes": self.memory().get("generated_code", 0)}
 
 
 def _compile(jitted, args) -> Compiled:
   t0 = time.perf_counter()
-  compiled = jitted.lower(*args).compile()
-  return Compiled(compiled, args, time.perf_counter() - t0, compiled)
+  return Compiled(jitted.lower(*args).compile(), args, time.perf_counter() - t0)
 
 
 def compile_train(s: Setup) -> Compiled:
@@ -141,54 +130,19 @@ def compile_train(s: Setup) -> Compiled:
 
 def compile_eval(s: Setup) -> Compiled:
   """The run's eval step: every supervision step (`config.eval.supervision_steps`) on a fixed batch."""
-  state = s.state
-  return _compile(s.run.eval_step, (state.eval_params(), state.consts, state.puzzle_table, s.batch))
-
-
-def memory_analysis(compiled) -> dict:
-  """Bytes from XLA's memory analysis of a compiled program ({} if unavailable)."""
-  try:
-    m = compiled.memory_analysis()
-  except Exception:  # noqa: BLE001 - some backends do not implement it
-    return {}
-  if m is None:
-    return {}
-  names = (
-    "argument_size_in_bytes",
-    "output_size_in_bytes",
-    "alias_size_in_bytes",
-    "temp_size_in_bytes",
-    "generated_code_size_in_bytes",
-  )
-  out = {n.replace("_size_in_bytes", ""): int(getattr(m, n, 0) or 0) for n in names}
-  # What the program needs at its peak: live arguments, outputs not aliased to them, temporaries.
-  out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
-  return out
-
-
-def program_size(compiled) -> dict:
-  """Size of the optimised HLO: text length, instruction count, and generated code bytes."""
-  text = compiled.as_text() or ""
-  n_instr = sum(1 for line in text.splitlines() if " = " in line and not line.lstrip().startswith(("//", "HloModule")))
-  mem = memory_analysis(compiled)
-  return {"hlo_chars": len(text), "hlo_instructions": n_instr, "code_bytes": mem.get("generated_code", 0)}
-
-
-# ---------------------------------------------------------------------------
-# Running.
+  return _compile(s.run.eval_step, (s.state.eval_params(), s.state.consts, s.state.puzzle_table, s.batch))
 
 
 def time_calls(c: Compiled, n: int, warmup: int = 1, donate: bool = True) -> list[float]:
   """Seconds per call for `n` calls after `warmup` calls.
 
-  With `donate`, the first two outputs are fed back as the first two
-  arguments (the train step's state and carry), as a training loop does.
+  With `donate`, the first two outputs (the train step's state and carry) are fed back, as a training loop does.
   """
   args = c.args
   times = []
   for i in range(warmup + n):
     t0 = time.perf_counter()
-    out = c.fn(*args)
+    out = c.compiled(*args)
     jax.block_until_ready(out)
     dt = time.perf_counter() - t0
     if i >= warmup:
@@ -204,13 +158,9 @@ def device_peak_bytes() -> int | None:
   """Allocator peak over all local devices, where the backend reports it."""
   peaks = []
   for d in jax.local_devices():
-    try:
-      stats = d.memory_stats()
-    except Exception:  # noqa: BLE001
-      stats = None
-    if stats and "peak_bytes_in_use" in stats:
-      peaks.append(int(stats["peak_bytes_in_use"]))
-  return max(peaks) if peaks else None
+    with contextlib.suppress(Exception):  # backends without allocator statistics
+      peaks.append(int(d.memory_stats()["peak_bytes_in_use"]))
+  return max(peaks, default=None)
 
 
 def peak_memory_bytes(c: Compiled) -> tuple[int, str]:
@@ -218,22 +168,15 @@ def peak_memory_bytes(c: Compiled) -> tuple[int, str]:
   peak = device_peak_bytes()
   if peak is not None:
     return peak, "memory_stats"
-  return memory_analysis(c.compiled).get("total", 0), "memory_analysis"
+  return c.memory().get("total", 0), "memory_analysis"
 
 
 def summary(times: list[float]) -> dict:
   return {"step_ms_median": 1e3 * statistics.median(times), "step_ms_min": 1e3 * min(times)}
 
 
-# ---------------------------------------------------------------------------
-# Analytic FLOPs (documented in trm_jax/bench.py).
-
-
 def application_flops(mcfg, batch_size: int, net: str = "L") -> dict:
-  """Forward FLOPs of one application of the L (or H) network on a batch.
-
-  Returns {"matmul": ..., "attention": ...}.
-  """
+  """Forward FLOPs {"matmul": ..., "attention": ...} of one application of the L (or H) network on a batch."""
   c = mcfg
   d = c.hidden_size
   t = c.seq_len + puzzle_emb_len(c)
@@ -253,9 +196,7 @@ def application_flops(mcfg, batch_size: int, net: str = "L") -> dict:
 def _apps(mcfg) -> tuple[dict, dict]:
   """(# no-grad applications, # applications with gradient) per supervision step, by net."""
   c = mcfg
-  per_cycle_L = c.L_cycles
-  total_L = c.H_cycles * per_cycle_L
-  total_H = c.H_cycles
+  total_L, total_H = c.H_cycles * c.L_cycles, c.H_cycles
   if c.variant == "single_latent":
     # Each cycle: L_cycles + 1 applications, all of the L network.
     total_L, total_H = c.H_cycles * (c.L_cycles + 1), 0
@@ -277,15 +218,12 @@ def model_flops(mcfg, batch_size: int, mode: str = "train", n_steps: int | None 
   c = mcfg
   d = c.hidden_size
   t = c.seq_len + puzzle_emb_len(c)
-  app = {n: application_flops(c, batch_size, n) for n in ("L", "H")}
-  per_app = {n: app[n]["matmul"] + app[n]["attention"] for n in app}
+  per_app = {n: sum(application_flops(c, batch_size, n).values()) for n in ("L", "H")}
   heads = 2 * batch_size * t * d * c.vocab_size + 2 * batch_size * d * 2
   nograd, grad = _apps(c)
   forward_all = sum((nograd[n] + grad[n]) * per_app[n] for n in per_app) + heads
   if mode == "eval":
-    steps_ = n_steps or c.halt_max_steps
-    total = steps_ * forward_all
-    return {"total": total, "per_supervision_step": forward_all, "heads": heads}
+    return {"total": (n_steps or c.halt_max_steps) * forward_all, "per_supervision_step": forward_all, "heads": heads}
   if mode != "train":
     raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
   total = sum(nograd[n] * per_app[n] for n in per_app) + 3 * (sum(grad[n] * per_app[n] for n in per_app) + heads)
@@ -294,24 +232,14 @@ def model_flops(mcfg, batch_size: int, mode: str = "train", n_steps: int | None 
   return {"total": total, "no_grad_apps": nograd, "grad_apps": grad, "heads": heads}
 
 
-# ---------------------------------------------------------------------------
-# Loop vs scan.
-
-
 def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) -> dict:
-  """Max relative differences of loop vs scan on one training call (float32).
-
-  Compares the loss, the logits, the new carry's latents and every gradient
-  (parameters and puzzle rows). Returns {name: rel_err} with rel_err =
-  max|a - b| / max|a|.
-  """
-  fields = dict(model_fields)
-  fields.setdefault("dtype", "float32")
+  """{name: `rel_err`} of loop vs scan on one training call (float32): the loss, the logits, the new carry's
+  latents and every gradient (parameters and puzzle rows)."""
+  fields = {"dtype": "float32", **model_fields}
   results = {}
   for mode in ("loop", "scan"):
     mcfg = model_config(config, recursion=mode, **fields)
     model = RecursiveModel(mcfg)
-
     variables = init_variables(model, mcfg, jax.random.key(seed))
     # Non-zero puzzle rows, so that their gradients flow through something real.
     table = jax.random.normal(
@@ -321,15 +249,15 @@ def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) 
     call = jax.jit(functools.partial(_one_call, model, mcfg, seed))
     results[mode] = call(variables["params"], variables["consts"], table, batch)
   flat_a = jax.tree_util.tree_flatten_with_path(results["loop"])[0]
-  flat_b = jax.tree.leaves(results["scan"])
-  out = {}
-  for (path, a), b in zip(flat_a, flat_b):
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    scale = np.abs(a).max() if a.size else 0.0
-    err = np.abs(a - b).max() if a.size else 0.0
-    out[jax.tree_util.keystr(path)] = float(err / scale) if scale > 0 else float(err)
-  return out
+  return {jax.tree_util.keystr(p): rel_err(a, b) for (p, a), b in zip(flat_a, jax.tree.leaves(results["scan"]))}
+
+
+def rel_err(a, b) -> float:
+  """max|a - b| / max|a| (the absolute error where a is all zero)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  scale = np.abs(a).max() if a.size else 0.0
+  err = np.abs(a - b).max() if a.size else 0.0
+  return float(err / scale) if scale > 0 else float(err)
 
 
 def _one_call(model, mcfg, seed, params, consts, table, batch):
@@ -337,14 +265,6 @@ def _one_call(model, mcfg, seed, params, consts, table, batch):
   out = steps.loss_and_grads(model, mcfg, params, consts, carry, table, jax.random.key(seed))
   logits, z = out.outputs["logits"], out.carry["z"]
   return {"loss": out.loss, "logits": logits, "z": z, "grad": out.param_grads, "grad_rows": out.row_grads}
-
-
-def gb(n_bytes: int | float) -> float:
-  return float(n_bytes) / 2**30
-
-
-# ---------------------------------------------------------------------------
-# One-call measurements for sweeps (notebooks/scan_vs_loop.ipynb).
 
 
 def compile_stats(config, batch_size: int | None = None, **model_fields) -> dict:
@@ -375,13 +295,12 @@ def measure_train(config, n_steps: int = 5, warmup: int = 1, batch_size: int | N
   device_peak = device_peak_bytes()
   # program_mb: the compiled program's own need (comparable across runs in one process);
   # device_peak_mb: the allocator's peak so far in this process (GPU/TPU only).
-  out = {
+  return {
     "recursion": s.mcfg.recursion,
     "remat": s.mcfg.remat,
     "compile_s": c.compile_s,
     "program_mb": mem.get("total", 0) / 2**20,
     "temp_mb": mem.get("temp", 0) / 2**20,
     "device_peak_mb": None if device_peak is None else device_peak / 2**20,
+    **summary(times),
   }
-  out.update(summary(times))
-  return out

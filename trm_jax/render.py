@@ -7,6 +7,7 @@ Text works on token sequences. Pictures (`draw_pair`, matplotlib: `pip install
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 
@@ -15,30 +16,11 @@ import numpy as np
 from trm_jax.errors import UserError
 
 MAZE_CHARS = "# SGo"
-ARC_COLOURS = (
-  "#000000",
-  "#0074D9",
-  "#FF4136",
-  "#2ECC40",
-  "#FFDC00",
-  "#AAAAAA",
-  "#F012BE",
-  "#FF851B",
-  "#7FDBFF",
-  "#870C25",
-)
+ARC_COLOURS = tuple("#000000 #0074D9 #FF4136 #2ECC40 #FFDC00 #AAAAAA #F012BE #FF851B #7FDBFF #870C25".split())
 MAZE_COLOURS = ("#000000", "#FFFFFF", "#2ECC40", "#FF4136", "#FFDC00")  # '#', ' ', S, G, o
-DIGIT_COLOURS = (
-  "#1F77B4",
-  "#D62728",
-  "#2CA02C",
-  "#9467BD",
-  "#FF7F0E",
-  "#8C564B",
-  "#E377C2",
-  "#17BECF",
-  "#7F7F7F",
-)  # digit d -> DIGIT_COLOURS[d - 1]
+DIGIT_COLOURS = tuple(
+  "#1F77B4 #D62728 #2CA02C #9467BD #FF7F0E #8C564B #E377C2 #17BECF #7F7F7F".split()
+)  # digit d: [d - 1]
 PLOTS_HINT = "pip install -e '.[plots]'"
 
 
@@ -52,39 +34,31 @@ def sudoku_box(n: int) -> tuple[int, int]:
   return rows, n // rows
 
 
-# ---------------------------------------------------------------------------
-# Text.
+def token_char(task: str, v: int) -> str:
+  """A maze token as its character ('?' if none), a Sudoku token as its digit ('.' blank)."""
+  if task == "maze":
+    return MAZE_CHARS[v - 1] if 1 <= v <= 5 else "?"
+  return "." if v <= 1 else str(v - 1)
 
 
 def render(task: str, grid: tuple, tokens) -> str:
   t = np.asarray(tokens)
   if task == "arc":
     return "\n".join("".join(str(int(v)) for v in row) for row in np.atleast_2d(t))
-  rows, cols = grid
-  t = t.reshape(rows, cols)
-  if task == "maze":
-    return "\n".join("".join(MAZE_CHARS[v - 1] if 1 <= v <= 5 else "?" for v in row) for row in t)
-  return "\n".join(" ".join("." if v <= 1 else str(v - 1) for v in row) for row in t)
+  sep = "" if task == "maze" else " "
+  return "\n".join(sep.join(token_char(task, v) for v in row) for row in t.reshape(grid))
 
 
 def puzzle_text(task: str, tokens) -> str:
   """A puzzle as the one-line text `trm-solve --sudoku=` / `--maze=` reads."""
-  t = np.asarray(tokens).ravel()
-  if task == "maze":
-    return "".join(MAZE_CHARS[v - 1] if 1 <= v <= 5 else "?" for v in t)
-  return "".join("." if v <= 1 else str(v - 1) for v in t)
+  return "".join(token_char(task, v) for v in np.asarray(tokens).ravel())
 
 
 def side_by_side(task: str, grid: tuple, inputs, answer) -> str:
   a, b = render(task, grid, inputs).splitlines(), render(task, grid, answer).splitlines()
-  w = max(len(x) for x in a)
-  n = max(len(a), len(b))
-  a, b = a + [""] * (n - len(a)), b + [""] * (n - len(b))
-  return "\n".join(f"{x:<{w}}   {'->' if i == n // 2 else '  '}   {y}" for i, (x, y) in enumerate(zip(a, b)))
-
-
-# ---------------------------------------------------------------------------
-# Pictures.
+  w, n = max(len(x) for x in a), max(len(a), len(b))
+  rows = enumerate(itertools.zip_longest(a, b, fillvalue=""))
+  return "\n".join(f"{x:<{w}}   {'->' if i == n // 2 else '  '}   {y}" for i, (x, y) in rows)
 
 
 def prepare_png(path: str, flag: str = "--png") -> str:
@@ -131,10 +105,8 @@ def draw_pair(path: str, task: str, x, y, names=("input", "label"), title: str |
 def _draw_cells(ax, g, task):
   from matplotlib.colors import ListedColormap  # noqa: PLC0415
 
-  if task == "arc":
-    ax.imshow(g, cmap=ListedColormap(ARC_COLOURS), vmin=0, vmax=9)
-  else:
-    ax.imshow(g, cmap=ListedColormap(MAZE_COLOURS), vmin=1, vmax=5)
+  colours, lo = (ARC_COLOURS, 0) if task == "arc" else (MAZE_COLOURS, 1)  # ARC colours 0-9, maze tokens 1-5
+  ax.imshow(g, cmap=ListedColormap(colours), vmin=lo, vmax=lo + len(colours) - 1)
   if max(g.shape) <= 30:  # thin cell lines, as ARC viewers draw them
     for k in range(g.shape[1] + 1):
       ax.axvline(k - 0.5, color="#555555", lw=0.3)
@@ -150,18 +122,11 @@ def _draw_sudoku(ax, g, givens):
   shade[given] = (0.9, 0.9, 0.9)
   shade[given & (g != givens)] = (1.0, 0.6, 0.6)
   ax.imshow(shade)
+  size = max(6, 80 // n)
   for (r, c), v in np.ndenumerate(g):
     if 1 <= v <= len(DIGIT_COLOURS):
-      ax.text(
-        c,
-        r,
-        str(int(v)),
-        ha="center",
-        va="center",
-        fontsize=max(6, 80 // n),
-        color=DIGIT_COLOURS[int(v) - 1],
-        fontweight="bold" if given[r, c] else "normal",
-      )
+      colour, weight = DIGIT_COLOURS[int(v) - 1], "bold" if given[r, c] else "normal"
+      ax.text(c, r, str(int(v)), ha="center", va="center", fontsize=size, color=colour, fontweight=weight)
   br, bc = sudoku_box(n)
   for k in range(n + 1):
     ax.axvline(k - 0.5, color="black", lw=2 if k % bc == 0 else 0.5)

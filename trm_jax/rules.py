@@ -11,7 +11,7 @@ from collections import deque
 
 import numpy as np
 
-from trm_jax.render import MAZE_CHARS, sudoku_box
+from trm_jax.render import plural, sudoku_box, token_char
 
 WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
 
@@ -54,12 +54,8 @@ def check_sudoku(puzzle, answer) -> str | None:
   bad = np.argwhere((a < 1) | (a > n))
   if len(bad):
     r, c = bad[0]
-    return f"{plural_cells(len(bad))} without a digit 1-{n} (first r{r + 1}c{c + 1})"
+    return f"{plural(len(bad), 'cell')} without a digit 1-{n} (first r{r + 1}c{c + 1})"
   return sudoku_conflict(a)
-
-
-def plural_cells(k: int) -> str:
-  return "1 cell" if k == 1 else f"{k} cells"
 
 
 def maze_input_error(g) -> str | None:
@@ -87,14 +83,13 @@ def check_maze(puzzle, answer) -> str | None:
   odd = np.argwhere(~kept & (a != OPEN) & (a != PATH))
   if len(odd):
     r, c = odd[0]
-    v = int(a[r, c])
-    return f"turns the open cell r{r + 1}c{c + 1} into {MAZE_CHARS[v - 1] if 1 <= v <= 5 else '?'!r}"
+    return f"turns the open cell r{r + 1}c{c + 1} into {token_char('maze', int(a[r, c]))!r}"
   reach = _reachable(a, tuple(np.argwhere(a == START)[0]), lambda v: v in (PATH, GOAL))
   if not reach[a == GOAL].any():
     return "the path does not connect S to G"
   stray = int(((a == PATH) & ~reach).sum())
   if stray:
-    return f"{plural_cells(stray)} of path not connected to S"
+    return f"{plural(stray, 'cell')} of path not connected to S"
   return None
 
 
@@ -129,5 +124,7 @@ def check_arc(tokens, size: int = 30, colour_offset: int = 2) -> str | None:
   holes = int((inside & ~colour).sum())
   stray = int((colour & ~inside).sum())
   if holes or stray:
-    return f"output is not a rectangle ({h}x{w} box with {plural_cells(holes)} missing, {plural_cells(stray)} outside)"
+    return (
+      f"output is not a rectangle ({h}x{w} box with {plural(holes, 'cell')} missing, {plural(stray, 'cell')} outside)"
+    )
   return None

@@ -35,28 +35,21 @@ class InputError(ValueError):
   """A bad puzzle given on the command line (one line, names the input)."""
 
 
-# ---------------------------------------------------------------------------
-# Text <-> tokens (checked without the run: the run only fixes the size).
-
-
-def _square(n_cells: int, flag: str, what: str) -> int:
+def _side(n_cells: int, seq_len: int | None, flag: str, what: str) -> int:
+  """The side of a square grid of `n_cells` cells (`seq_len` of them, when given)."""
+  if seq_len is not None and n_cells != seq_len:
+    n = math.isqrt(seq_len)
+    raise InputError(f"{flag}: expected {seq_len} {what} ({n}x{n} grid), got {n_cells}")
   n = math.isqrt(n_cells)
   if n * n != n_cells or n == 0:
     raise InputError(f"{flag}: {n_cells} {what} do not make a square grid (n*n: 16 for 4x4, 81 for 9x9)")
   return n
 
 
-def _size(n_cells: int, seq_len: int | None, flag: str, what: str) -> None:
-  if seq_len is not None and n_cells != seq_len:
-    n = math.isqrt(seq_len)
-    raise InputError(f"{flag}: expected {seq_len} {what} ({n}x{n} grid), got {n_cells}")
-
-
 def sudoku_tokens(text: str, seq_len: int | None = None) -> np.ndarray:
   """n*n characters ('.', '0' or '_' blank) -> tokens (blank 1, digit + 1); conflicting givens are an error."""
   s = "".join(text.split())
-  _size(len(s), seq_len, "--sudoku", "characters")
-  n = _square(len(s), "--sudoku", "characters")
+  n = _side(len(s), seq_len, "--sudoku", "characters")
   out = []
   for i, ch in enumerate(s):
     if ch in ".0_":
@@ -79,8 +72,7 @@ def maze_tokens(text: str, seq_len: int | None = None) -> np.ndarray:
       text = f.read()
   rows = [r for r in text.splitlines() if r.strip()] if "\n" in text else [text]
   s = "".join(rows)
-  _size(len(s), seq_len, "--maze", "cells")
-  n = _square(len(s), "--maze", "cells")
+  n = _side(len(s), seq_len, "--maze", "cells")
   bad = [c for c in s if c not in MAZE_CHARS[:4]]
   if bad:
     raise InputError(f"--maze: character {bad[0]!r} is not one of '#', ' ', 'S', 'G'")
@@ -119,23 +111,12 @@ def arc_inputs(path: str) -> list[np.ndarray]:
     raise InputError(f"--arc: {e}") from None
 
 
-# ---------------------------------------------------------------------------
-# Model.
-
-
 def load_run(workdir: str):
   """-> (Run, state, meta) from the workdir's latest checkpoint (EMA weights used for solving)."""
   from trm_jax import runs
 
   run, state, meta, _ = runs.load_run(workdir)
   return run, state, meta
-
-
-def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None) -> dict:
-  """Runs one example (`evaluate.solve_one`) -> answer tokens, steps used, halting confidence, per-step answers."""
-  from trm_jax import evaluate
-
-  return evaluate.solve_one(run, state, inputs, puzzle_id, n_steps)
 
 
 def display(task: str, grid: tuple, tokens) -> np.ndarray:
@@ -150,10 +131,6 @@ def check_answer(task: str, grid: tuple, inputs, answer) -> str | None:
   return rules.check_sudoku(x, y) if task == "sudoku" else rules.check_maze(x, y)
 
 
-# ---------------------------------------------------------------------------
-# CLI.
-
-
 def _read_puzzle(f):
   """The command line's puzzle, checked before any checkpoint is read -> (kind, tokens or ARC grids)."""
   given = [k for k in ("sudoku", "maze", "arc") if getattr(f, k)]
@@ -162,37 +139,31 @@ def _read_puzzle(f):
   if f.png:
     prepare_png(f.png)
   kind = given[0]
-  if kind == "sudoku":
-    return kind, sudoku_tokens(f.sudoku)
-  if kind == "maze":
-    return kind, maze_tokens(f.maze)
-  return kind, arc_inputs(f.arc)
+  read = {"sudoku": sudoku_tokens, "maze": maze_tokens, "arc": arc_inputs}[kind]
+  return kind, read(getattr(f, kind))
 
 
-def _check_run(kind: str, puzzle, meta: dict) -> None:
-  """The puzzle fits the run: same task, same size."""
+def _check_run(kind: str, puzzle, steps: int, meta: dict) -> None:
+  """The puzzle and --steps fit the run: same task, same size, at most 16 x its halt_max_steps."""
   if meta.get("task") != kind:
     raise InputError(f"--{kind}: this run was trained on {meta.get('task')!r} puzzles")
-  if kind == "arc":
-    return
-  seq_len = int(json.loads(meta["config"])["model"]["seq_len"])
-  _size(len(puzzle), seq_len, f"--{kind}", "characters" if kind == "sudoku" else "cells")
-
-
-def _check_steps(steps: int, meta: dict) -> None:
-  most = STEPS_PER_HALT_MAX * int(json.loads(meta["config"])["model"]["halt_max_steps"])
+  model = json.loads(meta["config"])["model"]
+  if kind != "arc":
+    _side(len(puzzle), int(model["seq_len"]), f"--{kind}", "characters" if kind == "sudoku" else "cells")
+  most = STEPS_PER_HALT_MAX * int(model["halt_max_steps"])
   if steps > most:
     raise InputError(f"--steps={steps}: at most {most} ({STEPS_PER_HALT_MAX} x the run's model.halt_max_steps)")
 
 
-def _invalid(why: str, confidence: float) -> str:
-  return f"INVALID: {why} (halting confidence {confidence:.3f})"
+def _verdict(why: str | None, confidence: float) -> str:
+  """The `INVALID: <why>` line of a broken answer, else the halting confidence (a picture's title)."""
+  return f"INVALID: {why} (halting confidence {confidence:.3f})" if why else f"halting confidence {confidence:.3f}"
 
 
 def main(argv) -> int:
   from absl import flags
 
-  from trm_jax import runs
+  from trm_jax import evaluate, runs
 
   del argv
   f = flags.FLAGS
@@ -200,21 +171,20 @@ def main(argv) -> int:
     raise InputError("--workdir is required (a run directory written by trm-train)")
   kind, puzzle = _read_puzzle(f)
   meta, _ = runs.read_meta(f.workdir)
-  _check_run(kind, puzzle, meta)
-  _check_steps(f.steps, meta)
+  _check_run(kind, puzzle, f.steps, meta)
   run, state, meta = load_run(f.workdir)
   grid = tuple(meta.get("grid", (0, 0)))
   steps = f.steps if f.steps > 0 else None
   if kind == "arc":
     return _solve_arc(f, run, state, meta, puzzle, grid, steps)
-  res = solve_one(run, state, puzzle, 0, steps)
+  res = evaluate.solve_one(run, state, puzzle, 0, steps)
   print(render(kind, grid, res["answer"]))
   print(f"supervision steps: {res['steps']}; halting confidence: {res['confidence']:.3f}")
   why = check_answer(kind, grid, puzzle, res["answer"])
   if why:
-    print(_invalid(why, res["confidence"]))
+    print(_verdict(why, res["confidence"]))
   if f.png:
-    title = _invalid(why, res["confidence"]) if why else f"halting confidence {res['confidence']:.3f}"
+    title = _verdict(why, res["confidence"])
     draw_pair(f.png, kind, display(kind, grid, puzzle), display(kind, grid, res["answer"]), ("puzzle", "answer"), title)
     print(f"wrote {f.png}")
   sys.stdout.flush()
@@ -222,13 +192,14 @@ def main(argv) -> int:
 
 
 def _solve_arc(f, run, state, meta, grids, grid, steps) -> int:
+  from trm_jax import evaluate
   from trm_jax.datasets import arc
 
   tid = f.task_id or os.path.splitext(os.path.basename(f.arc))[0]
   pid = int(meta.get("arc_ids", {}).get(tid, 0))
   invalid = False
   for i, g in enumerate(grids):
-    res = solve_one(run, state, arc.to_canvas(g), pid, steps)
+    res = evaluate.solve_one(run, state, arc.to_canvas(g), pid, steps)
     answer = arc.crop_prediction(res["answer"])
     why = rules.check_arc(res["answer"], arc.MAX_SIZE, arc.COLOUR_OFFSET)
     invalid |= bool(why)
@@ -238,12 +209,11 @@ def _solve_arc(f, run, state, meta, grids, grid, steps) -> int:
     )
     print(render("arc", grid, answer))
     if why:
-      print(_invalid(why, res["confidence"]))
+      print(_verdict(why, res["confidence"]))
     if f.png:
       root, ext = os.path.splitext(f.png)
       path = f.png if i == 0 else f"{root}_{i}{ext}"
-      title = _invalid(why, res["confidence"]) if why else f"halting confidence {res['confidence']:.3f}"
-      draw_pair(path, "arc", g, answer, ("input", "answer"), f"{tid} test[{i}]: {title}")
+      draw_pair(path, "arc", g, answer, ("input", "answer"), f"{tid} test[{i}]: {_verdict(why, res['confidence'])}")
       print(f"wrote {path}")
   sys.stdout.flush()
   return INVALID_EXIT if invalid else 0
@@ -255,8 +225,7 @@ def _quiet(verbose: bool) -> None:
 
   from absl import logging
 
-  level = logging.INFO if verbose else logging.ERROR
-  logging.set_verbosity(level)
+  logging.set_verbosity(logging.INFO if verbose else logging.ERROR)
   std_logging.getLogger().setLevel(std_logging.INFO if verbose else std_logging.ERROR)
 
 
