@@ -55,19 +55,14 @@ def _generated(name: str, cfg: str) -> Data:
   if name not in GENERATED:
     raise DataConfigError(f"config.data.name: unknown generated set {name!r} (have {list(GENERATED)})")
   kw = _kwargs(cfg, "config")
-  fn = getattr(generated, name)
   try:
-    splits = fn(**kw)
+    splits = getattr(generated, name)(**kw)
   except TypeError as e:
     raise DataConfigError(f"config.data.config: {e}") from None
+  task = "sudoku" if name == "sudoku_small" else "maze"
+  n = kw.get("size", 4 if task == "sudoku" else 10)  # (the sets' default sizes)
   test = _unseen(splits["test"], splits["train"])
-  if name == "sudoku_small":
-    n = kw.get("size", 4)
-    task, grid = "sudoku", (n, n)
-  else:
-    n = kw.get("size", 10)
-    task, grid = "maze", (n, n)
-  return Data(splits["train"], {"test": test}, {"task": task, "grid": list(grid)}, {}, task, tuple(grid))
+  return Data(splits["train"], {"test": test}, {"task": task, "grid": [n, n]}, {}, task, (n, n))
 
 
 def _unseen(test, train):
@@ -123,11 +118,8 @@ def load(dcfg) -> Data:
       evals = {s: input_pipeline.load_split(full, s, data_dir) for s in dcfg.eval_sets}
     except common.DataError as e:
       raise DataConfigError(f"config.data: {e}") from None
-    info = getattr(train, "info", {}) or {}
-    arrays = getattr(train, "extra_arrays", {}) or {}
-    task = info.get("task", name.split("_")[0])
-    grid = tuple(info.get("grid", (30, 30)))
-    data = Data(train, evals, info, arrays, task, grid)
+    task = train.info.get("task", name.split("_")[0])
+    data = Data(train, evals, train.info, train.extra_arrays, task, tuple(train.info.get("grid", (30, 30))))
   missing = [s for s in dcfg.eval_sets if s not in data.evals]
   if missing:
     raise DataConfigError(f"config.data.eval_sets: no split {missing[0]!r} (have {sorted(data.evals)})")

@@ -13,6 +13,7 @@ User errors (bad raw files, unknown names) print one line and exit 1.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sys
@@ -118,10 +119,10 @@ def _cmd_build(args):
   print(f"built {args.name} in {time.time() - t:.1f}s: {path} ({_size_mib(path):.1f} MiB)")
 
 
-def _load(args, in_memory=False, split=None):
+def _load(args, split=None):
   from trm_jax import input_pipeline
 
-  return input_pipeline.load_split(args.name, split or args.split, args.data_dir, in_memory=in_memory)
+  return input_pipeline.load_split(args.name, split or args.split, args.data_dir)
 
 
 def token_names(task: str, vocab: int) -> list[str]:
@@ -142,10 +143,10 @@ def _cmd_stats(args):
   from trm_jax.datasets import common
 
   d = input_pipeline.dataset_dir(args.name, args.data_dir)
-  splits = sorted(common.read_metadata(d)["json"]["splits"])
+  splits = every = sorted(common.read_metadata(d)["json"]["splits"])
   if args.split is not None:
-    if args.split not in splits:
-      raise common.DataError(f"{d}: no split {args.split!r} (have {splits})")
+    if args.split not in every:
+      raise common.DataError(f"{d}: no split {args.split!r} (have {every})")
     splits = [args.split]
   print(f"dataset   {d}  ({_size_mib(d):.1f} MiB on disk, all splits)")
   hists, task, shape, vocab, notes, loaded = {}, "grid", (), 0, [], {}
@@ -182,7 +183,6 @@ def _cmd_stats(args):
     print(f"  {t:>3}  {names[t]:<{w}}  " + "  ".join(f"{v:>{x}d}" for v, x in zip(vals, cw)))
   from trm_jax.datasets import overlap
 
-  every = sorted(common.read_metadata(d)["json"]["splits"])
   for split in splits:
     others = {o: loaded.get(o) or _load(args, split=o) for o in every if o != split}
     for line in overlap.warnings(args.name, split, loaded[split], others):
@@ -234,9 +234,7 @@ def _cmd_show(args):
   left, right = _text(task, x), _text(task, y)
   width = max(len(s) for s in left) if left else 0
   print(f"{'input':<{width}}   label")
-  for i in range(max(len(left), len(right))):
-    a = left[i] if i < len(left) else ""
-    b = right[i] if i < len(right) else ""
+  for a, b in itertools.zip_longest(left, right, fillvalue=""):
     print(f"{a:<{width}}   {b}")
   if args.png:
     render.draw_pair(args.png, task, x, y, ("input", "label"), f"{args.name} {args.split}[{args.index}]")

@@ -14,27 +14,20 @@ only rows `[i*B/P, (i+1)*B/P)` of every global batch.
 from __future__ import annotations
 
 import functools
+import json
 import os
+import queue
+import threading
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from trm_jax import errors
+from trm_jax.datasets import common, splits
 from trm_jax.datasets.splits import BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID, DatasetMeta, InMemoryReader, SplitData
-
-__all__ = [
-  "DatasetMeta",
-  "SplitData",
-  "load_split",
-  "train_batch",
-  "train_batch_indices",
-  "batch_position",
-  "eval_batches",
-  "prefetch_train_batches",
-  "iteration_ends",
-]
 
 
 # ------------------------------------------------------------------ load --
@@ -58,8 +51,6 @@ class RecordReader:
     return len(self._source)
 
   def read(self, indices):
-    import zlib
-
     indices = [int(i) for i in np.asarray(indices).reshape(-1)]
     if not indices:
       raise ValueError("empty read")
@@ -75,8 +66,6 @@ class RecordReader:
           raw = [zlib.decompress(b) for b in raw]
         out.append(np.frombuffer(b"".join(raw), np.uint8).reshape(len(indices), -1))
     except Exception as e:  # noqa: BLE001 - riegeli, protobuf, zlib and shape errors alike
-      from trm_jax.datasets import common
-
       raise common.DataError(
         f"{self._files[0]}: damaged records ({errors.first_line(e, 200)}); rebuild the "
         "dataset with trm-data build --overwrite"
@@ -85,8 +74,6 @@ class RecordReader:
 
 
 def _record_files(d: Path, split: str):
-  import json
-
   files = sorted(d.glob(f"*-{split}.array_record-*"))
   with open(d / "features.json") as f:
     feats = json.load(f)["featuresDict"]["features"]
@@ -95,8 +82,6 @@ def _record_files(d: Path, split: str):
 
 def dataset_dir(name_or_path, data_dir=None) -> Path:
   """Resolves NAME[/CONFIG] (in data_dir) or a dataset directory path."""
-  from trm_jax.datasets import common
-
   p = Path(os.fspath(name_or_path))
   if (p / common.META_FILE).is_file():
     return p
@@ -112,8 +97,6 @@ def dataset_dir(name_or_path, data_dir=None) -> Path:
 
 def load_split(name_or_path, split: str = "train", data_dir=None, in_memory: bool = False) -> SplitData:
   """Opens one split of a built dataset; reads records lazily by default."""
-  from trm_jax.datasets import common, splits
-
   d = dataset_dir(name_or_path, data_dir)
   try:  # damaged or hand-edited files: one line naming the dataset
     md = common.read_metadata(d)
@@ -171,39 +154,27 @@ def _plan(puzzle_indices_b, group_indices_b, seed, it, batch, epochs_per_iter):
   sizes = pidx[puzzles + 1] - pidx[puzzles]
   cum = np.concatenate([[0], np.cumsum(sizes)])
   starts = [0]
-  while True:
-    j = int(np.searchsorted(cum, cum[starts[-1]] + batch, "left"))
-    if j >= len(cum):
-      break  # the last partial batch is dropped
-    starts.append(j)
+  while (j := int(np.searchsorted(cum, cum[starts[-1]] + batch, "left"))) < len(cum):
+    starts.append(j)  # (the last partial batch is dropped)
   return puzzles, np.asarray(starts, np.int64)
 
 
-class _Schedule:
-  """Cumulative batch counts per iteration, extended on demand."""
-
-  def __init__(self):
-    self.cum = [0]
-
-
-_SCHEDULES: dict = {}
+_SCHEDULES: dict = {}  # (index bytes, seed, batch, epochs_per_iter) -> cumulative batch counts per iteration
 
 
 def _key_bytes(data: SplitData):
   # Computed once per SplitData: bytes cache their hash, so the plan cache
   # lookups stay cheap even for ~1M-puzzle splits.
-  cached = getattr(data, "_index_bytes", None)
-  if cached is None:
-    cached = (data.puzzle_indices.tobytes(), data.group_indices.tobytes())
-    data._index_bytes = cached
-  return cached
+  if not hasattr(data, "_index_bytes"):
+    data._index_bytes = (data.puzzle_indices.tobytes(), data.group_indices.tobytes())
+  return data._index_bytes
 
 
-def _schedule(data, seed, batch, epochs_per_iter):
+def _schedule(data, seed, batch, epochs_per_iter, more) -> list:
+  """Cumulative batch counts of iterations 0, 1, ...; extended while `more(counts)`."""
   pb, gb = _key_bytes(data)
-  key = (pb, gb, seed, batch, epochs_per_iter)
-  sched = _SCHEDULES.setdefault(key, _Schedule())
-  if len(sched.cum) == 1:
+  cum = _SCHEDULES.setdefault((pb, gb, seed, batch, epochs_per_iter), [0])
+  if len(cum) == 1:
     sizes = np.diff(data.puzzle_indices)
     group_max = np.maximum.reduceat(sizes, data.group_indices[:-1])
     if group_max.sum() * epochs_per_iter < batch:
@@ -212,21 +183,18 @@ def _schedule(data, seed, batch, epochs_per_iter):
         f"({data.meta.total_groups} groups x {epochs_per_iter} epochs); "
         "raise epochs_per_iter or lower the batch"
       )
-  return sched, pb, gb
-
-
-def _extend(sched, pb, gb, seed, batch, epochs_per_iter):
-  it = len(sched.cum) - 1
-  _, starts = _plan(pb, gb, seed, it, batch, epochs_per_iter)
-  sched.cum.append(sched.cum[-1] + len(starts) - 1)
+  while more(cum):
+    _, starts = _plan(pb, gb, seed, len(cum) - 1, batch, epochs_per_iter)
+    cum.append(cum[-1] + len(starts) - 1)
+  return cum
 
 
 def _locate(data, seed, step, batch, epochs_per_iter):
-  sched, pb, gb = _schedule(data, seed, batch, epochs_per_iter)
-  while sched.cum[-1] <= step:
-    _extend(sched, pb, gb, seed, batch, epochs_per_iter)
-  it = int(np.searchsorted(sched.cum, step, "right")) - 1
-  return it, step - sched.cum[it], pb, gb
+  """(iteration, batch within it, the iteration's puzzles and batch starts) of training step `step`."""
+  cum = _schedule(data, seed, batch, epochs_per_iter, lambda cum: cum[-1] <= step)
+  it = int(np.searchsorted(cum, step, "right")) - 1
+  puzzles, starts = _plan(*_key_bytes(data), seed, it, batch, epochs_per_iter)
+  return it, step - cum[it], puzzles, starts
 
 
 def iteration_ends(
@@ -237,10 +205,9 @@ def iteration_ends(
   Stops after `n_iters` iterations, or earlier once an iteration ends at or
   after step `stop_at`.
   """
-  sched, pb, gb = _schedule(data, seed, global_batch_size, epochs_per_iter)
-  while len(sched.cum) <= n_iters and (stop_at is None or sched.cum[-1] < stop_at):
-    _extend(sched, pb, gb, seed, global_batch_size, epochs_per_iter)
-  ends = np.asarray(sched.cum[1 : n_iters + 1], np.int64)
+  more = lambda cum: len(cum) <= n_iters and (stop_at is None or cum[-1] < stop_at)
+  cum = _schedule(data, seed, global_batch_size, epochs_per_iter, more)
+  ends = np.asarray(cum[1 : n_iters + 1], np.int64)
   if stop_at is not None and len(ends):
     k = int(np.searchsorted(ends, stop_at, "left"))
     ends = ends[: k + 1]
@@ -249,15 +216,13 @@ def iteration_ends(
 
 def batch_position(data: SplitData, seed: int, step: int, global_batch_size: int, epochs_per_iter: int = 1):
   """(iteration, batch within it, batches in it) of training step `step`."""
-  it, b, pb, gb = _locate(data, seed, step, global_batch_size, epochs_per_iter)
-  _, starts = _plan(pb, gb, seed, it, global_batch_size, epochs_per_iter)
+  it, b, _, starts = _locate(data, seed, step, global_batch_size, epochs_per_iter)
   return it, int(b), len(starts) - 1
 
 
 def train_batch_indices(data: SplitData, seed: int, step: int, global_batch_size: int, epochs_per_iter: int = 1):
   """Example indices (global_batch_size,) of training step `step`."""
-  it, b, pb, gb = _locate(data, seed, step, global_batch_size, epochs_per_iter)
-  puzzles, starts = _plan(pb, gb, seed, it, global_batch_size, epochs_per_iter)
+  it, b, puzzles, starts = _locate(data, seed, step, global_batch_size, epochs_per_iter)
   chosen = puzzles[starts[b] : starts[b + 1]]
   pidx = data.puzzle_indices
   sizes = pidx[chosen + 1] - pidx[chosen]
@@ -329,9 +294,6 @@ def prefetch_train_batches(
   buffer: int = 2,
 ):
   """Yields (step, local batch) from start_step on; reads in a thread."""
-  import queue
-  import threading
-
   q: queue.Queue = queue.Queue(maxsize=buffer)
   stop = threading.Event()
 

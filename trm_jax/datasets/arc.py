@@ -21,6 +21,7 @@ PAD, EOS, COLOUR_OFFSET = 0, 1, 2
 VOCAB_SIZE = 12
 SEQ_LEN = MAX_SIZE * MAX_SIZE
 DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
+_QUARTER_TURNS = (0, 1, 2, 3, 0, 2, 3, 1)  # np.rot90 turns of each dihedral id; ids 4-7 then flip left-right
 
 
 # ---------------------------------------------------------------- loading --
@@ -105,17 +106,8 @@ def load_subset(manual_dir, subset: str) -> dict[str, dict]:
 
 # -------------------------------------------------------------- transforms --
 def dihedral(grid: np.ndarray, tid: int) -> np.ndarray:
-  g = np.asarray(grid)
-  return [
-    lambda: g,
-    lambda: np.rot90(g, 1),
-    lambda: np.rot90(g, 2),
-    lambda: np.rot90(g, 3),
-    lambda: g[:, ::-1],
-    lambda: g[::-1],
-    lambda: g.T,
-    lambda: g[::-1, ::-1].T,
-  ][int(tid)]()
+  g = np.rot90(np.asarray(grid), _QUARTER_TURNS[int(tid)])
+  return g[:, ::-1] if tid >= 4 else g
 
 
 def transform(grid, tid: int, perm) -> np.ndarray:

@@ -191,7 +191,7 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       arrays = dict(extra_arrays)
       for split, plan in plans.items():
         meta = splits_lib.split_meta(cfg.seq_len, cfg.vocab_size, n_ids, plan.puzzle_indices, plan.group_indices)
-        js["splits"][split] = meta.to_json()
+        js["splits"][split] = dataclasses.asdict(meta)
         arrays[f"{split}.puzzle_indices"] = np.asarray(plan.puzzle_indices, np.int64)
         arrays[f"{split}.group_indices"] = np.asarray(plan.group_indices, np.int64)
         arrays[f"{split}.puzzle_identifiers"] = np.asarray(plan.puzzle_identifiers, np.int32)
@@ -199,9 +199,6 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       self.info.metadata["json"] = js
       self.info.metadata["arrays"] = arrays
     return self._plans
-
-  def make_plans(self, raw_dir):
-    raise NotImplementedError
 
   def _raw_dir(self, dl_manager):
     """manual_dir when given (it wins), else the downloaded, verified files."""
@@ -247,11 +244,6 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         eid += 1
     if eid != int(pidx[-1]):
       raise RuntimeError(f"{split}: generated {eid} examples, expected {int(pidx[-1])}")
-
-
-def split_name(name: str) -> tuple[str, str | None]:
-  name, _, config = name.partition("/")
-  return name, (config or None)
 
 
 def get_builder(name: str, data_dir) -> TrmBuilder:
@@ -415,10 +407,12 @@ def wait_for(name: str, data_dir, timeout_s: float, poll_s: float = 2.0, what: s
   return final
 
 
-def concat_blocks(blocks):
-  """Helper for plans that hold the whole split in memory."""
-
-  def gen():
-    yield from blocks
-
-  return gen
+def grouped_plan(inputs, labels, per: int = 1) -> SplitPlan:
+  """A split held in memory: one example per puzzle, `per` consecutive puzzles per group."""
+  n = len(inputs)
+  return SplitPlan(
+    np.arange(n + 1, dtype=np.int64),
+    np.arange(0, n + 1, per, dtype=np.int64),
+    np.zeros(n, np.int32),
+    lambda: iter([(inputs, labels)]),
+  )

@@ -85,18 +85,6 @@ def random_solution(rng, n: int) -> np.ndarray:
   return digits[base[np.ix_(rows, cols)]].astype(np.uint8)
 
 
-def is_valid_solution(grid, n: int) -> bool:
-  g = np.asarray(grid).reshape(n, n)
-  br, bc = BOXES[n]
-  want = list(range(1, n + 1))
-  boxes = g.reshape(n // br, br, n // bc, bc).transpose(0, 2, 1, 3)
-  return (
-    all(sorted(x) == want for x in g)
-    and all(sorted(x) == want for x in g.T)
-    and all(sorted(x.ravel()) == want for x in boxes.reshape(n, n))
-  )
-
-
 def make_puzzle(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
   """(question, answer) flat digit grids; the question has one solution."""
   answer = random_solution(rng, n)
@@ -120,11 +108,6 @@ def _puzzles(count, n, seed):
   return (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
 
 
-def _one_group_each(q, a) -> common.SplitPlan:
-  idx = np.arange(len(q) + 1, dtype=np.int64)
-  return common.SplitPlan(idx, idx, np.zeros(len(q), np.int32), common.concat_blocks([(q, a)]))
-
-
 def plan_to_split(plan: common.SplitPlan, seq_len, vocab_size, num_ids=1) -> splits.SplitData:
   blocks = list(plan.blocks())
   return splits.make_split(
@@ -142,7 +125,7 @@ def sudoku_small_plans(n_train, n_test, size, seed):
   out = {}
   for k, (split, count) in enumerate((("train", n_train), ("test", n_test))):
     q, a = _puzzles(count, size, [seed, k])
-    out[split] = _one_group_each((q + 1).astype(np.uint8), (a + 1).astype(np.uint8))
+    out[split] = common.grouped_plan(q + 1, a + 1)
   return out
 
 

@@ -190,19 +190,11 @@ def generate_set(n: int, seed, size=30, min_path=110, loop_frac=0.08, desc="maze
 # ---------------------------------------------------------------- builder --
 def make_plan(q, a, aug8: bool) -> common.SplitPlan:
   """One group per maze; with aug8, its 8 dihedral images are its puzzles."""
-  m = len(q)
-  per = 8 if aug8 else 1
-  flat = lambda g: g.reshape(len(g), -1)
   if aug8:
     q = np.stack([arc.dihedral(x, d) for x in q for d in range(8)])
     a = np.stack([arc.dihedral(x, d) for x in a for d in range(8)])
-  idx = np.arange(m * per + 1, dtype=np.int64)
-  return common.SplitPlan(
-    idx,
-    np.arange(0, m * per + 1, per, dtype=np.int64),
-    np.zeros(m * per, np.int32),
-    common.concat_blocks([(flat(q).astype(np.uint8), flat(a).astype(np.uint8))]),
-  )
+  flat = lambda g: g.reshape(len(g), -1).astype(np.uint8)
+  return common.grouped_plan(flat(q), flat(a), 8 if aug8 else 1)
 
 
 @dataclasses.dataclass(eq=False)

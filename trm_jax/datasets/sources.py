@@ -42,8 +42,10 @@ class Source:
     return f"{self.base_url}/{name}"
 
   def url(self, name: str, mirror: str | None = None) -> str:
-    """The URL fetched: canonical, or rewritten by mirror / $TRM_DATA_MIRROR."""
-    return with_mirror(self.canonical_url(name), mirror)
+    """The URL fetched: canonical, or https://HOST/PATH -> MIRROR/HOST/PATH (mirror or $TRM_DATA_MIRROR)."""
+    url = self.canonical_url(name)
+    mirror = mirror or os.environ.get(MIRROR_ENV)
+    return f"{mirror.rstrip('/')}/{url.split('://', 1)[1]}" if mirror else url
 
 
 # Revision and sha256 of the Hugging Face files: the Git LFS object ids of the
@@ -110,24 +112,8 @@ ARC = Source(
 ALL = (SUDOKU_EXTREME, MAZE_HARD, ARC)
 
 
-def mirror_from_env(mirror: str | None = None) -> str | None:
-  return mirror or os.environ.get(MIRROR_ENV) or None
-
-
-def with_mirror(url: str, mirror: str | None) -> str:
-  """https://HOST/PATH -> MIRROR/HOST/PATH (MIRROR from arg or env)."""
-  mirror = mirror_from_env(mirror)
-  if not mirror:
-    return url
-  return f"{mirror.rstrip('/')}/{url.split('://', 1)[1]}"
-
-
-def _url_info(path: Path):
-  return tfds.download.checksums.compute_url_info(path)
-
-
 def _matches(path: Path, sha: str, size) -> tuple[bool, str]:
-  info = _url_info(path)
+  info = tfds.download.checksums.compute_url_info(path)
   ok = info.checksum == sha and (size is None or int(info.size) == size)
   return ok, f"got sha256 {info.checksum[:12]}... ({int(info.size)} bytes)"
 

@@ -8,7 +8,7 @@ examples are stored in puzzle order, `puzzle_indices[p]:puzzle_indices[p+1]` are
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -35,22 +35,10 @@ class DatasetMeta:
   ignore_label_id: int = IGNORE_LABEL_ID
   blank_identifier_id: int = BLANK_PUZZLE_ID
 
-  def to_json(self) -> dict[str, Any]:
-    d = dataclasses.asdict(self)
-    d["sets"] = list(self.sets)
-    return d
-
   @classmethod
   def from_json(cls, d: dict[str, Any]) -> DatasetMeta:
-    d = dict(d)
-    d["sets"] = tuple(d.get("sets", ("all",)))
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in names})
-
-
-class ExampleReader(Protocol):
-  def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (inputs, labels) as (len(indices), S) arrays of stored tokens."""
+    return cls(**{k: tuple(v) if k == "sets" else v for k, v in d.items() if k in names})
 
 
 @dataclasses.dataclass
@@ -98,10 +86,9 @@ class SplitData:
     inputs, labels = self.reader.read(indices)
     self._check_tokens(inputs, labels, indices)
     labels = np.asarray(labels, np.int32)
-    labels = np.where(labels == 0, IGNORE_LABEL_ID, labels)
     return {
       "inputs": np.asarray(inputs, np.int32),
-      "labels": labels.astype(np.int32),
+      "labels": np.where(labels == 0, IGNORE_LABEL_ID, labels).astype(np.int32),
       "puzzle_identifiers": self.puzzle_identifiers[self.example_puzzle[indices]].astype(np.int32),
     }
 

@@ -101,23 +101,6 @@ def apply_transforms(grid, tr: dict) -> np.ndarray:
   return np.take_along_axis(tr["digits"], moved.reshape(n, 81), axis=1)
 
 
-def invert_transform(grid, tr_one: dict) -> np.ndarray:
-  """Inverse of apply_transforms for a single transform (unbatched dict)."""
-  g = np.asarray(grid, np.uint8).reshape(9, 9)
-  inv_digits = np.zeros(10, np.uint8)
-  inv_digits[tr_one["digits"]] = np.arange(10)
-  g = inv_digits[g]
-  out = np.empty_like(g)
-  out[np.ix_(tr_one["rows"], tr_one["cols"])] = g
-  if tr_one["transpose"]:
-    out = out.T
-  return out.reshape(81)
-
-
-def to_tokens(grids) -> np.ndarray:
-  return (np.asarray(grids, np.uint8) + 1).astype(np.uint8)
-
-
 # ---------------------------------------------------------------- builder --
 def build_train_plan(q, a, subsample, num_aug, seed) -> common.SplitPlan:
   rng = np.random.default_rng(seed)
@@ -126,11 +109,8 @@ def build_train_plan(q, a, subsample, num_aug, seed) -> common.SplitPlan:
     q, a = q[pick], a[pick]
   n = len(q)
   per = 1 + num_aug
-  puzzle_indices = np.arange(n * per + 1, dtype=np.int64)
-  group_indices = np.arange(0, n * per + 1, per, dtype=np.int64)
-  ids = np.zeros(n * per, np.int32)
   if num_aug == 0:
-    inputs, labels = to_tokens(q), to_tokens(a)
+    inputs, labels = q + 1, a + 1
   else:
     inputs = np.empty((n * per, 81), np.uint8)
     labels = np.empty((n * per, 81), np.uint8)
@@ -140,13 +120,7 @@ def build_train_plan(q, a, subsample, num_aug, seed) -> common.SplitPlan:
       labels[i * per] = a[i] + 1
       inputs[i * per + 1 : (i + 1) * per] = apply_transforms(q[i], tr) + 1
       labels[i * per + 1 : (i + 1) * per] = apply_transforms(a[i], tr) + 1
-  return common.SplitPlan(puzzle_indices, group_indices, ids, common.concat_blocks([(inputs, labels)]))
-
-
-def build_test_plan(q, a) -> common.SplitPlan:
-  n = len(q)
-  idx = np.arange(n + 1, dtype=np.int64)
-  return common.SplitPlan(idx, idx, np.zeros(n, np.int32), common.concat_blocks([(to_tokens(q), to_tokens(a))]))
+  return common.grouped_plan(inputs, labels, per)
 
 
 @dataclasses.dataclass(eq=False)
@@ -179,5 +153,8 @@ class SudokuExtreme(common.TrmBuilder):
     cfg = self.builder_config
     qt, at = read_csv(Path(manual_dir) / "train.csv")
     qe, ae = read_csv(Path(manual_dir) / "test.csv")
-    plans = {"train": build_train_plan(qt, at, cfg.subsample, cfg.num_aug, cfg.seed), "test": build_test_plan(qe, ae)}
+    plans = {
+      "train": build_train_plan(qt, at, cfg.subsample, cfg.num_aug, cfg.seed),
+      "test": common.grouped_plan(qe + 1, ae + 1),
+    }
     return plans, 1, {"task": "sudoku", "grid": [9, 9]}, {}
