@@ -23,7 +23,7 @@ def built(tmp_path_factory):
 
 
 def _load(built, split):
-  return ip.load_split("arc_agi/arc1_small", split, built, in_memory=True)
+  return ip.load_split("arc_agi/arc1_small", split, built)
 
 
 def _expected_pairs(task, role, split):

@@ -65,7 +65,7 @@ def _is_valid_small_solution(grid, n: int) -> bool:
 def test_full_records_match_csv(built, manual):
   for split, f in (("train", "train.csv"), ("test", "test.csv")):
     q, a = sudoku.read_csv(manual / f)
-    data = ip.load_split("sudoku_extreme/full", split, built, in_memory=True)
+    data = ip.load_split("sudoku_extreme/full", split, built)
     assert data.meta.seq_len == 81 and data.meta.vocab_size == 11
     assert data.num_examples == len(q) == data.meta.total_groups
     arr = data.all_arrays()
@@ -80,7 +80,7 @@ def test_full_records_match_csv(built, manual):
 
 def test_augmented_set_is_valid_and_grouped(built, manual):
   q, a = sudoku.read_csv(manual / "train.csv")
-  data = ip.load_split("sudoku_extreme/aug10_sub100", "train", built, in_memory=True)
+  data = ip.load_split("sudoku_extreme/aug10_sub100", "train", built)
   m = data.meta
   assert (m.total_groups, m.num_puzzles, m.num_examples) == (100, 1100, 1100)
   assert m.num_puzzle_identifiers == 1 and m.mean_puzzle_examples == 1.0
@@ -132,7 +132,7 @@ def test_generated_small_sudoku_unique():
 
 def test_sudoku_small_builder(tmp_path):
   common.build("sudoku_small/4x4", tmp_path)
-  d = ip.load_split("sudoku_small/4x4", "test", tmp_path, in_memory=True)
+  d = ip.load_split("sudoku_small/4x4", "test", tmp_path)
   ref = generated.sudoku_small(1000, 200, size=4, seed=0)["test"]
   np.testing.assert_array_equal(d.all_arrays()["inputs"], ref.all_arrays()["inputs"])
 

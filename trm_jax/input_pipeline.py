@@ -27,7 +27,7 @@ import numpy as np
 
 from trm_jax import errors
 from trm_jax.datasets import common, splits
-from trm_jax.datasets.splits import BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID, DatasetMeta, InMemoryReader, SplitData
+from trm_jax.datasets.splits import BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID, DatasetMeta, SplitData
 
 
 # ------------------------------------------------------------------ load --
@@ -95,8 +95,8 @@ def dataset_dir(name_or_path, data_dir=None) -> Path:
   return common.check_complete(str(name_or_path), d)
 
 
-def load_split(name_or_path, split: str = "train", data_dir=None, in_memory: bool = False) -> SplitData:
-  """Opens one split of a built dataset; reads records lazily by default."""
+def load_split(name_or_path, split: str = "train", data_dir=None) -> SplitData:
+  """Opens one split of a built dataset; its records are read on demand."""
   d = dataset_dir(name_or_path, data_dir)
   try:  # damaged or hand-edited files: one line naming the dataset
     md = common.read_metadata(d)
@@ -127,9 +127,6 @@ def load_split(name_or_path, split: str = "train", data_dir=None, in_memory: boo
       f"{d}: damaged dataset ({len(reader)} records, index says "
       f"{data.num_examples}); rebuild it with trm-data build --overwrite"
     )
-  if in_memory:
-    chunks = [reader.read(np.arange(s, min(s + 8192, data.num_examples))) for s in range(0, data.num_examples, 8192)]
-    data.reader = InMemoryReader(np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
   data.info = md["json"]
   data.extra_arrays = {k: v for k, v in arr.items() if "." not in k}
   return data

@@ -149,14 +149,7 @@ def crop_prediction(tokens) -> np.ndarray:
   """Largest top-left rectangle without PAD/EOS (the reference's `evaluators/arc.py`)."""
   t = np.asarray(tokens).reshape(MAX_SIZE, MAX_SIZE)
   ok = t >= COLOUR_OFFSET
-  widths = np.where(ok.all(1), MAX_SIZE, np.argmin(ok, axis=1))
-  best, best_hw = 0, (0, 0)
-  w = MAX_SIZE
-  for h in range(1, MAX_SIZE + 1):
-    w = min(w, int(widths[h - 1]))
-    if w == 0:
-      break
-    if h * w > best:
-      best, best_hw = h * w, (h, w)
-  h, w = best_hw
+  widths = np.minimum.accumulate(np.where(ok.all(1), MAX_SIZE, np.argmin(ok, axis=1)))  # of the top h + 1 rows
+  h = int(np.argmax(widths * np.arange(1, MAX_SIZE + 1)))  # the first of the largest areas
+  h, w = (h + 1, int(widths[h])) if widths[h] else (0, 0)
   return (t[:h, :w].astype(np.int64) - COLOUR_OFFSET).astype(np.uint8)

@@ -150,22 +150,11 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # Large, mostly-PAD grids are zlib-compressed per record (keeps the
     # writer's in-memory sort buffer small); small grids are raw bytes.
     enc = tfds.features.Encoding.ZLIB if cfg.seq_len > 256 else tfds.features.Encoding.BYTES
-    feat = lambda: tfds.features.Tensor(shape=(cfg.seq_len,), dtype=np.uint8, encoding=enc)
+    grids = {k: tfds.features.Tensor(shape=(cfg.seq_len,), dtype=np.uint8, encoding=enc) for k in ("inputs", "labels")}
+    ids = dict.fromkeys(("example_id", "puzzle_index", "puzzle_id", "group_id"), np.int64)
+    features = tfds.features.FeaturesDict({**grids, **ids})
     return tfds.core.DatasetInfo(
-      builder=self,
-      description=self.__doc__,
-      features=tfds.features.FeaturesDict(
-        {
-          "inputs": feat(),
-          "labels": feat(),
-          "example_id": np.int64,
-          "puzzle_index": np.int64,
-          "puzzle_id": np.int64,
-          "group_id": np.int64,
-        }
-      ),
-      metadata=TrmMetadata(),
-      disable_shuffling=True,
+      builder=self, description=self.__doc__, features=features, metadata=TrmMetadata(), disable_shuffling=True
     )
 
   # -- planning (validation happens here, before anything is written) --
@@ -228,19 +217,10 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     puzzle_group = np.repeat(np.arange(len(gidx) - 1), np.diff(gidx))
     eid = 0
     for inputs, labels in plan.blocks():
-      for k in range(len(inputs)):
+      for x, y in zip(inputs, labels):
         p = int(ex_puzzle[eid])
-        yield (
-          eid,
-          {
-            "inputs": inputs[k],
-            "labels": labels[k],
-            "example_id": eid,
-            "puzzle_index": p,
-            "puzzle_id": int(ids[p]),
-            "group_id": int(puzzle_group[p]),
-          },
-        )
+        puzzle = {"puzzle_index": p, "puzzle_id": int(ids[p]), "group_id": int(puzzle_group[p])}
+        yield eid, {"inputs": x, "labels": y, "example_id": eid, **puzzle}
         eid += 1
     if eid != int(pidx[-1]):
       raise RuntimeError(f"{split}: generated {eid} examples, expected {int(pidx[-1])}")

@@ -102,29 +102,19 @@ def make_puzzle(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
   return q, answer.ravel()
 
 
-def _puzzles(count, n, seed):
-  rng = np.random.default_rng(seed)
-  pairs = [make_puzzle(rng, n) for _ in range(count)]
-  return (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
-
-
-def plan_to_split(plan: common.SplitPlan, seq_len, vocab_size, num_ids=1) -> splits.SplitData:
-  blocks = list(plan.blocks())
+def plan_to_split(plan: common.SplitPlan, vocab_size) -> splits.SplitData:
+  """The SplitData of a grouped_plan (one block, one puzzle identifier)."""
+  ((inputs, labels),) = plan.blocks()
   return splits.make_split(
-    np.concatenate([b[0] for b in blocks]),
-    np.concatenate([b[1] for b in blocks]),
-    plan.puzzle_indices,
-    plan.group_indices,
-    plan.puzzle_identifiers,
-    vocab_size,
-    num_ids,
+    inputs, labels, plan.puzzle_indices, plan.group_indices, plan.puzzle_identifiers, vocab_size, 1
   )
 
 
 def sudoku_small_plans(n_train, n_test, size, seed):
   out = {}
   for k, (split, count) in enumerate((("train", n_train), ("test", n_test))):
-    q, a = _puzzles(count, size, [seed, k])
+    rng = np.random.default_rng([seed, k])
+    q, a = (np.stack(grids) for grids in zip(*[make_puzzle(rng, size) for _ in range(count)]))
     out[split] = common.grouped_plan(q + 1, a + 1)
   return out
 
@@ -132,7 +122,7 @@ def sudoku_small_plans(n_train, n_test, size, seed):
 def sudoku_small(n_train=1000, n_test=200, size=4, seed=0):
   """In-memory 4x4 or 6x6 Sudoku with unique solutions."""
   plans = sudoku_small_plans(n_train, n_test, size, seed)
-  return {s: plan_to_split(p, size * size, size + 2) for s, p in plans.items()}
+  return {s: plan_to_split(p, size + 2) for s, p in plans.items()}
 
 
 def maze_small(n_train=200, n_test=100, size=10, min_path=12, seed=0, aug8=False):
@@ -141,7 +131,7 @@ def maze_small(n_train=200, n_test=100, size=10, min_path=12, seed=0, aug8=False
   for k, (split, count) in enumerate((("train", n_train), ("test", n_test))):
     q, a = maze.generate_set(count, [seed, k], size=size, min_path=min_path)
     plan = maze.make_plan(q, a, aug8 and split == "train")
-    out[split] = plan_to_split(plan, size * size, maze.VOCAB_SIZE)
+    out[split] = plan_to_split(plan, maze.VOCAB_SIZE)
   return out
 
 

@@ -208,7 +208,10 @@ class MazeConfig(tfds.core.BuilderConfig):
   seed: int = 0
   seq_len: int = 900
   vocab_size: int = VOCAB_SIZE
-  needs_files: bool = True
+
+  @property
+  def needs_files(self) -> bool:
+    return not self.generated
 
 
 class MazeHard(common.TrmBuilder):
@@ -222,20 +225,13 @@ class MazeHard(common.TrmBuilder):
   BUILDER_CONFIGS = [
     MazeConfig(name="csv", description="Maze-Hard CSV files."),
     MazeConfig(name="csv_aug8", aug8=True, description="Maze-Hard CSV, 8 dihedral augmentations."),
+    MazeConfig(name="generated", generated=True, description="1000/1000 generated 30x30 mazes, path > 110."),
     MazeConfig(
-      name="generated", generated=True, needs_files=False, description="1000/1000 generated 30x30 mazes, path > 110."
-    ),
-    MazeConfig(
-      name="generated_aug8",
-      generated=True,
-      aug8=True,
-      needs_files=False,
-      description="Generated mazes, 8 dihedral augmentations.",
+      name="generated_aug8", generated=True, aug8=True, description="Generated mazes, 8 dihedral augmentations."
     ),
     MazeConfig(
       name="small",
       generated=True,
-      needs_files=False,
       size=10,
       n_train=200,
       n_test=100,
