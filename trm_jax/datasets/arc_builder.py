@@ -28,13 +28,8 @@ def augment_copies(pairs, num_aug: int, rng) -> list[tuple[int, np.ndarray]]:
   variants = [[np.ascontiguousarray(arc.dihedral(g, d)) for d in range(8)] for g in grids]
   ident = np.arange(10, dtype=np.uint8)
 
-  def key(d, perm):
-    parts = []
-    for v in variants:
-      g = perm[v[d]]
-      parts.append(np.asarray(g.shape, np.uint8).tobytes())
-      parts.append(g.tobytes())
-    return b"".join(parts)
+  def key(d, perm):  # the copy's grids, shapes included
+    return b"".join(bytes(v[d].shape) + perm[v[d]].tobytes() for v in variants)
 
   copies = [(0, ident)]
   seen = {key(0, ident)}

@@ -118,13 +118,6 @@ def _matches(path: Path, sha: str, size) -> tuple[bool, str]:
   return ok, f"got sha256 {info.checksum[:12]}... ({int(info.size)} bytes)"
 
 
-def _advice(names) -> str:
-  return (
-    "retry, or put " + ", ".join(names) + " in a directory and pass "
-    "--manual_dir DIR (trm-train: --config.data.manual_dir=DIR)"
-  )
-
-
 def _reason(e: BaseException) -> str:
   from tensorflow_datasets.core.download import download_manager
 
@@ -145,6 +138,8 @@ def fetch(source: Source, names, dl_manager, cache_root, mirror=None) -> Path:
   """
   cache = Path(os.fspath(cache_root)) / source.key / source.revision
   names = list(names)
+  advice = f"retry, or put {', '.join(names)} in a directory and pass --manual_dir DIR"
+  advice += " (trm-train: --config.data.manual_dir=DIR)"
   for name in names:
     sha, size = source.files[name]
     final = cache / name
@@ -156,15 +151,14 @@ def fetch(source: Source, names, dl_manager, cache_root, mirror=None) -> Path:
     try:
       got = Path(os.fspath(dl_manager.download(url)))
     except Exception as e:  # pylint: disable=broad-except
-      raise DataError(f"{url}: download failed ({_reason(e)}); {_advice(names)}") from None
+      raise DataError(f"{url}: download failed ({_reason(e)}); {advice}") from None
     ok, what = _matches(got, sha, size)
     if not ok:
       got.unlink(missing_ok=True)
       raise DataError(
         f"{url}: checksum mismatch, {what}, expected sha256 {sha[:12]}..."
         f"{'' if size is None else f' ({size} bytes)'} (truncated or "
-        f"damaged download, an error page, or not the pinned file); "
-        f"{_advice(names)}"
+        f"damaged download, an error page, or not the pinned file); {advice}"
       )
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{name}.{uuid.uuid4().hex}.tmp"
