@@ -22,15 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trm_jax import errors
-
-
-def _default_data_dir() -> str:
-  """The directory trm-train reads by default (config.data.data_dir)."""
-  from trm_jax import config_lib
-
-  return os.path.expanduser(config_lib.data_config().data_dir)
-
+from trm_jax import config_lib, errors
 
 NAME_HELP = "NAME[/CONFIG], e.g. sudoku_small/4x4 (see `trm-data list`)"
 DATA_HELP = "where built sets live (default: %(default)s, the same as trm-train's config.data.data_dir)"
@@ -40,7 +32,7 @@ def _command(sub, cmd, summary, text, named=True):
   s = sub.add_parser(cmd, help=summary, description=text)
   if named:
     s.add_argument("name", help=NAME_HELP + ("" if cmd == "build" else ", or a dataset directory"))
-    s.add_argument("--data_dir", default=_default_data_dir(), help=DATA_HELP)
+    s.add_argument("--data_dir", default=os.path.expanduser(config_lib.data_config().data_dir), help=DATA_HELP)
   return s
 
 

@@ -33,13 +33,13 @@ class Source:
   """Files of one pinned revision: {name: (sha256, size in bytes or None)}."""
 
   key: str
-  base_url: str  # ends with the pinned revision
+  base_url: str  # with {revision} for the pinned revision
   revision: str
   licence: str
   files: dict
 
   def canonical_url(self, name: str) -> str:
-    return f"{self.base_url}/{name}"
+    return f"{self.base_url.format(revision=self.revision)}/{name}"
 
   def url(self, name: str, mirror: str | None = None) -> str:
     """The URL fetched: canonical, or https://HOST/PATH -> MIRROR/HOST/PATH (mirror or $TRM_DATA_MIRROR)."""
@@ -54,9 +54,7 @@ class Source:
 # here: only the sha256 is checked for them.
 SUDOKU_EXTREME = Source(
   key="sudoku_extreme",
-  base_url=(
-    "https://huggingface.co/datasets/sapientinc/sudoku-extreme/resolve/58942f96baeb572ca3127e2a9e9c70f330783d6b"
-  ),
+  base_url="https://huggingface.co/datasets/sapientinc/sudoku-extreme/resolve/{revision}",
   revision="58942f96baeb572ca3127e2a9e9c70f330783d6b",
   licence="none stated (puzzles from the tdoku benchmark sets, BSD-2-Clause)",
   files={
@@ -67,9 +65,7 @@ SUDOKU_EXTREME = Source(
 
 MAZE_HARD = Source(
   key="maze_hard",
-  base_url=(
-    "https://huggingface.co/datasets/sapientinc/maze-30x30-hard-1k/resolve/549754de3d67eebe57b6b22c7d226b9412d55b07"
-  ),
+  base_url="https://huggingface.co/datasets/sapientinc/maze-30x30-hard-1k/resolve/{revision}",
   revision="549754de3d67eebe57b6b22c7d226b9412d55b07",
   licence="none stated",
   files={
@@ -84,11 +80,7 @@ MAZE_HARD = Source(
 # shared/data/arc byte for byte.
 ARC = Source(
   key="arc_agi",
-  base_url=(
-    "https://raw.githubusercontent.com/SamsungSAILMontreal/"
-    "TinyRecursiveModels/e7b68717f0a6c4cbb4ce6fbef787b14f42083bd9/"
-    "kaggle/combined"
-  ),
+  base_url="https://raw.githubusercontent.com/SamsungSAILMontreal/TinyRecursiveModels/{revision}/kaggle/combined",
   revision="e7b68717f0a6c4cbb4ce6fbef787b14f42083bd9",
   licence=(
     "ARC-AGI-1 Apache-2.0 (F. Chollet); ARC-AGI-2 Apache-2.0 (ARC "
