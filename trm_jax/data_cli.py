@@ -148,9 +148,8 @@ def _cmd_stats(args):
     task, shape = _task(data)
     vocab = max(vocab, int(m.vocab_size))
     print(
-      f"split     {split}: {m.num_examples} examples, {m.num_puzzles} "
-      f"puzzles, {m.total_groups} groups; seq_len={m.seq_len} "
-      f"vocab={m.vocab_size} puzzle_ids={m.num_puzzle_identifiers} "
+      f"split     {split}: {m.num_examples} examples, {m.num_puzzles} puzzles, {m.total_groups} groups; "
+      f"seq_len={m.seq_len} vocab={m.vocab_size} puzzle_ids={m.num_puzzle_identifiers} "
       f"mean_puzzle_examples={m.mean_puzzle_examples:.3f}"
     )
     n = data.num_examples
@@ -249,24 +248,20 @@ def _cmd_bench(args):
     ip.train_batch(data, 0, step, b, 0, pc, e)
   dt = time.perf_counter() - t
   print(
-    f"{args.name} {args.split}: {args.steps * b // pc / dt:,.0f} "
-    f"examples/s on process 0 of {pc} (global batch {b}, "
-    f"{args.steps} steps, seq_len {data.meta.seq_len})"
+    f"{args.name} {args.split}: {args.steps * b // pc / dt:,.0f} examples/s on process 0 of {pc} "
+    f"(global batch {b}, {args.steps} steps, seq_len {data.meta.seq_len})"
   )
 
 
 def _cmd_list(args):
-  import tensorflow_datasets as tfds
-
   from trm_jax.datasets import arc_builder, generated, maze, sudoku
 
-  rows = []
-  for cls in (sudoku.SudokuExtreme, maze.MazeHard, arc_builder.ArcAgi, generated.SudokuSmall):
-    for cfg in cls.BUILDER_CONFIGS:
-      name = tfds.core.naming.camelcase_to_snakecase(cls.__name__)
-      rows.append((f"{name}/{cfg.name}", "downloads" if cfg.needs_files else "generated", cfg.description))
-  w0 = max(len(r[0]) for r in rows)
-  w1 = max(len(r[1]) for r in rows)
+  rows = [
+    (f"{cls.name}/{cfg.name}", "downloads" if cfg.needs_files else "generated", cfg.description)
+    for cls in (sudoku.SudokuExtreme, maze.MazeHard, arc_builder.ArcAgi, generated.SudokuSmall)
+    for cfg in cls.BUILDER_CONFIGS
+  ]
+  w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
   for a, b, c in rows:
     print(f"{a:<{w0}}  {b:<{w1}}  {c}")
 
@@ -288,9 +283,8 @@ def main(argv=None) -> int:
 
   try:
     _check_counts(args)
-    {"build": _cmd_build, "stats": _cmd_stats, "show": _cmd_show, "bench": _cmd_bench, "list": _cmd_list}[args.cmd](
-      args
-    )
+    commands = {"build": _cmd_build, "stats": _cmd_stats, "show": _cmd_show, "bench": _cmd_bench, "list": _cmd_list}
+    commands[args.cmd](args)
   except (DataError, errors.UserError) as e:
     print(f"trm-data: error: {e}", file=sys.stderr)
     return 1

@@ -67,8 +67,8 @@ class RecordReader:
         out.append(np.frombuffer(b"".join(raw), np.uint8).reshape(len(indices), -1))
     except Exception as e:  # noqa: BLE001 - riegeli, protobuf, zlib and shape errors alike
       raise common.DataError(
-        f"{self._files[0]}: damaged records ({errors.first_line(e, 200)}); rebuild the "
-        "dataset with trm-data build --overwrite"
+        f"{self._files[0]}: damaged records ({errors.first_line(e, 200)}); "
+        "rebuild the dataset with trm-data build --overwrite"
       ) from None
     return out[0], out[1]
 
@@ -104,15 +104,9 @@ def load_split(name_or_path, split: str = "train", data_dir=None) -> SplitData:
       raise common.DataError(f"{d}: no split {split!r} (have {sorted(md['json']['splits'])})")
     meta = DatasetMeta.from_json(md["json"]["splits"][split])
     arr = md["arrays"]
-    splits.check_split(
-      meta,
-      arr[f"{split}.puzzle_indices"],
-      arr[f"{split}.group_indices"],
-      arr[f"{split}.puzzle_identifiers"],
-      f"{d / common.META_FILE}: splits.{split}",
-    )
-    reader = RecordReader(*_record_files(d, split))
     index = [arr[f"{split}.{k}"] for k in ("puzzle_indices", "group_indices", "puzzle_identifiers")]
+    splits.check_split(meta, *index, f"{d / common.META_FILE}: splits.{split}")
+    reader = RecordReader(*_record_files(d, split))
     data = SplitData(meta, *index, reader, where=f"{d} split {split}")
   except common.DataError:
     raise
@@ -124,8 +118,8 @@ def load_split(name_or_path, split: str = "train", data_dir=None) -> SplitData:
     ) from None
   if len(reader) != data.num_examples:
     raise common.DataError(
-      f"{d}: damaged dataset ({len(reader)} records, index says "
-      f"{data.num_examples}); rebuild it with trm-data build --overwrite"
+      f"{d}: damaged dataset ({len(reader)} records, index says {data.num_examples}); "
+      "rebuild it with trm-data build --overwrite"
     )
   data.info = md["json"]
   data.extra_arrays = {k: v for k, v in arr.items() if "." not in k}

@@ -148,9 +148,8 @@ def fetch(source: Source, names, dl_manager, cache_root, mirror=None) -> Path:
     if not ok:
       got.unlink(missing_ok=True)
       raise DataError(
-        f"{url}: checksum mismatch, {what}, expected sha256 {sha[:12]}..."
-        f"{'' if size is None else f' ({size} bytes)'} (truncated or "
-        f"damaged download, an error page, or not the pinned file); {advice}"
+        f"{url}: checksum mismatch, {what}, expected sha256 {sha[:12]}...{'' if size is None else f' ({size} bytes)'} "
+        f"(truncated or damaged download, an error page, or not the pinned file); {advice}"
       )
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{name}.{uuid.uuid4().hex}.tmp"

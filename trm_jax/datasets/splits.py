@@ -76,10 +76,6 @@ class SplitData:
   def num_puzzles(self) -> int:
     return len(self.puzzle_indices) - 1
 
-  @property
-  def num_groups(self) -> int:
-    return len(self.group_indices) - 1
-
   def examples(self, indices) -> dict[str, np.ndarray]:
     """Model-ready batch rows: int32, labels 0 mapped to -100."""
     indices = np.asarray(indices, np.int64)
@@ -118,32 +114,26 @@ class SplitData:
 
 
 def make_split(
-  inputs, labels, puzzle_indices, group_indices, puzzle_identifiers, vocab_size, num_puzzle_identifiers, sets=("all",)
+  inputs, labels, puzzle_indices, group_indices, puzzle_identifiers, vocab_size, num_puzzle_identifiers
 ) -> SplitData:
   """Builds an in-memory SplitData and its DatasetMeta."""
   inputs = np.asarray(inputs, np.uint8)
   labels = np.asarray(labels, np.uint8)
-  puzzle_indices = np.asarray(puzzle_indices, np.int64)
-  group_indices = np.asarray(group_indices, np.int64)
-  meta = split_meta(inputs.shape[1], vocab_size, num_puzzle_identifiers, puzzle_indices, group_indices, sets)
+  meta = split_meta(inputs.shape[1], vocab_size, num_puzzle_identifiers, puzzle_indices, group_indices)
   return SplitData(meta, puzzle_indices, group_indices, puzzle_identifiers, InMemoryReader(inputs, labels))
 
 
-def split_meta(
-  seq_len, vocab_size, num_puzzle_identifiers, puzzle_indices, group_indices, sets=("all",)
-) -> DatasetMeta:
-  n_groups = len(group_indices) - 1
+def split_meta(seq_len, vocab_size, num_puzzle_identifiers, puzzle_indices, group_indices) -> DatasetMeta:
   n_puzzles = len(puzzle_indices) - 1
   n_examples = int(puzzle_indices[-1])
   return DatasetMeta(
     seq_len=int(seq_len),
     vocab_size=int(vocab_size),
     num_puzzle_identifiers=int(num_puzzle_identifiers),
-    total_groups=int(n_groups),
-    mean_puzzle_examples=float(n_examples / max(n_puzzles, 1)),
-    sets=tuple(sets),
+    total_groups=len(group_indices) - 1,
+    mean_puzzle_examples=n_examples / max(n_puzzles, 1),
     num_examples=n_examples,
-    num_puzzles=int(n_puzzles),
+    num_puzzles=n_puzzles,
   )
 
 
