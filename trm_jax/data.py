@@ -74,14 +74,9 @@ def _unseen(test, train):
   keep = np.asarray([row.tobytes() not in seen for row in arrays["inputs"]])
   n = int(keep.sum())
   idx = np.arange(n + 1, dtype=np.int64)
+  inputs, labels = arrays["inputs"][keep], arrays["labels"][keep]
   return splits.make_split(
-    arrays["inputs"][keep],
-    arrays["labels"][keep],
-    idx,
-    idx,
-    np.zeros(n, np.int32),
-    test.meta.vocab_size,
-    test.meta.num_puzzle_identifiers,
+    inputs, labels, idx, idx, np.zeros(n, np.int32), test.meta.vocab_size, test.meta.num_puzzle_identifiers
   )
 
 

@@ -73,13 +73,6 @@ class RecordReader:
     return out[0], out[1]
 
 
-def _record_files(d: Path, split: str):
-  files = sorted(d.glob(f"*-{split}.array_record-*"))
-  with open(d / "features.json") as f:
-    feats = json.load(f)["featuresDict"]["features"]
-  return files, feats["inputs"]["tensor"].get("encoding") == "zlib"
-
-
 def dataset_dir(name_or_path, data_dir=None) -> Path:
   """Resolves NAME[/CONFIG] (in data_dir) or a dataset directory path."""
   p = Path(os.fspath(name_or_path))
@@ -106,7 +99,9 @@ def load_split(name_or_path, split: str = "train", data_dir=None) -> SplitData:
     arr = md["arrays"]
     index = [arr[f"{split}.{k}"] for k in ("puzzle_indices", "group_indices", "puzzle_identifiers")]
     splits.check_split(meta, *index, f"{d / common.META_FILE}: splits.{split}")
-    reader = RecordReader(*_record_files(d, split))
+    with open(d / "features.json") as f:
+      encoding = json.load(f)["featuresDict"]["features"]["inputs"]["tensor"].get("encoding")
+    reader = RecordReader(sorted(d.glob(f"*-{split}.array_record-*")), encoding == "zlib")
     data = SplitData(meta, *index, reader, where=f"{d} split {split}")
   except common.DataError:
     raise
@@ -266,8 +261,7 @@ def eval_batches(
       "puzzle_identifiers": np.full((local,), BLANK_PUZZLE_ID, np.int32),
     }
     if valid.any():
-      got = data.examples(idx[valid])
-      for k, v in got.items():
+      for k, v in data.examples(idx[valid]).items():
         out[k][valid] = v
     if with_index:
       out["example_index"] = np.where(valid, idx, -1).astype(np.int32)

@@ -40,6 +40,13 @@ def require_local(path, what: str) -> None:
     )
 
 
+def require_manual_dir(path) -> Path:
+  require_local(path, "manual_dir")
+  if not Path(os.fspath(path)).is_dir():
+    raise DataError(f"{path}: manual_dir not found")
+  return Path(os.fspath(path))
+
+
 def require_file(path: Path) -> Path:
   path = Path(path)
   if not path.is_file():
@@ -169,24 +176,17 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       if self.needs_files():
         if raw_dir is None:
           raise DataError(f"{self.name}/{self.builder_config.name}: needs --manual_dir with the raw files")
-        require_local(raw_dir, "manual_dir")
-        raw_dir = Path(os.fspath(raw_dir))
-        if not raw_dir.is_dir():
-          raise DataError(f"{raw_dir}: manual_dir not found")
-      plans, n_ids, extra_json, extra_arrays = self.make_plans(raw_dir)
+        raw_dir = require_manual_dir(raw_dir)
+      plans, n_ids, extra_json, arrays = self.make_plans(raw_dir)
       cfg = self.builder_config
-      js = {"dataset": f"{self.name}/{cfg.name}", "splits": {}}
-      js.update(extra_json)
-      arrays = dict(extra_arrays)
+      js = {"dataset": f"{self.name}/{cfg.name}", "splits": {}, **extra_json}
+      dtypes = {"puzzle_indices": np.int64, "group_indices": np.int64, "puzzle_identifiers": np.int32}
       for split, plan in plans.items():
         meta = splits_lib.split_meta(cfg.seq_len, cfg.vocab_size, n_ids, plan.puzzle_indices, plan.group_indices)
         js["splits"][split] = dataclasses.asdict(meta)
-        arrays[f"{split}.puzzle_indices"] = np.asarray(plan.puzzle_indices, np.int64)
-        arrays[f"{split}.group_indices"] = np.asarray(plan.group_indices, np.int64)
-        arrays[f"{split}.puzzle_identifiers"] = np.asarray(plan.puzzle_identifiers, np.int32)
+        arrays.update({f"{split}.{k}": np.asarray(getattr(plan, k), t) for k, t in dtypes.items()})
       self._plans = plans
-      self.info.metadata["json"] = js
-      self.info.metadata["arrays"] = arrays
+      self.info.metadata.update(json=js, arrays=arrays)
     return self._plans
 
   def _raw_dir(self, dl_manager):
@@ -308,9 +308,8 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False, mirror=None, re
   final = published_dir(name, data_dir, overwrite)
   if final.exists() and not overwrite:
     return check_complete(name, final)
-  require_local(manual_dir, "manual_dir")
-  if manual_dir is not None and not Path(os.fspath(manual_dir)).is_dir():
-    raise DataError(f"{manual_dir}: manual_dir not found")
+  if manual_dir is not None:
+    require_manual_dir(manual_dir)
   created = not data_dir.exists()
   root = data_dir / STAGING_DIR
   prefix = f"{os.getpid()}@{socket.gethostname()}@{name.replace('/', '@')}@"

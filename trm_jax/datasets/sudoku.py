@@ -17,8 +17,10 @@ from trm_jax.datasets.common import DataError
 
 
 # ---------------------------------------------------------------- parsing --
-def _first_bad(mask) -> int:
-  return int(np.flatnonzero(mask)[0])
+def _first(mask) -> int | None:
+  """Index of the first True of a boolean vector, or None."""
+  hits = np.flatnonzero(mask)
+  return int(hits[0]) if len(hits) else None
 
 
 def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
@@ -30,33 +32,25 @@ def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
     answers.append(answer)
   lines = lambda i: i + 2  # header is line 1
   for what, rows in (("question", questions), ("answer", answers)):
-    lens = np.fromiter((len(r) for r in rows), np.int64, len(rows))
-    if np.any(lens != 81):
-      i = _first_bad(lens != 81)
+    if (i := _first(np.fromiter((len(r) != 81 for r in rows), bool, len(rows)))) is not None:
       raise DataError(f"{path}:{lines(i)}: {what} must be 81 characters of .1-9, got {len(rows[i])}")
   n = len(questions)
   if n == 0:
     raise DataError(f"{path}: no puzzles")
   q = np.frombuffer("".join(questions).encode("latin-1", "replace"), np.uint8).reshape(n, 81)
   a = np.frombuffer("".join(answers).encode("latin-1", "replace"), np.uint8).reshape(n, 81)
-  bad_q = ~(((q >= ord("1")) & (q <= ord("9"))) | (q == ord(".")))
-  if bad_q.any():
-    i = _first_bad(bad_q.any(1))
+  a_ok = (a >= ord("1")) & (a <= ord("9"))
+  q_ok = (q >= ord("1")) & (q <= ord("9")) | (q == ord("."))
+  if (i := _first(~q_ok.all(1))) is not None:
     raise DataError(f"{path}:{lines(i)}: question must be 81 characters of .1-9, got {questions[i]!r}")
-  bad_a = ~((a >= ord("1")) & (a <= ord("9")))
-  if bad_a.any():
-    i = _first_bad(bad_a.any(1))
+  if (i := _first(~a_ok.all(1))) is not None:
     raise DataError(f"{path}:{lines(i)}: answer must be 81 digits 1-9, got {answers[i]!r}")
   q = np.where(q == ord("."), 0, q - ord("0")).astype(np.uint8)
   a = (a - ord("0")).astype(np.uint8)
-  contra = ((q != 0) & (q != a)).any(1)
-  if contra.any():
-    i = _first_bad(contra)
+  if (i := _first(((q != 0) & (q != a)).any(1))) is not None:
     cell = int(np.flatnonzero((q[i] != 0) & (q[i] != a[i]))[0])
     raise DataError(f"{path}:{lines(i)}: answer contradicts the givens at row {cell // 9 + 1}, column {cell % 9 + 1}")
-  invalid = ~is_valid_solution(a)
-  if invalid.any():
-    i = _first_bad(invalid)
+  if (i := _first(~is_valid_solution(a))) is not None:
     raise DataError(f"{path}:{lines(i)}: answer is not a valid Sudoku solution")
   return q, a
 
