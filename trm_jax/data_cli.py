@@ -119,14 +119,11 @@ def _load(args, split=None):
 
 def token_names(task: str, vocab: int) -> list[str]:
   """What each token id means (inputs; in labels 0 means 'ignore')."""
-  if task == "sudoku":
-    named = ["PAD", "blank"] + [f"digit {d}" for d in range(1, vocab - 1)]
-  elif task == "maze":
-    named = ["PAD", "'#' wall", "' ' open", "'S' start", "'G' goal", "'o' path"]
-  elif task == "arc":
-    named = ["PAD", "EOS"] + [f"colour {c}" for c in range(vocab - 2)]
-  else:
-    named = []
+  named = {
+    "sudoku": ["PAD", "blank"] + [f"digit {d}" for d in range(1, vocab - 1)],
+    "maze": ["PAD", "'#' wall", "' ' open", "'S' start", "'G' goal", "'o' path"],
+    "arc": ["PAD", "EOS"] + [f"colour {c}" for c in range(vocab - 2)],
+  }.get(task, [])
   return (named + [""] * vocab)[:vocab]
 
 
@@ -154,10 +151,7 @@ def _cmd_stats(args):
     )
     n = data.num_examples
     idx = np.unique(np.linspace(0, max(n - 1, 0), min(n, args.sample)).astype(np.int64))
-    if len(idx):
-      inputs, labels = data.reader.read(idx)
-    else:
-      inputs = labels = np.zeros((0,), np.int64)
+    inputs, labels = data.reader.read(idx) if len(idx) else (np.zeros((0,), np.int64),) * 2
     if len(idx) != n:
       notes.append(f"{split}: {len(idx)} of {n} records")
     hists[split] = (np.bincount(np.ravel(inputs), minlength=vocab), np.bincount(np.ravel(labels), minlength=vocab))
@@ -234,10 +228,9 @@ def _cmd_show(args):
 
 def _cmd_bench(args):
   from trm_jax import input_pipeline as ip
-
-  data = _load(args)
   from trm_jax.datasets.common import DataError
 
+  data = _load(args)
   pc, b, e = args.process_count, args.batch, args.epochs_per_iter
   try:
     ip.train_batch(data, 0, 0, b, 0, pc, e)

@@ -32,11 +32,8 @@ from trm_jax.datasets.splits import BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID, Da
 
 # ------------------------------------------------------------------ load --
 class RecordReader:
-  """Random access to the array_record files of one split.
-
-  Parses the stored tf.Example protos directly (several times faster than the
-  generic TFDS decoder) and checks that record i holds example id i.
-  """
+  """Random access to the array_record files of one split: parses the stored tf.Example protos directly (several
+  times faster than the generic TFDS decoder) and checks that record i holds example id i."""
 
   def __init__(self, files, zlib_encoded: bool):
     from array_record.python.array_record_data_source import ArrayRecordDataSource
@@ -186,11 +183,8 @@ def _locate(data, seed, step, batch, epochs_per_iter):
 def iteration_ends(
   data: SplitData, seed: int, global_batch_size: int, epochs_per_iter: int, n_iters: int, stop_at: int | None = None
 ) -> np.ndarray:
-  """Training steps at which iterations 0, 1, ... end (cumulative batches).
-
-  Stops after `n_iters` iterations, or earlier once an iteration ends at or
-  after step `stop_at`.
-  """
+  """Training steps at which iterations 0, 1, ... end (cumulative batches): `n_iters` of them, or fewer, up to the
+  first that ends at or after step `stop_at`."""
   more = lambda cum: len(cum) <= n_iters and (stop_at is None or cum[-1] < stop_at)
   cum = _schedule(data, seed, global_batch_size, epochs_per_iter, more)
   ends = np.asarray(cum[1 : n_iters + 1], np.int64)
@@ -244,10 +238,7 @@ def train_batch(
 def eval_batches(
   data: SplitData, global_batch_size: int, process_index: int = 0, process_count: int = 1, with_index: bool = False
 ) -> Iterator[dict[str, np.ndarray]]:
-  """The split in order; the last batch padded (PAD, -100, puzzle id 0).
-
-  With `with_index`, adds `example_index` (-1 on padding rows).
-  """
+  """The split in order, the last batch padded (PAD, -100, puzzle id 0); with_index adds example_index (-1 there)."""
   n = data.num_examples
   rows = _local_rows(global_batch_size, process_index, process_count)
   seq = data.meta.seq_len

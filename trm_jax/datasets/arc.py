@@ -8,6 +8,7 @@ sends colour c to perm[c]; perm[0] == 0.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -36,10 +37,9 @@ def _grid(value, where: str) -> np.ndarray:
     raise DataError(f"{where}: grid has empty rows")
   if h > MAX_SIZE or w > MAX_SIZE:
     raise DataError(f"{where}: grid is {h}x{w}, over {MAX_SIZE}x{MAX_SIZE}")
-  for r in value:
-    for c in r:
-      if type(c) is not int or not 0 <= c <= 9:
-        raise DataError(f"{where}: colour {c!r} outside 0-9")
+  for c in itertools.chain.from_iterable(value):
+    if type(c) is not int or not 0 <= c <= 9:
+      raise DataError(f"{where}: colour {c!r} outside 0-9")
   return np.asarray(value, np.uint8)
 
 
@@ -61,10 +61,7 @@ def _load_json(path: Path):
 
 
 def load_subset(manual_dir, subset: str) -> dict[str, dict]:
-  """Reads arc-agi_<subset>_{challenges,solutions}.json.
-
-  Returns {task_id: {'train': [(in, out)], 'test': [(in, out)]}}.
-  """
+  """{task_id: {'train': [(in, out)], 'test': [(in, out)]}} of arc-agi_<subset>_{challenges,solutions}.json."""
   cpath = Path(manual_dir) / f"arc-agi_{subset}_challenges.json"
   spath = Path(manual_dir) / f"arc-agi_{subset}_solutions.json"
   chal, sols = _load_json(cpath), _load_json(spath)
@@ -116,8 +113,7 @@ def transform(grid, tid: int, perm) -> np.ndarray:
 
 def invert(grid, tid: int, perm) -> np.ndarray:
   """Undoes transform(grid, tid, perm)."""
-  inv = np.zeros(10, np.uint8)
-  inv[np.asarray(perm)] = np.arange(10)
+  inv = np.argsort(perm).astype(np.uint8)  # the inverse permutation
   return np.ascontiguousarray(dihedral(inv[np.asarray(grid, np.uint8)], DIHEDRAL_INVERSE[int(tid)]))
 
 

@@ -46,12 +46,9 @@ def augment_copies(pairs, num_aug: int, rng) -> list[tuple[int, np.ndarray]]:
 
 
 def render_pairs(pairs, d, perm, translate, rng):
-  """(k, 900) input and label canvases of the transformed pairs.
-
-  With `translate`, every pair but one goes to a random offset (inputs and
-  outputs together); the one kept at the origin is drawn at random, as in the
-  reference's builder (`no_aug_id`).
-  """
+  """(k, 900) input and label canvases of the transformed pairs. With `translate`, every pair but one goes to a
+  random offset (inputs and outputs together); the one kept at the origin is drawn at random, as in the reference's
+  builder (`no_aug_id`)."""
   inputs = np.empty((len(pairs), arc.SEQ_LEN), np.uint8)
   labels = np.empty_like(inputs)
   keep = int(rng.integers(len(pairs))) if translate else -1

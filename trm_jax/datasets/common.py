@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import itertools
 import json
 import logging
 import os
@@ -60,20 +59,16 @@ CSV_LINE_MAX = 1 << 16  # characters of one CSV line: a record is a few thousand
 
 def _capped_lines(f, path: Path):
   """The lines of `f`, never reading more than CSV_LINE_MAX + 1 characters of one (whatever the file's size)."""
-  for number in itertools.count(1):
-    line = f.readline(CSV_LINE_MAX + 1)
+  for number, line in enumerate(iter(lambda: f.readline(CSV_LINE_MAX + 1), ""), 1):
     if len(line) > CSV_LINE_MAX:
       raise DataError(f"{path}:{number}: line longer than {CSV_LINE_MAX} characters; a record is a few thousand")
-    if not line:
-      return
     yield line
 
 
 def iter_csv_rows(path: Path):
   """Yields (line number, question, answer) of a `source,question,answer,rating` CSV, one line read at a time.
 
-  A missing file, a wrong header, a short or overlong row or malformed CSV is a one-line
-  DataError naming the file (and line).
+  A missing file, a wrong header, a short or overlong row or malformed CSV is a one-line DataError naming the file.
   """
   path = require_file(path)
   try:
@@ -92,11 +87,8 @@ def iter_csv_rows(path: Path):
 
 @dataclasses.dataclass
 class SplitPlan:
-  """Index arrays of one split and a generator of its examples in order.
-
-  `blocks()` yields (inputs, labels) uint8 arrays of shape (k, S) whose
-  concatenation is the whole split in example order.
-  """
+  """Index arrays of one split; `blocks()` yields (inputs, labels) uint8 (k, S) arrays that concatenate to the
+  whole split in example order."""
 
   puzzle_indices: np.ndarray
   group_indices: np.ndarray
@@ -136,11 +128,8 @@ def read_metadata(data_dir) -> dict:
 
 
 class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Base builder: subclasses implement `make_plans(manual_dir)`.
-
-  `make_plans` returns (plans: {split: SplitPlan}, num_puzzle_identifiers,
-  extra_json, extra_arrays). Records are written in example-id order.
-  """
+  """Base builder: subclasses implement `make_plans(manual_dir)` -> (plans: {split: SplitPlan},
+  num_puzzle_identifiers, extra_json, extra_arrays). Records are written in example-id order."""
 
   VERSION = tfds.core.Version("1.0.0")
 
@@ -278,10 +267,7 @@ def _prune_empty(path: Path, stop: Path) -> None:
 
 
 def _publish(built: Path, final: Path, staging: Path, overwrite: bool) -> None:
-  """Atomically renames the built version directory into place.
-
-  If another process published first, its set is used and ours dropped.
-  """
+  """Atomically renames the built version directory into place (if another process published first, its set is kept)."""
   final.parent.mkdir(parents=True, exist_ok=True)
   if overwrite and final.exists():
     os.rename(final, staging / "replaced")
@@ -370,8 +356,7 @@ def check_complete(name: str, final: Path) -> Path:
 
 def wait_for(name: str, data_dir, timeout_s: float, poll_s: float = 2.0, what: str = "process 0") -> Path:
   """Waits until NAME[/CONFIG] is published in data_dir (by another process); one-line DataError after timeout_s."""
-  builder = get_builder(name, data_dir)
-  final = Path(builder.data_dir)
+  final = Path(get_builder(name, data_dir).data_dir)
   deadline = time.monotonic() + timeout_s
   while not (final / META_FILE).is_file():
     if time.monotonic() > deadline:

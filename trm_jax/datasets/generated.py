@@ -18,14 +18,10 @@ BOXES = {4: (2, 2), 6: (2, 3), 9: (3, 3)}
 MIN_GIVENS = {4: 4, 6: 8, 9: 17}
 
 
-def _units(n):
-  br, bc = BOXES[n]
-  return [(i // n, i % n, (i // n // br) * (n // bc) + (i % n) // bc) for i in range(n * n)]
-
-
 def count_solutions(grid, n: int, limit: int = 2) -> int:
   """Number of completions of a digit grid (0 = blank), counted up to limit."""
-  units = _units(n)
+  br, bc = BOXES[n]
+  units = [(i // n, i % n, (i // n // br) * (n // bc) + (i % n) // bc) for i in range(n * n)]  # row, column, box
   rows, cols, boxes = [0] * n, [0] * n, [0] * n
   empties = []
   for i, v in enumerate(int(x) for x in np.asarray(grid).ravel()):

@@ -20,9 +20,8 @@ from trm_jax.datasets.common import DataError
 CHARS = "# SGo"
 WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
 VOCAB_SIZE = 6
-_LUT = np.zeros(256, np.uint8)
-for _i, _c in enumerate(CHARS):
-  _LUT[ord(_c)] = _i + 1
+_LUT = np.zeros(256, np.uint8)  # character code -> token
+_LUT[np.frombuffer(CHARS.encode(), np.uint8)] = np.arange(1, len(CHARS) + 1)
 
 
 def to_text(grid) -> str:

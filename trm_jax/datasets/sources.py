@@ -116,18 +116,14 @@ def _reason(e: BaseException) -> str:
   if isinstance(e, download_manager.NonMatchingChecksumError):
     return "checksum mismatch: damaged download or not the pinned file"
   line = errors.first_line(e)
-  code = re.search(r"HTTP code: (\d+)", line)
-  if code:
+  if code := re.search(r"HTTP code: (\d+)", line):
     return f"HTTP {code.group(1)}"
   return f"{type(e).__name__}: {line}"[:200]
 
 
 def fetch(source: Source, names, dl_manager, cache_root, mirror=None) -> Path:
-  """Returns a directory holding the verified files `names` of `source`.
-
-  Raises DataError naming the URL and what to do on any failure; a file that
-  fails verification is deleted, so a retry downloads it again.
-  """
+  """A directory holding the verified files `names` of `source`; DataError naming the URL and what to do on any
+  failure (a file that fails verification is deleted, so a retry downloads it again)."""
   cache = Path(os.fspath(cache_root)) / source.key / source.revision
   names = list(names)
   advice = f"retry, or put {', '.join(names)} in a directory and pass --manual_dir DIR"

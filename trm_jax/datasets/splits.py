@@ -153,10 +153,8 @@ class MetaError(ValueError):
 
 
 def check_split(meta: DatasetMeta, puzzle_indices, group_indices, puzzle_identifiers, where: str) -> None:
-  """Raises MetaError naming the first implausible or inconsistent field of a stored split.
-
-  `where` names the split (e.g. 'DIR/trm_meta.json: splits.train').
-  """
+  """Raises MetaError naming the first implausible or inconsistent field of the split `where` ('DIR/trm_meta.json:
+  splits.train')."""
 
   def bad(field, msg):
     raise MetaError(f"{where}.{field}: {msg}")

@@ -83,10 +83,8 @@ def random_transforms(rng: np.random.Generator, n: int) -> dict:
 
 
 def apply_transforms(grid, tr: dict) -> np.ndarray:
-  """Applies each of the n transforms to one (81,) grid -> (n, 81).
-
-  new = transpose?(grid); new[r, c] = new[rows[r], cols[c]]; d -> digits[d].
-  """
+  """Applies each of the n transforms to one (81,) grid -> (n, 81): new = transpose?(grid);
+  new[r, c] = new[rows[r], cols[c]]; d -> digits[d]."""
   g = np.asarray(grid, np.uint8).reshape(9, 9)
   n = len(tr["rows"])
   base = np.where(np.asarray(tr["transpose"])[:, None, None], g.T[None], g[None])
