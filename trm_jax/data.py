@@ -1,14 +1,12 @@
 """Thin adapter from `config.data` to the data layer (`datasets/`, `input_pipeline`).
 
-`config.data.name` is either a TFDS builder name (`sudoku_extreme`,
-`maze_hard`, `arc_agi`, `sudoku_small`) with `config.data.config` its builder
-config, or `generated/<set>` for the in-memory toy sets (`sudoku_small`,
-`maze_small`) with `config.data.config` holding their keyword arguments
-(`"size=4,n_train=2000"`); their test split drops the puzzles that also occur
-in train, so test accuracy is on unseen puzzles. A TFDS set that is not built yet is built on first
-use: from `data.manual_dir` when given, else from its downloaded, checksum-verified raw files
-(`data.mirror` rewrites the download URLs); with several processes only process 0 builds and
-the others wait up to `data.build_timeout_s` for it (data_dir must then be shared, e.g. gs://).
+`config.data.name` is a TFDS builder name (`sudoku_extreme`, `maze_hard`, `arc_agi`, `sudoku_small`) with
+`config.data.config` its builder config, or `generated/<set>` for the in-memory toy sets (`sudoku_small`, `maze_small`)
+with `config.data.config` holding their keyword arguments (`"size=4,n_train=2000"`); their test split drops the
+puzzles that also occur in train, so test accuracy is on unseen puzzles. A TFDS set that is not built yet is built on
+first use: from `data.manual_dir` when given, else from its downloaded, checksum-verified raw files (`data.mirror`
+rewrites the download URLs); with several processes only process 0 builds and the others wait up to
+`data.build_timeout_s` for it (data_dir must then be shared, e.g. gs://).
 """
 
 from __future__ import annotations
@@ -30,18 +28,18 @@ class DataConfigError(ValueError):
 class Data:
   train: Any  # SplitData
   evals: dict  # {split name: SplitData}
-  info: dict  # dataset JSON metadata ({} for generated sets)
+  info: dict  # dataset JSON metadata (only task and grid for generated sets)
   arrays: dict  # extra metadata arrays (ARC puzzle-id mapping)
   task: str  # "sudoku" | "maze" | "arc"
   grid: tuple  # (rows, cols) of one example as a grid
 
 
-def _kwargs(text: str, field: str) -> dict:
+def _kwargs(text: str) -> dict:
   out = {}
   for part in filter(None, (text or "").split(",")):
     k, sep, v = part.partition("=")
     if not sep:
-      raise DataConfigError(f"config.data.{field}: expected key=value pairs, got {part!r}")
+      raise DataConfigError(f"config.data.config: expected key=value pairs, got {part!r}")
     try:
       out[k.strip()] = int(v)
     except ValueError:
@@ -54,7 +52,7 @@ def _generated(name: str, cfg: str) -> Data:
 
   if name not in GENERATED:
     raise DataConfigError(f"config.data.name: unknown generated set {name!r} (have {list(GENERATED)})")
-  kw = _kwargs(cfg, "config")
+  kw = _kwargs(cfg)
   try:
     splits = getattr(generated, name)(**kw)
   except TypeError as e:

@@ -37,13 +37,9 @@ def _command(sub, cmd, summary, text, named=True):
 
 
 def _build_parser(sub) -> None:
-  b = _command(
-    sub,
-    "build",
-    "build a dataset from raw files (or generate it)",
-    "Builds NAME/CONFIG into --data_dir. Raw files are checked before anything is written; an existing set is "
-    "kept (--overwrite rebuilds it).",
-  )
+  what = "Builds NAME/CONFIG into --data_dir. Raw files are checked before anything is written; an existing set is "
+  what += "kept (--overwrite rebuilds it)."
+  b = _command(sub, "build", "build a dataset from raw files (or generate it)", what)
   raw = "raw files, offline (e.g. ../shared/data/arc from the repository root); without it they are downloaded"
   b.add_argument("--manual_dir", default=None, help=raw + " and checked")
   b.add_argument("--overwrite", action="store_true", help="rebuild even if the set is already built")
@@ -52,18 +48,13 @@ def _build_parser(sub) -> None:
 
 
 def _inspect_parsers(sub) -> None:
-  st = _command(
-    sub,
-    "stats",
-    "sizes, shapes and a token histogram of every split",
-    "Prints the metadata of every split (or --split) and how often each token (named) occurs in inputs and labels.",
-  )
+  what = "Prints the metadata of every split (or --split) and how often each token (named) occurs in inputs and labels."
+  st = _command(sub, "stats", "sizes, shapes and a token histogram of every split", what)
   st.add_argument("--split", default=None, help="only this split (default: every split)")
   sample = "records per split read for the token histogram (default: %(default)s)"
   st.add_argument("--sample", type=int, default=20000, help=sample)
-  sh = _command(
-    sub, "show", "print (and draw) one example", "Prints one example (input and label) as text; --png also draws it."
-  )
+  what = "Prints one example (input and label) as text; --png also draws it."
+  sh = _command(sub, "show", "print (and draw) one example", what)
   sh.add_argument("--split", default="train", help="split to read (default: %(default)s)")
   sh.add_argument("--index", type=int, default=0, help="example index in the split (default: %(default)s)")
   png = "also draw the example here (needs matplotlib: pip install -e '.[plots]'; the directory is created)"

@@ -1,15 +1,11 @@
 """Step-indexed group sampler, per-process shards and global batch assembly.
 
-Training batches are a pure function of (seed, step): iteration `it` (made of
-`epochs_per_iter` epochs) concatenates `epochs_per_iter` shuffles of the groups
-drawn from a generator keyed by (seed, it), draws one puzzle per group entry
-and fills global batches with the puzzles' examples in that order (a puzzle
-that overflows a batch contributes a random subset; the last partial batch of
-an iteration is dropped). This is the reference's rule: its loader runs one
-iteration of `eval_interval` epochs between evaluations, so it drops one
-partial batch per evaluation interval, not one per epoch. Each process reads
-only rows `[i*B/P, (i+1)*B/P)` of every global batch.
-"""
+Training batches are a pure function of (seed, step): iteration `it` (made of `epochs_per_iter` epochs) concatenates
+`epochs_per_iter` shuffles of the groups drawn from a generator keyed by (seed, it), draws one puzzle per group entry
+and fills global batches with the puzzles' examples in that order (a puzzle that overflows a batch contributes a random
+subset; the last partial batch of an iteration is dropped). This is the reference's rule: its loader runs one iteration
+of `eval_interval` epochs between evaluations, so it drops one partial batch per evaluation interval, not one per epoch.
+Each process reads only rows `[i*B/P, (i+1)*B/P)` of every global batch."""
 
 from __future__ import annotations
 
@@ -56,12 +52,11 @@ class RecordReader:
       ids = [f["example_id"].int64_list.value[0] for f in feats]
       if ids != indices:
         raise ValueError("records out of order: example ids do not match")
+      decode = zlib.decompress if self._zlib else bytes
       out = []
       for key in ("inputs", "labels"):
-        raw = [f[key].bytes_list.value[0] for f in feats]
-        if self._zlib:
-          raw = [zlib.decompress(b) for b in raw]
-        out.append(np.frombuffer(b"".join(raw), np.uint8).reshape(len(indices), -1))
+        raw = b"".join(decode(f[key].bytes_list.value[0]) for f in feats)
+        out.append(np.frombuffer(raw, np.uint8).reshape(len(indices), -1))
     except Exception as e:  # noqa: BLE001 - riegeli, protobuf, zlib and shape errors alike
       raise common.DataError(
         f"{self._files[0]}: damaged records ({errors.first_line(e, 200)}); "

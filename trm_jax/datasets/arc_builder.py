@@ -1,12 +1,9 @@
 """ARC-AGI TFDS builder: augmentation plan, splits and puzzle-id mapping.
 
-Every augmented copy (dihedral + colour permutation, copy 0 = identity) of a
-task is a puzzle with its own id (1..N, 0 = blank). Training-subset tasks put
-all pairs in `train`; evaluation-subset tasks put their demonstrations in
-`train` and their test pairs in `test`, under the same id. Metadata arrays
-`puzzle_task`, `puzzle_dihedral`, `puzzle_colours` map an id back to its task
-(index into the JSON `tasks` list) and transform.
-"""
+Every augmented copy (dihedral + colour permutation, copy 0 = identity) of a task is a puzzle with its own id (1..N, 0 =
+blank). Training-subset tasks put all pairs in `train`; evaluation-subset tasks put their demonstrations in `train` and
+their test pairs in `test`, under the same id. Metadata arrays `puzzle_task`, `puzzle_dihedral`, `puzzle_colours` map an
+id back to its task (index into the JSON `tasks` list) and transform."""
 
 from __future__ import annotations
 
@@ -177,6 +174,5 @@ class ArcAgi(common.TrmBuilder):
     for role, subsets in (("train", cfg.train_subsets), ("eval", cfg.eval_subsets)):
       for subset in subsets:
         loaded = arc.load_subset(Path(manual_dir), subset)
-        for tid in list(loaded)[: cfg.max_tasks]:
-          tasks.append((subset, tid, role, loaded[tid]))
+        tasks += [(subset, tid, role, loaded[tid]) for tid in list(loaded)[: cfg.max_tasks]]
     return build_plans(tasks, cfg.num_aug, cfg.seed, cfg.translate)

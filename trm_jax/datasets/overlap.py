@@ -1,8 +1,7 @@
 """Duplicate puzzles within a split and puzzles shared between splits (for `trm-data stats`).
 
-Rows are compared by a 64-bit hash of their stored input tokens (a random
-linear form modulo 2**64, computed in chunks, so a 1M-example split needs
-8 MB of hashes, not a copy of its records).
+Rows are compared by a 64-bit hash of their stored input tokens (a random linear form modulo 2**64, computed in chunks,
+so a 1M-example split needs 8 MB of hashes, not a copy of its records).
 """
 
 from __future__ import annotations

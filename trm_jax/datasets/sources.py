@@ -1,15 +1,11 @@
 """Where the raw files of the real sets come from, and how they are fetched.
 
-Each source is one pinned revision of a public repository; every file has a
-pinned sha256 (and its size where known). `fetch` downloads the files a
-builder config needs with the TFDS download manager (which also checks the
-(size, sha256) pairs registered in `checksums.tsv`), verifies each against the
-pin, and keeps verified files in a shared cache,
-`<data_dir>/downloads/<source>/<revision>/<file>`, so a retry or a second
-config of the same builder reuses them. `TRM_DATA_MIRROR=http://HOST:PORT`
-(or `mirror=`) fetches `https://H/P` from `http://HOST:PORT/H/P` instead.
-See docs/data.md for the table of sources, licences and checksums.
-"""
+Each source is one pinned revision of a public repository; every file has a pinned sha256 (and its size where known).
+`fetch` downloads the files a builder config needs with the TFDS download manager (which also checks the (size, sha256)
+pairs registered in `checksums.tsv`), verifies each against the pin, and keeps verified files in a shared cache,
+`<data_dir>/downloads/<source>/<revision>/<file>`, so a retry or a second config of the same builder reuses them.
+`TRM_DATA_MIRROR=http://HOST:PORT` (or `mirror=`) fetches `https://H/P` from `http://HOST:PORT/H/P` instead. See
+docs/data.md for the table of sources, licences and checksums."""
 
 from __future__ import annotations
 
