@@ -5,7 +5,8 @@ Training batches are a pure function of (seed, step): iteration `it` (made of `e
 and fills global batches with the puzzles' examples in that order (a puzzle that overflows a batch contributes a random
 subset; the last partial batch of an iteration is dropped). This is the reference's rule: its loader runs one iteration
 of `eval_interval` epochs between evaluations, so it drops one partial batch per evaluation interval, not one per epoch.
-Each process reads only rows `[i*B/P, (i+1)*B/P)` of every global batch."""
+Each process reads only rows `[i*B/P, (i+1)*B/P)` of every global batch.
+"""
 
 from __future__ import annotations
 
@@ -141,8 +142,7 @@ _SCHEDULES: dict = {}  # (index bytes, seed, batch, epochs_per_iter) -> cumulati
 
 
 def _key_bytes(data: SplitData):
-  # Computed once per SplitData: bytes cache their hash, so the plan cache
-  # lookups stay cheap even for ~1M-puzzle splits.
+  # Computed once per SplitData: bytes cache their hash, so plan cache lookups stay cheap even for ~1M-puzzle splits.
   if not hasattr(data, "_index_bytes"):
     data._index_bytes = (data.puzzle_indices.tobytes(), data.group_indices.tobytes())
   return data._index_bytes

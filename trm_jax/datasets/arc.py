@@ -8,7 +8,6 @@ sends colour c to perm[c]; perm[0] == 0.
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
@@ -37,9 +36,10 @@ def _grid(value, where: str) -> np.ndarray:
     raise DataError(f"{where}: grid has empty rows")
   if h > MAX_SIZE or w > MAX_SIZE:
     raise DataError(f"{where}: grid is {h}x{w}, over {MAX_SIZE}x{MAX_SIZE}")
-  for c in itertools.chain.from_iterable(value):
-    if type(c) is not int or not 0 <= c <= 9:
-      raise DataError(f"{where}: colour {c!r} outside 0-9")
+  for r in value:
+    for c in r:
+      if type(c) is not int or not 0 <= c <= 9:
+        raise DataError(f"{where}: colour {c!r} outside 0-9")
   return np.asarray(value, np.uint8)
 
 

@@ -3,7 +3,8 @@
 Every augmented copy (dihedral + colour permutation, copy 0 = identity) of a task is a puzzle with its own id (1..N, 0 =
 blank). Training-subset tasks put all pairs in `train`; evaluation-subset tasks put their demonstrations in `train` and
 their test pairs in `test`, under the same id. Metadata arrays `puzzle_task`, `puzzle_dihedral`, `puzzle_colours` map an
-id back to its task (index into the JSON `tasks` list) and transform."""
+id back to its task (index into the JSON `tasks` list) and transform.
+"""
 
 from __future__ import annotations
 

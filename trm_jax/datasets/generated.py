@@ -1,7 +1,8 @@
 """Small generated sets needing no files: 4x4/6x6 Sudoku, small mazes.
 
 `sudoku_small` / `maze_small` return {'train': SplitData, 'test': SplitData} in memory (no TFDS) for the demo and tests;
-`SudokuSmall` is the TFDS builder. Small Sudoku tokens: digit + 1 (blank -> 1), V = n + 2, S = n * n."""
+`SudokuSmall` is the TFDS builder. Small Sudoku tokens: digit + 1 (blank -> 1), V = n + 2, S = n * n.
+"""
 
 from __future__ import annotations
 

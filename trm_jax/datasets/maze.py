@@ -247,8 +247,7 @@ class MazeHard(common.TrmBuilder):
       train = generate_set(cfg.n_train, [cfg.seed, 0], desc="train mazes", **kw)
       test = generate_set(cfg.n_test, [cfg.seed, 1], desc="test mazes", **kw)
     else:
-      train = read_csv(Path(manual_dir) / "train.csv")
-      test = read_csv(Path(manual_dir) / "test.csv")
+      train, test = [read_csv(Path(manual_dir) / f) for f in ("train.csv", "test.csv")]
       n = cfg.size
       for what, (q, _) in (("train.csv", train), ("test.csv", test)):
         if q.shape[1:] != (n, n):

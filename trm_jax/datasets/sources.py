@@ -5,7 +5,8 @@ Each source is one pinned revision of a public repository; every file has a pinn
 pairs registered in `checksums.tsv`), verifies each against the pin, and keeps verified files in a shared cache,
 `<data_dir>/downloads/<source>/<revision>/<file>`, so a retry or a second config of the same builder reuses them.
 `TRM_DATA_MIRROR=http://HOST:PORT` (or `mirror=`) fetches `https://H/P` from `http://HOST:PORT/H/P` instead. See
-docs/data.md for the table of sources, licences and checksums."""
+docs/data.md for the table of sources, licences and checksums.
+"""
 
 from __future__ import annotations
 

@@ -39,8 +39,8 @@ def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
     raise DataError(f"{path}: no puzzles")
   q = np.frombuffer("".join(questions).encode("latin-1", "replace"), np.uint8).reshape(n, 81)
   a = np.frombuffer("".join(answers).encode("latin-1", "replace"), np.uint8).reshape(n, 81)
-  a_ok = (a >= ord("1")) & (a <= ord("9"))
   q_ok = (q >= ord("1")) & (q <= ord("9")) | (q == ord("."))
+  a_ok = (a >= ord("1")) & (a <= ord("9"))
   if (i := _first(~q_ok.all(1))) is not None:
     raise DataError(f"{path}:{lines(i)}: question must be 81 characters of .1-9, got {questions[i]!r}")
   if (i := _first(~a_ok.all(1))) is not None:
@@ -143,10 +143,6 @@ class SudokuExtreme(common.TrmBuilder):
 
   def make_plans(self, manual_dir):
     cfg = self.builder_config
-    qt, at = read_csv(Path(manual_dir) / "train.csv")
-    qe, ae = read_csv(Path(manual_dir) / "test.csv")
-    plans = {
-      "train": build_train_plan(qt, at, cfg.subsample, cfg.num_aug, cfg.seed),
-      "test": common.grouped_plan(qe + 1, ae + 1),
-    }
-    return plans, 1, {"task": "sudoku", "grid": [9, 9]}, {}
+    (qt, at), (qe, ae) = [read_csv(Path(manual_dir) / f) for f in ("train.csv", "test.csv")]
+    train = build_train_plan(qt, at, cfg.subsample, cfg.num_aug, cfg.seed)
+    return {"train": train, "test": common.grouped_plan(qe + 1, ae + 1)}, 1, {"task": "sudoku", "grid": [9, 9]}, {}
