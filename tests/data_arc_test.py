@@ -23,7 +23,7 @@ def built(tmp_path_factory):
 
 
 def _load(built, split):
-  return ip.load_split("arc_agi/arc1_small", split, built, in_memory=True)
+  return ip.load_split("arc_agi/arc1_small", split, built)
 
 
 def _expected_pairs(task, role, split):
@@ -110,7 +110,7 @@ def test_split_and_puzzle_id_rules(built):
   eval_ids = {i for i in range(1, n_ids) if info["tasks"][extra["puzzle_task"][i]][2] == "eval"}
   assert set(test.puzzle_identifiers.tolist()) == eval_ids
   # each group holds the copies of one task; copy 0 is the identity
-  for g in range(train.num_groups):
+  for g in range(train.meta.total_groups):
     ids = train.puzzle_identifiers[train.group_indices[g] : train.group_indices[g + 1]]
     assert len({int(extra["puzzle_task"][i]) for i in ids}) == 1
     assert extra["puzzle_dihedral"][ids[0]] == 0
@@ -119,7 +119,7 @@ def test_split_and_puzzle_id_rules(built):
   assert (extra["puzzle_colours"][1:, 0] == 0).all()
   # no two copies of a task are the same puzzle (duplicates removed)
   arr = train.all_arrays()
-  for g in range(train.num_groups):
+  for g in range(train.meta.total_groups):
     seen = set()
     for p in range(train.group_indices[g], train.group_indices[g + 1]):
       lo, hi = train.puzzle_indices[p], train.puzzle_indices[p + 1]

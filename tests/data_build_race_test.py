@@ -30,7 +30,7 @@ def _build_proc(*args, **kw):
 
 
 def _arrays(name, data_dir):
-  return {s: ip.load_split(name, s, data_dir, in_memory=True).all_arrays() for s in ("train", "test")}
+  return {s: ip.load_split(name, s, data_dir).all_arrays() for s in ("train", "test")}
 
 
 def test_two_concurrent_builds_both_succeed(tmp_path):

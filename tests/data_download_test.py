@@ -77,7 +77,7 @@ def _serve_arc(root):
 def _records(name, data_dir):
   out = {}
   for split in ("train", "test"):
-    d = ip.load_split(name, split, data_dir, in_memory=True)
+    d = ip.load_split(name, split, data_dir)
     out[split] = (d.all_arrays(), d.puzzle_indices, d.group_indices, d.puzzle_identifiers, d.info, d.extra_arrays)
   return out
 
@@ -245,7 +245,7 @@ def test_maze_csv_download(server, tmp_path, monkeypatch):
   for n in ("train.csv", "test.csv"):
     _serve(root, src, n, raw / n)
   out = common.build("maze_hard/csv", tmp_path / "d", mirror=mirror)
-  data = ip.load_split(out, "train", in_memory=True)
+  data = ip.load_split(out, "train")
   np.testing.assert_array_equal(data.all_arrays()["inputs"], q.reshape(4, -1))
 
 

@@ -43,10 +43,10 @@ def test_generated_30x30_labels_are_shortest_paths():
   np.testing.assert_array_equal(q, q2)  # seeded
 
 
-def test_small_maze_builder_and_in_memory(tmp_path):
+def test_small_maze_builder_matches_in_memory_set(tmp_path):
   common.build("maze_hard/small", tmp_path)
   for split in ("train", "test"):
-    d = ip.load_split("maze_hard/small", split, tmp_path, in_memory=True)
+    d = ip.load_split("maze_hard/small", split, tmp_path)
     assert d.meta.seq_len == 100 and d.meta.vocab_size == 6
     arr = d.all_arrays()
     for x, y in zip(arr["inputs"], arr["labels"]):
@@ -73,8 +73,8 @@ def raw(tmp_path_factory):
 def test_csv_roundtrip_with_dihedral_aug(raw, tmp_path):
   d, q, a = raw
   common.build("maze_hard/csv_aug8", tmp_path, d)
-  tr = ip.load_split("maze_hard/csv_aug8", "train", tmp_path, in_memory=True)
-  te = ip.load_split("maze_hard/csv_aug8", "test", tmp_path, in_memory=True)
+  tr = ip.load_split("maze_hard/csv_aug8", "train", tmp_path)
+  te = ip.load_split("maze_hard/csv_aug8", "test", tmp_path)
   assert (tr.meta.total_groups, tr.num_puzzles, tr.num_examples) == (8, 64, 64)
   assert te.num_examples == 4 and tr.meta.num_puzzle_identifiers == 1
   arr = tr.all_arrays()

@@ -1,14 +1,12 @@
 """Thin adapter from `config.data` to the data layer (`datasets/`, `input_pipeline`).
 
-`config.data.name` is either a TFDS builder name (`sudoku_extreme`,
-`maze_hard`, `arc_agi`, `sudoku_small`) with `config.data.config` its builder
-config, or `generated/<set>` for the in-memory toy sets (`sudoku_small`,
-`maze_small`) with `config.data.config` holding their keyword arguments
-(`"size=4,n_train=2000"`); their test split drops the puzzles that also occur
-in train, so test accuracy is on unseen puzzles. A TFDS set that is not built yet is built on first
-use: from `data.manual_dir` when given, else from its downloaded, checksum-verified raw files
-(`data.mirror` rewrites the download URLs); with several processes only process 0 builds and
-the others wait up to `data.build_timeout_s` for it (data_dir must then be shared, e.g. gs://).
+`config.data.name` is a TFDS builder name (`sudoku_extreme`, `maze_hard`, `arc_agi`, `sudoku_small`) with
+`config.data.config` its builder config, or `generated/<set>` for the in-memory toy sets (`sudoku_small`, `maze_small`)
+with `config.data.config` holding their keyword arguments (`"size=4,n_train=2000"`); their test split drops the
+puzzles that also occur in train, so test accuracy is on unseen puzzles. A TFDS set that is not built yet is built on
+first use: from `data.manual_dir` when given, else from its downloaded, checksum-verified raw files (`data.mirror`
+rewrites the download URLs); with several processes only process 0 builds and the others wait up to
+`data.build_timeout_s` for it (data_dir must then be shared, e.g. gs://).
 """
 
 from __future__ import annotations
@@ -30,18 +28,18 @@ class DataConfigError(ValueError):
 class Data:
   train: Any  # SplitData
   evals: dict  # {split name: SplitData}
-  info: dict  # dataset JSON metadata ({} for generated sets)
+  info: dict  # dataset JSON metadata (only task and grid for generated sets)
   arrays: dict  # extra metadata arrays (ARC puzzle-id mapping)
   task: str  # "sudoku" | "maze" | "arc"
   grid: tuple  # (rows, cols) of one example as a grid
 
 
-def _kwargs(text: str, field: str) -> dict:
+def _kwargs(text: str) -> dict:
   out = {}
   for part in filter(None, (text or "").split(",")):
     k, sep, v = part.partition("=")
     if not sep:
-      raise DataConfigError(f"config.data.{field}: expected key=value pairs, got {part!r}")
+      raise DataConfigError(f"config.data.config: expected key=value pairs, got {part!r}")
     try:
       out[k.strip()] = int(v)
     except ValueError:
@@ -54,20 +52,15 @@ def _generated(name: str, cfg: str) -> Data:
 
   if name not in GENERATED:
     raise DataConfigError(f"config.data.name: unknown generated set {name!r} (have {list(GENERATED)})")
-  kw = _kwargs(cfg, "config")
-  fn = getattr(generated, name)
+  kw = _kwargs(cfg)
   try:
-    splits = fn(**kw)
+    splits = getattr(generated, name)(**kw)
   except TypeError as e:
     raise DataConfigError(f"config.data.config: {e}") from None
+  task = "sudoku" if name == "sudoku_small" else "maze"
+  n = kw.get("size", 4 if task == "sudoku" else 10)  # (the sets' default sizes)
   test = _unseen(splits["test"], splits["train"])
-  if name == "sudoku_small":
-    n = kw.get("size", 4)
-    task, grid = "sudoku", (n, n)
-  else:
-    n = kw.get("size", 10)
-    task, grid = "maze", (n, n)
-  return Data(splits["train"], {"test": test}, {"task": task, "grid": list(grid)}, {}, task, tuple(grid))
+  return Data(splits["train"], {"test": test}, {"task": task, "grid": [n, n]}, {}, task, (n, n))
 
 
 def _unseen(test, train):
@@ -79,14 +72,9 @@ def _unseen(test, train):
   keep = np.asarray([row.tobytes() not in seen for row in arrays["inputs"]])
   n = int(keep.sum())
   idx = np.arange(n + 1, dtype=np.int64)
+  inputs, labels = arrays["inputs"][keep], arrays["labels"][keep]
   return splits.make_split(
-    arrays["inputs"][keep],
-    arrays["labels"][keep],
-    idx,
-    idx,
-    np.zeros(n, np.int32),
-    test.meta.vocab_size,
-    test.meta.num_puzzle_identifiers,
+    inputs, labels, idx, idx, np.zeros(n, np.int32), test.meta.vocab_size, test.meta.num_puzzle_identifiers
   )
 
 
@@ -123,11 +111,8 @@ def load(dcfg) -> Data:
       evals = {s: input_pipeline.load_split(full, s, data_dir) for s in dcfg.eval_sets}
     except common.DataError as e:
       raise DataConfigError(f"config.data: {e}") from None
-    info = getattr(train, "info", {}) or {}
-    arrays = getattr(train, "extra_arrays", {}) or {}
-    task = info.get("task", name.split("_")[0])
-    grid = tuple(info.get("grid", (30, 30)))
-    data = Data(train, evals, info, arrays, task, grid)
+    task = train.info.get("task", name.split("_")[0])
+    data = Data(train, evals, train.info, train.extra_arrays, task, tuple(train.info.get("grid", (30, 30))))
   missing = [s for s in dcfg.eval_sets if s not in data.evals]
   if missing:
     raise DataConfigError(f"config.data.eval_sets: no split {missing[0]!r} (have {sorted(data.evals)})")

@@ -13,6 +13,7 @@ User errors (bad raw files, unknown names) print one line and exit 1.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sys
@@ -21,15 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trm_jax import errors
-
-
-def _default_data_dir() -> str:
-  """The directory trm-train reads by default (config.data.data_dir)."""
-  from trm_jax import config_lib
-
-  return os.path.expanduser(config_lib.data_config().data_dir)
-
+from trm_jax import config_lib, errors
 
 NAME_HELP = "NAME[/CONFIG], e.g. sudoku_small/4x4 (see `trm-data list`)"
 DATA_HELP = "where built sets live (default: %(default)s, the same as trm-train's config.data.data_dir)"
@@ -39,18 +32,14 @@ def _command(sub, cmd, summary, text, named=True):
   s = sub.add_parser(cmd, help=summary, description=text)
   if named:
     s.add_argument("name", help=NAME_HELP + ("" if cmd == "build" else ", or a dataset directory"))
-    s.add_argument("--data_dir", default=_default_data_dir(), help=DATA_HELP)
+    s.add_argument("--data_dir", default=os.path.expanduser(config_lib.data_config().data_dir), help=DATA_HELP)
   return s
 
 
 def _build_parser(sub) -> None:
-  b = _command(
-    sub,
-    "build",
-    "build a dataset from raw files (or generate it)",
-    "Builds NAME/CONFIG into --data_dir. Raw files are checked before anything is written; an existing set is "
-    "kept (--overwrite rebuilds it).",
-  )
+  what = "Builds NAME/CONFIG into --data_dir. Raw files are checked before anything is written; an existing set is "
+  what += "kept (--overwrite rebuilds it)."
+  b = _command(sub, "build", "build a dataset from raw files (or generate it)", what)
   raw = "raw files, offline (e.g. ../shared/data/arc from the repository root); without it they are downloaded"
   b.add_argument("--manual_dir", default=None, help=raw + " and checked")
   b.add_argument("--overwrite", action="store_true", help="rebuild even if the set is already built")
@@ -59,18 +48,13 @@ def _build_parser(sub) -> None:
 
 
 def _inspect_parsers(sub) -> None:
-  st = _command(
-    sub,
-    "stats",
-    "sizes, shapes and a token histogram of every split",
-    "Prints the metadata of every split (or --split) and how often each token (named) occurs in inputs and labels.",
-  )
+  what = "Prints the metadata of every split (or --split) and how often each token (named) occurs in inputs and labels."
+  st = _command(sub, "stats", "sizes, shapes and a token histogram of every split", what)
   st.add_argument("--split", default=None, help="only this split (default: every split)")
   sample = "records per split read for the token histogram (default: %(default)s)"
   st.add_argument("--sample", type=int, default=20000, help=sample)
-  sh = _command(
-    sub, "show", "print (and draw) one example", "Prints one example (input and label) as text; --png also draws it."
-  )
+  what = "Prints one example (input and label) as text; --png also draws it."
+  sh = _command(sub, "show", "print (and draw) one example", what)
   sh.add_argument("--split", default="train", help="split to read (default: %(default)s)")
   sh.add_argument("--index", type=int, default=0, help="example index in the split (default: %(default)s)")
   png = "also draw the example here (needs matplotlib: pip install -e '.[plots]'; the directory is created)"
@@ -118,22 +102,19 @@ def _cmd_build(args):
   print(f"built {args.name} in {time.time() - t:.1f}s: {path} ({_size_mib(path):.1f} MiB)")
 
 
-def _load(args, in_memory=False, split=None):
+def _load(args, split=None):
   from trm_jax import input_pipeline
 
-  return input_pipeline.load_split(args.name, split or args.split, args.data_dir, in_memory=in_memory)
+  return input_pipeline.load_split(args.name, split or args.split, args.data_dir)
 
 
 def token_names(task: str, vocab: int) -> list[str]:
   """What each token id means (inputs; in labels 0 means 'ignore')."""
-  if task == "sudoku":
-    named = ["PAD", "blank"] + [f"digit {d}" for d in range(1, vocab - 1)]
-  elif task == "maze":
-    named = ["PAD", "'#' wall", "' ' open", "'S' start", "'G' goal", "'o' path"]
-  elif task == "arc":
-    named = ["PAD", "EOS"] + [f"colour {c}" for c in range(vocab - 2)]
-  else:
-    named = []
+  named = {
+    "sudoku": ["PAD", "blank"] + [f"digit {d}" for d in range(1, vocab - 1)],
+    "maze": ["PAD", "'#' wall", "' ' open", "'S' start", "'G' goal", "'o' path"],
+    "arc": ["PAD", "EOS"] + [f"colour {c}" for c in range(vocab - 2)],
+  }.get(task, [])
   return (named + [""] * vocab)[:vocab]
 
 
@@ -142,10 +123,10 @@ def _cmd_stats(args):
   from trm_jax.datasets import common
 
   d = input_pipeline.dataset_dir(args.name, args.data_dir)
-  splits = sorted(common.read_metadata(d)["json"]["splits"])
+  splits = every = sorted(common.read_metadata(d)["json"]["splits"])
   if args.split is not None:
-    if args.split not in splits:
-      raise common.DataError(f"{d}: no split {args.split!r} (have {splits})")
+    if args.split not in every:
+      raise common.DataError(f"{d}: no split {args.split!r} (have {every})")
     splits = [args.split]
   print(f"dataset   {d}  ({_size_mib(d):.1f} MiB on disk, all splits)")
   hists, task, shape, vocab, notes, loaded = {}, "grid", (), 0, [], {}
@@ -155,17 +136,13 @@ def _cmd_stats(args):
     task, shape = _task(data)
     vocab = max(vocab, int(m.vocab_size))
     print(
-      f"split     {split}: {m.num_examples} examples, {m.num_puzzles} "
-      f"puzzles, {m.total_groups} groups; seq_len={m.seq_len} "
-      f"vocab={m.vocab_size} puzzle_ids={m.num_puzzle_identifiers} "
+      f"split     {split}: {m.num_examples} examples, {m.num_puzzles} puzzles, {m.total_groups} groups; "
+      f"seq_len={m.seq_len} vocab={m.vocab_size} puzzle_ids={m.num_puzzle_identifiers} "
       f"mean_puzzle_examples={m.mean_puzzle_examples:.3f}"
     )
     n = data.num_examples
     idx = np.unique(np.linspace(0, max(n - 1, 0), min(n, args.sample)).astype(np.int64))
-    if len(idx):
-      inputs, labels = data.reader.read(idx)
-    else:
-      inputs = labels = np.zeros((0,), np.int64)
+    inputs, labels = data.reader.read(idx) if len(idx) else (np.zeros((0,), np.int64),) * 2
     if len(idx) != n:
       notes.append(f"{split}: {len(idx)} of {n} records")
     hists[split] = (np.bincount(np.ravel(inputs), minlength=vocab), np.bincount(np.ravel(labels), minlength=vocab))
@@ -182,7 +159,6 @@ def _cmd_stats(args):
     print(f"  {t:>3}  {names[t]:<{w}}  " + "  ".join(f"{v:>{x}d}" for v, x in zip(vals, cw)))
   from trm_jax.datasets import overlap
 
-  every = sorted(common.read_metadata(d)["json"]["splits"])
   for split in splits:
     others = {o: loaded.get(o) or _load(args, split=o) for o in every if o != split}
     for line in overlap.warnings(args.name, split, loaded[split], others):
@@ -234,9 +210,7 @@ def _cmd_show(args):
   left, right = _text(task, x), _text(task, y)
   width = max(len(s) for s in left) if left else 0
   print(f"{'input':<{width}}   label")
-  for i in range(max(len(left), len(right))):
-    a = left[i] if i < len(left) else ""
-    b = right[i] if i < len(right) else ""
+  for a, b in itertools.zip_longest(left, right, fillvalue=""):
     print(f"{a:<{width}}   {b}")
   if args.png:
     render.draw_pair(args.png, task, x, y, ("input", "label"), f"{args.name} {args.split}[{args.index}]")
@@ -245,10 +219,9 @@ def _cmd_show(args):
 
 def _cmd_bench(args):
   from trm_jax import input_pipeline as ip
-
-  data = _load(args)
   from trm_jax.datasets.common import DataError
 
+  data = _load(args)
   pc, b, e = args.process_count, args.batch, args.epochs_per_iter
   try:
     ip.train_batch(data, 0, 0, b, 0, pc, e)
@@ -259,24 +232,20 @@ def _cmd_bench(args):
     ip.train_batch(data, 0, step, b, 0, pc, e)
   dt = time.perf_counter() - t
   print(
-    f"{args.name} {args.split}: {args.steps * b // pc / dt:,.0f} "
-    f"examples/s on process 0 of {pc} (global batch {b}, "
-    f"{args.steps} steps, seq_len {data.meta.seq_len})"
+    f"{args.name} {args.split}: {args.steps * b // pc / dt:,.0f} examples/s on process 0 of {pc} "
+    f"(global batch {b}, {args.steps} steps, seq_len {data.meta.seq_len})"
   )
 
 
 def _cmd_list(args):
-  import tensorflow_datasets as tfds
-
   from trm_jax.datasets import arc_builder, generated, maze, sudoku
 
-  rows = []
-  for cls in (sudoku.SudokuExtreme, maze.MazeHard, arc_builder.ArcAgi, generated.SudokuSmall):
-    for cfg in cls.BUILDER_CONFIGS:
-      name = tfds.core.naming.camelcase_to_snakecase(cls.__name__)
-      rows.append((f"{name}/{cfg.name}", "downloads" if cfg.needs_files else "generated", cfg.description))
-  w0 = max(len(r[0]) for r in rows)
-  w1 = max(len(r[1]) for r in rows)
+  rows = [
+    (f"{cls.name}/{cfg.name}", "downloads" if cfg.needs_files else "generated", cfg.description)
+    for cls in (sudoku.SudokuExtreme, maze.MazeHard, arc_builder.ArcAgi, generated.SudokuSmall)
+    for cfg in cls.BUILDER_CONFIGS
+  ]
+  w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
   for a, b, c in rows:
     print(f"{a:<{w0}}  {b:<{w1}}  {c}")
 
@@ -298,9 +267,8 @@ def main(argv=None) -> int:
 
   try:
     _check_counts(args)
-    {"build": _cmd_build, "stats": _cmd_stats, "show": _cmd_show, "bench": _cmd_bench, "list": _cmd_list}[args.cmd](
-      args
-    )
+    commands = {"build": _cmd_build, "stats": _cmd_stats, "show": _cmd_show, "bench": _cmd_bench, "list": _cmd_list}
+    commands[args.cmd](args)
   except (DataError, errors.UserError) as e:
     print(f"trm-data: error: {e}", file=sys.stderr)
     return 1

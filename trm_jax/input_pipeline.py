@@ -1,49 +1,36 @@
 """Step-indexed group sampler, per-process shards and global batch assembly.
 
-Training batches are a pure function of (seed, step): iteration `it` (made of
-`epochs_per_iter` epochs) concatenates `epochs_per_iter` shuffles of the groups
-drawn from a generator keyed by (seed, it), draws one puzzle per group entry
-and fills global batches with the puzzles' examples in that order (a puzzle
-that overflows a batch contributes a random subset; the last partial batch of
-an iteration is dropped). This is the reference's rule: its loader runs one
-iteration of `eval_interval` epochs between evaluations, so it drops one
-partial batch per evaluation interval, not one per epoch. Each process reads
-only rows `[i*B/P, (i+1)*B/P)` of every global batch.
+Training batches are a pure function of (seed, step): iteration `it` (made of `epochs_per_iter` epochs) concatenates
+`epochs_per_iter` shuffles of the groups drawn from a generator keyed by (seed, it), draws one puzzle per group entry
+and fills global batches with the puzzles' examples in that order (a puzzle that overflows a batch contributes a random
+subset; the last partial batch of an iteration is dropped). This is the reference's rule: its loader runs one iteration
+of `eval_interval` epochs between evaluations, so it drops one partial batch per evaluation interval, not one per epoch.
+Each process reads only rows `[i*B/P, (i+1)*B/P)` of every global batch.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import queue
+import threading
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from trm_jax import errors
-from trm_jax.datasets.splits import BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID, DatasetMeta, InMemoryReader, SplitData
-
-__all__ = [
-  "DatasetMeta",
-  "SplitData",
-  "load_split",
-  "train_batch",
-  "train_batch_indices",
-  "batch_position",
-  "eval_batches",
-  "prefetch_train_batches",
-  "iteration_ends",
-]
+from trm_jax.datasets import common, splits
+from trm_jax.datasets.splits import BLANK_PUZZLE_ID, IGNORE_LABEL_ID, PAD_ID, DatasetMeta, SplitData
 
 
 # ------------------------------------------------------------------ load --
 class RecordReader:
-  """Random access to the array_record files of one split.
-
-  Parses the stored tf.Example protos directly (several times faster than the
-  generic TFDS decoder) and checks that record i holds example id i.
-  """
+  """Random access to the array_record files of one split: parses the stored tf.Example protos directly (several
+  times faster than the generic TFDS decoder) and checks that record i holds example id i."""
 
   def __init__(self, files, zlib_encoded: bool):
     from array_record.python.array_record_data_source import ArrayRecordDataSource
@@ -58,8 +45,6 @@ class RecordReader:
     return len(self._source)
 
   def read(self, indices):
-    import zlib
-
     indices = [int(i) for i in np.asarray(indices).reshape(-1)]
     if not indices:
       raise ValueError("empty read")
@@ -68,35 +53,21 @@ class RecordReader:
       ids = [f["example_id"].int64_list.value[0] for f in feats]
       if ids != indices:
         raise ValueError("records out of order: example ids do not match")
+      decode = zlib.decompress if self._zlib else bytes
       out = []
       for key in ("inputs", "labels"):
-        raw = [f[key].bytes_list.value[0] for f in feats]
-        if self._zlib:
-          raw = [zlib.decompress(b) for b in raw]
-        out.append(np.frombuffer(b"".join(raw), np.uint8).reshape(len(indices), -1))
+        raw = b"".join(decode(f[key].bytes_list.value[0]) for f in feats)
+        out.append(np.frombuffer(raw, np.uint8).reshape(len(indices), -1))
     except Exception as e:  # noqa: BLE001 - riegeli, protobuf, zlib and shape errors alike
-      from trm_jax.datasets import common
-
       raise common.DataError(
-        f"{self._files[0]}: damaged records ({errors.first_line(e, 200)}); rebuild the "
-        "dataset with trm-data build --overwrite"
+        f"{self._files[0]}: damaged records ({errors.first_line(e, 200)}); "
+        "rebuild the dataset with trm-data build --overwrite"
       ) from None
     return out[0], out[1]
 
 
-def _record_files(d: Path, split: str):
-  import json
-
-  files = sorted(d.glob(f"*-{split}.array_record-*"))
-  with open(d / "features.json") as f:
-    feats = json.load(f)["featuresDict"]["features"]
-  return files, feats["inputs"]["tensor"].get("encoding") == "zlib"
-
-
 def dataset_dir(name_or_path, data_dir=None) -> Path:
   """Resolves NAME[/CONFIG] (in data_dir) or a dataset directory path."""
-  from trm_jax.datasets import common
-
   p = Path(os.fspath(name_or_path))
   if (p / common.META_FILE).is_file():
     return p
@@ -110,10 +81,8 @@ def dataset_dir(name_or_path, data_dir=None) -> Path:
   return common.check_complete(str(name_or_path), d)
 
 
-def load_split(name_or_path, split: str = "train", data_dir=None, in_memory: bool = False) -> SplitData:
-  """Opens one split of a built dataset; reads records lazily by default."""
-  from trm_jax.datasets import common, splits
-
+def load_split(name_or_path, split: str = "train", data_dir=None) -> SplitData:
+  """Opens one split of a built dataset; its records are read on demand."""
   d = dataset_dir(name_or_path, data_dir)
   try:  # damaged or hand-edited files: one line naming the dataset
     md = common.read_metadata(d)
@@ -121,15 +90,11 @@ def load_split(name_or_path, split: str = "train", data_dir=None, in_memory: boo
       raise common.DataError(f"{d}: no split {split!r} (have {sorted(md['json']['splits'])})")
     meta = DatasetMeta.from_json(md["json"]["splits"][split])
     arr = md["arrays"]
-    splits.check_split(
-      meta,
-      arr[f"{split}.puzzle_indices"],
-      arr[f"{split}.group_indices"],
-      arr[f"{split}.puzzle_identifiers"],
-      f"{d / common.META_FILE}: splits.{split}",
-    )
-    reader = RecordReader(*_record_files(d, split))
     index = [arr[f"{split}.{k}"] for k in ("puzzle_indices", "group_indices", "puzzle_identifiers")]
+    splits.check_split(meta, *index, f"{d / common.META_FILE}: splits.{split}")
+    with open(d / "features.json") as f:
+      encoding = json.load(f)["featuresDict"]["features"]["inputs"]["tensor"].get("encoding")
+    reader = RecordReader(sorted(d.glob(f"*-{split}.array_record-*")), encoding == "zlib")
     data = SplitData(meta, *index, reader, where=f"{d} split {split}")
   except common.DataError:
     raise
@@ -141,12 +106,9 @@ def load_split(name_or_path, split: str = "train", data_dir=None, in_memory: boo
     ) from None
   if len(reader) != data.num_examples:
     raise common.DataError(
-      f"{d}: damaged dataset ({len(reader)} records, index says "
-      f"{data.num_examples}); rebuild it with trm-data build --overwrite"
+      f"{d}: damaged dataset ({len(reader)} records, index says {data.num_examples}); "
+      "rebuild it with trm-data build --overwrite"
     )
-  if in_memory:
-    chunks = [reader.read(np.arange(s, min(s + 8192, data.num_examples))) for s in range(0, data.num_examples, 8192)]
-    data.reader = InMemoryReader(np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
   data.info = md["json"]
   data.extra_arrays = {k: v for k, v in arr.items() if "." not in k}
   return data
@@ -171,39 +133,26 @@ def _plan(puzzle_indices_b, group_indices_b, seed, it, batch, epochs_per_iter):
   sizes = pidx[puzzles + 1] - pidx[puzzles]
   cum = np.concatenate([[0], np.cumsum(sizes)])
   starts = [0]
-  while True:
-    j = int(np.searchsorted(cum, cum[starts[-1]] + batch, "left"))
-    if j >= len(cum):
-      break  # the last partial batch is dropped
-    starts.append(j)
+  while (j := int(np.searchsorted(cum, cum[starts[-1]] + batch, "left"))) < len(cum):
+    starts.append(j)  # (the last partial batch is dropped)
   return puzzles, np.asarray(starts, np.int64)
 
 
-class _Schedule:
-  """Cumulative batch counts per iteration, extended on demand."""
-
-  def __init__(self):
-    self.cum = [0]
-
-
-_SCHEDULES: dict = {}
+_SCHEDULES: dict = {}  # (index bytes, seed, batch, epochs_per_iter) -> cumulative batch counts per iteration
 
 
 def _key_bytes(data: SplitData):
-  # Computed once per SplitData: bytes cache their hash, so the plan cache
-  # lookups stay cheap even for ~1M-puzzle splits.
-  cached = getattr(data, "_index_bytes", None)
-  if cached is None:
-    cached = (data.puzzle_indices.tobytes(), data.group_indices.tobytes())
-    data._index_bytes = cached
-  return cached
+  # Computed once per SplitData: bytes cache their hash, so plan cache lookups stay cheap even for ~1M-puzzle splits.
+  if not hasattr(data, "_index_bytes"):
+    data._index_bytes = (data.puzzle_indices.tobytes(), data.group_indices.tobytes())
+  return data._index_bytes
 
 
-def _schedule(data, seed, batch, epochs_per_iter):
+def _schedule(data, seed, batch, epochs_per_iter, more) -> list:
+  """Cumulative batch counts of iterations 0, 1, ...; extended while `more(counts)`."""
   pb, gb = _key_bytes(data)
-  key = (pb, gb, seed, batch, epochs_per_iter)
-  sched = _SCHEDULES.setdefault(key, _Schedule())
-  if len(sched.cum) == 1:
+  cum = _SCHEDULES.setdefault((pb, gb, seed, batch, epochs_per_iter), [0])
+  if len(cum) == 1:
     sizes = np.diff(data.puzzle_indices)
     group_max = np.maximum.reduceat(sizes, data.group_indices[:-1])
     if group_max.sum() * epochs_per_iter < batch:
@@ -212,35 +161,28 @@ def _schedule(data, seed, batch, epochs_per_iter):
         f"({data.meta.total_groups} groups x {epochs_per_iter} epochs); "
         "raise epochs_per_iter or lower the batch"
       )
-  return sched, pb, gb
-
-
-def _extend(sched, pb, gb, seed, batch, epochs_per_iter):
-  it = len(sched.cum) - 1
-  _, starts = _plan(pb, gb, seed, it, batch, epochs_per_iter)
-  sched.cum.append(sched.cum[-1] + len(starts) - 1)
+  while more(cum):
+    _, starts = _plan(pb, gb, seed, len(cum) - 1, batch, epochs_per_iter)
+    cum.append(cum[-1] + len(starts) - 1)
+  return cum
 
 
 def _locate(data, seed, step, batch, epochs_per_iter):
-  sched, pb, gb = _schedule(data, seed, batch, epochs_per_iter)
-  while sched.cum[-1] <= step:
-    _extend(sched, pb, gb, seed, batch, epochs_per_iter)
-  it = int(np.searchsorted(sched.cum, step, "right")) - 1
-  return it, step - sched.cum[it], pb, gb
+  """(iteration, batch within it, the iteration's puzzles and batch starts) of training step `step`."""
+  cum = _schedule(data, seed, batch, epochs_per_iter, lambda cum: cum[-1] <= step)
+  it = int(np.searchsorted(cum, step, "right")) - 1
+  puzzles, starts = _plan(*_key_bytes(data), seed, it, batch, epochs_per_iter)
+  return it, step - cum[it], puzzles, starts
 
 
 def iteration_ends(
   data: SplitData, seed: int, global_batch_size: int, epochs_per_iter: int, n_iters: int, stop_at: int | None = None
 ) -> np.ndarray:
-  """Training steps at which iterations 0, 1, ... end (cumulative batches).
-
-  Stops after `n_iters` iterations, or earlier once an iteration ends at or
-  after step `stop_at`.
-  """
-  sched, pb, gb = _schedule(data, seed, global_batch_size, epochs_per_iter)
-  while len(sched.cum) <= n_iters and (stop_at is None or sched.cum[-1] < stop_at):
-    _extend(sched, pb, gb, seed, global_batch_size, epochs_per_iter)
-  ends = np.asarray(sched.cum[1 : n_iters + 1], np.int64)
+  """Training steps at which iterations 0, 1, ... end (cumulative batches): `n_iters` of them, or fewer, up to the
+  first that ends at or after step `stop_at`."""
+  more = lambda cum: len(cum) <= n_iters and (stop_at is None or cum[-1] < stop_at)
+  cum = _schedule(data, seed, global_batch_size, epochs_per_iter, more)
+  ends = np.asarray(cum[1 : n_iters + 1], np.int64)
   if stop_at is not None and len(ends):
     k = int(np.searchsorted(ends, stop_at, "left"))
     ends = ends[: k + 1]
@@ -249,15 +191,13 @@ def iteration_ends(
 
 def batch_position(data: SplitData, seed: int, step: int, global_batch_size: int, epochs_per_iter: int = 1):
   """(iteration, batch within it, batches in it) of training step `step`."""
-  it, b, pb, gb = _locate(data, seed, step, global_batch_size, epochs_per_iter)
-  _, starts = _plan(pb, gb, seed, it, global_batch_size, epochs_per_iter)
+  it, b, _, starts = _locate(data, seed, step, global_batch_size, epochs_per_iter)
   return it, int(b), len(starts) - 1
 
 
 def train_batch_indices(data: SplitData, seed: int, step: int, global_batch_size: int, epochs_per_iter: int = 1):
   """Example indices (global_batch_size,) of training step `step`."""
-  it, b, pb, gb = _locate(data, seed, step, global_batch_size, epochs_per_iter)
-  puzzles, starts = _plan(pb, gb, seed, it, global_batch_size, epochs_per_iter)
+  it, b, puzzles, starts = _locate(data, seed, step, global_batch_size, epochs_per_iter)
   chosen = puzzles[starts[b] : starts[b + 1]]
   pidx = data.puzzle_indices
   sizes = pidx[chosen + 1] - pidx[chosen]
@@ -293,10 +233,7 @@ def train_batch(
 def eval_batches(
   data: SplitData, global_batch_size: int, process_index: int = 0, process_count: int = 1, with_index: bool = False
 ) -> Iterator[dict[str, np.ndarray]]:
-  """The split in order; the last batch padded (PAD, -100, puzzle id 0).
-
-  With `with_index`, adds `example_index` (-1 on padding rows).
-  """
+  """The split in order, the last batch padded (PAD, -100, puzzle id 0); with_index adds example_index (-1 there)."""
   n = data.num_examples
   rows = _local_rows(global_batch_size, process_index, process_count)
   seq = data.meta.seq_len
@@ -310,8 +247,7 @@ def eval_batches(
       "puzzle_identifiers": np.full((local,), BLANK_PUZZLE_ID, np.int32),
     }
     if valid.any():
-      got = data.examples(idx[valid])
-      for k, v in got.items():
+      for k, v in data.examples(idx[valid]).items():
         out[k][valid] = v
     if with_index:
       out["example_index"] = np.where(valid, idx, -1).astype(np.int32)
@@ -329,9 +265,6 @@ def prefetch_train_batches(
   buffer: int = 2,
 ):
   """Yields (step, local batch) from start_step on; reads in a thread."""
-  import queue
-  import threading
-
   q: queue.Queue = queue.Queue(maxsize=buffer)
   stop = threading.Event()
 

@@ -21,6 +21,7 @@ PAD, EOS, COLOUR_OFFSET = 0, 1, 2
 VOCAB_SIZE = 12
 SEQ_LEN = MAX_SIZE * MAX_SIZE
 DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
+_QUARTER_TURNS = (0, 1, 2, 3, 0, 2, 3, 1)  # np.rot90 turns of each dihedral id; ids 4-7 then flip left-right
 
 
 # ---------------------------------------------------------------- loading --
@@ -60,10 +61,7 @@ def _load_json(path: Path):
 
 
 def load_subset(manual_dir, subset: str) -> dict[str, dict]:
-  """Reads arc-agi_<subset>_{challenges,solutions}.json.
-
-  Returns {task_id: {'train': [(in, out)], 'test': [(in, out)]}}.
-  """
+  """{task_id: {'train': [(in, out)], 'test': [(in, out)]}} of arc-agi_<subset>_{challenges,solutions}.json."""
   cpath = Path(manual_dir) / f"arc-agi_{subset}_challenges.json"
   spath = Path(manual_dir) / f"arc-agi_{subset}_solutions.json"
   chal, sols = _load_json(cpath), _load_json(spath)
@@ -105,17 +103,8 @@ def load_subset(manual_dir, subset: str) -> dict[str, dict]:
 
 # -------------------------------------------------------------- transforms --
 def dihedral(grid: np.ndarray, tid: int) -> np.ndarray:
-  g = np.asarray(grid)
-  return [
-    lambda: g,
-    lambda: np.rot90(g, 1),
-    lambda: np.rot90(g, 2),
-    lambda: np.rot90(g, 3),
-    lambda: g[:, ::-1],
-    lambda: g[::-1],
-    lambda: g.T,
-    lambda: g[::-1, ::-1].T,
-  ][int(tid)]()
+  g = np.rot90(np.asarray(grid), _QUARTER_TURNS[int(tid)])
+  return g[:, ::-1] if tid >= 4 else g
 
 
 def transform(grid, tid: int, perm) -> np.ndarray:
@@ -124,8 +113,7 @@ def transform(grid, tid: int, perm) -> np.ndarray:
 
 def invert(grid, tid: int, perm) -> np.ndarray:
   """Undoes transform(grid, tid, perm)."""
-  inv = np.zeros(10, np.uint8)
-  inv[np.asarray(perm)] = np.arange(10)
+  inv = np.argsort(perm).astype(np.uint8)  # the inverse permutation
   return np.ascontiguousarray(dihedral(inv[np.asarray(grid, np.uint8)], DIHEDRAL_INVERSE[int(tid)]))
 
 
@@ -157,14 +145,7 @@ def crop_prediction(tokens) -> np.ndarray:
   """Largest top-left rectangle without PAD/EOS (the reference's `evaluators/arc.py`)."""
   t = np.asarray(tokens).reshape(MAX_SIZE, MAX_SIZE)
   ok = t >= COLOUR_OFFSET
-  widths = np.where(ok.all(1), MAX_SIZE, np.argmin(ok, axis=1))
-  best, best_hw = 0, (0, 0)
-  w = MAX_SIZE
-  for h in range(1, MAX_SIZE + 1):
-    w = min(w, int(widths[h - 1]))
-    if w == 0:
-      break
-    if h * w > best:
-      best, best_hw = h * w, (h, w)
-  h, w = best_hw
+  widths = np.minimum.accumulate(np.where(ok.all(1), MAX_SIZE, np.argmin(ok, axis=1)))  # of the top h + 1 rows
+  h = int(np.argmax(widths * np.arange(1, MAX_SIZE + 1)))  # the first of the largest areas
+  h, w = (h + 1, int(widths[h])) if widths[h] else (0, 0)
   return (t[:h, :w].astype(np.int64) - COLOUR_OFFSET).astype(np.uint8)

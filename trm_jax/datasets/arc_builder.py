@@ -1,11 +1,9 @@
 """ARC-AGI TFDS builder: augmentation plan, splits and puzzle-id mapping.
 
-Every augmented copy (dihedral + colour permutation, copy 0 = identity) of a
-task is a puzzle with its own id (1..N, 0 = blank). Training-subset tasks put
-all pairs in `train`; evaluation-subset tasks put their demonstrations in
-`train` and their test pairs in `test`, under the same id. Metadata arrays
-`puzzle_task`, `puzzle_dihedral`, `puzzle_colours` map an id back to its task
-(index into the JSON `tasks` list) and transform.
+Every augmented copy (dihedral + colour permutation, copy 0 = identity) of a task is a puzzle with its own id (1..N, 0 =
+blank). Training-subset tasks put all pairs in `train`; evaluation-subset tasks put their demonstrations in `train` and
+their test pairs in `test`, under the same id. Metadata arrays `puzzle_task`, `puzzle_dihedral`, `puzzle_colours` map an
+id back to its task (index into the JSON `tasks` list) and transform.
 """
 
 from __future__ import annotations
@@ -28,13 +26,8 @@ def augment_copies(pairs, num_aug: int, rng) -> list[tuple[int, np.ndarray]]:
   variants = [[np.ascontiguousarray(arc.dihedral(g, d)) for d in range(8)] for g in grids]
   ident = np.arange(10, dtype=np.uint8)
 
-  def key(d, perm):
-    parts = []
-    for v in variants:
-      g = perm[v[d]]
-      parts.append(np.asarray(g.shape, np.uint8).tobytes())
-      parts.append(g.tobytes())
-    return b"".join(parts)
+  def key(d, perm):  # the copy's grids, shapes included
+    return b"".join(bytes(v[d].shape) + perm[v[d]].tobytes() for v in variants)
 
   copies = [(0, ident)]
   seen = {key(0, ident)}
@@ -51,12 +44,9 @@ def augment_copies(pairs, num_aug: int, rng) -> list[tuple[int, np.ndarray]]:
 
 
 def render_pairs(pairs, d, perm, translate, rng):
-  """(k, 900) input and label canvases of the transformed pairs.
-
-  With `translate`, every pair but one goes to a random offset (inputs and
-  outputs together); the one kept at the origin is drawn at random, as in the
-  reference's builder (`no_aug_id`).
-  """
+  """(k, 900) input and label canvases of the transformed pairs. With `translate`, every pair but one goes to a
+  random offset (inputs and outputs together); the one kept at the origin is drawn at random, as in the reference's
+  builder (`no_aug_id`)."""
   inputs = np.empty((len(pairs), arc.SEQ_LEN), np.uint8)
   labels = np.empty_like(inputs)
   keep = int(rng.integers(len(pairs))) if translate else -1
@@ -79,14 +69,12 @@ def build_plans(tasks, num_aug: int, seed: int, translate: bool = True):
     for _, _, _, t in tqdm(tasks, desc="arc augment", disable=num_aug < 100)
   ]
   first_id = np.cumsum([0] + [len(c) for c in all_copies]) + 1
-  n_ids = int(first_id[-1])
-  puzzle_task = np.full(n_ids, -1, np.int32)
-  puzzle_dihedral = np.zeros(n_ids, np.uint8)
-  puzzle_colours = np.tile(np.arange(10, dtype=np.uint8), (n_ids, 1))
-  for ti, copies in enumerate(all_copies):
-    for ci, (d, perm) in enumerate(copies):
-      pid = first_id[ti] + ci
-      puzzle_task[pid], puzzle_dihedral[pid], puzzle_colours[pid] = ti, d, perm
+  copies = [(ti, d, perm) for ti, c in enumerate(all_copies) for d, perm in c]  # of puzzle ids 1, 2, ...
+  arrays = {
+    "puzzle_task": np.asarray([-1] + [c[0] for c in copies], np.int32),
+    "puzzle_dihedral": np.asarray([0] + [c[1] for c in copies], np.uint8),
+    "puzzle_colours": np.stack([np.arange(10, dtype=np.uint8)] + [c[2] for c in copies]),
+  }
 
   def split_pairs(task, role, split):
     if split == "test":
@@ -95,22 +83,15 @@ def build_plans(tasks, num_aug: int, seed: int, translate: bool = True):
 
   plans = {}
   for split in ("train", "test"):
-    members = [ti for ti, (_, _, role, t) in enumerate(tasks) if split_pairs(t, role, split)]
-    sizes, ids, gsizes = [], [], []
-    for ti in members:
-      _, _, role, t = tasks[ti]
-      k = len(split_pairs(t, role, split))
-      sizes += [k] * len(all_copies[ti])
-      ids += list(range(first_id[ti], first_id[ti] + len(all_copies[ti])))
-      gsizes.append(len(all_copies[ti]))
+    members = {ti: pairs for ti, (_, _, role, t) in enumerate(tasks) if (pairs := split_pairs(t, role, split))}
+    sizes = [len(pairs) for ti, pairs in members.items() for _ in all_copies[ti]]
+    gsizes = [len(all_copies[ti]) for ti in members]
+    ids = [first_id[ti] + ci for ti in members for ci in range(len(all_copies[ti]))]
 
     def blocks(split=split, members=members):
-      for ti in members:
-        _, _, role, t = tasks[ti]
-        pairs = split_pairs(t, role, split)
+      for ti, pairs in members.items():
         for ci, (d, perm) in enumerate(all_copies[ti]):
-          r = np.random.default_rng([seed, ti, ci])
-          yield render_pairs(pairs, d, perm, translate and split == "train", r)
+          yield render_pairs(pairs, d, perm, translate and split == "train", np.random.default_rng([seed, ti, ci]))
 
     plans[split] = common.SplitPlan(
       np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
@@ -118,9 +99,8 @@ def build_plans(tasks, num_aug: int, seed: int, translate: bool = True):
       np.asarray(ids, np.int32),
       blocks,
     )
-  arrays = {"puzzle_task": puzzle_task, "puzzle_dihedral": puzzle_dihedral, "puzzle_colours": puzzle_colours}
   info = {"task": "arc", "tasks": [[s, tid, role] for s, tid, role, _ in tasks]}
-  return plans, n_ids, info, arrays
+  return plans, len(copies) + 1, info, arrays
 
 
 def original_of(puzzle_id: int, info: dict, arrays: dict):
@@ -195,6 +175,5 @@ class ArcAgi(common.TrmBuilder):
     for role, subsets in (("train", cfg.train_subsets), ("eval", cfg.eval_subsets)):
       for subset in subsets:
         loaded = arc.load_subset(Path(manual_dir), subset)
-        for tid in list(loaded)[: cfg.max_tasks]:
-          tasks.append((subset, tid, role, loaded[tid]))
+        tasks += [(subset, tid, role, loaded[tid]) for tid in list(loaded)[: cfg.max_tasks]]
     return build_plans(tasks, cfg.num_aug, cfg.seed, cfg.translate)

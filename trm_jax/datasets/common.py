@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import itertools
 import json
 import logging
 import os
@@ -40,6 +39,13 @@ def require_local(path, what: str) -> None:
     )
 
 
+def require_manual_dir(path) -> Path:
+  require_local(path, "manual_dir")
+  if not Path(os.fspath(path)).is_dir():
+    raise DataError(f"{path}: manual_dir not found")
+  return Path(os.fspath(path))
+
+
 def require_file(path: Path) -> Path:
   path = Path(path)
   if not path.is_file():
@@ -53,20 +59,16 @@ CSV_LINE_MAX = 1 << 16  # characters of one CSV line: a record is a few thousand
 
 def _capped_lines(f, path: Path):
   """The lines of `f`, never reading more than CSV_LINE_MAX + 1 characters of one (whatever the file's size)."""
-  for number in itertools.count(1):
-    line = f.readline(CSV_LINE_MAX + 1)
+  for number, line in enumerate(iter(lambda: f.readline(CSV_LINE_MAX + 1), ""), 1):
     if len(line) > CSV_LINE_MAX:
       raise DataError(f"{path}:{number}: line longer than {CSV_LINE_MAX} characters; a record is a few thousand")
-    if not line:
-      return
     yield line
 
 
 def iter_csv_rows(path: Path):
   """Yields (line number, question, answer) of a `source,question,answer,rating` CSV, one line read at a time.
 
-  A missing file, a wrong header, a short or overlong row or malformed CSV is a one-line
-  DataError naming the file (and line).
+  A missing file, a wrong header, a short or overlong row or malformed CSV is a one-line DataError naming the file.
   """
   path = require_file(path)
   try:
@@ -85,11 +87,8 @@ def iter_csv_rows(path: Path):
 
 @dataclasses.dataclass
 class SplitPlan:
-  """Index arrays of one split and a generator of its examples in order.
-
-  `blocks()` yields (inputs, labels) uint8 arrays of shape (k, S) whose
-  concatenation is the whole split in example order.
-  """
+  """Index arrays of one split; `blocks()` yields (inputs, labels) uint8 (k, S) arrays that concatenate to the
+  whole split in example order."""
 
   puzzle_indices: np.ndarray
   group_indices: np.ndarray
@@ -129,11 +128,8 @@ def read_metadata(data_dir) -> dict:
 
 
 class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Base builder: subclasses implement `make_plans(manual_dir)`.
-
-  `make_plans` returns (plans: {split: SplitPlan}, num_puzzle_identifiers,
-  extra_json, extra_arrays). Records are written in example-id order.
-  """
+  """Base builder: subclasses implement `make_plans(manual_dir)` -> (plans: {split: SplitPlan},
+  num_puzzle_identifiers, extra_json, extra_arrays). Records are written in example-id order."""
 
   VERSION = tfds.core.Version("1.0.0")
 
@@ -150,22 +146,11 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # Large, mostly-PAD grids are zlib-compressed per record (keeps the
     # writer's in-memory sort buffer small); small grids are raw bytes.
     enc = tfds.features.Encoding.ZLIB if cfg.seq_len > 256 else tfds.features.Encoding.BYTES
-    feat = lambda: tfds.features.Tensor(shape=(cfg.seq_len,), dtype=np.uint8, encoding=enc)
+    grids = {k: tfds.features.Tensor(shape=(cfg.seq_len,), dtype=np.uint8, encoding=enc) for k in ("inputs", "labels")}
+    ids = dict.fromkeys(("example_id", "puzzle_index", "puzzle_id", "group_id"), np.int64)
+    features = tfds.features.FeaturesDict({**grids, **ids})
     return tfds.core.DatasetInfo(
-      builder=self,
-      description=self.__doc__,
-      features=tfds.features.FeaturesDict(
-        {
-          "inputs": feat(),
-          "labels": feat(),
-          "example_id": np.int64,
-          "puzzle_index": np.int64,
-          "puzzle_id": np.int64,
-          "group_id": np.int64,
-        }
-      ),
-      metadata=TrmMetadata(),
-      disable_shuffling=True,
+      builder=self, description=self.__doc__, features=features, metadata=TrmMetadata(), disable_shuffling=True
     )
 
   # -- planning (validation happens here, before anything is written) --
@@ -180,28 +165,18 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       if self.needs_files():
         if raw_dir is None:
           raise DataError(f"{self.name}/{self.builder_config.name}: needs --manual_dir with the raw files")
-        require_local(raw_dir, "manual_dir")
-        raw_dir = Path(os.fspath(raw_dir))
-        if not raw_dir.is_dir():
-          raise DataError(f"{raw_dir}: manual_dir not found")
-      plans, n_ids, extra_json, extra_arrays = self.make_plans(raw_dir)
+        raw_dir = require_manual_dir(raw_dir)
+      plans, n_ids, extra_json, arrays = self.make_plans(raw_dir)
       cfg = self.builder_config
-      js = {"dataset": f"{self.name}/{cfg.name}", "splits": {}}
-      js.update(extra_json)
-      arrays = dict(extra_arrays)
+      js = {"dataset": f"{self.name}/{cfg.name}", "splits": {}, **extra_json}
+      dtypes = {"puzzle_indices": np.int64, "group_indices": np.int64, "puzzle_identifiers": np.int32}
       for split, plan in plans.items():
         meta = splits_lib.split_meta(cfg.seq_len, cfg.vocab_size, n_ids, plan.puzzle_indices, plan.group_indices)
-        js["splits"][split] = meta.to_json()
-        arrays[f"{split}.puzzle_indices"] = np.asarray(plan.puzzle_indices, np.int64)
-        arrays[f"{split}.group_indices"] = np.asarray(plan.group_indices, np.int64)
-        arrays[f"{split}.puzzle_identifiers"] = np.asarray(plan.puzzle_identifiers, np.int32)
+        js["splits"][split] = dataclasses.asdict(meta)
+        arrays.update({f"{split}.{k}": np.asarray(getattr(plan, k), t) for k, t in dtypes.items()})
       self._plans = plans
-      self.info.metadata["json"] = js
-      self.info.metadata["arrays"] = arrays
+      self.info.metadata.update(json=js, arrays=arrays)
     return self._plans
-
-  def make_plans(self, raw_dir):
-    raise NotImplementedError
 
   def _raw_dir(self, dl_manager):
     """manual_dir when given (it wins), else the downloaded, verified files."""
@@ -231,27 +206,13 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     puzzle_group = np.repeat(np.arange(len(gidx) - 1), np.diff(gidx))
     eid = 0
     for inputs, labels in plan.blocks():
-      for k in range(len(inputs)):
+      for x, y in zip(inputs, labels):
         p = int(ex_puzzle[eid])
-        yield (
-          eid,
-          {
-            "inputs": inputs[k],
-            "labels": labels[k],
-            "example_id": eid,
-            "puzzle_index": p,
-            "puzzle_id": int(ids[p]),
-            "group_id": int(puzzle_group[p]),
-          },
-        )
+        puzzle = {"puzzle_index": p, "puzzle_id": int(ids[p]), "group_id": int(puzzle_group[p])}
+        yield eid, {"inputs": x, "labels": y, "example_id": eid, **puzzle}
         eid += 1
     if eid != int(pidx[-1]):
       raise RuntimeError(f"{split}: generated {eid} examples, expected {int(pidx[-1])}")
-
-
-def split_name(name: str) -> tuple[str, str | None]:
-  name, _, config = name.partition("/")
-  return name, (config or None)
 
 
 def get_builder(name: str, data_dir) -> TrmBuilder:
@@ -306,10 +267,7 @@ def _prune_empty(path: Path, stop: Path) -> None:
 
 
 def _publish(built: Path, final: Path, staging: Path, overwrite: bool) -> None:
-  """Atomically renames the built version directory into place.
-
-  If another process published first, its set is used and ours dropped.
-  """
+  """Atomically renames the built version directory into place (if another process published first, its set is kept)."""
   final.parent.mkdir(parents=True, exist_ok=True)
   if overwrite and final.exists():
     os.rename(final, staging / "replaced")
@@ -336,9 +294,8 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False, mirror=None, re
   final = published_dir(name, data_dir, overwrite)
   if final.exists() and not overwrite:
     return check_complete(name, final)
-  require_local(manual_dir, "manual_dir")
-  if manual_dir is not None and not Path(os.fspath(manual_dir)).is_dir():
-    raise DataError(f"{manual_dir}: manual_dir not found")
+  if manual_dir is not None:
+    require_manual_dir(manual_dir)
   created = not data_dir.exists()
   root = data_dir / STAGING_DIR
   prefix = f"{os.getpid()}@{socket.gethostname()}@{name.replace('/', '@')}@"
@@ -398,27 +355,25 @@ def check_complete(name: str, final: Path) -> Path:
 
 
 def wait_for(name: str, data_dir, timeout_s: float, poll_s: float = 2.0, what: str = "process 0") -> Path:
-  """Waits until NAME[/CONFIG] is published in data_dir (another process
-  builds it); one-line DataError after timeout_s."""
-  builder = get_builder(name, data_dir)
-  final = Path(builder.data_dir)
+  """Waits until NAME[/CONFIG] is published in data_dir (by another process); one-line DataError after timeout_s."""
+  final = Path(get_builder(name, data_dir).data_dir)
   deadline = time.monotonic() + timeout_s
   while not (final / META_FILE).is_file():
     if time.monotonic() > deadline:
       raise DataError(
-        f"{name}: not built in {data_dir} after waiting {timeout_s:g}s for "
-        f"{what} to build it; data_dir must be shared by all processes "
-        f"(e.g. gs://...), or build it first with `trm-data build {name} "
-        f"--data_dir {data_dir}`"
+        f"{name}: not built in {data_dir} after waiting {timeout_s:g}s for {what} to build it; data_dir must be "
+        f"shared by all processes (e.g. gs://...), or build it first with `trm-data build {name} --data_dir {data_dir}`"
       )
     time.sleep(poll_s)
   return final
 
 
-def concat_blocks(blocks):
-  """Helper for plans that hold the whole split in memory."""
-
-  def gen():
-    yield from blocks
-
-  return gen
+def grouped_plan(inputs, labels, per: int = 1) -> SplitPlan:
+  """A split held in memory: one example per puzzle, `per` consecutive puzzles per group."""
+  n = len(inputs)
+  return SplitPlan(
+    np.arange(n + 1, dtype=np.int64),
+    np.arange(0, n + 1, per, dtype=np.int64),
+    np.zeros(n, np.int32),
+    lambda: iter([(inputs, labels)]),
+  )

@@ -1,8 +1,7 @@
 """Small generated sets needing no files: 4x4/6x6 Sudoku, small mazes.
 
-`sudoku_small` / `maze_small` return {'train': SplitData, 'test': SplitData}
-in memory (no TFDS) for the demo and tests; `SudokuSmall` is the TFDS builder.
-Small Sudoku tokens: digit + 1 (blank -> 1), V = n + 2, S = n * n.
+`sudoku_small` / `maze_small` return {'train': SplitData, 'test': SplitData} in memory (no TFDS) for the demo and tests;
+`SudokuSmall` is the TFDS builder. Small Sudoku tokens: digit + 1 (blank -> 1), V = n + 2, S = n * n.
 """
 
 from __future__ import annotations
@@ -18,14 +17,10 @@ BOXES = {4: (2, 2), 6: (2, 3), 9: (3, 3)}
 MIN_GIVENS = {4: 4, 6: 8, 9: 17}
 
 
-def _units(n):
-  br, bc = BOXES[n]
-  return [(i // n, i % n, (i // n // br) * (n // bc) + (i % n) // bc) for i in range(n * n)]
-
-
 def count_solutions(grid, n: int, limit: int = 2) -> int:
   """Number of completions of a digit grid (0 = blank), counted up to limit."""
-  units = _units(n)
+  br, bc = BOXES[n]
+  units = [(i // n, i % n, (i // n // br) * (n // bc) + (i % n) // bc) for i in range(n * n)]  # row, column, box
   rows, cols, boxes = [0] * n, [0] * n, [0] * n
   empties = []
   for i, v in enumerate(int(x) for x in np.asarray(grid).ravel()):
@@ -85,18 +80,6 @@ def random_solution(rng, n: int) -> np.ndarray:
   return digits[base[np.ix_(rows, cols)]].astype(np.uint8)
 
 
-def is_valid_solution(grid, n: int) -> bool:
-  g = np.asarray(grid).reshape(n, n)
-  br, bc = BOXES[n]
-  want = list(range(1, n + 1))
-  boxes = g.reshape(n // br, br, n // bc, bc).transpose(0, 2, 1, 3)
-  return (
-    all(sorted(x) == want for x in g)
-    and all(sorted(x) == want for x in g.T)
-    and all(sorted(x.ravel()) == want for x in boxes.reshape(n, n))
-  )
-
-
 def make_puzzle(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
   """(question, answer) flat digit grids; the question has one solution."""
   answer = random_solution(rng, n)
@@ -114,42 +97,27 @@ def make_puzzle(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
   return q, answer.ravel()
 
 
-def _puzzles(count, n, seed):
-  rng = np.random.default_rng(seed)
-  pairs = [make_puzzle(rng, n) for _ in range(count)]
-  return (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
-
-
-def _one_group_each(q, a) -> common.SplitPlan:
-  idx = np.arange(len(q) + 1, dtype=np.int64)
-  return common.SplitPlan(idx, idx, np.zeros(len(q), np.int32), common.concat_blocks([(q, a)]))
-
-
-def plan_to_split(plan: common.SplitPlan, seq_len, vocab_size, num_ids=1) -> splits.SplitData:
-  blocks = list(plan.blocks())
+def plan_to_split(plan: common.SplitPlan, vocab_size) -> splits.SplitData:
+  """The SplitData of a grouped_plan (one block, one puzzle identifier)."""
+  ((inputs, labels),) = plan.blocks()
   return splits.make_split(
-    np.concatenate([b[0] for b in blocks]),
-    np.concatenate([b[1] for b in blocks]),
-    plan.puzzle_indices,
-    plan.group_indices,
-    plan.puzzle_identifiers,
-    vocab_size,
-    num_ids,
+    inputs, labels, plan.puzzle_indices, plan.group_indices, plan.puzzle_identifiers, vocab_size, 1
   )
 
 
 def sudoku_small_plans(n_train, n_test, size, seed):
   out = {}
   for k, (split, count) in enumerate((("train", n_train), ("test", n_test))):
-    q, a = _puzzles(count, size, [seed, k])
-    out[split] = _one_group_each((q + 1).astype(np.uint8), (a + 1).astype(np.uint8))
+    rng = np.random.default_rng([seed, k])
+    q, a = (np.stack(grids) for grids in zip(*[make_puzzle(rng, size) for _ in range(count)]))
+    out[split] = common.grouped_plan(q + 1, a + 1)
   return out
 
 
 def sudoku_small(n_train=1000, n_test=200, size=4, seed=0):
   """In-memory 4x4 or 6x6 Sudoku with unique solutions."""
   plans = sudoku_small_plans(n_train, n_test, size, seed)
-  return {s: plan_to_split(p, size * size, size + 2) for s, p in plans.items()}
+  return {s: plan_to_split(p, size + 2) for s, p in plans.items()}
 
 
 def maze_small(n_train=200, n_test=100, size=10, min_path=12, seed=0, aug8=False):
@@ -158,7 +126,7 @@ def maze_small(n_train=200, n_test=100, size=10, min_path=12, seed=0, aug8=False
   for k, (split, count) in enumerate((("train", n_train), ("test", n_test))):
     q, a = maze.generate_set(count, [seed, k], size=size, min_path=min_path)
     plan = maze.make_plan(q, a, aug8 and split == "train")
-    out[split] = plan_to_split(plan, size * size, maze.VOCAB_SIZE)
+    out[split] = plan_to_split(plan, maze.VOCAB_SIZE)
   return out
 
 

@@ -20,9 +20,8 @@ from trm_jax.datasets.common import DataError
 CHARS = "# SGo"
 WALL, OPEN, START, GOAL, PATH = 1, 2, 3, 4, 5
 VOCAB_SIZE = 6
-_LUT = np.zeros(256, np.uint8)
-for _i, _c in enumerate(CHARS):
-  _LUT[ord(_c)] = _i + 1
+_LUT = np.zeros(256, np.uint8)  # character code -> token
+_LUT[np.frombuffer(CHARS.encode(), np.uint8)] = np.arange(1, len(CHARS) + 1)
 
 
 def to_text(grid) -> str:
@@ -190,19 +189,11 @@ def generate_set(n: int, seed, size=30, min_path=110, loop_frac=0.08, desc="maze
 # ---------------------------------------------------------------- builder --
 def make_plan(q, a, aug8: bool) -> common.SplitPlan:
   """One group per maze; with aug8, its 8 dihedral images are its puzzles."""
-  m = len(q)
-  per = 8 if aug8 else 1
-  flat = lambda g: g.reshape(len(g), -1)
   if aug8:
     q = np.stack([arc.dihedral(x, d) for x in q for d in range(8)])
     a = np.stack([arc.dihedral(x, d) for x in a for d in range(8)])
-  idx = np.arange(m * per + 1, dtype=np.int64)
-  return common.SplitPlan(
-    idx,
-    np.arange(0, m * per + 1, per, dtype=np.int64),
-    np.zeros(m * per, np.int32),
-    common.concat_blocks([(flat(q).astype(np.uint8), flat(a).astype(np.uint8))]),
-  )
+  flat = lambda g: g.reshape(len(g), -1).astype(np.uint8)
+  return common.grouped_plan(flat(q), flat(a), 8 if aug8 else 1)
 
 
 @dataclasses.dataclass(eq=False)
@@ -216,7 +207,10 @@ class MazeConfig(tfds.core.BuilderConfig):
   seed: int = 0
   seq_len: int = 900
   vocab_size: int = VOCAB_SIZE
-  needs_files: bool = True
+
+  @property
+  def needs_files(self) -> bool:
+    return not self.generated
 
 
 class MazeHard(common.TrmBuilder):
@@ -230,20 +224,13 @@ class MazeHard(common.TrmBuilder):
   BUILDER_CONFIGS = [
     MazeConfig(name="csv", description="Maze-Hard CSV files."),
     MazeConfig(name="csv_aug8", aug8=True, description="Maze-Hard CSV, 8 dihedral augmentations."),
+    MazeConfig(name="generated", generated=True, description="1000/1000 generated 30x30 mazes, path > 110."),
     MazeConfig(
-      name="generated", generated=True, needs_files=False, description="1000/1000 generated 30x30 mazes, path > 110."
-    ),
-    MazeConfig(
-      name="generated_aug8",
-      generated=True,
-      aug8=True,
-      needs_files=False,
-      description="Generated mazes, 8 dihedral augmentations.",
+      name="generated_aug8", generated=True, aug8=True, description="Generated mazes, 8 dihedral augmentations."
     ),
     MazeConfig(
       name="small",
       generated=True,
-      needs_files=False,
       size=10,
       n_train=200,
       n_test=100,
@@ -260,8 +247,7 @@ class MazeHard(common.TrmBuilder):
       train = generate_set(cfg.n_train, [cfg.seed, 0], desc="train mazes", **kw)
       test = generate_set(cfg.n_test, [cfg.seed, 1], desc="test mazes", **kw)
     else:
-      train = read_csv(Path(manual_dir) / "train.csv")
-      test = read_csv(Path(manual_dir) / "test.csv")
+      train, test = [read_csv(Path(manual_dir) / f) for f in ("train.csv", "test.csv")]
       n = cfg.size
       for what, (q, _) in (("train.csv", train), ("test.csv", test)):
         if q.shape[1:] != (n, n):

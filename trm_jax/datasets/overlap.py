@@ -1,8 +1,7 @@
 """Duplicate puzzles within a split and puzzles shared between splits (for `trm-data stats`).
 
-Rows are compared by a 64-bit hash of their stored input tokens (a random
-linear form modulo 2**64, computed in chunks, so a 1M-example split needs
-8 MB of hashes, not a copy of its records).
+Rows are compared by a 64-bit hash of their stored input tokens (a random linear form modulo 2**64, computed in chunks,
+so a 1M-example split needs 8 MB of hashes, not a copy of its records).
 """
 
 from __future__ import annotations
@@ -28,29 +27,18 @@ def input_hashes(data) -> np.ndarray:
   return out
 
 
-def duplicates(hashes: np.ndarray) -> tuple[int, int]:
-  """-> (examples repeating an earlier example's input, distinct inputs that repeat)."""
-  _, counts = np.unique(hashes, return_counts=True)
-  return int((counts - 1).sum()), int((counts > 1).sum())
-
-
-def shared(hashes: np.ndarray, other: np.ndarray) -> int:
-  """Examples of one split whose input also occurs in `other`."""
-  return int(np.isin(hashes, other).sum())
-
-
 def warnings(name: str, split: str, data, others: dict) -> list[str]:
   """`warning: ...` lines for duplicate inputs in `split` and inputs shared with each of `others`."""
   h = input_hashes(data)
   out = []
-  extra, distinct = duplicates(h)
-  if extra:
+  _, counts = np.unique(h, return_counts=True)
+  if (counts > 1).any():
     out.append(
-      f"warning: {name} {split}: {extra} of {len(h)} examples repeat the input of an earlier one "
-      f"({distinct} distinct inputs occur more than once)"
+      f"warning: {name} {split}: {int((counts - 1).sum())} of {len(h)} examples repeat the input of an earlier one "
+      f"({int((counts > 1).sum())} distinct inputs occur more than once)"
     )
   for other_split, other in others.items():
-    n = shared(h, input_hashes(other))
+    n = int(np.isin(h, input_hashes(other)).sum())
     if n:
       out.append(
         f"warning: {name} {split}: {n} of {len(h)} examples have an input that also occurs in split {other_split!r}"

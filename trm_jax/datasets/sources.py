@@ -1,14 +1,11 @@
 """Where the raw files of the real sets come from, and how they are fetched.
 
-Each source is one pinned revision of a public repository; every file has a
-pinned sha256 (and its size where known). `fetch` downloads the files a
-builder config needs with the TFDS download manager (which also checks the
-(size, sha256) pairs registered in `checksums.tsv`), verifies each against the
-pin, and keeps verified files in a shared cache,
-`<data_dir>/downloads/<source>/<revision>/<file>`, so a retry or a second
-config of the same builder reuses them. `TRM_DATA_MIRROR=http://HOST:PORT`
-(or `mirror=`) fetches `https://H/P` from `http://HOST:PORT/H/P` instead.
-See docs/data.md for the table of sources, licences and checksums.
+Each source is one pinned revision of a public repository; every file has a pinned sha256 (and its size where known).
+`fetch` downloads the files a builder config needs with the TFDS download manager (which also checks the (size, sha256)
+pairs registered in `checksums.tsv`), verifies each against the pin, and keeps verified files in a shared cache,
+`<data_dir>/downloads/<source>/<revision>/<file>`, so a retry or a second config of the same builder reuses them.
+`TRM_DATA_MIRROR=http://HOST:PORT` (or `mirror=`) fetches `https://H/P` from `http://HOST:PORT/H/P` instead. See
+docs/data.md for the table of sources, licences and checksums.
 """
 
 from __future__ import annotations
@@ -33,17 +30,19 @@ class Source:
   """Files of one pinned revision: {name: (sha256, size in bytes or None)}."""
 
   key: str
-  base_url: str  # ends with the pinned revision
+  base_url: str  # with {revision} for the pinned revision
   revision: str
   licence: str
   files: dict
 
   def canonical_url(self, name: str) -> str:
-    return f"{self.base_url}/{name}"
+    return f"{self.base_url.format(revision=self.revision)}/{name}"
 
   def url(self, name: str, mirror: str | None = None) -> str:
-    """The URL fetched: canonical, or rewritten by mirror / $TRM_DATA_MIRROR."""
-    return with_mirror(self.canonical_url(name), mirror)
+    """The URL fetched: canonical, or https://HOST/PATH -> MIRROR/HOST/PATH (mirror or $TRM_DATA_MIRROR)."""
+    url = self.canonical_url(name)
+    mirror = mirror or os.environ.get(MIRROR_ENV)
+    return f"{mirror.rstrip('/')}/{url.split('://', 1)[1]}" if mirror else url
 
 
 # Revision and sha256 of the Hugging Face files: the Git LFS object ids of the
@@ -52,9 +51,7 @@ class Source:
 # here: only the sha256 is checked for them.
 SUDOKU_EXTREME = Source(
   key="sudoku_extreme",
-  base_url=(
-    "https://huggingface.co/datasets/sapientinc/sudoku-extreme/resolve/58942f96baeb572ca3127e2a9e9c70f330783d6b"
-  ),
+  base_url="https://huggingface.co/datasets/sapientinc/sudoku-extreme/resolve/{revision}",
   revision="58942f96baeb572ca3127e2a9e9c70f330783d6b",
   licence="none stated (puzzles from the tdoku benchmark sets, BSD-2-Clause)",
   files={
@@ -65,9 +62,7 @@ SUDOKU_EXTREME = Source(
 
 MAZE_HARD = Source(
   key="maze_hard",
-  base_url=(
-    "https://huggingface.co/datasets/sapientinc/maze-30x30-hard-1k/resolve/549754de3d67eebe57b6b22c7d226b9412d55b07"
-  ),
+  base_url="https://huggingface.co/datasets/sapientinc/maze-30x30-hard-1k/resolve/{revision}",
   revision="549754de3d67eebe57b6b22c7d226b9412d55b07",
   licence="none stated",
   files={
@@ -82,11 +77,7 @@ MAZE_HARD = Source(
 # shared/data/arc byte for byte.
 ARC = Source(
   key="arc_agi",
-  base_url=(
-    "https://raw.githubusercontent.com/SamsungSAILMontreal/"
-    "TinyRecursiveModels/e7b68717f0a6c4cbb4ce6fbef787b14f42083bd9/"
-    "kaggle/combined"
-  ),
+  base_url="https://raw.githubusercontent.com/SamsungSAILMontreal/TinyRecursiveModels/{revision}/kaggle/combined",
   revision="e7b68717f0a6c4cbb4ce6fbef787b14f42083bd9",
   licence=(
     "ARC-AGI-1 Apache-2.0 (F. Chollet); ARC-AGI-2 Apache-2.0 (ARC "
@@ -110,33 +101,10 @@ ARC = Source(
 ALL = (SUDOKU_EXTREME, MAZE_HARD, ARC)
 
 
-def mirror_from_env(mirror: str | None = None) -> str | None:
-  return mirror or os.environ.get(MIRROR_ENV) or None
-
-
-def with_mirror(url: str, mirror: str | None) -> str:
-  """https://HOST/PATH -> MIRROR/HOST/PATH (MIRROR from arg or env)."""
-  mirror = mirror_from_env(mirror)
-  if not mirror:
-    return url
-  return f"{mirror.rstrip('/')}/{url.split('://', 1)[1]}"
-
-
-def _url_info(path: Path):
-  return tfds.download.checksums.compute_url_info(path)
-
-
 def _matches(path: Path, sha: str, size) -> tuple[bool, str]:
-  info = _url_info(path)
+  info = tfds.download.checksums.compute_url_info(path)
   ok = info.checksum == sha and (size is None or int(info.size) == size)
   return ok, f"got sha256 {info.checksum[:12]}... ({int(info.size)} bytes)"
-
-
-def _advice(names) -> str:
-  return (
-    "retry, or put " + ", ".join(names) + " in a directory and pass "
-    "--manual_dir DIR (trm-train: --config.data.manual_dir=DIR)"
-  )
 
 
 def _reason(e: BaseException) -> str:
@@ -145,20 +113,18 @@ def _reason(e: BaseException) -> str:
   if isinstance(e, download_manager.NonMatchingChecksumError):
     return "checksum mismatch: damaged download or not the pinned file"
   line = errors.first_line(e)
-  code = re.search(r"HTTP code: (\d+)", line)
-  if code:
+  if code := re.search(r"HTTP code: (\d+)", line):
     return f"HTTP {code.group(1)}"
   return f"{type(e).__name__}: {line}"[:200]
 
 
 def fetch(source: Source, names, dl_manager, cache_root, mirror=None) -> Path:
-  """Returns a directory holding the verified files `names` of `source`.
-
-  Raises DataError naming the URL and what to do on any failure; a file that
-  fails verification is deleted, so a retry downloads it again.
-  """
+  """A directory holding the verified files `names` of `source`; DataError naming the URL and what to do on any
+  failure (a file that fails verification is deleted, so a retry downloads it again)."""
   cache = Path(os.fspath(cache_root)) / source.key / source.revision
   names = list(names)
+  advice = f"retry, or put {', '.join(names)} in a directory and pass --manual_dir DIR"
+  advice += " (trm-train: --config.data.manual_dir=DIR)"
   for name in names:
     sha, size = source.files[name]
     final = cache / name
@@ -170,15 +136,13 @@ def fetch(source: Source, names, dl_manager, cache_root, mirror=None) -> Path:
     try:
       got = Path(os.fspath(dl_manager.download(url)))
     except Exception as e:  # pylint: disable=broad-except
-      raise DataError(f"{url}: download failed ({_reason(e)}); {_advice(names)}") from None
+      raise DataError(f"{url}: download failed ({_reason(e)}); {advice}") from None
     ok, what = _matches(got, sha, size)
     if not ok:
       got.unlink(missing_ok=True)
       raise DataError(
-        f"{url}: checksum mismatch, {what}, expected sha256 {sha[:12]}..."
-        f"{'' if size is None else f' ({size} bytes)'} (truncated or "
-        f"damaged download, an error page, or not the pinned file); "
-        f"{_advice(names)}"
+        f"{url}: checksum mismatch, {what}, expected sha256 {sha[:12]}...{'' if size is None else f' ({size} bytes)'} "
+        f"(truncated or damaged download, an error page, or not the pinned file); {advice}"
       )
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{name}.{uuid.uuid4().hex}.tmp"

@@ -8,7 +8,7 @@ examples are stored in puzzle order, `puzzle_indices[p]:puzzle_indices[p+1]` are
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -35,22 +35,10 @@ class DatasetMeta:
   ignore_label_id: int = IGNORE_LABEL_ID
   blank_identifier_id: int = BLANK_PUZZLE_ID
 
-  def to_json(self) -> dict[str, Any]:
-    d = dataclasses.asdict(self)
-    d["sets"] = list(self.sets)
-    return d
-
   @classmethod
   def from_json(cls, d: dict[str, Any]) -> DatasetMeta:
-    d = dict(d)
-    d["sets"] = tuple(d.get("sets", ("all",)))
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in names})
-
-
-class ExampleReader(Protocol):
-  def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (inputs, labels) as (len(indices), S) arrays of stored tokens."""
+    return cls(**{k: tuple(v) if k == "sets" else v for k, v in d.items() if k in names})
 
 
 @dataclasses.dataclass
@@ -88,20 +76,15 @@ class SplitData:
   def num_puzzles(self) -> int:
     return len(self.puzzle_indices) - 1
 
-  @property
-  def num_groups(self) -> int:
-    return len(self.group_indices) - 1
-
   def examples(self, indices) -> dict[str, np.ndarray]:
     """Model-ready batch rows: int32, labels 0 mapped to -100."""
     indices = np.asarray(indices, np.int64)
     inputs, labels = self.reader.read(indices)
     self._check_tokens(inputs, labels, indices)
     labels = np.asarray(labels, np.int32)
-    labels = np.where(labels == 0, IGNORE_LABEL_ID, labels)
     return {
       "inputs": np.asarray(inputs, np.int32),
-      "labels": labels.astype(np.int32),
+      "labels": np.where(labels == 0, IGNORE_LABEL_ID, labels).astype(np.int32),
       "puzzle_identifiers": self.puzzle_identifiers[self.example_puzzle[indices]].astype(np.int32),
     }
 
@@ -131,32 +114,26 @@ class SplitData:
 
 
 def make_split(
-  inputs, labels, puzzle_indices, group_indices, puzzle_identifiers, vocab_size, num_puzzle_identifiers, sets=("all",)
+  inputs, labels, puzzle_indices, group_indices, puzzle_identifiers, vocab_size, num_puzzle_identifiers
 ) -> SplitData:
   """Builds an in-memory SplitData and its DatasetMeta."""
   inputs = np.asarray(inputs, np.uint8)
   labels = np.asarray(labels, np.uint8)
-  puzzle_indices = np.asarray(puzzle_indices, np.int64)
-  group_indices = np.asarray(group_indices, np.int64)
-  meta = split_meta(inputs.shape[1], vocab_size, num_puzzle_identifiers, puzzle_indices, group_indices, sets)
+  meta = split_meta(inputs.shape[1], vocab_size, num_puzzle_identifiers, puzzle_indices, group_indices)
   return SplitData(meta, puzzle_indices, group_indices, puzzle_identifiers, InMemoryReader(inputs, labels))
 
 
-def split_meta(
-  seq_len, vocab_size, num_puzzle_identifiers, puzzle_indices, group_indices, sets=("all",)
-) -> DatasetMeta:
-  n_groups = len(group_indices) - 1
+def split_meta(seq_len, vocab_size, num_puzzle_identifiers, puzzle_indices, group_indices) -> DatasetMeta:
   n_puzzles = len(puzzle_indices) - 1
   n_examples = int(puzzle_indices[-1])
   return DatasetMeta(
     seq_len=int(seq_len),
     vocab_size=int(vocab_size),
     num_puzzle_identifiers=int(num_puzzle_identifiers),
-    total_groups=int(n_groups),
-    mean_puzzle_examples=float(n_examples / max(n_puzzles, 1)),
-    sets=tuple(sets),
+    total_groups=len(group_indices) - 1,
+    mean_puzzle_examples=n_examples / max(n_puzzles, 1),
     num_examples=n_examples,
-    num_puzzles=int(n_puzzles),
+    num_puzzles=n_puzzles,
   )
 
 
@@ -176,10 +153,8 @@ class MetaError(ValueError):
 
 
 def check_split(meta: DatasetMeta, puzzle_indices, group_indices, puzzle_identifiers, where: str) -> None:
-  """Raises MetaError naming the first implausible or inconsistent field of a stored split.
-
-  `where` names the split (e.g. 'DIR/trm_meta.json: splits.train').
-  """
+  """Raises MetaError naming the first implausible or inconsistent field of the split `where` ('DIR/trm_meta.json:
+  splits.train')."""
 
   def bad(field, msg):
     raise MetaError(f"{where}.{field}: {msg}")

@@ -17,8 +17,10 @@ from trm_jax.datasets.common import DataError
 
 
 # ---------------------------------------------------------------- parsing --
-def _first_bad(mask) -> int:
-  return int(np.flatnonzero(mask)[0])
+def _first(mask) -> int | None:
+  """Index of the first True of a boolean vector, or None."""
+  hits = np.flatnonzero(mask)
+  return int(hits[0]) if len(hits) else None
 
 
 def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
@@ -30,33 +32,25 @@ def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
     answers.append(answer)
   lines = lambda i: i + 2  # header is line 1
   for what, rows in (("question", questions), ("answer", answers)):
-    lens = np.fromiter((len(r) for r in rows), np.int64, len(rows))
-    if np.any(lens != 81):
-      i = _first_bad(lens != 81)
+    if (i := _first(np.fromiter((len(r) != 81 for r in rows), bool, len(rows)))) is not None:
       raise DataError(f"{path}:{lines(i)}: {what} must be 81 characters of .1-9, got {len(rows[i])}")
   n = len(questions)
   if n == 0:
     raise DataError(f"{path}: no puzzles")
   q = np.frombuffer("".join(questions).encode("latin-1", "replace"), np.uint8).reshape(n, 81)
   a = np.frombuffer("".join(answers).encode("latin-1", "replace"), np.uint8).reshape(n, 81)
-  bad_q = ~(((q >= ord("1")) & (q <= ord("9"))) | (q == ord(".")))
-  if bad_q.any():
-    i = _first_bad(bad_q.any(1))
+  q_ok = (q >= ord("1")) & (q <= ord("9")) | (q == ord("."))
+  a_ok = (a >= ord("1")) & (a <= ord("9"))
+  if (i := _first(~q_ok.all(1))) is not None:
     raise DataError(f"{path}:{lines(i)}: question must be 81 characters of .1-9, got {questions[i]!r}")
-  bad_a = ~((a >= ord("1")) & (a <= ord("9")))
-  if bad_a.any():
-    i = _first_bad(bad_a.any(1))
+  if (i := _first(~a_ok.all(1))) is not None:
     raise DataError(f"{path}:{lines(i)}: answer must be 81 digits 1-9, got {answers[i]!r}")
   q = np.where(q == ord("."), 0, q - ord("0")).astype(np.uint8)
   a = (a - ord("0")).astype(np.uint8)
-  contra = ((q != 0) & (q != a)).any(1)
-  if contra.any():
-    i = _first_bad(contra)
+  if (i := _first(((q != 0) & (q != a)).any(1))) is not None:
     cell = int(np.flatnonzero((q[i] != 0) & (q[i] != a[i]))[0])
     raise DataError(f"{path}:{lines(i)}: answer contradicts the givens at row {cell // 9 + 1}, column {cell % 9 + 1}")
-  invalid = ~is_valid_solution(a)
-  if invalid.any():
-    i = _first_bad(invalid)
+  if (i := _first(~is_valid_solution(a))) is not None:
     raise DataError(f"{path}:{lines(i)}: answer is not a valid Sudoku solution")
   return q, a
 
@@ -89,33 +83,14 @@ def random_transforms(rng: np.random.Generator, n: int) -> dict:
 
 
 def apply_transforms(grid, tr: dict) -> np.ndarray:
-  """Applies each of the n transforms to one (81,) grid -> (n, 81).
-
-  new = transpose?(grid); new[r, c] = new[rows[r], cols[c]]; d -> digits[d].
-  """
+  """Applies each of the n transforms to one (81,) grid -> (n, 81): new = transpose?(grid);
+  new[r, c] = new[rows[r], cols[c]]; d -> digits[d]."""
   g = np.asarray(grid, np.uint8).reshape(9, 9)
   n = len(tr["rows"])
   base = np.where(np.asarray(tr["transpose"])[:, None, None], g.T[None], g[None])
   ar = np.arange(n)[:, None, None]
   moved = base[ar, tr["rows"][:, :, None], tr["cols"][:, None, :]]
   return np.take_along_axis(tr["digits"], moved.reshape(n, 81), axis=1)
-
-
-def invert_transform(grid, tr_one: dict) -> np.ndarray:
-  """Inverse of apply_transforms for a single transform (unbatched dict)."""
-  g = np.asarray(grid, np.uint8).reshape(9, 9)
-  inv_digits = np.zeros(10, np.uint8)
-  inv_digits[tr_one["digits"]] = np.arange(10)
-  g = inv_digits[g]
-  out = np.empty_like(g)
-  out[np.ix_(tr_one["rows"], tr_one["cols"])] = g
-  if tr_one["transpose"]:
-    out = out.T
-  return out.reshape(81)
-
-
-def to_tokens(grids) -> np.ndarray:
-  return (np.asarray(grids, np.uint8) + 1).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- builder --
@@ -126,11 +101,8 @@ def build_train_plan(q, a, subsample, num_aug, seed) -> common.SplitPlan:
     q, a = q[pick], a[pick]
   n = len(q)
   per = 1 + num_aug
-  puzzle_indices = np.arange(n * per + 1, dtype=np.int64)
-  group_indices = np.arange(0, n * per + 1, per, dtype=np.int64)
-  ids = np.zeros(n * per, np.int32)
   if num_aug == 0:
-    inputs, labels = to_tokens(q), to_tokens(a)
+    inputs, labels = q + 1, a + 1
   else:
     inputs = np.empty((n * per, 81), np.uint8)
     labels = np.empty((n * per, 81), np.uint8)
@@ -140,13 +112,7 @@ def build_train_plan(q, a, subsample, num_aug, seed) -> common.SplitPlan:
       labels[i * per] = a[i] + 1
       inputs[i * per + 1 : (i + 1) * per] = apply_transforms(q[i], tr) + 1
       labels[i * per + 1 : (i + 1) * per] = apply_transforms(a[i], tr) + 1
-  return common.SplitPlan(puzzle_indices, group_indices, ids, common.concat_blocks([(inputs, labels)]))
-
-
-def build_test_plan(q, a) -> common.SplitPlan:
-  n = len(q)
-  idx = np.arange(n + 1, dtype=np.int64)
-  return common.SplitPlan(idx, idx, np.zeros(n, np.int32), common.concat_blocks([(to_tokens(q), to_tokens(a))]))
+  return common.grouped_plan(inputs, labels, per)
 
 
 @dataclasses.dataclass(eq=False)
@@ -177,7 +143,6 @@ class SudokuExtreme(common.TrmBuilder):
 
   def make_plans(self, manual_dir):
     cfg = self.builder_config
-    qt, at = read_csv(Path(manual_dir) / "train.csv")
-    qe, ae = read_csv(Path(manual_dir) / "test.csv")
-    plans = {"train": build_train_plan(qt, at, cfg.subsample, cfg.num_aug, cfg.seed), "test": build_test_plan(qe, ae)}
-    return plans, 1, {"task": "sudoku", "grid": [9, 9]}, {}
+    (qt, at), (qe, ae) = [read_csv(Path(manual_dir) / f) for f in ("train.csv", "test.csv")]
+    train = build_train_plan(qt, at, cfg.subsample, cfg.num_aug, cfg.seed)
+    return {"train": train, "test": common.grouped_plan(qe + 1, ae + 1)}, 1, {"task": "sudoku", "grid": [9, 9]}, {}
