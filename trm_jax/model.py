@@ -39,20 +39,17 @@ def std_trunc_normal(std: float):
   return init
 
 
-def _rms_norm_ref(x: jax.Array, eps: float, axis: int = -1) -> jax.Array:
-  xf = x.astype(jnp.float32)
-  xf = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=axis, keepdims=True) + eps)
-  return xf.astype(x.dtype)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _rms_norm_fused(x, eps, axis):
-  return _rms_norm_ref(x, eps, axis)
+def rms_norm(x: jax.Array, eps: float, axis: int = -1) -> jax.Array:
+  """Scale-free RMSNorm over `axis` (the last by default), computed in float32.
+
+  Its backward is written by hand so that only the input (activation dtype) and the per-row scale are kept for it,
+  not the float32 copies autodiff would save (the same gradient up to float32 rounding).
+  """
+  return _rms_norm_fwd(x, eps, axis)[0]
 
 
 def _rms_norm_fwd(x, eps, axis):
-  # Keep only the input (activation dtype) and the per-row scale as residuals,
-  # instead of the float32 copies that autodiff would save.
   xf = x.astype(jnp.float32)
   r = jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=axis, keepdims=True) + eps)
   return (xf * r).astype(x.dtype), (x, r)
@@ -66,18 +63,7 @@ def _rms_norm_bwd(eps, axis, res, g):
   return (dx.astype(x.dtype),)
 
 
-_rms_norm_fused.defvjp(_rms_norm_fwd, _rms_norm_bwd)
-
-# Speed switch: RMSNorm with a hand-written backward that saves no float32
-# residuals (same forward; the same gradient up to float32 rounding).
-FUSED_NORM = True
-
-
-def rms_norm(x: jax.Array, eps: float, axis: int = -1) -> jax.Array:
-  """Scale-free RMSNorm over `axis` (the last by default), computed in float32."""
-  if FUSED_NORM:
-    return _rms_norm_fused(x, eps, axis)
-  return _rms_norm_ref(x, eps, axis)
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
 def puzzle_emb_len(cfg) -> int:
