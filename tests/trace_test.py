@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from trm_jax import trace
+from trm_jax import hooks, trace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,5 +53,5 @@ def test_no_trace_by_default_and_bad_spec(tmp_path):
       trace.parse_steps(bad)
   t = trace.StepTrace("", str(tmp_path))
   t.before(1)
-  t.after(1, None)
+  t(hooks.Tick(1, None, None, {}, last=False))
   assert not t.active and not os.path.exists(tmp_path / "profile")

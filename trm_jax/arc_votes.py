@@ -114,23 +114,14 @@ def score(t: dict, ks=PASS_KS, test_counts: dict | None = None):
   return scores, submission
 
 
-def vote(entries, ks=PASS_KS, test_counts: dict | None = None):
-  """Votes of one set of entries -> ({"pass@K": score}, submission dict); see `score`."""
-  return score(tally(entries), ks, test_counts)
-
-
 # ---------------------------------------------------------------------------
-# Files. All workdir I/O of this module goes through `_write_bytes` / `_read_bytes`.
+# Files.
 
 
 def _write_bytes(path: epath.Path, data: bytes) -> None:
   """Writes `data` so that readers see the old file or the whole new one (never through a link)."""
   fileio.makedirs(str(path.parent))
   fileio.write_bytes(str(path), data)
-
-
-def _read_bytes(path: epath.Path) -> bytes:
-  return path.read_bytes()
 
 
 def write_submission(path, submission: dict) -> None:
@@ -178,7 +169,7 @@ def save(path, t: dict) -> None:
 
 
 def load(path) -> dict:
-  with np.load(io.BytesIO(_read_bytes(epath.Path(path))), allow_pickle=False) as z:
+  with np.load(io.BytesIO(epath.Path(path).read_bytes()), allow_pickle=False) as z:
     a = {k: z[k] for k in z.files}
   offsets = np.concatenate([[0], np.cumsum(np.prod(a["grid_shape"], axis=1))]).astype(np.int64)
   grid = lambda i: a["grid_data"][offsets[i] : offsets[i + 1]].reshape(a["grid_shape"][i])

@@ -73,10 +73,7 @@ def cadence(tcfg, train_split, seed: int) -> Cadence:
 
 
 def describe(c: Cadence) -> str:
-  if c.eval_every:
-    how = f"every {c.eval_every} steps"
-  else:
-    how = f"every {c.epochs_per_iter} epochs"
+  how = f"every {c.eval_every} steps" if c.eval_every else f"every {c.epochs_per_iter} epochs"
   shown = ", ".join(map(str, c.eval_steps[:6])) + (", ..." if len(c.eval_steps) > 6 else "")
   return (
     f"{len(c.eval_steps)} evaluations ({how}; at steps {shown}); run ends at step {c.end}; "

@@ -54,10 +54,7 @@ def _refill(tree, abstract_tree):
       return jax.device_put(jax.numpy.zeros(a.shape, a.dtype), a.sharding)
     return x
 
-  is_none = lambda x: x is None
-  flat_a, treedef = jax.tree.flatten(abstract_tree, is_leaf=is_none)
-  flat_x = jax.tree.flatten(tree, is_leaf=is_none)[0]
-  return jax.tree.unflatten(treedef, [fill(a, x) for a, x in zip(flat_a, flat_x)])
+  return jax.tree.map(fill, abstract_tree, tree, is_leaf=lambda x: x is None)
 
 
 class NonFiniteState(ValueError):
@@ -76,30 +73,18 @@ def save(mngr: ocp.CheckpointManager, step: int, state, carry, meta: dict, force
     bad = [k for k, (_, ok) in summary.items() if not ok]
     if bad:
       raise NonFiniteState(
-        f"non-finite values in the step-{step} {name} ({name}{bad[0]}"
-        + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
-        + "); not saved"
+        f"non-finite values in the step-{step} {name} ({integrity.first_and_more(name, bad)}); not saved"
       )
     prints[name] = {k: fp for k, (fp, _) in summary.items()}
   meta = dict(meta, fingerprints=prints)
   with errors.disk_full_names(mngr.directory):  # here or in the previous, asynchronous, save
     faults.disk_full("checkpoint_write", f"{mngr.directory}/{step}")
-    saved = mngr.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), carry=ocp.args.StandardSave(carry), meta=ocp.args.JsonSave(meta)
-      ),
-      force=force,
-    )
+    items = dict(state=ocp.args.StandardSave(state), carry=ocp.args.StandardSave(carry), meta=ocp.args.JsonSave(meta))
+    saved = mngr.save(step, args=ocp.args.Composite(**items), force=force)
   if saved and faults.armed("checkpoint_saved"):
     mngr.wait_until_finished()  # committed: what a test that stops (or kills) the run here finds
     faults.point("checkpoint_saved")
   return saved
-
-
-def abstract(tree):
-  """ShapeDtypeStructs with shardings: the restore target for `tree`."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 def latest_step(mngr: ocp.CheckpointManager):
@@ -128,8 +113,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, abstract_car
   recorded = meta.get("fingerprints") if isinstance(meta, dict) else None
   for name in ("state", "carry"):
     if name in got and got[name] is not None:
-      why = integrity.damage(got[name], None if recorded is None else recorded.get(name, {}), name)
-      if why:
+      if why := integrity.damage(got[name], None if recorded is None else recorded.get(name, {}), name):
         raise CheckpointError(f"{where}: damaged checkpoint ({why})")
   state = _refill(got["state"], abstract_state)
   carry = _refill(got["carry"], abstract_carry) if abstract_carry is not None else None

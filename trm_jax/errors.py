@@ -36,19 +36,8 @@ USER_ERRORS = (ValueError, KeyError, AttributeError, FileNotFoundError, RunStopp
 # File-system conditions a user causes (read-only or full disks, missing permissions, a file where a
 # directory belongs): one line naming the path. Other OSErrors keep their traceback.
 USER_ERRNOS = frozenset(
-  {
-    errno.EACCES,
-    errno.EPERM,
-    errno.EROFS,
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.ENOTDIR,
-    errno.EISDIR,
-    errno.EEXIST,
-    errno.ENAMETOOLONG,
-    errno.ELOOP,
-    errno.ENOENT,
-  }
+  getattr(errno, name)
+  for name in "EACCES EPERM EROFS ENOSPC EDQUOT ENOTDIR EISDIR EEXIST ENAMETOOLONG ELOOP ENOENT".split()
 )
 
 

@@ -41,24 +41,11 @@ def evaluate_all(run, state, data, workdir=None, eval_step=None) -> dict:
   over this one; `eval/ARC/pass@K_this_eval` is always this evaluation's own score.
   `eval_step`: `run.eval_step` compiled for eval batches (the default: `run.eval_step`).
   """
-  cfg, out = run.config, {}
-  params, step = state.eval_params(), int(jax.device_get(state.step))
+  out, step = {}, int(jax.device_get(state.step))
   run_dir = rundir.RunDir(workdir) if workdir else None
+  arc = (data.info, data.arrays) if data.task == "arc" else None
   for name, split in data.evals.items():
-    arc = (data.info, data.arrays) if data.task == "arc" else None
-    m, entries = evaluate_split(
-      eval_step or run.eval_step,
-      params,
-      state.consts,
-      state.puzzle_table,
-      split,
-      cfg.eval.batch_size,
-      run.eval_supervision_steps,
-      run.make_batch,
-      cfg.eval.max_examples,
-      name,
-      arc,
-    )
+    m, entries = evaluate_split(run, eval_step or run.eval_step, state, split, name, arc)
     if jax.process_count() > 1:  # each process scored only its own rows of every batch
       parts = _gather_objects((m, entries))
       m = _merge_split_metrics([p[0] for p in parts], f"eval/{name}/count")
@@ -69,7 +56,7 @@ def evaluate_all(run, state, data, workdir=None, eval_step=None) -> dict:
       this = arc_votes.tally(entries)
       scores, submission = arc_votes.score(this, test_counts=counts)
       out.update({f"eval/ARC/{k}_this_eval": v for k, v in scores.items()})
-      if cfg.eval.arc_aggregate_voting and run_dir:
+      if run.config.eval.arc_aggregate_voting and run_dir:
         pooled = arc_votes.pool(run_dir, name, step, this, write=jax.process_index() == 0)
         scores, submission = arc_votes.score(pooled, test_counts=counts)
       out.update({f"eval/ARC/{k}": v for k, v in scores.items()})
@@ -101,8 +88,7 @@ def _merge_split_metrics(parts: list, count_key: str) -> dict:
 
 def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None) -> dict:
   """Runs one example -> answer tokens, steps used, halting confidence, per-step answers."""
-  rows = run.mesh.size
-  seq = run.mcfg.seq_len
+  rows, seq = run.mesh.size, run.mcfg.seq_len
   batch = {
     "inputs": np.zeros((rows, seq), np.int32),
     "labels": np.full((rows, seq), -100, np.int32),
@@ -167,27 +153,16 @@ class SetAccumulator:
     return {k: float(v) for k, v in out.items()}
 
 
-def evaluate_split(
-  eval_fn,
-  params,
-  consts,
-  table,
-  split,
-  batch_size: int,
-  n_steps: int,
-  make_batch,
-  max_examples: int = -1,
-  name: str = "test",
-  arc=None,
-):
-  """Runs one split -> (metrics dict, ARC entries or None).
+def evaluate_split(run, eval_fn, state, split, name: str, arc=None):
+  """Runs one split through `eval_fn` (the run's eval step) -> (metrics dict, ARC entries or None).
 
-  With `max_examples > 0` only the first batches holding that many examples
-  run (<= 0: all of them, as `config.eval.max_examples` says); the metrics then include `eval/<name>/partial` = 1.
+  With `config.eval.max_examples > 0` only the first batches holding that many examples run (<= 0: all of
+  them); the metrics then include `eval/<name>/partial` = 1.
   """
-  acc = SetAccumulator(n_steps)
+  batch_size, max_examples = run.config.eval.batch_size, run.config.eval.max_examples
+  acc = SetAccumulator(run.eval_supervision_steps)
   entries = [] if arc is not None else None
-  seen, partial = 0, False
+  params, seen, partial = state.eval_params(), 0, False
   for local in input_pipeline.eval_batches(
     split, batch_size, jax.process_index(), jax.process_count(), with_index=True
   ):
@@ -195,7 +170,7 @@ def evaluate_split(
       partial = True
       break
     index = local.pop("example_index")
-    out = eval_fn(params, consts, table, make_batch(local))
+    out = eval_fn(params, state.consts, state.puzzle_table, run.make_batch(local))
     preds = np.asarray(jax.device_get(_local(out["preds"])))
     q_halt = np.asarray(jax.device_get(_local(out["q_halt"])))
     acc.add(preds, q_halt, local["labels"])

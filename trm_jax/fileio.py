@@ -118,14 +118,6 @@ def move(src, dst) -> None:
     raise FileIOError(f"{src}: cannot move to {dst} ({e.strerror})") from None
 
 
-def read_text(path) -> str:
-  if is_remote(path):
-    with _remote_errors(path):
-      return epath(path).read_text()
-  with open(path) as f:
-    return f.read()
-
-
 def read_bytes(path) -> bytes:
   if is_remote(path):
     with _remote_errors(path):
@@ -186,7 +178,7 @@ class Appender:
     self.path = os.fspath(path)
     self._remote = is_remote(self.path)
     if self._remote:
-      self._text = read_text(self.path) if exists(self.path) else ""
+      self._text = read_bytes(self.path).decode() if exists(self.path) else ""
       self._file = None
     else:
       flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)

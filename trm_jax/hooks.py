@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trm_jax import checkpoint, report
-from trm_jax import metrics as metrics_lib
+from trm_jax import checkpoint, losses, report
 from trm_jax.errors import RunStopped
 
 
@@ -52,10 +51,6 @@ class Hook:
     """Called after train step `tick.step`."""
 
 
-def _finite(x) -> bool:
-  return bool(np.isfinite(np.asarray(x)).all())
-
-
 @jax.jit
 def _add_metrics(a: dict, b: dict) -> dict:
   """Running metric sums: one dispatch per step instead of one per metric."""
@@ -83,7 +78,7 @@ class NonFiniteGuard(Hook):
     self.pending = step
 
   def check(self, loss, what: str) -> None:
-    if not _finite(loss):
+    if not np.isfinite(np.asarray(loss)).all():
       self.stop(what)
 
   def stop(self, what: str):
@@ -137,7 +132,7 @@ class LogEvery(Hook):
   def flush(self, step: int) -> None:
     host = jax.device_get(self.sums)
     self.check(host["loss"], f"non-finite loss in steps {step - self.window + 1}..{step}")
-    vals = {f"train/{k}": v for k, v in metrics_lib.reduce_window(host, self.batch_size, self.window).items()}
+    vals = {f"train/{k}": v for k, v in losses.reduce_metrics(host, self.batch_size * self.window).items()}
     vals["train/steps_per_sec"] = self.window / max(time.time() - self.t, 1e-9)
     self.sums, self.window, self.t = None, 0, time.time()
     self.writer.write(step, vals)

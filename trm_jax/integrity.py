@@ -23,12 +23,9 @@ def _as_uint32(x):
   """The element bits of `x` as uint32 (64-bit dtypes gain a trailing axis of 2)."""
   if x.dtype == jnp.bool_:
     return x.astype(jnp.uint32)
-  size = x.dtype.itemsize
-  if size == 4:
-    return jax.lax.bitcast_convert_type(x, jnp.uint32)
-  if size in (1, 2):
-    return jax.lax.bitcast_convert_type(x, jnp.uint8 if size == 1 else jnp.uint16).astype(jnp.uint32)
-  return jax.lax.bitcast_convert_type(x, jnp.uint32)  # 8 bytes -> (..., 2)
+  if x.dtype.itemsize < 4:
+    return jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16}[x.dtype.itemsize]).astype(jnp.uint32)
+  return jax.lax.bitcast_convert_type(x, jnp.uint32)
 
 
 def _leaf_summary(x):
@@ -71,9 +68,9 @@ def fingerprints(tree) -> dict[str, int]:
   return {k: fp for k, (fp, _) in summarize(tree).items()}
 
 
-def non_finite(tree) -> list[str]:
-  """Paths of the floating leaves holding NaN or inf."""
-  return [k for k, (_, ok) in summarize(tree).items() if not ok]
+def first_and_more(name: str, keys: list) -> str:
+  """`<name><first key>`, and how many more keys there are."""
+  return f"{name}{keys[0]}" + (f" and {len(keys) - 1} more" if len(keys) > 1 else "")
 
 
 def damage(tree, expected: dict | None, name: str = "") -> str | None:
@@ -85,10 +82,6 @@ def damage(tree, expected: dict | None, name: str = "") -> str | None:
       return f"no fingerprint for {name}{missing[0]}"
     wrong = [k for k, (fp, _) in got.items() if int(expected[k]) != fp]
     if wrong:
-      more = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
-      return f"fingerprint mismatch in {name}{wrong[0]}{more}"
+      return f"fingerprint mismatch in {first_and_more(name, wrong)}"
   bad = [k for k, (_, ok) in got.items() if not ok]
-  if bad:
-    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-    return f"non-finite values in {name}{bad[0]}{more}"
-  return None
+  return f"non-finite values in {first_and_more(name, bad)}" if bad else None

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from trm_jax import errors, faults, fileio, losses, rundir
+from trm_jax import errors, faults, fileio, rundir
 
 
 class MetricsError(ValueError):
@@ -49,11 +49,6 @@ def _tensorboardx():
       del sys.modules["torch"]
 
 
-def reduce_window(sums: dict, global_batch_size: int, n_steps: int) -> dict:
-  """Metric sums over `n_steps` train steps -> per-step means (losses / batch, rest / count)."""
-  return losses.reduce_metrics(sums, global_batch_size * max(n_steps, 1))
-
-
 class Writer:
   """Writes on process 0 only; every other process gets a silent writer."""
 
@@ -63,17 +58,16 @@ class Writer:
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     run_dir = rundir.RunDir(workdir)
     self.path = run_dir.metrics
-    if self.enabled:
-      _drop_after(self.path, start_step)
-    self._file = fileio.Appender(self.path) if self.enabled else None
-    self._tb = None
-    if self.enabled:
-      tbx = _tensorboardx()
-      self._tb = tbx.SummaryWriter(run_dir.tensorboard) if tbx else None
-    self._bar = None
+    self._file = self._tb = self._bar = None
     self._total, self._last = int(total_steps), (int(start_step), None)
     self._lines = bool(self.enabled and progress and not _is_terminal(sys.stderr))
-    if self.enabled and progress and not self._lines:
+    if not self.enabled:
+      return
+    _drop_after(self.path, start_step)
+    self._file = fileio.Appender(self.path)
+    tbx = _tensorboardx()
+    self._tb = tbx.SummaryWriter(run_dir.tensorboard) if tbx else None
+    if progress and not self._lines:
       self._bar = tqdm(
         total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, smoothing=0.1, mininterval=1.0
       )
@@ -119,15 +113,10 @@ class Writer:
       print(text, flush=True)
 
   def close(self) -> None:
-    if self._bar is not None:
-      self._bar.close()
-      self._bar = None
-    if self._tb is not None:
-      self._tb.close()
-      self._tb = None
-    if self._file is not None:
-      self._file.close()
-      self._file = None
+    for name in ("_bar", "_tb", "_file"):  # the progress bar first, the metrics file last
+      if (out := getattr(self, name)) is not None:
+        out.close()
+        setattr(self, name, None)
 
 
 def _is_terminal(stream) -> bool:

@@ -171,14 +171,12 @@ def check_fits(run: Run, train_c, eval_c, table_field: str) -> None:
     name = max((k for k in parts if k), key=parts.get)
     field, value, step = fields[name]
     fits = int(value * (budget - need + parts[name]) / max(parts[name], 1)) // step * step
+    rest = (
+      f"about {fits} fits" if fits >= step else f"the rest of the run alone needs {(need - parts[name]) / 1e9:,.1f} GB"
+    )
     raise UserError(
       f"{field}={value} does not fit this machine: the run needs about {need / 1e9:,.1f} GB of the "
-      f"{budget / 1e9:,.1f} GB {where}; "
-      + (
-        f"about {fits} fits"
-        if fits >= step
-        else f"the rest of the run alone needs {(need - parts[name]) / 1e9:,.1f} GB"
-      )
+      f"{budget / 1e9:,.1f} GB {where}; {rest}"
     )
 
 

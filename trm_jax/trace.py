@@ -39,18 +39,13 @@ class StepTrace(hooks.Hook):
     self.done = self.steps is None or jax.process_index() != 0
 
   def before(self, step: int) -> None:
-    """Call before running train step `step`."""
     if not self.done and not self.active and self.steps[0] <= step <= self.steps[1]:
       jax.profiler.start_trace(self.dir, create_perfetto_trace=True)
       self.active = True
 
   def __call__(self, tick: hooks.Tick) -> None:
-    self.after(tick.step, tick.metrics)
-
-  def after(self, step: int, outputs) -> None:
-    """Call after train step `step` was dispatched with its outputs."""
-    if self.active and step >= self.steps[1]:
-      jax.block_until_ready(outputs)
+    if self.active and tick.step >= self.steps[1]:
+      jax.block_until_ready(tick.metrics)
       self.close()
 
   def close(self) -> None:

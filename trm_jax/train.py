@@ -56,11 +56,6 @@ def resolve_config(config, meta) -> ml_collections.ConfigDict:
   return config
 
 
-def check_workdir(workdir: str) -> str:
-  """Absolute local workdir (parents created; it and its run directories must be the user's) or gs:// URI."""
-  return str(rundir.RunDir(workdir).prepare())
-
-
 def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
   """Trains (resuming the workdir's latest checkpoint), evaluates, saves; returns the last metrics.
 
@@ -96,8 +91,10 @@ def _train_and_evaluate(run: Run, data, cadence, steps: Steps, run_dir: rundir.R
     )
     save = hooks_lib.SaveCheckpoint(mngr, run_meta(run.config, data), tcfg.checkpoint_every, guard)
     log = hooks_lib.LogEvery(writer, tcfg.log_every, batch_size, guard.check, also=(evals.due, save.due))
-    feed = _feed(run, data, cadence, start)
-    batches = resources.enter_context(contextlib.closing(input_pipeline.prefetch_train_batches(*feed)))
+    feed = input_pipeline.prefetch_train_batches(
+      data.train, run.config.seed, start, batch_size, jax.process_index(), jax.process_count(), cadence.epochs_per_iter
+    )
+    batches = resources.enter_context(contextlib.closing(feed))
     resources.callback(profile.close)
     with checkpoint.Preemption() as preemption:
       preempted = hooks_lib.Preempted(preemption, mngr, writer)
@@ -105,15 +102,8 @@ def _train_and_evaluate(run: Run, data, cadence, steps: Steps, run_dir: rundir.R
       if start < end:
         writer.log(f"train step compiled in {steps.compile_seconds:.1f}s")
         writer.write(start, {"compile_seconds": steps.compile_seconds})
-        tick = train_loop(
-          lambda s, c, b: steps.train(s, c, run.make_batch(b), run.step_rng),
-          state,
-          carry,
-          start,
-          end,
-          batches,
-          [profile, guard, preempted, log, evals, save],
-        )
+        train = lambda s, c, b: steps.train(s, c, run.make_batch(b), run.step_rng)
+        tick = train_loop(train, state, carry, start, end, batches, [profile, guard, preempted, log, evals, save])
         state, step = tick.state, tick.step
         if tick.stop:
           preempted.announce(step)
@@ -184,8 +174,7 @@ def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
     return run.new_state(), run.new_carry(), False
   _check_same_model(mngr, latest, run)
   got = checkpoint.restore_intact(mngr, run.abstract_state, run.abstract_carry)
-  damaged = got.damaged
-  if damaged:
+  if damaged := got.damaged:
     # Out of the checkpoints directory (re-saving that step must work, and it would shadow the
     # good one), but kept: a passing storage error can look like damage.
     dests = checkpoint.set_aside(mngr, [s for s, _ in damaged], run_dir)
@@ -212,10 +201,8 @@ def _check_same_model(mngr, step: int, run: Run) -> None:
     theirs = Run(ml_collections.ConfigDict(saved), run.mesh).abstract_state
   except (checkpoint.CheckpointError, AttributeError, KeyError, TypeError, ValueError):
     return
-  shapes = lambda tree: jax.tree.map(lambda a: (a.shape, str(a.dtype)), tree)
-  if jax.tree.structure(theirs) == jax.tree.structure(run.abstract_state) and shapes(theirs) == shapes(
-    run.abstract_state
-  ):
+  spec = lambda tree: (jax.tree.structure(tree), [(a.shape, a.dtype) for a in jax.tree.leaves(tree)])
+  if spec(theirs) == spec(run.abstract_state):
     return
   diffs = config_lib.differences(saved, json.loads(run.config.to_json_best_effort()))
   diffs = [d for d in diffs if d.startswith(("model.", "data."))] or diffs
@@ -245,12 +232,6 @@ class Steps(NamedTuple):
   train: Any  # the compiled train step
   compile_seconds: float
   eval: Any  # the compiled eval step
-
-
-def _feed(run: Run, data, cadence, start: int) -> tuple:
-  """The arguments of this process's train batches from step `start` (`input_pipeline.train_batch`)."""
-  batch_size, process = int(run.config.train.global_batch_size), (jax.process_index(), jax.process_count())
-  return (data.train, run.config.seed, start, batch_size, *process, cadence.epochs_per_iter)
 
 
 def _compile(run: Run, data) -> Steps:
