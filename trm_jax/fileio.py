@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import posixpath
 import stat
 import tempfile
@@ -52,11 +53,10 @@ def epath(path):
   return epath_lib.Path(os.fspath(path))
 
 
-@contextlib.contextmanager
-def _remote_errors(path):
-  """Turns a missing gcsfs (or a failed request) into one line naming the path."""
+def _remote(path, fn):
+  """`fn(epath(path))`, a missing gcsfs (or a failed request) as one line naming the path."""
   try:
-    yield
+    return fn(epath(path))
   except ImportError as e:
     raise FileIOError(
       f"{path}: remote paths need gcsfs and google-cloud-storage (pip install 'trm_jax[gcs]'; {errors.first_line(e, 300)})"
@@ -68,30 +68,20 @@ def _remote_errors(path):
 
 
 def exists(path) -> bool:
-  if not is_remote(path):
-    return os.path.lexists(path)
-  with _remote_errors(path):
-    return epath(path).exists()
+  return _remote(path, lambda p: p.exists()) if is_remote(path) else os.path.lexists(path)
 
 
 def isdir(path) -> bool:
-  if not is_remote(path):
-    return os.path.isdir(path)
-  with _remote_errors(path):
-    return epath(path).is_dir()
+  return _remote(path, lambda p: p.is_dir()) if is_remote(path) else os.path.isdir(path)
 
 
 def listdir(path) -> list[str]:
-  if not is_remote(path):
-    return os.listdir(path)
-  with _remote_errors(path):
-    return [p.name for p in epath(path).iterdir()]
+  return _remote(path, lambda p: [c.name for c in p.iterdir()]) if is_remote(path) else os.listdir(path)
 
 
 def makedirs(path) -> None:
   if is_remote(path):
-    with _remote_errors(path):
-      epath(path).mkdir(parents=True, exist_ok=True)  # no-op on GCS: objects need no folders
+    _remote(path, lambda p: p.mkdir(parents=True, exist_ok=True))  # no-op on GCS: objects need no folders
     return
   try:
     os.makedirs(path, exist_ok=True)
@@ -107,8 +97,7 @@ def move(src, dst) -> None:
   Local: one rename. gs://: every object is copied, then deleted (GCS has no rename).
   """
   if is_remote(src):
-    with _remote_errors(src):
-      epath(src).rename(epath(dst))
+    _remote(src, lambda p: p.rename(epath(dst)))
     return
   if os.path.lexists(dst):
     raise FileIOError(f"{dst}: exists; not moving {src} onto it")
@@ -119,11 +108,7 @@ def move(src, dst) -> None:
 
 
 def read_bytes(path) -> bytes:
-  if is_remote(path):
-    with _remote_errors(path):
-      return epath(path).read_bytes()
-  with open(path, "rb") as f:
-    return f.read()
+  return _remote(path, lambda p: p.read_bytes()) if is_remote(path) else pathlib.Path(path).read_bytes()
 
 
 def write_text(path, text: str) -> None:
@@ -134,8 +119,7 @@ def write_text(path, text: str) -> None:
 def write_bytes(path, data: bytes) -> None:
   """Replaces `path` with `data` in one step; locally never through a link (unique temporary + rename)."""
   if is_remote(path):
-    with _remote_errors(path):
-      epath(path).write_bytes(data)  # one object write is atomic on GCS
+    _remote(path, lambda p: p.write_bytes(data))  # one object write is atomic on GCS
     return
   parent, base = os.path.split(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=parent)  # O_EXCL: never a link
@@ -244,10 +228,8 @@ def prepare_workdir(workdir, run_dirs=(), flag: str = "--workdir") -> str:
   workdir = resolve(workdir)
   what = f"{flag}={workdir}"
   if is_remote(workdir):
-    with _remote_errors(workdir):
-      p = epath(workdir)
-      if p.exists() and not p.is_dir():
-        raise FileIOError(f"{what}: exists and is not a directory")
+    if _remote(workdir, lambda p: p.exists() and not p.is_dir()):
+      raise FileIOError(f"{what}: exists and is not a directory")
     return workdir
   parent = os.path.dirname(workdir)
   try:

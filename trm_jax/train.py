@@ -63,8 +63,7 @@ def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
   also prints the resolved config (it is saved in every checkpoint's metadata anyway).
   """
   config_lib.validate(config)  # before anything is allocated, built or created
-  run, data, cadence = _setup(config)
-  steps = _compile(run, data)  # refuses a run that does not fit, before anything is allocated or created
+  run, data, cadence, steps = _setup(config)
   run_dir = rundir.RunDir(workdir).prepare()
   with workdir_lock.hold(run_dir, enabled=jax.process_index() == 0):
     return _train_and_evaluate(run, data, cadence, steps, run_dir, verbose)
@@ -151,7 +150,11 @@ def train_loop(train_step, state, carry, start: int, end: int, batches, hooks: l
 
 
 def _setup(config):
-  """-> (Run, data, cadence) of the resolved config; one that does not fit the devices is a UserError."""
+  """-> (Run, data, cadence, Steps) of the resolved config, its steps compiled for its batches.
+
+  A run that does not fit the devices and the host (steps, state, puzzle table) is one UserError, before anything
+  is allocated or created. All processes meet here.
+  """
   mesh = sharding.make_mesh(config.mesh.table_parallel)
   data = data_lib.load(config.data)
   config = resolve_config(config, data.train.meta)
@@ -159,9 +162,13 @@ def _setup(config):
   try:
     sharding.check_batch(config.train.global_batch_size, mesh)
     sharding.check_batch(config.eval.batch_size, mesh, "eval.batch_size")
-    return Run(config, mesh), data, cadence_lib.cadence(config.train, data.train, config.seed)
+    run, cadence = Run(config, mesh), cadence_lib.cadence(config.train, data.train, config.seed)
   except ValueError as e:
     raise UserError(str(e)) from None
+  (train_step, seconds), (eval_step, _) = runs.compile_train(run), runs.compile_eval(run)
+  runs.check_fits(run, train_step, eval_step, f"{data.train.where}: num_puzzle_identifiers")
+  checkpoint.barrier("trm_train_step_compiled")
+  return run, data, cadence, Steps(train_step, seconds, eval_step)
 
 
 def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
@@ -232,12 +239,3 @@ class Steps(NamedTuple):
   train: Any  # the compiled train step
   compile_seconds: float
   eval: Any  # the compiled eval step
-
-
-def _compile(run: Run, data) -> Steps:
-  """The train and eval steps, compiled for the run's batches; a run whose steps, state and puzzle table do not
-  fit the devices and the host is one UserError. All processes meet here."""
-  (train_step, seconds), (eval_step, _) = runs.compile_train(run), runs.compile_eval(run)
-  runs.check_fits(run, train_step, eval_step, f"{data.train.where}: num_puzzle_identifiers")
-  checkpoint.barrier("trm_train_step_compiled")
-  return Steps(train_step, seconds, eval_step)

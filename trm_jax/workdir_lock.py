@@ -90,8 +90,7 @@ class _LocalLock:
     try:
       fd = os.open(self.path, flags, 0o644)
     except OSError as e:
-      if os.path.islink(self.path):
-        raise fileio.FileIOError(f"{self.path}: is a symbolic link; refusing to write through it") from None
+      fileio.refuse_link(self.path)
       raise fileio.FileIOError(f"{self.path}: cannot open lock file ({e.strerror})") from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -105,11 +104,9 @@ class _LocalLock:
 
   def _same_file(self, fd: int) -> bool:
     try:
-      st = os.lstat(self.path)
+      return os.path.samestat(os.lstat(self.path), os.fstat(fd))
     except FileNotFoundError:
       return False
-    own = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
   def release(self) -> None:
     if self.fd is not None:
