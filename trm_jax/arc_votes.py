@@ -107,9 +107,8 @@ def score(t: dict, ks=PASS_KS, test_counts: dict | None = None):
   for task in tasks:
     attempts = []
     for key in sorted(by_task.get(task, []), key=lambda key: t[key].test_index):
-      top = [c[0] for _, c in ranked[key][:2]]
-      top = top + top[:1] * (2 - len(top))
-      attempts.append({"attempt_1": top[0].tolist(), "attempt_2": top[1].tolist()})
+      top = [c[0] for _, c in ranked[key][:2]]  # one candidate: both attempts
+      attempts.append({"attempt_1": top[0].tolist(), "attempt_2": top[-1].tolist()})
     submission[task] = attempts
   return scores, submission
 

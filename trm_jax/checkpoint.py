@@ -8,6 +8,7 @@ Restores always use an abstract target so optax states keep their types.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -17,8 +18,6 @@ import jax
 import orbax.checkpoint as ocp
 
 from trm_jax import errors, faults, fileio, integrity, rundir
-
-ITEMS = ("state", "carry", "meta")
 
 
 class CheckpointError(ValueError):
@@ -36,7 +35,7 @@ def manager(workdir, keep: int = 3, read_only: bool = False) -> ocp.CheckpointMa
     cleanup_tmp_directories=not read_only,
   )
   try:
-    return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "carry", "meta"))
   except Exception as e:  # noqa: BLE001 - orbax raises many kinds
     raise CheckpointError(f"{directory}: not a readable checkpoint directory ({errors.first_line(e, 200)})") from None
 
@@ -128,11 +127,10 @@ class Restored(NamedTuple):
   damaged: list  # [(step, reason)] of the newer checkpoints skipped on the way
 
 
-def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=None, steps=None) -> Restored:
-  """The newest checkpoint that restores intact (of `steps`, default all); a CheckpointError when none is."""
-  steps = sorted(mngr.all_steps() if steps is None else steps, reverse=True)
+def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=None) -> Restored:
+  """The newest checkpoint that restores intact; a CheckpointError when none does."""
   damaged = []
-  for step in steps:
+  for step in sorted(mngr.all_steps(), reverse=True):
     try:
       state, carry, meta = restore(mngr, step, abstract_state, abstract_carry)
     except CheckpointError as e:
@@ -203,21 +201,16 @@ class Preemption:
     return self
 
   def _install(self, signum, handler):
-    try:
-      old = signal.signal(signum, handler)
-    except ValueError:  # not the main thread
-      return
-    self._old.setdefault(signum, old)
+    with contextlib.suppress(ValueError):  # not the main thread
+      self._old.setdefault(signum, signal.signal(signum, handler))
 
   def _handle(self, signum, frame):
-    del frame
     if self.requested:
       self._die(signum)
     self.requested = True
     self._install(signal.SIGINT, self._die)
 
   def _die(self, signum, frame=None):
-    del frame
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
@@ -226,7 +219,6 @@ class Preemption:
       if old is not None:
         signal.signal(signum, old)
     self._old = {}
-    return False
 
   def reached(self, mngr: ocp.CheckpointManager, step: int) -> bool:
     if not self._multi:

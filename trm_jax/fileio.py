@@ -19,7 +19,7 @@ import os
 import pathlib
 import posixpath
 import stat
-import tempfile
+import uuid
 
 from trm_jax import errors
 
@@ -122,10 +122,10 @@ def write_bytes(path, data: bytes) -> None:
     _remote(path, lambda p: p.write_bytes(data))  # one object write is atomic on GCS
     return
   parent, base = os.path.split(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=parent)  # O_EXCL: never a link
+  tmp = os.path.join(parent, f".{base}.{uuid.uuid4().hex}.tmp")
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)  # never a link
   try:
     with os.fdopen(fd, "wb") as f:
-      os.fchmod(f.fileno(), 0o666 & ~_umask())
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
@@ -134,20 +134,6 @@ def write_bytes(path, data: bytes) -> None:
     with contextlib.suppress(OSError):
       os.remove(tmp)
     raise
-
-
-def _umask() -> int:
-  """The process umask, read without changing it where /proc allows (other threads create files)."""
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("Umask:"):
-          return int(line.split()[1], 8)
-  except (OSError, ValueError):
-    pass
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
 
 
 class Appender:
@@ -223,10 +209,10 @@ def check_owned_dir(path, what: str) -> None:
     )
 
 
-def prepare_workdir(workdir, run_dirs=(), flag: str = "--workdir") -> str:
+def prepare_workdir(workdir, run_dirs=()) -> str:
   """Resolved workdir; creates its parents; refuses it, or one of `run_dirs`, if not a directory or not the user's."""
   workdir = resolve(workdir)
-  what = f"{flag}={workdir}"
+  what = f"--workdir={workdir}"
   if is_remote(workdir):
     if _remote(workdir, lambda p: p.exists() and not p.is_dir()):
       raise FileIOError(f"{what}: exists and is not a directory")

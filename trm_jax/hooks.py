@@ -6,7 +6,6 @@ itself whether it acts at a step (`due`). Order matters where one hook reads
 what an earlier one decided: `Preempted` sets `tick.stop`, which makes
 `SaveCheckpoint` save and the loop end after this step, and `LogEvery` writes
 the train metrics of the window before any evaluation or save of the step.
-The profiling hook is `trace.StepTrace`.
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trm_jax import checkpoint, losses, report
-from trm_jax.errors import RunStopped
+from trm_jax import checkpoint, losses, report, rundir
+from trm_jax.errors import RunStopped, UserError
 
 
 class NonFiniteLoss(RunStopped):
@@ -177,3 +176,49 @@ class SaveCheckpoint(Hook):
     except checkpoint.NonFiniteState as e:
       self.guard.stop(str(e))
     self.guard.saved(tick.step)
+
+
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+  """`train.profile_steps`: 'a,b' -> (a, b) with 1 <= a <= b; '' -> None."""
+  spec = (spec or "").strip()
+  if not spec:
+    return None
+  try:
+    a, b = (int(x) for x in spec.split(","))
+  except ValueError:
+    a = b = 0
+  if not 1 <= a <= b:
+    raise UserError(f"config.train.profile_steps: want 'first,last' with 1 <= first <= last, got {spec!r}")
+  return a, b
+
+
+class StepTrace(Hook):
+  """`train.profile_steps="a,b"`: a jax.profiler trace of train steps a..b on process 0.
+
+  The trace lands in <workdir>/profile/plugins/profile/<time>/ as `*.xplane.pb` (TensorBoard's Profile
+  tab: `tensorboard --logdir=<workdir>/profile`) and `perfetto_trace.json.gz` (https://ui.perfetto.dev).
+  Step n is the train step that produces checkpoint step n; the trace waits for step b's results
+  before it stops, so it holds whole steps.
+  """
+
+  def __init__(self, spec: str, workdir):
+    self.steps = parse_profile_steps(spec)
+    self.dir = rundir.RunDir(workdir).profile
+    self.active = False
+    self.done = self.steps is None or jax.process_index() != 0
+
+  def before(self, step: int) -> None:
+    if not self.done and not self.active and self.steps[0] <= step <= self.steps[1]:
+      jax.profiler.start_trace(self.dir, create_perfetto_trace=True)
+      self.active = True
+
+  def __call__(self, tick: Tick) -> None:
+    if self.active and tick.step >= self.steps[1]:
+      jax.block_until_ready(tick.metrics)
+      self.close()
+
+  def close(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active, self.done = False, True
+      print(f"profile trace written to {self.dir} (tensorboard --logdir={self.dir}: Profile tab)", flush=True)

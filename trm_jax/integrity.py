@@ -45,22 +45,15 @@ def _summaries(leaves):
   return [_leaf_summary(x) for x in leaves]
 
 
-def _scalar(x):
-  # A scalar cannot be split, so every addressable shard holds the whole value (multi-host safe).
-  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
-
-
 def summarize(tree) -> dict[str, tuple[int, bool]]:
   """{leaf path: (fingerprint, finite)} for every non-empty array leaf of `tree` (None leaves skipped)."""
-  flat = [
-    (jax.tree_util.keystr(p), x)
-    for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-    if x is not None and np.size(x)
-  ]
+  flat = [(jax.tree_util.keystr(p), x) for p, x in jax.tree.leaves_with_path(tree) if np.size(x)]
   if not flat:
     return {}
   out = _summaries([x for _, x in flat])
-  return {k: (int(_scalar(fp)), bool(_scalar(ok))) for (k, _), (fp, ok) in zip(flat, out)}
+  # A scalar cannot be split, so every addressable shard holds the whole value (multi-host safe).
+  scalar = lambda x: np.asarray(x.addressable_data(0))
+  return {k: (int(scalar(fp)), bool(scalar(ok))) for (k, _), (fp, ok) in zip(flat, out)}
 
 
 def fingerprints(tree) -> dict[str, int]:

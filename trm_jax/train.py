@@ -30,7 +30,6 @@ from trm_jax import (
   rundir,
   runs,
   sharding,
-  trace,
   train_state,
   workdir_lock,
 )
@@ -72,7 +71,7 @@ def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
 def _train_and_evaluate(run: Run, data, cadence, steps: Steps, run_dir: rundir.RunDir, verbose: bool) -> dict:
   """Trains the run through its hooks (or evaluates it once when it is already at its last step); reports."""
   tcfg, end, batch_size = run.config.train, cadence.end, int(run.config.train.global_batch_size)
-  profile = trace.StepTrace(tcfg.get("profile_steps", ""), run_dir)
+  profile = hooks_lib.StepTrace(tcfg.get("profile_steps", ""), run_dir)
   with errors.disk_full_names(run_dir.checkpoints()), contextlib.ExitStack() as resources:
     mngr = checkpoint.manager(run_dir, tcfg.keep_checkpoints)
     resources.callback(mngr.close)  # also on failure: no orbax threads left to print tracebacks at exit
@@ -182,8 +181,6 @@ def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
   _check_same_model(mngr, latest, run)
   got = checkpoint.restore_intact(mngr, run.abstract_state, run.abstract_carry)
   if damaged := got.damaged:
-    # Out of the checkpoints directory (re-saving that step must work, and it would shadow the
-    # good one), but kept: a passing storage error can look like damage.
     dests = checkpoint.set_aside(mngr, [s for s, _ in damaged], run_dir)
     if jax.process_index() == 0:
       print(
