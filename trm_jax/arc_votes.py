@@ -1,14 +1,12 @@
 """ARC voting (the reference's `evaluators/arc.py`) and the run's store of votes.
 
-A *tally* holds, per test input (task, hash of the un-augmented input), the
-candidate grids with their vote counts and sums of sigmoid(q_halt), plus the
-label when known. Tallies add up, so the reference's aggregated voting (its
-ARC evaluator keeps every evaluation's predictions for the whole run) is the
-sum of the per-evaluation tallies. Each evaluation's tally is stored in the
-workdir as `arc_votes/<split>/step_<N>.npz` (written by process 0, atomically),
-so pooling survives a resume or a preemption: an evaluation at step N pools the
-files of steps < N with its own tally, and a resumed run first removes the
-files of steps after its checkpoint (their evaluations are redone).
+A *tally* holds, per test input (task, hash of the un-augmented input), the candidate grids with their vote
+counts and sums of sigmoid(q_halt), plus the label when known. Tallies add up, so the reference's aggregated
+voting (its ARC evaluator keeps every evaluation's predictions for the whole run) is the sum of the
+per-evaluation tallies. Each evaluation's tally is stored in the workdir as `arc_votes/<split>/step_<N>.npz`
+(written by process 0, atomically), so pooling survives a resume or a preemption: an evaluation at step N pools
+the files of steps < N with its own tally, and a resumed run first removes the files of steps after its
+checkpoint (their evaluations are redone).
 """
 
 from __future__ import annotations
@@ -77,12 +75,11 @@ def merge(*tallies) -> dict:
 def score(t: dict, ks=PASS_KS, test_counts: dict | None = None):
   """Tally -> ({"pass@K": score}, submission dict).
 
-  Candidates are ranked by votes, then mean sigmoid(q_halt); a test input is
-  solved at K when its label is among the top K; a task scores the fraction
-  of its test inputs solved and the result is the mean over tasks. With
-  `test_counts` ({task: number of test inputs}, every test task of the split)
-  the denominators are the reference's: every test input of every test task,
-  whether it got predictions or not; without it, the tasks and inputs seen.
+  Candidates are ranked by votes, then mean sigmoid(q_halt); a test input is solved at K when its label is among
+  the top K; a task scores the fraction of its test inputs solved and the result is the mean over tasks. With
+  `test_counts` ({task: number of test inputs}, every test task of the split) the denominators are the
+  reference's: every test input of every test task, whether it got predictions or not; without it, the tasks and
+  inputs seen.
   """
   by_task = collections.defaultdict(list)
   for key in t:

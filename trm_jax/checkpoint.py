@@ -1,9 +1,8 @@
 """Orbax checkpoints of a run: state (params, opt state, EMA, puzzle table, step),
 the ACT carry with its current examples, and a JSON record of the run.
 
-Saves are asynchronous and keep the newest `keep` steps. SIGTERM (preemption)
-makes the loop save and exit cleanly (see `Preemption`).
-Restores always use an abstract target so optax states keep their types.
+Saves are asynchronous and keep the newest `keep` steps. SIGTERM (preemption) makes the loop save and exit
+cleanly (see `Preemption`). Restores always use an abstract target so optax states keep their types.
 """
 
 from __future__ import annotations
@@ -96,9 +95,8 @@ def latest_step(mngr: ocp.CheckpointManager):
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, abstract_carry=None):
   """-> (state, carry or None, meta) of `step`; a damaged checkpoint is a CheckpointError naming the step.
 
-  Damaged: unreadable, an array whose fingerprint differs from the one
-  recorded at save time, or NaN/inf anywhere (checkpoints are only written
-  from finite states).
+  Damaged: unreadable, an array whose fingerprint differs from the one recorded at save time, or NaN/inf
+  anywhere (checkpoints are only written from finite states).
   """
   where = os.path.join(str(mngr.directory), str(step))
   items = dict(state=ocp.args.StandardRestore(_drop_empty(abstract_state)), meta=ocp.args.JsonRestore())
@@ -144,10 +142,9 @@ def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=N
 def set_aside(mngr: ocp.CheckpointManager, steps, run_dir: rundir.RunDir) -> list[str]:
   """Moves the checkpoints of `steps` out of the run's checkpoints directory, next to it; -> where to.
 
-  Used for checkpoints that failed to restore: out of the way (re-saving their
-  step works, and they no longer shadow an older good one), but not deleted, as
-  a passing storage error can look like damage. Process 0 moves; every process
-  waits for it and re-reads the directory.
+  Used for checkpoints that failed to restore: out of the way (re-saving their step works, and they no longer
+  shadow an older good one), but not deleted, as a passing storage error can look like damage. Process 0 moves;
+  every process waits for it and re-reads the directory.
   """
   stamp = time.strftime("%Y%m%d-%H%M%S")
   dests = [run_dir.damaged_checkpoint(s, stamp) for s in steps]
@@ -171,8 +168,8 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
 def barrier(key: str, timeout_s: int = 3600) -> None:
   """All processes meet here (coordination service; a no-op on one process).
 
-  Used after compiling: a peer that compiles slower must not leave the other
-  waiting inside a collective, where CPU (gloo) gives up after 30 s.
+  Used after compiling: a peer that compiles slower must not leave the other waiting inside a collective, where
+  CPU (gloo) gives up after 30 s.
   """
   ocp.multihost.get_barrier_sync_fn()(key=key, timeout_ms=timeout_s * 1000)
 
@@ -180,13 +177,11 @@ def barrier(key: str, timeout_s: int = 3600) -> None:
 class Preemption:
   """SIGTERM -> the loop saves at an agreed step and exits cleanly.
 
-  One process: a Python SIGTERM handler sets a flag that `reached` returns.
-  Several processes: `jax.distributed.initialize` started JAX's preemption
-  sync manager, whose SIGTERM handler (in XLA) tells every process and agrees
-  on a step; `reached` asks it (Orbax `reached_preemption`), so no Python
-  handler is installed there (it would replace XLA's and nothing would save).
-  Once a save for preemption is pending, a further SIGTERM or a SIGINT ends
-  the process at once (default action) instead of waiting for the save (on
+  One process: a Python SIGTERM handler sets a flag that `reached` returns. Several processes:
+  `jax.distributed.initialize` started JAX's preemption sync manager, whose SIGTERM handler (in XLA) tells every
+  process and agrees on a step; `reached` asks it (Orbax `reached_preemption`), so no Python handler is
+  installed there (it would replace XLA's and nothing would save). Once a save for preemption is pending, a
+  further SIGTERM or a SIGINT ends the process at once (default action) instead of waiting for the save (on
   several processes XLA's handler absorbs signals until the agreed step).
   """
 

@@ -1,8 +1,7 @@
 """The errors a user can cause, and how one becomes one line.
 
-Project errors derive from `UserError` (a ValueError) or `RunStopped`; the
-console scripts (`cli.user_errors`) print them as one `error: ...` line.
-Library modules import this module, never a CLI module.
+Project errors derive from `UserError` (a ValueError) or `RunStopped`; the console scripts (`cli.user_errors`)
+print them as one `error: ...` line. Library modules import this module, never a CLI module.
 """
 
 from __future__ import annotations

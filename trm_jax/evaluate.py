@@ -1,10 +1,9 @@
 """Evaluation: exact / token accuracy per set and per supervision step, ARC votes.
 
-The eval step is `steps.rollout` (every row runs all supervision steps from a
-fresh carry); accuracies are computed on the host from the per-step
-predictions. On several processes each scores its own rows and the results
-are gathered. ARC voting (the reference's `evaluators/arc.py`) lives in `arc_votes`; this
-module turns evaluated rows into its entries and scores them.
+The eval step is `steps.rollout` (every row runs all supervision steps from a fresh carry); accuracies are
+computed on the host from the per-step predictions. On several processes each scores its own rows and the
+results are gathered. ARC voting (the reference's `evaluators/arc.py`) lives in `arc_votes`; this module turns
+evaluated rows into its entries and scores them.
 """
 
 from __future__ import annotations
@@ -35,10 +34,9 @@ def make_eval_step(model, mcfg, n_steps: int):
 def evaluate_all(run, state, data, workdir=None, eval_step=None) -> dict:
   """Every eval set of `data` with the EMA weights when EMA is on; ARC adds voting and a submission.
 
-  ARC's `eval/ARC/pass@K` and `submission.json` vote over every evaluation of
-  the run so far when `eval.arc_aggregate_voting` (the reference's default;
-  the votes are stored in the run directory `workdir`, see `arc_votes`), else
-  over this one; `eval/ARC/pass@K_this_eval` is always this evaluation's own score.
+  ARC's `eval/ARC/pass@K` and `submission.json` vote over every evaluation of the run so far when
+  `eval.arc_aggregate_voting` (the reference's default; the votes are stored in the run directory `workdir`, see
+  `arc_votes`), else over this one; `eval/ARC/pass@K_this_eval` is always this evaluation's own score.
   `eval_step`: `run.eval_step` compiled for eval batches (the default: `run.eval_step`).
   """
   out, step = {}, int(jax.device_get(state.step))
@@ -156,8 +154,8 @@ class SetAccumulator:
 def evaluate_split(run, eval_fn, state, split, name: str, arc=None):
   """Runs one split through `eval_fn` (the run's eval step) -> (metrics dict, ARC entries or None).
 
-  With `config.eval.max_examples > 0` only the first batches holding that many examples run (<= 0: all of
-  them); the metrics then include `eval/<name>/partial` = 1.
+  With `config.eval.max_examples > 0` only the first batches holding that many examples run (<= 0: all of them);
+  the metrics then include `eval/<name>/partial` = 1.
   """
   batch_size, max_examples = run.config.eval.batch_size, run.config.eval.max_examples
   acc = SetAccumulator(run.eval_supervision_steps)
@@ -226,8 +224,8 @@ def arc_entries(split, index, local, final_preds, final_q_halt, info, arrays):
 def arc_test_counts(split, info, arrays) -> dict:
   """{task id: number of test inputs} for every task with examples in an ARC eval split.
 
-  These are the reference's denominators: pass@K is a mean over every test
-  task of the fraction of its test inputs solved, evaluated or not.
+  These are the reference's denominators: pass@K is a mean over every test task of the fraction of its test
+  inputs solved, evaluated or not.
   """
   tasks = arrays["puzzle_task"][np.asarray(split.puzzle_identifiers)]
   sizes = np.diff(np.asarray(split.puzzle_indices))

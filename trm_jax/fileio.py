@@ -1,15 +1,12 @@
 """The files of a run, local or on gs:// (through `etils.epath`), written safely.
 
-Every path a run reads or writes goes through here. Local paths are plain
-files; `gs://` (any `scheme://`) paths go through epath's fsspec backend
-(gcsfs: `pip install 'trm_jax[gcs]'`).
+Every path a run reads or writes goes through here. `gs://` (any `scheme://`) paths go through epath's fsspec
+backend (gcsfs: `pip install 'trm_jax[gcs]'`).
 
-Local writes never follow a symbolic link: whole files are written to a
-temporary file created exclusively next to the target and moved over it
-(`os.replace` replaces a link, it does not write through it); appends open
-with `O_NOFOLLOW`; the workdir and the run's directories in it must be owned
-by the user. GCS has no append and no rename: an object is written whole in
-one upload, which readers see atomically.
+Local writes never follow a symbolic link: whole files are written to a temporary file created exclusively next
+to the target and moved over it (`os.replace` replaces a link, it does not write through it); appends open with
+`O_NOFOLLOW`; the workdir and its run directories must be the user's. GCS has no append and no rename: an object
+is written whole in one upload, seen atomically.
 """
 
 from __future__ import annotations
@@ -139,9 +136,8 @@ def write_bytes(path, data: bytes) -> None:
 class Appender:
   """Appends text to a file: local with O_APPEND|O_NOFOLLOW; remote by rewriting the object.
 
-  A remote object is rewritten whole at every `write` (GCS has no append),
-  so what was written is on GCS when `write` returns; meant for small files
-  such as metrics.jsonl.
+  A remote object is rewritten whole at every `write` (GCS has no append), so what was written is on GCS when
+  `write` returns; meant for small files such as metrics.jsonl.
   """
 
   def __init__(self, path):
@@ -182,8 +178,7 @@ def refuse_link(path, what: str = "") -> None:
 def check_owned_dir(path, what: str) -> None:
   """A local directory the run writes into: if it exists, a directory owned by the user.
 
-  A symbolic link to a directory is accepted only when the link and the
-  directory are both the user's.
+  A symbolic link to a directory is accepted only when the link and the directory are both the user's.
   """
   if is_remote(path):
     return

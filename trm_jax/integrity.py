@@ -1,12 +1,10 @@
 """Fingerprints and finiteness of array trees: how a damaged checkpoint is told apart.
 
-A leaf's fingerprint is the sum, modulo 2**32, of its elements' bit patterns
-(as unsigned integers) each multiplied by an odd weight that depends on the
-element's position. Integer addition is associative and commutative, so the
-value does not depend on how the array is sharded or reduced: every process of
-a multi-host run computes the same fingerprint of a global array, and a
-restore under a different mesh still matches. Changing any one element always
-changes the fingerprint (an odd weight is invertible modulo 2**32); larger
+A leaf's fingerprint is the sum, modulo 2**32, of its elements' bit patterns (as unsigned integers) each
+multiplied by an odd weight that depends on the element's position. Integer addition is associative and
+commutative, so the value does not depend on how the array is sharded or reduced: every process of a multi-host
+run computes the same fingerprint of a global array, and a restore under a different mesh still matches.
+Changing any one element always changes the fingerprint (an odd weight is invertible modulo 2**32); larger
 damage is missed with probability about 2**-32 per leaf.
 """
 

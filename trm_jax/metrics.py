@@ -1,13 +1,9 @@
 """Process-0 metric writer: metrics.jsonl, TensorBoard events, progress.
 
-Progress is a tqdm bar when stderr is a terminal; otherwise (pod logs, Slurm,
-a pipe) one plain line per `progress` call, i.e. every `train.log_every` steps.
-
-TensorBoard events are written with `tensorboardX` when it is installed
-(it needs no TensorFlow); without it only metrics.jsonl is written. Both go
-through `fileio`: local files are never written through a symbolic link; on
-gs:// metrics.jsonl is rewritten whole at each write (GCS has no append) and
-TensorBoard events need google-cloud-storage (`trm_jax[gcs]`).
+Progress is a tqdm bar when stderr is a terminal; otherwise (pod logs, Slurm, a pipe) one plain line per
+`progress` call, i.e. every `train.log_every` steps. TensorBoard events are written with `tensorboardX` when it
+is installed (it needs no TensorFlow). On gs:// metrics.jsonl is rewritten whole at each write (GCS has no
+append) and TensorBoard events need google-cloud-storage.
 """
 
 from __future__ import annotations
@@ -29,11 +25,10 @@ class MetricsError(ValueError):
 
 
 def _tensorboardx():
-  """tensorboardX, or None when it is not installed (it is optional; it needs no TensorFlow).
+  """tensorboardX, or None when it is not installed.
 
-  Where torch is installed but not yet imported, tensorboardX would import it only to
-  recognise torch tensors (2-3 s at every start); it is hidden for that import and
-  imported normally by tensorboardX's own torch features if they are ever used.
+  Where torch is installed but not yet imported, tensorboardX would import it only to recognise torch tensors
+  (2-3 s at every start); it is hidden for that import.
   """
   hide = "torch" not in sys.modules
   if hide:

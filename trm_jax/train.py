@@ -1,10 +1,8 @@
 """train_and_evaluate(config, workdir): wires data, state, steps, checkpoints and metrics.
 
-A run always resumes its own latest checkpoint first. The checkpoint holds the
-whole future of the run (state with EMA and puzzle table, the ACT carry with
-its current examples, the step); batches are a pure function of (seed, step)
-and so is the rng, so a resumed run ends with the same parameters as an
-uninterrupted one.
+A run always resumes its own latest checkpoint first. The checkpoint holds the whole future of the run (state
+with EMA and puzzle table, the ACT carry with its current examples, the step); batches are a pure function of
+(seed, step) and so is the rng, so a resumed run ends with the same parameters as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -58,8 +56,8 @@ def resolve_config(config, meta) -> ml_collections.ConfigDict:
 def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
   """Trains (resuming the workdir's latest checkpoint), evaluates, saves; returns the last metrics.
 
-  Process 0 holds the workdir's lock (`workdir_lock`) for the whole run. `verbose`
-  also prints the resolved config (it is saved in every checkpoint's metadata anyway).
+  Process 0 holds the workdir's lock (`workdir_lock`) for the whole run. `verbose` also prints the resolved
+  config (it is saved in every checkpoint's metadata anyway).
   """
   config_lib.validate(config)  # before anything is allocated, built or created
   run, data, cadence, steps = _setup(config)
@@ -130,8 +128,8 @@ def _recorded_eval(run_dir: rundir.RunDir, step: int) -> dict | None:
 def train_loop(train_step, state, carry, start: int, end: int, batches, hooks: list) -> hooks_lib.Tick:
   """Train steps start+1..end, each followed by every hook in order; -> the last step's Tick.
 
-  `train_step(state, carry, batch) -> (state, carry, metric sums)`; `batches`
-  yields (step, batch) from `start` on. Ends early after a step whose hooks set `tick.stop`.
+  `train_step(state, carry, batch) -> (state, carry, metric sums)`; `batches` yields (step, batch) from `start`
+  on. Ends early after a step whose hooks set `tick.stop`.
   """
   tick = None
   for step in range(start, end):
@@ -151,8 +149,8 @@ def train_loop(train_step, state, carry, start: int, end: int, batches, hooks: l
 def _setup(config):
   """-> (Run, data, cadence, Steps) of the resolved config, its steps compiled for its batches.
 
-  A run that does not fit the devices and the host (steps, state, puzzle table) is one UserError, before anything
-  is allocated or created. All processes meet here.
+  A run that does not fit the devices and the host (steps, state, puzzle table) is one UserError, before
+  anything is allocated or created. All processes meet here.
   """
   mesh = sharding.make_mesh(config.mesh.table_parallel)
   data = data_lib.load(config.data)
@@ -196,9 +194,9 @@ def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
 def _check_same_model(mngr, step: int, run: Run) -> None:
   """A checkpoint whose state has other shapes (another model or data) is a UserError, never 'damaged'.
 
-  The saved config's state is built abstractly and compared with this run's; choices that keep the
-  shapes (recursion, dtype, attention, train.lr, ...) may change on resume. A checkpoint whose metadata
-  does not read is left to `restore_intact`, which tells damage apart.
+  The saved config's state is built abstractly and compared with this run's; choices that keep the shapes
+  (recursion, dtype, attention, train.lr, ...) may change on resume. A checkpoint whose metadata does not read
+  is left to `restore_intact`, which tells damage apart.
   """
   try:
     saved = json.loads(checkpoint.restore_meta(mngr, step)["config"])
