@@ -100,8 +100,7 @@ def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None
   out = step_fn(state.eval_params(), state.consts, state.puzzle_table, run.make_batch(batch))
   preds = np.asarray(jax.device_get(out["preds"]))[:, 0]
   q = np.asarray(jax.device_get(out["q_halt"]))[:, 0]
-  halts = np.flatnonzero(q > 0)
-  k = int(halts[0]) if len(halts) else len(q) - 1
+  k = int(np.argmax(q > 0)) if (q > 0).any() else len(q) - 1  # the first step that halts, else the last
   return {
     "answer": preds[k],
     "steps": k + 1,
@@ -115,12 +114,9 @@ class SetAccumulator:
   """Host-side sums of exact and token accuracy after each supervision step."""
 
   def __init__(self, n_steps: int):
-    self.n = n_steps
-    self.count = 0
-    self.exact = np.zeros(n_steps)
-    self.token = np.zeros(n_steps)
-    self.halt_exact = 0.0  # exact accuracy at the first step whose q_halt > 0
-    self.halt_steps = 0.0
+    self.n, self.count = n_steps, 0
+    self.exact, self.token = np.zeros(n_steps), np.zeros(n_steps)
+    self.halt_exact, self.halt_steps = 0.0, 0.0  # exact accuracy and steps at the first step whose q_halt > 0
 
   def add(self, preds: np.ndarray, q_halt: np.ndarray, labels: np.ndarray) -> None:
     """preds (n, B, S), q_halt (n, B), labels (B, S); rows without labels are padding."""
