@@ -20,6 +20,11 @@ def entry(task, idx, inp, pred, q, label):
   return dict(task=task, test_index=idx, input=inp, pred=pred, q_halt=q, label=label)
 
 
+def vote(entries, **kw):
+  """The votes of one set of entries (one evaluation's tally, scored)."""
+  return arc_votes.score(arc_votes.tally(entries), **kw)
+
+
 def test_arc_vote_hand_computed():
   entries = [
     # task t1, test 0 (label A): B has 2 votes, A 1 vote -> A ranked 2nd.
@@ -37,7 +42,7 @@ def test_arc_vote_hand_computed():
     entry("t2", 0, IN3, C, 2.0, A),
     entry("t2", 0, IN3, A, 1.0, A),
   ]
-  scores, sub = arc_votes.vote(entries)
+  scores, sub = vote(entries)
   # pass@1: t1 -> 0/2, t2 -> 0 => 0.  pass@2: t1 -> 2/2, t2 -> 0 => 0.5.
   # pass@5 and up: everything => 1.
   assert scores["pass@1"] == 0.0
@@ -57,7 +62,7 @@ def test_arc_vote_hand_computed():
 def test_arc_vote_groups_by_input_and_single_candidate():
   # Two augmented copies of one test input agree; a single candidate fills both attempts.
   entries = [entry("t", 0, IN1, A, 0.5, A), entry("t", 0, IN1.copy(), A, -0.5, A)]
-  scores, sub = arc_votes.vote(entries)
+  scores, sub = vote(entries)
   assert scores["pass@1"] == 1.0
   assert sub == {"t": [{"attempt_1": A.tolist(), "attempt_2": A.tolist()}]}
 
@@ -69,7 +74,7 @@ def test_arc_vote_mean_over_tasks_of_fraction_of_tests():
     entry("a", 2, IN3, A, 0, A),
     entry("b", 0, IN1, C, 0, D),
   ]
-  scores, _ = arc_votes.vote(entries, ks=(1,))
+  scores, _ = vote(entries, ks=(1,))
   assert scores["pass@1"] == pytest.approx((2 / 3 + 0) / 2)
 
 
@@ -119,13 +124,13 @@ def test_pooled_votes_rank_over_both_evaluations(tmp_path):
   s1, _ = arc_votes.score(arc_votes.pool(tmp_path, "test", 10, arc_votes.tally(ROUND1), write=True), ks=(1,))
   pooled = arc_votes.pool(tmp_path, "test", 20, arc_votes.tally(ROUND2), write=True)
   s2, sub = arc_votes.score(pooled, ks=(1, 2))
-  assert s1["pass@1"] == 0.0 and arc_votes.vote(ROUND2, ks=(1,))[0]["pass@1"] == 0.0
+  assert s1["pass@1"] == 0.0 and vote(ROUND2, ks=(1,))[0]["pass@1"] == 0.0
   assert s2 == {"pass@1": 1.0, "pass@2": 1.0}
   # C: 4 votes; A and B: 3 each, A first (both q = sigmoid(0), A seen first).
   assert sub == {"t": [{"attempt_1": C.tolist(), "attempt_2": A.tolist()}]}
   assert arc_votes.stored_steps(tmp_path, "test") == [10, 20]
   # The same result as voting over all entries at once.
-  assert arc_votes.vote(ROUND1 + ROUND2, ks=(1, 2)) == (s2, sub)
+  assert vote(ROUND1 + ROUND2, ks=(1, 2)) == (s2, sub)
 
 
 def test_pooled_votes_survive_resume_and_redone_evaluations(tmp_path):
@@ -165,8 +170,8 @@ def test_tally_file_roundtrip(tmp_path):
 def test_reference_denominators_count_unevaluated_tests():
   # Task t: 2 test inputs, one evaluated and solved; task u (1 test input) not evaluated at all.
   entries = [entry("t", 0, IN1, A, 0.0, A)]
-  seen, _ = arc_votes.vote(entries, ks=(1,))
+  seen, _ = vote(entries, ks=(1,))
   assert seen["pass@1"] == 1.0
-  ref, sub = arc_votes.vote(entries, ks=(1,), test_counts={"t": 2, "u": 1})
+  ref, sub = vote(entries, ks=(1,), test_counts={"t": 2, "u": 1})
   assert ref["pass@1"] == pytest.approx((1 / 2 + 0) / 2)
   assert sub == {"t": [{"attempt_1": A.tolist(), "attempt_2": A.tolist()}], "u": []}

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from trm_jax import checkpoint, hooks, trace, train
+from trm_jax import checkpoint, hooks, train
 from trm_jax.hooks import Tick
 
 
@@ -192,7 +192,7 @@ def test_profile_traces_whole_steps(monkeypatch, tmp_path):
   monkeypatch.setattr(jax.profiler, "start_trace", lambda d, **kw: calls.append(("start", d)))
   monkeypatch.setattr(jax.profiler, "stop_trace", lambda: calls.append(("stop",)))
   monkeypatch.setattr(jax, "block_until_ready", lambda x: calls.append(("wait", sorted(x))))
-  hook = trace.StepTrace("2,3", str(tmp_path))
+  hook = hooks.StepTrace("2,3", str(tmp_path))
   for s in range(1, 5):
     hook.before(s)
     hook(tick(s))

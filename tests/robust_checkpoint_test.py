@@ -68,7 +68,7 @@ def test_restore_detects_flipped_bytes_and_falls_back(tmp_path):
   mngr.close()
   flip_bytes(tmp_path / "checkpoints" / "2")
   mngr = checkpoint.manager(str(tmp_path), keep=5)
-  abstract = checkpoint.abstract(trees[1])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), trees[1])
   with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/2: (damaged|cannot restore)"):
     checkpoint.restore(mngr, 2, abstract)
   got = checkpoint.restore_intact(mngr, abstract)

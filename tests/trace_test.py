@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from trm_jax import trace
+from trm_jax import hooks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,11 +47,11 @@ def test_profile_steps_writes_a_trace(env, tmp_path):
 
 
 def test_no_trace_by_default_and_bad_spec(tmp_path):
-  assert trace.parse_steps("") is None and trace.parse_steps("2,2") == (2, 2)
+  assert hooks.parse_profile_steps("") is None and hooks.parse_profile_steps("2,2") == (2, 2)
   for bad in ("3", "0,2", "5,4", "a,b", "1,2,3"):
     with pytest.raises(ValueError, match="config.train.profile_steps"):
-      trace.parse_steps(bad)
-  t = trace.StepTrace("", str(tmp_path))
+      hooks.parse_profile_steps(bad)
+  t = hooks.StepTrace("", str(tmp_path))
   t.before(1)
-  t.after(1, None)
+  t(hooks.Tick(1, None, None, {}, last=False))
   assert not t.active and not os.path.exists(tmp_path / "profile")

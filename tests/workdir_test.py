@@ -8,9 +8,13 @@ import sys
 
 import pytest
 
-from trm_jax import arc_votes, fileio, metrics, train, workdir_lock
+from trm_jax import arc_votes, fileio, metrics, rundir, workdir_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def check_workdir(workdir):
+  return str(rundir.RunDir(workdir).prepare())
 
 
 def smoke_cmd(workdir):
@@ -26,13 +30,13 @@ def one_error_line(p):
 
 def test_check_workdir_creates_parents_and_refuses_files(tmp_path):
   nested = tmp_path / "runs" / "a" / "demo"
-  assert train.check_workdir(str(nested)) == str(nested)
+  assert check_workdir(str(nested)) == str(nested)
   assert nested.parent.is_dir() and not nested.exists()  # parents made; the run makes the workdir
   (tmp_path / "file").write_text("x")
   with pytest.raises(fileio.FileIOError, match="exists and is not a directory"):
-    train.check_workdir(str(tmp_path / "file"))
+    check_workdir(str(tmp_path / "file"))
   with pytest.raises(fileio.FileIOError, match="cannot create parent directory"):
-    train.check_workdir(str(tmp_path / "file" / "run"))
+    check_workdir(str(tmp_path / "file" / "run"))
 
 
 def test_refuses_workdir_or_run_dir_of_another_user(tmp_path, monkeypatch):
@@ -41,20 +45,20 @@ def test_refuses_workdir_or_run_dir_of_another_user(tmp_path, monkeypatch):
   other = tmp_path / "elsewhere"
   other.mkdir()
   (work / "tensorboard").symlink_to(other)  # the user's own link to the user's own directory: fine
-  train.check_workdir(str(work))
+  check_workdir(str(work))
   me = os.geteuid()
   with monkeypatch.context() as m:
     m.setattr(os, "geteuid", lambda: me + 1)  # as if the workdir were someone else's
     with pytest.raises(fileio.FileIOError, match=r"run: owned by uid \d+, not you"):
-      train.check_workdir(str(work))
+      check_workdir(str(work))
   if me == 0:  # root can hand a run directory, or a link, to another user
     os.chown(work / "checkpoints", 65534, 65534)
     with pytest.raises(fileio.FileIOError, match="checkpoints: owned by uid 65534"):
-      train.check_workdir(str(work))
+      check_workdir(str(work))
     os.chown(work / "checkpoints", 0, 0)
     os.lchown(work / "tensorboard", 65534, 65534)
     with pytest.raises(fileio.FileIOError, match="tensorboard: is a symbolic link owned by uid 65534"):
-      train.check_workdir(str(work))
+      check_workdir(str(work))
 
 
 def plant(workdir, names, target):

@@ -1,14 +1,12 @@
 """ARC voting (the reference's `evaluators/arc.py`) and the run's store of votes.
 
-A *tally* holds, per test input (task, hash of the un-augmented input), the
-candidate grids with their vote counts and sums of sigmoid(q_halt), plus the
-label when known. Tallies add up, so the reference's aggregated voting (its
-ARC evaluator keeps every evaluation's predictions for the whole run) is the
-sum of the per-evaluation tallies. Each evaluation's tally is stored in the
-workdir as `arc_votes/<split>/step_<N>.npz` (written by process 0, atomically),
-so pooling survives a resume or a preemption: an evaluation at step N pools the
-files of steps < N with its own tally, and a resumed run first removes the
-files of steps after its checkpoint (their evaluations are redone).
+A *tally* holds, per test input (task, hash of the un-augmented input), the candidate grids with their vote
+counts and sums of sigmoid(q_halt), plus the label when known. Tallies add up, so the reference's aggregated
+voting (its ARC evaluator keeps every evaluation's predictions for the whole run) is the sum of the
+per-evaluation tallies. Each evaluation's tally is stored in the workdir as `arc_votes/<split>/step_<N>.npz`
+(written by process 0, atomically), so pooling survives a resume or a preemption: an evaluation at step N pools
+the files of steps < N with its own tally, and a resumed run first removes the files of steps after its
+checkpoint (their evaluations are redone).
 """
 
 from __future__ import annotations
@@ -77,12 +75,11 @@ def merge(*tallies) -> dict:
 def score(t: dict, ks=PASS_KS, test_counts: dict | None = None):
   """Tally -> ({"pass@K": score}, submission dict).
 
-  Candidates are ranked by votes, then mean sigmoid(q_halt); a test input is
-  solved at K when its label is among the top K; a task scores the fraction
-  of its test inputs solved and the result is the mean over tasks. With
-  `test_counts` ({task: number of test inputs}, every test task of the split)
-  the denominators are the reference's: every test input of every test task,
-  whether it got predictions or not; without it, the tasks and inputs seen.
+  Candidates are ranked by votes, then mean sigmoid(q_halt); a test input is solved at K when its label is among
+  the top K; a task scores the fraction of its test inputs solved and the result is the mean over tasks. With
+  `test_counts` ({task: number of test inputs}, every test task of the split) the denominators are the
+  reference's: every test input of every test task, whether it got predictions or not; without it, the tasks and
+  inputs seen.
   """
   by_task = collections.defaultdict(list)
   for key in t:
@@ -107,30 +104,20 @@ def score(t: dict, ks=PASS_KS, test_counts: dict | None = None):
   for task in tasks:
     attempts = []
     for key in sorted(by_task.get(task, []), key=lambda key: t[key].test_index):
-      top = [c[0] for _, c in ranked[key][:2]]
-      top = top + top[:1] * (2 - len(top))
-      attempts.append({"attempt_1": top[0].tolist(), "attempt_2": top[1].tolist()})
+      top = [c[0] for _, c in ranked[key][:2]]  # one candidate: both attempts
+      attempts.append({"attempt_1": top[0].tolist(), "attempt_2": top[-1].tolist()})
     submission[task] = attempts
   return scores, submission
 
 
-def vote(entries, ks=PASS_KS, test_counts: dict | None = None):
-  """Votes of one set of entries -> ({"pass@K": score}, submission dict); see `score`."""
-  return score(tally(entries), ks, test_counts)
-
-
 # ---------------------------------------------------------------------------
-# Files. All workdir I/O of this module goes through `_write_bytes` / `_read_bytes`.
+# Files.
 
 
 def _write_bytes(path: epath.Path, data: bytes) -> None:
   """Writes `data` so that readers see the old file or the whole new one (never through a link)."""
   fileio.makedirs(str(path.parent))
   fileio.write_bytes(str(path), data)
-
-
-def _read_bytes(path: epath.Path) -> bytes:
-  return path.read_bytes()
 
 
 def write_submission(path, submission: dict) -> None:
@@ -178,7 +165,7 @@ def save(path, t: dict) -> None:
 
 
 def load(path) -> dict:
-  with np.load(io.BytesIO(_read_bytes(epath.Path(path))), allow_pickle=False) as z:
+  with np.load(io.BytesIO(epath.Path(path).read_bytes()), allow_pickle=False) as z:
     a = {k: z[k] for k in z.files}
   offsets = np.concatenate([[0], np.cumsum(np.prod(a["grid_shape"], axis=1))]).astype(np.int64)
   grid = lambda i: a["grid_data"][offsets[i] : offsets[i + 1]].reshape(a["grid_shape"][i])

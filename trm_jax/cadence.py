@@ -1,15 +1,14 @@
 """When a run evaluates and ends: the reference's epoch cadence, or every N steps.
 
-The reference (TRM and HRM `pretrain.py`) trains in iterations of
-`eval_interval` epochs: its loader concatenates that many shuffles of the
-groups, fills full batches and drops the one partial batch at the end, and
-the run evaluates after every iteration. There are `epochs / eval_interval`
-iterations; the learning-rate schedule's horizon is `total_steps = epochs *
-total_groups * mean_puzzle_examples / batch`, and no step past it is trained.
+The reference (TRM and HRM `pretrain.py`) trains in iterations of `eval_interval` epochs: its loader
+concatenates that many shuffles of the groups, fills full batches and drops the one partial batch at the end,
+and the run evaluates after every iteration. There are `epochs / eval_interval` iterations; the learning-rate
+schedule's horizon is `total_steps = epochs * total_groups * mean_puzzle_examples / batch`, and no step past it
+is trained.
 
-`train.eval_every_epochs > 0` reproduces that exactly (the sampler's iterations
-are the evaluation intervals, see `input_pipeline`); otherwise the run
-evaluates every `train.eval_every` steps. Both evaluate at the last step.
+`train.eval_every_epochs > 0` reproduces that exactly (the sampler's iterations are the evaluation intervals,
+see `input_pipeline`); otherwise the run evaluates every `train.eval_every` steps. Both evaluate at the last
+step.
 """
 
 from __future__ import annotations
@@ -73,10 +72,7 @@ def cadence(tcfg, train_split, seed: int) -> Cadence:
 
 
 def describe(c: Cadence) -> str:
-  if c.eval_every:
-    how = f"every {c.eval_every} steps"
-  else:
-    how = f"every {c.epochs_per_iter} epochs"
+  how = f"every {c.eval_every} steps" if c.eval_every else f"every {c.epochs_per_iter} epochs"
   shown = ", ".join(map(str, c.eval_steps[:6])) + (", ..." if len(c.eval_steps) > 6 else "")
   return (
     f"{len(c.eval_steps)} evaluations ({how}; at steps {shown}); run ends at step {c.end}; "

@@ -1,13 +1,13 @@
 """Orbax checkpoints of a run: state (params, opt state, EMA, puzzle table, step),
 the ACT carry with its current examples, and a JSON record of the run.
 
-Saves are asynchronous and keep the newest `keep` steps. SIGTERM (preemption)
-makes the loop save and exit cleanly (see `Preemption`).
-Restores always use an abstract target so optax states keep their types.
+Saves are asynchronous and keep the newest `keep` steps. SIGTERM (preemption) makes the loop save and exit
+cleanly (see `Preemption`). Restores always use an abstract target so optax states keep their types.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -17,8 +17,6 @@ import jax
 import orbax.checkpoint as ocp
 
 from trm_jax import errors, faults, fileio, integrity, rundir
-
-ITEMS = ("state", "carry", "meta")
 
 
 class CheckpointError(ValueError):
@@ -36,7 +34,7 @@ def manager(workdir, keep: int = 3, read_only: bool = False) -> ocp.CheckpointMa
     cleanup_tmp_directories=not read_only,
   )
   try:
-    return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "carry", "meta"))
   except Exception as e:  # noqa: BLE001 - orbax raises many kinds
     raise CheckpointError(f"{directory}: not a readable checkpoint directory ({errors.first_line(e, 200)})") from None
 
@@ -54,10 +52,7 @@ def _refill(tree, abstract_tree):
       return jax.device_put(jax.numpy.zeros(a.shape, a.dtype), a.sharding)
     return x
 
-  is_none = lambda x: x is None
-  flat_a, treedef = jax.tree.flatten(abstract_tree, is_leaf=is_none)
-  flat_x = jax.tree.flatten(tree, is_leaf=is_none)[0]
-  return jax.tree.unflatten(treedef, [fill(a, x) for a, x in zip(flat_a, flat_x)])
+  return jax.tree.map(fill, abstract_tree, tree, is_leaf=lambda x: x is None)
 
 
 class NonFiniteState(ValueError):
@@ -76,30 +71,18 @@ def save(mngr: ocp.CheckpointManager, step: int, state, carry, meta: dict, force
     bad = [k for k, (_, ok) in summary.items() if not ok]
     if bad:
       raise NonFiniteState(
-        f"non-finite values in the step-{step} {name} ({name}{bad[0]}"
-        + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
-        + "); not saved"
+        f"non-finite values in the step-{step} {name} ({integrity.first_and_more(name, bad)}); not saved"
       )
     prints[name] = {k: fp for k, (fp, _) in summary.items()}
   meta = dict(meta, fingerprints=prints)
   with errors.disk_full_names(mngr.directory):  # here or in the previous, asynchronous, save
     faults.disk_full("checkpoint_write", f"{mngr.directory}/{step}")
-    saved = mngr.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), carry=ocp.args.StandardSave(carry), meta=ocp.args.JsonSave(meta)
-      ),
-      force=force,
-    )
+    items = dict(state=ocp.args.StandardSave(state), carry=ocp.args.StandardSave(carry), meta=ocp.args.JsonSave(meta))
+    saved = mngr.save(step, args=ocp.args.Composite(**items), force=force)
   if saved and faults.armed("checkpoint_saved"):
     mngr.wait_until_finished()  # committed: what a test that stops (or kills) the run here finds
     faults.point("checkpoint_saved")
   return saved
-
-
-def abstract(tree):
-  """ShapeDtypeStructs with shardings: the restore target for `tree`."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 def latest_step(mngr: ocp.CheckpointManager):
@@ -112,9 +95,8 @@ def latest_step(mngr: ocp.CheckpointManager):
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, abstract_carry=None):
   """-> (state, carry or None, meta) of `step`; a damaged checkpoint is a CheckpointError naming the step.
 
-  Damaged: unreadable, an array whose fingerprint differs from the one
-  recorded at save time, or NaN/inf anywhere (checkpoints are only written
-  from finite states).
+  Damaged: unreadable, an array whose fingerprint differs from the one recorded at save time, or NaN/inf
+  anywhere (checkpoints are only written from finite states).
   """
   where = os.path.join(str(mngr.directory), str(step))
   items = dict(state=ocp.args.StandardRestore(_drop_empty(abstract_state)), meta=ocp.args.JsonRestore())
@@ -128,8 +110,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, abstract_car
   recorded = meta.get("fingerprints") if isinstance(meta, dict) else None
   for name in ("state", "carry"):
     if name in got and got[name] is not None:
-      why = integrity.damage(got[name], None if recorded is None else recorded.get(name, {}), name)
-      if why:
+      if why := integrity.damage(got[name], None if recorded is None else recorded.get(name, {}), name):
         raise CheckpointError(f"{where}: damaged checkpoint ({why})")
   state = _refill(got["state"], abstract_state)
   carry = _refill(got["carry"], abstract_carry) if abstract_carry is not None else None
@@ -144,11 +125,10 @@ class Restored(NamedTuple):
   damaged: list  # [(step, reason)] of the newer checkpoints skipped on the way
 
 
-def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=None, steps=None) -> Restored:
-  """The newest checkpoint that restores intact (of `steps`, default all); a CheckpointError when none is."""
-  steps = sorted(mngr.all_steps() if steps is None else steps, reverse=True)
+def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=None) -> Restored:
+  """The newest checkpoint that restores intact; a CheckpointError when none does."""
   damaged = []
-  for step in steps:
+  for step in sorted(mngr.all_steps(), reverse=True):
     try:
       state, carry, meta = restore(mngr, step, abstract_state, abstract_carry)
     except CheckpointError as e:
@@ -162,10 +142,9 @@ def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=N
 def set_aside(mngr: ocp.CheckpointManager, steps, run_dir: rundir.RunDir) -> list[str]:
   """Moves the checkpoints of `steps` out of the run's checkpoints directory, next to it; -> where to.
 
-  Used for checkpoints that failed to restore: out of the way (re-saving their
-  step works, and they no longer shadow an older good one), but not deleted, as
-  a passing storage error can look like damage. Process 0 moves; every process
-  waits for it and re-reads the directory.
+  Used for checkpoints that failed to restore: out of the way (re-saving their step works, and they no longer
+  shadow an older good one), but not deleted, as a passing storage error can look like damage. Process 0 moves;
+  every process waits for it and re-reads the directory.
   """
   stamp = time.strftime("%Y%m%d-%H%M%S")
   dests = [run_dir.damaged_checkpoint(s, stamp) for s in steps]
@@ -189,8 +168,8 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
 def barrier(key: str, timeout_s: int = 3600) -> None:
   """All processes meet here (coordination service; a no-op on one process).
 
-  Used after compiling: a peer that compiles slower must not leave the other
-  waiting inside a collective, where CPU (gloo) gives up after 30 s.
+  Used after compiling: a peer that compiles slower must not leave the other waiting inside a collective, where
+  CPU (gloo) gives up after 30 s.
   """
   ocp.multihost.get_barrier_sync_fn()(key=key, timeout_ms=timeout_s * 1000)
 
@@ -198,13 +177,11 @@ def barrier(key: str, timeout_s: int = 3600) -> None:
 class Preemption:
   """SIGTERM -> the loop saves at an agreed step and exits cleanly.
 
-  One process: a Python SIGTERM handler sets a flag that `reached` returns.
-  Several processes: `jax.distributed.initialize` started JAX's preemption
-  sync manager, whose SIGTERM handler (in XLA) tells every process and agrees
-  on a step; `reached` asks it (Orbax `reached_preemption`), so no Python
-  handler is installed there (it would replace XLA's and nothing would save).
-  Once a save for preemption is pending, a further SIGTERM or a SIGINT ends
-  the process at once (default action) instead of waiting for the save (on
+  One process: a Python SIGTERM handler sets a flag that `reached` returns. Several processes:
+  `jax.distributed.initialize` started JAX's preemption sync manager, whose SIGTERM handler (in XLA) tells every
+  process and agrees on a step; `reached` asks it (Orbax `reached_preemption`), so no Python handler is
+  installed there (it would replace XLA's and nothing would save). Once a save for preemption is pending, a
+  further SIGTERM or a SIGINT ends the process at once (default action) instead of waiting for the save (on
   several processes XLA's handler absorbs signals until the agreed step).
   """
 
@@ -219,21 +196,16 @@ class Preemption:
     return self
 
   def _install(self, signum, handler):
-    try:
-      old = signal.signal(signum, handler)
-    except ValueError:  # not the main thread
-      return
-    self._old.setdefault(signum, old)
+    with contextlib.suppress(ValueError):  # not the main thread
+      self._old.setdefault(signum, signal.signal(signum, handler))
 
   def _handle(self, signum, frame):
-    del frame
     if self.requested:
       self._die(signum)
     self.requested = True
     self._install(signal.SIGINT, self._die)
 
   def _die(self, signum, frame=None):
-    del frame
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
@@ -242,7 +214,6 @@ class Preemption:
       if old is not None:
         signal.signal(signum, old)
     self._old = {}
-    return False
 
   def reached(self, mngr: ocp.CheckpointManager, step: int) -> bool:
     if not self._multi:

@@ -1,8 +1,7 @@
 """The errors a user can cause, and how one becomes one line.
 
-Project errors derive from `UserError` (a ValueError) or `RunStopped`; the
-console scripts (`cli.user_errors`) print them as one `error: ...` line.
-Library modules import this module, never a CLI module.
+Project errors derive from `UserError` (a ValueError) or `RunStopped`; the console scripts (`cli.user_errors`)
+print them as one `error: ...` line. Library modules import this module, never a CLI module.
 """
 
 from __future__ import annotations
@@ -36,19 +35,8 @@ USER_ERRORS = (ValueError, KeyError, AttributeError, FileNotFoundError, RunStopp
 # File-system conditions a user causes (read-only or full disks, missing permissions, a file where a
 # directory belongs): one line naming the path. Other OSErrors keep their traceback.
 USER_ERRNOS = frozenset(
-  {
-    errno.EACCES,
-    errno.EPERM,
-    errno.EROFS,
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.ENOTDIR,
-    errno.EISDIR,
-    errno.EEXIST,
-    errno.ENAMETOOLONG,
-    errno.ELOOP,
-    errno.ENOENT,
-  }
+  getattr(errno, name)
+  for name in "EACCES EPERM EROFS ENOSPC EDQUOT ENOTDIR EISDIR EEXIST ENAMETOOLONG ELOOP ENOENT".split()
 )
 
 

@@ -1,10 +1,9 @@
 """Evaluation: exact / token accuracy per set and per supervision step, ARC votes.
 
-The eval step is `steps.rollout` (every row runs all supervision steps from a
-fresh carry); accuracies are computed on the host from the per-step
-predictions. On several processes each scores its own rows and the results
-are gathered. ARC voting (the reference's `evaluators/arc.py`) lives in `arc_votes`; this
-module turns evaluated rows into its entries and scores them.
+The eval step is `steps.rollout` (every row runs all supervision steps from a fresh carry); accuracies are
+computed on the host from the per-step predictions. On several processes each scores its own rows and the
+results are gathered. ARC voting (the reference's `evaluators/arc.py`) lives in `arc_votes`; this module turns
+evaluated rows into its entries and scores them.
 """
 
 from __future__ import annotations
@@ -35,30 +34,16 @@ def make_eval_step(model, mcfg, n_steps: int):
 def evaluate_all(run, state, data, workdir=None, eval_step=None) -> dict:
   """Every eval set of `data` with the EMA weights when EMA is on; ARC adds voting and a submission.
 
-  ARC's `eval/ARC/pass@K` and `submission.json` vote over every evaluation of
-  the run so far when `eval.arc_aggregate_voting` (the reference's default;
-  the votes are stored in the run directory `workdir`, see `arc_votes`), else
-  over this one; `eval/ARC/pass@K_this_eval` is always this evaluation's own score.
+  ARC's `eval/ARC/pass@K` and `submission.json` vote over every evaluation of the run so far when
+  `eval.arc_aggregate_voting` (the reference's default; the votes are stored in the run directory `workdir`, see
+  `arc_votes`), else over this one; `eval/ARC/pass@K_this_eval` is always this evaluation's own score.
   `eval_step`: `run.eval_step` compiled for eval batches (the default: `run.eval_step`).
   """
-  cfg, out = run.config, {}
-  params, step = state.eval_params(), int(jax.device_get(state.step))
+  out, step = {}, int(jax.device_get(state.step))
   run_dir = rundir.RunDir(workdir) if workdir else None
+  arc = (data.info, data.arrays) if data.task == "arc" else None
   for name, split in data.evals.items():
-    arc = (data.info, data.arrays) if data.task == "arc" else None
-    m, entries = evaluate_split(
-      eval_step or run.eval_step,
-      params,
-      state.consts,
-      state.puzzle_table,
-      split,
-      cfg.eval.batch_size,
-      run.eval_supervision_steps,
-      run.make_batch,
-      cfg.eval.max_examples,
-      name,
-      arc,
-    )
+    m, entries = evaluate_split(run, eval_step or run.eval_step, state, split, name, arc)
     if jax.process_count() > 1:  # each process scored only its own rows of every batch
       parts = _gather_objects((m, entries))
       m = _merge_split_metrics([p[0] for p in parts], f"eval/{name}/count")
@@ -69,7 +54,7 @@ def evaluate_all(run, state, data, workdir=None, eval_step=None) -> dict:
       this = arc_votes.tally(entries)
       scores, submission = arc_votes.score(this, test_counts=counts)
       out.update({f"eval/ARC/{k}_this_eval": v for k, v in scores.items()})
-      if cfg.eval.arc_aggregate_voting and run_dir:
+      if run.config.eval.arc_aggregate_voting and run_dir:
         pooled = arc_votes.pool(run_dir, name, step, this, write=jax.process_index() == 0)
         scores, submission = arc_votes.score(pooled, test_counts=counts)
       out.update({f"eval/ARC/{k}": v for k, v in scores.items()})
@@ -101,8 +86,7 @@ def _merge_split_metrics(parts: list, count_key: str) -> dict:
 
 def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None) -> dict:
   """Runs one example -> answer tokens, steps used, halting confidence, per-step answers."""
-  rows = run.mesh.size
-  seq = run.mcfg.seq_len
+  rows, seq = run.mesh.size, run.mcfg.seq_len
   batch = {
     "inputs": np.zeros((rows, seq), np.int32),
     "labels": np.full((rows, seq), -100, np.int32),
@@ -116,8 +100,7 @@ def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None
   out = step_fn(state.eval_params(), state.consts, state.puzzle_table, run.make_batch(batch))
   preds = np.asarray(jax.device_get(out["preds"]))[:, 0]
   q = np.asarray(jax.device_get(out["q_halt"]))[:, 0]
-  halts = np.flatnonzero(q > 0)
-  k = int(halts[0]) if len(halts) else len(q) - 1
+  k = int(np.argmax(q > 0)) if (q > 0).any() else len(q) - 1  # the first step that halts, else the last
   return {
     "answer": preds[k],
     "steps": k + 1,
@@ -131,12 +114,9 @@ class SetAccumulator:
   """Host-side sums of exact and token accuracy after each supervision step."""
 
   def __init__(self, n_steps: int):
-    self.n = n_steps
-    self.count = 0
-    self.exact = np.zeros(n_steps)
-    self.token = np.zeros(n_steps)
-    self.halt_exact = 0.0  # exact accuracy at the first step whose q_halt > 0
-    self.halt_steps = 0.0
+    self.n, self.count = n_steps, 0
+    self.exact, self.token = np.zeros(n_steps), np.zeros(n_steps)
+    self.halt_exact, self.halt_steps = 0.0, 0.0  # exact accuracy and steps at the first step whose q_halt > 0
 
   def add(self, preds: np.ndarray, q_halt: np.ndarray, labels: np.ndarray) -> None:
     """preds (n, B, S), q_halt (n, B), labels (B, S); rows without labels are padding."""
@@ -167,27 +147,16 @@ class SetAccumulator:
     return {k: float(v) for k, v in out.items()}
 
 
-def evaluate_split(
-  eval_fn,
-  params,
-  consts,
-  table,
-  split,
-  batch_size: int,
-  n_steps: int,
-  make_batch,
-  max_examples: int = -1,
-  name: str = "test",
-  arc=None,
-):
-  """Runs one split -> (metrics dict, ARC entries or None).
+def evaluate_split(run, eval_fn, state, split, name: str, arc=None):
+  """Runs one split through `eval_fn` (the run's eval step) -> (metrics dict, ARC entries or None).
 
-  With `max_examples > 0` only the first batches holding that many examples
-  run (<= 0: all of them, as `config.eval.max_examples` says); the metrics then include `eval/<name>/partial` = 1.
+  With `config.eval.max_examples > 0` only the first batches holding that many examples run (<= 0: all of them);
+  the metrics then include `eval/<name>/partial` = 1.
   """
-  acc = SetAccumulator(n_steps)
+  batch_size, max_examples = run.config.eval.batch_size, run.config.eval.max_examples
+  acc = SetAccumulator(run.eval_supervision_steps)
   entries = [] if arc is not None else None
-  seen, partial = 0, False
+  params, seen, partial = state.eval_params(), 0, False
   for local in input_pipeline.eval_batches(
     split, batch_size, jax.process_index(), jax.process_count(), with_index=True
   ):
@@ -195,7 +164,7 @@ def evaluate_split(
       partial = True
       break
     index = local.pop("example_index")
-    out = eval_fn(params, consts, table, make_batch(local))
+    out = eval_fn(params, state.consts, state.puzzle_table, run.make_batch(local))
     preds = np.asarray(jax.device_get(_local(out["preds"])))
     q_halt = np.asarray(jax.device_get(_local(out["q_halt"])))
     acc.add(preds, q_halt, local["labels"])
@@ -251,8 +220,8 @@ def arc_entries(split, index, local, final_preds, final_q_halt, info, arrays):
 def arc_test_counts(split, info, arrays) -> dict:
   """{task id: number of test inputs} for every task with examples in an ARC eval split.
 
-  These are the reference's denominators: pass@K is a mean over every test
-  task of the fraction of its test inputs solved, evaluated or not.
+  These are the reference's denominators: pass@K is a mean over every test task of the fraction of its test
+  inputs solved, evaluated or not.
   """
   tasks = arrays["puzzle_task"][np.asarray(split.puzzle_identifiers)]
   sizes = np.diff(np.asarray(split.puzzle_indices))

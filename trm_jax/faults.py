@@ -1,24 +1,19 @@
 """Explicit points where a test stops a process midway, instead of sleeping.
 
-A process started with `TRM_JAX_FAULT_POINT=<name>` prints `fault point: <name>`
-on stdout when it reaches `point(<name>)`, then waits until its stdin closes
-(or it is killed). Unset (always, outside tests) a point does nothing. A point
-reached again after stdin closed prints its line and goes on at once.
+A process started with `TRM_JAX_FAULT_POINT=<name>` prints `fault point: <name>` on stdout when it reaches
+`point(<name>)`, then waits until its stdin closes (or it is killed); reached again after that, it prints and
+goes on. Unset (always, outside tests) a point does nothing. The points, each named for what is true when a
+process stops there:
 
-The points, each named for what is true when a process stops there:
+- `data_build_before_publish` (datasets/common.py `build`): every record of the set is written in the
+  build's private staging directory; nothing is published.
+- `checkpoint_saved` (checkpoint.py `save`): the step just saved is committed (its final directory,
+  or on gs:// its commit_success.txt, exists).
+- `progress_logged` (metrics.py `Writer.progress`): process 0 has printed the progress of a step; on
+  several processes the others run on until a collective needs process 0.
 
-- `data_build_before_publish` (datasets/common.py `build`): every record of the
-  set is written in the build's private staging directory; nothing is published.
-- `checkpoint_saved` (checkpoint.py `save`): the checkpoint of the step just
-  saved is committed (its final directory, or on gs:// its commit_success.txt,
-  exists) and the run goes on only when released.
-- `progress_logged` (metrics.py `Writer.progress`): process 0 has printed the
-  training progress of a step (every `train.log_every` steps); on several
-  processes the others run on until a collective needs process 0.
-
-`disk_full(<name>, path)` instead raises OSError(ENOSPC) for `path`, as a full
-disk would: `checkpoint_write` (checkpoint.py `save`, before the step's
-checkpoint is written) and `metrics_write` (metrics.py `Writer.write`).
+`disk_full(<name>, path)` instead raises OSError(ENOSPC) for `path`, as a full disk would: `checkpoint_write`
+(checkpoint.py `save`, before the write) and `metrics_write` (`Writer.write`).
 """
 
 from __future__ import annotations

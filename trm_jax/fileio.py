@@ -1,24 +1,22 @@
 """The files of a run, local or on gs:// (through `etils.epath`), written safely.
 
-Every path a run reads or writes goes through here. Local paths are plain
-files; `gs://` (any `scheme://`) paths go through epath's fsspec backend
-(gcsfs: `pip install 'trm_jax[gcs]'`).
+Every path a run reads or writes goes through here. `gs://` (any `scheme://`) paths go through epath's fsspec
+backend (gcsfs: `pip install 'trm_jax[gcs]'`).
 
-Local writes never follow a symbolic link: whole files are written to a
-temporary file created exclusively next to the target and moved over it
-(`os.replace` replaces a link, it does not write through it); appends open
-with `O_NOFOLLOW`; the workdir and the run's directories in it must be owned
-by the user. GCS has no append and no rename: an object is written whole in
-one upload, which readers see atomically.
+Local writes never follow a symbolic link: whole files are written to a temporary file created exclusively next
+to the target and moved over it (`os.replace` replaces a link, it does not write through it); appends open with
+`O_NOFOLLOW`; the workdir and its run directories must be the user's. GCS has no append and no rename: an object
+is written whole in one upload, seen atomically.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import posixpath
 import stat
-import tempfile
+import uuid
 
 from trm_jax import errors
 
@@ -52,11 +50,10 @@ def epath(path):
   return epath_lib.Path(os.fspath(path))
 
 
-@contextlib.contextmanager
-def _remote_errors(path):
-  """Turns a missing gcsfs (or a failed request) into one line naming the path."""
+def _remote(path, fn):
+  """`fn(epath(path))`, a missing gcsfs (or a failed request) as one line naming the path."""
   try:
-    yield
+    return fn(epath(path))
   except ImportError as e:
     raise FileIOError(
       f"{path}: remote paths need gcsfs and google-cloud-storage (pip install 'trm_jax[gcs]'; {errors.first_line(e, 300)})"
@@ -68,30 +65,20 @@ def _remote_errors(path):
 
 
 def exists(path) -> bool:
-  if not is_remote(path):
-    return os.path.lexists(path)
-  with _remote_errors(path):
-    return epath(path).exists()
+  return _remote(path, lambda p: p.exists()) if is_remote(path) else os.path.lexists(path)
 
 
 def isdir(path) -> bool:
-  if not is_remote(path):
-    return os.path.isdir(path)
-  with _remote_errors(path):
-    return epath(path).is_dir()
+  return _remote(path, lambda p: p.is_dir()) if is_remote(path) else os.path.isdir(path)
 
 
 def listdir(path) -> list[str]:
-  if not is_remote(path):
-    return os.listdir(path)
-  with _remote_errors(path):
-    return [p.name for p in epath(path).iterdir()]
+  return _remote(path, lambda p: [c.name for c in p.iterdir()]) if is_remote(path) else os.listdir(path)
 
 
 def makedirs(path) -> None:
   if is_remote(path):
-    with _remote_errors(path):
-      epath(path).mkdir(parents=True, exist_ok=True)  # no-op on GCS: objects need no folders
+    _remote(path, lambda p: p.mkdir(parents=True, exist_ok=True))  # no-op on GCS: objects need no folders
     return
   try:
     os.makedirs(path, exist_ok=True)
@@ -107,8 +94,7 @@ def move(src, dst) -> None:
   Local: one rename. gs://: every object is copied, then deleted (GCS has no rename).
   """
   if is_remote(src):
-    with _remote_errors(src):
-      epath(src).rename(epath(dst))
+    _remote(src, lambda p: p.rename(epath(dst)))
     return
   if os.path.lexists(dst):
     raise FileIOError(f"{dst}: exists; not moving {src} onto it")
@@ -118,20 +104,8 @@ def move(src, dst) -> None:
     raise FileIOError(f"{src}: cannot move to {dst} ({e.strerror})") from None
 
 
-def read_text(path) -> str:
-  if is_remote(path):
-    with _remote_errors(path):
-      return epath(path).read_text()
-  with open(path) as f:
-    return f.read()
-
-
 def read_bytes(path) -> bytes:
-  if is_remote(path):
-    with _remote_errors(path):
-      return epath(path).read_bytes()
-  with open(path, "rb") as f:
-    return f.read()
+  return _remote(path, lambda p: p.read_bytes()) if is_remote(path) else pathlib.Path(path).read_bytes()
 
 
 def write_text(path, text: str) -> None:
@@ -142,14 +116,13 @@ def write_text(path, text: str) -> None:
 def write_bytes(path, data: bytes) -> None:
   """Replaces `path` with `data` in one step; locally never through a link (unique temporary + rename)."""
   if is_remote(path):
-    with _remote_errors(path):
-      epath(path).write_bytes(data)  # one object write is atomic on GCS
+    _remote(path, lambda p: p.write_bytes(data))  # one object write is atomic on GCS
     return
   parent, base = os.path.split(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=parent)  # O_EXCL: never a link
+  tmp = os.path.join(parent, f".{base}.{uuid.uuid4().hex}.tmp")
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)  # never a link
   try:
     with os.fdopen(fd, "wb") as f:
-      os.fchmod(f.fileno(), 0o666 & ~_umask())
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
@@ -160,33 +133,18 @@ def write_bytes(path, data: bytes) -> None:
     raise
 
 
-def _umask() -> int:
-  """The process umask, read without changing it where /proc allows (other threads create files)."""
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("Umask:"):
-          return int(line.split()[1], 8)
-  except (OSError, ValueError):
-    pass
-  mask = os.umask(0o022)
-  os.umask(mask)
-  return mask
-
-
 class Appender:
   """Appends text to a file: local with O_APPEND|O_NOFOLLOW; remote by rewriting the object.
 
-  A remote object is rewritten whole at every `write` (GCS has no append),
-  so what was written is on GCS when `write` returns; meant for small files
-  such as metrics.jsonl.
+  A remote object is rewritten whole at every `write` (GCS has no append), so what was written is on GCS when
+  `write` returns; meant for small files such as metrics.jsonl.
   """
 
   def __init__(self, path):
     self.path = os.fspath(path)
     self._remote = is_remote(self.path)
     if self._remote:
-      self._text = read_text(self.path) if exists(self.path) else ""
+      self._text = read_bytes(self.path).decode() if exists(self.path) else ""
       self._file = None
     else:
       flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -220,8 +178,7 @@ def refuse_link(path, what: str = "") -> None:
 def check_owned_dir(path, what: str) -> None:
   """A local directory the run writes into: if it exists, a directory owned by the user.
 
-  A symbolic link to a directory is accepted only when the link and the
-  directory are both the user's.
+  A symbolic link to a directory is accepted only when the link and the directory are both the user's.
   """
   if is_remote(path):
     return
@@ -247,15 +204,13 @@ def check_owned_dir(path, what: str) -> None:
     )
 
 
-def prepare_workdir(workdir, run_dirs=(), flag: str = "--workdir") -> str:
+def prepare_workdir(workdir, run_dirs=()) -> str:
   """Resolved workdir; creates its parents; refuses it, or one of `run_dirs`, if not a directory or not the user's."""
   workdir = resolve(workdir)
-  what = f"{flag}={workdir}"
+  what = f"--workdir={workdir}"
   if is_remote(workdir):
-    with _remote_errors(workdir):
-      p = epath(workdir)
-      if p.exists() and not p.is_dir():
-        raise FileIOError(f"{what}: exists and is not a directory")
+    if _remote(workdir, lambda p: p.exists() and not p.is_dir()):
+      raise FileIOError(f"{what}: exists and is not a directory")
     return workdir
   parent = os.path.dirname(workdir)
   try:

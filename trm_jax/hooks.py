@@ -1,12 +1,10 @@
 """The training loop's hooks: small objects with one job each, run after every train step.
 
-`train.train_loop` calls `before(step)` on every hook before train step `step`,
-then every hook, in list order, with the `Tick` of that step. A hook decides
-itself whether it acts at a step (`due`). Order matters where one hook reads
-what an earlier one decided: `Preempted` sets `tick.stop`, which makes
-`SaveCheckpoint` save and the loop end after this step, and `LogEvery` writes
-the train metrics of the window before any evaluation or save of the step.
-The profiling hook is `trace.StepTrace`.
+`train.train_loop` calls `before(step)` on every hook before train step `step`, then every hook, in list order,
+with the `Tick` of that step. A hook decides itself whether it acts at a step (`due`). Order matters where one
+hook reads what an earlier one decided: `Preempted` sets `tick.stop`, which makes `SaveCheckpoint` save and the
+loop end after this step, and `LogEvery` writes the train metrics of the window before any evaluation or save of
+the step.
 """
 
 from __future__ import annotations
@@ -21,9 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trm_jax import checkpoint, report
-from trm_jax import metrics as metrics_lib
-from trm_jax.errors import RunStopped
+from trm_jax import checkpoint, losses, report, rundir
+from trm_jax.errors import RunStopped, UserError
 
 
 class NonFiniteLoss(RunStopped):
@@ -52,10 +49,6 @@ class Hook:
     """Called after train step `tick.step`."""
 
 
-def _finite(x) -> bool:
-  return bool(np.isfinite(np.asarray(x)).all())
-
-
 @jax.jit
 def _add_metrics(a: dict, b: dict) -> dict:
   """Running metric sums: one dispatch per step instead of one per metric."""
@@ -65,9 +58,8 @@ def _add_metrics(a: dict, b: dict) -> dict:
 class NonFiniteGuard(Hook):
   """Stops the run at a NaN/inf loss and deletes the checkpoint that led to it.
 
-  The loss computed from the step-k state is only known after step k+1, so a
-  checkpoint of step k is *pending* until then and good once that loss is
-  finite (a resumed run's checkpoint is pending too). `stop` deletes the
+  The loss computed from the step-k state is only known after step k+1, so a checkpoint of step k is *pending*
+  until then and good once that loss is finite (a resumed run's checkpoint is pending too). `stop` deletes the
   pending checkpoint and raises NonFiniteLoss naming the last good one.
   """
 
@@ -83,7 +75,7 @@ class NonFiniteGuard(Hook):
     self.pending = step
 
   def check(self, loss, what: str) -> None:
-    if not _finite(loss):
+    if not np.isfinite(np.asarray(loss)).all():
       self.stop(what)
 
   def stop(self, what: str):
@@ -120,8 +112,8 @@ class Preempted(Hook):
 class LogEvery(Hook):
   """Writes the train metrics of the last `every` steps, and of the steps before any `also(tick)` acts.
 
-  The sums stay on the device until written (one fetch per window); a
-  non-finite window loss goes to `check` (`NonFiniteGuard.check`).
+  The sums stay on the device until written (one fetch per window); a non-finite window loss goes to `check`
+  (`NonFiniteGuard.check`).
   """
 
   def __init__(self, writer, every: int, batch_size: int, check: Callable, also: tuple = ()):
@@ -137,7 +129,7 @@ class LogEvery(Hook):
   def flush(self, step: int) -> None:
     host = jax.device_get(self.sums)
     self.check(host["loss"], f"non-finite loss in steps {step - self.window + 1}..{step}")
-    vals = {f"train/{k}": v for k, v in metrics_lib.reduce_window(host, self.batch_size, self.window).items()}
+    vals = {f"train/{k}": v for k, v in losses.reduce_metrics(host, self.batch_size * self.window).items()}
     vals["train/steps_per_sec"] = self.window / max(time.time() - self.t, 1e-9)
     self.sums, self.window, self.t = None, 0, time.time()
     self.writer.write(step, vals)
@@ -182,3 +174,49 @@ class SaveCheckpoint(Hook):
     except checkpoint.NonFiniteState as e:
       self.guard.stop(str(e))
     self.guard.saved(tick.step)
+
+
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+  """`train.profile_steps`: 'a,b' -> (a, b) with 1 <= a <= b; '' -> None."""
+  spec = (spec or "").strip()
+  if not spec:
+    return None
+  try:
+    a, b = (int(x) for x in spec.split(","))
+  except ValueError:
+    a = b = 0
+  if not 1 <= a <= b:
+    raise UserError(f"config.train.profile_steps: want 'first,last' with 1 <= first <= last, got {spec!r}")
+  return a, b
+
+
+class StepTrace(Hook):
+  """`train.profile_steps="a,b"`: a jax.profiler trace of train steps a..b on process 0.
+
+  The trace lands in <workdir>/profile/plugins/profile/<time>/ as `*.xplane.pb` (TensorBoard's Profile tab:
+  `tensorboard --logdir=<workdir>/profile`) and `perfetto_trace.json.gz` (https://ui.perfetto.dev). Step n is
+  the train step that produces checkpoint step n; the trace waits for step b's results before it stops, so it
+  holds whole steps.
+  """
+
+  def __init__(self, spec: str, workdir):
+    self.steps = parse_profile_steps(spec)
+    self.dir = rundir.RunDir(workdir).profile
+    self.active = False
+    self.done = self.steps is None or jax.process_index() != 0
+
+  def before(self, step: int) -> None:
+    if not self.done and not self.active and self.steps[0] <= step <= self.steps[1]:
+      jax.profiler.start_trace(self.dir, create_perfetto_trace=True)
+      self.active = True
+
+  def __call__(self, tick: Tick) -> None:
+    if self.active and tick.step >= self.steps[1]:
+      jax.block_until_ready(tick.metrics)
+      self.close()
+
+  def close(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active, self.done = False, True
+      print(f"profile trace written to {self.dir} (tensorboard --logdir={self.dir}: Profile tab)", flush=True)

@@ -1,12 +1,10 @@
 """Fingerprints and finiteness of array trees: how a damaged checkpoint is told apart.
 
-A leaf's fingerprint is the sum, modulo 2**32, of its elements' bit patterns
-(as unsigned integers) each multiplied by an odd weight that depends on the
-element's position. Integer addition is associative and commutative, so the
-value does not depend on how the array is sharded or reduced: every process of
-a multi-host run computes the same fingerprint of a global array, and a
-restore under a different mesh still matches. Changing any one element always
-changes the fingerprint (an odd weight is invertible modulo 2**32); larger
+A leaf's fingerprint is the sum, modulo 2**32, of its elements' bit patterns (as unsigned integers) each
+multiplied by an odd weight that depends on the element's position. Integer addition is associative and
+commutative, so the value does not depend on how the array is sharded or reduced: every process of a multi-host
+run computes the same fingerprint of a global array, and a restore under a different mesh still matches.
+Changing any one element always changes the fingerprint (an odd weight is invertible modulo 2**32); larger
 damage is missed with probability about 2**-32 per leaf.
 """
 
@@ -23,12 +21,9 @@ def _as_uint32(x):
   """The element bits of `x` as uint32 (64-bit dtypes gain a trailing axis of 2)."""
   if x.dtype == jnp.bool_:
     return x.astype(jnp.uint32)
-  size = x.dtype.itemsize
-  if size == 4:
-    return jax.lax.bitcast_convert_type(x, jnp.uint32)
-  if size in (1, 2):
-    return jax.lax.bitcast_convert_type(x, jnp.uint8 if size == 1 else jnp.uint16).astype(jnp.uint32)
-  return jax.lax.bitcast_convert_type(x, jnp.uint32)  # 8 bytes -> (..., 2)
+  if x.dtype.itemsize < 4:
+    return jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16}[x.dtype.itemsize]).astype(jnp.uint32)
+  return jax.lax.bitcast_convert_type(x, jnp.uint32)
 
 
 def _leaf_summary(x):
@@ -48,22 +43,15 @@ def _summaries(leaves):
   return [_leaf_summary(x) for x in leaves]
 
 
-def _scalar(x):
-  # A scalar cannot be split, so every addressable shard holds the whole value (multi-host safe).
-  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
-
-
 def summarize(tree) -> dict[str, tuple[int, bool]]:
   """{leaf path: (fingerprint, finite)} for every non-empty array leaf of `tree` (None leaves skipped)."""
-  flat = [
-    (jax.tree_util.keystr(p), x)
-    for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-    if x is not None and np.size(x)
-  ]
+  flat = [(jax.tree_util.keystr(p), x) for p, x in jax.tree.leaves_with_path(tree) if np.size(x)]
   if not flat:
     return {}
   out = _summaries([x for _, x in flat])
-  return {k: (int(_scalar(fp)), bool(_scalar(ok))) for (k, _), (fp, ok) in zip(flat, out)}
+  # A scalar cannot be split, so every addressable shard holds the whole value (multi-host safe).
+  scalar = lambda x: np.asarray(x.addressable_data(0))
+  return {k: (int(scalar(fp)), bool(scalar(ok))) for (k, _), (fp, ok) in zip(flat, out)}
 
 
 def fingerprints(tree) -> dict[str, int]:
@@ -71,9 +59,9 @@ def fingerprints(tree) -> dict[str, int]:
   return {k: fp for k, (fp, _) in summarize(tree).items()}
 
 
-def non_finite(tree) -> list[str]:
-  """Paths of the floating leaves holding NaN or inf."""
-  return [k for k, (_, ok) in summarize(tree).items() if not ok]
+def first_and_more(name: str, keys: list) -> str:
+  """`<name><first key>`, and how many more keys there are."""
+  return f"{name}{keys[0]}" + (f" and {len(keys) - 1} more" if len(keys) > 1 else "")
 
 
 def damage(tree, expected: dict | None, name: str = "") -> str | None:
@@ -85,10 +73,6 @@ def damage(tree, expected: dict | None, name: str = "") -> str | None:
       return f"no fingerprint for {name}{missing[0]}"
     wrong = [k for k, (fp, _) in got.items() if int(expected[k]) != fp]
     if wrong:
-      more = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
-      return f"fingerprint mismatch in {name}{wrong[0]}{more}"
+      return f"fingerprint mismatch in {first_and_more(name, wrong)}"
   bad = [k for k, (_, ok) in got.items() if not ok]
-  if bad:
-    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-    return f"non-finite values in {name}{bad[0]}{more}"
-  return None
+  return f"non-finite values in {first_and_more(name, bad)}" if bad else None

@@ -1,13 +1,9 @@
 """Process-0 metric writer: metrics.jsonl, TensorBoard events, progress.
 
-Progress is a tqdm bar when stderr is a terminal; otherwise (pod logs, Slurm,
-a pipe) one plain line per `progress` call, i.e. every `train.log_every` steps.
-
-TensorBoard events are written with `tensorboardX` when it is installed
-(it needs no TensorFlow); without it only metrics.jsonl is written. Both go
-through `fileio`: local files are never written through a symbolic link; on
-gs:// metrics.jsonl is rewritten whole at each write (GCS has no append) and
-TensorBoard events need google-cloud-storage (`trm_jax[gcs]`).
+Progress is a tqdm bar when stderr is a terminal; otherwise (pod logs, Slurm, a pipe) one plain line per
+`progress` call, i.e. every `train.log_every` steps. TensorBoard events are written with `tensorboardX` when it
+is installed (it needs no TensorFlow). On gs:// metrics.jsonl is rewritten whole at each write (GCS has no
+append) and TensorBoard events need google-cloud-storage.
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from trm_jax import errors, faults, fileio, losses, rundir
+from trm_jax import errors, faults, fileio, rundir
 
 
 class MetricsError(ValueError):
@@ -29,11 +25,10 @@ class MetricsError(ValueError):
 
 
 def _tensorboardx():
-  """tensorboardX, or None when it is not installed (it is optional; it needs no TensorFlow).
+  """tensorboardX, or None when it is not installed.
 
-  Where torch is installed but not yet imported, tensorboardX would import it only to
-  recognise torch tensors (2-3 s at every start); it is hidden for that import and
-  imported normally by tensorboardX's own torch features if they are ever used.
+  Where torch is installed but not yet imported, tensorboardX would import it only to recognise torch tensors
+  (2-3 s at every start); it is hidden for that import.
   """
   hide = "torch" not in sys.modules
   if hide:
@@ -49,11 +44,6 @@ def _tensorboardx():
       del sys.modules["torch"]
 
 
-def reduce_window(sums: dict, global_batch_size: int, n_steps: int) -> dict:
-  """Metric sums over `n_steps` train steps -> per-step means (losses / batch, rest / count)."""
-  return losses.reduce_metrics(sums, global_batch_size * max(n_steps, 1))
-
-
 class Writer:
   """Writes on process 0 only; every other process gets a silent writer."""
 
@@ -63,17 +53,16 @@ class Writer:
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     run_dir = rundir.RunDir(workdir)
     self.path = run_dir.metrics
-    if self.enabled:
-      _drop_after(self.path, start_step)
-    self._file = fileio.Appender(self.path) if self.enabled else None
-    self._tb = None
-    if self.enabled:
-      tbx = _tensorboardx()
-      self._tb = tbx.SummaryWriter(run_dir.tensorboard) if tbx else None
-    self._bar = None
+    self._file = self._tb = self._bar = None
     self._total, self._last = int(total_steps), (int(start_step), None)
     self._lines = bool(self.enabled and progress and not _is_terminal(sys.stderr))
-    if self.enabled and progress and not self._lines:
+    if not self.enabled:
+      return
+    _drop_after(self.path, start_step)
+    self._file = fileio.Appender(self.path)
+    tbx = _tensorboardx()
+    self._tb = tbx.SummaryWriter(run_dir.tensorboard) if tbx else None
+    if progress and not self._lines:
       self._bar = tqdm(
         total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, smoothing=0.1, mininterval=1.0
       )
@@ -119,15 +108,10 @@ class Writer:
       print(text, flush=True)
 
   def close(self) -> None:
-    if self._bar is not None:
-      self._bar.close()
-      self._bar = None
-    if self._tb is not None:
-      self._tb.close()
-      self._tb = None
-    if self._file is not None:
-      self._file.close()
-      self._file = None
+    for name in ("_bar", "_tb", "_file"):  # the progress bar first, the metrics file last
+      if (out := getattr(self, name)) is not None:
+        out.close()
+        setattr(self, name, None)
 
 
 def _is_terminal(stream) -> bool:

@@ -11,12 +11,11 @@ def summary(step, m: dict) -> str:
   """`step N: eval/<set>/exact_accuracy=..., ...`, saying so when an evaluation was partial."""
   keys = [k for k in m if k.endswith("/exact_accuracy") or k.endswith("/accuracy") or "pass@2" in k]
   partial = [k[: -len("/partial")] for k in m if k.endswith("/partial")]
-  note = (
-    (f" (PARTIAL evaluation of {', '.join(partial)}: eval.max_examples; ARC scores still divide by every test task)")
-    if partial
-    else ""
-  )
-  return f"step {step}: " + ", ".join(f"{k}={m[k]:.4f}" for k in keys) + note
+  line = f"step {step}: " + ", ".join(f"{k}={m[k]:.4f}" for k in keys)
+  if partial:
+    note = f"{', '.join(partial)}: eval.max_examples; ARC scores still divide by every test task"
+    line += f" (PARTIAL evaluation of {note})"
+  return line
 
 
 def print_example(run, state, data):
@@ -45,14 +44,11 @@ def closing_line(workdir, saved, task: str, example, tensorboard: bool) -> str:
   """Where the run's results are and what to try next (the last line `trm-train` prints)."""
   run_dir = rundir.RunDir(workdir)
   ckpt = "no checkpoint" if saved is None else f"checkpoint step {saved}"
-  parts = [f"done: {run_dir} ({ckpt}; metrics {run_dir.metrics}"]
-  if tensorboard:
-    parts.append(f"; tensorboard --logdir {run_dir.tensorboard}")
-  parts.append(")")
+  line = f"done: {run_dir} ({ckpt}; metrics {run_dir.metrics}"
+  line += f"; tensorboard --logdir {run_dir.tensorboard})" if tensorboard else ")"
   puzzle = {"sudoku": "--sudoku=", "maze": "--maze="}.get(task) if saved is not None else None  # trm-solve needs one
   if puzzle and example is not None:
-    text = render.puzzle_text(task, example)
-    parts.append(f"; try: trm-solve --workdir={run_dir} {puzzle}'{text}'")
+    line += f"; try: trm-solve --workdir={run_dir} {puzzle}'{render.puzzle_text(task, example)}'"
   elif task == "arc" and saved is not None:
-    parts.append(f"; try: trm-solve --workdir={run_dir} --arc=TASK.json")
-  return "".join(parts)
+    line += f"; try: trm-solve --workdir={run_dir} --arc=TASK.json"
+  return line

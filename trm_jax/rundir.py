@@ -3,7 +3,7 @@
     checkpoints/<step>/, damaged_checkpoint_<step>_<time>/   `checkpoint` (the latter: set aside on resume)
     metrics.jsonl, tensorboard/                               `metrics`
     arc_votes/<split>/step_<N>.npz, submission.json           `arc_votes`, `evaluate`
-    profile/                                                  `trace`
+    profile/                                                  `hooks.StepTrace`
     run.lock                                                  `workdir_lock`
 
 Modules take a `RunDir` or a workdir path (`RunDir(path)` reads either).
@@ -30,9 +30,9 @@ class RunDir:
   def path(self, *names) -> str:
     return fileio.join(self.root, *names)
 
-  def prepare(self, flag: str = "--workdir") -> RunDir:
+  def prepare(self) -> RunDir:
     """Creates the workdir's parents; refuses a workdir or run folder that is not a directory or not the user's."""
-    fileio.prepare_workdir(self.root, [self.path(name) for name in self.DIRS], flag)
+    fileio.prepare_workdir(self.root, [self.path(name) for name in self.DIRS])
     return self
 
   def checkpoints(self, step: int | None = None) -> str:

@@ -1,8 +1,7 @@
 """A run's jitted pieces (`Run`), its metadata, and loading a run back from its checkpoints.
 
-`trm-train` builds a `Run` from a resolved config; `trm-solve`, `trm-convert`
-and the tests rebuild one from the config saved in a checkpoint (`load_run`),
-without the data.
+`trm-train` builds a `Run` from a resolved config; `trm-solve`, `trm-convert` and the tests rebuild one from the
+config saved in a checkpoint (`load_run`), without the data.
 """
 
 from __future__ import annotations
@@ -173,11 +172,11 @@ def memory_limit(devices) -> int | None:
 def check_fits(run: Run, train_c, eval_c, table_field: str, device_limit: int | None = None) -> None:
   """A run that needs more memory than the devices or the host have is one UserError, before anything is allocated.
 
-  Needs: the compiled train step (state, carry, batch, temporaries), the state and carry held while the
-  eval step runs, and a host copy of the state (checkpoints are written from one); on CPU every device's
-  memory is host RAM. The error names the field whose part of the need is largest and about the largest
-  value that fits (memory grows about linearly with it: an estimate). `device_limit`: bytes per device,
-  instead of the devices' own `memory_limit` (which compile-only devices do not have).
+  Needs: the compiled train step (state, carry, batch, temporaries), the state and carry held while the eval
+  step runs, and a host copy of the state (checkpoints are written from one); on CPU every device's memory is
+  host RAM. The error names the field whose part of the need is largest and about the largest value that fits
+  (memory grows about linearly with it: an estimate). `device_limit`: bytes per device, instead of the devices'
+  own `memory_limit` (which compile-only devices do not have).
   """
   s, devices = run.abstract_state, run.mesh.local_devices
   state, table, carry = device_bytes(s), device_bytes(s.puzzle_table), device_bytes(run.abstract_carry)
@@ -208,14 +207,12 @@ def check_fits(run: Run, train_c, eval_c, table_field: str, device_limit: int | 
     name = max((k for k in parts if k), key=parts.get)
     field, value, step = fields[name]
     fits = int(value * (budget - need + parts[name]) / max(parts[name], 1)) // step * step
+    rest = (
+      f"about {fits} fits" if fits >= step else f"the rest of the run alone needs {(need - parts[name]) / 1e9:,.1f} GB"
+    )
     raise UserError(
       f"{field}={value} does not fit this machine: the run needs about {need / 1e9:,.1f} GB of the "
-      f"{budget / 1e9:,.1f} GB {where}; "
-      + (
-        f"about {fits} fits"
-        if fits >= step
-        else f"the rest of the run alone needs {(need - parts[name]) / 1e9:,.1f} GB"
-      )
+      f"{budget / 1e9:,.1f} GB {where}; {rest}"
     )
 
 
@@ -260,9 +257,8 @@ def read_meta(workdir: str, step: int | None = None):
 def load_run(workdir: str, step: int | None = None):
   """-> (Run, state, meta, step) from a run's checkpoint (the latest intact one, or `step`).
 
-  Used by trm-solve, trm-convert's export and the tests; needs no data. An
-  explicit step must be intact; otherwise the newest intact one is used, with
-  one warning line.
+  Used by trm-solve, trm-convert's export and the tests; needs no data. An explicit step must be intact;
+  otherwise the newest intact one is used, with one warning line.
   """
   mngr, steps_saved = _open(workdir, step)
   candidates = [step] if step is not None else steps_saved

@@ -1,10 +1,8 @@
 """train_and_evaluate(config, workdir): wires data, state, steps, checkpoints and metrics.
 
-A run always resumes its own latest checkpoint first. The checkpoint holds the
-whole future of the run (state with EMA and puzzle table, the ACT carry with
-its current examples, the step); batches are a pure function of (seed, step)
-and so is the rng, so a resumed run ends with the same parameters as an
-uninterrupted one.
+A run always resumes its own latest checkpoint first. The checkpoint holds the whole future of the run (state
+with EMA and puzzle table, the ACT carry with its current examples, the step); batches are a pure function of
+(seed, step) and so is the rng, so a resumed run ends with the same parameters as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ from trm_jax import (
   rundir,
   runs,
   sharding,
-  trace,
   train_state,
   workdir_lock,
 )
@@ -56,20 +53,14 @@ def resolve_config(config, meta) -> ml_collections.ConfigDict:
   return config
 
 
-def check_workdir(workdir: str) -> str:
-  """Absolute local workdir (parents created; it and its run directories must be the user's) or gs:// URI."""
-  return str(rundir.RunDir(workdir).prepare())
-
-
 def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
   """Trains (resuming the workdir's latest checkpoint), evaluates, saves; returns the last metrics.
 
-  Process 0 holds the workdir's lock (`workdir_lock`) for the whole run. `verbose`
-  also prints the resolved config (it is saved in every checkpoint's metadata anyway).
+  Process 0 holds the workdir's lock (`workdir_lock`) for the whole run. `verbose` also prints the resolved
+  config (it is saved in every checkpoint's metadata anyway).
   """
   config_lib.validate(config)  # before anything is allocated, built or created
-  run, data, cadence = _setup(config)
-  steps = _compile(run, data)  # refuses a run that does not fit, before anything is allocated or created
+  run, data, cadence, steps = _setup(config)
   run_dir = rundir.RunDir(workdir).prepare()
   with workdir_lock.hold(run_dir, enabled=jax.process_index() == 0):
     return _train_and_evaluate(run, data, cadence, steps, run_dir, verbose)
@@ -78,7 +69,7 @@ def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
 def _train_and_evaluate(run: Run, data, cadence, steps: Steps, run_dir: rundir.RunDir, verbose: bool) -> dict:
   """Trains the run through its hooks (or evaluates it once when it is already at its last step); reports."""
   tcfg, end, batch_size = run.config.train, cadence.end, int(run.config.train.global_batch_size)
-  profile = trace.StepTrace(tcfg.get("profile_steps", ""), run_dir)
+  profile = hooks_lib.StepTrace(tcfg.get("profile_steps", ""), run_dir)
   with errors.disk_full_names(run_dir.checkpoints()), contextlib.ExitStack() as resources:
     mngr = checkpoint.manager(run_dir, tcfg.keep_checkpoints)
     resources.callback(mngr.close)  # also on failure: no orbax threads left to print tracebacks at exit
@@ -96,8 +87,10 @@ def _train_and_evaluate(run: Run, data, cadence, steps: Steps, run_dir: rundir.R
     )
     save = hooks_lib.SaveCheckpoint(mngr, run_meta(run.config, data), tcfg.checkpoint_every, guard)
     log = hooks_lib.LogEvery(writer, tcfg.log_every, batch_size, guard.check, also=(evals.due, save.due))
-    feed = _feed(run, data, cadence, start)
-    batches = resources.enter_context(contextlib.closing(input_pipeline.prefetch_train_batches(*feed)))
+    feed = input_pipeline.prefetch_train_batches(
+      data.train, run.config.seed, start, batch_size, jax.process_index(), jax.process_count(), cadence.epochs_per_iter
+    )
+    batches = resources.enter_context(contextlib.closing(feed))
     resources.callback(profile.close)
     with checkpoint.Preemption() as preemption:
       preempted = hooks_lib.Preempted(preemption, mngr, writer)
@@ -105,15 +98,8 @@ def _train_and_evaluate(run: Run, data, cadence, steps: Steps, run_dir: rundir.R
       if start < end:
         writer.log(f"train step compiled in {steps.compile_seconds:.1f}s")
         writer.write(start, {"compile_seconds": steps.compile_seconds})
-        tick = train_loop(
-          lambda s, c, b: steps.train(s, c, run.make_batch(b), run.step_rng),
-          state,
-          carry,
-          start,
-          end,
-          batches,
-          [profile, guard, preempted, log, evals, save],
-        )
+        train = lambda s, c, b: steps.train(s, c, run.make_batch(b), run.step_rng)
+        tick = train_loop(train, state, carry, start, end, batches, [profile, guard, preempted, log, evals, save])
         state, step = tick.state, tick.step
         if tick.stop:
           preempted.announce(step)
@@ -142,8 +128,8 @@ def _recorded_eval(run_dir: rundir.RunDir, step: int) -> dict | None:
 def train_loop(train_step, state, carry, start: int, end: int, batches, hooks: list) -> hooks_lib.Tick:
   """Train steps start+1..end, each followed by every hook in order; -> the last step's Tick.
 
-  `train_step(state, carry, batch) -> (state, carry, metric sums)`; `batches`
-  yields (step, batch) from `start` on. Ends early after a step whose hooks set `tick.stop`.
+  `train_step(state, carry, batch) -> (state, carry, metric sums)`; `batches` yields (step, batch) from `start`
+  on. Ends early after a step whose hooks set `tick.stop`.
   """
   tick = None
   for step in range(start, end):
@@ -161,7 +147,11 @@ def train_loop(train_step, state, carry, start: int, end: int, batches, hooks: l
 
 
 def _setup(config):
-  """-> (Run, data, cadence) of the resolved config; one that does not fit the devices is a UserError."""
+  """-> (Run, data, cadence, Steps) of the resolved config, its steps compiled for its batches.
+
+  A run that does not fit the devices and the host (steps, state, puzzle table) is one UserError, before
+  anything is allocated or created. All processes meet here.
+  """
   mesh = sharding.make_mesh(config.mesh.table_parallel)
   data = data_lib.load(config.data)
   config = resolve_config(config, data.train.meta)
@@ -169,9 +159,13 @@ def _setup(config):
   try:
     sharding.check_batch(config.train.global_batch_size, mesh)
     sharding.check_batch(config.eval.batch_size, mesh, "eval.batch_size")
-    return Run(config, mesh), data, cadence_lib.cadence(config.train, data.train, config.seed)
+    run, cadence = Run(config, mesh), cadence_lib.cadence(config.train, data.train, config.seed)
   except ValueError as e:
     raise UserError(str(e)) from None
+  (train_step, seconds), (eval_step, _) = runs.compile_train(run), runs.compile_eval(run)
+  runs.check_fits(run, train_step, eval_step, f"{data.train.where}: num_puzzle_identifiers")
+  checkpoint.barrier("trm_train_step_compiled")
+  return run, data, cadence, Steps(train_step, seconds, eval_step)
 
 
 def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
@@ -184,10 +178,7 @@ def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
     return run.new_state(), run.new_carry(), False
   _check_same_model(mngr, latest, run)
   got = checkpoint.restore_intact(mngr, run.abstract_state, run.abstract_carry)
-  damaged = got.damaged
-  if damaged:
-    # Out of the checkpoints directory (re-saving that step must work, and it would shadow the
-    # good one), but kept: a passing storage error can look like damage.
+  if damaged := got.damaged:
     dests = checkpoint.set_aside(mngr, [s for s, _ in damaged], run_dir)
     if jax.process_index() == 0:
       print(
@@ -203,19 +194,17 @@ def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
 def _check_same_model(mngr, step: int, run: Run) -> None:
   """A checkpoint whose state has other shapes (another model or data) is a UserError, never 'damaged'.
 
-  The saved config's state is built abstractly and compared with this run's; choices that keep the
-  shapes (recursion, dtype, attention, train.lr, ...) may change on resume. A checkpoint whose metadata
-  does not read is left to `restore_intact`, which tells damage apart.
+  The saved config's state is built abstractly and compared with this run's; choices that keep the shapes
+  (recursion, dtype, attention, train.lr, ...) may change on resume. A checkpoint whose metadata does not read
+  is left to `restore_intact`, which tells damage apart.
   """
   try:
     saved = json.loads(checkpoint.restore_meta(mngr, step)["config"])
     theirs = Run(ml_collections.ConfigDict(saved), run.mesh).abstract_state
   except (checkpoint.CheckpointError, AttributeError, KeyError, TypeError, ValueError):
     return
-  shapes = lambda tree: jax.tree.map(lambda a: (a.shape, str(a.dtype)), tree)
-  if jax.tree.structure(theirs) == jax.tree.structure(run.abstract_state) and shapes(theirs) == shapes(
-    run.abstract_state
-  ):
+  spec = lambda tree: (jax.tree.structure(tree), [(a.shape, a.dtype) for a in jax.tree.leaves(tree)])
+  if spec(theirs) == spec(run.abstract_state):
     return
   diffs = config_lib.differences(saved, json.loads(run.config.to_json_best_effort()))
   diffs = [d for d in diffs if d.startswith(("model.", "data."))] or diffs
@@ -245,18 +234,3 @@ class Steps(NamedTuple):
   train: Any  # the compiled train step
   compile_seconds: float
   eval: Any  # the compiled eval step
-
-
-def _feed(run: Run, data, cadence, start: int) -> tuple:
-  """The arguments of this process's train batches from step `start` (`input_pipeline.train_batch`)."""
-  batch_size, process = int(run.config.train.global_batch_size), (jax.process_index(), jax.process_count())
-  return (data.train, run.config.seed, start, batch_size, *process, cadence.epochs_per_iter)
-
-
-def _compile(run: Run, data) -> Steps:
-  """The train and eval steps, compiled for the run's batches; a run whose steps, state and puzzle table do not
-  fit the devices and the host is one UserError. All processes meet here."""
-  (train_step, seconds), (eval_step, _) = runs.compile_train(run), runs.compile_eval(run)
-  runs.check_fits(run, train_step, eval_step, f"{data.train.where}: num_puzzle_identifiers")
-  checkpoint.barrier("trm_train_step_compiled")
-  return Steps(train_step, seconds, eval_step)

@@ -1,19 +1,15 @@
 """One training run per workdir: an exclusive lock naming its holder (pid, host).
 
-Local workdirs: `fcntl.flock` on `<workdir>/run.lock` (opened without
-following links), which records the holder. The kernel drops the lock when
-its process dies, so a lock left by a killed run is simply taken over. The
-holder removes the file at exit (a run that finds the file replaced after
-locking it tries again), and a workdir that `hold` created and that is still
-empty then is removed too: a run that fails early leaves nothing behind.
+Local workdirs: `fcntl.flock` on `<workdir>/run.lock` (opened without following links), which records the
+holder. The kernel drops the lock when its process dies, so a killed run's lock is simply taken over. The holder
+removes the file at exit (a run that finds the file replaced after locking it tries again), and removes a
+workdir that `hold` created if still empty: a run that fails early leaves nothing behind.
 
-gs:// workdirs: the object `<workdir>/run.lock` is created with the
-precondition "no such object" (`if_generation_match=0`), so only one run can
-create it. The holder rewrites it every `HEARTBEAT_S` seconds (each rewrite
-conditional on its own last generation) and deletes it at exit. A lock is
-stale, and is taken over with a precondition on its generation, when its
-holder ran on this host and that process is gone, or when it has not been
-refreshed for `STALE_S` seconds (a run killed on another machine).
+gs:// workdirs: the object `<workdir>/run.lock` is created with `if_generation_match=0`, so only one run can
+create it. The holder rewrites it every `HEARTBEAT_S` seconds (conditional on its own last generation) and
+deletes it at exit. A lock is stale, and taken over with a precondition on its generation, when its holder ran
+on this host and is gone, or when it has not been refreshed for `STALE_S` seconds (a run killed on another
+machine).
 """
 
 from __future__ import annotations
@@ -90,8 +86,7 @@ class _LocalLock:
     try:
       fd = os.open(self.path, flags, 0o644)
     except OSError as e:
-      if os.path.islink(self.path):
-        raise fileio.FileIOError(f"{self.path}: is a symbolic link; refusing to write through it") from None
+      fileio.refuse_link(self.path)
       raise fileio.FileIOError(f"{self.path}: cannot open lock file ({e.strerror})") from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -105,11 +100,9 @@ class _LocalLock:
 
   def _same_file(self, fd: int) -> bool:
     try:
-      st = os.lstat(self.path)
+      return os.path.samestat(os.lstat(self.path), os.fstat(fd))
     except FileNotFoundError:
       return False
-    own = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
   def release(self) -> None:
     if self.fd is not None:
