@@ -28,15 +28,11 @@ lecun_trunc = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"
 
 
 def std_trunc_normal(std: float):
-  """Truncated normal with the given std (fan-independent), as for embeddings."""
-  base = nn.initializers.truncated_normal(stddev=1.0, lower=-2.0, upper=2.0)
-  # The std of a standard normal truncated to [-2, 2].
-  corr = 0.87962566103423978
+  """Truncated normal on [-2, 2] with the given std (fan-independent), as for embeddings.
 
-  def init(key, shape, dtype=jnp.float32):
-    return base(key, shape, dtype) * (std / corr)
-
-  return init
+  0.8796... is the std of a unit normal truncated to [-2, 2].
+  """
+  return nn.initializers.truncated_normal(stddev=std / 0.87962566103423978, lower=-2.0, upper=2.0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
