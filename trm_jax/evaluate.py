@@ -1,9 +1,8 @@
-"""Evaluation: exact / token accuracy per set and per supervision step, ARC votes.
+"""Evaluation: exact / token accuracy per set and per supervision step, ARC votes (`arc_votes`).
 
 The eval step is `steps.rollout` (every row runs all supervision steps from a fresh carry); accuracies are
 computed on the host from the per-step predictions. On several processes each scores its own rows and the
-results are gathered. ARC voting (the reference's `evaluators/arc.py`) lives in `arc_votes`; this module turns
-evaluated rows into its entries and scores them.
+results are gathered.
 """
 
 from __future__ import annotations
@@ -34,10 +33,9 @@ def make_eval_step(model, mcfg, n_steps: int):
 def evaluate_all(run, state, data, workdir=None, eval_step=None) -> dict:
   """Every eval set of `data` with the EMA weights when EMA is on; ARC adds voting and a submission.
 
-  ARC's `eval/ARC/pass@K` and `submission.json` vote over every evaluation of the run so far when
-  `eval.arc_aggregate_voting` (the reference's default; the votes are stored in the run directory `workdir`, see
-  `arc_votes`), else over this one; `eval/ARC/pass@K_this_eval` is always this evaluation's own score.
-  `eval_step`: `run.eval_step` compiled for eval batches (the default: `run.eval_step`).
+  ARC's `eval/ARC/pass@K` and `submission.json` vote over every evaluation so far when `eval.arc_aggregate_voting`
+  (the reference's default; the votes are stored in `workdir`), else over this one; `eval/ARC/pass@K_this_eval`
+  is always this evaluation's own. `eval_step`: `run.eval_step` compiled for eval batches (default: as is).
   """
   out, step = {}, int(jax.device_get(state.step))
   run_dir = rundir.RunDir(workdir) if workdir else None
@@ -142,17 +140,13 @@ class SetAccumulator:
       f"{prefix}/halted_exact_accuracy": self.halt_exact / c,
       f"{prefix}/halted_steps": self.halt_steps / c,
     }
-    for k in range(self.n):
-      out[f"{prefix}/exact_accuracy@{k + 1}"] = self.exact[k] / c
+    out.update({f"{prefix}/exact_accuracy@{k + 1}": self.exact[k] / c for k in range(self.n)})
     return {k: float(v) for k, v in out.items()}
 
 
 def evaluate_split(run, eval_fn, state, split, name: str, arc=None):
   """Runs one split through `eval_fn` (the run's eval step) -> (metrics dict, ARC entries or None).
-
-  With `config.eval.max_examples > 0` only the first batches holding that many examples run (<= 0: all of them);
-  the metrics then include `eval/<name>/partial` = 1.
-  """
+  With `config.eval.max_examples > 0` only the first batches holding that many run, and `eval/<name>/partial` = 1."""
   batch_size, max_examples = run.config.eval.batch_size, run.config.eval.max_examples
   acc = SetAccumulator(run.eval_supervision_steps)
   entries = [] if arc is not None else None
@@ -187,10 +181,6 @@ def _local(x):
   return np.concatenate([np.asarray(unique[k].data) for k in sorted(unique)], axis=1)
 
 
-# ---------------------------------------------------------------------------
-# ARC voting (the reference's `evaluators/arc.py`).
-
-
 def arc_entries(split, index, local, final_preds, final_q_halt, info, arrays):
   """One vote per evaluated example: (task, test index, input, pred, q_halt, label), un-augmented."""
   from trm_jax.datasets import arc as arc_lib
@@ -219,14 +209,7 @@ def arc_entries(split, index, local, final_preds, final_q_halt, info, arrays):
 
 def arc_test_counts(split, info, arrays) -> dict:
   """{task id: number of test inputs} for every task with examples in an ARC eval split.
-
-  These are the reference's denominators: pass@K is a mean over every test task of the fraction of its test
-  inputs solved, evaluated or not.
-  """
+  The reference's denominators: pass@K is a mean over every test task of the fraction of its inputs solved."""
   tasks = arrays["puzzle_task"][np.asarray(split.puzzle_identifiers)]
   sizes = np.diff(np.asarray(split.puzzle_indices))
-  out = {}
-  for ti, n in zip(tasks.tolist(), sizes.tolist()):
-    if ti >= 0 and n > 0:
-      out[info["tasks"][ti][1]] = int(n)
-  return out
+  return {info["tasks"][ti][1]: int(n) for ti, n in zip(tasks.tolist(), sizes.tolist()) if ti >= 0 and n > 0}

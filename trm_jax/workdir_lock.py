@@ -1,15 +1,14 @@
 """One training run per workdir: an exclusive lock naming its holder (pid, host).
 
-Local workdirs: `fcntl.flock` on `<workdir>/run.lock` (opened without following links), which records the
-holder. The kernel drops the lock when its process dies, so a killed run's lock is simply taken over. The holder
-removes the file at exit (a run that finds the file replaced after locking it tries again), and removes a
-workdir that `hold` created if still empty: a run that fails early leaves nothing behind.
+Local: `fcntl.flock` on `<workdir>/run.lock` (opened without following links), which records the holder. The
+kernel drops the lock when its process dies, so a killed run's lock is simply taken over. The holder removes the
+file at exit (a run that finds the file replaced after locking it tries again) and a workdir `hold` created if
+still empty: a run that fails early leaves nothing behind.
 
-gs:// workdirs: the object `<workdir>/run.lock` is created with `if_generation_match=0`, so only one run can
-create it. The holder rewrites it every `HEARTBEAT_S` seconds (conditional on its own last generation) and
-deletes it at exit. A lock is stale, and taken over with a precondition on its generation, when its holder ran
-on this host and is gone, or when it has not been refreshed for `STALE_S` seconds (a run killed on another
-machine).
+gs://: the object `<workdir>/run.lock` is created with `if_generation_match=0` (only one run can), rewritten
+every `HEARTBEAT_S` seconds (conditional on its last generation) and deleted at exit. A lock is stale, and taken
+over with a generation precondition, when its holder ran on this host and is gone, or when it has not been
+refreshed for `STALE_S` seconds (a run killed on another machine).
 """
 
 from __future__ import annotations
