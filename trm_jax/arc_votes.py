@@ -75,10 +75,9 @@ def score(t: dict, ks=PASS_KS, test_counts: dict | None = None):
   """Tally -> ({"pass@K": score}, submission dict).
 
   Candidates are ranked by votes, then mean sigmoid(q_halt); a test input is solved at K when its label is among
-  the top K; a task scores the fraction of its test inputs solved and the result is the mean over tasks. With
-  `test_counts` ({task: number of test inputs}, every test task of the split) the denominators are the
-  reference's: every test input of every test task, whether it got predictions or not; without it, the tasks and
-  inputs seen.
+  the top K; the result is the mean over tasks of the fraction of their test inputs solved. With `test_counts`
+  ({task: number of test inputs}) the denominators are the reference's (every test input of every test task, with
+  predictions or not); without it, the tasks and inputs seen.
   """
   by_task = collections.defaultdict(list)
   for key in t:
@@ -169,14 +168,11 @@ def load(path) -> dict:
 
 def stored_steps(workdir, split: str) -> list:
   d = epath.Path(rundir.RunDir(workdir).arc_votes(split))
-  if not d.exists():
-    return []
-  return sorted(int(m.group(1)) for p in d.iterdir() if (m := _STEP_FILE.fullmatch(p.name)))
+  return sorted(int(m.group(1)) for p in d.iterdir() if (m := _STEP_FILE.fullmatch(p.name))) if d.exists() else []
 
 
 def pool(workdir, split: str, step: int, this_eval: dict, write: bool) -> dict:
-  """Stores this evaluation's tally as step `step` (when `write`) and returns the sum of the
-  stored tallies of earlier steps and this one."""
+  """Stores this evaluation's tally as step `step` (when `write`); -> the sum of it and those of earlier steps."""
   run_dir = rundir.RunDir(workdir)
   if write:
     save(run_dir.arc_votes(split, step), this_eval)

@@ -14,6 +14,7 @@ import time
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from trm_jax import errors, faults, fileio, integrity, rundir
@@ -46,12 +47,7 @@ def _drop_empty(tree):
 
 def _refill(tree, abstract_tree):
   """Puts zero-size arrays back where `_drop_empty` left None."""
-
-  def fill(a, x):
-    if a is not None and a.size == 0:
-      return jax.device_put(jax.numpy.zeros(a.shape, a.dtype), a.sharding)
-    return x
-
+  fill = lambda a, x: jax.device_put(jnp.zeros(a.shape, a.dtype), a.sharding) if a is not None and a.size == 0 else x
   return jax.tree.map(fill, abstract_tree, tree, is_leaf=lambda x: x is None)
 
 
@@ -91,11 +87,8 @@ def latest_step(mngr: ocp.CheckpointManager):
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, abstract_carry=None):
-  """-> (state, carry or None, meta) of `step`; a damaged checkpoint is a CheckpointError naming the step.
-
-  Damaged: unreadable, an array whose fingerprint differs from the one recorded at save time, or NaN/inf
-  anywhere (checkpoints are only written from finite states).
-  """
+  """-> (state, carry or None, meta) of `step`; a damaged checkpoint (unreadable, a fingerprint other than the one
+  recorded at save time, or NaN/inf anywhere) is a CheckpointError naming the step."""
   where = os.path.join(str(mngr.directory), str(step))
   items = dict(state=ocp.args.StandardRestore(_drop_empty(abstract_state)), meta=ocp.args.JsonRestore())
   if abstract_carry is not None:
@@ -137,10 +130,7 @@ def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=N
 
 def set_aside(mngr: ocp.CheckpointManager, steps, run_dir: rundir.RunDir) -> list[str]:
   """Moves the checkpoints of `steps` (that failed to restore) next to the checkpoints directory; -> where to.
-
-  Out of the way (re-saving their step works, and they no longer shadow an older good one), but not deleted: a
-  passing storage error can look like damage. Process 0 moves; every process waits and re-reads the directory.
-  """
+  Not deleted: a passing storage error can look like damage. Process 0 moves; every process re-reads the folder."""
   stamp = time.strftime("%Y%m%d-%H%M%S")
   dests = [run_dir.damaged_checkpoint(s, stamp) for s in steps]
   if jax.process_index() == 0:
@@ -169,10 +159,9 @@ def barrier(key: str, timeout_s: int = 3600) -> None:
 class Preemption:
   """SIGTERM -> the loop saves at an agreed step and exits cleanly.
 
-  One process: a Python SIGTERM handler sets the flag `reached` returns. Several processes: JAX's preemption sync
-  manager (XLA's SIGTERM handler) agrees on a step, which `reached` asks Orbax for; no Python handler is installed
-  there (it would replace XLA's). Once a preemption save is pending, another SIGTERM or a SIGINT ends the process
-  at once (default action) instead of waiting for the save.
+  One process: a Python SIGTERM handler sets the flag `reached` returns. Several: XLA's SIGTERM handler (JAX's
+  preemption sync manager) agrees on a step that `reached` asks Orbax for; a Python handler would replace it. Once
+  a preemption save is pending, another SIGTERM or a SIGINT ends the process at once instead of waiting.
   """
 
   def __init__(self):

@@ -1,8 +1,7 @@
 """Evaluation: exact / token accuracy per set and per supervision step, ARC votes (`arc_votes`).
 
-The eval step is `steps.rollout` (every row runs all supervision steps from a fresh carry); accuracies are
-computed on the host from the per-step predictions. On several processes each scores its own rows and the
-results are gathered.
+The eval step is `steps.rollout` (all supervision steps from a fresh carry); accuracies are computed on the host
+from the per-step predictions, each process scoring its own rows.
 """
 
 from __future__ import annotations
@@ -77,19 +76,15 @@ def _merge_split_metrics(parts: list, count_key: str) -> dict:
   """Per-process results of one eval split -> the whole split's (every other value is a mean per example)."""
   counts = [float(p[count_key]) for p in parts]
   total = sum(counts)
-  out = {k: sum(float(p[k]) * c for p, c in zip(parts, counts)) / max(total, 1.0) for k in parts[0] if k != count_key}
-  out[count_key] = total
-  return out
+  mean = lambda k: sum(float(p[k]) * c for p, c in zip(parts, counts)) / max(total, 1.0)
+  return {**{k: mean(k) for k in parts[0] if k != count_key}, count_key: total}
 
 
 def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None) -> dict:
   """Runs one example -> answer tokens, steps used, halting confidence, per-step answers."""
   rows, seq = run.mesh.size, run.mcfg.seq_len
-  batch = {
-    "inputs": np.zeros((rows, seq), np.int32),
-    "labels": np.full((rows, seq), -100, np.int32),
-    "puzzle_identifiers": np.zeros((rows,), np.int32),
-  }
+  batch = {"inputs": np.zeros((rows, seq), np.int32), "labels": np.full((rows, seq), IGNORE_LABEL, np.int32)}
+  batch["puzzle_identifiers"] = np.zeros((rows,), np.int32)
   batch["inputs"][0] = inputs
   batch["puzzle_identifiers"][0] = puzzle_id
   step_fn = run.eval_step
@@ -151,9 +146,8 @@ def evaluate_split(run, eval_fn, state, split, name: str, arc=None):
   acc = SetAccumulator(run.eval_supervision_steps)
   entries = [] if arc is not None else None
   params, seen, partial = state.eval_params(), 0, False
-  for local in input_pipeline.eval_batches(
-    split, batch_size, jax.process_index(), jax.process_count(), with_index=True
-  ):
+  batches = input_pipeline.eval_batches(split, batch_size, jax.process_index(), jax.process_count(), with_index=True)
+  for local in batches:
     if 0 < max_examples <= seen:
       partial = True
       break

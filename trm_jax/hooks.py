@@ -2,8 +2,7 @@
 
 `train.train_loop` calls `before(step)` on every hook before train step `step`, then every hook, in list order,
 with the `Tick` of that step; a hook decides itself whether it acts (`due`). Order matters: `Preempted` sets
-`tick.stop`, which makes `SaveCheckpoint` save and the loop end, and `LogEvery` writes the train metrics of the
-window before any evaluation or save of the step.
+`tick.stop` (`SaveCheckpoint` saves, the loop ends); `LogEvery` writes before any evaluation or save of the step.
 """
 
 from __future__ import annotations
@@ -185,9 +184,8 @@ def parse_profile_steps(spec: str) -> tuple[int, int] | None:
 class StepTrace(Hook):
   """`train.profile_steps="a,b"`: a jax.profiler trace of train steps a..b on process 0.
 
-  The trace lands in <workdir>/profile/plugins/profile/<time>/ as `*.xplane.pb` (TensorBoard's Profile tab) and
-  `perfetto_trace.json.gz` (https://ui.perfetto.dev). Step n produces checkpoint step n; the trace waits for step
-  b's results before it stops, so it holds whole steps.
+  It lands in <workdir>/profile/plugins/profile/<time>/ (`*.xplane.pb` for TensorBoard's Profile tab, and
+  `perfetto_trace.json.gz`); it waits for step b's results before it stops, so it holds whole steps.
   """
 
   def __init__(self, spec: str, workdir):

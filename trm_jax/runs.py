@@ -37,11 +37,8 @@ from trm_jax.model import RecursiveModel
 
 
 class Run:
-  """The jitted pieces of one run (shared by training, evaluation and `trm-solve`).
-
-  `train_step(state, carry, batch, rng) -> (state, carry, metric sums)` donates state and carry;
-  `eval_step(params, consts, table, batch)` returns per-step predictions (`evaluate.make_eval_step`).
-  """
+  """The jitted pieces of one run: `train_step(state, carry, batch, rng) -> (state, carry, metric sums)` donates
+  state and carry; `eval_step(params, consts, table, batch)` returns per-step predictions (`evaluate`)."""
 
   def __init__(self, config, mesh):
     self.config, self.mesh = config, mesh
@@ -164,10 +161,9 @@ def memory_limit(devices) -> int | None:
 def check_fits(run: Run, train_c, eval_c, table_field: str, device_limit: int | None = None) -> None:
   """A run that needs more memory than the devices or the host have is one UserError, before anything is allocated.
 
-  Needs: the compiled train step, the state and carry held while the eval step runs, and a host copy of the
-  state (checkpoints are written from one); on CPU all of it is host RAM. The error names the field with the
-  largest part of the need and about the largest value that fits (a linear estimate). `device_limit`: bytes per
-  device instead of `memory_limit(devices)` (which compile-only devices do not have).
+  Needs: the compiled train step, the state and carry during the eval step, and a host copy of the state (to
+  write checkpoints); on CPU all of it is host RAM. The error names the field with the largest part and about
+  the largest value that fits. `device_limit`: bytes per device instead of `memory_limit` (compile-only devices).
   """
   s, devices = run.abstract_state, run.mesh.local_devices
   state, table, carry = device_bytes(s), device_bytes(s.puzzle_table), device_bytes(run.abstract_carry)

@@ -107,8 +107,7 @@ def _train_and_evaluate(run: Run, data, cadence, steps: Steps, run_dir: rundir.R
         evals.run(start, state)
     mngr.wait_until_finished()
     saved, tensorboard = mngr.latest_step(), writer.tensorboard
-  # The example is solved on one process's devices, so only single-process runs print it
-  # (on a pod, `trm-solve --workdir` prints it from the checkpoint).
+  # Solved on one process's devices: on a pod, `trm-solve --workdir` prints it from the checkpoint instead.
   example = report.print_example(run, state, data) if step >= end and jax.process_count() == 1 else None
   if jax.process_index() == 0:
     print(report.closing_line(run_dir, saved, data.task, example, tensorboard), flush=True)
@@ -181,11 +180,8 @@ def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
 
 
 def _check_same_model(mngr, step: int, run: Run) -> None:
-  """A checkpoint whose state has other shapes (another model or data) is a UserError, never 'damaged'.
-
-  Choices that keep the shapes (recursion, dtype, attention, train.lr, ...) may change on resume. Unreadable
-  metadata is left to `restore_intact`, which tells damage apart.
-  """
+  """A checkpoint whose state has other shapes (another model or data) is a UserError, never 'damaged'; choices
+  that keep them (recursion, dtype, train.lr, ...) may change. Unreadable metadata is left to `restore_intact`."""
   try:
     saved = json.loads(checkpoint.restore_meta(mngr, step)["config"])
     theirs = Run(ml_collections.ConfigDict(saved), run.mesh).abstract_state
