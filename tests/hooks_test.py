@@ -90,7 +90,7 @@ def test_guard_deletes_the_pending_checkpoint_whose_loss_is_not_finite():
   guard = hooks.NonFiniteGuard(mngr, pending=4)  # resumed from step 4
   guard(tick(5))  # its loss is finite: step 4 is good
   assert guard.pending is None
-  guard.saved(6)
+  guard.pending = 6  # SaveCheckpoint saved step 6
   guard(tick(6, loss=np.nan))  # not step 6's loss yet: nothing to say
   with pytest.raises(hooks.NonFiniteLoss) as e:
     guard(tick(7, loss=np.inf))

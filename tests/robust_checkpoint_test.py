@@ -36,20 +36,20 @@ def steps_in(workdir) -> list[int]:
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.int32, jnp.uint8, jnp.bool_])
 def test_fingerprint_sees_every_single_change(dtype):
   x = (jnp.arange(24).reshape(4, 6) % 7).astype(dtype)
-  base = integrity.fingerprints({"x": x})["['x']"]
+  base = integrity.summarize({"x": x})["['x']"][0]
   seen = set()
   for i in range(4):
     for j in range(6):
       changed = x.at[i, j].set(jnp.logical_not(x[i, j]) if dtype == jnp.bool_ else x[i, j] + 1)
-      seen.add(integrity.fingerprints({"x": changed})["['x']"])
+      seen.add(integrity.summarize({"x": changed})["['x']"][0])
   assert base not in seen and len(seen) == 24  # every position counts, and differently
   # Same values, other layout: the fingerprint follows the row-major position, not the bytes' order.
-  assert integrity.fingerprints({"x": x.T})["['x']"] != base
+  assert integrity.summarize({"x": x.T})["['x']"][0] != base
 
 
 def test_damage_reports_mismatch_and_non_finite():
   tree = {"a": jnp.ones((3, 2)), "b": jnp.arange(4)}
-  prints = integrity.fingerprints(tree)
+  prints = {k: fp for k, (fp, _) in integrity.summarize(tree).items()}
   assert integrity.damage(tree, prints) is None
   assert "fingerprint mismatch in state['a']" in integrity.damage(
     {"a": jnp.ones((3, 2)).at[2, 1].set(1.5), "b": jnp.arange(4)}, prints, "state"
@@ -220,7 +220,7 @@ data = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
 mesh = Mesh(np.asarray(jax.devices()).reshape(4), ("d",))
 rows = jax.make_array_from_callback(data.shape, NamedSharding(mesh, P("d")), lambda i: data[i])
 repl = jax.make_array_from_callback(data.shape, NamedSharding(mesh, P()), lambda i: data[i])
-print("FP", integrity.fingerprints({"x": rows})["['x']"], integrity.fingerprints({"x": repl})["['x']"], flush=True)
+print("FP", integrity.summarize({"x": rows})["['x']"][0], integrity.summarize({"x": repl})["['x']"][0], flush=True)
 """
 
 
@@ -245,7 +245,7 @@ def test_fingerprint_is_the_same_on_every_process_and_sharding(env):
   outs = [p.communicate(timeout=300) for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
   data = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
-  single = integrity.fingerprints({"x": jnp.asarray(data)})["['x']"]
+  single = integrity.summarize({"x": jnp.asarray(data)})["['x']"][0]
   for out, _ in outs:
     assert f"FP {single} {single}" in out, out
 

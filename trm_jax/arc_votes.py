@@ -2,11 +2,9 @@
 
 A *tally* holds, per test input (task, hash of the un-augmented input), the candidate grids with their vote
 counts and sums of sigmoid(q_halt), plus the label when known. Tallies add up, so the reference's aggregated
-voting (its ARC evaluator keeps every evaluation's predictions for the whole run) is the sum of the
-per-evaluation tallies. Each evaluation's tally is stored in the workdir as `arc_votes/<split>/step_<N>.npz`
-(written by process 0, atomically), so pooling survives a resume or a preemption: an evaluation at step N pools
-the files of steps < N with its own tally, and a resumed run first removes the files of steps after its
-checkpoint (their evaluations are redone).
+voting (over every evaluation of the run) is the sum of the per-evaluation tallies. Each is stored as
+`arc_votes/<split>/step_<N>.npz` (by process 0, atomically), so pooling survives a resume: an evaluation at step
+N pools the files of steps < N with its own tally, and a resumed run first removes those of later steps.
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import re
 
 import numpy as np
@@ -76,10 +75,9 @@ def score(t: dict, ks=PASS_KS, test_counts: dict | None = None):
   """Tally -> ({"pass@K": score}, submission dict).
 
   Candidates are ranked by votes, then mean sigmoid(q_halt); a test input is solved at K when its label is among
-  the top K; a task scores the fraction of its test inputs solved and the result is the mean over tasks. With
-  `test_counts` ({task: number of test inputs}, every test task of the split) the denominators are the
-  reference's: every test input of every test task, whether it got predictions or not; without it, the tasks and
-  inputs seen.
+  the top K; the result is the mean over tasks of the fraction of their test inputs solved. With `test_counts`
+  ({task: number of test inputs}) the denominators are the reference's (every test input of every test task, with
+  predictions or not); without it, the tasks and inputs seen.
   """
   by_task = collections.defaultdict(list)
   for key in t:
@@ -114,54 +112,42 @@ def score(t: dict, ks=PASS_KS, test_counts: dict | None = None):
 # Files.
 
 
-def _write_bytes(path: epath.Path, data: bytes) -> None:
+def _write_bytes(path: str, data: bytes) -> None:
   """Writes `data` so that readers see the old file or the whole new one (never through a link)."""
-  fileio.makedirs(str(path.parent))
-  fileio.write_bytes(str(path), data)
+  fileio.makedirs(os.path.dirname(path))
+  fileio.write_bytes(path, data)
 
 
 def write_submission(path, submission: dict) -> None:
-  _write_bytes(epath.Path(path), json.dumps(submission).encode())
+  _write_bytes(path, json.dumps(submission).encode())
 
 
 def save(path, t: dict) -> None:
   """One tally as a compressed .npz (no pickles)."""
-  grids, shapes = [], []
-
-  def add(g):
-    grids.append(np.asarray(g, np.uint8).ravel())
-    shapes.append(np.shape(g))
-    return len(grids) - 1
-
-  keys = sorted(t)
-  task, inp, test_index, label = [], [], [], []
-  c_group, c_grid, c_votes, c_qsum = [], [], [], []
+  keys, grids, labels, cands = sorted(t), [], [], []  # cands: (group, grid, votes, q sum), grids by index
   for gi, key in enumerate(keys):
-    grp = t[key]
-    task.append(key[0])
-    inp.append(key[1])
-    test_index.append(grp.test_index)
-    label.append(-1 if grp.label is None else add(grp.label))
-    for grid, votes, qsum in grp.cands.values():
-      c_group.append(gi)
-      c_grid.append(add(grid))
-      c_votes.append(votes)
-      c_qsum.append(qsum)
+    if t[key].label is not None:
+      grids.append(t[key].label)
+    labels.append(-1 if t[key].label is None else len(grids) - 1)
+    for grid, votes, qsum in t[key].cands.values():
+      grids.append(grid)
+      cands.append((gi, len(grids) - 1, votes, qsum))
+  c_group, c_grid, c_votes, c_qsum = zip(*cands) if cands else ((),) * 4
   buf = io.BytesIO()
   np.savez_compressed(
     buf,
-    task=np.asarray(task, dtype=str),
-    input=np.asarray(inp, dtype=str),
-    test_index=np.asarray(test_index, np.int64),
-    label=np.asarray(label, np.int64),
+    task=np.asarray([key[0] for key in keys], dtype=str),
+    input=np.asarray([key[1] for key in keys], dtype=str),
+    test_index=np.asarray([t[key].test_index for key in keys], np.int64),
+    label=np.asarray(labels, np.int64),
     cand_group=np.asarray(c_group, np.int64),
     cand_grid=np.asarray(c_grid, np.int64),
     cand_votes=np.asarray(c_votes, np.int64),
     cand_qsum=np.asarray(c_qsum, np.float64),
-    grid_shape=np.asarray(shapes, np.int64).reshape(-1, 2),
-    grid_data=np.concatenate(grids) if grids else np.zeros(0, np.uint8),
+    grid_shape=np.asarray([np.shape(g) for g in grids], np.int64).reshape(-1, 2),
+    grid_data=np.concatenate([np.asarray(g, np.uint8).ravel() for g in grids] or [np.zeros(0, np.uint8)]),
   )
-  _write_bytes(epath.Path(path), buf.getvalue())
+  _write_bytes(path, buf.getvalue())
 
 
 def load(path) -> dict:
@@ -182,14 +168,11 @@ def load(path) -> dict:
 
 def stored_steps(workdir, split: str) -> list:
   d = epath.Path(rundir.RunDir(workdir).arc_votes(split))
-  if not d.exists():
-    return []
-  return sorted(int(m.group(1)) for p in d.iterdir() if (m := _STEP_FILE.fullmatch(p.name)))
+  return sorted(int(m.group(1)) for p in d.iterdir() if (m := _STEP_FILE.fullmatch(p.name))) if d.exists() else []
 
 
 def pool(workdir, split: str, step: int, this_eval: dict, write: bool) -> dict:
-  """Stores this evaluation's tally as step `step` (when `write`) and returns the sum of the
-  stored tallies of earlier steps and this one."""
+  """Stores this evaluation's tally as step `step` (when `write`); -> the sum of it and those of earlier steps."""
   run_dir = rundir.RunDir(workdir)
   if write:
     save(run_dir.arc_votes(split, step), this_eval)
@@ -201,13 +184,8 @@ def forget_after(workdir, step: int) -> list:
   """Removes every split's stored tallies of steps > `step` (a resumed run redoes them)."""
   run_dir = rundir.RunDir(workdir)
   root = epath.Path(run_dir.arc_votes())
-  gone = []
-  if not root.exists():
-    return gone
-  for d in root.iterdir():
-    if d.is_dir():
-      for s in stored_steps(run_dir, d.name):
-        if s > step:
-          epath.Path(run_dir.arc_votes(d.name, s)).unlink()
-          gone.append(f"{d.name}/step_{s}.npz")
-  return gone
+  splits = [d.name for d in root.iterdir() if d.is_dir()] if root.exists() else []
+  gone = [(split, s) for split in splits for s in stored_steps(run_dir, split) if s > step]
+  for split, s in gone:
+    epath.Path(run_dir.arc_votes(split, s)).unlink()
+  return [f"{split}/step_{s}.npz" for split, s in gone]

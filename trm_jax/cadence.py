@@ -1,14 +1,10 @@
 """When a run evaluates and ends: the reference's epoch cadence, or every N steps.
 
-The reference (TRM and HRM `pretrain.py`) trains in iterations of `eval_interval` epochs: its loader
-concatenates that many shuffles of the groups, fills full batches and drops the one partial batch at the end,
-and the run evaluates after every iteration. There are `epochs / eval_interval` iterations; the learning-rate
-schedule's horizon is `total_steps = epochs * total_groups * mean_puzzle_examples / batch`, and no step past it
-is trained.
-
-`train.eval_every_epochs > 0` reproduces that exactly (the sampler's iterations are the evaluation intervals,
-see `input_pipeline`); otherwise the run evaluates every `train.eval_every` steps. Both evaluate at the last
-step.
+The reference (TRM and HRM `pretrain.py`) trains `epochs / eval_interval` iterations of `eval_interval` epochs
+(its loader concatenates that many shuffles of the groups and drops the one partial batch at the end) and
+evaluates after each; the learning-rate horizon is `total_steps = epochs * total_groups * mean_puzzle_examples /
+batch`, and no step past it is trained. `train.eval_every_epochs > 0` reproduces that exactly (`input_pipeline`);
+otherwise the run evaluates every `train.eval_every` steps. Both evaluate at the last step.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Orbax checkpoints of a run: state (params, opt state, EMA, puzzle table, step),
-the ACT carry with its current examples, and a JSON record of the run.
+"""Orbax checkpoints of a run: state (params, opt state, EMA, puzzle table, step), the ACT carry with its current
+examples, and a JSON record of the run.
 
-Saves are asynchronous and keep the newest `keep` steps. SIGTERM (preemption) makes the loop save and exit
-cleanly (see `Preemption`). Restores always use an abstract target so optax states keep their types.
+Saves are asynchronous and keep the newest `keep` steps; SIGTERM makes the loop save and exit (`Preemption`).
+Restores always use an abstract target so optax states keep their types.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from trm_jax import errors, faults, fileio, integrity, rundir
@@ -46,12 +47,7 @@ def _drop_empty(tree):
 
 def _refill(tree, abstract_tree):
   """Puts zero-size arrays back where `_drop_empty` left None."""
-
-  def fill(a, x):
-    if a is not None and a.size == 0:
-      return jax.device_put(jax.numpy.zeros(a.shape, a.dtype), a.sharding)
-    return x
-
+  fill = lambda a, x: jax.device_put(jnp.zeros(a.shape, a.dtype), a.sharding) if a is not None and a.size == 0 else x
   return jax.tree.map(fill, abstract_tree, tree, is_leaf=lambda x: x is None)
 
 
@@ -61,9 +57,7 @@ class NonFiniteState(ValueError):
 
 def save(mngr: ocp.CheckpointManager, step: int, state, carry, meta: dict, force: bool = False) -> bool:
   """Saves asynchronously; the meta item records a fingerprint of every array (checked by `restore`).
-
-  With the `checkpoint_saved` fault point armed (tests), waits for the commit and stops there.
-  """
+  With the `checkpoint_saved` fault point armed (tests), waits for the commit and stops there."""
   state, carry = _drop_empty(state), _drop_empty(carry)
   prints = {}
   for name, tree in (("state", state), ("carry", carry)):
@@ -93,11 +87,8 @@ def latest_step(mngr: ocp.CheckpointManager):
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, abstract_carry=None):
-  """-> (state, carry or None, meta) of `step`; a damaged checkpoint is a CheckpointError naming the step.
-
-  Damaged: unreadable, an array whose fingerprint differs from the one recorded at save time, or NaN/inf
-  anywhere (checkpoints are only written from finite states).
-  """
+  """-> (state, carry or None, meta) of `step`; a damaged checkpoint (unreadable, a fingerprint other than the one
+  recorded at save time, or NaN/inf anywhere) is a CheckpointError naming the step."""
   where = os.path.join(str(mngr.directory), str(step))
   items = dict(state=ocp.args.StandardRestore(_drop_empty(abstract_state)), meta=ocp.args.JsonRestore())
   if abstract_carry is not None:
@@ -130,22 +121,16 @@ def restore_intact(mngr: ocp.CheckpointManager, abstract_state, abstract_carry=N
   damaged = []
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      state, carry, meta = restore(mngr, step, abstract_state, abstract_carry)
+      return Restored(step, *restore(mngr, step, abstract_state, abstract_carry), damaged)
     except CheckpointError as e:
       damaged.append((step, str(e)))
-      continue
-    return Restored(step, state, carry, meta, damaged)
   reason = damaged[0][1] if damaged else f"{mngr.directory}: no checkpoint"
   raise CheckpointError(f"no intact checkpoint ({len(damaged)} damaged); newest: {reason}")
 
 
 def set_aside(mngr: ocp.CheckpointManager, steps, run_dir: rundir.RunDir) -> list[str]:
-  """Moves the checkpoints of `steps` out of the run's checkpoints directory, next to it; -> where to.
-
-  Used for checkpoints that failed to restore: out of the way (re-saving their step works, and they no longer
-  shadow an older good one), but not deleted, as a passing storage error can look like damage. Process 0 moves;
-  every process waits for it and re-reads the directory.
-  """
+  """Moves the checkpoints of `steps` (that failed to restore) next to the checkpoints directory; -> where to.
+  Not deleted: a passing storage error can look like damage. Process 0 moves; every process re-reads the folder."""
   stamp = time.strftime("%Y%m%d-%H%M%S")
   dests = [run_dir.damaged_checkpoint(s, stamp) for s in steps]
   if jax.process_index() == 0:
@@ -166,23 +151,17 @@ def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
 
 
 def barrier(key: str, timeout_s: int = 3600) -> None:
-  """All processes meet here (coordination service; a no-op on one process).
-
-  Used after compiling: a peer that compiles slower must not leave the other waiting inside a collective, where
-  CPU (gloo) gives up after 30 s.
-  """
+  """All processes meet here (a no-op on one process); e.g. after compiling, so that a peer that compiles slower
+  does not leave another waiting inside a collective, where CPU (gloo) gives up after 30 s."""
   ocp.multihost.get_barrier_sync_fn()(key=key, timeout_ms=timeout_s * 1000)
 
 
 class Preemption:
   """SIGTERM -> the loop saves at an agreed step and exits cleanly.
 
-  One process: a Python SIGTERM handler sets a flag that `reached` returns. Several processes:
-  `jax.distributed.initialize` started JAX's preemption sync manager, whose SIGTERM handler (in XLA) tells every
-  process and agrees on a step; `reached` asks it (Orbax `reached_preemption`), so no Python handler is
-  installed there (it would replace XLA's and nothing would save). Once a save for preemption is pending, a
-  further SIGTERM or a SIGINT ends the process at once (default action) instead of waiting for the save (on
-  several processes XLA's handler absorbs signals until the agreed step).
+  One process: a Python SIGTERM handler sets the flag `reached` returns. Several: XLA's SIGTERM handler (JAX's
+  preemption sync manager) agrees on a step that `reached` asks Orbax for; a Python handler would replace it. Once
+  a preemption save is pending, another SIGTERM or a SIGINT ends the process at once instead of waiting.
   """
 
   def __init__(self):

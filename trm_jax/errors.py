@@ -47,9 +47,7 @@ def os_error_line(e: OSError) -> str:
 
 def disk_full(e) -> int | None:
   """ENOSPC or EDQUOT when `e` (an exception or a log message) is a full disk or quota, else None.
-
-  Orbax and TensorStore report them as a ValueError whose text holds the OS's message.
-  """
+  Orbax and TensorStore report them as a ValueError whose text holds the OS's message."""
   for code in (errno.ENOSPC, errno.EDQUOT):
     if getattr(e, "errno", None) == code or os.strerror(code) in str(e):
       return code

@@ -1,9 +1,7 @@
-"""Evaluation: exact / token accuracy per set and per supervision step, ARC votes.
+"""Evaluation: exact / token accuracy per set and per supervision step, ARC votes (`arc_votes`).
 
-The eval step is `steps.rollout` (every row runs all supervision steps from a fresh carry); accuracies are
-computed on the host from the per-step predictions. On several processes each scores its own rows and the
-results are gathered. ARC voting (the reference's `evaluators/arc.py`) lives in `arc_votes`; this module turns
-evaluated rows into its entries and scores them.
+The eval step is `steps.rollout` (all supervision steps from a fresh carry); accuracies are computed on the host
+from the per-step predictions, each process scoring its own rows.
 """
 
 from __future__ import annotations
@@ -34,10 +32,9 @@ def make_eval_step(model, mcfg, n_steps: int):
 def evaluate_all(run, state, data, workdir=None, eval_step=None) -> dict:
   """Every eval set of `data` with the EMA weights when EMA is on; ARC adds voting and a submission.
 
-  ARC's `eval/ARC/pass@K` and `submission.json` vote over every evaluation of the run so far when
-  `eval.arc_aggregate_voting` (the reference's default; the votes are stored in the run directory `workdir`, see
-  `arc_votes`), else over this one; `eval/ARC/pass@K_this_eval` is always this evaluation's own score.
-  `eval_step`: `run.eval_step` compiled for eval batches (the default: `run.eval_step`).
+  ARC's `eval/ARC/pass@K` and `submission.json` vote over every evaluation so far when `eval.arc_aggregate_voting`
+  (the reference's default; the votes are stored in `workdir`), else over this one; `eval/ARC/pass@K_this_eval`
+  is always this evaluation's own. `eval_step`: `run.eval_step` compiled for eval batches (default: as is).
   """
   out, step = {}, int(jax.device_get(state.step))
   run_dir = rundir.RunDir(workdir) if workdir else None
@@ -79,19 +76,15 @@ def _merge_split_metrics(parts: list, count_key: str) -> dict:
   """Per-process results of one eval split -> the whole split's (every other value is a mean per example)."""
   counts = [float(p[count_key]) for p in parts]
   total = sum(counts)
-  out = {k: sum(float(p[k]) * c for p, c in zip(parts, counts)) / max(total, 1.0) for k in parts[0] if k != count_key}
-  out[count_key] = total
-  return out
+  mean = lambda k: sum(float(p[k]) * c for p, c in zip(parts, counts)) / max(total, 1.0)
+  return {**{k: mean(k) for k in parts[0] if k != count_key}, count_key: total}
 
 
 def solve_one(run, state, inputs, puzzle_id: int = 0, n_steps: int | None = None) -> dict:
   """Runs one example -> answer tokens, steps used, halting confidence, per-step answers."""
   rows, seq = run.mesh.size, run.mcfg.seq_len
-  batch = {
-    "inputs": np.zeros((rows, seq), np.int32),
-    "labels": np.full((rows, seq), -100, np.int32),
-    "puzzle_identifiers": np.zeros((rows,), np.int32),
-  }
+  batch = {"inputs": np.zeros((rows, seq), np.int32), "labels": np.full((rows, seq), IGNORE_LABEL, np.int32)}
+  batch["puzzle_identifiers"] = np.zeros((rows,), np.int32)
   batch["inputs"][0] = inputs
   batch["puzzle_identifiers"][0] = puzzle_id
   step_fn = run.eval_step
@@ -142,24 +135,19 @@ class SetAccumulator:
       f"{prefix}/halted_exact_accuracy": self.halt_exact / c,
       f"{prefix}/halted_steps": self.halt_steps / c,
     }
-    for k in range(self.n):
-      out[f"{prefix}/exact_accuracy@{k + 1}"] = self.exact[k] / c
+    out.update({f"{prefix}/exact_accuracy@{k + 1}": self.exact[k] / c for k in range(self.n)})
     return {k: float(v) for k, v in out.items()}
 
 
 def evaluate_split(run, eval_fn, state, split, name: str, arc=None):
   """Runs one split through `eval_fn` (the run's eval step) -> (metrics dict, ARC entries or None).
-
-  With `config.eval.max_examples > 0` only the first batches holding that many examples run (<= 0: all of them);
-  the metrics then include `eval/<name>/partial` = 1.
-  """
+  With `config.eval.max_examples > 0` only the first batches holding that many run, and `eval/<name>/partial` = 1."""
   batch_size, max_examples = run.config.eval.batch_size, run.config.eval.max_examples
   acc = SetAccumulator(run.eval_supervision_steps)
   entries = [] if arc is not None else None
   params, seen, partial = state.eval_params(), 0, False
-  for local in input_pipeline.eval_batches(
-    split, batch_size, jax.process_index(), jax.process_count(), with_index=True
-  ):
+  batches = input_pipeline.eval_batches(split, batch_size, jax.process_index(), jax.process_count(), with_index=True)
+  for local in batches:
     if 0 < max_examples <= seen:
       partial = True
       break
@@ -185,10 +173,6 @@ def _local(x):
   for s in x.addressable_shards:
     unique.setdefault(s.index[1].start or 0, s)
   return np.concatenate([np.asarray(unique[k].data) for k in sorted(unique)], axis=1)
-
-
-# ---------------------------------------------------------------------------
-# ARC voting (the reference's `evaluators/arc.py`).
 
 
 def arc_entries(split, index, local, final_preds, final_q_halt, info, arrays):
@@ -219,14 +203,7 @@ def arc_entries(split, index, local, final_preds, final_q_halt, info, arrays):
 
 def arc_test_counts(split, info, arrays) -> dict:
   """{task id: number of test inputs} for every task with examples in an ARC eval split.
-
-  These are the reference's denominators: pass@K is a mean over every test task of the fraction of its test
-  inputs solved, evaluated or not.
-  """
+  The reference's denominators: pass@K is a mean over every test task of the fraction of its inputs solved."""
   tasks = arrays["puzzle_task"][np.asarray(split.puzzle_identifiers)]
   sizes = np.diff(np.asarray(split.puzzle_indices))
-  out = {}
-  for ti, n in zip(tasks.tolist(), sizes.tolist()):
-    if ti >= 0 and n > 0:
-      out[info["tasks"][ti][1]] = int(n)
-  return out
+  return {info["tasks"][ti][1]: int(n) for ti, n in zip(tasks.tolist(), sizes.tolist()) if ti >= 0 and n > 0}

@@ -2,15 +2,12 @@
 
 A process started with `TRM_JAX_FAULT_POINT=<name>` prints `fault point: <name>` on stdout when it reaches
 `point(<name>)`, then waits until its stdin closes (or it is killed); reached again after that, it prints and
-goes on. Unset (always, outside tests) a point does nothing. The points, each named for what is true when a
-process stops there:
+goes on. Unset (always, outside tests) a point does nothing. The points, named for what is true there:
 
-- `data_build_before_publish` (datasets/common.py `build`): every record of the set is written in the
-  build's private staging directory; nothing is published.
-- `checkpoint_saved` (checkpoint.py `save`): the step just saved is committed (its final directory,
-  or on gs:// its commit_success.txt, exists).
-- `progress_logged` (metrics.py `Writer.progress`): process 0 has printed the progress of a step; on
-  several processes the others run on until a collective needs process 0.
+- `data_build_before_publish` (datasets/common.py `build`): every record is in the build's private staging
+  directory; nothing is published.
+- `checkpoint_saved` (checkpoint.py `save`): the step just saved is committed.
+- `progress_logged` (metrics.py `Writer.progress`): process 0 has printed the progress of a step.
 
 `disk_full(<name>, path)` instead raises OSError(ENOSPC) for `path`, as a full disk would: `checkpoint_write`
 (checkpoint.py `save`, before the write) and `metrics_write` (`Writer.write`).

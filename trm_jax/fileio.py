@@ -1,12 +1,9 @@
-"""The files of a run, local or on gs:// (through `etils.epath`), written safely.
+"""The files of a run, local or on gs://, written safely: every path a run reads or writes goes through here.
 
-Every path a run reads or writes goes through here. `gs://` (any `scheme://`) paths go through epath's fsspec
-backend (gcsfs: `pip install 'trm_jax[gcs]'`).
-
-Local writes never follow a symbolic link: whole files are written to a temporary file created exclusively next
-to the target and moved over it (`os.replace` replaces a link, it does not write through it); appends open with
-`O_NOFOLLOW`; the workdir and its run directories must be the user's. GCS has no append and no rename: an object
-is written whole in one upload, seen atomically.
+`scheme://` paths go through `etils.epath`'s fsspec backend (gcsfs: `pip install 'trm_jax[gcs]'`). Local writes
+never follow a symbolic link: whole files go to a temporary file created exclusively next to the target, then
+`os.replace` (which replaces a link, not writes through it); appends open with `O_NOFOLLOW`; the workdir and its
+run directories must be the user's. GCS has no append and no rename: an object is written whole, atomically.
 """
 
 from __future__ import annotations
@@ -56,7 +53,8 @@ def _remote(path, fn):
     return fn(epath(path))
   except ImportError as e:
     raise FileIOError(
-      f"{path}: remote paths need gcsfs and google-cloud-storage (pip install 'trm_jax[gcs]'; {errors.first_line(e, 300)})"
+      f"{path}: remote paths need gcsfs and google-cloud-storage "
+      f"(pip install 'trm_jax[gcs]'; {errors.first_line(e, 300)})"
     ) from None
   except (FileNotFoundError, FileIOError):
     raise
@@ -89,10 +87,7 @@ def makedirs(path) -> None:
 
 
 def move(src, dst) -> None:
-  """Renames the file or directory `src` to the new name `dst` in an existing folder.
-
-  Local: one rename. gs://: every object is copied, then deleted (GCS has no rename).
-  """
+  """Renames the file or directory `src` to the new `dst` in an existing folder (gs://: copies, then deletes)."""
   if is_remote(src):
     _remote(src, lambda p: p.rename(epath(dst)))
     return
@@ -109,12 +104,11 @@ def read_bytes(path) -> bytes:
 
 
 def write_text(path, text: str) -> None:
-  """Replaces `path` with `text` in one step (readers see the old or the new file, never a part)."""
   write_bytes(path, text.encode())
 
 
 def write_bytes(path, data: bytes) -> None:
-  """Replaces `path` with `data` in one step; locally never through a link (unique temporary + rename)."""
+  """Replaces `path` with `data` in one step (readers see the old or the new file); locally never through a link."""
   if is_remote(path):
     _remote(path, lambda p: p.write_bytes(data))  # one object write is atomic on GCS
     return
@@ -134,11 +128,8 @@ def write_bytes(path, data: bytes) -> None:
 
 
 class Appender:
-  """Appends text to a file: local with O_APPEND|O_NOFOLLOW; remote by rewriting the object.
-
-  A remote object is rewritten whole at every `write` (GCS has no append), so what was written is on GCS when
-  `write` returns; meant for small files such as metrics.jsonl.
-  """
+  """Appends text to a file: local with O_APPEND|O_NOFOLLOW; remote by rewriting the whole object at every
+  `write` (GCS has no append; meant for small files such as metrics.jsonl)."""
 
   def __init__(self, path):
     self.path = os.fspath(path)
@@ -177,9 +168,7 @@ def refuse_link(path, what: str = "") -> None:
 
 def check_owned_dir(path, what: str) -> None:
   """A local directory the run writes into: if it exists, a directory owned by the user.
-
-  A symbolic link to a directory is accepted only when the link and the directory are both the user's.
-  """
+  A symbolic link to a directory is accepted only when the link and the directory are both the user's."""
   if is_remote(path):
     return
   try:

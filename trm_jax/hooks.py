@@ -1,10 +1,8 @@
 """The training loop's hooks: small objects with one job each, run after every train step.
 
 `train.train_loop` calls `before(step)` on every hook before train step `step`, then every hook, in list order,
-with the `Tick` of that step. A hook decides itself whether it acts at a step (`due`). Order matters where one
-hook reads what an earlier one decided: `Preempted` sets `tick.stop`, which makes `SaveCheckpoint` save and the
-loop end after this step, and `LogEvery` writes the train metrics of the window before any evaluation or save of
-the step.
+with the `Tick` of that step; a hook decides itself whether it acts (`due`). Order matters: `Preempted` sets
+`tick.stop` (`SaveCheckpoint` saves, the loop ends); `LogEvery` writes before any evaluation or save of the step.
 """
 
 from __future__ import annotations
@@ -58,9 +56,8 @@ def _add_metrics(a: dict, b: dict) -> dict:
 class NonFiniteGuard(Hook):
   """Stops the run at a NaN/inf loss and deletes the checkpoint that led to it.
 
-  The loss computed from the step-k state is only known after step k+1, so a checkpoint of step k is *pending*
-  until then and good once that loss is finite (a resumed run's checkpoint is pending too). `stop` deletes the
-  pending checkpoint and raises NonFiniteLoss naming the last good one.
+  The loss of the step-k state is only known after step k+1, so a checkpoint of step k (or a resumed run's) is
+  *pending* until then. `stop` deletes the pending checkpoint and raises NonFiniteLoss naming the last good one.
   """
 
   def __init__(self, mngr, pending: int | None = None):
@@ -70,9 +67,6 @@ class NonFiniteGuard(Hook):
     if self.pending is not None and tick.step == self.pending + 1:
       self.check(jax.device_get(tick.metrics["loss"]), f"non-finite loss at step {tick.step}")
       self.pending = None
-
-  def saved(self, step: int) -> None:
-    self.pending = step
 
   def check(self, loss, what: str) -> None:
     if not np.isfinite(np.asarray(loss)).all():
@@ -111,10 +105,7 @@ class Preempted(Hook):
 
 class LogEvery(Hook):
   """Writes the train metrics of the last `every` steps, and of the steps before any `also(tick)` acts.
-
-  The sums stay on the device until written (one fetch per window); a non-finite window loss goes to `check`
-  (`NonFiniteGuard.check`).
-  """
+  The sums stay on the device until written (one fetch per window); a non-finite loss goes to `check`."""
 
   def __init__(self, writer, every: int, batch_size: int, check: Callable, also: tuple = ()):
     self.writer, self.every, self.batch_size, self.check, self.also = writer, max(every, 1), batch_size, check, also
@@ -173,7 +164,7 @@ class SaveCheckpoint(Hook):
       checkpoint.save(self.mngr, tick.step, tick.state, tick.carry, self.meta, force=True)
     except checkpoint.NonFiniteState as e:
       self.guard.stop(str(e))
-    self.guard.saved(tick.step)
+    self.guard.pending = tick.step
 
 
 def parse_profile_steps(spec: str) -> tuple[int, int] | None:
@@ -193,10 +184,8 @@ def parse_profile_steps(spec: str) -> tuple[int, int] | None:
 class StepTrace(Hook):
   """`train.profile_steps="a,b"`: a jax.profiler trace of train steps a..b on process 0.
 
-  The trace lands in <workdir>/profile/plugins/profile/<time>/ as `*.xplane.pb` (TensorBoard's Profile tab:
-  `tensorboard --logdir=<workdir>/profile`) and `perfetto_trace.json.gz` (https://ui.perfetto.dev). Step n is
-  the train step that produces checkpoint step n; the trace waits for step b's results before it stops, so it
-  holds whole steps.
+  It lands in <workdir>/profile/plugins/profile/<time>/ (`*.xplane.pb` for TensorBoard's Profile tab, and
+  `perfetto_trace.json.gz`); it waits for step b's results before it stops, so it holds whole steps.
   """
 
   def __init__(self, spec: str, workdir):

@@ -1,11 +1,9 @@
 """Fingerprints and finiteness of array trees: how a damaged checkpoint is told apart.
 
-A leaf's fingerprint is the sum, modulo 2**32, of its elements' bit patterns (as unsigned integers) each
-multiplied by an odd weight that depends on the element's position. Integer addition is associative and
-commutative, so the value does not depend on how the array is sharded or reduced: every process of a multi-host
-run computes the same fingerprint of a global array, and a restore under a different mesh still matches.
-Changing any one element always changes the fingerprint (an odd weight is invertible modulo 2**32); larger
-damage is missed with probability about 2**-32 per leaf.
+A leaf's fingerprint is the sum mod 2**32 of its elements' bits (as uint32) times an odd weight set by position.
+Integer addition is associative, so it does not depend on sharding: every process computes the same fingerprint
+of a global array, and a restore under another mesh still matches. Changing one element always changes it (odd
+weights are invertible mod 2**32); larger damage is missed with probability about 2**-32 per leaf.
 """
 
 from __future__ import annotations
@@ -52,11 +50,6 @@ def summarize(tree) -> dict[str, tuple[int, bool]]:
   # A scalar cannot be split, so every addressable shard holds the whole value (multi-host safe).
   scalar = lambda x: np.asarray(x.addressable_data(0))
   return {k: (int(scalar(fp)), bool(scalar(ok))) for (k, _), (fp, ok) in zip(flat, out)}
-
-
-def fingerprints(tree) -> dict[str, int]:
-  """{leaf path: fingerprint} (what a checkpoint stores at save time)."""
-  return {k: fp for k, (fp, _) in summarize(tree).items()}
 
 
 def first_and_more(name: str, keys: list) -> str:

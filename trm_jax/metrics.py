@@ -1,9 +1,8 @@
-"""Process-0 metric writer: metrics.jsonl, TensorBoard events, progress.
+"""Process-0 metric writer: metrics.jsonl, TensorBoard events (with `tensorboardX` when installed), progress.
 
 Progress is a tqdm bar when stderr is a terminal; otherwise (pod logs, Slurm, a pipe) one plain line per
-`progress` call, i.e. every `train.log_every` steps. TensorBoard events are written with `tensorboardX` when it
-is installed (it needs no TensorFlow). On gs:// metrics.jsonl is rewritten whole at each write (GCS has no
-append) and TensorBoard events need google-cloud-storage.
+`progress` call, i.e. every `train.log_every` steps. On gs:// metrics.jsonl is rewritten whole at each write
+(GCS has no append) and TensorBoard events need google-cloud-storage.
 """
 
 from __future__ import annotations
@@ -25,11 +24,8 @@ class MetricsError(ValueError):
 
 
 def _tensorboardx():
-  """tensorboardX, or None when it is not installed.
-
-  Where torch is installed but not yet imported, tensorboardX would import it only to recognise torch tensors
-  (2-3 s at every start); it is hidden for that import.
-  """
+  """tensorboardX, or None when it is not installed (torch, unless imported already, is hidden from it: it would
+  import torch only to recognise torch tensors, 2-3 s at every start)."""
   hide = "torch" not in sys.modules
   if hide:
     sys.modules["torch"] = None  # makes `import torch` raise ImportError
@@ -74,9 +70,7 @@ class Writer:
   def write(self, step: int, values: dict) -> None:
     if not self.enabled:
       return
-    record = {"step": int(step), "time": round(time.time(), 3)}
-    for k, v in values.items():
-      record[k] = v if isinstance(v, (str, bool)) or v is None else _num(v)
+    record = {"step": int(step), "time": round(time.time(), 3), **{k: _num(v) for k, v in values.items()}}
     with errors.disk_full_names(self.path):
       faults.disk_full("metrics_write", self.path)
       self._file.write(json.dumps(record) + "\n")
@@ -123,9 +117,7 @@ def _is_terminal(stream) -> bool:
 
 def progress_line(step: int, total: int, last: tuple, postfix: dict | None = None) -> str:
   """`step 6/12 (50%) loss=1.677 exact=0 | 3.1 steps/s, ETA 0:00:02`.
-
-  `last` is (step, time) of the previous line (time None on the first line).
-  """
+  `last` is (step, time) of the previous line (time None on the first line)."""
   line = f"step {step}/{total} ({100 * step / max(total, 1):.0f}%)"
   if postfix:
     line += " " + " ".join(f"{k}={v:.4g}" for k, v in postfix.items())
@@ -152,10 +144,8 @@ def _drop_after(path: str, step: int) -> None:
 
 
 def _parse(data: bytes, path: str) -> tuple[list[tuple[str, dict]], bool]:
-  """-> ([(line, record)], whether a torn last line was left out); a bad line elsewhere is a MetricsError.
-
-  Lines are decoded one at a time, so bytes that are not UTF-8 are named by their line too.
-  """
+  """-> ([(line, record)], whether a torn last line was left out); a bad line elsewhere (not UTF-8 included) is a
+  MetricsError naming it."""
   lines = data.split(b"\n")
   last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
   out = []
@@ -176,6 +166,9 @@ def _parse(data: bytes, path: str) -> tuple[list[tuple[str, dict]], bool]:
 
 
 def _num(v):
+  """A metric value as JSON: numbers as int or float (NaN/inf as strings); str, bool and None as they are."""
+  if isinstance(v, (str, bool)) or v is None:
+    return v
   if isinstance(v, (int, np.integer)):
     return int(v)
   v = float(v)

@@ -1,7 +1,6 @@
-"""A run's jitted pieces (`Run`), its metadata, and loading a run back from its checkpoints.
+"""A run's jitted pieces (`Run`), its metadata, and loading a run back from its checkpoints (`load_run`).
 
-`trm-train` builds a `Run` from a resolved config; `trm-solve`, `trm-convert` and the tests rebuild one from the
-config saved in a checkpoint (`load_run`), without the data.
+`trm-train` builds a `Run` from a resolved config; `trm-solve` and `trm-convert` from a checkpoint's saved config.
 """
 
 from __future__ import annotations
@@ -38,11 +37,8 @@ from trm_jax.model import RecursiveModel
 
 
 class Run:
-  """The jitted pieces of one run (shared by training, evaluation and `trm-solve`).
-
-  `train_step(state, carry, batch, rng) -> (state, carry, metric sums)` donates state and carry;
-  `eval_step(params, consts, table, batch)` returns per-step predictions (`evaluate.make_eval_step`).
-  """
+  """The jitted pieces of one run: `train_step(state, carry, batch, rng) -> (state, carry, metric sums)` donates
+  state and carry; `eval_step(params, consts, table, batch)` returns per-step predictions (`evaluate`)."""
 
   def __init__(self, config, mesh):
     self.config, self.mesh = config, mesh
@@ -57,9 +53,8 @@ class Run:
     self.abstract_state = with_shardings(abstract_state, self.state_sh)
     self.batch_sh = sharding.batch_sharding(mesh)
     self.repl = sharding.replicated(mesh)
-    self.eval_supervision_steps = (
-      config.eval.supervision_steps if config.eval.supervision_steps > 0 else self.mcfg.halt_max_steps
-    )
+    n_eval = config.eval.supervision_steps
+    self.eval_supervision_steps = n_eval if n_eval > 0 else self.mcfg.halt_max_steps
     eval_step = evaluate.make_eval_step(self.model, self.mcfg, self.eval_supervision_steps)
     self.eval_step = jax.jit(
       sharding.under_mesh(eval_step, mesh),
@@ -79,8 +74,7 @@ class Run:
 
   def carry_parts(self, batch_size: int):
     fn = lambda: recursion.initial_carry(self.mcfg, batch_size)
-    shardings = sharding.carry_shardings(self.mesh, jax.eval_shape(fn))
-    return fn, shardings
+    return fn, sharding.carry_shardings(self.mesh, jax.eval_shape(fn))
 
   def make_batch(self, local: dict) -> dict:
     return sharding.global_batch(local, self.mesh)
@@ -91,35 +85,30 @@ def with_shardings(abstract, shardings):
 
 
 def abstract_batch(run: Run, batch_size: int) -> dict:
-  shapes = {
-    "inputs": (batch_size, run.mcfg.seq_len),
-    "labels": (batch_size, run.mcfg.seq_len),
-    "puzzle_identifiers": (batch_size,),
-  }
+  seq = (batch_size, run.mcfg.seq_len)
+  shapes = {"inputs": seq, "labels": seq, "puzzle_identifiers": (batch_size,)}
   return {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=run.batch_sh) for k, v in shapes.items()}
 
 
 def compile_train(run: Run):
   """The run's train step, lowered for its mesh's devices and compiled (nothing allocated) -> (compiled, seconds)."""
-  t0 = time.perf_counter()
   rng = jax.ShapeDtypeStruct(run.step_rng.shape, run.step_rng.dtype, sharding=run.repl)
   batch = abstract_batch(run, int(run.config.train.global_batch_size))
-  lowered = run.train_step.lower(run.abstract_state, run.abstract_carry, batch, rng)
-  return _compile(lowered, run, "train.global_batch_size"), time.perf_counter() - t0
+  return _compile(run.train_step, (run.abstract_state, run.abstract_carry, batch, rng), run, "train.global_batch_size")
 
 
 def compile_eval(run: Run):
   """The run's eval step (all supervision steps on one eval batch), compiled -> (compiled, seconds)."""
-  t0 = time.perf_counter()
   s = run.abstract_state
   args = (s.eval_params(), s.consts, s.puzzle_table, abstract_batch(run, int(run.config.eval.batch_size)))
-  return _compile(run.eval_step.lower(*args), run, "eval.batch_size"), time.perf_counter() - t0
+  return _compile(run.eval_step, args, run, "eval.batch_size")
 
 
-def _compile(lowered, run: Run, field: str):
-  """lowered.compile(); a compiler's refusal for memory (a TPU's, before anything runs) is one UserError."""
+def _compile(jitted, args, run: Run, field: str):
+  """-> (`jitted` lowered for `args` and compiled, seconds); the compiler's refusal for memory is one UserError."""
+  t0 = time.perf_counter()
   try:
-    return lowered.compile()
+    return jitted.lower(*args).compile(), time.perf_counter() - t0
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
@@ -172,11 +161,9 @@ def memory_limit(devices) -> int | None:
 def check_fits(run: Run, train_c, eval_c, table_field: str, device_limit: int | None = None) -> None:
   """A run that needs more memory than the devices or the host have is one UserError, before anything is allocated.
 
-  Needs: the compiled train step (state, carry, batch, temporaries), the state and carry held while the eval
-  step runs, and a host copy of the state (checkpoints are written from one); on CPU every device's memory is
-  host RAM. The error names the field whose part of the need is largest and about the largest value that fits
-  (memory grows about linearly with it: an estimate). `device_limit`: bytes per device, instead of the devices'
-  own `memory_limit` (which compile-only devices do not have).
+  Needs: the compiled train step, the state and carry during the eval step, and a host copy of the state (to
+  write checkpoints); on CPU all of it is host RAM. The error names the field with the largest part and about
+  the largest value that fits. `device_limit`: bytes per device instead of `memory_limit` (compile-only devices).
   """
   s, devices = run.abstract_state, run.mesh.local_devices
   state, table, carry = device_bytes(s), device_bytes(s.puzzle_table), device_bytes(run.abstract_carry)
@@ -248,22 +235,17 @@ def read_meta(workdir: str, step: int | None = None):
   """-> (meta, step): a run's record (config, task, grid) without restoring any array."""
   mngr, steps_saved = _open(workdir, step)
   step = steps_saved[0] if step is None else step
-  try:
+  with contextlib.closing(mngr):
     return checkpoint.restore_meta(mngr, step), step
-  finally:
-    mngr.close()
 
 
 def load_run(workdir: str, step: int | None = None):
-  """-> (Run, state, meta, step) from a run's checkpoint (the latest intact one, or `step`).
-
-  Used by trm-solve, trm-convert's export and the tests; needs no data. An explicit step must be intact;
-  otherwise the newest intact one is used, with one warning line.
-  """
+  """-> (Run, state, meta, step) from a run's checkpoint, without the data.
+  An explicit `step` must be intact; otherwise the newest intact one is used (one warning line if not the newest)."""
   mngr, steps_saved = _open(workdir, step)
   candidates = [step] if step is not None else steps_saved
   damaged = []
-  try:
+  with contextlib.closing(mngr):
     for step in candidates:
       try:
         meta = checkpoint.restore_meta(mngr, step)
@@ -279,6 +261,4 @@ def load_run(workdir: str, step: int | None = None):
       raise checkpoint.CheckpointError(f"no intact checkpoint ({len(damaged)} damaged); newest: {damaged[0]}")
     if damaged:
       print(f"warning: {damaged[0]}; using step {step} (the newest intact checkpoint)", file=sys.stderr, flush=True)
-  finally:
-    mngr.close()
   return run, state, meta, step

@@ -1,8 +1,8 @@
 """train_and_evaluate(config, workdir): wires data, state, steps, checkpoints and metrics.
 
-A run always resumes its own latest checkpoint first. The checkpoint holds the whole future of the run (state
-with EMA and puzzle table, the ACT carry with its current examples, the step); batches are a pure function of
-(seed, step) and so is the rng, so a resumed run ends with the same parameters as an uninterrupted one.
+A run always resumes its latest checkpoint first. The checkpoint holds the whole future of the run (state, ACT
+carry, step); batches and the rng are pure functions of (seed, step), so a resumed run ends with the same
+parameters as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -55,10 +55,7 @@ def resolve_config(config, meta) -> ml_collections.ConfigDict:
 
 def train_and_evaluate(config, workdir: str, verbose: bool = False) -> dict:
   """Trains (resuming the workdir's latest checkpoint), evaluates, saves; returns the last metrics.
-
-  Process 0 holds the workdir's lock (`workdir_lock`) for the whole run. `verbose` also prints the resolved
-  config (it is saved in every checkpoint's metadata anyway).
-  """
+  Process 0 holds the workdir's lock for the whole run. `verbose` also prints the resolved config."""
   config_lib.validate(config)  # before anything is allocated, built or created
   run, data, cadence, steps = _setup(config)
   run_dir = rundir.RunDir(workdir).prepare()
@@ -110,8 +107,7 @@ def _train_and_evaluate(run: Run, data, cadence, steps: Steps, run_dir: rundir.R
         evals.run(start, state)
     mngr.wait_until_finished()
     saved, tensorboard = mngr.latest_step(), writer.tensorboard
-  # The example is solved on one process's devices, so only single-process runs print it
-  # (on a pod, `trm-solve --workdir` prints it from the checkpoint).
+  # Solved on one process's devices: on a pod, `trm-solve --workdir` prints it from the checkpoint instead.
   example = report.print_example(run, state, data) if step >= end and jax.process_count() == 1 else None
   if jax.process_index() == 0:
     print(report.closing_line(run_dir, saved, data.task, example, tensorboard), flush=True)
@@ -126,11 +122,8 @@ def _recorded_eval(run_dir: rundir.RunDir, step: int) -> dict | None:
 
 
 def train_loop(train_step, state, carry, start: int, end: int, batches, hooks: list) -> hooks_lib.Tick:
-  """Train steps start+1..end, each followed by every hook in order; -> the last step's Tick.
-
-  `train_step(state, carry, batch) -> (state, carry, metric sums)`; `batches` yields (step, batch) from `start`
-  on. Ends early after a step whose hooks set `tick.stop`.
-  """
+  """Train steps start+1..end, each followed by every hook in order (ending after one that sets `tick.stop`).
+  `train_step(state, carry, batch) -> (state, carry, metric sums)`; `batches` yields (step, batch) from `start`."""
   tick = None
   for step in range(start, end):
     at, batch = next(batches)
@@ -147,11 +140,8 @@ def train_loop(train_step, state, carry, start: int, end: int, batches, hooks: l
 
 
 def _setup(config):
-  """-> (Run, data, cadence, Steps) of the resolved config, its steps compiled for its batches.
-
-  A run that does not fit the devices and the host (steps, state, puzzle table) is one UserError, before
-  anything is allocated or created. All processes meet here.
-  """
+  """-> (Run, data, cadence, Steps) of the resolved config, its steps compiled; all processes meet here.
+  A run that does not fit the devices and the host is one UserError, before anything is allocated or created."""
   mesh = sharding.make_mesh(config.mesh.table_parallel)
   data = data_lib.load(config.data)
   config = resolve_config(config, data.train.meta)
@@ -170,9 +160,7 @@ def _setup(config):
 
 def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
   """-> (state, carry, resumed): the newest intact checkpoint's, else a new run's.
-
-  Newer checkpoints that fail to restore are set aside, with one warning line.
-  """
+  Newer checkpoints that fail to restore are set aside, with one warning line."""
   latest = checkpoint.latest_step(mngr)
   if latest is None:
     return run.new_state(), run.new_carry(), False
@@ -192,12 +180,8 @@ def _restore_or_init(run: Run, mngr, run_dir: rundir.RunDir):
 
 
 def _check_same_model(mngr, step: int, run: Run) -> None:
-  """A checkpoint whose state has other shapes (another model or data) is a UserError, never 'damaged'.
-
-  The saved config's state is built abstractly and compared with this run's; choices that keep the shapes
-  (recursion, dtype, attention, train.lr, ...) may change on resume. A checkpoint whose metadata does not read
-  is left to `restore_intact`, which tells damage apart.
-  """
+  """A checkpoint whose state has other shapes (another model or data) is a UserError, never 'damaged'; choices
+  that keep them (recursion, dtype, train.lr, ...) may change. Unreadable metadata is left to `restore_intact`."""
   try:
     saved = json.loads(checkpoint.restore_meta(mngr, step)["config"])
     theirs = Run(ml_collections.ConfigDict(saved), run.mesh).abstract_state

@@ -1,15 +1,14 @@
 """One training run per workdir: an exclusive lock naming its holder (pid, host).
 
-Local workdirs: `fcntl.flock` on `<workdir>/run.lock` (opened without following links), which records the
-holder. The kernel drops the lock when its process dies, so a killed run's lock is simply taken over. The holder
-removes the file at exit (a run that finds the file replaced after locking it tries again), and removes a
-workdir that `hold` created if still empty: a run that fails early leaves nothing behind.
+Local: `fcntl.flock` on `<workdir>/run.lock` (opened without following links), which records the holder. The
+kernel drops the lock when its process dies, so a killed run's lock is simply taken over. The holder removes the
+file at exit (a run that finds the file replaced after locking it tries again) and a workdir `hold` created if
+still empty: a run that fails early leaves nothing behind.
 
-gs:// workdirs: the object `<workdir>/run.lock` is created with `if_generation_match=0`, so only one run can
-create it. The holder rewrites it every `HEARTBEAT_S` seconds (conditional on its own last generation) and
-deletes it at exit. A lock is stale, and taken over with a precondition on its generation, when its holder ran
-on this host and is gone, or when it has not been refreshed for `STALE_S` seconds (a run killed on another
-machine).
+gs://: the object `<workdir>/run.lock` is created with `if_generation_match=0` (only one run can), rewritten
+every `HEARTBEAT_S` seconds (conditional on its last generation) and deleted at exit. A lock is stale, and taken
+over with a generation precondition, when its holder ran on this host and is gone, or when it has not been
+refreshed for `STALE_S` seconds (a run killed on another machine).
 """
 
 from __future__ import annotations
@@ -71,7 +70,11 @@ class _LocalLock:
   def acquire(self) -> None:
     for _ in range(10):
       fd = self._open()
-      if self._same_file(fd):
+      try:  # the file locked is still the one at `path`
+        same = os.path.samestat(os.lstat(self.path), os.fstat(fd))
+      except FileNotFoundError:
+        same = False
+      if same:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_holder()).encode(), 0)
         self.fd = fd
@@ -97,12 +100,6 @@ class _LocalLock:
         f"{os.path.dirname(self.path)}: in use by another run ({_describe(info)}; lock file {self.path})"
       ) from None
     return fd
-
-  def _same_file(self, fd: int) -> bool:
-    try:
-      return os.path.samestat(os.lstat(self.path), os.fstat(fd))
-    except FileNotFoundError:
-      return False
 
   def release(self) -> None:
     if self.fd is not None:
@@ -144,9 +141,8 @@ class _GcsLock:
           held = _parse(current.download_as_text())
           if not _stale(held, current.updated):
             raise LockBusy(
-              f"{self.uri.rpartition('/')[0]}: in use by another run ({_describe(held)}, "
-              f"lock refreshed {current.updated:%Y-%m-%d %H:%M:%S} UTC; lock object "
-              f"{self.uri})"
+              f"{self.uri.rpartition('/')[0]}: in use by another run ({_describe(held)}, lock refreshed "
+              f"{current.updated:%Y-%m-%d %H:%M:%S} UTC; lock object {self.uri})"
             ) from None
           try:
             blob.upload_from_string(info, if_generation_match=current.generation)  # take over
@@ -195,7 +191,4 @@ def _stale(info: dict, updated) -> bool:
       return True
     except PermissionError:
       pass  # alive, another user's
-  if updated is None:
-    return False
-  age = datetime.datetime.now(datetime.timezone.utc) - updated
-  return age.total_seconds() > STALE_S
+  return updated is not None and (datetime.datetime.now(datetime.timezone.utc) - updated).total_seconds() > STALE_S
