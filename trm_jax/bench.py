@@ -64,9 +64,9 @@ def run(config, n_steps=10, warmup=2, evaluate=False, batch=0, config_name="", l
   s = profiling.make_setup(config, batch)
   mcfg = s.mcfg
   if evaluate:
-    sup = config.eval.get("supervision_steps", -1)
+    sup = config.eval.supervision_steps  # <= 0: all of them
     c = profiling.compile_eval(s)
-    flops = profiling.model_flops(mcfg, batch, "eval", sup if sup and sup > 0 else mcfg.halt_max_steps)["total"]
+    flops = profiling.model_flops(mcfg, batch, "eval", sup if sup > 0 else None)["total"]
   else:
     c = profiling.compile_train(s)
     flops = profiling.model_flops(mcfg, batch, "train")["total"]

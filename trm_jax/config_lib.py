@@ -199,13 +199,12 @@ def validate(config) -> None:
     raise ValueError(f"config.train.ema: must be True or False, got {t.ema!r}")
   if t.optimizer not in ("adam_atan2", "adamw"):
     raise ValueError(f"config.train.optimizer: must be 'adam_atan2' or 'adamw', got {t.optimizer!r}")
-  _check_int(config.eval, "batch_size", 1, BIG, "eval")
+  e = config.eval
+  _check_int(e, "batch_size", 1, BIG, "eval")
   for field in ("supervision_steps", "max_examples"):  # <= 0: the default (all steps / all examples)
-    _check_int(config.eval, field, -1, 1 << 40, "eval")
-  if not isinstance(config.eval.arc_aggregate_voting, bool):
-    raise ValueError(
-      f"config.eval.arc_aggregate_voting: must be True or False, got {config.eval.arc_aggregate_voting!r}"
-    )
+    _check_int(e, field, -1, 1 << 40, "eval")
+  if not isinstance(e.arc_aggregate_voting, bool):
+    raise ValueError(f"config.eval.arc_aggregate_voting: must be True or False, got {e.arc_aggregate_voting!r}")
   _check_int(config.mesh, "table_parallel", 1, 1 << 16, "mesh")
   if not str(config.data.name):
     raise ValueError("config.data.name: must not be empty")

@@ -244,12 +244,8 @@ def convert(
 
 
 def _save(checkpoint, workdir, config, step: int, state, carry, meta: dict) -> None:
-  mngr = checkpoint.manager(workdir, int(config.train.keep_checkpoints))
-  try:
+  with checkpoint.manager(workdir, int(config.train.keep_checkpoints)) as mngr:  # closing waits for the write
     checkpoint.save(mngr, step, state, carry, meta, force=True)
-    mngr.wait_until_finished()
-  finally:
-    mngr.close()
 
 
 def export(workdir: str, step: int | None = None, live: bool = False, prefix: str = "") -> dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import runpy
 import statistics
 import time
 from typing import Any
@@ -53,12 +54,7 @@ class Setup:
 
 def load_config(path: str, arg: str | None = None, **overrides):
   """`get_config(arg)` of an experiment file with dotted-field overrides, e.g. **{"model.hidden_size": 64}."""
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("_trm_experiment", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  config = runpy.run_path(path)["get_config"](arg)
   config.update_from_flattened_dict(overrides)
   return config
 

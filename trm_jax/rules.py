@@ -119,10 +119,8 @@ def check_arc(tokens, size: int = 30, colour_offset: int = 2) -> str | None:
     return "no output grid (the top-left cell is not a colour)"
   h = int(np.argmin(colour[:, 0])) if not colour[:, 0].all() else size
   w = int(np.argmin(colour[0])) if not colour[0].all() else size
-  inside = np.zeros_like(colour)
-  inside[:h, :w] = True
-  holes = int((inside & ~colour).sum())
-  stray = int((colour & ~inside).sum())
+  holes = int((~colour[:h, :w]).sum())
+  stray = int(colour.sum() - colour[:h, :w].sum())  # colour cells outside the box
   if holes or stray:
     return (
       f"output is not a rectangle ({h}x{w} box with {plural(holes, 'cell')} missing, {plural(stray, 'cell')} outside)"

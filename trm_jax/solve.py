@@ -47,15 +47,11 @@ def sudoku_tokens(text: str, seq_len: int | None = None) -> np.ndarray:
   """n*n characters ('.', '0' or '_' blank) -> tokens (blank 1, digit + 1); conflicting givens are an error."""
   s = "".join(text.split())
   n = _side(len(s), seq_len, "--sudoku", "characters")
-  out = []
+  allowed = ".0_" + "123456789"[:n]  # ASCII digits only (not '²', not full-width '２')
   for i, ch in enumerate(s):
-    if ch in ".0_":
-      out.append(1)
-    elif ch in "123456789" and int(ch) <= n:  # ASCII digits only (not '²', not full-width '２')
-      out.append(int(ch) + 1)
-    else:
+    if ch not in allowed:
       raise InputError(f"--sudoku: character {i + 1} is {ch!r}; use 1-{n} or '.' for a blank")
-  tokens = np.asarray(out, np.int32)
+  tokens = np.asarray([1 if ch in ".0_" else int(ch) + 1 for ch in s], np.int32)
   conflict = rules.sudoku_conflict(tokens.reshape(n, n) - 1)
   if conflict:
     raise InputError(f"--sudoku: the givens conflict: {conflict}")
