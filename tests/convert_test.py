@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from trm_jax import checkpoint, convert, interop, parity, runs, solve, steps, train
+from trm_jax import checkpoint, config_lib, convert, interop, parity, runs, steps, train
 from trm_jax.train_state import init_variables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,11 +140,11 @@ def _rel(got, ref):
 @pytest.mark.parametrize("name", NAMES)
 def test_evaluation_reproduces_parity_outputs(name, converted):
   f = vectors(name)
-  run, state, _ = solve.load_run(str(converted[name]))  # the loader trm-solve uses
+  run, state, _, _ = runs.load_run(str(converted[name]))  # the loader trm-solve uses
   batch = {k: np.asarray(f[f"batch1/{k}"], np.int32) for k in ("inputs", "labels", "puzzle_identifiers")}
   per = _rollout(run.model, run.mcfg, state.eval_params(), state.consts, state.puzzle_table, batch)
   # The same evaluation as trm_jax/parity.py runs it, straight from the reference weights.
-  mcfg = parity.model_config_from_reference(json.loads(str(f["config"])))
+  mcfg = config_lib.frozen_model(parity.model_fields_from_reference(json.loads(str(f["config"]))))
   model = parity.RecursiveModel(mcfg)
   like = jax.eval_shape(lambda: init_variables(model, mcfg, jax.random.key(0)))
   v, table = interop.from_reference(state_dict(name), like, mcfg.num_puzzle_identifiers, mcfg.puzzle_emb_ndim)

@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 from procs import finish, free_port, read_to_point
 
-from trm_jax import faults, metrics, solve
+from trm_jax import faults, metrics, runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 400  # per launch: compiling dominates, and a shared, loaded CPU can take minutes
@@ -136,8 +136,8 @@ def test_two_processes_equal_one_driver(uninterrupted):
   assert [e["step"] for e in events if "eval/test/exact_accuracy" in e] == [32, STEPS]
 
   # Final state (params, optimiser state, EMA, puzzle table, step) and the last evaluation.
-  _, sa, _ = solve.load_run(one)
-  _, sb, _ = solve.load_run(two)
+  _, sa, _, _ = runs.load_run(one)
+  _, sb, _, _ = runs.load_run(two)
   assert int(sa.step) == int(sb.step) == STEPS
   assert jax.tree.structure(sa) == jax.tree.structure(sb)
   errs = {k: rel_err(getattr(sa, k), getattr(sb, k)) for k in ("params", "opt_state", "ema", "puzzle_table")}
@@ -347,8 +347,8 @@ def test_sigterm_on_both_processes_saves_and_resumes(tmp_path, env, uninterrupte
   keys = sorted(k for k in fa if k.startswith("eval/"))
   assert keys and fa["step"] == fb["step"] == STEPS
   assert {k: fa[k] for k in keys} == {k: fb[k] for k in keys}
-  _, sa, _ = solve.load_run(ref)
-  _, sb, _ = solve.load_run(termed)
+  _, sa, _, _ = runs.load_run(ref)
+  _, sb, _, _ = runs.load_run(termed)
   for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   print(

@@ -254,7 +254,7 @@ def _parity():
   sd = {k[2:]: v for k, v in f.items() if k.startswith("w/")}
   from trm_jax import parity
 
-  mcfg = parity.model_config_from_reference(json.loads(str(f["config"])))
+  mcfg = config_lib.frozen_model(parity.model_fields_from_reference(json.loads(str(f["config"]))))
   return sd, mcfg
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from trm_jax import evaluate, solve, train
+from trm_jax import evaluate, runs, solve, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUZZLE = "1.........3..2.."  # a 4x4 Sudoku
@@ -99,7 +99,7 @@ def test_arc_inputs(tmp_path):
 
 
 def test_solve_one_from_checkpoint(workdir):
-  run, state, meta = solve.load_run(workdir)
+  run, state, meta, _ = runs.load_run(workdir)
   assert meta["task"] == "sudoku" and meta["grid"] == [4, 4]
   res = evaluate.solve_one(run, state, solve.sudoku_tokens(PUZZLE, 16))
   assert res["per_step"].shape == (4, 16)  # eval.supervision_steps=4

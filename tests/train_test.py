@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from procs import read_to_point
 
-from trm_jax import faults, metrics, solve, train
+from trm_jax import faults, metrics, runs, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,7 +56,7 @@ def test_smoke_trains_evaluates_restores(tmp_path, recursion):
       assert again[k] == pytest.approx(v, abs=1e-6), k
 
   # Restored with an abstract target: optimiser state keeps its types.
-  run, state, meta = solve.load_run(workdir)
+  run, state, meta, _ = runs.load_run(workdir)
   fresh = run.new_state()
   assert int(state.step) == 12 and meta["task"] == "sudoku"
   assert jax.tree.structure(state) == jax.tree.structure(fresh)
@@ -122,8 +122,8 @@ def start_and_signal(workdir, env, sig, tmp_path):
 
 
 def assert_same_state(a, b):
-  _, sa, _ = solve.load_run(a)
-  _, sb, _ = solve.load_run(b)
+  _, sa, _, _ = runs.load_run(a)
+  _, sb, _, _ = runs.load_run(b)
   assert int(sa.step) == int(sb.step) == STEPS
   la, lb = jax.tree.leaves(sa), jax.tree.leaves(sb)
   assert len(la) == len(lb)

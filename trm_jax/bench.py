@@ -5,43 +5,32 @@ r"""Benchmark the real jitted train step (or eval rollout) on synthetic batches.
         --config.train.global_batch_size=32 --config.model.recursion=scan --steps=5
     python -m trm_jax.bench --config=experiments/sudoku_mlp.py --eval --steps=3
 
-Builds a fresh train state and a synthetic batch of the config's shapes
-(random tokens, labels and puzzle ids) on a mesh over all local devices,
-compiles the run's train step (`runs.Run.train_step`: its shardings and
-donation of state and carry, as training does) or, with `--eval`, its eval
-step over all supervision steps (`runs.Run.eval_step`; batch
-`eval.batch_size`), runs `--warmup` untimed calls, then times `--steps`
-calls, waiting for each. Prints one JSON line: config, label, mode
-("train"|"eval"), device, n_devices, batch, the model settings in force
-("auto" resolved for this backend; mixer_impl "" without mlp_t), params,
-compile_s (trace + lower + compile), step_ms_median, step_ms_min,
-examples_per_s (batch / median), gflop_per_step, tflops (analytic FLOPs /
-median step time), peak_mem_gb and peak_mem_source ("memory_stats": the
-device allocator's peak, GPU/TPU; "memory_analysis": arguments + outputs -
-aliased + temporaries of the compiled program, CPU), temp_mem_gb (the
-compiled program's temporaries).
+Compiles the run's train step (`runs.Run.train_step`: its shardings and donation of state and carry, as training does)
+or, with `--eval`, its eval step over all supervision steps (`runs.Run.eval_step`; batch `eval.batch_size`) for a fresh
+state and a synthetic batch of the config's shapes (random tokens, labels and puzzle ids) on a mesh over all local
+devices, runs `--warmup` untimed calls, then times `--steps` calls, waiting for each. Prints one JSON line: config,
+label, mode ("train"|"eval"), device, n_devices, batch, the model settings in force ("auto" resolved for this backend;
+mixer_impl "" without mlp_t), params, compile_s (trace + lower + compile), step_ms_median, step_ms_min, examples_per_s
+(batch / median), gflop_per_step, tflops (analytic FLOPs / median step time), peak_mem_gb and peak_mem_source
+("memory_stats": the device allocator's peak, GPU/TPU; "memory_analysis": arguments + outputs - aliased + temporaries
+of the compiled program, CPU), temp_mem_gb (the compiled program's temporaries).
 
-Analytic FLOP count (`profiling.model_flops`): model FLOPs, a multiply-add
-counted as 2, recomputation by remat not counted. With B the batch and
-T = puzzle prefix + sequence length, one application of a reasoning network
-costs, per layer,
+Analytic FLOP count (`profiling.model_flops`): model FLOPs, a multiply-add counted as 2, recomputation by remat not
+counted. With B the batch and T = puzzle prefix + sequence length, one application of a reasoning network costs, per
+layer,
 
-  * 2 * B*T * (matmul params of the layer) for the token-wise matmuls:
-    SwiGLU gate_up + down (3 * D * inter), and for attention qkv + o (4 * D^2);
+  * 2 * B*T * (matmul params of the layer) for the token-wise matmuls: SwiGLU gate_up + down (3 * D * inter), and for
+    attention qkv + o (4 * D^2);
   * attention's QK^T and AV: 2 * 2 * B * T^2 * D;
-  * the MLP-mixer (`mlp_t`) layer: 2 * B*D * (3 * T * inter_T), its SwiGLU
-    runs over the sequence axis for every channel.
+  * the MLP-mixer (`mlp_t`) layer: 2 * B*D * (3 * T * inter_T): its SwiGLU runs over the sequence axis per channel.
 
-Heads: lm_head 2 * B*T * D * V (it runs on all T positions) + q_head
-2 * B * D * 2. A train step is one supervision step: the applications
-without gradient (TRM: (H_cycles - 1) * (L_cycles + 1); HRM and the 1-step
-gradient: all but the last L and the last H application) count once (forward
-only); the applications with gradient (TRM: the last L_cycles + 1) and the
-heads count 3 times (forward, and a backward that costs twice the forward:
-gradients of inputs and of weights); HRM (or TRM with no_ACT_continue=False)
-adds one more no-grad forward of everything for the target Q. An eval step is
-`supervision_steps` forward passes of everything. Embedding gathers, norms,
-RoPE, losses and the optimiser update are not counted (< 1% here).
+Heads: lm_head 2 * B*T * D * V (it runs on all T positions) + q_head 2 * B * D * 2. A train step is one supervision
+step: the applications without gradient (TRM: (H_cycles - 1) * (L_cycles + 1); HRM and the 1-step gradient: all but the
+last L and the last H application) count once (forward only); the applications with gradient (TRM: the last L_cycles +
+1) and the heads count 3 times (forward, and a backward that costs twice the forward: gradients of inputs and of
+weights); HRM (or TRM with no_ACT_continue=False) adds one more no-grad forward of everything for the target Q. An eval
+step is `supervision_steps` forward passes of everything. Embedding gathers, norms, RoPE, losses and the optimiser
+update are not counted (< 1% here).
 """
 
 from __future__ import annotations
@@ -75,9 +64,9 @@ def run(config, n_steps=10, warmup=2, evaluate=False, batch=0, config_name="", l
   s = profiling.make_setup(config, batch)
   mcfg = s.mcfg
   if evaluate:
-    sup = config.eval.get("supervision_steps", -1)
+    sup = config.eval.supervision_steps  # <= 0: all of them
     c = profiling.compile_eval(s)
-    flops = profiling.model_flops(mcfg, batch, "eval", sup if sup and sup > 0 else mcfg.halt_max_steps)["total"]
+    flops = profiling.model_flops(mcfg, batch, "eval", sup if sup > 0 else None)["total"]
   else:
     c = profiling.compile_train(s)
     flops = profiling.model_flops(mcfg, batch, "train")["total"]
@@ -86,7 +75,9 @@ def run(config, n_steps=10, warmup=2, evaluate=False, batch=0, config_name="", l
   t = profiling.summary(profiling.time_calls(c, n_steps, 0, donate=not evaluate))
   cpu_s = (time.process_time() - cpu0) / n_steps
   seconds = t["step_ms_median"] / 1e3
-  peak, source = profiling.peak_memory_bytes(c)
+  peak = profiling.device_peak_bytes()  # the device allocator's, else the compiled program's need (CPU)
+  source = "memory_analysis" if peak is None else "memory_stats"
+  peak = c.memory().get("total", 0) if peak is None else peak
   dev = jax.devices()[0]
   return {
     "config": config_name,

@@ -1,8 +1,7 @@
 """What the console scripts share: user errors as one `error: ...` line, one-line flag errors, `--help`.
 
-User errors print one line and exit with status 1; set TRM_TRACEBACK=1 to see
-the traceback instead. Bugs (anything not in `USER_ERRORS`) keep their
-traceback.
+User errors print one line and exit with status 1; set TRM_TRACEBACK=1 to see the traceback instead. Bugs (anything not
+in `USER_ERRORS`) keep their traceback.
 """
 
 from __future__ import annotations
@@ -30,11 +29,9 @@ _ERROR_LINE_PRINTED = threading.Event()
 
 
 def _quiet_orbax(record: logging.LogRecord) -> bool:
-  """Drops the tracebacks orbax's background threads (and asyncio, for their futures) log for a full disk (the run's
-  error line names it), and any they log once the error line is printed (an abandoned save still finishing).
-
-  Also drops asyncio's 'Task exception was never retrieved', logged whenever a read that a failed orbax restore
-  abandoned is collected (also while the next checkpoint is tried): the restore's own error says what failed."""
+  """Drops what orbax's background threads (and asyncio, for their futures) log for a full disk (the error line names it)
+  or once the error line is printed (an abandoned save still finishing), and asyncio's 'Task exception was never
+  retrieved' for reads a failed orbax restore abandoned (the restore's own error says what failed)."""
   if record.getMessage().startswith("Task exception was never retrieved"):
     return False
   if "orbax" not in record.pathname and record.name != "asyncio":
@@ -72,8 +69,8 @@ def _fail(line: str) -> None:
 def own_help(module_name: str) -> None:
   """Makes a console script's `--help` show `module_name`'s docstring and flags.
 
-  absl's `--help` lists the key flags and the docstring of `__main__`, which for
-  an installed console script is the generated wrapper (no docstring, no flags).
+  absl's `--help` lists the key flags and the docstring of `__main__`, which for an installed console script is the
+  generated wrapper (no docstring, no flags).
   """
   from absl import flags  # noqa: PLC0415
 
@@ -101,20 +98,9 @@ def config_error(e: BaseException, argv) -> str:
   return f"unknown field {path}; did you mean {fixed}?"
 
 
-def flag_error(e: BaseException) -> str:
-  """A flag's error as one line; a config file that raised while loading keeps its cause (the traceback's last line)."""
-  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-  if len(lines) > 1 and lines[0].endswith("Error whilst parsing config file:"):
-    return f"{lines[0][: -len(' Error whilst parsing config file:')]} {lines[-1]}"
-  return first_line(e)
-
-
 def loaded_config(flag_values):
-  """`--config`'s ConfigDict (None when not given), loaded now; a file that fails to load is one UserError.
-
-  config_flags loads the experiment file lazily, at first access: whatever that raises becomes
-  `--config: <its text on one line>` (TRM_TRACEBACK=1 keeps the traceback).
-  """
+  """`--config`'s ConfigDict (None when not given), loaded now (config_flags loads the file lazily): whatever loading
+  raises becomes one UserError, `--config: <its text on one line>` (TRM_TRACEBACK=1 keeps the traceback)."""
   try:
     config = flag_values.config
     if config is not None:
@@ -131,11 +117,8 @@ def loaded_config(flag_values):
 def _config_line(e: BaseException, argv) -> str:
   """`FILE:LINE` of the deepest traceback frame inside the --config file ('' when it did not raise there)."""
   path = next((a.split("=", 1)[1].split(":", 1)[0] for a in argv if a.startswith("--config=")), "")
-  lines = [
-    f.lineno
-    for f in traceback.extract_tb(e.__traceback__)
-    if path and os.path.abspath(f.filename) == os.path.abspath(path)
-  ]
+  where = os.path.abspath(path)
+  lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if path and os.path.abspath(f.filename) == where]
   return f"{path}:{lines[-1]}" if lines else ""
 
 
@@ -147,14 +130,15 @@ def parse_flags(argv):
     return flags.FLAGS(argv)
   except SystemExit as e:  # absl's --help/--helpfull print the usage, then exit 1: asking for help is no error
     sys.exit(0 if e.code == 1 else e.code)
-  except flags.Error as e:
-    _fail(flag_error(e))
+  except flags.Error as e:  # one line; a config file that raised while loading keeps its cause (the last line)
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(" Error whilst parsing config file:"):
+      _fail(f"{lines[0].removesuffix(' Error whilst parsing config file:')} {lines[-1]}")
+    _fail(first_line(e))
   except Exception as e:  # noqa: BLE001 - errors raised while loading the config file
     if os.environ.get("TRM_TRACEBACK"):
       raise
     where = _config_line(e, argv)
     if where:
-      msg = f"--config: {where}: {type(e).__name__}: {first_line(e)}"
-    else:
-      msg = config_error(e, argv) if isinstance(e, (KeyError, AttributeError)) else f"--config: {first_line(e)}"
-    _fail(msg)
+      _fail(f"--config: {where}: {type(e).__name__}: {first_line(e)}")
+    _fail(config_error(e, argv) if isinstance(e, (KeyError, AttributeError)) else f"--config: {first_line(e)}")

@@ -1,8 +1,7 @@
 """Shared config helpers; experiment files import only this module.
 
-`model_config()` holds every model field with the reference's defaults;
-`train_config()` the optimisation fields. Experiment files override fields
-and return a locked `ConfigDict` (a misspelt field then fails).
+`model_config()` holds every model field with the reference's defaults; `train_config()` the optimisation fields.
+Experiment files override fields and return a locked `ConfigDict` (a misspelt field then fails).
 """
 
 from __future__ import annotations
@@ -200,26 +199,23 @@ def validate(config) -> None:
     raise ValueError(f"config.train.ema: must be True or False, got {t.ema!r}")
   if t.optimizer not in ("adam_atan2", "adamw"):
     raise ValueError(f"config.train.optimizer: must be 'adam_atan2' or 'adamw', got {t.optimizer!r}")
-  _check_int(config.eval, "batch_size", 1, BIG, "eval")
+  e = config.eval
+  _check_int(e, "batch_size", 1, BIG, "eval")
   for field in ("supervision_steps", "max_examples"):  # <= 0: the default (all steps / all examples)
-    _check_int(config.eval, field, -1, 1 << 40, "eval")
-  if not isinstance(config.eval.arc_aggregate_voting, bool):
-    raise ValueError(
-      f"config.eval.arc_aggregate_voting: must be True or False, got {config.eval.arc_aggregate_voting!r}"
-    )
+    _check_int(e, field, -1, 1 << 40, "eval")
+  if not isinstance(e.arc_aggregate_voting, bool):
+    raise ValueError(f"config.eval.arc_aggregate_voting: must be True or False, got {e.arc_aggregate_voting!r}")
   _check_int(config.mesh, "table_parallel", 1, 1 << 16, "mesh")
   if not str(config.data.name):
     raise ValueError("config.data.name: must not be empty")
   validate_model(config.model)
 
 
-# What "auto" means, by the platform of the devices a program is compiled for
-# (not the host's: a TPU program is compiled from a CPU host). remat applies to
-# a scanned gradient cycle (loops need none). On CPU "dots" (recompute all but
-# the weight matmuls) was measured: without it a scanned cycle stacks every
-# residual of its body (1.6x the loop's memory, 1.4x its time). On a GPU the
-# recomputed memory-bound elementwise chains cost 14-17% of the step (issue 15)
-# and an H200 holds the stacked residuals. Unknown platforms get the CPU's.
+# What "auto" means, by the platform of the devices a program is compiled for (not the host's: a TPU program is compiled
+# from a CPU host). remat applies to a scanned gradient cycle (loops need none). On CPU "dots" (recompute all but the
+# weight matmuls) was measured: without it a scanned cycle stacks every residual of its body (1.6x the loop's memory,
+# 1.4x its time). On a GPU the recomputed memory-bound elementwise chains cost 14-17% of the step (issue 15) and an H200
+# holds the stacked residuals. Unknown platforms get the CPU's.
 AUTO = {
   "attention_impl": {"gpu": "cudnn", "tpu": "xla", "cpu": "xla"},
   "mixer_impl": {"gpu": "einsum", "tpu": "transpose", "cpu": "transpose"},
@@ -228,8 +224,8 @@ AUTO = {
 
 
 # On TPU the Pallas splash kernel keeps the (T, T) scores out of HBM; the compiler's estimate
-# (benchmarks/splash_cost.py) has it move 2.6x fewer bytes than XLA's attention at T = 916 (ARC,
-# maze) but 1.7x more at T = 97 (Sudoku: lane padding and per-head copies outweigh small scores).
+# (benchmarks/splash_cost.py) has it move 2.6x fewer bytes than XLA's attention at T = 916 (ARC, maze) but 1.7x more at
+# T = 97 (Sudoku: lane padding and per-head copies outweigh small scores).
 SPLASH_MIN_SEQ = 512
 
 
@@ -249,9 +245,8 @@ def resolve_auto(c, platform: str) -> dict:
 def frozen_model(c, platform: str | None = None) -> ml_collections.FrozenConfigDict:
   """The hashable model config that modules and jitted steps close over.
 
-  "auto" choices are resolved for `platform` (the platform of the devices the
-  program runs on, e.g. `mesh.devices.flat[0].platform`; default: JAX's default
-  backend), which is kept in the `platform` field.
+  "auto" choices are resolved for `platform` (the platform of the devices the program runs on, e.g.
+  `mesh.devices.flat[0].platform`; default: JAX's default backend), which is kept in the `platform` field.
   """
   validate_model(c)
   if platform is None:
@@ -318,8 +313,8 @@ def base_config(arch: str = "trm") -> ml_collections.ConfigDict:
   c.data = data_config()
   c.model = model_config()
   c.train = train_config()
-  # arc_aggregate_voting: ARC pass@K votes over every evaluation of the run so far (the reference's
-  # default); False votes over the current evaluation only.
+  # arc_aggregate_voting: ARC pass@K votes over every evaluation of the run so far (the reference's default); False
+  # votes over the current evaluation only.
   c.eval = ml_collections.ConfigDict(
     dict(batch_size=768, supervision_steps=-1, max_examples=-1, arc_aggregate_voting=True)
   )

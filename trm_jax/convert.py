@@ -3,31 +3,26 @@
     trm-convert --torch_checkpoint=step_5000.pt --config=experiments/sudoku_mlp.py --workdir=runs/ft
     trm-convert --export_torch=weights.npz --workdir=runs/ft          # or .safetensors / .pt
 
-Forward: reads a reference state dict (`.pt`/`.pth`/`.bin`/`.ckpt` with
-PyTorch, `pip install trm_jax[interop]`; `.npz` without it; `.safetensors`
-with the safetensors package; keys with or without the `_orig_mod.` prefix; a
-parity-vectors file's `w/...` keys also work), checks every shape against the
-config, and writes a normal run checkpoint (step `--step`, default 0): the
-weights, EMA = the weights when `train.ema` is on, a fresh optimiser state,
-the puzzle table from `model.inner.puzzle_emb.weights` (zero rows appended
-when the config's table is larger) and a fresh ACT carry. `trm-train
---workdir=DIR` then fine-tunes from it, and evaluation and `trm-solve` load
-it. Like `trm-train`, the converter reads the dataset's shapes (seq_len,
-vocab_size, number of puzzle ids) from `config.data`; `--noresolve_data`
-takes them from the config's `model.*` fields instead (then `trm-train`
-resumes the checkpoint only if they match its dataset).
+Forward: reads a reference state dict (`.pt`/`.pth`/`.bin`/`.ckpt` with PyTorch, `pip install trm_jax[interop]`; `.npz`
+without it; `.safetensors` with the safetensors package; keys with or without the `_orig_mod.` prefix; a parity-vectors
+file's `w/...` keys also work), checks every shape against the config, and writes a normal run checkpoint (step
+`--step`, default 0): the weights, EMA = the weights when `train.ema` is on, a fresh optimiser state, the puzzle table
+from `model.inner.puzzle_emb.weights` (zero rows appended when the config's table is larger) and a fresh ACT carry.
+`trm-train --workdir=DIR` then fine-tunes from it, and evaluation and `trm-solve` load it. Like `trm-train`, the
+converter reads the dataset's shapes (seq_len, vocab_size, number of puzzle ids) from `config.data`; `--noresolve_data`
+takes them from the config's `model.*` fields instead (then `trm-train` resumes the checkpoint only if they match its
+dataset).
 
-Reverse: `--export_torch=OUT` writes the checkpoint's weights (the EMA
-weights when EMA is on, `--export_live` for the live ones) as reference-keyed
-float32 arrays (`.npz`, `.safetensors` or `.pt`).
+Reverse: `--export_torch=OUT` writes the checkpoint's weights (the EMA weights when EMA is on, `--export_live` for the
+live ones) as reference-keyed float32 arrays (`.npz`, `.safetensors` or `.pt`).
 
-User errors print one `error: ...` line and exit with status 1; nothing is
-left half-written.
+User errors print one `error: ...` line and exit with status 1; nothing is left half-written.
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import shutil
 import sys
@@ -113,6 +108,8 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def save_state_dict(path: str, arrays: dict[str, np.ndarray]) -> None:
   """Writes reference-keyed arrays to .npz / .safetensors / .pt, atomically."""
+  from trm_jax import fileio  # noqa: PLC0415
+
   ext = _suffix(path, "--export_torch")
   if os.path.isdir(path):
     raise ConvertError(f"--export_torch={path}: is a directory; give a file name ending in {ext}")
@@ -120,35 +117,25 @@ def save_state_dict(path: str, arrays: dict[str, np.ndarray]) -> None:
   if not os.path.isdir(parent):
     raise ConvertError(f"--export_torch={path}: parent directory {parent} does not exist")
   arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-  if ext == ".safetensors":
+  buf = io.BytesIO()
+  if ext == ".npz":
+    np.savez(buf, **arrays)
+  elif ext == ".safetensors":
     st = _optional("safetensors.numpy", f"--export_torch={path}: writing .safetensors needs the safetensors package")
-  torch = _import_torch(path) if ext in TORCH_SUFFIXES else None
-  fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=ext, dir=parent)
-  os.close(fd)
-  try:
-    if ext == ".npz":
-      with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    elif ext == ".safetensors":
-      st.save_file(arrays, tmp)
-    else:
-      torch.save({k: torch.from_numpy(v.copy()) for k, v in arrays.items()}, tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+    buf.write(st.save(arrays))
+  else:
+    torch = _import_torch(path)
+    torch.save({k: torch.from_numpy(v.copy()) for k, v in arrays.items()}, buf)
+  fileio.write_bytes(path, buf.getvalue())  # a unique temporary file renamed into place
 
 
-def resolve(config, resolve_data: bool = True, mesh=None):
+def resolve(config, resolve_data: bool = True):
   """-> (resolved config, checkpoint meta, mesh), the way `trm-train` resolves a run."""
-  import copy  # noqa: PLC0415
-
   from trm_jax import config_lib, runs, sharding, train  # noqa: PLC0415
   from trm_jax import data as data_lib  # noqa: PLC0415
 
   config_lib.validate(config)
-  mesh = sharding.make_mesh() if mesh is None else mesh
+  mesh = sharding.make_mesh()
   if resolve_data:
     try:
       data = data_lib.load(config.data)
@@ -160,7 +147,7 @@ def resolve(config, resolve_data: bool = True, mesh=None):
     config = train.resolve_config(config, data.train.meta)
     meta = runs.run_meta(config, data)
   else:
-    config = copy.deepcopy(config)
+    config = config.copy_and_resolve_references()
     m = config.model
     m.num_puzzle_identifiers = sharding.table_rows(int(m.num_puzzle_identifiers), config.mesh.table_parallel)
     name = str(config.data.name).rpartition("/")[2]
@@ -203,29 +190,19 @@ def build_state(run, state_dict: dict, step: int = 0, source: str = "state dict"
     ema=ema,
     puzzle_table=jax.device_put(jnp.asarray(table), sh.puzzle_table),
   )
-  want, got = jax.tree.structure(run.abstract_state), jax.tree.structure(state)
-  if want != got:  # a driver change this module does not know about
-    raise RuntimeError(f"converted state does not match the run's state: {got} != {want}")
-  for a, x in zip(jax.tree.leaves(run.abstract_state), jax.tree.leaves(state)):
-    if a.shape != x.shape or a.dtype != x.dtype:
-      raise RuntimeError(f"converted state leaf {x.shape} {x.dtype} != run's {a.shape} {a.dtype}")
+  spec = lambda tree: (jax.tree.structure(tree), [(a.shape, a.dtype) for a in jax.tree.leaves(tree)])
+  if spec(state) != spec(run.abstract_state):  # a driver change this module does not know about
+    raise RuntimeError(f"converted state {spec(state)} does not match the run's {spec(run.abstract_state)}")
   return state
 
 
 def convert(
-  state_dict: dict,
-  config,
-  workdir: str,
-  step: int = 0,
-  source: str = "state dict",
-  resolve_data: bool = True,
-  mesh=None,
+  state_dict: dict, config, workdir: str, step: int = 0, source: str = "state dict", resolve_data: bool = True
 ) -> str:
   """Writes `state_dict` as a run checkpoint of `config` in `workdir`; returns the step directory.
 
-  Everything is checked before anything is written. A local checkpoint is
-  written next to `workdir` and moved into place only when complete; on
-  gs:// (no rename) Orbax writes it in place and marks it complete last.
+  Everything is checked before anything is written. A local checkpoint is written next to `workdir` and moved into place
+  only when complete; on gs:// (no rename) Orbax writes it in place and marks it complete last.
   """
   from trm_jax import checkpoint, fileio, rundir, runs, sharding  # noqa: PLC0415
 
@@ -236,7 +213,7 @@ def convert(
   if fileio.exists(ckpts) and (not fileio.isdir(ckpts) or fileio.listdir(ckpts)):
     raise ConvertError(f"--workdir={run_dir}: already holds checkpoints; convert into a fresh directory")
   workdir = run_dir.root
-  config, meta, mesh = resolve(config, resolve_data, mesh)
+  config, meta, mesh = resolve(config, resolve_data)
   meta["converted_from"] = source
   try:
     sharding.check_batch(config.train.global_batch_size, mesh)
@@ -267,12 +244,8 @@ def convert(
 
 
 def _save(checkpoint, workdir, config, step: int, state, carry, meta: dict) -> None:
-  mngr = checkpoint.manager(workdir, int(config.train.keep_checkpoints))
-  try:
+  with checkpoint.manager(workdir, int(config.train.keep_checkpoints)) as mngr:  # closing waits for the write
     checkpoint.save(mngr, step, state, carry, meta, force=True)
-    mngr.wait_until_finished()
-  finally:
-    mngr.close()
 
 
 def export(workdir: str, step: int | None = None, live: bool = False, prefix: str = "") -> dict[str, np.ndarray]:
@@ -283,35 +256,6 @@ def export(workdir: str, step: int | None = None, live: bool = False, prefix: st
   params = state.params if live else state.eval_params()
   out = interop.to_reference({"params": params, "consts": state.consts}, state.puzzle_table)
   return {prefix + k: v for k, v in out.items()}
-
-
-def _define_flags():
-  from absl import flags  # noqa: PLC0415
-  from ml_collections import config_flags  # noqa: PLC0415
-
-  config_flags.DEFINE_config_file(
-    "config", None, "Experiment file, e.g. experiments/sudoku_mlp.py[:arch=hrm].", lock_config=True
-  )
-  flags.DEFINE_string("workdir", None, "Run directory (written by conversion, read by --export_torch).")
-  flags.DEFINE_string(
-    "torch_checkpoint", None, "Reference state dict to convert (.pt/.pth/.bin/.ckpt, .npz, .safetensors)."
-  )
-  flags.DEFINE_string(
-    "export_torch", None, "Write the run's weights as a reference state dict (.npz, .safetensors, .pt)."
-  )
-  flags.DEFINE_integer(
-    "step",
-    -1,
-    "Conversion: the checkpoint's step (default 0). Export: which step (default the latest).",
-    lower_bound=-1,
-  )
-  flags.DEFINE_bool(
-    "resolve_data",
-    True,
-    "Conversion: read seq_len, vocab_size and the number of puzzle ids from config.data, like trm-train.",
-  )
-  flags.DEFINE_bool("export_live", False, "Export the live parameters instead of the EMA ones.")
-  flags.DEFINE_string("export_prefix", "", "Prefix for exported keys, e.g. '_orig_mod.'.")
 
 
 def main(argv) -> int:
@@ -343,9 +287,32 @@ def main(argv) -> int:
 
 
 def run():
-  from absl import app  # noqa: PLC0415
+  from absl import app, flags  # noqa: PLC0415
+  from ml_collections import config_flags  # noqa: PLC0415
 
-  _define_flags()
+  config_flags.DEFINE_config_file(
+    "config", None, "Experiment file, e.g. experiments/sudoku_mlp.py[:arch=hrm].", lock_config=True
+  )
+  flags.DEFINE_string("workdir", None, "Run directory (written by conversion, read by --export_torch).")
+  flags.DEFINE_string(
+    "torch_checkpoint", None, "Reference state dict to convert (.pt/.pth/.bin/.ckpt, .npz, .safetensors)."
+  )
+  flags.DEFINE_string(
+    "export_torch", None, "Write the run's weights as a reference state dict (.npz, .safetensors, .pt)."
+  )
+  flags.DEFINE_integer(
+    "step",
+    -1,
+    "Conversion: the checkpoint's step (default 0). Export: which step (default the latest).",
+    lower_bound=-1,
+  )
+  flags.DEFINE_bool(
+    "resolve_data",
+    True,
+    "Conversion: read seq_len, vocab_size and the number of puzzle ids from config.data, like trm-train.",
+  )
+  flags.DEFINE_bool("export_live", False, "Export the live parameters instead of the EMA ones.")
+  flags.DEFINE_string("export_prefix", "", "Prefix for exported keys, e.g. '_orig_mod.'.")
   cli.own_help(__name__)
 
   def wrapped(argv):

@@ -1,8 +1,7 @@
 """Reference (PyTorch) state-dict keys <-> trm_jax variables.
 
-The reference stores linear weights as (out, in); we store kernels as
-(in, out). Key layout: see ../shared/parity/README.md. Compiled-model
-checkpoints carry an extra `_orig_mod.` prefix, which is accepted.
+The reference stores linear weights as (out, in); we store kernels as (in, out). Key layout: see
+../shared/parity/README.md. Compiled-model checkpoints carry an extra `_orig_mod.` prefix, which is accepted.
 """
 
 from __future__ import annotations
@@ -16,15 +15,10 @@ PREFIX = "model.inner."
 
 def _ref_name(path: tuple) -> tuple[str, bool]:
   """Our variable path -> (reference key, transpose?)."""
-  parts = []
-  for p in path:
-    parts.extend(p.split("_", 1) if p.startswith("layers_") else [p])
-  leaf = parts[-1]
-  if parts[:2] == ["embed_tokens", "embedding"]:
-    return PREFIX + "embed_tokens.embedding_weight", False
-  if parts == ["embed_pos"]:
-    return PREFIX + "embed_pos.embedding_weight", False
-  if leaf == "kernel":
+  parts = [q for p in path for q in (p.split("_", 1) if p.startswith("layers_") else [p])]
+  if parts[0] in ("embed_tokens", "embed_pos"):  # an nn.Embed table and a bare parameter
+    return f"{PREFIX}{parts[0]}.embedding_weight", False
+  if parts[-1] == "kernel":
     return PREFIX + ".".join(parts[:-1] + ["weight"]), True
   return PREFIX + ".".join(parts), False
 
@@ -41,10 +35,6 @@ def reference_keys(variables) -> dict[str, tuple]:
       key, tr = _ref_name(path)
       out[key] = (col, path, tr)
   return out
-
-
-def strip_prefix(state_dict: dict) -> dict:
-  return {k[len("_orig_mod.") :] if k.startswith("_orig_mod.") else k: v for k, v in state_dict.items()}
 
 
 class KeyMismatch(ValueError):
@@ -79,11 +69,10 @@ def from_reference(
 ):
   """Reference state dict -> (variables, puzzle_table).
 
-  `like_variables` gives the expected tree and shapes (e.g. from
-  `jax.eval_shape(init)`); every shape is checked and missing or unexpected
-  keys are reported by name.
+  `like_variables` gives the expected tree and shapes (e.g. from `jax.eval_shape(init)`); every shape is checked and
+  missing or unexpected keys are reported by name.
   """
-  sd = strip_prefix(state_dict)
+  sd = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
   keys = reference_keys(like_variables)
   table_key = PREFIX + "puzzle_emb.weights"
   expected = set(keys) | ({table_key} if puzzle_emb_ndim > 0 else set())
@@ -96,14 +85,11 @@ def from_reference(
   like_flat = {c: _flat(like_variables[c]) for c in flat}
   for key, (col, path, tr) in keys.items():
     a = _weights(sd[key], key, source)
-    a = a.T if tr else a
     want = tuple(like_flat[col][path].shape)
+    want = want[::-1] if tr else want  # the reference's (out, in)
     if a.shape != want:
-      shown = a.T.shape if tr else a.shape
-      raise KeyMismatch(
-        f"{source}: {key} has shape {tuple(shown)}, the config expects {tuple(reversed(want)) if tr else want}"
-      )
-    flat[col][path] = a
+      raise KeyMismatch(f"{source}: {key} has shape {a.shape}, the config expects {want}")
+    flat[col][path] = a.T if tr else a
   variables = {c: flax.traverse_util.unflatten_dict(flat[c]) for c in flat}
   table = None
   if puzzle_emb_ndim > 0:

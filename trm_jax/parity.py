@@ -2,14 +2,11 @@
 
     python -m trm_jax.parity --vectors IN.npz --out OUT.npz [--recursion loop|scan] [--report]
 
-`IN` holds a reference state dict (`w/...`), a JSON `config` and two
-batches (layout: ../shared/parity/README.md). OUT gets, under the same keys,
-every `eval/...` and `train/...` array of IN, computed by trm_jax in float32:
-the evaluation rollout, training step 1 (gradients of the unscaled loss and
-one sparse sign-SGD step, lr 0.01, wd 0.1) and training step 2 continuing
-the carry on the second batch. `--report` compares OUT with IN and prints, per
-group (eval / train / grads / sign-SGD), the worst relative error, its
-tolerance and PASS/FAIL; the exit status is 1 when a group fails.
+`IN` holds a reference state dict (`w/...`), a JSON `config` and two batches (layout: ../shared/parity/README.md). OUT
+gets, under the same keys, every `eval/...` and `train/...` array of IN, computed by trm_jax in float32: the evaluation
+rollout, training step 1 (gradients of the unscaled loss and one sparse sign-SGD step, lr 0.01, wd 0.1) and training
+step 2 continuing the carry on the second batch. `--report` compares OUT with IN and prints, per group (eval / train /
+grads / sign-SGD), the worst relative error, its tolerance and PASS/FAIL; the exit status is 1 when a group fails.
 """
 
 from __future__ import annotations
@@ -28,10 +25,10 @@ from trm_jax.profiling import rel_err
 from trm_jax.train_state import init_variables
 
 SIGNSGD_LR, SIGNSGD_WD = 0.01, 0.1
-# --report tolerances (relative error = max-abs error / max-abs reference). Evaluation runs every
-# supervision step and each amplifies float32 rounding (~7x); the worst measured here is 4.6e-4
-# (trm_mlp, eval/final/z_H), and `--x64` shows the reference's own float32 result is as far
-# from the exact value. Arrays of integers/decisions (EXACT) must match exactly.
+# --report tolerances (relative error = max-abs error / max-abs reference). Evaluation runs every supervision step and
+# each amplifies float32 rounding (~7x); the worst measured here is 4.6e-4 (trm_mlp, eval/final/z_H), and `--x64` shows
+# the reference's own float32 result is as far from the exact value. Arrays of integers/decisions (EXACT) must match
+# exactly.
 TOLERANCES = {"eval": 1e-3, "train": 1e-4, "grads": 1e-4, "sign-SGD": 1e-4}
 EXACT = ("halted", "current_data", "preds", "/steps", "metrics/count", "metrics/exact_accuracy")
 _OUTPUT_KEYS = ("logits", "q_halt_logits", "q_continue_logits", "preds")
@@ -68,11 +65,6 @@ def model_fields_from_reference(rc: dict, recursion_mode: str = "loop"):
   )
 
 
-def model_config_from_reference(rc: dict, recursion_mode: str = "loop"):
-  """The reference's JSON config -> our frozen model config."""
-  return config_lib.frozen_model(model_fields_from_reference(rc, recursion_mode))
-
-
 def _batch(f, name):
   return {k: jnp.asarray(f[f"{name}/{k}"], jnp.int32) for k in ("inputs", "labels", "puzzle_identifiers")}
 
@@ -80,13 +72,13 @@ def _batch(f, name):
 def run_parity(f, recursion_mode: str = "loop", dtype: str | None = None) -> dict[str, np.ndarray]:
   """Computes every eval/ and train/ array of the vectors `f` (a mapping).
 
-  `dtype` overrides the activation dtype (e.g. "float64" under `jax_enable_x64`, to see how far the
-  reference's own float32 rounding is from the exact result).
+  `dtype` overrides the activation dtype (e.g. "float64" under `jax_enable_x64`, to see how far the reference's own
+  float32 rounding is from the exact result).
   """
   rc = json.loads(str(f["config"]))
   if dtype:
     rc["forward_dtype"] = dtype
-  mcfg = model_config_from_reference(rc, recursion_mode)
+  mcfg = config_lib.frozen_model(model_fields_from_reference(rc, recursion_mode))
   model = RecursiveModel(mcfg)
   state_dict = {k[2:]: f[k] for k in f if k.startswith("w/")}
   like = jax.eval_shape(lambda: init_variables(model, mcfg, jax.random.key(0)))
@@ -118,10 +110,8 @@ def run_parity(f, recursion_mode: str = "loop", dtype: str | None = None) -> dic
     loss, g, g_rows, carry, outputs, metrics = train_call(carry, batch, table)
     pre = f"train/step{step}/"
     out[pre + "loss"] = np.asarray(loss, np.float32)
-    for k in _OUTPUT_KEYS:
-      out[pre + k] = np.asarray(outputs[k])
-    out[pre + "halted"] = np.asarray(carry["halted"])
-    out[pre + "steps"] = np.asarray(carry["steps"])
+    out.update({pre + k: np.asarray(outputs[k]) for k in _OUTPUT_KEYS})
+    out.update({pre + k: np.asarray(carry[k]) for k in ("halted", "steps")})
     out.update({f"{pre}current_data/{k}": np.asarray(v) for k, v in carry["data"].items()})
     out.update(_flat(pre + "metrics", metrics))
     if step == 1:

@@ -1,8 +1,8 @@
 """Measuring helpers shared by `trm_jax.bench`, benchmarks/ and notebooks/scan_vs_loop.ipynb.
 
-They run a run's own jitted steps (`runs.Run.train_step`, `runs.Run.eval_step`) on synthetic batches of a
-config's shapes: set-up (`make_setup`), compiling (`compile_train`, `compile_eval`), timing (`time_calls`),
-memory (`peak_memory_bytes`), the analytic FLOP count documented in `trm_jax.bench` (`model_flops`) and loop
+They run a run's own jitted steps (`runs.Run.train_step`, `runs.Run.eval_step`) on synthetic batches of a config's
+shapes: set-up (`make_setup`), compiling (`compile_train`, `compile_eval`), timing (`time_calls`), memory
+(`device_peak_bytes`, `Compiled.memory`), the analytic FLOP count documented in `trm_jax.bench` (`model_flops`) and loop
 vs scan outputs and gradients (`mode_difference`).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import runpy
 import statistics
 import time
 from typing import Any
@@ -53,21 +54,14 @@ class Setup:
 
 def load_config(path: str, arg: str | None = None, **overrides):
   """`get_config(arg)` of an experiment file with dotted-field overrides, e.g. **{"model.hidden_size": 64}."""
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("_trm_experiment", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  config = runpy.run_path(path)["get_config"](arg)
   config.update_from_flattened_dict(overrides)
   return config
 
 
 def model_config(config, **fields):
   """The frozen model config of `config.model`, with `fields` changed."""
-  c = ml_collections.ConfigDict(config.model.to_dict())
-  c.update(fields)
-  return config_lib.frozen_model(c)
+  return config_lib.frozen_model(ml_collections.ConfigDict({**config.model.to_dict(), **fields}))
 
 
 def make_setup(config, batch_size: int | None = None, seed: int = 0, abstract: bool = False, **model_fields) -> Setup:
@@ -113,8 +107,7 @@ class Compiled:
   def program_size(self) -> dict:
     """Size of the optimised HLO: text length, instruction count, and generated code bytes."""
     text = self.compiled.as_text() or ""
-    lines = text.splitlines()
-    n_instr = sum(1 for line in lines if " = " in line and not line.lstrip().startswith(("//", "HloModule")))
+    n_instr = sum(" = " in line and not line.lstrip().startswith(("//", "HloModule")) for line in text.splitlines())
     return {"hlo_chars": len(text), "hlo_instructions": n_instr, "code_bytes": self.memory().get("generated_code", 0)}
 
 
@@ -138,20 +131,14 @@ def time_calls(c: Compiled, n: int, warmup: int = 1, donate: bool = True) -> lis
 
   With `donate`, the first two outputs (the train step's state and carry) are fed back, as a training loop does.
   """
-  args = c.args
   times = []
-  for i in range(warmup + n):
+  for _ in range(warmup + n):
     t0 = time.perf_counter()
-    out = c.compiled(*args)
-    jax.block_until_ready(out)
-    dt = time.perf_counter() - t0
-    if i >= warmup:
-      times.append(dt)
+    out = jax.block_until_ready(c.compiled(*c.args))
+    times.append(time.perf_counter() - t0)
     if donate:
-      args = (out[0], out[1]) + tuple(args[2:])
-  if donate:
-    c.args = args
-  return times
+      c.args = (out[0], out[1]) + tuple(c.args[2:])
+  return times[warmup:]
 
 
 def device_peak_bytes() -> int | None:
@@ -161,14 +148,6 @@ def device_peak_bytes() -> int | None:
     with contextlib.suppress(Exception):  # backends without allocator statistics
       peaks.append(int(d.memory_stats()["peak_bytes_in_use"]))
   return max(peaks, default=None)
-
-
-def peak_memory_bytes(c: Compiled) -> tuple[int, str]:
-  """(bytes, source): device allocator peak if available, else the compiled analysis."""
-  peak = device_peak_bytes()
-  if peak is not None:
-    return peak, "memory_stats"
-  return c.memory().get("total", 0), "memory_analysis"
 
 
 def summary(times: list[float]) -> dict:
@@ -242,9 +221,7 @@ def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) 
     model = RecursiveModel(mcfg)
     variables = init_variables(model, mcfg, jax.random.key(seed))
     # Non-zero puzzle rows, so that their gradients flow through something real.
-    table = jax.random.normal(
-      jax.random.key(seed + 7), (max(mcfg.num_puzzle_identifiers, 1), max(mcfg.puzzle_emb_ndim, 0))
-    )
+    table = jax.random.normal(jax.random.key(seed + 7), (mcfg.num_puzzle_identifiers, mcfg.puzzle_emb_ndim))
     batch = {k: jnp.asarray(v) for k, v in synthetic_batch(mcfg, batch_size, seed).items()}
     call = jax.jit(functools.partial(_one_call, model, mcfg, seed))
     results[mode] = call(variables["params"], variables["consts"], table, batch)
@@ -255,9 +232,8 @@ def mode_difference(config, batch_size: int = 2, seed: int = 0, **model_fields) 
 def rel_err(a, b) -> float:
   """max|a - b| / max|a| (the absolute error where a is all zero)."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  scale = np.abs(a).max() if a.size else 0.0
-  err = np.abs(a - b).max() if a.size else 0.0
-  return float(err / scale) if scale > 0 else float(err)
+  scale, err = np.abs(a).max(initial=0.0), np.abs(a - b).max(initial=0.0)
+  return float(err / scale if scale > 0 else err)
 
 
 def _one_call(model, mcfg, seed, params, consts, table, batch):
@@ -293,8 +269,8 @@ def measure_train(config, n_steps: int = 5, warmup: int = 1, batch_size: int | N
   times = time_calls(c, n_steps, warmup)
   mem = c.memory()
   device_peak = device_peak_bytes()
-  # program_mb: the compiled program's own need (comparable across runs in one process);
-  # device_peak_mb: the allocator's peak so far in this process (GPU/TPU only).
+  # program_mb: the compiled program's own need (comparable across runs in one process); device_peak_mb: the allocator's
+  # peak so far in this process (GPU/TPU only).
   return {
     "recursion": s.mcfg.recursion,
     "remat": s.mcfg.remat,

@@ -1,8 +1,7 @@
 """Puzzles as text and pictures: shared by `trm-solve`, `trm-train`'s example print and `trm-data show`.
 
-Text works on token sequences. Pictures (`draw_pair`, matplotlib: `pip install
--e '.[plots]'`) work on display grids: Sudoku digits (0 = blank), maze tokens
-1-5 (`# SGo`), ARC colours 0-9.
+Text works on token sequences. Pictures (`draw_pair`, matplotlib: `pip install -e '.[plots]'`) work on display grids:
+Sudoku digits (0 = blank), maze tokens 1-5 (`# SGo`), ARC colours 0-9.
 """
 
 from __future__ import annotations
@@ -18,10 +17,7 @@ from trm_jax.errors import UserError
 MAZE_CHARS = "# SGo"
 ARC_COLOURS = tuple("#000000 #0074D9 #FF4136 #2ECC40 #FFDC00 #AAAAAA #F012BE #FF851B #7FDBFF #870C25".split())
 MAZE_COLOURS = ("#000000", "#FFFFFF", "#2ECC40", "#FF4136", "#FFDC00")  # '#', ' ', S, G, o
-DIGIT_COLOURS = tuple(
-  "#1F77B4 #D62728 #2CA02C #9467BD #FF7F0E #8C564B #E377C2 #17BECF #7F7F7F".split()
-)  # digit d: [d - 1]
-PLOTS_HINT = "pip install -e '.[plots]'"
+DIGIT_COLOURS = tuple("#1F77B4 #D62728 #2CA02C #9467BD #FF7F0E #8C564B #E377C2 #17BECF #7F7F7F".split())  # digits 1-9
 
 
 def plural(n: int, word: str) -> str:
@@ -66,7 +62,7 @@ def prepare_png(path: str, flag: str = "--png") -> str:
   try:
     import matplotlib  # noqa: F401, PLC0415
   except ImportError:
-    raise UserError(f"{flag} needs matplotlib: {PLOTS_HINT}") from None
+    raise UserError(f"{flag} needs matplotlib: pip install -e '.[plots]'") from None
   parent = os.path.dirname(os.path.abspath(path))
   try:
     os.makedirs(parent, exist_ok=True)

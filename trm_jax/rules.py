@@ -1,8 +1,7 @@
 """The rules of each puzzle: conflicting givens in a puzzle, and why an answer is invalid.
 
-Grids are display grids (`trm_jax.render`): Sudoku digits with 0 = blank,
-maze tokens 1-5 (`# SGo`), ARC colours. Each check returns None when the
-grid follows the rules, else one short reason.
+Grids are display grids (`trm_jax.render`): Sudoku digits with 0 = blank, maze tokens 1-5 (`# SGo`), ARC colours. Each
+check returns None when the grid follows the rules, else one short reason.
 """
 
 from __future__ import annotations
@@ -84,7 +83,7 @@ def check_maze(puzzle, answer) -> str | None:
   if len(odd):
     r, c = odd[0]
     return f"turns the open cell r{r + 1}c{c + 1} into {token_char('maze', int(a[r, c]))!r}"
-  reach = _reachable(a, tuple(np.argwhere(a == START)[0]), lambda v: v in (PATH, GOAL))
+  reach = _reachable(a, tuple(np.argwhere(a == START)[0]))
   if not reach[a == GOAL].any():
     return "the path does not connect S to G"
   stray = int(((a == PATH) & ~reach).sum())
@@ -93,14 +92,15 @@ def check_maze(puzzle, answer) -> str | None:
   return None
 
 
-def _reachable(a, start, passable) -> np.ndarray:
+def _reachable(a, start) -> np.ndarray:
+  """The cells reachable from `start` along path cells (a goal cell is reached but not passed through)."""
   seen = np.zeros(a.shape, bool)
   seen[start] = True
   todo = deque([start])
   while todo:
     r, c = todo.popleft()
     for rr, cc in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
-      if 0 <= rr < a.shape[0] and 0 <= cc < a.shape[1] and not seen[rr, cc] and passable(a[rr, cc]):
+      if 0 <= rr < a.shape[0] and 0 <= cc < a.shape[1] and not seen[rr, cc] and a[rr, cc] in (PATH, GOAL):
         seen[rr, cc] = True
         if a[rr, cc] != GOAL:
           todo.append((rr, cc))
@@ -110,8 +110,8 @@ def _reachable(a, start, passable) -> np.ndarray:
 def check_arc(tokens, size: int = 30, colour_offset: int = 2) -> str | None:
   """Why a predicted 30x30 ARC canvas holds no well-formed output grid, else None.
 
-  A well-formed prediction is a non-empty top-left rectangle of colours with
-  no colour cells outside it (what `arc.crop_prediction` keeps).
+  A well-formed prediction is a non-empty top-left rectangle of colours with no colour cells outside it (what
+  `arc.crop_prediction` keeps).
   """
   t = np.asarray(tokens).reshape(size, size)
   colour = t >= colour_offset
@@ -119,10 +119,8 @@ def check_arc(tokens, size: int = 30, colour_offset: int = 2) -> str | None:
     return "no output grid (the top-left cell is not a colour)"
   h = int(np.argmin(colour[:, 0])) if not colour[:, 0].all() else size
   w = int(np.argmin(colour[0])) if not colour[0].all() else size
-  inside = np.zeros_like(colour)
-  inside[:h, :w] = True
-  holes = int((inside & ~colour).sum())
-  stray = int((colour & ~inside).sum())
+  holes = int((~colour[:h, :w]).sum())
+  stray = int(colour.sum() - colour[:h, :w].sum())  # colour cells outside the box
   if holes or stray:
     return (
       f"output is not a rectangle ({h}x{w} box with {plural(holes, 'cell')} missing, {plural(stray, 'cell')} outside)"

@@ -4,14 +4,11 @@
     trm-solve --workdir=runs/maze --maze=maze.txt              # rows of '# SG' (file or text)
     trm-solve --workdir=runs/arc1 --arc=task.json [--task_id=ID]
 
-Prints the answer grid, the supervision steps used (the first step whose
-q_halt > 0, else the maximum) and the halting confidence sigmoid(q_halt);
-`--png=out.png` also draws the puzzle and the answer. The puzzle is checked
-before any checkpoint is read (conflicting givens, one S and one G, ...: one
-`error:` line, exit status 1). An answer that breaks the puzzle's rules (a
-changed given, a repeated digit, a maze path that does not join S to G, an
-ARC output that is not a rectangle) is printed with an `INVALID: <why>` line
-and exit status 2. `--verbose` also shows the libraries' logs.
+Prints the answer grid, the supervision steps used (the first step whose q_halt > 0, else the maximum) and the halting
+confidence sigmoid(q_halt); `--png=out.png` also draws the puzzle and the answer. The puzzle is checked before any
+checkpoint is read (conflicting givens, one S and one G, ...: one `error:` line, exit status 1). An answer that breaks
+the puzzle's rules (a changed given, a repeated digit, a maze path that does not join S to G, an ARC output that is not
+a rectangle) is printed with an `INVALID: <why>` line and exit status 2. `--verbose` also shows the libraries' logs.
 """
 
 from __future__ import annotations
@@ -50,15 +47,11 @@ def sudoku_tokens(text: str, seq_len: int | None = None) -> np.ndarray:
   """n*n characters ('.', '0' or '_' blank) -> tokens (blank 1, digit + 1); conflicting givens are an error."""
   s = "".join(text.split())
   n = _side(len(s), seq_len, "--sudoku", "characters")
-  out = []
+  allowed = ".0_" + "123456789"[:n]  # ASCII digits only (not '²', not full-width '２')
   for i, ch in enumerate(s):
-    if ch in ".0_":
-      out.append(1)
-    elif ch in "123456789" and int(ch) <= n:  # ASCII digits only (not '²', not full-width '２')
-      out.append(int(ch) + 1)
-    else:
+    if ch not in allowed:
       raise InputError(f"--sudoku: character {i + 1} is {ch!r}; use 1-{n} or '.' for a blank")
-  tokens = np.asarray(out, np.int32)
+  tokens = np.asarray([1 if ch in ".0_" else int(ch) + 1 for ch in s], np.int32)
   conflict = rules.sudoku_conflict(tokens.reshape(n, n) - 1)
   if conflict:
     raise InputError(f"--sudoku: the givens conflict: {conflict}")
@@ -109,14 +102,6 @@ def arc_inputs(path: str) -> list[np.ndarray]:
     ]
   except arc.DataError as e:
     raise InputError(f"--arc: {e}") from None
-
-
-def load_run(workdir: str):
-  """-> (Run, state, meta) from the workdir's latest checkpoint (EMA weights used for solving)."""
-  from trm_jax import runs
-
-  run, state, meta, _ = runs.load_run(workdir)
-  return run, state, meta
 
 
 def display(task: str, grid: tuple, tokens) -> np.ndarray:
@@ -172,7 +157,7 @@ def main(argv) -> int:
   kind, puzzle = _read_puzzle(f)
   meta, _ = runs.read_meta(f.workdir)
   _check_run(kind, puzzle, f.steps, meta)
-  run, state, meta = load_run(f.workdir)
+  run, state, meta, _ = runs.load_run(f.workdir)
   grid = tuple(meta.get("grid", (0, 0)))
   steps = f.steps if f.steps > 0 else None
   if kind == "arc":
@@ -181,11 +166,12 @@ def main(argv) -> int:
   print(render(kind, grid, res["answer"]))
   print(f"supervision steps: {res['steps']}; halting confidence: {res['confidence']:.3f}")
   why = check_answer(kind, grid, puzzle, res["answer"])
+  verdict = _verdict(why, res["confidence"])
   if why:
-    print(_verdict(why, res["confidence"]))
+    print(verdict)
   if f.png:
-    title = _verdict(why, res["confidence"])
-    draw_pair(f.png, kind, display(kind, grid, puzzle), display(kind, grid, res["answer"]), ("puzzle", "answer"), title)
+    pair = display(kind, grid, puzzle), display(kind, grid, res["answer"])
+    draw_pair(f.png, kind, *pair, ("puzzle", "answer"), verdict)
     print(f"wrote {f.png}")
   sys.stdout.flush()
   return INVALID_EXIT if why else 0
@@ -203,10 +189,8 @@ def _solve_arc(f, run, state, meta, grids, grid, steps) -> int:
     answer = arc.crop_prediction(res["answer"])
     why = rules.check_arc(res["answer"], arc.MAX_SIZE, arc.COLOUR_OFFSET)
     invalid |= bool(why)
-    print(
-      f"test[{i}] (task {tid}, puzzle id {pid}): {plural(res['steps'], 'supervision step')}, "
-      f"halting confidence {res['confidence']:.3f}"
-    )
+    used = plural(res["steps"], "supervision step")
+    print(f"test[{i}] (task {tid}, puzzle id {pid}): {used}, halting confidence {res['confidence']:.3f}")
     print(render("arc", grid, answer))
     if why:
       print(_verdict(why, res["confidence"]))
@@ -219,18 +203,10 @@ def _solve_arc(f, run, state, meta, grids, grid, steps) -> int:
   return INVALID_EXIT if invalid else 0
 
 
-def _quiet(verbose: bool) -> None:
-  """Only the answer on the terminal: library logs (orbax, jax) only with --verbose."""
+def run():
   import logging as std_logging
 
-  from absl import logging
-
-  logging.set_verbosity(logging.INFO if verbose else logging.ERROR)
-  std_logging.getLogger().setLevel(std_logging.INFO if verbose else std_logging.ERROR)
-
-
-def run():
-  from absl import app, flags
+  from absl import app, flags, logging
 
   flags.DEFINE_string("workdir", None, "Required: run directory holding checkpoints/ (written by trm-train).")
   flags.DEFINE_string("sudoku", None, "Sudoku as n*n characters, row by row ('.' or 0 = blank).")
@@ -249,7 +225,9 @@ def run():
   cli.own_help(__name__)
 
   def wrapped(argv):
-    _quiet(flags.FLAGS.verbose)
+    verbose = flags.FLAGS.verbose  # only the answer on the terminal: library logs (orbax, jax) only with --verbose
+    logging.set_verbosity(logging.INFO if verbose else logging.ERROR)
+    std_logging.getLogger().setLevel(std_logging.INFO if verbose else std_logging.ERROR)
     with cli.user_errors():
       sys.exit(main(argv))
 
