@@ -1,9 +1,8 @@
 """ARC grids: JSON loading/validation, 30x30 canvas with EOS, transforms.
 
-Canvas tokens: PAD 0, EOS 1, colour c -> c + 2 (V = 12, S = 900).
-Dihedral ids: 0 id, 1 rot90, 2 rot180, 3 rot270, 4 flip left-right,
-5 flip up-down, 6 transpose, 7 anti-transpose. A colour map `perm` (10,)
-sends colour c to perm[c]; perm[0] == 0.
+Canvas tokens: PAD 0, EOS 1, colour c -> c + 2 (V = 12, S = 900). Dihedral ids: 0 id, 1 rot90, 2 rot180, 3 rot270,
+4 flip left-right, 5 flip up-down, 6 transpose, 7 anti-transpose. A colour map `perm` (10,) sends colour c to perm[c];
+perm[0] == 0.
 """
 
 from __future__ import annotations

@@ -143,8 +143,7 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self):
     cfg = self.builder_config
-    # Large, mostly-PAD grids are zlib-compressed per record (keeps the
-    # writer's in-memory sort buffer small); small grids are raw bytes.
+    # Large, mostly-PAD grids are zlib-compressed per record (keeps the writer's in-memory sort buffer small).
     enc = tfds.features.Encoding.ZLIB if cfg.seq_len > 256 else tfds.features.Encoding.BYTES
     grids = {k: tfds.features.Tensor(shape=(cfg.seq_len,), dtype=np.uint8, encoding=enc) for k in ("inputs", "labels")}
     ids = dict.fromkeys(("example_id", "puzzle_index", "puzzle_id", "group_id"), np.int64)
@@ -282,13 +281,11 @@ def _publish(built: Path, final: Path, staging: Path, overwrite: bool) -> None:
 def build(name: str, data_dir, manual_dir=None, overwrite=False, mirror=None, register_checksums=False) -> Path:
   """Builds NAME[/CONFIG] into data_dir; returns its directory.
 
-  Raw files come from manual_dir when given, else they are downloaded and
-  verified (sources.py; mirror or $TRM_DATA_MIRROR rewrites the URLs). The
-  set is built in a private directory under data_dir/.tmp-build and published
-  with one atomic rename: concurrent builds of one set both succeed (the
-  loser uses the winner's set), and a failed or killed build publishes
-  nothing; cleanup only removes what this call created. register_checksums:
-  TFDS records (size, sha256) of every downloaded URL in checksums.tsv.
+  Raw files come from manual_dir when given, else they are downloaded and verified (sources.py; mirror or
+  $TRM_DATA_MIRROR rewrites the URLs). The set is built in a private directory under data_dir/.tmp-build and published
+  with one atomic rename: concurrent builds of one set both succeed (the loser uses the winner's set), and a failed or
+  killed build publishes nothing; cleanup only removes what this call created. register_checksums: TFDS records
+  (size, sha256) of every downloaded URL in checksums.tsv.
   """
   data_dir = Path(os.fspath(data_dir))
   final = published_dir(name, data_dir, overwrite)

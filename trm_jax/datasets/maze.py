@@ -1,7 +1,7 @@
 """Maze-Hard: CSV parsing/validation, seeded maze generation, TFDS builder.
 
-Characters `# SGo` (wall, open, start, goal, path) -> tokens 1..5, V = 6.
-Grids are (n, n) uint8 token arrays; the label has the shortest path drawn.
+Characters `# SGo` (wall, open, start, goal, path) -> tokens 1..5, V = 6. Grids are (n, n) uint8 token arrays; the label
+has the shortest path drawn.
 """
 
 from __future__ import annotations
@@ -87,7 +87,6 @@ def _path_stray(label) -> str | None:
 
 def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
   """Reads a Maze-Hard CSV; returns (questions, answers) as (m, n, n)."""
-  path = common.require_file(path)
   qs, as_ = [], []
   for line, question, answer in common.iter_csv_rows(path):
     q, a = _parse_row(path, line, question, answer)

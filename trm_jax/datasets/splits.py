@@ -148,16 +148,12 @@ META_BOUNDS = {
 }
 
 
-class MetaError(ValueError):
-  """Implausible or inconsistent stored metadata (one line, names file and field)."""
-
-
 def check_split(meta: DatasetMeta, puzzle_indices, group_indices, puzzle_identifiers, where: str) -> None:
-  """Raises MetaError naming the first implausible or inconsistent field of the split `where` ('DIR/trm_meta.json:
+  """Raises DataError naming the first implausible or inconsistent field of the split `where` ('DIR/trm_meta.json:
   splits.train')."""
 
   def bad(field, msg):
-    raise MetaError(f"{where}.{field}: {msg}")
+    raise DataError(f"{where}.{field}: {msg}; rebuild the dataset with trm-data build --overwrite")
 
   for field, (lo, hi) in META_BOUNDS.items():
     v = getattr(meta, field)

@@ -25,7 +25,6 @@ def _first(mask) -> int | None:
 
 def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
   """Reads a Sudoku-Extreme CSV; returns (questions, answers) (n, 81) uint8."""
-  path = common.require_file(path)
   questions, answers = [], []
   for _, question, answer in common.iter_csv_rows(path):
     questions.append(question)
