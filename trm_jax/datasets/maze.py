@@ -53,34 +53,26 @@ def _parse_row(path, line, q, a) -> tuple[np.ndarray, np.ndarray]:
   return qt.reshape(n, n), at.reshape(n, n)
 
 
+def _neighbours(mask) -> np.ndarray:
+  """How many of each cell's 4 neighbours are in `mask`."""
+  p = np.pad(mask, 1).astype(int)
+  return p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:]
+
+
 def _path_stray(label) -> str | None:
   """None if the o cells of `label` join S to G (4-neighbour moves) with none left over, else why not."""
-  n, m = label.shape
-  start = tuple(int(x) for x in np.argwhere(label == START)[0])
-  seen = {start}
-  queue = collections.deque([start])
-  while queue:
-    r, c = queue.popleft()
-    for dr, dc in _MOVES:
-      cell = (r + dr, c + dc)
-      if 0 <= cell[0] < n and 0 <= cell[1] < m and cell not in seen and label[cell] in (PATH, GOAL):
-        seen.add(cell)
-        if label[cell] == PATH:
-          queue.append(cell)
-  goal = tuple(int(x) for x in np.argwhere(label == GOAL)[0])
-  if goal not in seen:
-    return f"G at row {goal[0]}, column {goal[1]} is not reached from S"
-  left = [tuple(int(x) for x in rc) for rc in np.argwhere(label == PATH) if tuple(int(x) for x in rc) not in seen]
-  if left:
+  dist, _ = bfs(np.where(label == PATH, OPEN, WALL), tuple(np.argwhere(label == START)[0]))  # from S over o cells
+  r, c = np.argwhere(label == GOAL)[0]
+  if not _neighbours(dist >= 0)[r, c]:
+    return f"G at row {r}, column {c} is not reached from S"
+  left = np.argwhere((label == PATH) & (dist < 0))
+  if len(left):
     return f"{len(left)} o cell(s) off the path (first at row {left[0][0]}, column {left[0][1]})"
   # A path, not a tree: S and G touch one path cell, every o cell two.
   on = np.isin(label, (PATH, START, GOAL))
-  padded = np.pad(on, 1)
-  degree = padded[:-2, 1:-1].astype(int) + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
-  want = np.where(label == PATH, 2, 1)
-  wrong = np.argwhere(on & (degree != want))
+  wrong = np.argwhere(on & (_neighbours(on) != np.where(label == PATH, 2, 1)))
   if len(wrong):
-    r, c = (int(x) for x in wrong[0])
+    r, c = wrong[0]
     return f"the path branches or touches itself at row {r}, column {c}"
   return None
 
