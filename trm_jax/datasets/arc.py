@@ -35,10 +35,9 @@ def _grid(value, where: str) -> np.ndarray:
     raise DataError(f"{where}: grid has empty rows")
   if h > MAX_SIZE or w > MAX_SIZE:
     raise DataError(f"{where}: grid is {h}x{w}, over {MAX_SIZE}x{MAX_SIZE}")
-  for r in value:
-    for c in r:
-      if type(c) is not int or not 0 <= c <= 9:
-        raise DataError(f"{where}: colour {c!r} outside 0-9")
+  bad = [c for r in value for c in r if type(c) is not int or not 0 <= c <= 9]
+  if bad:
+    raise DataError(f"{where}: colour {bad[0]!r} outside 0-9")
   return np.asarray(value, np.uint8)
 
 

@@ -139,7 +139,7 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   _log_download_done = _log_download_bytes
 
   def needs_files(self) -> bool:
-    return getattr(self.builder_config, "needs_files", True)
+    return self.builder_config.needs_files
 
   def _info(self):
     cfg = self.builder_config
@@ -179,7 +179,7 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _raw_dir(self, dl_manager):
     """manual_dir when given (it wins), else the downloaded, verified files."""
-    manual = getattr(self, "_trm_manual_dir", _UNSET)
+    manual, cache, mirror = getattr(self, "_trm_raw", (_UNSET, dl_manager.download_dir, None))  # set by build()
     if manual is _UNSET:  # plain tfds.builder(...) use: TFDS's manual_dir
       tfds_manual = getattr(dl_manager, "_manual_dir", None)
       have = tfds_manual is not None and all((Path(os.fspath(tfds_manual)) / f).is_file() for f in self.raw_files())
@@ -188,8 +188,7 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       return manual
     from trm_jax.datasets import sources
 
-    cache = getattr(self, "_trm_cache", None) or dl_manager.download_dir
-    return sources.fetch(self.SOURCE, self.raw_files(), dl_manager, cache, getattr(self, "_trm_mirror", None))
+    return sources.fetch(self.SOURCE, self.raw_files(), dl_manager, cache, mirror)
 
   def _split_generators(self, dl_manager):
     raw = self._raw_dir(dl_manager) if self.needs_files() else None
@@ -198,16 +197,14 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, split):
     plan = self._plans[split]
-    pidx = np.asarray(plan.puzzle_indices, np.int64)
-    gidx = np.asarray(plan.group_indices, np.int64)
-    ids = np.asarray(plan.puzzle_identifiers, np.int64)
+    pidx, gidx = plan.puzzle_indices, plan.group_indices
     ex_puzzle = np.repeat(np.arange(len(pidx) - 1), np.diff(pidx))
     puzzle_group = np.repeat(np.arange(len(gidx) - 1), np.diff(gidx))
     eid = 0
     for inputs, labels in plan.blocks():
       for x, y in zip(inputs, labels):
         p = int(ex_puzzle[eid])
-        puzzle = {"puzzle_index": p, "puzzle_id": int(ids[p]), "group_id": int(puzzle_group[p])}
+        puzzle = {"puzzle_index": p, "puzzle_id": int(plan.puzzle_identifiers[p]), "group_id": int(puzzle_group[p])}
         yield eid, {"inputs": x, "labels": y, "example_id": eid, **puzzle}
         eid += 1
     if eid != int(pidx[-1]):
@@ -312,9 +309,7 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False, mirror=None, re
   tfds.disable_progress_bar()  # bars of each split and of its shuffling (cursor escapes off a terminal)
   try:
     sb = get_builder(name, staging)
-    sb._trm_manual_dir = manual_dir  # pylint: disable=protected-access
-    sb._trm_cache = data_dir / "downloads"  # pylint: disable=protected-access
-    sb._trm_mirror = mirror  # pylint: disable=protected-access
+    sb._trm_raw = (manual_dir, data_dir / "downloads", mirror)  # pylint: disable=protected-access
     sb.download_and_prepare(
       download_dir=os.fspath(staging / "downloads"),
       file_format="array_record",

@@ -113,22 +113,6 @@ def bfs(grid, start):
   return dist, parent
 
 
-def solve(question) -> np.ndarray | None:
-  """Label grid with one shortest S->G path drawn, or None if unsolvable."""
-  q = np.asarray(question)
-  s = tuple(int(x) for x in np.argwhere(q == START)[0])
-  g = tuple(int(x) for x in np.argwhere(q == GOAL)[0])
-  dist, parent = bfs(q, s)
-  if dist[g] < 0:
-    return None
-  out = q.copy()
-  cell = parent[g]
-  while cell != s:
-    out[cell] = PATH
-    cell = parent[cell]
-  return out
-
-
 def _carve(rng, size: int, loop_frac: float) -> np.ndarray:
   """Perfect maze on cells at even coordinates, plus a few loops."""
   k = (size + 1) // 2
@@ -160,14 +144,18 @@ def generate(rng, size: int = 30, min_path: int = 110, loop_frac: float = 0.08, 
     grid = _carve(rng, size, loop_frac)
     cells = np.argwhere(grid == OPEN)
     start = tuple(int(x) for x in cells[rng.integers(len(cells))])
-    dist, _ = bfs(grid, start)
+    dist, parent = bfs(grid, start)
     far = np.argwhere(dist > min_path)
     if len(far) == 0:
       continue
     goal = tuple(int(x) for x in far[rng.integers(len(far))])
     q = grid.copy()
     q[start], q[goal] = START, GOAL
-    return q, solve(q)
+    label, cell = q.copy(), parent[goal]
+    while cell != start:  # one shortest S->G path
+      label[cell] = PATH
+      cell = parent[cell]
+    return q, label
   raise RuntimeError(f"no {size}x{size} maze with a path > {min_path} found")
 
 

@@ -94,10 +94,9 @@ class SplitData:
     for name, a in (("inputs", inputs), ("labels", labels)):
       a = np.asarray(a)
       if a.size and (a.max() >= v or a.min() < 0):
-        row = int(np.nonzero((a >= v) | (a < 0))[0][0])
-        bad = a[row][(a[row] >= v) | (a[row] < 0)][0]
+        row, col = np.argwhere((a >= v) | (a < 0))[0]
         raise DataError(
-          f"{self.where}: example {int(indices[row])}: {name} token {int(bad)} outside the vocab_size {v} of "
+          f"{self.where}: example {int(indices[row])}: {name} token {int(a[row, col])} outside the vocab_size {v} of "
           "its metadata; rebuild the dataset with trm-data build --overwrite"
         )
 
