@@ -346,14 +346,14 @@ def check_complete(name: str, final: Path) -> Path:
   return final
 
 
-def wait_for(name: str, data_dir, timeout_s: float, poll_s: float = 2.0, what: str = "process 0") -> Path:
+def wait_for(name: str, data_dir, timeout_s: float, poll_s: float = 2.0) -> Path:
   """Waits until NAME[/CONFIG] is published in data_dir (by another process); one-line DataError after timeout_s."""
   final = Path(get_builder(name, data_dir).data_dir)
   deadline = time.monotonic() + timeout_s
   while not (final / META_FILE).is_file():
     if time.monotonic() > deadline:
       raise DataError(
-        f"{name}: not built in {data_dir} after waiting {timeout_s:g}s for {what} to build it; data_dir must be "
+        f"{name}: not built in {data_dir} after waiting {timeout_s:g}s for process 0 to build it; data_dir must be "
         f"shared by all processes (e.g. gs://...), or build it first with `trm-data build {name} --data_dir {data_dir}`"
       )
     time.sleep(poll_s)

@@ -98,19 +98,12 @@ def build_train_plan(q, a, subsample, num_aug, seed) -> common.SplitPlan:
   if subsample is not None and subsample < len(q):
     pick = np.sort(rng.choice(len(q), subsample, replace=False))
     q, a = q[pick], a[pick]
-  n = len(q)
   per = 1 + num_aug
-  if num_aug == 0:
-    inputs, labels = q + 1, a + 1
-  else:
-    inputs = np.empty((n * per, 81), np.uint8)
-    labels = np.empty((n * per, 81), np.uint8)
-    for i in tqdm(range(n), desc="sudoku augment", disable=n < 2000):
-      tr = random_transforms(rng, num_aug)
-      inputs[i * per] = q[i] + 1
-      labels[i * per] = a[i] + 1
-      inputs[i * per + 1 : (i + 1) * per] = apply_transforms(q[i], tr) + 1
-      labels[i * per + 1 : (i + 1) * per] = apply_transforms(a[i], tr) + 1
+  inputs, labels = np.repeat(q + 1, per, axis=0), np.repeat(a + 1, per, axis=0)  # copy 0 of each puzzle: itself
+  for i in tqdm(range(len(q) if num_aug else 0), desc="sudoku augment", disable=len(q) < 2000):
+    tr = random_transforms(rng, num_aug)
+    inputs[i * per + 1 : (i + 1) * per] = apply_transforms(q[i], tr) + 1
+    labels[i * per + 1 : (i + 1) * per] = apply_transforms(a[i], tr) + 1
   return common.grouped_plan(inputs, labels, per)
 
 
