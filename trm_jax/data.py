@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-GENERATED = ("sudoku_small", "maze_small")
+GENERATED = {"sudoku_small": ("sudoku", 4), "maze_small": ("maze", 10)}  # name: (task, default size)
 
 
 class DataConfigError(ValueError):
@@ -57,8 +57,8 @@ def _generated(name: str, cfg: str) -> Data:
     train, test = getattr(generated, name)(**kw).values()
   except TypeError as e:
     raise DataConfigError(f"config.data.config: {e}") from None
-  task = "sudoku" if name == "sudoku_small" else "maze"
-  n = kw.get("size", 4 if task == "sudoku" else 10)  # (the sets' default sizes)
+  task, n = GENERATED[name]
+  n = kw.get("size", n)
   # Test keeps only the puzzles whose input does not occur in train (small grids repeat).
   seen = {row.tobytes() for row in train.all_arrays()["inputs"]}
   arrays = test.all_arrays()

@@ -107,7 +107,7 @@ def token_names(task: str, vocab: int) -> list[str]:
 
 def _cmd_stats(args):
   from trm_jax import input_pipeline
-  from trm_jax.datasets import common
+  from trm_jax.datasets import common, overlap
 
   d = input_pipeline.dataset_dir(args.name, args.data_dir)
   splits = every = sorted(common.read_metadata(d)["json"]["splits"])
@@ -144,8 +144,6 @@ def _cmd_stats(args):
   for t in range(vocab):
     vals = [int(h[t]) if t < len(h) else 0 for pair in hists.values() for h in pair]
     print(f"  {t:>3}  {names[t]:<{w}}  " + "  ".join(f"{v:>{x}d}" for v, x in zip(vals, cw)))
-  from trm_jax.datasets import overlap
-
   for split in splits:
     others = {o: loaded.get(o) or _load(args, split=o) for o in every if o != split}
     for line in overlap.warnings(args.name, split, loaded[split], others):

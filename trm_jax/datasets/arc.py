@@ -35,8 +35,7 @@ def _grid(value, where: str) -> np.ndarray:
     raise DataError(f"{where}: grid has empty rows")
   if h > MAX_SIZE or w > MAX_SIZE:
     raise DataError(f"{where}: grid is {h}x{w}, over {MAX_SIZE}x{MAX_SIZE}")
-  bad = [c for r in value for c in r if type(c) is not int or not 0 <= c <= 9]
-  if bad:
+  if bad := [c for r in value for c in r if type(c) is not int or not 0 <= c <= 9]:
     raise DataError(f"{where}: colour {bad[0]!r} outside 0-9")
   return np.asarray(value, np.uint8)
 
@@ -80,21 +79,17 @@ def load_subset(manual_dir, subset: str) -> dict[str, dict]:
     for i, pair in enumerate(task["train"]):
       if not isinstance(pair, dict) or "input" not in pair or "output" not in pair:
         raise DataError(f'{where} train[{i}]: needs "input" and "output"')
-      train.append(
-        (_grid(pair["input"], f"{where} train[{i}].input"), _grid(pair["output"], f"{where} train[{i}].output"))
-      )
+      train.append(tuple(_grid(pair[k], f"{where} train[{i}].{k}") for k in ("input", "output")))
     test = []
     for i, pair in enumerate(task["test"]):
       if not isinstance(pair, dict) or "input" not in pair:
         raise DataError(f'{where} test[{i}]: needs "input"')
-      test.append(
-        (_grid(pair["input"], f"{where} test[{i}].input"), _grid(sol[i], f"{spath}: task {tid} solution[{i}]"))
-      )
+      x = _grid(pair["input"], f"{where} test[{i}].input")
+      test.append((x, _grid(sol[i], f"{spath}: task {tid} solution[{i}]")))
     if not train or not test:
       raise DataError(f"{where}: needs at least one train and one test pair")
     tasks[tid] = {"train": train, "test": test}
-  extra = set(sols) - set(chal)
-  if extra:
+  if extra := set(sols) - set(chal):
     raise DataError(f"{spath}: task {sorted(extra)[0]}: not in {cpath.name}")
   return tasks
 

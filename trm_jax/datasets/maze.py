@@ -37,8 +37,7 @@ def _parse_row(path, line, q, a) -> tuple[np.ndarray, np.ndarray]:
   if len(a) != len(q):
     raise DataError(f"{where}: answer has {len(a)} characters, question {len(q)}")
   for what, s in (("question", q), ("answer", a)):
-    bad = set(s) - set(CHARS)
-    if bad:
+    if bad := set(s) - set(CHARS):
       raise DataError(f'{where}: {what} has characters {sorted(bad)!r} outside "{CHARS}"')
   if q.count("S") != 1 or q.count("G") != 1:
     raise DataError(f"{where}: maze must have exactly one S and one G (found {q.count('S')} S, {q.count('G')} G)")
@@ -47,8 +46,7 @@ def _parse_row(path, line, q, a) -> tuple[np.ndarray, np.ndarray]:
   changed = qt != at
   if (qt == PATH).any() or np.any(changed & ~((qt == OPEN) & (at == PATH))):
     raise DataError(f"{where}: answer must equal the question with open cells marked o")
-  stray = _path_stray(at.reshape(n, n))
-  if stray is not None:
+  if (stray := _path_stray(at.reshape(n, n))) is not None:
     raise DataError(f"{where}: answer's o cells must form one connected path from S to G; {stray}")
   return qt.reshape(n, n), at.reshape(n, n)
 
