@@ -77,15 +77,12 @@ def make_puzzle(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
   """(question, answer) flat digit grids; the question has one solution."""
   answer = random_solution(rng, n)
   q = answer.ravel().copy()
-  givens = n * n
   for i in rng.permutation(n * n):
-    if givens <= MIN_GIVENS[n]:
+    if np.count_nonzero(q) <= MIN_GIVENS[n]:
       break
     v = q[i]
     q[i] = 0
-    if count_solutions(q, n) == 1:
-      givens -= 1
-    else:
+    if count_solutions(q, n) != 1:
       q[i] = v
   return q, answer.ravel()
 

@@ -72,10 +72,6 @@ class SplitData:
   def num_examples(self) -> int:
     return int(self.puzzle_indices[-1])
 
-  @property
-  def num_puzzles(self) -> int:
-    return len(self.puzzle_indices) - 1
-
   def examples(self, indices) -> dict[str, np.ndarray]:
     """Model-ready batch rows: int32, labels 0 mapped to -100."""
     indices = np.asarray(indices, np.int64)
@@ -101,15 +97,9 @@ class SplitData:
         )
 
   def all_arrays(self) -> dict[str, np.ndarray]:
-    """Stored arrays of the whole split (reads everything)."""
+    """The stored inputs and labels of the whole split (reads everything)."""
     inputs, labels = self.reader.read(np.arange(self.num_examples))
-    return {
-      "inputs": inputs,
-      "labels": labels,
-      "puzzle_indices": self.puzzle_indices,
-      "group_indices": self.group_indices,
-      "puzzle_identifiers": self.puzzle_identifiers,
-    }
+    return {"inputs": inputs, "labels": labels}
 
 
 def make_split(
