@@ -95,8 +95,7 @@ def load(dcfg) -> Data:
       raise DataConfigError(f"config.data: {e}") from None
     task = train.info.get("task", name.split("_")[0])
     data = Data(train, evals, train.info, train.extra_arrays, task, tuple(train.info.get("grid", (30, 30))))
-  missing = [s for s in dcfg.eval_sets if s not in data.evals]
-  if missing:
+  if missing := [s for s in dcfg.eval_sets if s not in data.evals]:
     raise DataConfigError(f"config.data.eval_sets: no split {missing[0]!r} (have {sorted(data.evals)})")
   data.evals = {s: data.evals[s] for s in dcfg.eval_sets}
   return data

@@ -122,9 +122,8 @@ def _rng(*key) -> np.random.Generator:
 def _plan(puzzle_indices_b, group_indices_b, seed, it, batch, epochs_per_iter):
   pidx = np.frombuffer(puzzle_indices_b, np.int64)
   gidx = np.frombuffer(group_indices_b, np.int64)
-  n_groups = len(gidx) - 1
   rng = _rng(seed, it, 0)
-  order = np.concatenate([rng.permutation(n_groups) for _ in range(epochs_per_iter)])
+  order = np.concatenate([rng.permutation(len(gidx) - 1) for _ in range(epochs_per_iter)])
   n_in_group = gidx[order + 1] - gidx[order]
   puzzles = gidx[order] + np.floor(rng.random(len(order)) * n_in_group).astype(np.int64)
   sizes = pidx[puzzles + 1] - pidx[puzzles]
@@ -172,9 +171,8 @@ def iteration_ends(
   more = lambda cum: len(cum) <= n_iters and (stop_at is None or cum[-1] < stop_at)
   cum = _schedule(data, seed, global_batch_size, epochs_per_iter, more)
   ends = np.asarray(cum[1 : n_iters + 1], np.int64)
-  if stop_at is not None and len(ends):
-    k = int(np.searchsorted(ends, stop_at, "left"))
-    ends = ends[: k + 1]
+  if stop_at is not None:
+    ends = ends[: int(np.searchsorted(ends, stop_at, "left")) + 1]
   return ends
 
 

@@ -23,7 +23,6 @@ DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
 _QUARTER_TURNS = (0, 1, 2, 3, 0, 2, 3, 1)  # np.rot90 turns of each dihedral id; ids 4-7 then flip left-right
 
 
-# ---------------------------------------------------------------- loading --
 def _grid(value, where: str) -> np.ndarray:
   if not isinstance(value, list) or not value or not all(isinstance(r, list) for r in value):
     raise DataError(f"{where}: grid must be a non-empty list of rows")
@@ -94,7 +93,6 @@ def load_subset(manual_dir, subset: str) -> dict[str, dict]:
   return tasks
 
 
-# -------------------------------------------------------------- transforms --
 def dihedral(grid: np.ndarray, tid: int) -> np.ndarray:
   g = np.rot90(np.asarray(grid), _QUARTER_TURNS[int(tid)])
   return g[:, ::-1] if tid >= 4 else g
@@ -110,7 +108,6 @@ def invert(grid, tid: int, perm) -> np.ndarray:
   return np.ascontiguousarray(dihedral(inv[np.asarray(grid, np.uint8)], DIHEDRAL_INVERSE[int(tid)]))
 
 
-# ----------------------------------------------------------------- canvas --
 def to_canvas(grid: np.ndarray, r0: int = 0, c0: int = 0) -> np.ndarray:
   """Places a grid at (r0, c0) of a 30x30 canvas and draws EOS; (900,)."""
   h, w = grid.shape

@@ -28,7 +28,6 @@ def to_text(grid) -> str:
   return "".join(CHARS[t - 1] if t else "?" for t in np.asarray(grid).ravel())
 
 
-# ---------------------------------------------------------------- parsing --
 def _parse_row(path, line, q, a) -> tuple[np.ndarray, np.ndarray]:
   where = f"{path}:{line}"
   n = int(round(len(q) ** 0.5))
@@ -43,8 +42,7 @@ def _parse_row(path, line, q, a) -> tuple[np.ndarray, np.ndarray]:
     raise DataError(f"{where}: maze must have exactly one S and one G (found {q.count('S')} S, {q.count('G')} G)")
   qt = _LUT[np.frombuffer(q.encode(), np.uint8)]
   at = _LUT[np.frombuffer(a.encode(), np.uint8)]
-  changed = qt != at
-  if (qt == PATH).any() or np.any(changed & ~((qt == OPEN) & (at == PATH))):
+  if (qt == PATH).any() or np.any((qt != at) & ~((qt == OPEN) & (at == PATH))):
     raise DataError(f"{where}: answer must equal the question with open cells marked o")
   if (stray := _path_stray(at.reshape(n, n))) is not None:
     raise DataError(f"{where}: answer's o cells must form one connected path from S to G; {stray}")
@@ -89,7 +87,6 @@ def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
   return np.stack(qs), np.stack(as_)
 
 
-# ------------------------------------------------------------- generation --
 _MOVES = ((-1, 0), (0, 1), (1, 0), (0, -1))
 
 
@@ -163,7 +160,6 @@ def generate_set(n: int, seed, size=30, min_path=110, loop_frac=0.08, desc="maze
   return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
 
 
-# ---------------------------------------------------------------- builder --
 def make_plan(q, a, aug8: bool) -> common.SplitPlan:
   """One group per maze; with aug8, its 8 dihedral images are its puzzles."""
   if aug8:

@@ -16,7 +16,6 @@ from trm_jax.datasets import common, sources
 from trm_jax.datasets.common import DataError
 
 
-# ---------------------------------------------------------------- parsing --
 def _first(mask) -> int | None:
   """Index of the first True of a boolean vector, or None."""
   hits = np.flatnonzero(mask)
@@ -65,7 +64,6 @@ def is_valid_solution(grids) -> np.ndarray:
   return ok
 
 
-# ----------------------------------------------------------- augmentation --
 def random_transforms(rng: np.random.Generator, n: int) -> dict:
   """n random symmetries: transpose, band/row and stack/col shuffles, digits."""
 
@@ -92,7 +90,6 @@ def apply_transforms(grid, tr: dict) -> np.ndarray:
   return np.take_along_axis(tr["digits"], moved.reshape(n, 81), axis=1)
 
 
-# ---------------------------------------------------------------- builder --
 def build_train_plan(q, a, subsample, num_aug, seed) -> common.SplitPlan:
   rng = np.random.default_rng(seed)
   if subsample is not None and subsample < len(q):
