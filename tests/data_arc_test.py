@@ -40,7 +40,7 @@ def test_records_decode_to_source_grids(built):
     arr = data.all_arrays()
     assert data.meta.seq_len == 900 and data.meta.vocab_size == 12
     first_moved = 0
-    for p in range(data.num_puzzles):
+    for p in range(len(data.puzzle_indices) - 1):
       pid = int(data.puzzle_identifiers[p])
       subset, tid, d, perm = arc_builder.original_of(pid, info, extra)
       role = info["tasks"][int(extra["puzzle_task"][pid])][2]

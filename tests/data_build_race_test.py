@@ -30,7 +30,11 @@ def _build_proc(*args, **kw):
 
 
 def _arrays(name, data_dir):
-  return {s: ip.load_split(name, s, data_dir).all_arrays() for s in ("train", "test")}
+  out = {}
+  for s in ("train", "test"):
+    d = ip.load_split(name, s, data_dir)
+    out[s] = {**d.all_arrays(), "index": np.concatenate([d.puzzle_indices, d.group_indices, d.puzzle_identifiers])}
+  return out
 
 
 def test_two_concurrent_builds_both_succeed(tmp_path):

@@ -31,9 +31,8 @@ def _reset_caches():
 def test_every_group_once_per_epoch_fixed_size():
   data = _toy([[1, 1, 1]] * 64)  # 64 groups, 3 single-example augmentations
   seen = []
-  for step in range(4 * 3):  # 4 epochs of 4 batches of 16
-    it, b, nb = ip.batch_position(data, 7, step, 16)
-    assert (it, b, nb) == (step // 4, step % 4, 4)
+  assert list(ip.iteration_ends(data, 7, 16, 1, 3)) == [4, 8, 12]  # epochs of 4 batches of 16
+  for step in range(4 * 3):
     idx = ip.train_batch_indices(data, 7, step, 16)
     seen.append(np.searchsorted(data.group_indices, data.example_puzzle[idx], "right") - 1)
   for e in range(3):
@@ -48,7 +47,7 @@ def test_variable_puzzles_fill_batches_and_drop_tail():
   rng = np.random.default_rng(0)
   data = _toy([list(rng.integers(1, 6, size=rng.integers(1, 4))) for _ in range(50)])
   B = 8
-  it, _, nb = ip.batch_position(data, 3, 0, B)
+  nb = int(ip.iteration_ends(data, 3, B, 1, 1)[0])
   groups_used = []
   for b in range(nb):
     idx = ip.train_batch_indices(data, 3, b, B)
@@ -63,7 +62,8 @@ def test_variable_puzzles_fill_batches_and_drop_tail():
   unique = set(groups_used)
   assert len(groups_used) - len(unique) <= nb - 1
   assert 50 - len(unique) < B  # only the tail (< one batch) is dropped
-  assert ip.batch_position(data, 3, nb, B)[:2] == (1, 0)
+  puzzles, starts = ip._plan(*ip._key_bytes(data), 3, 1, B, 1)  # step nb: the first batch of iteration 1
+  assert set(data.example_puzzle[ip.train_batch_indices(data, 3, nb, B)]) <= set(puzzles[starts[0] : starts[1]])
 
 
 def test_resume_reproduces_batches():

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-GENERATED = ("sudoku_small", "maze_small")
+GENERATED = {"sudoku_small": ("sudoku", 4), "maze_small": ("maze", 10)}  # name: (task, default size)
 
 
 class DataConfigError(ValueError):
@@ -48,48 +48,24 @@ def _kwargs(text: str) -> dict:
 
 
 def _generated(name: str, cfg: str) -> Data:
-  from trm_jax.datasets import generated
+  from trm_jax.datasets import common, generated
 
   if name not in GENERATED:
     raise DataConfigError(f"config.data.name: unknown generated set {name!r} (have {list(GENERATED)})")
   kw = _kwargs(cfg)
   try:
-    splits = getattr(generated, name)(**kw)
+    train, test = getattr(generated, name)(**kw).values()
   except TypeError as e:
     raise DataConfigError(f"config.data.config: {e}") from None
-  task = "sudoku" if name == "sudoku_small" else "maze"
-  n = kw.get("size", 4 if task == "sudoku" else 10)  # (the sets' default sizes)
-  test = _unseen(splits["test"], splits["train"])
-  return Data(splits["train"], {"test": test}, {"task": task, "grid": [n, n]}, {}, task, (n, n))
-
-
-def _unseen(test, train):
-  """The test split without puzzles whose input also occurs in train (small grids repeat)."""
-  from trm_jax.datasets import splits
-
+  task, n = GENERATED[name]
+  n = kw.get("size", n)
+  # Test keeps only the puzzles whose input does not occur in train (small grids repeat).
   seen = {row.tobytes() for row in train.all_arrays()["inputs"]}
   arrays = test.all_arrays()
   keep = np.asarray([row.tobytes() not in seen for row in arrays["inputs"]])
-  n = int(keep.sum())
-  idx = np.arange(n + 1, dtype=np.int64)
-  inputs, labels = arrays["inputs"][keep], arrays["labels"][keep]
-  return splits.make_split(
-    inputs, labels, idx, idx, np.zeros(n, np.int32), test.meta.vocab_size, test.meta.num_puzzle_identifiers
-  )
-
-
-def _build_or_wait(dcfg, full: str, data_dir: str) -> None:
-  """Builds a missing set; in a multi-process run only process 0 builds it
-  (downloading if needed) and the others wait until it is published."""
-  import jax
-
-  from trm_jax.datasets import common
-
-  if jax.process_count() > 1 and jax.process_index() != 0:
-    common.wait_for(full, data_dir, float(dcfg.get("build_timeout_s", 7200)))
-    return
-  manual = os.path.expanduser(dcfg.manual_dir) if dcfg.manual_dir else None
-  common.build(full, data_dir, manual_dir=manual, mirror=dcfg.get("mirror", "") or None)
+  plan = common.grouped_plan(arrays["inputs"][keep], arrays["labels"][keep])
+  test = generated.plan_to_split(plan, test.meta.vocab_size)
+  return Data(train, {"test": test}, {"task": task, "grid": [n, n]}, {}, task, (n, n))
 
 
 def load(dcfg) -> Data:
@@ -98,6 +74,8 @@ def load(dcfg) -> Data:
   if name.startswith("generated/"):
     data = _generated(name.partition("/")[2], dcfg.config)
   else:
+    import jax
+
     from trm_jax import input_pipeline
     from trm_jax.datasets import common
 
@@ -106,15 +84,18 @@ def load(dcfg) -> Data:
     try:
       builder = common.get_builder(full, data_dir)
       if not os.path.isfile(os.path.join(builder.data_dir, common.META_FILE)):
-        _build_or_wait(dcfg, full, data_dir)
+        if jax.process_count() > 1 and jax.process_index() != 0:  # process 0 builds it, the others wait
+          common.wait_for(full, data_dir, float(dcfg.get("build_timeout_s", 7200)))
+        else:
+          manual = os.path.expanduser(dcfg.manual_dir) if dcfg.manual_dir else None
+          common.build(full, data_dir, manual_dir=manual, mirror=dcfg.get("mirror", "") or None)
       train = input_pipeline.load_split(full, "train", data_dir)
       evals = {s: input_pipeline.load_split(full, s, data_dir) for s in dcfg.eval_sets}
     except common.DataError as e:
       raise DataConfigError(f"config.data: {e}") from None
     task = train.info.get("task", name.split("_")[0])
     data = Data(train, evals, train.info, train.extra_arrays, task, tuple(train.info.get("grid", (30, 30))))
-  missing = [s for s in dcfg.eval_sets if s not in data.evals]
-  if missing:
+  if missing := [s for s in dcfg.eval_sets if s not in data.evals]:
     raise DataConfigError(f"config.data.eval_sets: no split {missing[0]!r} (have {sorted(data.evals)})")
   data.evals = {s: data.evals[s] for s in dcfg.eval_sets}
   return data

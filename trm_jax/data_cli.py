@@ -2,8 +2,7 @@
 
   trm-data build NAME[/CONFIG] [--data_dir DIR] [--manual_dir DIR] [--overwrite]
   trm-data stats NAME[/CONFIG] [--data_dir DIR] [--split SPLIT]
-  trm-data show  NAME[/CONFIG] [--data_dir DIR] [--split train] [--index 0]
-                 [--png FILE]
+  trm-data show  NAME[/CONFIG] [--data_dir DIR] [--split train] [--index 0] [--png FILE]
   trm-data bench NAME[/CONFIG] [--data_dir DIR] [--batch 768] [--process_count 1]
   trm-data list
 --data_dir defaults to ~/tensorflow_datasets, like trm-train's config.
@@ -36,7 +35,10 @@ def _command(sub, cmd, summary, text, named=True):
   return s
 
 
-def _build_parser(sub) -> None:
+def _parser():
+  epilog = "`trm-data CMD --help` describes each command."
+  p = argparse.ArgumentParser(prog="trm-data", description=__doc__.split("\n")[0], epilog=epilog)
+  sub = p.add_subparsers(dest="cmd", required=True, metavar="CMD")
   what = "Builds NAME/CONFIG into --data_dir. Raw files are checked before anything is written; an existing set is "
   what += "kept (--overwrite rebuilds it)."
   b = _command(sub, "build", "build a dataset from raw files (or generate it)", what)
@@ -45,9 +47,6 @@ def _build_parser(sub) -> None:
   b.add_argument("--overwrite", action="store_true", help="rebuild even if the set is already built")
   checksums = "record size/sha256 of downloads in checksums.tsv (maintainers, online)"
   b.add_argument("--register_checksums", action="store_true", help=checksums)
-
-
-def _inspect_parsers(sub) -> None:
   what = "Prints the metadata of every split (or --split) and how often each token (named) occurs in inputs and labels."
   st = _command(sub, "stats", "sizes, shapes and a token histogram of every split", what)
   st.add_argument("--split", default=None, help="only this split (default: every split)")
@@ -59,9 +58,6 @@ def _inspect_parsers(sub) -> None:
   sh.add_argument("--index", type=int, default=0, help="example index in the split (default: %(default)s)")
   png = "also draw the example here (needs matplotlib: pip install -e '.[plots]'; the directory is created)"
   sh.add_argument("--png", default=None, help=png)
-
-
-def _bench_parser(sub) -> None:
   what = "Times train_batch, the training input pipeline, on process 0's rows of each global batch."
   bn = _command(sub, "bench", "loader throughput (examples/s)", what)
   bn.add_argument("--split", default="train", help="split to read (default: %(default)s)")
@@ -69,15 +65,6 @@ def _bench_parser(sub) -> None:
   bn.add_argument("--steps", type=int, default=20, help="batches timed (default: %(default)s)")
   bn.add_argument("--process_count", type=int, default=1, help="processes sharing each batch (default: %(default)s)")
   bn.add_argument("--epochs_per_iter", type=int, default=1, help="epochs sampled per plan (default: %(default)s)")
-
-
-def _parser():
-  epilog = "`trm-data CMD --help` describes each command."
-  p = argparse.ArgumentParser(prog="trm-data", description=__doc__.split("\n")[0], epilog=epilog)
-  sub = p.add_subparsers(dest="cmd", required=True, metavar="CMD")
-  _build_parser(sub)
-  _inspect_parsers(sub)
-  _bench_parser(sub)
   listing = "Lists every builder/config, whether it needs raw files, and what it holds."
   _command(sub, "list", "list builders and configs", listing, named=False)
   return p
@@ -120,7 +107,7 @@ def token_names(task: str, vocab: int) -> list[str]:
 
 def _cmd_stats(args):
   from trm_jax import input_pipeline
-  from trm_jax.datasets import common
+  from trm_jax.datasets import common, overlap
 
   d = input_pipeline.dataset_dir(args.name, args.data_dir)
   splits = every = sorted(common.read_metadata(d)["json"]["splits"])
@@ -157,8 +144,6 @@ def _cmd_stats(args):
   for t in range(vocab):
     vals = [int(h[t]) if t < len(h) else 0 for pair in hists.values() for h in pair]
     print(f"  {t:>3}  {names[t]:<{w}}  " + "  ".join(f"{v:>{x}d}" for v, x in zip(vals, cw)))
-  from trm_jax.datasets import overlap
-
   for split in splits:
     others = {o: loaded.get(o) or _load(args, split=o) for o in every if o != split}
     for line in overlap.warnings(args.name, split, loaded[split], others):
@@ -196,13 +181,12 @@ def _text(task, g):
 
 def _cmd_show(args):
   from trm_jax import render
-  from trm_jax.datasets.common import DataError
 
   if args.png:
     render.prepare_png(args.png)
   data = _load(args)
   if not 0 <= args.index < data.num_examples:
-    raise DataError(f"{args.name}: index {args.index} outside 0..{data.num_examples - 1} of split {args.split}")
+    raise errors.UserError(f"{args.name}: index {args.index} outside 0..{data.num_examples - 1} of split {args.split}")
   task, x, y = _grids(data, args.index)
   p = int(data.example_puzzle[args.index])
   g = int(np.searchsorted(data.group_indices, p, "right") - 1)
@@ -219,14 +203,13 @@ def _cmd_show(args):
 
 def _cmd_bench(args):
   from trm_jax import input_pipeline as ip
-  from trm_jax.datasets.common import DataError
 
   data = _load(args)
   pc, b, e = args.process_count, args.batch, args.epochs_per_iter
   try:
     ip.train_batch(data, 0, 0, b, 0, pc, e)
   except ValueError as err:
-    raise DataError(f"{args.name}: {err}") from None
+    raise errors.UserError(f"{args.name}: {err}") from None
   t = time.perf_counter()
   for step in range(1, args.steps + 1):
     ip.train_batch(data, 0, step, b, 0, pc, e)
@@ -250,23 +233,16 @@ def _cmd_list(args):
     print(f"{a:<{w0}}  {b:<{w1}}  {c}")
 
 
-def _check_counts(args):
-  """Counts that must be >= 1 (0 would read nothing or loop forever)."""
-  from trm_jax.datasets.common import DataError
-
-  for flag in ("sample", "batch", "steps", "process_count", "epochs_per_iter"):
-    v = getattr(args, flag, None)
-    if v is not None and v < 1:
-      raise DataError(f"--{flag}={v}: must be >= 1")
-
-
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   logging.getLogger("absl").setLevel(logging.WARNING)
   from trm_jax.datasets.common import DataError
 
   try:
-    _check_counts(args)
+    for flag in ("sample", "batch", "steps", "process_count", "epochs_per_iter"):  # 0 reads nothing or loops forever
+      v = getattr(args, flag, None)
+      if v is not None and v < 1:
+        raise errors.UserError(f"--{flag}={v}: must be >= 1")
     commands = {"build": _cmd_build, "stats": _cmd_stats, "show": _cmd_show, "bench": _cmd_bench, "list": _cmd_list}
     commands[args.cmd](args)
   except (DataError, errors.UserError) as e:

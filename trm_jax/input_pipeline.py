@@ -98,8 +98,6 @@ def load_split(name_or_path, split: str = "train", data_dir=None) -> SplitData:
     data = SplitData(meta, *index, reader, where=f"{d} split {split}")
   except common.DataError:
     raise
-  except splits.MetaError as e:
-    raise common.DataError(f"{e}; rebuild the dataset with trm-data build --overwrite") from None
   except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, zipfile.BadZipFile) as e:
     raise common.DataError(
       f"{d}: damaged dataset ({errors.first_line(e, 200)}); rebuild it with trm-data build --overwrite"
@@ -119,15 +117,13 @@ def _rng(*key) -> np.random.Generator:
   return np.random.Generator(np.random.Philox(np.random.SeedSequence([int(k) for k in key])))
 
 
-# An iteration of many epochs holds (groups x epochs) puzzle indices (~100 MB
-# for ARC's 10,000-epoch iterations), so only the last few plans are kept.
+# An iteration holds (groups x epochs) puzzle indices (~100 MB for ARC's 10,000-epoch ones): only the last few are kept.
 @functools.lru_cache(maxsize=2)
 def _plan(puzzle_indices_b, group_indices_b, seed, it, batch, epochs_per_iter):
   pidx = np.frombuffer(puzzle_indices_b, np.int64)
   gidx = np.frombuffer(group_indices_b, np.int64)
-  n_groups = len(gidx) - 1
   rng = _rng(seed, it, 0)
-  order = np.concatenate([rng.permutation(n_groups) for _ in range(epochs_per_iter)])
+  order = np.concatenate([rng.permutation(len(gidx) - 1) for _ in range(epochs_per_iter)])
   n_in_group = gidx[order + 1] - gidx[order]
   puzzles = gidx[order] + np.floor(rng.random(len(order)) * n_in_group).astype(np.int64)
   sizes = pidx[puzzles + 1] - pidx[puzzles]
@@ -167,14 +163,6 @@ def _schedule(data, seed, batch, epochs_per_iter, more) -> list:
   return cum
 
 
-def _locate(data, seed, step, batch, epochs_per_iter):
-  """(iteration, batch within it, the iteration's puzzles and batch starts) of training step `step`."""
-  cum = _schedule(data, seed, batch, epochs_per_iter, lambda cum: cum[-1] <= step)
-  it = int(np.searchsorted(cum, step, "right")) - 1
-  puzzles, starts = _plan(*_key_bytes(data), seed, it, batch, epochs_per_iter)
-  return it, step - cum[it], puzzles, starts
-
-
 def iteration_ends(
   data: SplitData, seed: int, global_batch_size: int, epochs_per_iter: int, n_iters: int, stop_at: int | None = None
 ) -> np.ndarray:
@@ -183,21 +171,17 @@ def iteration_ends(
   more = lambda cum: len(cum) <= n_iters and (stop_at is None or cum[-1] < stop_at)
   cum = _schedule(data, seed, global_batch_size, epochs_per_iter, more)
   ends = np.asarray(cum[1 : n_iters + 1], np.int64)
-  if stop_at is not None and len(ends):
-    k = int(np.searchsorted(ends, stop_at, "left"))
-    ends = ends[: k + 1]
+  if stop_at is not None:
+    ends = ends[: int(np.searchsorted(ends, stop_at, "left")) + 1]
   return ends
-
-
-def batch_position(data: SplitData, seed: int, step: int, global_batch_size: int, epochs_per_iter: int = 1):
-  """(iteration, batch within it, batches in it) of training step `step`."""
-  it, b, _, starts = _locate(data, seed, step, global_batch_size, epochs_per_iter)
-  return it, int(b), len(starts) - 1
 
 
 def train_batch_indices(data: SplitData, seed: int, step: int, global_batch_size: int, epochs_per_iter: int = 1):
   """Example indices (global_batch_size,) of training step `step`."""
-  it, b, puzzles, starts = _locate(data, seed, step, global_batch_size, epochs_per_iter)
+  cum = _schedule(data, seed, global_batch_size, epochs_per_iter, lambda cum: cum[-1] <= step)
+  it = int(np.searchsorted(cum, step, "right")) - 1
+  b = step - cum[it]
+  puzzles, starts = _plan(*_key_bytes(data), seed, it, global_batch_size, epochs_per_iter)
   chosen = puzzles[starts[b] : starts[b + 1]]
   pidx = data.puzzle_indices
   sizes = pidx[chosen + 1] - pidx[chosen]

@@ -1,9 +1,8 @@
 """ARC grids: JSON loading/validation, 30x30 canvas with EOS, transforms.
 
-Canvas tokens: PAD 0, EOS 1, colour c -> c + 2 (V = 12, S = 900).
-Dihedral ids: 0 id, 1 rot90, 2 rot180, 3 rot270, 4 flip left-right,
-5 flip up-down, 6 transpose, 7 anti-transpose. A colour map `perm` (10,)
-sends colour c to perm[c]; perm[0] == 0.
+Canvas tokens: PAD 0, EOS 1, colour c -> c + 2 (V = 12, S = 900). Dihedral ids: 0 id, 1 rot90, 2 rot180, 3 rot270,
+4 flip left-right, 5 flip up-down, 6 transpose, 7 anti-transpose. A colour map `perm` (10,) sends colour c to perm[c];
+perm[0] == 0.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
 _QUARTER_TURNS = (0, 1, 2, 3, 0, 2, 3, 1)  # np.rot90 turns of each dihedral id; ids 4-7 then flip left-right
 
 
-# ---------------------------------------------------------------- loading --
 def _grid(value, where: str) -> np.ndarray:
   if not isinstance(value, list) or not value or not all(isinstance(r, list) for r in value):
     raise DataError(f"{where}: grid must be a non-empty list of rows")
@@ -36,10 +34,8 @@ def _grid(value, where: str) -> np.ndarray:
     raise DataError(f"{where}: grid has empty rows")
   if h > MAX_SIZE or w > MAX_SIZE:
     raise DataError(f"{where}: grid is {h}x{w}, over {MAX_SIZE}x{MAX_SIZE}")
-  for r in value:
-    for c in r:
-      if type(c) is not int or not 0 <= c <= 9:
-        raise DataError(f"{where}: colour {c!r} outside 0-9")
+  if bad := [c for r in value for c in r if type(c) is not int or not 0 <= c <= 9]:
+    raise DataError(f"{where}: colour {bad[0]!r} outside 0-9")
   return np.asarray(value, np.uint8)
 
 
@@ -82,26 +78,21 @@ def load_subset(manual_dir, subset: str) -> dict[str, dict]:
     for i, pair in enumerate(task["train"]):
       if not isinstance(pair, dict) or "input" not in pair or "output" not in pair:
         raise DataError(f'{where} train[{i}]: needs "input" and "output"')
-      train.append(
-        (_grid(pair["input"], f"{where} train[{i}].input"), _grid(pair["output"], f"{where} train[{i}].output"))
-      )
+      train.append(tuple(_grid(pair[k], f"{where} train[{i}].{k}") for k in ("input", "output")))
     test = []
     for i, pair in enumerate(task["test"]):
       if not isinstance(pair, dict) or "input" not in pair:
         raise DataError(f'{where} test[{i}]: needs "input"')
-      test.append(
-        (_grid(pair["input"], f"{where} test[{i}].input"), _grid(sol[i], f"{spath}: task {tid} solution[{i}]"))
-      )
+      x = _grid(pair["input"], f"{where} test[{i}].input")
+      test.append((x, _grid(sol[i], f"{spath}: task {tid} solution[{i}]")))
     if not train or not test:
       raise DataError(f"{where}: needs at least one train and one test pair")
     tasks[tid] = {"train": train, "test": test}
-  extra = set(sols) - set(chal)
-  if extra:
+  if extra := set(sols) - set(chal):
     raise DataError(f"{spath}: task {sorted(extra)[0]}: not in {cpath.name}")
   return tasks
 
 
-# -------------------------------------------------------------- transforms --
 def dihedral(grid: np.ndarray, tid: int) -> np.ndarray:
   g = np.rot90(np.asarray(grid), _QUARTER_TURNS[int(tid)])
   return g[:, ::-1] if tid >= 4 else g
@@ -117,7 +108,6 @@ def invert(grid, tid: int, perm) -> np.ndarray:
   return np.ascontiguousarray(dihedral(inv[np.asarray(grid, np.uint8)], DIHEDRAL_INVERSE[int(tid)]))
 
 
-# ----------------------------------------------------------------- canvas --
 def to_canvas(grid: np.ndarray, r0: int = 0, c0: int = 0) -> np.ndarray:
   """Places a grid at (r0, c0) of a 30x30 canvas and draws EOS; (900,)."""
   h, w = grid.shape

@@ -145,9 +145,8 @@ class ArcAgi(common.TrmBuilder):
     "1.0.0": "Initial release.",
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-    "Put arc-agi_<subset>_challenges.json / _solutions.json (subsets "
-    "training, evaluation, training2, evaluation2, concept) in manual_dir. "
-    "Without manual_dir they are downloaded (sources.ARC)."
+    "Put arc-agi_<subset>_challenges.json / _solutions.json (subsets training, evaluation, training2, evaluation2, "
+    "concept) in manual_dir. Without manual_dir they are downloaded (sources.ARC)."
   )
   BUILDER_CONFIGS = [
     ArcConfig(name="arc1_aug1000", **_A1, description="ARC-AGI-1 + ConceptARC, 1000 augmentations."),

@@ -139,12 +139,11 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   _log_download_done = _log_download_bytes
 
   def needs_files(self) -> bool:
-    return getattr(self.builder_config, "needs_files", True)
+    return self.builder_config.needs_files
 
   def _info(self):
     cfg = self.builder_config
-    # Large, mostly-PAD grids are zlib-compressed per record (keeps the
-    # writer's in-memory sort buffer small); small grids are raw bytes.
+    # Large, mostly-PAD grids are zlib-compressed per record (keeps the writer's in-memory sort buffer small).
     enc = tfds.features.Encoding.ZLIB if cfg.seq_len > 256 else tfds.features.Encoding.BYTES
     grids = {k: tfds.features.Tensor(shape=(cfg.seq_len,), dtype=np.uint8, encoding=enc) for k in ("inputs", "labels")}
     ids = dict.fromkeys(("example_id", "puzzle_index", "puzzle_id", "group_id"), np.int64)
@@ -180,7 +179,7 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _raw_dir(self, dl_manager):
     """manual_dir when given (it wins), else the downloaded, verified files."""
-    manual = getattr(self, "_trm_manual_dir", _UNSET)
+    manual, cache, mirror = getattr(self, "_trm_raw", (_UNSET, dl_manager.download_dir, None))  # set by build()
     if manual is _UNSET:  # plain tfds.builder(...) use: TFDS's manual_dir
       tfds_manual = getattr(dl_manager, "_manual_dir", None)
       have = tfds_manual is not None and all((Path(os.fspath(tfds_manual)) / f).is_file() for f in self.raw_files())
@@ -189,8 +188,7 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       return manual
     from trm_jax.datasets import sources
 
-    cache = getattr(self, "_trm_cache", None) or dl_manager.download_dir
-    return sources.fetch(self.SOURCE, self.raw_files(), dl_manager, cache, getattr(self, "_trm_mirror", None))
+    return sources.fetch(self.SOURCE, self.raw_files(), dl_manager, cache, mirror)
 
   def _split_generators(self, dl_manager):
     raw = self._raw_dir(dl_manager) if self.needs_files() else None
@@ -199,16 +197,14 @@ class TrmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, split):
     plan = self._plans[split]
-    pidx = np.asarray(plan.puzzle_indices, np.int64)
-    gidx = np.asarray(plan.group_indices, np.int64)
-    ids = np.asarray(plan.puzzle_identifiers, np.int64)
+    pidx, gidx = plan.puzzle_indices, plan.group_indices
     ex_puzzle = np.repeat(np.arange(len(pidx) - 1), np.diff(pidx))
     puzzle_group = np.repeat(np.arange(len(gidx) - 1), np.diff(gidx))
     eid = 0
     for inputs, labels in plan.blocks():
       for x, y in zip(inputs, labels):
         p = int(ex_puzzle[eid])
-        puzzle = {"puzzle_index": p, "puzzle_id": int(ids[p]), "group_id": int(puzzle_group[p])}
+        puzzle = {"puzzle_index": p, "puzzle_id": int(plan.puzzle_identifiers[p]), "group_id": int(puzzle_group[p])}
         yield eid, {"inputs": x, "labels": y, "example_id": eid, **puzzle}
         eid += 1
     if eid != int(pidx[-1]):
@@ -282,13 +278,11 @@ def _publish(built: Path, final: Path, staging: Path, overwrite: bool) -> None:
 def build(name: str, data_dir, manual_dir=None, overwrite=False, mirror=None, register_checksums=False) -> Path:
   """Builds NAME[/CONFIG] into data_dir; returns its directory.
 
-  Raw files come from manual_dir when given, else they are downloaded and
-  verified (sources.py; mirror or $TRM_DATA_MIRROR rewrites the URLs). The
-  set is built in a private directory under data_dir/.tmp-build and published
-  with one atomic rename: concurrent builds of one set both succeed (the
-  loser uses the winner's set), and a failed or killed build publishes
-  nothing; cleanup only removes what this call created. register_checksums:
-  TFDS records (size, sha256) of every downloaded URL in checksums.tsv.
+  Raw files come from manual_dir when given, else they are downloaded and verified (sources.py; mirror or
+  $TRM_DATA_MIRROR rewrites the URLs). The set is built in a private directory under data_dir/.tmp-build and published
+  with one atomic rename: concurrent builds of one set both succeed (the loser uses the winner's set), and a failed or
+  killed build publishes nothing; cleanup only removes what this call created. register_checksums: TFDS records
+  (size, sha256) of every downloaded URL in checksums.tsv.
   """
   data_dir = Path(os.fspath(data_dir))
   final = published_dir(name, data_dir, overwrite)
@@ -315,9 +309,7 @@ def build(name: str, data_dir, manual_dir=None, overwrite=False, mirror=None, re
   tfds.disable_progress_bar()  # bars of each split and of its shuffling (cursor escapes off a terminal)
   try:
     sb = get_builder(name, staging)
-    sb._trm_manual_dir = manual_dir  # pylint: disable=protected-access
-    sb._trm_cache = data_dir / "downloads"  # pylint: disable=protected-access
-    sb._trm_mirror = mirror  # pylint: disable=protected-access
+    sb._trm_raw = (manual_dir, data_dir / "downloads", mirror)  # pylint: disable=protected-access
     sb.download_and_prepare(
       download_dir=os.fspath(staging / "downloads"),
       file_format="array_record",
@@ -354,14 +346,14 @@ def check_complete(name: str, final: Path) -> Path:
   return final
 
 
-def wait_for(name: str, data_dir, timeout_s: float, poll_s: float = 2.0, what: str = "process 0") -> Path:
+def wait_for(name: str, data_dir, timeout_s: float, poll_s: float = 2.0) -> Path:
   """Waits until NAME[/CONFIG] is published in data_dir (by another process); one-line DataError after timeout_s."""
   final = Path(get_builder(name, data_dir).data_dir)
   deadline = time.monotonic() + timeout_s
   while not (final / META_FILE).is_file():
     if time.monotonic() > deadline:
       raise DataError(
-        f"{name}: not built in {data_dir} after waiting {timeout_s:g}s for {what} to build it; data_dir must be "
+        f"{name}: not built in {data_dir} after waiting {timeout_s:g}s for process 0 to build it; data_dir must be "
         f"shared by all processes (e.g. gs://...), or build it first with `trm-data build {name} --data_dir {data_dir}`"
       )
     time.sleep(poll_s)

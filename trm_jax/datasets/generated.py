@@ -20,48 +20,41 @@ MIN_GIVENS = {4: 4, 6: 8, 9: 17}
 def count_solutions(grid, n: int, limit: int = 2) -> int:
   """Number of completions of a digit grid (0 = blank), counted up to limit."""
   br, bc = BOXES[n]
-  units = [(i // n, i % n, (i // n // br) * (n // bc) + (i % n) // bc) for i in range(n * n)]  # row, column, box
-  rows, cols, boxes = [0] * n, [0] * n, [0] * n
+  units = [(i // n, n + i % n, 2 * n + i // n // br * (n // bc) + i % n // bc) for i in range(n * n)]  # row, col, box
+  used = [0] * (3 * n)  # per unit, bit d set: digit d is placed in it
   empties = []
   for i, v in enumerate(int(x) for x in np.asarray(grid).ravel()):
-    r, c, b = units[i]
-    if v:
-      bit = 1 << v
-      if (rows[r] | cols[c] | boxes[b]) & bit:
-        return 0
-      rows[r] |= bit
-      cols[c] |= bit
-      boxes[b] |= bit
-    else:
+    if not v:
       empties.append(units[i])
-  full = sum(1 << d for d in range(1, n + 1))
+    elif any(used[u] >> v & 1 for u in units[i]):
+      return 0
+    else:
+      for u in units[i]:
+        used[u] |= 1 << v
+  full = (1 << n + 1) - 2  # digits 1..n
 
   def rec(todo):
     if not todo:
       return 1
-    best, best_free, best_n = 0, 0, n + 1
-    for k, (r, c, b) in enumerate(todo):
-      free = full & ~(rows[r] | cols[c] | boxes[b])
-      cnt = bin(free).count("1")
-      if cnt < best_n:
-        best, best_free, best_n = k, free, cnt
-        if cnt <= 1:
+    k, bits = 0, full
+    for j, (a, b, c) in enumerate(todo):  # the cell with the fewest candidates (a forced one ends the search)
+      free = full & ~(used[a] | used[b] | used[c])
+      if free.bit_count() < bits.bit_count():
+        k, bits = j, free
+        if free.bit_count() <= 1:
           break
-    if best_n == 0:
-      return 0
-    r, c, b = todo[best]
-    rest = todo[:best] + todo[best + 1 :]
-    total = 0
-    while best_free and total < limit:
-      bit = best_free & -best_free
-      best_free ^= bit
-      rows[r] |= bit
-      cols[c] |= bit
-      boxes[b] |= bit
+    a, b, c = todo[k]
+    rest, total = todo[:k] + todo[k + 1 :], 0
+    while bits and total < limit:
+      bit = bits & -bits
+      bits ^= bit
+      used[a] |= bit
+      used[b] |= bit
+      used[c] |= bit
       total += rec(rest)
-      rows[r] ^= bit
-      cols[c] ^= bit
-      boxes[b] ^= bit
+      used[a] ^= bit
+      used[b] ^= bit
+      used[c] ^= bit
     return total
 
   return rec(empties)
@@ -84,15 +77,12 @@ def make_puzzle(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
   """(question, answer) flat digit grids; the question has one solution."""
   answer = random_solution(rng, n)
   q = answer.ravel().copy()
-  givens = n * n
   for i in rng.permutation(n * n):
-    if givens <= MIN_GIVENS[n]:
+    if np.count_nonzero(q) <= MIN_GIVENS[n]:
       break
     v = q[i]
     q[i] = 0
-    if count_solutions(q, n) == 1:
-      givens -= 1
-    else:
+    if count_solutions(q, n) != 1:
       q[i] = v
   return q, answer.ravel()
 
@@ -116,8 +106,7 @@ def sudoku_small_plans(n_train, n_test, size, seed):
 
 def sudoku_small(n_train=1000, n_test=200, size=4, seed=0):
   """In-memory 4x4 or 6x6 Sudoku with unique solutions."""
-  plans = sudoku_small_plans(n_train, n_test, size, seed)
-  return {s: plan_to_split(p, size + 2) for s, p in plans.items()}
+  return {s: plan_to_split(p, size + 2) for s, p in sudoku_small_plans(n_train, n_test, size, seed).items()}
 
 
 def maze_small(n_train=200, n_test=100, size=10, min_path=12, seed=0, aug8=False):

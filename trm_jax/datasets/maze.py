@@ -1,7 +1,7 @@
 """Maze-Hard: CSV parsing/validation, seeded maze generation, TFDS builder.
 
-Characters `# SGo` (wall, open, start, goal, path) -> tokens 1..5, V = 6.
-Grids are (n, n) uint8 token arrays; the label has the shortest path drawn.
+Characters `# SGo` (wall, open, start, goal, path) -> tokens 1..5, V = 6. Grids are (n, n) uint8 token arrays; the label
+has the shortest path drawn.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ def to_text(grid) -> str:
   return "".join(CHARS[t - 1] if t else "?" for t in np.asarray(grid).ravel())
 
 
-# ---------------------------------------------------------------- parsing --
 def _parse_row(path, line, q, a) -> tuple[np.ndarray, np.ndarray]:
   where = f"{path}:{line}"
   n = int(round(len(q) ** 0.5))
@@ -37,57 +36,45 @@ def _parse_row(path, line, q, a) -> tuple[np.ndarray, np.ndarray]:
   if len(a) != len(q):
     raise DataError(f"{where}: answer has {len(a)} characters, question {len(q)}")
   for what, s in (("question", q), ("answer", a)):
-    bad = set(s) - set(CHARS)
-    if bad:
+    if bad := set(s) - set(CHARS):
       raise DataError(f'{where}: {what} has characters {sorted(bad)!r} outside "{CHARS}"')
   if q.count("S") != 1 or q.count("G") != 1:
     raise DataError(f"{where}: maze must have exactly one S and one G (found {q.count('S')} S, {q.count('G')} G)")
   qt = _LUT[np.frombuffer(q.encode(), np.uint8)]
   at = _LUT[np.frombuffer(a.encode(), np.uint8)]
-  changed = qt != at
-  if (qt == PATH).any() or np.any(changed & ~((qt == OPEN) & (at == PATH))):
+  if (qt == PATH).any() or np.any((qt != at) & ~((qt == OPEN) & (at == PATH))):
     raise DataError(f"{where}: answer must equal the question with open cells marked o")
-  stray = _path_stray(at.reshape(n, n))
-  if stray is not None:
+  if (stray := _path_stray(at.reshape(n, n))) is not None:
     raise DataError(f"{where}: answer's o cells must form one connected path from S to G; {stray}")
   return qt.reshape(n, n), at.reshape(n, n)
 
 
+def _neighbours(mask) -> np.ndarray:
+  """How many of each cell's 4 neighbours are in `mask`."""
+  p = np.pad(mask, 1).astype(int)
+  return p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:]
+
+
 def _path_stray(label) -> str | None:
   """None if the o cells of `label` join S to G (4-neighbour moves) with none left over, else why not."""
-  n, m = label.shape
-  start = tuple(int(x) for x in np.argwhere(label == START)[0])
-  seen = {start}
-  queue = collections.deque([start])
-  while queue:
-    r, c = queue.popleft()
-    for dr, dc in _MOVES:
-      cell = (r + dr, c + dc)
-      if 0 <= cell[0] < n and 0 <= cell[1] < m and cell not in seen and label[cell] in (PATH, GOAL):
-        seen.add(cell)
-        if label[cell] == PATH:
-          queue.append(cell)
-  goal = tuple(int(x) for x in np.argwhere(label == GOAL)[0])
-  if goal not in seen:
-    return f"G at row {goal[0]}, column {goal[1]} is not reached from S"
-  left = [tuple(int(x) for x in rc) for rc in np.argwhere(label == PATH) if tuple(int(x) for x in rc) not in seen]
-  if left:
+  dist, _ = bfs(np.where(label == PATH, OPEN, WALL), tuple(np.argwhere(label == START)[0]))  # from S over o cells
+  r, c = np.argwhere(label == GOAL)[0]
+  if not _neighbours(dist >= 0)[r, c]:
+    return f"G at row {r}, column {c} is not reached from S"
+  left = np.argwhere((label == PATH) & (dist < 0))
+  if len(left):
     return f"{len(left)} o cell(s) off the path (first at row {left[0][0]}, column {left[0][1]})"
   # A path, not a tree: S and G touch one path cell, every o cell two.
   on = np.isin(label, (PATH, START, GOAL))
-  padded = np.pad(on, 1)
-  degree = padded[:-2, 1:-1].astype(int) + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
-  want = np.where(label == PATH, 2, 1)
-  wrong = np.argwhere(on & (degree != want))
+  wrong = np.argwhere(on & (_neighbours(on) != np.where(label == PATH, 2, 1)))
   if len(wrong):
-    r, c = (int(x) for x in wrong[0])
+    r, c = wrong[0]
     return f"the path branches or touches itself at row {r}, column {c}"
   return None
 
 
 def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
   """Reads a Maze-Hard CSV; returns (questions, answers) as (m, n, n)."""
-  path = common.require_file(path)
   qs, as_ = [], []
   for line, question, answer in common.iter_csv_rows(path):
     q, a = _parse_row(path, line, question, answer)
@@ -100,7 +87,6 @@ def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
   return np.stack(qs), np.stack(as_)
 
 
-# ------------------------------------------------------------- generation --
 _MOVES = ((-1, 0), (0, 1), (1, 0), (0, -1))
 
 
@@ -120,22 +106,6 @@ def bfs(grid, start):
         parent[(rr, cc)] = (r, c)
         queue.append((rr, cc))
   return dist, parent
-
-
-def solve(question) -> np.ndarray | None:
-  """Label grid with one shortest S->G path drawn, or None if unsolvable."""
-  q = np.asarray(question)
-  s = tuple(int(x) for x in np.argwhere(q == START)[0])
-  g = tuple(int(x) for x in np.argwhere(q == GOAL)[0])
-  dist, parent = bfs(q, s)
-  if dist[g] < 0:
-    return None
-  out = q.copy()
-  cell = parent[g]
-  while cell != s:
-    out[cell] = PATH
-    cell = parent[cell]
-  return out
 
 
 def _carve(rng, size: int, loop_frac: float) -> np.ndarray:
@@ -169,14 +139,18 @@ def generate(rng, size: int = 30, min_path: int = 110, loop_frac: float = 0.08, 
     grid = _carve(rng, size, loop_frac)
     cells = np.argwhere(grid == OPEN)
     start = tuple(int(x) for x in cells[rng.integers(len(cells))])
-    dist, _ = bfs(grid, start)
+    dist, parent = bfs(grid, start)
     far = np.argwhere(dist > min_path)
     if len(far) == 0:
       continue
     goal = tuple(int(x) for x in far[rng.integers(len(far))])
     q = grid.copy()
     q[start], q[goal] = START, GOAL
-    return q, solve(q)
+    label, cell = q.copy(), parent[goal]
+    while cell != start:  # one shortest S->G path
+      label[cell] = PATH
+      cell = parent[cell]
+    return q, label
   raise RuntimeError(f"no {size}x{size} maze with a path > {min_path} found")
 
 
@@ -186,7 +160,6 @@ def generate_set(n: int, seed, size=30, min_path=110, loop_frac=0.08, desc="maze
   return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
 
 
-# ---------------------------------------------------------------- builder --
 def make_plan(q, a, aug8: bool) -> common.SplitPlan:
   """One group per maze; with aug8, its 8 dihedral images are its puzzles."""
   if aug8:

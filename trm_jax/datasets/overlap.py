@@ -15,13 +15,10 @@ def input_hashes(data) -> np.ndarray:
   """uint64 hash of every example's input row of a split, in example order."""
   n = data.num_examples
   out = np.empty(n, np.uint64)
-  weights = None
+  weights = np.random.default_rng(0).integers(1, 2**63, data.meta.seq_len, dtype=np.uint64) * np.uint64(2) + 1  # odd
   for s in range(0, n, CHUNK):
     inputs, _ = data.reader.read(np.arange(s, min(s + CHUNK, n)))
     rows = np.asarray(inputs).reshape(len(inputs), -1).astype(np.uint64)
-    if weights is None:
-      rng = np.random.default_rng(0)
-      weights = rng.integers(1, 2**63, rows.shape[1], dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     with np.errstate(over="ignore"):
       out[s : s + len(rows)] = (rows * weights).sum(1, dtype=np.uint64) + np.uint64(rows.shape[1])
   return out

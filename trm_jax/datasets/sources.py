@@ -45,10 +45,8 @@ class Source:
     return f"{mirror.rstrip('/')}/{url.split('://', 1)[1]}" if mirror else url
 
 
-# Revision and sha256 of the Hugging Face files: the Git LFS object ids of the
-# revision below as recorded by several independent public projects (see
-# docs/data.md); train.csv's size likewise. Sizes marked None are not known
-# here: only the sha256 is checked for them.
+# Revision and sha256 of the Hugging Face files: the Git LFS object ids of the revision below as recorded by several
+# independent public projects (see docs/data.md); train.csv's size likewise. Size None: only sha256 is checked.
 SUDOKU_EXTREME = Source(
   key="sudoku_extreme",
   base_url="https://huggingface.co/datasets/sapientinc/sudoku-extreme/resolve/{revision}",
@@ -71,18 +69,15 @@ MAZE_HARD = Source(
   },
 )
 
-# The reference's own combined ARC-AGI-1 / ARC-AGI-2 / ConceptARC files
-# (kaggle/combined/ of the TRM repository at this commit). sha256 and sizes
-# computed here from the git objects of that commit; they equal the copies in
-# shared/data/arc byte for byte.
+# The reference's own combined ARC-AGI-1 / ARC-AGI-2 / ConceptARC files (kaggle/combined/ of the TRM repository at this
+# commit). sha256 and sizes computed from the git objects of that commit; they equal shared/data/arc byte for byte.
 ARC = Source(
   key="arc_agi",
   base_url="https://raw.githubusercontent.com/SamsungSAILMontreal/TinyRecursiveModels/{revision}/kaggle/combined",
   revision="e7b68717f0a6c4cbb4ce6fbef787b14f42083bd9",
   licence=(
-    "ARC-AGI-1 Apache-2.0 (F. Chollet); ARC-AGI-2 Apache-2.0 (ARC "
-    "Prize Foundation); ConceptARC MIT (V. V. Odouard); combined "
-    "files MIT (Samsung, TinyRecursiveModels)"
+    "ARC-AGI-1 Apache-2.0 (F. Chollet); ARC-AGI-2 Apache-2.0 (ARC Prize Foundation); ConceptARC MIT (V. V. Odouard); "
+    "combined files MIT (Samsung, TinyRecursiveModels)"
   ),
   files={
     "arc-agi_concept_challenges.json": ("4e60bd1de956c2519c3236ba9f2c352c971d5971bfc568ceafa716dd9b1a91fd", 804217),

@@ -72,10 +72,6 @@ class SplitData:
   def num_examples(self) -> int:
     return int(self.puzzle_indices[-1])
 
-  @property
-  def num_puzzles(self) -> int:
-    return len(self.puzzle_indices) - 1
-
   def examples(self, indices) -> dict[str, np.ndarray]:
     """Model-ready batch rows: int32, labels 0 mapped to -100."""
     indices = np.asarray(indices, np.int64)
@@ -94,23 +90,16 @@ class SplitData:
     for name, a in (("inputs", inputs), ("labels", labels)):
       a = np.asarray(a)
       if a.size and (a.max() >= v or a.min() < 0):
-        row = int(np.nonzero((a >= v) | (a < 0))[0][0])
-        bad = a[row][(a[row] >= v) | (a[row] < 0)][0]
+        row, col = np.argwhere((a >= v) | (a < 0))[0]
         raise DataError(
-          f"{self.where}: example {int(indices[row])}: {name} token {int(bad)} outside the vocab_size {v} of "
+          f"{self.where}: example {int(indices[row])}: {name} token {int(a[row, col])} outside the vocab_size {v} of "
           "its metadata; rebuild the dataset with trm-data build --overwrite"
         )
 
   def all_arrays(self) -> dict[str, np.ndarray]:
-    """Stored arrays of the whole split (reads everything)."""
+    """The stored inputs and labels of the whole split (reads everything)."""
     inputs, labels = self.reader.read(np.arange(self.num_examples))
-    return {
-      "inputs": inputs,
-      "labels": labels,
-      "puzzle_indices": self.puzzle_indices,
-      "group_indices": self.group_indices,
-      "puzzle_identifiers": self.puzzle_identifiers,
-    }
+    return {"inputs": inputs, "labels": labels}
 
 
 def make_split(
@@ -148,16 +137,12 @@ META_BOUNDS = {
 }
 
 
-class MetaError(ValueError):
-  """Implausible or inconsistent stored metadata (one line, names file and field)."""
-
-
 def check_split(meta: DatasetMeta, puzzle_indices, group_indices, puzzle_identifiers, where: str) -> None:
-  """Raises MetaError naming the first implausible or inconsistent field of the split `where` ('DIR/trm_meta.json:
+  """Raises DataError naming the first implausible or inconsistent field of the split `where` ('DIR/trm_meta.json:
   splits.train')."""
 
   def bad(field, msg):
-    raise MetaError(f"{where}.{field}: {msg}")
+    raise DataError(f"{where}.{field}: {msg}; rebuild the dataset with trm-data build --overwrite")
 
   for field, (lo, hi) in META_BOUNDS.items():
     v = getattr(meta, field)

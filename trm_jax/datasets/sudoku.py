@@ -16,7 +16,6 @@ from trm_jax.datasets import common, sources
 from trm_jax.datasets.common import DataError
 
 
-# ---------------------------------------------------------------- parsing --
 def _first(mask) -> int | None:
   """Index of the first True of a boolean vector, or None."""
   hits = np.flatnonzero(mask)
@@ -25,7 +24,6 @@ def _first(mask) -> int | None:
 
 def read_csv(path) -> tuple[np.ndarray, np.ndarray]:
   """Reads a Sudoku-Extreme CSV; returns (questions, answers) (n, 81) uint8."""
-  path = common.require_file(path)
   questions, answers = [], []
   for _, question, answer in common.iter_csv_rows(path):
     questions.append(question)
@@ -66,7 +64,6 @@ def is_valid_solution(grids) -> np.ndarray:
   return ok
 
 
-# ----------------------------------------------------------- augmentation --
 def random_transforms(rng: np.random.Generator, n: int) -> dict:
   """n random symmetries: transpose, band/row and stack/col shuffles, digits."""
 
@@ -93,25 +90,17 @@ def apply_transforms(grid, tr: dict) -> np.ndarray:
   return np.take_along_axis(tr["digits"], moved.reshape(n, 81), axis=1)
 
 
-# ---------------------------------------------------------------- builder --
 def build_train_plan(q, a, subsample, num_aug, seed) -> common.SplitPlan:
   rng = np.random.default_rng(seed)
   if subsample is not None and subsample < len(q):
     pick = np.sort(rng.choice(len(q), subsample, replace=False))
     q, a = q[pick], a[pick]
-  n = len(q)
   per = 1 + num_aug
-  if num_aug == 0:
-    inputs, labels = q + 1, a + 1
-  else:
-    inputs = np.empty((n * per, 81), np.uint8)
-    labels = np.empty((n * per, 81), np.uint8)
-    for i in tqdm(range(n), desc="sudoku augment", disable=n < 2000):
-      tr = random_transforms(rng, num_aug)
-      inputs[i * per] = q[i] + 1
-      labels[i * per] = a[i] + 1
-      inputs[i * per + 1 : (i + 1) * per] = apply_transforms(q[i], tr) + 1
-      labels[i * per + 1 : (i + 1) * per] = apply_transforms(a[i], tr) + 1
+  inputs, labels = np.repeat(q + 1, per, axis=0), np.repeat(a + 1, per, axis=0)  # copy 0 of each puzzle: itself
+  for i in tqdm(range(len(q) if num_aug else 0), desc="sudoku augment", disable=len(q) < 2000):
+    tr = random_transforms(rng, num_aug)
+    inputs[i * per + 1 : (i + 1) * per] = apply_transforms(q[i], tr) + 1
+    labels[i * per + 1 : (i + 1) * per] = apply_transforms(a[i], tr) + 1
   return common.grouped_plan(inputs, labels, per)
 
 
