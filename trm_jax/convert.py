@@ -30,7 +30,7 @@ import tempfile
 
 import numpy as np
 
-from trm_jax import cli, errors, interop
+from trm_jax import cli, errors, fileio, interop
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SUFFIXES = (".npz", ".safetensors") + TORCH_SUFFIXES
@@ -108,8 +108,6 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def save_state_dict(path: str, arrays: dict[str, np.ndarray]) -> None:
   """Writes reference-keyed arrays to .npz / .safetensors / .pt, atomically."""
-  from trm_jax import fileio  # noqa: PLC0415
-
   ext = _suffix(path, "--export_torch")
   if os.path.isdir(path):
     raise ConvertError(f"--export_torch={path}: is a directory; give a file name ending in {ext}")
@@ -204,7 +202,7 @@ def convert(
   Everything is checked before anything is written. A local checkpoint is written next to `workdir` and moved into place
   only when complete; on gs:// (no rename) Orbax writes it in place and marks it complete last.
   """
-  from trm_jax import checkpoint, fileio, rundir, runs, sharding  # noqa: PLC0415
+  from trm_jax import checkpoint, rundir, runs, sharding  # noqa: PLC0415
 
   if step < 0:
     raise ConvertError(f"--step={step}: must be >= 0")
