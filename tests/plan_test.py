@@ -74,6 +74,8 @@ def test_train_and_eval_compile_for_a_pod(topology, hosts):
     assert reduces  # the gradients are summed across chips, in float32
     gathers = sum(c["count"] for c in p["train"]["collectives"] if c["kind"] == "all-gather")
     assert gathers <= 2, p["train"]["collectives"]
+    # The fused SwiGLU: H_cycles 2 x (L_cycles 2 + 1) applications of 1 layer forward, the last cycle's 3 backward.
+    assert p["mlp_impl"] == "pallas" and p["train"]["swiglu_calls"] == {"fwd": 6, "bwd": 3}
 
 
 def test_splash_kernel_costs_are_added():
@@ -106,8 +108,9 @@ def test_resolved_for_the_pod_not_the_host():
   devices = plan.tpu_devices(plan.parse_topology("v5e:2x2"))
   c = plan.resolved_config(_smoke(), plan.dataset_meta(_smoke().data)[0], "scan")
   run = runs.Run(c, sharding.make_mesh(1, devices))
-  assert (run.mcfg.platform, run.mcfg.remat) == ("tpu", "dots")
-  assert runs.Run(c, sharding.make_mesh(1)).mcfg.platform == "cpu"
+  assert (run.mcfg.platform, run.mcfg.remat, run.mcfg.mlp_impl) == ("tpu", "dots", "pallas")
+  cpu = runs.Run(c, sharding.make_mesh(1)).mcfg
+  assert (cpu.platform, cpu.mlp_impl) == ("cpu", "xla")
 
 
 def test_planned_shapes_equal_a_real_build(tmp_path):

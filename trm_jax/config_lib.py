@@ -43,6 +43,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   c.remat = "auto"  # "auto" (loop: "none"; scan: "dots" on CPU/TPU, "none" on GPU) | "none" | "dots" | "full"
   c.scan_unroll = 1  # lax.scan unroll factor of the L-cycle scan (recursion="scan" only)
   c.attention_impl = "auto"  # "auto" | "xla" | "cudnn" (GPU) | "splash" (TPU Pallas kernel)
+  c.mlp_impl = "auto"  # SwiGLU: "auto" (TPU: "pallas", else "xla") | "xla" | "pallas" (one Pallas kernel, fused_mlp.py)
   c.mixer_impl = "auto"  # MLP-mixer token mixing: "auto" (GPU: "einsum", else "transpose") | "transpose" | "einsum"
   c.update(overrides)
   return c
@@ -97,6 +98,8 @@ def validate_model(c) -> None:
     bad("scan_unroll", f"must be >= 1, got {c.scan_unroll}")
   if c.get("mixer_impl", "auto") not in ("auto", "transpose", "einsum"):
     bad("mixer_impl", f"must be 'auto', 'transpose' or 'einsum', got {c.mixer_impl!r}")
+  if c.get("mlp_impl", "auto") not in ("auto", "xla", "pallas"):
+    bad("mlp_impl", f"must be 'auto', 'xla' or 'pallas', got {c.mlp_impl!r}")
   if c.pos_encodings not in ("rope", "learned", "none"):
     bad("pos_encodings", f"must be 'rope', 'learned' or 'none', got {c.pos_encodings!r}")
   for field, lo, hi in MODEL_INTS:
@@ -219,6 +222,7 @@ def validate(config) -> None:
 AUTO = {
   "attention_impl": {"gpu": "cudnn", "tpu": "xla", "cpu": "xla"},
   "mixer_impl": {"gpu": "einsum", "tpu": "transpose", "cpu": "transpose"},
+  "mlp_impl": {"gpu": "xla", "tpu": "pallas", "cpu": "xla"},
   "remat": {"gpu": "none", "tpu": "dots", "cpu": "dots"},
 }
 
@@ -229,8 +233,8 @@ AUTO = {
 SPLASH_MIN_SEQ = 512
 
 
-def resolve_auto(c, platform: str) -> dict:
-  """The fields of model config `c` that are "auto", with their value on `platform`."""
+def resolve_auto(c, platform: str, chip: str = "") -> dict:
+  """The fields of model config `c` that are "auto", with their value on `platform` (and `chip`, a device_kind)."""
   out = {}
   for field, by_platform in AUTO.items():
     if c.get(field, "auto") == "auto":
@@ -239,10 +243,22 @@ def resolve_auto(c, platform: str) -> dict:
     out["remat"] = "none"
   if out.get("attention_impl") == "xla" and platform == "tpu" and c.seq_len >= SPLASH_MIN_SEQ:
     out["attention_impl"] = "splash"
+  if platform == "tpu" and c.get("mlp_impl", "auto") != "xla" and not _fused_mlp_fits(c, chip):
+    if "mlp_impl" not in out:
+      bad = f"model.mlp_impl: 'pallas' does not fit the VMEM of a {chip or 'TPU'} (fused_mlp.VMEM); use 'auto' or 'xla'"
+      raise ValueError(bad)
+    out["mlp_impl"] = "xla"
   return out
 
 
-def frozen_model(c, platform: str | None = None) -> ml_collections.FrozenConfigDict:
+def _fused_mlp_fits(c, chip: str) -> bool:
+  from trm_jax import fused_mlp, model  # noqa: PLC0415  (JAX: only for TPU programs)
+
+  itemsize = {"float32": 4, "float64": 8}.get(c.dtype, 2)
+  return fused_mlp.fits(c.hidden_size, model.swiglu_inter(c.hidden_size, c.expansion), itemsize, chip)
+
+
+def frozen_model(c, platform: str | None = None, chip: str = "") -> ml_collections.FrozenConfigDict:
   """The hashable model config that modules and jitted steps close over.
 
   "auto" choices are resolved for `platform` (the platform of the devices the program runs on, e.g.
@@ -254,7 +270,7 @@ def frozen_model(c, platform: str | None = None) -> ml_collections.FrozenConfigD
 
     platform = jax.default_backend()
   out = ml_collections.ConfigDict(c.to_dict())
-  out.update(resolve_auto(c, platform), platform=platform)
+  out.update(resolve_auto(c, platform, chip), platform=platform)
   if "scan_unroll" not in out:  # configs saved before the field existed
     out.scan_unroll = 1
   return ml_collections.FrozenConfigDict(out)

@@ -18,6 +18,7 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 from jax.sharding import PartitionSpec as P
 
+from trm_jax import fused_mlp
 from trm_jax.sharding import BATCH
 
 Dtype = Any
@@ -197,18 +198,36 @@ class Linear(nn.Module):
     return y
 
 
+class Kernel(nn.Module):
+  """A float32 kernel stored as `Linear` stores it, for a layer that uses it in its own kernel."""
+
+  shape: tuple
+
+  @nn.compact
+  def __call__(self):
+    return self.param("kernel", lecun_trunc, self.shape, jnp.float32)
+
+
 class SwiGLU(nn.Module):
-  """SwiGLU over the last axis, or (axis=1) over the sequence axis of (B, T, D)."""
+  """SwiGLU over the last axis, or (axis=1) over the sequence axis of (B, T, D).
+
+  impl "pallas" (last axis only): one Pallas kernel per direction (`fused_mlp`; `platform` other than TPU runs it
+  interpreted), the same parameters.
+  """
 
   expansion: float
   dtype: Dtype
   axis: int = -1
   platform: str = "cpu"
+  impl: str = "xla"
 
   @nn.compact
   def __call__(self, x):
     width = x.shape[self.axis]
     inter = swiglu_inter(width, self.expansion)
+    if self.impl == "pallas" and self.axis == -1:
+      w_gate_up, w_down = Kernel((width, 2 * inter), name="gate_up_proj")(), Kernel((inter, width), name="down_proj")()
+      return fused_mlp.swiglu(x.astype(self.dtype), w_gate_up, w_down, self.platform != "tpu")
     spec, views = (LAST, ((), ())) if self.axis == -1 else ("btd,tk->bkd", ((width, 2 * inter), (inter, width)))
     h = Linear(2 * inter, dtype=self.dtype, name="gate_up_proj", spec=spec, view=views[0], platform=self.platform)(x)
     gate, up = jnp.split(h, 2, axis=self.axis)
@@ -431,7 +450,8 @@ class Block(nn.Module):
     else:
       attn = Attention(c.num_heads, c.dtype, c.attention_impl, name="self_attn", platform=c.platform)
       h = rms_norm(h + attn(h, cos_sin), c.rms_norm_eps)
-    return rms_norm(h + SwiGLU(c.expansion, c.dtype, name="mlp", platform=c.platform)(h), c.rms_norm_eps)
+    mlp = SwiGLU(c.expansion, c.dtype, name="mlp", platform=c.platform, impl=c.get("mlp_impl", "xla"))
+    return rms_norm(h + mlp(h), c.rms_norm_eps)
 
 
 class ReasoningNet(nn.Module):

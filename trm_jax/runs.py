@@ -42,7 +42,7 @@ class Run:
 
   def __init__(self, config, mesh):
     self.config, self.mesh = config, mesh
-    self.mcfg = config_lib.frozen_model(config.model, sharding.platform(mesh))
+    self.mcfg = config_lib.frozen_model(config.model, sharding.platform(mesh), mesh.devices.flat[0].device_kind)
     self.model = RecursiveModel(self.mcfg)
     self.tx = optim.make_optimizer(config.train, config.train.steps)
     self.create = functools.partial(train_state.create_train_state, self.model, self.mcfg, config.train, self.tx)
