@@ -47,13 +47,21 @@ def _gate_up(x, wgu_ref):
   return dot(wgu_ref[:, :inter]), dot(wgu_ref[:, inter:])
 
 
-def _fwd_kernel(x_ref, wgu_ref, wd_ref, y_ref):
+def _norm(x, y, eps: float):
+  """rms_norm(x + y) as `model.rms_norm` computes it (the sum rounded, then float32): (out, the sum, 1 / rms)."""
+  s = (x.astype(F32) + y.astype(F32)).astype(x.dtype).astype(F32)
+  r = lax.rsqrt(jnp.mean(s * s, axis=-1, keepdims=True) + eps)
+  return (s * r).astype(x.dtype), s, r
+
+
+def _fwd_kernel(x_ref, wgu_ref, wd_ref, y_ref, *, eps):
   x = x_ref[0]
   _, _, m = _act(*_gate_up(x, wgu_ref), x.dtype)
-  y_ref[0] = jnp.dot(m, wd_ref[...], preferred_element_type=F32).astype(y_ref.dtype)
+  y = jnp.dot(m, wd_ref[...], preferred_element_type=F32).astype(x.dtype)
+  y_ref[0] = (y if eps is None else _norm(x, y, eps)[0]).astype(y_ref.dtype)
 
 
-def _bwd_kernel(x_ref, dy_ref, wgu_ref, wd_ref, dx_ref, dwgu_ref, dwd_ref, *, length: int):
+def _bwd_kernel(x_ref, dy_ref, wgu_ref, wd_ref, dx_ref, dwgu_ref, dwd_ref, *, length: int, eps):
   @pl.when((pl.program_id(0) == 0) & (pl.program_id(1) == 0))
   def _():
     dwgu_ref[...] = jnp.zeros(dwgu_ref.shape, F32)
@@ -66,6 +74,10 @@ def _bwd_kernel(x_ref, dy_ref, wgu_ref, wd_ref, dx_ref, dwgu_ref, dwd_ref, *, le
     x, dy = jnp.where(keep, x, jnp.zeros_like(x)), jnp.where(keep, dy, jnp.zeros_like(dy))
   g, u = _gate_up(x, wgu_ref)
   a, sig, m = _act(g, u, x.dtype)
+  if eps is not None:  # dy is the norm's output gradient: the norm's backward as `model._rms_norm_bwd`
+    _, s, r = _norm(x, jnp.dot(m, wd_ref[...], preferred_element_type=F32).astype(x.dtype), eps)
+    gs = dy.astype(F32)
+    dy = (r * gs - s * (r * r * r) * jnp.mean(gs * s, axis=-1, keepdims=True)).astype(x.dtype)
   dwd_ref[...] += lax.dot_general(m, dy, TN, preferred_element_type=F32)
   dm = lax.dot_general(dy, wd_ref[...], NT, preferred_element_type=F32).astype(x.dtype).astype(F32)
   du = (dm * a).astype(x.dtype)
@@ -74,6 +86,8 @@ def _bwd_kernel(x_ref, dy_ref, wgu_ref, wd_ref, dx_ref, dwgu_ref, dwd_ref, *, le
   dg = (da * (sig * (1.0 + gf * (1.0 - sig)))).astype(x.dtype)
   wg, wu = wgu_ref[:, :inter], wgu_ref[:, inter:]
   dx = lax.dot_general(dg, wg, NT, preferred_element_type=F32) + lax.dot_general(du, wu, NT, preferred_element_type=F32)
+  if eps is not None:  # the residual's gradient, added in the activation dtype as autodiff adds it
+    dx = dx.astype(x.dtype).astype(F32) + dy.astype(F32)
   dx_ref[0] = dx.astype(dx_ref.dtype)
   dwgu_ref[:, :inter] += lax.dot_general(x, dg, TN, preferred_element_type=F32)
   dwgu_ref[:, inter:] += lax.dot_general(x, du, TN, preferred_element_type=F32)
@@ -92,17 +106,18 @@ def fits(width: int, inter: int, itemsize: int, chip: str) -> bool:
   return vmem_limit(width, inter, itemsize) <= VMEM.get(chip, 0)
 
 
-def flops(rows: int, width: int, inter: int) -> tuple[int, int]:
+def flops(rows: int, width: int, inter: int, norm: bool = False) -> tuple[int, int]:
   """FLOPs of the forward / backward kernels on `rows` rows (tile padding not counted).
 
   Forward: x @ W_gate_up and the down projection, 3 (rows x width x inter) matmuls; backward: gate and up again, the
-  down projection's input and kernel gradients, gate/up's input and kernel gradients, 8.
+  down projection's input and kernel gradients, gate/up's input and kernel gradients, 8 (9 with the norm: the
+  down projection again, for the sum the norm's backward needs).
   """
   one = 2 * rows * width * inter
-  return 3 * one, 8 * one
+  return 3 * one, (8 + norm) * one
 
 
-def _call(kernel, x, outs, in_specs, out_specs, backward: bool, interpret: bool, weights_bytes: int):
+def _call(kernel, x, outs, in_specs, out_specs, backward: bool, interpret: bool, weights_bytes: int, norm: bool):
   """The pallas_call over (example, row tile), named for `plan.kernel_calls`, with its cost for XLA's cost analysis
   (each operand read once, each result written once)."""
   b, t, width = x.shape
@@ -111,7 +126,7 @@ def _call(kernel, x, outs, in_specs, out_specs, backward: bool, interpret: bool,
   rows_bytes = b * t * width * x.dtype.itemsize
   out_bytes = sum(jax.ShapeDtypeStruct(o.shape, o.dtype).size * o.dtype.itemsize for o in jax.tree.leaves(outs))
   cost = pl.CostEstimate(
-    flops=flops(b * t, width, inter)[backward],
+    flops=flops(b * t, width, inter, norm)[backward],
     transcendentals=b * t * inter,
     bytes_accessed=(1 + backward) * rows_bytes + weights_bytes + out_bytes,
   )
@@ -136,15 +151,16 @@ def _specs(x, wgu, wd):
   return rows, whole(wgu), whole(wd)
 
 
-def _forward_local(x, wgu, wd, interpret):
+def _forward_local(x, wgu, wd, eps, interpret):
   rows, wgu_spec, wd_spec = _specs(x, wgu, wd)
   out = jax.ShapeDtypeStruct(x.shape, x.dtype)
   nbytes = wgu.size * wgu.dtype.itemsize + wd.size * wd.dtype.itemsize
-  call = _call(_fwd_kernel, x, out, [rows, wgu_spec, wd_spec], rows, False, interpret, nbytes)
+  kernel = functools.partial(_fwd_kernel, eps=eps)
+  call = _call(kernel, x, out, [rows, wgu_spec, wd_spec], rows, False, interpret, nbytes, eps is not None)
   return call(x, wgu, wd)
 
 
-def _backward_local(x, dy, wgu, wd, interpret, axes=()):
+def _backward_local(x, dy, wgu, wd, eps, interpret, axes=()):
   rows, wgu_spec, wd_spec = _specs(x, wgu, wd)
   outs = (
     jax.ShapeDtypeStruct(x.shape, x.dtype),
@@ -152,8 +168,9 @@ def _backward_local(x, dy, wgu, wd, interpret, axes=()):
     jax.ShapeDtypeStruct(wd.shape, F32),
   )
   nbytes = wgu.size * wgu.dtype.itemsize + wd.size * wd.dtype.itemsize
-  kernel = functools.partial(_bwd_kernel, length=x.shape[1])
-  call = _call(kernel, x, outs, [rows, rows, wgu_spec, wd_spec], [rows, wgu_spec, wd_spec], True, interpret, nbytes)
+  kernel = functools.partial(_bwd_kernel, length=x.shape[1], eps=eps)
+  specs = [rows, rows, wgu_spec, wd_spec], [rows, wgu_spec, wd_spec]
+  call = _call(kernel, x, outs, *specs, True, interpret, nbytes, eps is not None)
   dx, dwgu, dwd = call(x, dy, wgu, wd)
   if axes:  # the kernels' gradients from every device's rows, summed in float32
     dwgu, dwd = lax.psum((dwgu, dwd), axes)
@@ -175,22 +192,23 @@ def _per_device(fn, batched: int, out_batched: tuple, *args):
   return out if len(out_batched) > 1 else out[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def swiglu(x, w_gate_up, w_down, interpret: bool = False):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def swiglu(x, w_gate_up, w_down, norm_eps: float | None = None, interpret: bool = False):
   """silu(x @ W_gate) * (x @ W_up) @ W_down for x (B, T, width) in a low-precision dtype and float32 master kernels
-  W_gate_up (width, 2 * inter) (gate columns first) and W_down (inter, width); their gradients are float32."""
-  return _swiglu_fwd(x, w_gate_up, w_down, interpret)[0]
+  W_gate_up (width, 2 * inter) (gate columns first) and W_down (inter, width); their gradients are float32. With
+  `norm_eps`: rms_norm(x + that), the block's residual and post-norm in the same kernel."""
+  return _swiglu_fwd(x, w_gate_up, w_down, norm_eps, interpret)[0]
 
 
-def _swiglu_fwd(x, w_gate_up, w_down, interpret):
+def _swiglu_fwd(x, w_gate_up, w_down, norm_eps, interpret):
   wgu, wd = w_gate_up.astype(x.dtype), w_down.astype(x.dtype)
-  fwd = lambda *a: (_forward_local(*a, interpret),)
+  fwd = lambda *a: (_forward_local(*a, norm_eps, interpret),)
   return _per_device(fwd, 1, (True,), x, wgu, wd), (x, wgu, wd)
 
 
-def _swiglu_bwd(interpret, res, dy):
+def _swiglu_bwd(norm_eps, interpret, res, dy):
   x, wgu, wd = res
-  bwd = functools.partial(_backward_local, interpret=interpret)
+  bwd = functools.partial(_backward_local, eps=norm_eps, interpret=interpret)
   return _per_device(bwd, 2, (True, False, False), x, dy, wgu, wd)
 
 

@@ -211,7 +211,8 @@ class Kernel(nn.Module):
 class SwiGLU(nn.Module):
   """SwiGLU over the last axis, or (axis=1) over the sequence axis of (B, T, D).
 
-  impl "pallas" (last axis only): one Pallas kernel per direction (`fused_mlp`; `platform` other than TPU runs it
+  `residual_norm_eps` (not None): rms_norm(x + SwiGLU(x)), the block's residual and post-norm. impl "pallas" (last axis
+  only): one Pallas kernel per direction, the norm included (`fused_mlp`; `platform` other than TPU runs it
   interpreted), the same parameters.
   """
 
@@ -220,6 +221,7 @@ class SwiGLU(nn.Module):
   axis: int = -1
   platform: str = "cpu"
   impl: str = "xla"
+  residual_norm_eps: float | None = None
 
   @nn.compact
   def __call__(self, x):
@@ -227,12 +229,14 @@ class SwiGLU(nn.Module):
     inter = swiglu_inter(width, self.expansion)
     if self.impl == "pallas" and self.axis == -1:
       w_gate_up, w_down = Kernel((width, 2 * inter), name="gate_up_proj")(), Kernel((inter, width), name="down_proj")()
-      return fused_mlp.swiglu(x.astype(self.dtype), w_gate_up, w_down, self.platform != "tpu")
+      eps = self.residual_norm_eps
+      return fused_mlp.swiglu(x.astype(self.dtype), w_gate_up, w_down, eps, self.platform != "tpu")
     spec, views = (LAST, ((), ())) if self.axis == -1 else ("btd,tk->bkd", ((width, 2 * inter), (inter, width)))
     h = Linear(2 * inter, dtype=self.dtype, name="gate_up_proj", spec=spec, view=views[0], platform=self.platform)(x)
     gate, up = jnp.split(h, 2, axis=self.axis)
     down = Linear(width, dtype=self.dtype, name="down_proj", spec=spec, view=views[1], platform=self.platform)
-    return down(nn.silu(gate) * up)
+    y = down(nn.silu(gate) * up)
+    return y if self.residual_norm_eps is None else rms_norm(x + y, self.residual_norm_eps, self.axis)
 
 
 def rope_cos_sin(seq: int, head_dim: int, theta: float):
@@ -450,8 +454,8 @@ class Block(nn.Module):
     else:
       attn = Attention(c.num_heads, c.dtype, c.attention_impl, name="self_attn", platform=c.platform)
       h = rms_norm(h + attn(h, cos_sin), c.rms_norm_eps)
-    mlp = SwiGLU(c.expansion, c.dtype, name="mlp", platform=c.platform, impl=c.get("mlp_impl", "xla"))
-    return rms_norm(h + mlp(h), c.rms_norm_eps)
+    impl = c.get("mlp_impl", "xla")
+    return SwiGLU(c.expansion, c.dtype, platform=c.platform, impl=impl, residual_norm_eps=c.rms_norm_eps, name="mlp")(h)
 
 
 class ReasoningNet(nn.Module):
