@@ -21,12 +21,12 @@ from trm_jax.model import SwiGLU
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _out_and_grads(impl, x, g, dtype, norm_eps=None):
-  """SwiGLU(x) (width 32, expansion 4: inter 256; with norm_eps rms_norm(x + SwiGLU(x))) and the gradients of
-  <that, g> w.r.t. x and both kernels."""
+def _out_and_grads(impl, x, g, dtype, norm_eps=None, add=None):
+  """SwiGLU(x) (width 32, expansion 4: inter 256; with norm_eps rms_norm(x + SwiGLU(x)); with `add` too, of
+  rms_norm(x + add)) and the gradients of <that, g> w.r.t. x, add and both kernels."""
   mlp = SwiGLU(4.0, dtype, platform="cpu", impl=impl, residual_norm_eps=norm_eps)
   params = mlp.init(jax.random.key(1), x)["params"]
-  out, vjp = jax.vjp(lambda x, p: mlp.apply({"params": p}, x), x, params)
+  out, vjp = jax.vjp(lambda x, a, p: mlp.apply({"params": p}, x, a), x, add, params)
   return out, vjp(g.astype(out.dtype))
 
 
@@ -35,27 +35,30 @@ def _inputs(t, dtype, seed=0):
   return jax.random.normal(kx, (2, t, 32)).astype(dtype), jax.random.normal(kg, (2, t, 32))
 
 
-@pytest.mark.parametrize("norm_eps", [None, 1e-5])
+@pytest.mark.parametrize("norm_eps,add", [(None, False), (1e-5, False), (1e-5, True)])
 @pytest.mark.parametrize("t", [16, 40])
-def test_fused_equals_xla_float32(t, norm_eps, monkeypatch):
+def test_fused_equals_xla_float32(t, norm_eps, add, monkeypatch):
   """Tiles of 16 rows: T=16 is one whole tile, T=40 ends in a partial one (its undefined rows must not reach the
-  kernels' gradients); with and without the residual and post-norm."""
+  kernels' gradients); the MLP alone, with the residual and post-norm, and with the attention's before it."""
   monkeypatch.setattr(fused_mlp, "TILE", 16)
   x, g = _inputs(t, jnp.float32)
-  xla, fused = (_out_and_grads(impl, x, g, jnp.float32, norm_eps) for impl in ("xla", "pallas"))
+  a = _inputs(t, jnp.float32, seed=1)[0] if add else None
+  xla, fused = (_out_and_grads(impl, x, g, jnp.float32, norm_eps, a) for impl in ("xla", "pallas"))
   assert jax.tree.structure(xla) == jax.tree.structure(fused)  # the same parameters
   tiny.assert_trees_close(xla, fused, 1e-5)
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(fused[1][1]))  # float32 kernel gradients
 
 
-@pytest.mark.parametrize("norm_eps", [None, 1e-5])
-def test_fused_bfloat16_as_close_to_float32_as_xla(norm_eps):
+@pytest.mark.parametrize("norm_eps,add", [(None, False), (1e-5, True)])
+def test_fused_bfloat16_as_close_to_float32_as_xla(norm_eps, add):
   """bfloat16: the kernel's rounding error, against the float32 result, is no larger than the XLA path's."""
   x, g = _inputs(40, jnp.bfloat16)
-  exact = _out_and_grads("xla", x.astype(jnp.float32), g, jnp.float32, norm_eps)
+  a = _inputs(40, jnp.bfloat16, seed=1)[0] if add else None
+  f32 = lambda v: None if v is None else v.astype(jnp.float32)
+  exact = _out_and_grads("xla", f32(x), g, jnp.float32, norm_eps, f32(a))
 
   def err(impl):
-    got = _out_and_grads(impl, x, g, jnp.bfloat16, norm_eps)
+    got = _out_and_grads(impl, x, g, jnp.bfloat16, norm_eps, a)
     pairs = zip(jax.tree.leaves(got), jax.tree.leaves(exact))
     return max(float(jnp.abs(a.astype(jnp.float32) - b).max() / jnp.abs(b).max()) for a, b in pairs)
 

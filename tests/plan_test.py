@@ -75,7 +75,8 @@ def test_train_and_eval_compile_for_a_pod(topology, hosts):
     gathers = sum(c["count"] for c in p["train"]["collectives"] if c["kind"] == "all-gather")
     assert gathers <= 2, p["train"]["collectives"]
     # The fused SwiGLU: H_cycles 2 x (L_cycles 2 + 1) applications of 1 layer forward, the last cycle's 3 backward.
-    assert p["mlp_impl"] == "pallas" and p["train"]["swiglu_calls"] == {"fwd": 6, "bwd": 3}
+    calls = p["train"]["project_kernel_calls"]
+    assert p["mlp_impl"] == "pallas" and (calls["swiglu_fwd"], calls["swiglu_bwd"]) == (6, 3)
 
 
 def test_splash_kernel_costs_are_added():
@@ -84,6 +85,8 @@ def test_splash_kernel_costs_are_added():
   train = r["plans"][0]["train"]
   # H_cycles 2 x (L_cycles 2 + 1) applications of 1 layer forward, the last cycle's 3 backward.
   assert train["splash_calls"] == {"fwd": 6, "bwd": 3} and train["splash_bytes_added"] > 0
+  # q, k, v from one kernel per forward application (T = 17 in one partial 128-row tile); its backward is XLA's.
+  assert r["plans"][0]["qkv_impl"] == "pallas" and train["project_kernel_calls"]["qkv_rope"] == 6
   xla = plan.plan(_smoke(attention_impl="xla"), "v5e:2x2", "loop")["plans"][0]["train"]
   assert xla["splash_calls"] == {"fwd": 0, "bwd": 0} and xla["splash_bytes_added"] == 0
   # The kernel's FLOPs are counted: at T = 17 its 128-padded tiles do more arithmetic than XLA's attention.

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import pytest
 import tiny
 
+from trm_jax import model
 from trm_jax.model import attention
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,13 +50,31 @@ def test_splash_bfloat16_close_to_xla():
   tiny.assert_trees_close(xla, splash, 1e-2)  # measured: 4e-3 of the largest value
 
 
-@pytest.mark.parametrize("recursion", ["loop", "scan"])
-def test_model_splash_equals_xla(recursion):
-  """Loss, logits and every gradient of one train step, splash vs XLA attention (scan: under remat too)."""
+@pytest.mark.parametrize("rope", [True, False])
+@pytest.mark.parametrize("t", [97, 128])
+def test_fused_qkv_equals_xla(t, rope):
+  """q, k, v for splash from one Pallas kernel (`fused_qkv`) and their gradients equal XLA's dots, RoPE and scale;
+  T=97 ends in a partial tile whose rows past T must come out as zeros."""
+  keys = jax.random.split(jax.random.key(t), 5)
+  x = jax.random.normal(keys[0], (2, t, 32))
+  kernel = jax.random.normal(keys[1], (32, 3, 2, 16)) / 6
+  cos, sin = (jnp.pad(a, ((0, 128 - t), (0, 0))) for a in model.rope_cos_sin(t, 16, 10000.0))
+  tables = (cos, model.signed_sin(sin)) if rope else None
+  cts = tuple(jax.random.normal(k, (2, 2, 128, 16)) for k in keys[2:])
+  xla = jax.vjp(lambda x, w: model.qkv_xla(x, w, tables, "cpu"), x, kernel)
+  fused = jax.vjp(lambda x, w: model.qkv_for_splash(x, w, tables, "cpu", True), x, kernel)
+  tiny.assert_trees_close((xla[0], xla[1](cts)), (fused[0], fused[1](cts)), 1e-5)
+  assert all(float(jnp.abs(a[:, :, t:]).sum()) == 0 for a in fused[0])
+
+
+@pytest.mark.parametrize("recursion,qkv", [("loop", "xla"), ("scan", "xla"), ("loop", "pallas")])
+def test_model_splash_equals_xla(recursion, qkv):
+  """Loss, logits and every gradient of one train step, splash (q, k, v from XLA's dots or from one kernel) vs XLA
+  attention (scan: under remat too)."""
   b = tiny.batch()
   res = {}
   for impl in ("xla", "splash"):
-    cfg = tiny.mcfg(attention_impl=impl, recursion=recursion)
+    cfg = tiny.mcfg(attention_impl=impl, recursion=recursion, qkv_impl=qkv)
     v, table = tiny.variables(cfg)
     res[impl] = jax.jit(lambda v, t, cfg=cfg: tiny.grads(cfg, v, t, b))(v, table)
   tiny.assert_trees_close(res["xla"], res["splash"], 1e-5)
@@ -89,8 +108,8 @@ MESH_SCRIPT = textwrap.dedent("""
     jitted = jax.jit(out_and_grads)
     jaxpr = str(jax.make_jaxpr(out_and_grads)(q, k, v, g))
     four = jitted(*map(put, (q, k, v, g)))
-  # The whole model: one train step on a sharded batch.
-  cfg = tiny.mcfg(attention_impl="splash")
+  # The whole model: one train step on a sharded batch (q, k, v from the fused kernel).
+  cfg = tiny.mcfg(attention_impl="splash", qkv_impl="pallas")
   variables, table = tiny.variables(cfg)
   batch = tiny.batch()
   step = lambda b: jax.jit(lambda v, t: tiny.grads(cfg, v, t, b))(variables, table)

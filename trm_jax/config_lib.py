@@ -44,6 +44,9 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   c.scan_unroll = 1  # lax.scan unroll factor of the L-cycle scan (recursion="scan" only)
   c.attention_impl = "auto"  # "auto" | "xla" | "cudnn" (GPU) | "splash" (TPU Pallas kernel)
   c.mlp_impl = "auto"  # SwiGLU: "auto" (TPU: "pallas", else "xla") | "xla" | "pallas" (one Pallas kernel, fused_mlp.py)
+  c.qkv_impl = (
+    "auto"  # splash attention's q, k, v: "auto" (TPU: "pallas") | "xla" | "pallas" (one kernel, fused_qkv.py)
+  )
   c.mixer_impl = "auto"  # MLP-mixer token mixing: "auto" (GPU: "einsum", else "transpose") | "transpose" | "einsum"
   c.update(overrides)
   return c
@@ -98,8 +101,9 @@ def validate_model(c) -> None:
     bad("scan_unroll", f"must be >= 1, got {c.scan_unroll}")
   if c.get("mixer_impl", "auto") not in ("auto", "transpose", "einsum"):
     bad("mixer_impl", f"must be 'auto', 'transpose' or 'einsum', got {c.mixer_impl!r}")
-  if c.get("mlp_impl", "auto") not in ("auto", "xla", "pallas"):
-    bad("mlp_impl", f"must be 'auto', 'xla' or 'pallas', got {c.mlp_impl!r}")
+  for field in ("mlp_impl", "qkv_impl"):
+    if c.get(field, "auto") not in ("auto", "xla", "pallas"):
+      bad(field, f"must be 'auto', 'xla' or 'pallas', got {c[field]!r}")
   if c.pos_encodings not in ("rope", "learned", "none"):
     bad("pos_encodings", f"must be 'rope', 'learned' or 'none', got {c.pos_encodings!r}")
   for field, lo, hi in MODEL_INTS:
@@ -223,6 +227,7 @@ AUTO = {
   "attention_impl": {"gpu": "cudnn", "tpu": "xla", "cpu": "xla"},
   "mixer_impl": {"gpu": "einsum", "tpu": "transpose", "cpu": "transpose"},
   "mlp_impl": {"gpu": "xla", "tpu": "pallas", "cpu": "xla"},
+  "qkv_impl": {"gpu": "xla", "tpu": "pallas", "cpu": "xla"},
   "remat": {"gpu": "none", "tpu": "dots", "cpu": "dots"},
 }
 
@@ -243,17 +248,22 @@ def resolve_auto(c, platform: str, chip: str = "") -> dict:
     out["remat"] = "none"
   if out.get("attention_impl") == "xla" and platform == "tpu" and c.seq_len >= SPLASH_MIN_SEQ:
     out["attention_impl"] = "splash"
-  if platform == "tpu" and c.get("mlp_impl", "auto") != "xla" and not _fused_mlp_fits(c, chip):
-    if "mlp_impl" not in out:
-      bad = f"model.mlp_impl: 'pallas' does not fit the VMEM of a {chip or 'TPU'} (fused_mlp.VMEM); use 'auto' or 'xla'"
-      raise ValueError(bad)
-    out["mlp_impl"] = "xla"
+  if out.get("qkv_impl") and out.get("attention_impl", c.attention_impl) != "splash":
+    out["qkv_impl"] = "xla"  # the kernel makes the splash kernel's operands
+  for field in ("mlp_impl", "qkv_impl"):
+    if platform == "tpu" and out.get(field, c.get(field, "auto")) == "pallas" and not _kernel_fits(field, c, chip):
+      if field not in out:
+        raise ValueError(f"model.{field}: 'pallas' does not fit the VMEM of a {chip or 'TPU'}; use 'auto' or 'xla'")
+      out[field] = "xla"
   return out
 
 
-def _fused_mlp_fits(c, chip: str) -> bool:
-  from trm_jax import fused_mlp, model  # noqa: PLC0415  (JAX: only for TPU programs)
+def _kernel_fits(field: str, c, chip: str) -> bool:
+  """Whether the Pallas kernel of `field` fits the VMEM of a `chip` TensorCore."""
+  from trm_jax import fused_mlp, fused_qkv, model  # noqa: PLC0415  (JAX: only for TPU programs)
 
+  if field == "qkv_impl":
+    return fused_qkv.fits(c.hidden_size, c.num_heads, chip)
   itemsize = {"float32": 4, "float64": 8}.get(c.dtype, 2)
   return fused_mlp.fits(c.hidden_size, model.swiglu_inter(c.hidden_size, c.expansion), itemsize, chip)
 

@@ -54,30 +54,43 @@ def _norm(x, y, eps: float):
   return (s * r).astype(x.dtype), s, r
 
 
-def _fwd_kernel(x_ref, wgu_ref, wd_ref, y_ref, *, eps):
-  x = x_ref[0]
+def _norm_bwd(s, r, g):
+  """The gradient of (s r) for r = (mean(s^2) + eps)^-1/2, as `model._rms_norm_bwd`: r g - s r^3 mean(g s)."""
+  g = g.astype(F32)
+  return r * g - s * (r * r * r) * jnp.mean(g * s, axis=-1, keepdims=True)
+
+
+def _fwd_kernel(*refs, eps):
+  *rows, wgu_ref, wd_ref, y_ref = refs
+  x = rows[0][0]
+  if len(rows) > 1:  # the input is rms_norm(x + add)
+    x = _norm(x, rows[1][0], eps)[0]
   _, _, m = _act(*_gate_up(x, wgu_ref), x.dtype)
   y = jnp.dot(m, wd_ref[...], preferred_element_type=F32).astype(x.dtype)
   y_ref[0] = (y if eps is None else _norm(x, y, eps)[0]).astype(y_ref.dtype)
 
 
-def _bwd_kernel(x_ref, dy_ref, wgu_ref, wd_ref, dx_ref, dwgu_ref, dwd_ref, *, length: int, eps):
+def _bwd_kernel(*refs, length: int, eps):
+  *rows, wgu_ref, wd_ref, dx_ref, dwgu_ref, dwd_ref = refs
+
   @pl.when((pl.program_id(0) == 0) & (pl.program_id(1) == 0))
   def _():
     dwgu_ref[...] = jnp.zeros(dwgu_ref.shape, F32)
     dwd_ref[...] = jnp.zeros(dwd_ref.shape, F32)
 
-  x, dy = x_ref[0], dy_ref[0]
-  tile, inter = x.shape[0], wd_ref.shape[0]
+  *xs, dy = (r[0] for r in rows)
+  tile, inter = dy.shape[0], wd_ref.shape[0]
   if length % tile:  # rows past the sequence's end in its last tile are undefined: no gradient from them
     keep = pl.program_id(1) * tile + lax.broadcasted_iota(jnp.int32, (tile, 1), 0) < length
-    x, dy = jnp.where(keep, x, jnp.zeros_like(x)), jnp.where(keep, dy, jnp.zeros_like(dy))
+    xs, dy = [jnp.where(keep, a, jnp.zeros_like(a)) for a in xs], jnp.where(keep, dy, jnp.zeros_like(dy))
+  x = xs[0]
+  if len(xs) > 1:  # the input is rms_norm(x + add)
+    x, s1, r1 = _norm(x, xs[1], eps)
   g, u = _gate_up(x, wgu_ref)
   a, sig, m = _act(g, u, x.dtype)
   if eps is not None:  # dy is the norm's output gradient: the norm's backward as `model._rms_norm_bwd`
     _, s, r = _norm(x, jnp.dot(m, wd_ref[...], preferred_element_type=F32).astype(x.dtype), eps)
-    gs = dy.astype(F32)
-    dy = (r * gs - s * (r * r * r) * jnp.mean(gs * s, axis=-1, keepdims=True)).astype(x.dtype)
+    dy = _norm_bwd(s, r, dy).astype(x.dtype)
   dwd_ref[...] += lax.dot_general(m, dy, TN, preferred_element_type=F32)
   dm = lax.dot_general(dy, wd_ref[...], NT, preferred_element_type=F32).astype(x.dtype).astype(F32)
   du = (dm * a).astype(x.dtype)
@@ -88,6 +101,8 @@ def _bwd_kernel(x_ref, dy_ref, wgu_ref, wd_ref, dx_ref, dwgu_ref, dwd_ref, *, le
   dx = lax.dot_general(dg, wg, NT, preferred_element_type=F32) + lax.dot_general(du, wu, NT, preferred_element_type=F32)
   if eps is not None:  # the residual's gradient, added in the activation dtype as autodiff adds it
     dx = dx.astype(x.dtype).astype(F32) + dy.astype(F32)
+  if len(xs) > 1:  # through rms_norm(x + add): one gradient for both
+    dx = _norm_bwd(s1, r1, dx.astype(x.dtype))
   dx_ref[0] = dx.astype(dx_ref.dtype)
   dwgu_ref[:, :inter] += lax.dot_general(x, dg, TN, preferred_element_type=F32)
   dwgu_ref[:, inter:] += lax.dot_general(x, du, TN, preferred_element_type=F32)
@@ -118,17 +133,19 @@ def flops(rows: int, width: int, inter: int, norm: bool = False) -> tuple[int, i
 
 
 def _call(kernel, x, outs, in_specs, out_specs, backward: bool, interpret: bool, weights_bytes: int, norm: bool):
+  rows_in = sum(s.block_shape == in_specs[0].block_shape for s in in_specs)
   """The pallas_call over (example, row tile), named for `plan.kernel_calls`, with its cost for XLA's cost analysis
   (each operand read once, each result written once)."""
   b, t, width = x.shape
   inter = in_specs[-1].block_shape[0]
+  norm = norm + (rows_in - backward > 1)  # the backward recomputes the second norm's input too
   limit = vmem_limit(width, inter, x.dtype.itemsize)
   rows_bytes = b * t * width * x.dtype.itemsize
   out_bytes = sum(jax.ShapeDtypeStruct(o.shape, o.dtype).size * o.dtype.itemsize for o in jax.tree.leaves(outs))
   cost = pl.CostEstimate(
     flops=flops(b * t, width, inter, norm)[backward],
     transcendentals=b * t * inter,
-    bytes_accessed=(1 + backward) * rows_bytes + weights_bytes + out_bytes,
+    bytes_accessed=rows_in * rows_bytes + weights_bytes + out_bytes,
   )
   semantics = ("arbitrary", "arbitrary") if backward else ("parallel", "parallel")
   return pl.pallas_call(
@@ -151,16 +168,20 @@ def _specs(x, wgu, wd):
   return rows, whole(wgu), whole(wd)
 
 
-def _forward_local(x, wgu, wd, eps, interpret):
+def _forward_local(*args, eps, interpret):
+  *xs, wgu, wd = args
+  x = xs[0]
   rows, wgu_spec, wd_spec = _specs(x, wgu, wd)
   out = jax.ShapeDtypeStruct(x.shape, x.dtype)
   nbytes = wgu.size * wgu.dtype.itemsize + wd.size * wd.dtype.itemsize
   kernel = functools.partial(_fwd_kernel, eps=eps)
-  call = _call(kernel, x, out, [rows, wgu_spec, wd_spec], rows, False, interpret, nbytes, eps is not None)
-  return call(x, wgu, wd)
+  specs = [rows] * len(xs) + [wgu_spec, wd_spec]
+  return _call(kernel, x, out, specs, rows, False, interpret, nbytes, eps is not None)(*args)
 
 
-def _backward_local(x, dy, wgu, wd, eps, interpret, axes=()):
+def _backward_local(*args, eps, interpret):
+  *xs, wgu, wd = args
+  x = xs[0]
   rows, wgu_spec, wd_spec = _specs(x, wgu, wd)
   outs = (
     jax.ShapeDtypeStruct(x.shape, x.dtype),
@@ -169,47 +190,54 @@ def _backward_local(x, dy, wgu, wd, eps, interpret, axes=()):
   )
   nbytes = wgu.size * wgu.dtype.itemsize + wd.size * wd.dtype.itemsize
   kernel = functools.partial(_bwd_kernel, length=x.shape[1], eps=eps)
-  specs = [rows, rows, wgu_spec, wd_spec], [rows, wgu_spec, wd_spec]
-  call = _call(kernel, x, outs, *specs, True, interpret, nbytes, eps is not None)
-  dx, dwgu, dwd = call(x, dy, wgu, wd)
-  if axes:  # the kernels' gradients from every device's rows, summed in float32
-    dwgu, dwd = lax.psum((dwgu, dwd), axes)
+  specs = [rows] * len(xs) + [wgu_spec, wd_spec], [rows, wgu_spec, wd_spec]
+  dx, dwgu, dwd = _call(kernel, x, outs, *specs, True, interpret, nbytes, eps is not None)(*args)
+  if batch_axes():  # the kernels' gradients from every device's rows, summed in float32
+    dwgu, dwd = lax.psum((dwgu, dwd), batch_axes())
   return dx, dwgu, dwd
 
 
-def _per_device(fn, batched: int, out_batched: tuple, *args):
-  """fn(*args) on each device's share of the batch: the first `batched` args and the outputs flagged in `out_batched`
-  are split over the batch axes, the rest replicated. Off a mesh (or inside a shard_map) fn runs as is."""
+BATCHED, REPLICATED = P(BATCH), P()
+
+
+def batch_axes() -> tuple:
+  """The context mesh's axes that split the batch (none off a mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return () if mesh.empty else tuple(a for a in BATCH if a in mesh.axis_names)
+
+
+def per_device(fn, in_specs, out_specs, *args):
+  """fn(*args) on each device's share of the batch (BATCHED args and outputs; the rest REPLICATED): Mosaic kernels
+  are not partitioned by XLA. Off a mesh (or inside a shard_map) fn runs as is."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.are_all_axes_manual:
-    out = fn(*args)
-    return out if len(out_batched) > 1 else out[0]
-  in_specs = (P(BATCH),) * batched + (P(),) * (len(args) - batched)
-  out_specs = tuple(P(BATCH) if b else P() for b in out_batched)
-  axes = tuple(a for a in BATCH if a in mesh.axis_names)
-  run = functools.partial(fn, axes=axes) if len(out_batched) > 1 else fn
-  out = jax.shard_map(run, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)(*args)
-  return out if len(out_batched) > 1 else out[0]
+    return fn(*args)
+  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)(*args)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def swiglu(x, w_gate_up, w_down, norm_eps: float | None = None, interpret: bool = False):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def swiglu(x, add, w_gate_up, w_down, norm_eps: float | None = None, interpret: bool = False):
   """silu(x @ W_gate) * (x @ W_up) @ W_down for x (B, T, width) in a low-precision dtype and float32 master kernels
   W_gate_up (width, 2 * inter) (gate columns first) and W_down (inter, width); their gradients are float32. With
-  `norm_eps`: rms_norm(x + that), the block's residual and post-norm in the same kernel."""
-  return _swiglu_fwd(x, w_gate_up, w_down, norm_eps, interpret)[0]
+  `norm_eps`: rms_norm(x + that), the block's residual and post-norm in the same kernel; with `add` (not None, needs
+  `norm_eps`) the input is rms_norm(x + add) (the attention's residual and post-norm) instead of x."""
+  return _swiglu_fwd(x, add, w_gate_up, w_down, norm_eps, interpret)[0]
 
 
-def _swiglu_fwd(x, w_gate_up, w_down, norm_eps, interpret):
+def _swiglu_fwd(x, add, w_gate_up, w_down, norm_eps, interpret):
   wgu, wd = w_gate_up.astype(x.dtype), w_down.astype(x.dtype)
-  fwd = lambda *a: (_forward_local(*a, norm_eps, interpret),)
-  return _per_device(fwd, 1, (True,), x, wgu, wd), (x, wgu, wd)
+  xs = (x,) if add is None else (x, add)
+  fwd = functools.partial(_forward_local, eps=norm_eps, interpret=interpret)
+  out = per_device(fwd, (BATCHED,) * len(xs) + (REPLICATED, REPLICATED), BATCHED, *xs, wgu, wd)
+  return out, (xs, wgu, wd)
 
 
 def _swiglu_bwd(norm_eps, interpret, res, dy):
-  x, wgu, wd = res
+  xs, wgu, wd = res
   bwd = functools.partial(_backward_local, eps=norm_eps, interpret=interpret)
-  return _per_device(bwd, 2, (True, False, False), x, dy, wgu, wd)
+  specs = (BATCHED,) * (len(xs) + 1) + (REPLICATED, REPLICATED), (BATCHED, REPLICATED, REPLICATED)
+  dx, dwgu, dwd = per_device(bwd, *specs, *xs, dy, wgu, wd)
+  return dx, None if len(xs) == 1 else dx, dwgu, dwd
 
 
 swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)

@@ -18,7 +18,7 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 from jax.sharding import PartitionSpec as P
 
-from trm_jax import fused_mlp
+from trm_jax import fused_mlp, fused_qkv
 from trm_jax.sharding import BATCH
 
 Dtype = Any
@@ -211,9 +211,10 @@ class Kernel(nn.Module):
 class SwiGLU(nn.Module):
   """SwiGLU over the last axis, or (axis=1) over the sequence axis of (B, T, D).
 
-  `residual_norm_eps` (not None): rms_norm(x + SwiGLU(x)), the block's residual and post-norm. impl "pallas" (last axis
-  only): one Pallas kernel per direction, the norm included (`fused_mlp`; `platform` other than TPU runs it
-  interpreted), the same parameters.
+  `residual_norm_eps` (not None): rms_norm(x + SwiGLU(x)), the block's residual and post-norm; then `add` (not None)
+  makes the input rms_norm(x + add) (the attention's residual and post-norm). impl "pallas" (last axis only): one
+  Pallas kernel per direction, the norms included (`fused_mlp`; `platform` other than TPU runs it interpreted), the
+  same parameters.
   """
 
   expansion: float
@@ -224,13 +225,15 @@ class SwiGLU(nn.Module):
   residual_norm_eps: float | None = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, add=None):
     width = x.shape[self.axis]
     inter = swiglu_inter(width, self.expansion)
     if self.impl == "pallas" and self.axis == -1:
       w_gate_up, w_down = Kernel((width, 2 * inter), name="gate_up_proj")(), Kernel((inter, width), name="down_proj")()
-      eps = self.residual_norm_eps
-      return fused_mlp.swiglu(x.astype(self.dtype), w_gate_up, w_down, eps, self.platform != "tpu")
+      x, add = (None if a is None else a.astype(self.dtype) for a in (x, add))
+      return fused_mlp.swiglu(x, add, w_gate_up, w_down, self.residual_norm_eps, self.platform != "tpu")
+    if add is not None:
+      x = rms_norm(x + add, self.residual_norm_eps, self.axis)
     spec, views = (LAST, ((), ())) if self.axis == -1 else ("btd,tk->bkd", ((width, 2 * inter), (inter, width)))
     h = Linear(2 * inter, dtype=self.dtype, name="gate_up_proj", spec=spec, view=views[0], platform=self.platform)(x)
     gate, up = jnp.split(h, 2, axis=self.axis)
@@ -328,22 +331,22 @@ def rotated_qk(kernel):
   return (*jnp.split(jnp.concatenate([qk, jnp.roll(qk, qk.shape[-1] // 2, axis=-1)], axis=1), 4, axis=1), kernel[:, 2:])
 
 
-def _splash_local(q, k, v, rope, interpret: bool, length=None):
+def _splash_local(q, k, v, rope, interpret: bool, length=None, scaled: bool = False):
   """Splash attention on (B, N, T, H) arrays (the kernel's layout) on one device, vmapped over B.
 
   The kernel does not scale the scores. Each operand is made ready in one pass: RoPE on q and k (`rope` = (q and k with
   their halves swapped, cos, sin): `apply_rope`'s float32 operations), q scaled by 1/sqrt(H) (in float32 and rounded
   once: exact, so equal to the XLA path's scaling of float32 scores when H is a power of 4 such as 64 or 16), T padded
   to a multiple of 128 (`length`: the real T of arrays that come padded). Padded keys get segment id 0 and real tokens
-  1, so no real query sees a padded key; the padded query rows (which see only padded keys) are sliced off.
+  1, so no real query sees a padded key; the padded query rows (which see only padded keys) are sliced off. `scaled`: q
+  comes scaled (`qkv_for_splash`).
   """
   _, n, t0, h = q.shape
   t, tp = length or t0, -(-t0 // 128) * 128
 
   def ready(a, swapped, scale: float):
-    if swapped is not None:  # x c + (x2, x1) (-s, s) = (x1 c - x2 s, x2 c + x1 s)
-      sin = rope[3] * jnp.where(jnp.arange(h) < h // 2, -1.0, 1.0)
-      a = (a.astype(jnp.float32) * rope[2] + swapped.astype(jnp.float32) * sin).astype(q.dtype)
+    if swapped is not None:
+      a = _rope_swapped(a, swapped, rope[2], signed_sin(rope[3]))
     if scale != 1.0:
       a = (a.astype(jnp.float32) * scale).astype(q.dtype)
     return jnp.pad(a, ((0, 0), (0, 0), (0, tp - t0), (0, 0)))
@@ -354,11 +357,61 @@ def _splash_local(q, k, v, rope, interpret: bool, length=None):
   )
   ids = (jnp.arange(tp) < t).astype(jnp.int32)
   segments = splash.SegmentIds(q=ids, kv=ids) if tp > t else None
-  operands = ready(q, rope and rope[0], 1.0 / math.sqrt(h)), ready(k, rope and rope[1], 1.0), ready(v, None, 1.0)
+  scale = 1.0 if scaled else 1.0 / math.sqrt(h)
+  operands = ready(q, rope and rope[0], scale), ready(k, rope and rope[1], 1.0), ready(v, None, 1.0)
   return jax.vmap(kernel, in_axes=(0, 0, 0, None))(*operands, segments)[:, :, :t]
 
 
-def splash_heads(q, k, v, interpret: bool = False, rope=None, length=None):
+def signed_sin(sin):
+  """sin (T, H) with its first half negated: RoPE's x c + (x2, x1) (-s, s) = (x1 c - x2 s, x2 c + x1 s)."""
+  return sin * jnp.where(jnp.arange(sin.shape[-1]) < sin.shape[-1] // 2, -1.0, 1.0)
+
+
+def _rope_swapped(a, swapped, cos, sin):
+  """RoPE of `a` from its copy with each head's halves swapped (`rotated_qk`), `sin` signed: `apply_rope`'s float32
+  operations, rounded once."""
+  return (a.astype(jnp.float32) * cos + swapped.astype(jnp.float32) * sin).astype(a.dtype)
+
+
+def qkv_xla(x, kernel, rope, platform: str):
+  """q, k, v (B, N, Tp, H) ready for the splash kernel from x (B, T, D), T padded with zeros to Tp (a multiple of 128,
+  on x: one lane-dense pass), and the (D, 3, N, H) kernel: one dot per operand (with RoPE (`rope` = cos, signed sin, (Tp, H)) also q and k from `rotated_qk`'s swapped kernels), RoPE, and q
+  scaled by 1/sqrt(H) (float32, rounded once). What `qkv_for_splash` computes, and its backward."""
+  ws = rotated_qk(kernel) if rope is not None else jnp.split(kernel, 3, axis=1)
+  x = jnp.pad(x, ((0, 0), (0, -x.shape[1] % 128), (0, 0)))
+  q, k, *swapped, v = (matmul(x, w, platform, "btd,dsnh->sbnth")[0] for w in ws)
+  if rope is not None:
+    q, k = (_rope_swapped(a, r, *rope) for a, r in zip((q, k), swapped))
+  return (q.astype(jnp.float32) * (1.0 / math.sqrt(kernel.shape[-1]))).astype(x.dtype), k, v
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def qkv_for_splash(x, kernel, rope, platform: str, interpret: bool):
+  """`qkv_xla`'s q, k, v from one Pallas kernel per device (`fused_qkv`): x read once, nothing else written. The
+  backward is `qkv_xla`'s (it needs none of the forward's arrays: XLA drops that forward)."""
+  return _qkv_fwd(x, kernel, rope, platform, interpret)[0]
+
+
+def _qkv_fwd(x, kernel, rope, platform, interpret):
+  ws = rotated_qk(kernel) if rope is not None else jnp.split(kernel, 3, axis=1)
+  w = jnp.concatenate(ws, axis=1).transpose(1, 2, 0, 3).astype(x.dtype)  # (K, N, D, H)
+  scale = 1.0 / math.sqrt(kernel.shape[-1])
+  tables = () if rope is None else rope
+  project = lambda x, w, *r: fused_qkv.project_local(x, w, *(r or (None, None)), scale, interpret)
+  b, r = fused_mlp.BATCHED, fused_mlp.REPLICATED
+  out = fused_mlp.per_device(project, (b, r) + (r,) * len(tables), (b, b, b), x, w, *tables)
+  return out, (x, kernel, rope)
+
+
+def _qkv_bwd(platform, interpret, res, cotangents):
+  x, kernel, rope = res
+  return jax.vjp(lambda *a: qkv_xla(*a, platform), x, kernel, rope)[1](cotangents)
+
+
+qkv_for_splash.defvjp(_qkv_fwd, _qkv_bwd)
+
+
+def splash_heads(q, k, v, interpret: bool = False, rope=None, length=None, scaled: bool = False):
   """Pallas splash (flash) attention on (B, N, T, H) arrays: no (T, T) scores in HBM.
 
   `rope` (optional, see `_splash_local`) applies RoPE to q and k inside. Mosaic kernels are not
@@ -366,7 +419,7 @@ def splash_heads(q, k, v, interpret: bool = False, rope=None, length=None):
   the batch axis, which is split over every mesh axis (`sharding.BATCH`). interpret=True runs the
   same kernel through the Pallas interpreter (any backend: CPU tests).
   """
-  fn = functools.partial(_splash_local, interpret=interpret, length=length)
+  fn = functools.partial(_splash_local, interpret=interpret, length=length, scaled=scaled)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.are_all_axes_manual:
     return fn(q, k, v, rope)
@@ -412,6 +465,7 @@ class Attention(nn.Module):
   dtype: Dtype
   impl: str = "xla"
   platform: str = "cpu"  # the platform compiled for, not the host's: off TPU "splash" runs interpreted
+  qkv_impl: str = "xla"  # with impl "splash": "pallas" makes q, k, v in one kernel (`qkv_for_splash`)
 
   @nn.compact
   def __call__(self, x, cos_sin):
@@ -421,6 +475,12 @@ class Attention(nn.Module):
     linear = functools.partial(Linear, dtype=self.dtype, platform=self.platform)
     if self.impl == "splash":  # projections to and from the kernel's (B, N, T, H) layout; T padded before (lane-dense)
       pad = ((0, 0), (0, -t % 128), (0, 0))
+      if self.qkv_impl == "pallas":
+        kernel = Kernel((d, 3 * d), name="qkv_proj")().reshape(d, 3, n, hd)
+        rope = cos_sin and (jnp.pad(cos_sin[0], pad[1:]), jnp.pad(signed_sin(cos_sin[1]), pad[1:]))
+        q, k, v = qkv_for_splash(x.astype(self.dtype), kernel, rope or None, self.platform, self.platform != "tpu")
+        out = splash_heads(q, k, v, self.platform != "tpu", None, t, scaled=True)
+        return linear(d, name="o_proj", spec="bnth,nhd->btd", view=(n, hd, d))(out)
       spec, view = "btd,dsnh->sbnth", (d, 3, n, hd)
       qkv = linear(3 * d, name="qkv_proj", spec=spec, view=view, extend=cos_sin and rotated_qk)(jnp.pad(x, pad))
       q, k, *swapped, v = (a[0] for a in qkv) if cos_sin else qkv
@@ -442,7 +502,7 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, h, cos_sin):
-    c = self.cfg
+    c, add = self.cfg, None
     if c.mlp_t and c.mixer_impl == "einsum":
       # Token mixing and its norm over the sequence axis, in the (B, T, D) layout.
       mix = SwiGLU(c.expansion, c.dtype, axis=1, name="mlp_t", platform=c.platform)
@@ -452,10 +512,12 @@ class Block(nn.Module):
       t = rms_norm(t + SwiGLU(c.expansion, c.dtype, name="mlp_t", platform=c.platform)(t), c.rms_norm_eps)
       h = jnp.swapaxes(t, 1, 2)
     else:
-      attn = Attention(c.num_heads, c.dtype, c.attention_impl, name="self_attn", platform=c.platform)
-      h = rms_norm(h + attn(h, cos_sin), c.rms_norm_eps)
+      qkv = c.get("qkv_impl", "xla")
+      attn = Attention(c.num_heads, c.dtype, c.attention_impl, name="self_attn", platform=c.platform, qkv_impl=qkv)
+      add = attn(h, cos_sin)  # its residual and post-norm happen in `mlp` (in its kernel on TPU)
     impl = c.get("mlp_impl", "xla")
-    return SwiGLU(c.expansion, c.dtype, platform=c.platform, impl=impl, residual_norm_eps=c.rms_norm_eps, name="mlp")(h)
+    mlp = SwiGLU(c.expansion, c.dtype, platform=c.platform, impl=impl, residual_norm_eps=c.rms_norm_eps, name="mlp")
+    return mlp(h, add)
 
 
 class ReasoningNet(nn.Module):

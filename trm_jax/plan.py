@@ -192,11 +192,17 @@ def collectives(hlo_text: str) -> list[dict]:
   return sorted(found.values(), key=lambda e: (e["kind"], e["dtypes"]))
 
 
-def kernel_calls(hlo_text: str, kernel: str = "splash") -> dict:
-  """Pallas kernel calls in a program: {"fwd": n, "bwd": n}. The splash kernel's are opaque to XLA's cost analysis;
-  the fused SwiGLU's (kernel="swiglu", `fused_mlp`) carry their own cost estimate."""
-  fwd, bwd = ("splash_mha_fwd", "splash_mha_(?:dkv|dq)") if kernel == "splash" else ("swiglu_fwd", "swiglu_bwd")
-  return {"fwd": len(re.findall(rf"%{fwd}[\w.]* = ", hlo_text)), "bwd": len(re.findall(rf"%{bwd}[\w.]* = ", hlo_text))}
+def kernel_calls(hlo_text: str) -> dict:
+  """Pallas splash kernel calls in a program: {"fwd": n, "bwd": n} (opaque to XLA's cost analysis)."""
+  return {
+    "fwd": len(re.findall(r"%splash_mha_fwd[\w.]* = ", hlo_text)),
+    "bwd": len(re.findall(r"%splash_mha_(?:dkv|dq)[\w.]* = ", hlo_text)),
+  }
+
+
+def project_kernel_calls(hlo_text: str) -> dict:
+  """Calls of this project's Pallas kernels (`fused_mlp`, `fused_qkv`; their cost estimates are in XLA's analysis)."""
+  return {k: len(re.findall(rf"%{k}[\w.]* = ", hlo_text)) for k in ("swiglu_fwd", "swiglu_bwd", "qkv_rope")}
 
 
 def program_stats(compiled, topology: Topology, trip_count: int = 1, costs=None, kernel=((0, 0), (0, 0))) -> dict:
@@ -228,7 +234,7 @@ def program_stats(compiled, topology: Topology, trip_count: int = 1, costs=None,
     "hbm_bytes": nbytes,
     "collectives": collectives(compiled.as_text()),
     "splash_calls": calls,
-    "swiglu_calls": kernel_calls(costs.as_text(), "swiglu"),
+    "project_kernel_calls": project_kernel_calls(costs.as_text()),
     "splash_bytes_added": kernel_bytes * trip_count,
     "compute_floor_ms": round(compute_ms, 3),
     "memory_ms": round(memory_ms, 3),
@@ -298,6 +304,7 @@ def plan_one(config, meta, topology: Topology, devices, recursion: str | None = 
     "remat": run.mcfg.remat,
     "attention_impl": run.mcfg.attention_impl,
     "mlp_impl": run.mcfg.mlp_impl,
+    "qkv_impl": run.mcfg.qkv_impl,
     "global_batch_size": int(config.train.global_batch_size),
     "eval_batch_size": int(config.eval.batch_size),
     "table_rows": int(config.model.num_puzzle_identifiers),
@@ -384,7 +391,7 @@ def report(result: dict) -> str:
   ]
   for p in r["plans"]:
     lines.append(
-      f"recursion={p['recursion']} (remat {p['remat']}, attention {p['attention_impl']}, MLP {p['mlp_impl']}), "
+      f"recursion={p['recursion']} (remat {p['remat']}, attention {p['attention_impl']}, q/k/v {p['qkv_impl']}, MLP {p['mlp_impl']}), "
       f"batch {p['global_batch_size']} ({p['global_batch_size'] // r['chips']} rows per chip), "
       f"table {p['table_rows']:,} rows over {p['table_parallel']} chip(s)"
     )
