@@ -44,9 +44,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   c.scan_unroll = 1  # lax.scan unroll factor of the L-cycle scan (recursion="scan" only)
   c.attention_impl = "auto"  # "auto" | "xla" | "cudnn" (GPU) | "splash" (TPU Pallas kernel)
   c.mlp_impl = "auto"  # SwiGLU: "auto" (TPU: "pallas", else "xla") | "xla" | "pallas" (one Pallas kernel, fused_mlp.py)
-  c.qkv_impl = (
-    "auto"  # splash attention's q, k, v: "auto" (TPU: "pallas") | "xla" | "pallas" (one kernel, fused_qkv.py)
-  )
+  c.qkv_impl = "auto"  # splash's q, k, v: "auto" (TPU: "pallas", else "xla") | "xla" | "pallas" (fused_qkv.py)
   c.mixer_impl = "auto"  # MLP-mixer token mixing: "auto" (GPU: "einsum", else "transpose") | "transpose" | "einsum"
   c.update(overrides)
   return c

@@ -375,8 +375,9 @@ def _rope_swapped(a, swapped, cos, sin):
 
 def qkv_xla(x, kernel, rope, platform: str):
   """q, k, v (B, N, Tp, H) ready for the splash kernel from x (B, T, D), T padded with zeros to Tp (a multiple of 128,
-  on x: one lane-dense pass), and the (D, 3, N, H) kernel: one dot per operand (with RoPE (`rope` = cos, signed sin, (Tp, H)) also q and k from `rotated_qk`'s swapped kernels), RoPE, and q
-  scaled by 1/sqrt(H) (float32, rounded once). What `qkv_for_splash` computes, and its backward."""
+  on x: one lane-dense pass), and the (D, 3, N, H) kernel: one dot per operand (with RoPE, `rope` = (cos, signed sin)
+  (Tp, H), also q and k from `rotated_qk`'s swapped kernels), RoPE, and q scaled by 1/sqrt(H) (float32, rounded once).
+  What `qkv_for_splash` computes, and its backward."""
   ws = rotated_qk(kernel) if rope is not None else jnp.split(kernel, 3, axis=1)
   x = jnp.pad(x, ((0, 0), (0, -x.shape[1] % 128), (0, 0)))
   q, k, *swapped, v = (matmul(x, w, platform, "btd,dsnh->sbnth")[0] for w in ws)

@@ -391,7 +391,8 @@ def report(result: dict) -> str:
   ]
   for p in r["plans"]:
     lines.append(
-      f"recursion={p['recursion']} (remat {p['remat']}, attention {p['attention_impl']}, q/k/v {p['qkv_impl']}, MLP {p['mlp_impl']}), "
+      f"recursion={p['recursion']} (remat {p['remat']}, attention {p['attention_impl']}, "
+      f"q/k/v {p['qkv_impl']}, MLP {p['mlp_impl']}), "
       f"batch {p['global_batch_size']} ({p['global_batch_size'] // r['chips']} rows per chip), "
       f"table {p['table_rows']:,} rows over {p['table_parallel']} chip(s)"
     )
