@@ -152,6 +152,7 @@ def test_cli_json_and_one_line_errors():
     (["--topology=v9-8"], "--topology=v9-8"),
     (["--config=experiments/nope.py", "--topology=v5e-4"], "--config: Failed loading"),
     (["--topology=v5e-4", "--config.eval.batch_size=4194304"], "does not fit"),
+    (["--topology=v4-8", "--config.model.hidden_size=2048", "--config.model.mlp_impl=pallas"], "VMEM of a TPU v4"),
   ]:
     p = _cli(*args)
     err = [line for line in p.stderr.splitlines() if line.startswith("error:")]
