@@ -3,8 +3,9 @@
 XLA's SwiGLU writes x @ W_gate_up (rows x 2 * inter, six times the input at expansion 4) to HBM, reads it back for
 silu(gate) * up and again in the backward, and writes its gradient: on the arc1 train step that is ~40% of the HBM
 traffic the TPU compiler estimates (benchmarks/NOTES.md, issue 19). Here a tile of rows goes in and its output comes
-out; the backward recomputes gate and up from x (one more x @ W_gate_up) and accumulates the kernels' float32
-gradients across the tiles. The arithmetic is the XLA path's (`model.SwiGLU`): low-precision dots with float32
+out, optionally with the block's residual adds and RMSNorms around the MLP (`swiglu`'s `add` and `norm_eps`); the
+backward recomputes what it needs from the inputs (gate and up: one more x @ W_gate_up) and accumulates the kernels'
+float32 gradients across the tiles. The arithmetic is the XLA path's (`model.SwiGLU`): low-precision dots with float32
 accumulation, each result rounded once to the activation dtype, silu(gate) and its product with up rounded as in
 the reference (`models/layers.py`, SwiGLU: `F.silu(gate) * up`). Mosaic kernels are not partitioned by XLA, so on a
 mesh each device runs them on its share of the batch (`shard_map`); the kernels' gradients are summed across devices
