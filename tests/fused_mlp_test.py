@@ -4,10 +4,6 @@ On this CPU machine the kernels run in Pallas interpret mode (the same kernel co
 a subprocess (the device-count flag must be set before JAX starts); programs compiled for TPUs are in plan_test.py.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -17,8 +13,6 @@ import tiny
 
 from trm_jax import config_lib, fused_mlp
 from trm_jax.model import SwiGLU
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _out_and_grads(impl, x, g, dtype, norm_eps=None, add=None):
@@ -122,12 +116,7 @@ MESH_SCRIPT = textwrap.dedent("""
 def test_fused_under_mesh_equals_unsharded(tmp_path):
   """4 fake CPU devices, batch over ("data", "table"): each device runs the kernels on its rows and the kernels'
   gradients are summed across devices; one train step equals the unsharded one."""
-  script = tmp_path / "run.py"
-  script.write_text(MESH_SCRIPT)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, str(script), HERE], capture_output=True, text=True, env=env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  res = json.loads(r.stdout.strip().splitlines()[-1])
+  res = tiny.run_on_cpu_devices(tmp_path, MESH_SCRIPT)
   assert res["shard_map"] and res["psum"] and res["diff"] < 1e-5, res
 
 

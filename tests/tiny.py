@@ -1,5 +1,10 @@
 """Tiny configs and random data shared by the core tests."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,3 +75,14 @@ def assert_trees_close(a, c, tol):
   for x, y in zip(la, lc):
     x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
     np.testing.assert_allclose(x, y, rtol=tol, atol=tol * max(1.0, float(np.abs(x).max())))
+
+
+def run_on_cpu_devices(tmp_path, script: str, devices: int = 4) -> dict:
+  """Runs `script` in a fresh process with `devices` CPU devices (the flag must be set before JAX starts; the script
+  gets this directory as argv[1], to import tiny) -> the JSON of its last stdout line."""
+  path = tmp_path / "run.py"
+  path.write_text(script)
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, str(path), os.path.dirname(__file__)], capture_output=True, text=True, env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return json.loads(r.stdout.strip().splitlines()[-1])

@@ -23,8 +23,6 @@ import tiny
 from trm_jax import model
 from trm_jax.model import attention
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
 
 def _out_and_grads(impl, q, k, v, g):
   """attention(q, k, v) and the gradients of <attention, g> w.r.t. q, k, v."""
@@ -123,12 +121,7 @@ MESH_SCRIPT = textwrap.dedent("""
 
 def test_splash_under_mesh_equals_unsharded(tmp_path):
   """4 fake CPU devices, batch over ("data", "table"): the shard_map path gives the unsharded result."""
-  script = tmp_path / "run.py"
-  script.write_text(MESH_SCRIPT)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, str(script), HERE], capture_output=True, text=True, env=env)
-  assert r.returncode == 0, r.stderr[-3000:]
-  res = json.loads(r.stdout.strip().splitlines()[-1])
+  res = tiny.run_on_cpu_devices(tmp_path, MESH_SCRIPT)
   assert res["shard_map"] and "data" in res["out_sharding"] and "table" in res["out_sharding"], res
   assert res["attention"] < 1e-5 and res["model"] < 1e-5, res
 
