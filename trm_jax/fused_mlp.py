@@ -134,12 +134,10 @@ def flops(rows: int, width: int, inter: int, norm: bool = False) -> tuple[int, i
 
 
 def _call(kernel, x, outs, in_specs, out_specs, backward: bool, interpret: bool, weights_bytes: int, norm: bool):
-  rows_in = sum(s.block_shape == in_specs[0].block_shape for s in in_specs)
   """The pallas_call over (example, row tile), named for `plan.kernel_calls`, with its cost for XLA's cost analysis
-  (each operand read once, each result written once)."""
+  (each operand read once, each result written once). `in_specs`: the row inputs', then W_gate_up's and W_down's."""
   b, t, width = x.shape
-  inter = in_specs[-1].block_shape[0]
-  norm = norm + (rows_in - backward > 1)  # the backward recomputes the second norm's input too
+  rows_in, inter = len(in_specs) - 2, in_specs[-1].block_shape[0]
   limit = vmem_limit(width, inter, x.dtype.itemsize)
   rows_bytes = b * t * width * x.dtype.itemsize
   out_bytes = sum(jax.ShapeDtypeStruct(o.shape, o.dtype).size * o.dtype.itemsize for o in jax.tree.leaves(outs))
