@@ -90,6 +90,7 @@ def run(config, n_steps=10, warmup=2, evaluate=False, batch=0, config_name="", l
     "remat": mcfg.remat,
     "attention_impl": mcfg.attention_impl,
     "mlp_impl": mcfg.mlp_impl,
+    "qkv_impl": mcfg.qkv_impl,
     "mixer_impl": mcfg.mixer_impl if mcfg.mlp_t else "",
     "scan_unroll": int(mcfg.scan_unroll),
     "dtype": mcfg.dtype,

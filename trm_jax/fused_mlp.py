@@ -21,9 +21,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
-from jax.sharding import PartitionSpec as P
 
-from trm_jax.sharding import BATCH
+from trm_jax.sharding import BATCHED, REPLICATED, batch_axes, per_device
 
 TILE = 512  # rows per grid step (a longer sequence ends in a partial tile)
 # VMEM per TensorCore as the TPU compiler reports it when a Pallas call asks for more ("would exceed memory
@@ -194,24 +193,6 @@ def _backward_local(*args, eps, interpret):
   if batch_axes():  # the kernels' gradients from every device's rows, summed in float32
     dwgu, dwd = lax.psum((dwgu, dwd), batch_axes())
   return dx, dwgu, dwd
-
-
-BATCHED, REPLICATED = P(BATCH), P()
-
-
-def batch_axes() -> tuple:
-  """The context mesh's axes that split the batch (none off a mesh)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return () if mesh.empty else tuple(a for a in BATCH if a in mesh.axis_names)
-
-
-def per_device(fn, in_specs, out_specs, *args):
-  """fn(*args) on each device's share of the batch (BATCHED args and outputs; the rest REPLICATED): Mosaic kernels
-  are not partitioned by XLA. Off a mesh (or inside a shard_map) fn runs as is."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.are_all_axes_manual:
-    return fn(*args)
-  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)(*args)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))

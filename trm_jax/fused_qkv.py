@@ -36,10 +36,10 @@ def _kernel(x_ref, w_ref, *refs, scale: float, length: int):
     row = pl.program_id(1) * x.shape[0] + lax.broadcasted_iota(jnp.int32, (x.shape[0], 1), 0)
     x = jnp.where(row < length, x, jnp.zeros_like(x))
   dot = lambda i, n: jnp.dot(x, w_ref[i, n], preferred_element_type=F32).astype(x.dtype)
+  c, s = (rope[0][...], rope[1][...]) if rope else (None, None)
   for n in range(w_ref.shape[1]):
     q, k, v = dot(0, n), dot(1, n), dot(w_ref.shape[0] - 1, n)
     if rope:  # x c + (x2, x1) (-s, s): sin comes signed
-      c, s = rope[0][...], rope[1][...]
       q = (q.astype(F32) * c + dot(2, n).astype(F32) * s).astype(x.dtype)
       k = (k.astype(F32) * c + dot(3, n).astype(F32) * s).astype(x.dtype)
     q_ref[0, n] = (q.astype(F32) * scale).astype(x.dtype)

@@ -16,10 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
-from jax.sharding import PartitionSpec as P
 
-from trm_jax import fused_mlp, fused_qkv
-from trm_jax.sharding import BATCH
+from trm_jax import fused_mlp, fused_qkv, sharding
 
 Dtype = Any
 
@@ -399,8 +397,8 @@ def _qkv_fwd(x, kernel, rope, platform, interpret):
   scale = 1.0 / math.sqrt(kernel.shape[-1])
   tables = () if rope is None else rope
   project = lambda x, w, *r: fused_qkv.project_local(x, w, *(r or (None, None)), scale, interpret)
-  b, r = fused_mlp.BATCHED, fused_mlp.REPLICATED
-  out = fused_mlp.per_device(project, (b, r) + (r,) * len(tables), (b, b, b), x, w, *tables)
+  b, r = sharding.BATCHED, sharding.REPLICATED
+  out = sharding.per_device(project, (b, r) + (r,) * len(tables), (b, b, b), x, w, *tables)
   return out, (x, kernel, rope)
 
 
@@ -416,19 +414,13 @@ def splash_heads(q, k, v, interpret: bool = False, rope=None, length=None, scale
   """Pallas splash (flash) attention on (B, N, T, H) arrays: no (T, T) scores in HBM.
 
   `rope` (optional, see `_splash_local`) applies RoPE to q and k inside. Mosaic kernels are not
-  partitioned by XLA, so under a context mesh (`jax.set_mesh`) the kernel runs in a shard_map over
+  partitioned by XLA, so under a context mesh (`jax.set_mesh`) the kernel runs per device (`sharding.per_device`) over
   the batch axis, which is split over every mesh axis (`sharding.BATCH`). interpret=True runs the
   same kernel through the Pallas interpreter (any backend: CPU tests).
   """
   fn = functools.partial(_splash_local, interpret=interpret, length=length, scaled=scaled)
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.are_all_axes_manual:
-    return fn(q, k, v, rope)
-  spec = P(BATCH)
-  rope_spec = None if rope is None else (spec, spec, P(), P())
-  return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec, rope_spec), out_specs=spec, check_vma=False)(
-    q, k, v, rope
-  )
+  b, r = sharding.BATCHED, sharding.REPLICATED
+  return sharding.per_device(fn, (b, b, b, None if rope is None else (b, b, r, r)), b, q, k, v, rope)
 
 
 def splash_attention(q, k, v, interpret: bool = False):

@@ -218,7 +218,8 @@ def program_stats(compiled, topology: Topology, trip_count: int = 1, costs=None,
   costs = costs or compiled
   ca = costs.cost_analysis()
   ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-  calls = kernel_calls(costs.as_text())
+  text = costs.as_text()
+  calls = kernel_calls(text)
   kernel_bytes = calls["fwd"] * kernel[0][0] + calls["bwd"] * kernel[1][0]
   flops = (float(ca.get("flops", 0)) + calls["fwd"] * kernel[0][1] + calls["bwd"] * kernel[1][1]) * trip_count
   nbytes = (float(ca.get("bytes accessed", 0)) + kernel_bytes) * trip_count
@@ -234,7 +235,7 @@ def program_stats(compiled, topology: Topology, trip_count: int = 1, costs=None,
     "hbm_bytes": nbytes,
     "collectives": collectives(compiled.as_text()),
     "splash_calls": calls,
-    "project_kernel_calls": project_kernel_calls(costs.as_text()),
+    "project_kernel_calls": project_kernel_calls(text),
     "splash_bytes_added": kernel_bytes * trip_count,
     "compute_floor_ms": round(compute_ms, 3),
     "memory_ms": round(memory_ms, 3),

@@ -13,6 +13,22 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 BATCH = ("data", "table")
+BATCHED, REPLICATED = P(BATCH), P()  # specs of per-example arrays and of replicated ones
+
+
+def batch_axes() -> tuple:
+  """The context mesh's axes that split the batch (none off a mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return () if mesh.empty else tuple(a for a in BATCH if a in mesh.axis_names)
+
+
+def per_device(fn, in_specs, out_specs, *args):
+  """fn(*args) on each device's share of the batch (BATCHED args and outputs; the rest REPLICATED): Mosaic kernels
+  are not partitioned by XLA. Off a mesh (or inside a shard_map) fn runs as is."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.are_all_axes_manual:
+    return fn(*args)
+  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)(*args)
 
 
 def make_mesh(table_parallel: int = 1, devices=None) -> Mesh:
